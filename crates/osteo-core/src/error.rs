@@ -1,0 +1,48 @@
+//! Errors raised by domain validation.
+
+use thiserror::Error;
+
+/// A domain rule was violated by input values.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum CoreError {
+    /// A numeric input is outside its documented valid range (values are rejected, never clamped).
+    #[error("{field} = {value} {unit} is outside the valid range {min}..={max} {unit}")]
+    OutOfRange {
+        /// The field name as it appears in the API.
+        field: &'static str,
+        /// The rejected value.
+        value: f64,
+        /// The unit the value is expressed in.
+        unit: &'static str,
+        /// Smallest accepted value.
+        min: f64,
+        /// Largest accepted value.
+        max: f64,
+    },
+    /// A numeric input is NaN or infinite.
+    #[error("{field} must be a finite number, got {value}")]
+    NotFinite {
+        /// The field name as it appears in the API.
+        field: &'static str,
+        /// The rejected value.
+        value: f64,
+    },
+    /// A supplied BMI disagrees with the one computed from height and weight.
+    #[error(
+        "bmi = {given:.1} kg/m² disagrees with weight_kg / height_m² = {derived:.1} kg/m² (more than 5% apart); send consistent values or leave bmi unset"
+    )]
+    InconsistentBmi {
+        /// The BMI the caller supplied.
+        given: f64,
+        /// The BMI computed from height and weight.
+        derived: f64,
+    },
+    /// A text value could not be parsed into the named type.
+    #[error("{field}: {message}")]
+    Parse {
+        /// The field name as it appears in the API.
+        field: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}

@@ -1,0 +1,311 @@
+//! Parsing one Part-10 file and reading attributes robustly.
+//!
+//! dicom-rs does not re-read elements stored with VR UN through the data dictionary, so a file
+//! whose RescaleSlope, ImagePositionPatient or Rows arrive as UN would otherwise be read as raw
+//! bytes (the "VR-UN quirk"). [`parse`] re-types such elements from the dictionary before any
+//! other code, including dicom-pixeldata's modality LUT, looks at them.
+
+use crate::error::DicomError;
+use crate::source::SourceFile;
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+use dicom_core::header::{HasLength, Header};
+use dicom_core::value::{C, PrimitiveValue};
+use dicom_core::{DataElement, Tag, VR};
+use dicom_dictionary_std::StandardDataDictionary;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_encoding::transfer_syntax::Endianness;
+use dicom_object::file::ReadPreamble;
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+/// A parsed file with its label.
+pub(crate) struct Parsed {
+    pub label: String,
+    pub obj: DefaultDicomObject,
+}
+
+/// Parses a file's bytes (with or without the 128-byte preamble) and repairs VR-UN elements.
+pub(crate) fn parse(file: SourceFile) -> Result<Parsed, DicomError> {
+    let SourceFile { label, bytes } = file;
+    if bytes.is_empty() {
+        return Err(DicomError::Parse {
+            file: label,
+            message: "the file is empty (0 bytes)".into(),
+        });
+    }
+    let has_preamble = bytes.len() >= 132 && &bytes[128..132] == b"DICM";
+    let starts_with_magic = bytes.len() >= 4 && &bytes[..4] == b"DICM";
+    if !has_preamble && !starts_with_magic {
+        return Err(DicomError::Parse {
+            file: label,
+            message: "no DICM magic code at byte 128 (or 0): not a DICOM Part-10 file".into(),
+        });
+    }
+    let preamble = if has_preamble {
+        ReadPreamble::Always
+    } else {
+        ReadPreamble::Never
+    };
+    let mut obj = OpenFileOptions::new()
+        .read_preamble(preamble)
+        .from_reader(bytes.as_slice())
+        .map_err(|e| DicomError::Parse {
+            file: label.clone(),
+            message: error_chain(&e),
+        })?;
+    let endianness = TransferSyntaxRegistry
+        .get(obj.meta().transfer_syntax())
+        .map(|ts| ts.endianness())
+        .unwrap_or(Endianness::Little);
+    repair_un_elements(&mut obj, endianness);
+    Ok(Parsed { label, obj })
+}
+
+/// Joins an error and its sources into one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        src = cause.source();
+    }
+    s
+}
+
+fn is_text_vr(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::AE
+            | VR::AS
+            | VR::CS
+            | VR::DA
+            | VR::DS
+            | VR::DT
+            | VR::IS
+            | VR::LO
+            | VR::LT
+            | VR::PN
+            | VR::SH
+            | VR::ST
+            | VR::TM
+            | VR::UC
+            | VR::UI
+            | VR::UR
+            | VR::UT
+    )
+}
+
+fn retype(bytes: &[u8], vr: VR, endianness: Endianness) -> Option<PrimitiveValue> {
+    if is_text_vr(vr) {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end_matches(['\0', ' ']);
+        let parts: C<String> = text.split('\\').map(|p| p.trim().to_string()).collect();
+        return Some(PrimitiveValue::Strs(parts));
+    }
+    fn chunks<const N: usize>(bytes: &[u8]) -> Option<impl Iterator<Item = [u8; N]> + '_> {
+        (bytes.len() % N == 0).then(|| bytes.chunks_exact(N).filter_map(|c| c.try_into().ok()))
+    }
+    let big = matches!(endianness, Endianness::Big);
+    Some(match vr {
+        VR::US => PrimitiveValue::U16(
+            chunks::<2>(bytes)?
+                .map(|b| {
+                    if big {
+                        u16::from_be_bytes(b)
+                    } else {
+                        u16::from_le_bytes(b)
+                    }
+                })
+                .collect(),
+        ),
+        VR::SS => PrimitiveValue::I16(
+            chunks::<2>(bytes)?
+                .map(|b| {
+                    if big {
+                        i16::from_be_bytes(b)
+                    } else {
+                        i16::from_le_bytes(b)
+                    }
+                })
+                .collect(),
+        ),
+        VR::UL => PrimitiveValue::U32(
+            chunks::<4>(bytes)?
+                .map(|b| {
+                    if big {
+                        u32::from_be_bytes(b)
+                    } else {
+                        u32::from_le_bytes(b)
+                    }
+                })
+                .collect(),
+        ),
+        VR::SL => PrimitiveValue::I32(
+            chunks::<4>(bytes)?
+                .map(|b| {
+                    if big {
+                        i32::from_be_bytes(b)
+                    } else {
+                        i32::from_le_bytes(b)
+                    }
+                })
+                .collect(),
+        ),
+        VR::FL => PrimitiveValue::F32(
+            chunks::<4>(bytes)?
+                .map(|b| {
+                    if big {
+                        f32::from_be_bytes(b)
+                    } else {
+                        f32::from_le_bytes(b)
+                    }
+                })
+                .collect(),
+        ),
+        VR::FD => PrimitiveValue::F64(
+            chunks::<8>(bytes)?
+                .map(|b| {
+                    if big {
+                        f64::from_be_bytes(b)
+                    } else {
+                        f64::from_le_bytes(b)
+                    }
+                })
+                .collect(),
+        ),
+        _ => return None,
+    })
+}
+
+/// Re-types top-level VR-UN elements whose standard VR is a text or fixed-size numeric VR.
+fn repair_un_elements(obj: &mut DefaultDicomObject, endianness: Endianness) {
+    let fixes: Vec<DataElement<InMemDicomObject>> = obj
+        .iter()
+        .filter(|e| e.vr() == VR::UN)
+        .filter_map(|e| {
+            let entry = StandardDataDictionary.by_tag(e.tag())?;
+            let VirtualVr::Exact(vr) = entry.vr() else {
+                return None;
+            };
+            let bytes = e.value().to_bytes().ok()?;
+            let value = if bytes.is_empty() {
+                PrimitiveValue::Empty
+            } else {
+                retype(&bytes, vr, endianness)?
+            };
+            Some(DataElement::new(e.tag(), vr, value))
+        })
+        .collect();
+    for fix in fixes {
+        obj.put(fix);
+    }
+}
+
+/// `Keyword (gggg,eeee)` for error messages.
+pub(crate) fn attr_name(tag: Tag) -> String {
+    match StandardDataDictionary.by_tag(tag) {
+        Some(entry) => format!(
+            "{} ({:04X},{:04X})",
+            entry.alias(),
+            tag.group(),
+            tag.element()
+        ),
+        None => format!("({:04X},{:04X})", tag.group(), tag.element()),
+    }
+}
+
+/// Trimmed string value of an attribute, `None` when absent or empty.
+pub(crate) fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let s = obj.get(tag)?.to_str().ok()?;
+    let s = s.trim_matches(['\0', ' ']).to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// All numeric values of a decimal/integer/binary attribute; `None` when absent or empty.
+pub(crate) fn floats(
+    obj: &InMemDicomObject,
+    file: &str,
+    tag: Tag,
+) -> Result<Option<Vec<f64>>, DicomError> {
+    let Some(e) = obj.get(tag) else {
+        return Ok(None);
+    };
+    if e.is_empty() {
+        return Ok(None);
+    }
+    let values = e.to_multi_float64().map_err(|err| {
+        DicomError::invalid(
+            file,
+            &attr_name(tag),
+            e.to_str().unwrap_or_default(),
+            format!("not a number: {err}"),
+        )
+    })?;
+    if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+        return Err(DicomError::invalid(
+            file,
+            &attr_name(tag),
+            bad,
+            "not a finite number",
+        ));
+    }
+    Ok(Some(values))
+}
+
+/// Exactly `N` numeric values, or `None` when absent.
+pub(crate) fn floats_n<const N: usize>(
+    obj: &InMemDicomObject,
+    file: &str,
+    tag: Tag,
+) -> Result<Option<[f64; N]>, DicomError> {
+    let Some(values) = floats(obj, file, tag)? else {
+        return Ok(None);
+    };
+    let arr: [f64; N] = values.as_slice().try_into().map_err(|_| {
+        DicomError::invalid(
+            file,
+            &attr_name(tag),
+            format!("{values:?}"),
+            format!("expected {N} values"),
+        )
+    })?;
+    Ok(Some(arr))
+}
+
+/// One unsigned integer value, or `None` when absent.
+pub(crate) fn uint(
+    obj: &InMemDicomObject,
+    file: &str,
+    tag: Tag,
+) -> Result<Option<u32>, DicomError> {
+    let Some(e) = obj.get(tag) else {
+        return Ok(None);
+    };
+    if e.is_empty() {
+        return Ok(None);
+    }
+    let v = e.to_int::<i64>().map_err(|err| {
+        DicomError::invalid(
+            file,
+            &attr_name(tag),
+            e.to_str().unwrap_or_default(),
+            format!("not an integer: {err}"),
+        )
+    })?;
+    u32::try_from(v)
+        .map(Some)
+        .map_err(|_| DicomError::invalid(file, &attr_name(tag), v, "must be non-negative"))
+}
+
+/// A required unsigned integer.
+pub(crate) fn required_uint(
+    obj: &InMemDicomObject,
+    file: &str,
+    tag: Tag,
+) -> Result<u32, DicomError> {
+    uint(obj, file, tag)?.ok_or_else(|| DicomError::missing(file, &attr_name(tag)))
+}

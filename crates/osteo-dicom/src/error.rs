@@ -1,0 +1,138 @@
+//! Errors of DICOM ingest and view building; each names the file and attribute at fault.
+
+use thiserror::Error;
+
+/// Why a DICOM input could not be turned into a volume or a view.
+#[derive(Debug, Clone, Error)]
+pub enum DicomError {
+    /// A file could not be read from disk.
+    #[error("{file}: cannot read file: {message}")]
+    Io {
+        /// The file's path.
+        file: String,
+        /// The operating-system error.
+        message: String,
+    },
+    /// The bytes are not a parseable DICOM Part-10 file.
+    #[error("{file}: not a readable DICOM Part-10 file: {message}")]
+    Parse {
+        /// The file label (path, or `upload file #N`).
+        file: String,
+        /// What the parser reported.
+        message: String,
+    },
+    /// A required attribute is absent.
+    #[error("{file}: missing required attribute {attribute}")]
+    MissingAttribute {
+        /// The file label.
+        file: String,
+        /// Attribute keyword and tag, e.g. `Rows (0028,0010)`.
+        attribute: String,
+    },
+    /// An attribute is present but its value is unusable.
+    #[error("{file}: attribute {attribute} = {value:?} is invalid: {reason}")]
+    InvalidAttribute {
+        /// The file label.
+        file: String,
+        /// Attribute keyword and tag.
+        attribute: String,
+        /// The offending value as text.
+        value: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// The file's transfer syntax has no decoder available offline.
+    #[error(
+        "{file}: transfer syntax {name} ({uid}) is not supported: no offline decoder; re-encode the study as uncompressed or a lossless syntax (JPEG lossless, JPEG-LS, JPEG 2000, RLE)"
+    )]
+    UnsupportedTransferSyntax {
+        /// The file label.
+        file: String,
+        /// Transfer syntax UID.
+        uid: String,
+        /// Transfer syntax name.
+        name: String,
+    },
+    /// Decoding the pixel data failed.
+    #[error("{file}: cannot decode pixel data ({transfer_syntax}): {message}")]
+    Decode {
+        /// The file label.
+        file: String,
+        /// Transfer syntax name.
+        transfer_syntax: String,
+        /// What the decoder reported.
+        message: String,
+    },
+    /// A size exceeds a configured limit; nothing was allocated for it.
+    #[error("{file}: {what} = {value} exceeds the limit of {limit}")]
+    TooLarge {
+        /// The file label, or `study` for totals.
+        file: String,
+        /// What was measured.
+        what: String,
+        /// The measured or declared value.
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// No usable image was found.
+    #[error("no CT image found: {details}")]
+    NoCtImages {
+        /// What was found instead.
+        details: String,
+    },
+    /// The requested series is not in the input.
+    #[error("series {uid} not found; available series: {available}")]
+    SeriesNotFound {
+        /// The requested SeriesInstanceUID.
+        uid: String,
+        /// The series present.
+        available: String,
+    },
+    /// Files of one series disagree with each other.
+    #[error("series is inconsistent: {file}: {attribute}: {details}")]
+    InconsistentSeries {
+        /// The first file that disagrees.
+        file: String,
+        /// The attribute that disagrees.
+        attribute: String,
+        /// How it disagrees.
+        details: String,
+    },
+    /// A view cannot be built from this volume or with this specification.
+    #[error("cannot build view {view}: {reason}")]
+    View {
+        /// The view name.
+        view: String,
+        /// Why.
+        reason: String,
+    },
+    /// Writing an image failed.
+    #[error("cannot encode PNG: {0}")]
+    Png(String),
+}
+
+impl DicomError {
+    /// Builds [`DicomError::InvalidAttribute`].
+    pub(crate) fn invalid(
+        file: &str,
+        attribute: &str,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> Self {
+        DicomError::InvalidAttribute {
+            file: file.to_string(),
+            attribute: attribute.to_string(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds [`DicomError::MissingAttribute`].
+    pub(crate) fn missing(file: &str, attribute: &str) -> Self {
+        DicomError::MissingAttribute {
+            file: file.to_string(),
+            attribute: attribute.to_string(),
+        }
+    }
+}

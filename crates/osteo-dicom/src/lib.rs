@@ -1,0 +1,27 @@
+//! DICOM ingest for OsteoServe.
+//!
+//! Turns DICOM Part-10 files (a directory, a list of paths, or in-memory buffers such as a gRPC
+//! upload) into a validated Hounsfield-unit [`Volume`], and turns a volume into the model input
+//! [`View`] (DESIGN §3.1–3.2). Every check that can fail on real input reports which file and which
+//! attribute was wrong; sizes are checked against [`IngestLimits`] before anything large is
+//! allocated.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, missing_docs)]
+
+mod attrs;
+pub mod error;
+mod frames;
+pub mod ingest;
+pub mod limits;
+pub mod render;
+pub mod series;
+pub mod source;
+pub mod view;
+pub mod volume;
+
+pub use error::DicomError;
+pub use ingest::{IngestOptions, ingest};
+pub use limits::IngestLimits;
+pub use source::{DicomSource, SourceFile};
+pub use view::{View, ViewGeometry, ViewSpec, coronal_slab};
+pub use volume::{Volume, VolumeSummary};

@@ -1,0 +1,308 @@
+//! Model input views built from a volume: the same pure function at training and serving time.
+//!
+//! The default view, `coronal_slab`, bone-windows the volume, finds the spine's antero-posterior
+//! position (median row of bone voxels in a band around the body's left-right centre), takes a
+//! coronal slab around it and projects it along the antero-posterior axis into two channels (mean
+//! and maximum), resampled onto a fixed physical grid: patient superior at the top, patient right on
+//! the image's left (radiological convention). The geometry maps every pixel back to patient mm.
+
+use crate::error::DicomError;
+use crate::volume::Volume;
+use serde::{Deserialize, Serialize};
+
+/// HU below which a voxel is outside the body.
+const BODY_MIN_HU: f32 = -300.0;
+/// Smallest |cosine| accepted between volume axes and patient axes.
+const AXIS_MIN_COS: f64 = 0.9;
+
+/// Parameters of the `coronal_slab` view (stored in model manifests).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ViewSpec {
+    /// Output height in pixels (patient z).
+    pub height: usize,
+    /// Output width in pixels (patient x).
+    pub width: usize,
+    /// Output pixel size in mm.
+    pub pixel_mm: f64,
+    /// Thickness of the projected coronal slab in mm.
+    pub slab_mm: f64,
+    /// HU window mapped to [0, 1]: `[low, high]`.
+    pub window_hu: [f32; 2],
+    /// HU above which a voxel counts as bone when locating the spine.
+    pub bone_threshold_hu: f32,
+    /// Width in mm of the left-right band, centred on the body, searched for the spine.
+    pub spine_band_mm: f64,
+}
+
+impl Default for ViewSpec {
+    fn default() -> Self {
+        Self {
+            height: 128,
+            width: 128,
+            pixel_mm: 3.0,
+            slab_mm: 40.0,
+            window_hu: [-200.0, 1200.0],
+            bone_threshold_hu: 180.0,
+            spine_band_mm: 60.0,
+        }
+    }
+}
+
+impl ViewSpec {
+    /// The view's name in manifests and APIs.
+    pub const NAME: &'static str = "coronal_slab";
+
+    fn validate(&self) -> Result<(), DicomError> {
+        let bad = |reason: String| {
+            Err(DicomError::View {
+                view: Self::NAME.into(),
+                reason,
+            })
+        };
+        if !(8..=1024).contains(&self.height) || !(8..=1024).contains(&self.width) {
+            return bad(format!(
+                "size {}x{} must be within 8..=1024 pixels per side",
+                self.height, self.width
+            ));
+        }
+        if !(self.pixel_mm.is_finite()
+            && self.pixel_mm > 0.0
+            && self.slab_mm.is_finite()
+            && self.slab_mm > 0.0)
+        {
+            return bad("pixel_mm and slab_mm must be positive".into());
+        }
+        if !(self.window_hu[0] < self.window_hu[1]) {
+            return bad(format!("window_hu {:?} must be increasing", self.window_hu));
+        }
+        if !(self.spine_band_mm.is_finite() && self.spine_band_mm > 0.0) {
+            return bad("spine_band_mm must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a view lies in the patient (LPS, mm).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ViewGeometry {
+    /// Patient position of the centre of pixel (0, 0).
+    pub top_left_mm: [f64; 3],
+    /// Patient displacement of one row down.
+    pub row_step_mm: [f64; 3],
+    /// Patient displacement of one column right.
+    pub col_step_mm: [f64; 3],
+    /// Pixel size in mm.
+    pub pixel_mm: f64,
+    /// Slab thickness in mm, centred on `top_left_mm[1]`.
+    pub slab_thickness_mm: f64,
+}
+
+impl ViewGeometry {
+    /// Patient position of the centre of pixel `(row, col)`.
+    pub fn patient_position(&self, row: f64, col: f64) -> [f64; 3] {
+        std::array::from_fn(|i| {
+            self.top_left_mm[i] + row * self.row_step_mm[i] + col * self.col_step_mm[i]
+        })
+    }
+}
+
+/// A two-channel view image: channel 0 slab mean, channel 1 slab maximum, values in [0, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    /// The specification it was built with.
+    pub spec: ViewSpec,
+    /// `[channel][row][col]`, `2 * height * width` values.
+    pub data: Vec<f32>,
+    /// Patient geometry.
+    pub geometry: ViewGeometry,
+}
+
+impl View {
+    /// Number of channels.
+    pub const CHANNELS: usize = 2;
+
+    /// One channel as a row-major slice.
+    pub fn channel(&self, c: usize) -> &[f32] {
+        let n = self.spec.height * self.spec.width;
+        &self.data[c * n..(c + 1) * n]
+    }
+}
+
+/// Axis mapping of an (almost) axis-aligned axial volume.
+struct Axes {
+    /// Sign of the row direction along patient x.
+    sx: f64,
+    /// Sign of the column direction along patient y.
+    sy: f64,
+    /// Sign of the slice normal along patient z.
+    sz: f64,
+}
+
+fn axes(v: &Volume) -> Result<Axes, DicomError> {
+    let [r, c, n] = v.direction;
+    if r[0].abs() < AXIS_MIN_COS || c[1].abs() < AXIS_MIN_COS || n[2].abs() < AXIS_MIN_COS {
+        return Err(DicomError::View {
+            view: ViewSpec::NAME.into(),
+            reason: format!(
+                "needs an axial series (rows along patient x, columns along y); orientation is {r:?} / {c:?}"
+            ),
+        });
+    }
+    Ok(Axes {
+        sx: r[0].signum(),
+        sy: c[1].signum(),
+        sz: n[2].signum(),
+    })
+}
+
+/// Body left-right centre (patient x, mm) and spine antero-posterior position (patient y, mm).
+fn locate_spine(v: &Volume, spec: &ViewSpec, ax: &Axes) -> (f64, f64) {
+    let [nz, ny, nx] = v.dims;
+    let x_of = |ix: usize| v.origin_mm[0] + ax.sx * ix as f64 * v.spacing_mm[2];
+    let y_of = |iy: usize| v.origin_mm[1] + ax.sy * iy as f64 * v.spacing_mm[1];
+    let (mut sum_x, mut count) = (0f64, 0u64);
+    let z_step = (nz / 64).max(1);
+    for z in (0..nz).step_by(z_step) {
+        for y in (0..ny).step_by(2) {
+            for x in (0..nx).step_by(2) {
+                if v.at(z, y, x) > BODY_MIN_HU {
+                    sum_x += x_of(x);
+                    count += 1;
+                }
+            }
+        }
+    }
+    let centre_x = if count > 0 {
+        sum_x / count as f64
+    } else {
+        x_of(nx / 2) + 0.5 * ax.sx * 0.0
+    };
+    let mut ys: Vec<f64> = Vec::new();
+    for z in (0..nz).step_by(z_step) {
+        for y in 0..ny {
+            for x in 0..nx {
+                if (x_of(x) - centre_x).abs() <= spec.spine_band_mm / 2.0
+                    && v.at(z, y, x) > spec.bone_threshold_hu
+                {
+                    ys.push(y_of(y));
+                }
+            }
+        }
+    }
+    let spine_y = if ys.is_empty() {
+        y_of(ny / 2)
+    } else {
+        let mid = ys.len() / 2;
+        *ys.select_nth_unstable_by(mid, f64::total_cmp).1
+    };
+    (centre_x, spine_y)
+}
+
+/// Builds the `coronal_slab` view of a volume.
+pub fn coronal_slab(v: &Volume, spec: &ViewSpec) -> Result<View, DicomError> {
+    spec.validate()?;
+    let ax = axes(v)?;
+    let [nz, ny, nx] = v.dims;
+    let (centre_x, spine_y) = locate_spine(v, spec, &ax);
+    // Vertical centre: middle of the volume's z extent.
+    let z_first = v.origin_mm[2];
+    let z_last = z_first + ax.sz * (nz.saturating_sub(1)) as f64 * v.spacing_mm[0];
+    let centre_z = (z_first + z_last) / 2.0;
+    let (h, w, p) = (spec.height, spec.width, spec.pixel_mm);
+    let top_left = [
+        centre_x - (w as f64 - 1.0) / 2.0 * p,
+        spine_y,
+        centre_z + (h as f64 - 1.0) / 2.0 * p,
+    ];
+    let geometry = ViewGeometry {
+        top_left_mm: top_left,
+        row_step_mm: [0.0, 0.0, -p],
+        col_step_mm: [p, 0.0, 0.0],
+        pixel_mm: p,
+        slab_thickness_mm: spec.slab_mm,
+    };
+    // Slab rows (volume y indices) and the window.
+    let y_index = |y_mm: f64| (y_mm - v.origin_mm[1]) * ax.sy / v.spacing_mm[1];
+    let (ya, yb) = (
+        y_index(spine_y - spec.slab_mm / 2.0),
+        y_index(spine_y + spec.slab_mm / 2.0),
+    );
+    let y0 = ya.min(yb).ceil().max(0.0) as usize;
+    let y1 = (ya.max(yb).floor() as i64).min(ny as i64 - 1);
+    let rows: Vec<usize> = if y1 < y0 as i64 {
+        Vec::new()
+    } else {
+        (y0..=y1 as usize).collect()
+    };
+    let [lo, hi] = spec.window_hu;
+    let window = |hu: f32| ((hu - lo) / (hi - lo)).clamp(0.0, 1.0);
+    // Sampling positions along x and z (fractional voxel indices, None outside the volume).
+    let frac = |mm: f64,
+                origin: f64,
+                sign: f64,
+                spacing: f64,
+                n: usize,
+                half_extent: f64|
+     -> Option<(usize, usize, f32)> {
+        if n == 1 || spacing <= 0.0 {
+            let d = (mm - origin).abs();
+            return (d <= half_extent).then_some((0, 0, 0.0));
+        }
+        let f = (mm - origin) * sign / spacing;
+        if f < -0.5 || f > n as f64 - 0.5 {
+            return None;
+        }
+        let f = f.clamp(0.0, (n - 1) as f64);
+        let i = (f.floor() as usize).min(n - 2);
+        Some((i, i + 1, (f - i as f64) as f32))
+    };
+    let xs: Vec<Option<(usize, usize, f32)>> = (0..w)
+        .map(|c| {
+            frac(
+                top_left[0] + c as f64 * p,
+                v.origin_mm[0],
+                ax.sx,
+                v.spacing_mm[2],
+                nx,
+                v.spacing_mm[2] / 2.0,
+            )
+        })
+        .collect();
+    let zs: Vec<Option<(usize, usize, f32)>> = (0..h)
+        .map(|r| {
+            frac(
+                top_left[2] - r as f64 * p,
+                z_first,
+                ax.sz,
+                v.spacing_mm[0],
+                nz,
+                (v.spacing_mm[0].max(p)) / 2.0,
+            )
+        })
+        .collect();
+    let mut data = vec![0f32; 2 * h * w];
+    let (mean_ch, max_ch) = data.split_at_mut(h * w);
+    for (r, zf) in zs.iter().enumerate() {
+        let Some((z0, z1, tz)) = *zf else { continue };
+        for (c, xf) in xs.iter().enumerate() {
+            let Some((x0, x1, tx)) = *xf else { continue };
+            let (mut sum, mut max) = (0f32, 0f32);
+            for &y in &rows {
+                let a = v.at(z0, y, x0) * (1.0 - tx) + v.at(z0, y, x1) * tx;
+                let b = v.at(z1, y, x0) * (1.0 - tx) + v.at(z1, y, x1) * tx;
+                let val = window(a * (1.0 - tz) + b * tz);
+                sum += val;
+                max = max.max(val);
+            }
+            if !rows.is_empty() {
+                mean_ch[r * w + c] = sum / rows.len() as f32;
+                max_ch[r * w + c] = max;
+            }
+        }
+    }
+    Ok(View {
+        spec: *spec,
+        data,
+        geometry,
+    })
+}

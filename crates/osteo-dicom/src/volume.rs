@@ -1,0 +1,85 @@
+//! The decoded CT volume and its de-identified summary.
+
+use serde::{Deserialize, Serialize};
+
+/// A CT volume in Hounsfield units, stored `[z][y][x]` (slice, row, column).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    /// HU values, `dims[0] * dims[1] * dims[2]` of them, slice-major then row-major.
+    pub hu: Vec<f32>,
+    /// `[slices, rows, columns]`.
+    pub dims: [usize; 3],
+    /// Voxel spacing in mm: `[between slices, between rows, between columns]`.
+    pub spacing_mm: [f64; 3],
+    /// Patient position (LPS, mm) of the centre of voxel (0, 0, 0).
+    pub origin_mm: [f64; 3],
+    /// Unit vectors in patient space: `[row direction (column index +1), column direction
+    /// (row index +1), slice normal (slice index +1)]`.
+    pub direction: [[f64; 3]; 3],
+    /// De-identified description of where the volume came from.
+    pub summary: VolumeSummary,
+}
+
+/// De-identified facts about a volume: no names, IDs, dates or UIDs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeSummary {
+    /// Modality of the selected series.
+    pub modality: String,
+    /// Slices (frames) in the volume.
+    pub slices: usize,
+    /// Rows per slice.
+    pub rows: usize,
+    /// Columns per slice.
+    pub columns: usize,
+    /// `[z, row, col]` spacing in mm; z is SliceThickness (or 0) for a single slice.
+    pub spacing_mm: [f64; 3],
+    /// Smallest HU value.
+    pub hu_min: f64,
+    /// Largest HU value.
+    pub hu_max: f64,
+    /// Mean HU value.
+    pub hu_mean: f64,
+    /// Transfer syntax UIDs of the selected series, sorted.
+    pub transfer_syntaxes: Vec<String>,
+    /// Distinct series found in the input.
+    pub series_count: usize,
+}
+
+impl Volume {
+    /// Index into `hu` of voxel `(z, y, x)`.
+    pub fn index(&self, z: usize, y: usize, x: usize) -> usize {
+        (z * self.dims[1] + y) * self.dims[2] + x
+    }
+
+    /// HU at voxel `(z, y, x)`; panics only if the index is outside `dims` (a caller bug).
+    pub fn at(&self, z: usize, y: usize, x: usize) -> f32 {
+        self.hu[self.index(z, y, x)]
+    }
+
+    /// Patient position (LPS, mm) of the centre of voxel `(z, y, x)` (fractional indices allowed).
+    pub fn patient_position(&self, z: f64, y: f64, x: f64) -> [f64; 3] {
+        let [r, c, n] = self.direction;
+        let steps = [
+            x * self.spacing_mm[2],
+            y * self.spacing_mm[1],
+            z * self.spacing_mm[0],
+        ];
+        std::array::from_fn(|i| {
+            self.origin_mm[i] + steps[0] * r[i] + steps[1] * c[i] + steps[2] * n[i]
+        })
+    }
+
+    /// Minimum, maximum and mean of the HU values.
+    pub fn hu_stats(hu: &[f32]) -> (f64, f64, f64) {
+        if hu.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        let (mut lo, mut hi, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0f64);
+        for &v in hu {
+            lo = lo.min(v);
+            hi = hi.max(v);
+            sum += f64::from(v);
+        }
+        (f64::from(lo), f64::from(hi), sum / hu.len() as f64)
+    }
+}

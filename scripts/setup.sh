@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Idempotent setup for OsteoServe development and tests.
+#
+# Installs the Debian tools the build and tests need (cmake for CharLS, dcmtk, dicom3tools,
+# gdcm tools), creates a Python virtual environment with pydicom + pylibjpeg (the independent
+# reference decoder), and fetches the real DICOM test files from the pydicom and pydicom-data
+# wheels into the git-ignored cache `.cache/`. Safe to run repeatedly: each step is skipped when
+# its result is already present.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache="$root/.cache"
+mkdir -p "$cache"
+
+need_apt=()
+for pair in cmake:cmake dcmdump:dcmtk dciodvfy:dicom3tools gdcmconv:libgdcm-tools; do
+  bin=${pair%%:*}; pkg=${pair##*:}
+  command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} from apt"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+venv="$cache/venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pydicom, numpy, pylibjpeg, openjpeg, libjpeg, rle' 2>/dev/null; then
+  echo "setup: creating Python reference environment in $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    "pydicom==3.0.2" "numpy<2.6" "pylibjpeg==2.1.0" "pylibjpeg-libjpeg==2.5.0" \
+    "pylibjpeg-openjpeg==2.6.0" "pylibjpeg-rle==2.2.0"
+fi
+
+data="$cache/testdata"
+if [ ! -f "$data/.complete" ]; then
+  echo "setup: fetching real DICOM test files (pydicom, pydicom-data wheels)"
+  rm -rf "$data" "$cache/wheels"
+  mkdir -p "$data" "$cache/wheels"
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$cache/wheels" "pydicom==3.0.2" "pydicom-data==1.0.0"
+  for whl in "$cache/wheels"/*.whl; do
+    "$venv/bin/python" - "$whl" "$data" <<'PY'
+import sys, zipfile
+whl, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if "/test_files/" in name or name.startswith("data_store/data/") or "/data/" in name and name.endswith(".dcm"):
+            z.extract(name, out)
+PY
+  done
+  touch "$data/.complete"
+fi
+echo "setup: ok"

@@ -1,0 +1,21 @@
+//! `osteo`: the OsteoServe command-line tool.
+//!
+//! Inspect and render DICOM studies, and synthesise phantom cohorts. Errors print one
+//! `error: ...` line on stderr and exit with code 2.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
