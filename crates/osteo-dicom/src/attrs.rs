@@ -6,6 +6,8 @@
 //! other code, including dicom-pixeldata's modality LUT, looks at them.
 
 use crate::error::DicomError;
+use crate::limits::IngestLimits;
+use crate::prescan;
 use crate::source::SourceFile;
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::header::{HasLength, Header};
@@ -25,7 +27,7 @@ pub(crate) struct Parsed {
 }
 
 /// Parses a file's bytes (with or without the 128-byte preamble) and repairs VR-UN elements.
-pub(crate) fn parse(file: SourceFile) -> Result<Parsed, DicomError> {
+pub(crate) fn parse(file: SourceFile, limits: &IngestLimits) -> Result<Parsed, DicomError> {
     let SourceFile { label, bytes } = file;
     if bytes.is_empty() {
         return Err(DicomError::Parse {
@@ -41,6 +43,8 @@ pub(crate) fn parse(file: SourceFile) -> Result<Parsed, DicomError> {
             message: "no DICM magic code at byte 128 (or 0): not a DICOM Part-10 file".into(),
         });
     }
+    let body_start = if has_preamble { 132 } else { 4 };
+    prescan::check_lengths(&bytes, body_start, &label, limits.max_file_bytes)?;
     let preamble = if has_preamble {
         ReadPreamble::Always
     } else {

@@ -39,7 +39,12 @@ fn in_order<T: Send>(results: Vec<Result<T, DicomError>>) -> Result<Vec<T>, Dico
 pub fn ingest(source: DicomSource, options: &IngestOptions) -> Result<Ingested, DicomError> {
     let limits = &options.limits;
     let files = source.read(limits)?;
-    let parsed: Vec<Parsed> = in_order(files.into_par_iter().map(attrs::parse).collect())?;
+    let parsed: Vec<Parsed> = in_order(
+        files
+            .into_par_iter()
+            .map(|f| attrs::parse(f, limits))
+            .collect(),
+    )?;
     let headers: Vec<FileHeader> = in_order(
         parsed
             .par_iter()

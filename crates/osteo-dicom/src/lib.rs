@@ -13,6 +13,7 @@ pub mod error;
 mod frames;
 pub mod ingest;
 pub mod limits;
+mod prescan;
 pub mod render;
 pub mod series;
 pub mod source;
