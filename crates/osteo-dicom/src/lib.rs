@@ -25,4 +25,4 @@ pub use ingest::{IngestOptions, ingest};
 pub use limits::IngestLimits;
 pub use source::{DicomSource, SourceFile};
 pub use view::{View, ViewGeometry, ViewSpec, coronal_slab};
-pub use volume::{Volume, VolumeSummary};
+pub use volume::{Volume, VolumeGeometry, VolumeSummary};

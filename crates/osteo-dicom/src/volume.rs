@@ -83,3 +83,52 @@ impl Volume {
         (f64::from(lo), f64::from(hi), sum / hu.len() as f64)
     }
 }
+
+/// Geometry of a volume, for building one from parts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VolumeGeometry {
+    /// `[slices, rows, columns]`.
+    pub dims: [usize; 3],
+    /// `[z, row, col]` spacing in mm.
+    pub spacing_mm: [f64; 3],
+    /// Patient position of voxel (0, 0, 0).
+    pub origin_mm: [f64; 3],
+    /// Row direction, column direction, slice normal.
+    pub direction: [[f64; 3]; 3],
+}
+
+impl Volume {
+    /// Builds a volume from HU values and geometry, computing its summary; `None` when the value
+    /// count does not match the dimensions.
+    pub fn from_parts(
+        hu: Vec<f32>,
+        g: VolumeGeometry,
+        modality: &str,
+        transfer_syntaxes: Vec<String>,
+    ) -> Option<Volume> {
+        if hu.len() != g.dims.iter().product::<usize>() {
+            return None;
+        }
+        let (hu_min, hu_max, hu_mean) = Volume::hu_stats(&hu);
+        let summary = VolumeSummary {
+            modality: modality.to_string(),
+            slices: g.dims[0],
+            rows: g.dims[1],
+            columns: g.dims[2],
+            spacing_mm: g.spacing_mm,
+            hu_min,
+            hu_max,
+            hu_mean,
+            transfer_syntaxes,
+            series_count: 1,
+        };
+        Some(Volume {
+            hu,
+            dims: g.dims,
+            spacing_mm: g.spacing_mm,
+            origin_mm: g.origin_mm,
+            direction: g.direction,
+            summary,
+        })
+    }
+}
