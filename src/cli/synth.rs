@@ -73,7 +73,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
                     &args.out.join(study_dir(&p.id)),
                 )?;
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 50 == 0 || n == patients.len() {
+                if n.is_multiple_of(50) || n == patients.len() {
                     eprintln!(
                         "synth: {n}/{} studies written ({:.1} s)",
                         patients.len(),

@@ -111,7 +111,10 @@ fn retype(bytes: &[u8], vr: VR, endianness: Endianness) -> Option<PrimitiveValue
         return Some(PrimitiveValue::Strs(parts));
     }
     fn chunks<const N: usize>(bytes: &[u8]) -> Option<impl Iterator<Item = [u8; N]> + '_> {
-        (bytes.len() % N == 0).then(|| bytes.chunks_exact(N).filter_map(|c| c.try_into().ok()))
+        bytes
+            .len()
+            .is_multiple_of(N)
+            .then(|| bytes.chunks_exact(N).filter_map(|c| c.try_into().ok()))
     }
     let big = matches!(endianness, Endianness::Big);
     Some(match vr {

@@ -168,15 +168,16 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
             "must be 8, 16 or 32",
         ));
     }
-    if let Some(pi) = text(obj, tags::PHOTOMETRIC_INTERPRETATION) {
-        if pi != "MONOCHROME1" && pi != "MONOCHROME2" {
-            return Err(DicomError::invalid(
-                file,
-                &attr_name(tags::PHOTOMETRIC_INTERPRETATION),
-                pi,
-                "CT images must be MONOCHROME1 or MONOCHROME2",
-            ));
-        }
+    if let Some(pi) = text(obj, tags::PHOTOMETRIC_INTERPRETATION)
+        && pi != "MONOCHROME1"
+        && pi != "MONOCHROME2"
+    {
+        return Err(DicomError::invalid(
+            file,
+            &attr_name(tags::PHOTOMETRIC_INTERPRETATION),
+            pi,
+            "CT images must be MONOCHROME1 or MONOCHROME2",
+        ));
     }
     check_native_length(p, rows, columns, n_frames, bits)?;
 

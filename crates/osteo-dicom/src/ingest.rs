@@ -6,7 +6,7 @@ use crate::frames::{self, FileHeader};
 use crate::limits::IngestLimits;
 use crate::series::{self, SeriesInfo};
 use crate::source::DicomSource;
-use crate::volume::{Volume, VolumeSummary};
+use crate::volume::{Volume, VolumeGeometry};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -95,27 +95,22 @@ pub fn ingest(source: DicomSource, options: &IngestOptions) -> Result<Ingested, 
         .collect();
     transfer_syntaxes.sort();
     transfer_syntaxes.dedup();
-    let (hu_min, hu_max, hu_mean) = Volume::hu_stats(&hu);
-    let summary = VolumeSummary {
-        modality: headers[files[0]].modality.clone(),
-        slices: n,
-        rows,
-        columns,
-        spacing_mm: ordered.spacing_mm,
-        hu_min,
-        hu_max,
-        hu_mean,
-        transfer_syntaxes,
-        series_count: series.len(),
-    };
-    let volume = Volume {
-        hu,
+    let geometry = VolumeGeometry {
         dims: [n, rows, columns],
         spacing_mm: ordered.spacing_mm,
         origin_mm: ordered.origin_mm,
         direction: ordered.direction,
-        summary,
     };
+    let modality = headers[files[0]].modality.clone();
+    let mut volume =
+        Volume::from_parts(hu, geometry, &modality, transfer_syntaxes).ok_or_else(|| {
+            DicomError::Decode {
+                file: "study".into(),
+                transfer_syntax: String::new(),
+                message: "decoded voxel count does not match the series dimensions".into(),
+            }
+        })?;
+    volume.summary.series_count = series.len();
     Ok(Ingested { volume, series })
 }
 

@@ -212,23 +212,23 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
     }
     for (s, g) in &all {
         let label = &headers[s.file].label;
-        if let Some(o) = g.orientation {
-            if !close(&o, &orientation) {
-                return Err(inconsistent(
-                    label,
-                    "ImageOrientationPatient (0020,0037)",
-                    format!("{o:?} differs from {orientation:?} in {label0}"),
-                ));
-            }
+        if let Some(o) = g.orientation
+            && !close(&o, &orientation)
+        {
+            return Err(inconsistent(
+                label,
+                "ImageOrientationPatient (0020,0037)",
+                format!("{o:?} differs from {orientation:?} in {label0}"),
+            ));
         }
-        if let Some(ps) = g.pixel_spacing {
-            if !close(&ps, &pixel_spacing) {
-                return Err(inconsistent(
-                    label,
-                    "PixelSpacing (0028,0030)",
-                    format!("{ps:?} differs from {pixel_spacing:?} in {label0}"),
-                ));
-            }
+        if let Some(ps) = g.pixel_spacing
+            && !close(&ps, &pixel_spacing)
+        {
+            return Err(inconsistent(
+                label,
+                "PixelSpacing (0028,0030)",
+                format!("{ps:?} differs from {pixel_spacing:?} in {label0}"),
+            ));
         }
     }
     let thickness = g0.slice_thickness.filter(|t| *t > 0.0).unwrap_or(0.0);

@@ -72,7 +72,7 @@ impl ViewSpec {
         {
             return bad("pixel_mm and slab_mm must be positive".into());
         }
-        if !(self.window_hu[0] < self.window_hu[1]) {
+        if self.window_hu[0].partial_cmp(&self.window_hu[1]) != Some(std::cmp::Ordering::Less) {
             return bad(format!("window_hu {:?} must be increasing", self.window_hu));
         }
         if !(self.spine_band_mm.is_finite() && self.spine_band_mm > 0.0) {

@@ -27,8 +27,8 @@
 //!     − fracture × prior_fracture − gluco × glucocorticoids − smoker × smoker − ra × RA
 //! ```
 //!
-//! with the coefficients of [`TScoreModel::default`]: intercept 0.35 (female) / 0.55 (male),
-//! age slope 0.050 (female) / 0.030 (male) per year, BMI coefficient 0.085 per kg/m², flag shifts
+//! with the coefficients of [`TScoreModel::default`]: intercept −0.60 (female) / −0.25 (male),
+//! age slope 0.055 (female) / 0.035 (male) per year, BMI coefficient 0.085 per kg/m², flag shifts
 //! 0.55 / 0.45 / 0.25 / 0.35, σ_latent 0.95. `T` is truncated to [−5.5, 3.5]; the grade follows
 //! the WHO cut-offs (T ≥ −1.0 normal, T ≤ −2.5 osteoporosis, osteopenia between). Unknown flags
 //! still act on `T` (the patient has them; only the record is missing).

@@ -36,8 +36,8 @@ impl Default for TScoreModel {
     fn default() -> Self {
         Self {
             p_female: 0.62,
-            intercept: [0.35, 0.55],
-            age_slope: [0.050, 0.030],
+            intercept: [-0.6, -0.25],
+            age_slope: [0.055, 0.035],
             bmi_coef: 0.085,
             fracture: 0.55,
             glucocorticoids: 0.45,

@@ -1,0 +1,245 @@
+//! End-to-end tests of the `osteo` binary: `dicom inspect`, `dicom view` and `synth`, on real and
+//! synthetic input, including the error contract (exit 2, one `error:` line naming the file).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn osteo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(args)
+        .output()
+        .expect("run osteo")
+}
+
+fn testdata(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/testdata")
+        .join(rel);
+    assert!(p.exists(), "{} missing: run scripts/setup.sh", p.display());
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn inspect_json_prints_exactly_one_object_with_the_documented_fields() {
+    let file = testdata("data_store/data/693_UNCR.dcm");
+    let out = osteo(&["dicom", "inspect", s(&file), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(
+        stdout.trim().lines().count(),
+        1,
+        "one line of JSON: {stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    let keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "modality",
+        "slices",
+        "rows",
+        "columns",
+        "spacing_mm",
+        "hu",
+        "transfer_syntaxes",
+        "series_count",
+    ] {
+        assert!(keys.contains(&k), "missing {k} in {stdout}");
+    }
+    assert_eq!(v["modality"], "CT");
+    assert_eq!(v["slices"], 1);
+    assert_eq!(v["rows"], 512);
+    assert_eq!(v["columns"], 512);
+    // A single slice: z is SliceThickness (5 mm in this file).
+    assert_eq!(v["spacing_mm"][0], 5.0);
+    assert_eq!(v["spacing_mm"][1], 0.478516);
+    assert_eq!(v["hu"]["min"], -3024.0);
+    assert_eq!(v["hu"]["max"], 1468.0);
+    assert!(v["hu"]["mean"].as_f64().expect("mean") < -1000.0);
+    assert_eq!(v["transfer_syntaxes"][0], "1.2.840.10008.1.2.1");
+    assert_eq!(v["series_count"], 1);
+
+    // Enhanced multi-frame: slices counts frames.
+    let out = osteo(&[
+        "dicom",
+        "inspect",
+        s(&testdata("data_store/data/eCT_Supplemental.dcm")),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(v["slices"], 2);
+    assert_eq!(v["spacing_mm"][0], 10.0);
+}
+
+fn assert_clean_error(out: &Output, must_name: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code (101 would be a panic)"
+    );
+    assert!(out.stdout.is_empty(), "nothing on stdout on error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.contains(must_name),
+        "error must name {must_name}: {stderr}"
+    );
+}
+
+#[test]
+fn invalid_input_exits_2_with_one_line_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let random = dir.path().join("random.dcm");
+    std::fs::write(
+        &random,
+        (0..5000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .expect("write");
+    assert_clean_error(
+        &osteo(&["dicom", "inspect", s(&random), "--json"]),
+        "random.dcm",
+    );
+
+    let empty = dir.path().join("empty.dcm");
+    std::fs::write(&empty, b"").expect("write");
+    assert_clean_error(
+        &osteo(&["dicom", "inspect", s(&empty), "--json"]),
+        "empty.dcm",
+    );
+
+    let good = std::fs::read(testdata("data_store/data/693_J2KR.dcm")).expect("read");
+    let truncated = dir.path().join("truncated.dcm");
+    std::fs::write(&truncated, &good[..good.len() / 3]).expect("write");
+    assert_clean_error(
+        &osteo(&["dicom", "inspect", s(&truncated), "--json"]),
+        "truncated.dcm",
+    );
+    assert_clean_error(
+        &osteo(&[
+            "dicom",
+            "view",
+            s(&truncated),
+            "--out",
+            s(&dir.path().join("x.png")),
+        ]),
+        "truncated.dcm",
+    );
+
+    let missing = dir.path().join("nope");
+    assert_clean_error(&osteo(&["dicom", "inspect", s(&missing)]), "nope");
+}
+
+/// Three patients of seed 5 into `out`.
+fn synth(out: &Path, dicom: bool) -> Output {
+    let mut args = vec!["synth", "--patients", "3", "--seed", "5", "--out", s(out)];
+    if dicom {
+        args.push("--dicom");
+    }
+    osteo(&args)
+}
+
+#[test]
+fn synth_writes_a_cohort_whose_studies_inspect_and_render() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = synth(dir.path(), true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rdr = csv::Reader::from_path(dir.path().join("cohort.csv")).expect("cohort.csv");
+    let headers: Vec<String> = rdr
+        .headers()
+        .expect("headers")
+        .iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            "patient_id",
+            "age",
+            "sex",
+            "height_cm",
+            "weight_kg",
+            "prior_fragility_fracture",
+            "glucocorticoids",
+            "smoker",
+            "rheumatoid_arthritis",
+            "t_score",
+            "grade",
+            "study_dir"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.expect("row")).collect();
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        let t: f64 = row[9].parse().expect("t_score");
+        let grade = &row[10];
+        let expected = if t >= -1.0 {
+            "normal"
+        } else if t > -2.5 {
+            "osteopenia"
+        } else {
+            "osteoporosis"
+        };
+        assert_eq!(grade, expected, "grade follows the WHO cut-offs");
+        let study = dir.path().join(&row[11]);
+        let out = osteo(&["dicom", "inspect", s(&study), "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(v["modality"], "CT");
+        assert!(v["slices"].as_u64().expect("slices") > 50);
+    }
+    let png = dir.path().join("view.png");
+    let out = osteo(&[
+        "dicom",
+        "view",
+        s(&dir.path().join(&rows[0][11])),
+        "--out",
+        s(&png),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).expect("png written");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+
+    // Same seed, same cohort; without --dicom the study_dir column is empty.
+    let again = tempfile::tempdir().expect("tempdir");
+    let out = synth(again.path(), false);
+    assert!(out.status.success());
+    let a = std::fs::read_to_string(dir.path().join("cohort.csv")).expect("read");
+    let b = std::fs::read_to_string(again.path().join("cohort.csv")).expect("read");
+    let strip = |t: &str| {
+        t.lines()
+            .map(|l| {
+                l.rsplit_once(',')
+                    .map(|x| x.0.to_string())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    assert!(b.lines().nth(1).expect("row").ends_with(','));
+}
