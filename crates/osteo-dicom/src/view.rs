@@ -164,7 +164,7 @@ fn locate_spine(v: &Volume, spec: &ViewSpec, ax: &Axes) -> (f64, f64) {
     let z_step = (nz / 64).max(1);
     for z in (0..nz).step_by(z_step) {
         for y in (0..ny).step_by(2) {
-            for x in (0..nx).step_by(2) {
+            for x in 0..nx {
                 if v.at(z, y, x) > BODY_MIN_HU {
                     sum_x += x_of(x);
                     count += 1;
@@ -175,7 +175,7 @@ fn locate_spine(v: &Volume, spec: &ViewSpec, ax: &Axes) -> (f64, f64) {
     let centre_x = if count > 0 {
         sum_x / count as f64
     } else {
-        x_of(nx / 2) + 0.5 * ax.sx * 0.0
+        (x_of(0) + x_of(nx - 1)) / 2.0
     };
     let mut ys: Vec<f64> = Vec::new();
     for z in (0..nz).step_by(z_step) {
@@ -305,4 +305,111 @@ pub fn coronal_slab(v: &Volume, spec: &ViewSpec) -> Result<View, DicomError> {
         data,
         geometry,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::VolumeGeometry;
+
+    /// A 40 x 64 x 64 volume (4 mm slices, 3 mm pixels) of soft tissue with a vertical bone rod
+    /// (the "spine") at patient x = 15 mm, y = 30 mm and a bright point at z = 100 mm.
+    fn phantom(flip_x: bool) -> Volume {
+        let (nz, ny, nx) = (40usize, 64usize, 64usize);
+        let sx = if flip_x { -1.0 } else { 1.0 };
+        let origin = [sx * -94.5, -94.5, 0.0];
+        let mut hu = vec![40f32; nz * ny * nx];
+        for z in 0..nz {
+            for y in 0..ny {
+                for x in 0..nx {
+                    let (px, py, pz) = (
+                        origin[0] + sx * 3.0 * x as f64,
+                        origin[1] + 3.0 * y as f64,
+                        4.0 * z as f64,
+                    );
+                    let i = (z * ny + y) * nx + x;
+                    if (px - 15.0).abs() <= 6.0 && (py - 30.0).abs() <= 6.0 {
+                        hu[i] = 400.0;
+                        if (pz - 100.0).abs() < 2.0 {
+                            hu[i] = 1200.0;
+                        }
+                    }
+                }
+            }
+        }
+        let g = VolumeGeometry {
+            dims: [nz, ny, nx],
+            spacing_mm: [4.0, 3.0, 3.0],
+            origin_mm: origin,
+            direction: [[sx, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        };
+        Volume::from_parts(hu, g, "CT", Vec::new()).expect("dims match")
+    }
+
+    fn brightest(view: &View) -> (usize, usize) {
+        let ch = view.channel(1);
+        let i = (0..ch.len())
+            .max_by(|a, b| ch[*a].total_cmp(&ch[*b]))
+            .expect("non-empty");
+        (i / view.spec.width, i % view.spec.width)
+    }
+
+    #[test]
+    fn geometry_maps_view_pixels_back_to_patient_mm() {
+        let spec = ViewSpec {
+            height: 64,
+            width: 64,
+            pixel_mm: 2.0,
+            ..ViewSpec::default()
+        };
+        let view = coronal_slab(&phantom(false), &spec).expect("view");
+        // The spine is found at its antero-posterior position.
+        assert!(
+            (view.geometry.top_left_mm[1] - 30.0).abs() <= 3.0,
+            "{:?}",
+            view.geometry
+        );
+        let (r, c) = brightest(&view);
+        let p = view.geometry.patient_position(r as f64, c as f64);
+        assert!((p[0] - 15.0).abs() <= 6.0 + spec.pixel_mm, "x {p:?}");
+        assert!((p[2] - 100.0).abs() <= 2.0 + spec.pixel_mm, "z {p:?}");
+        assert!(view.data.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn a_flipped_row_direction_gives_the_same_view() {
+        let spec = ViewSpec {
+            height: 64,
+            width: 64,
+            pixel_mm: 2.0,
+            ..ViewSpec::default()
+        };
+        let a = coronal_slab(&phantom(false), &spec).expect("view");
+        let b = coronal_slab(&phantom(true), &spec).expect("view");
+        assert_eq!(brightest(&a), brightest(&b));
+        let max_diff = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff < 0.05, "views differ by {max_diff}");
+    }
+
+    #[test]
+    fn invalid_specs_and_non_axial_volumes_are_refused() {
+        let v = phantom(false);
+        let bad = ViewSpec {
+            window_hu: [100.0, 100.0],
+            ..ViewSpec::default()
+        };
+        assert!(matches!(
+            coronal_slab(&v, &bad),
+            Err(DicomError::View { .. })
+        ));
+        let mut sagittal = v.clone();
+        sagittal.direction = [[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]];
+        let err = coronal_slab(&sagittal, &ViewSpec::default()).expect_err("not axial");
+        assert!(err.to_string().contains("axial"), "{err}");
+    }
 }

@@ -45,6 +45,70 @@ mod tests {
     }
 
     #[test]
+    fn every_message_field_enum_value_and_rpc_is_documented() {
+        let fds =
+            prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("decodes");
+        let file = fds
+            .file
+            .iter()
+            .find(|f| f.package() == "osteo.v1")
+            .expect("osteo.v1 present");
+        let info = file
+            .source_code_info
+            .as_ref()
+            .expect("source info kept for reflection");
+        let documented: std::collections::HashSet<Vec<i32>> = info
+            .location
+            .iter()
+            .filter(|l| l.leading_comments().trim().len() > 3)
+            .map(|l| l.path.clone())
+            .collect();
+        let mut missing = Vec::new();
+        let mut need = |path: Vec<i32>, name: String| {
+            if !documented.contains(&path) {
+                missing.push(name);
+            }
+        };
+        for (i, m) in file.message_type.iter().enumerate() {
+            let i = i as i32;
+            need(vec![4, i], m.name().to_string());
+            for (j, f) in m.field.iter().enumerate() {
+                need(
+                    vec![4, i, 2, j as i32],
+                    format!("{}.{}", m.name(), f.name()),
+                );
+            }
+            for (k, o) in m.oneof_decl.iter().enumerate() {
+                if !o.name().starts_with('_') {
+                    need(
+                        vec![4, i, 8, k as i32],
+                        format!("{}.{}", m.name(), o.name()),
+                    );
+                }
+            }
+        }
+        for (i, e) in file.enum_type.iter().enumerate() {
+            need(vec![5, i as i32], e.name().to_string());
+            for (j, v) in e.value.iter().enumerate() {
+                need(
+                    vec![5, i as i32, 2, j as i32],
+                    format!("{}.{}", e.name(), v.name()),
+                );
+            }
+        }
+        for (i, svc) in file.service.iter().enumerate() {
+            need(vec![6, i as i32], svc.name().to_string());
+            for (m, method) in svc.method.iter().enumerate() {
+                need(
+                    vec![6, i as i32, 2, m as i32],
+                    format!("{}.{}", svc.name(), method.name()),
+                );
+            }
+        }
+        assert!(missing.is_empty(), "undocumented: {missing:?}");
+    }
+
+    #[test]
     fn messages_round_trip_on_the_wire() {
         let req = v1::ClassifyRequest {
             study: Some(v1::StudyRef {
