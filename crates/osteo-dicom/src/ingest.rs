@@ -75,20 +75,15 @@ pub fn ingest(source: DicomSource, options: &IngestOptions) -> Result<Ingested, 
             limit: limits.max_voxels,
         });
     }
-    // Decode each selected file once (all its frames), in parallel.
-    let decoded: Vec<(usize, Vec<f32>)> = in_order(
-        files
-            .par_iter()
-            .map(|&f| decode_hu(&parsed[f], &headers[f]).map(|v| (f, v)))
+    // Decode every slice straight into its place in the volume, in parallel.
+    let slice_len = rows * columns;
+    let mut hu = vec![0f32; n * slice_len];
+    in_order(
+        hu.par_chunks_mut(slice_len)
+            .zip(ordered.slices.par_iter())
+            .map(|(dst, s)| decode_frame_into(&parsed[s.file], &headers[s.file], s.frame, dst))
             .collect(),
     )?;
-    let by_file: std::collections::HashMap<usize, Vec<f32>> = decoded.into_iter().collect();
-    let slice_len = rows * columns;
-    let mut hu = Vec::with_capacity(n * slice_len);
-    for s in &ordered.slices {
-        let data = &by_file[&s.file];
-        hu.extend_from_slice(&data[s.frame * slice_len..(s.frame + 1) * slice_len]);
-    }
     let mut transfer_syntaxes: Vec<String> = files
         .iter()
         .map(|&f| headers[f].transfer_syntax.clone())
@@ -114,8 +109,13 @@ pub fn ingest(source: DicomSource, options: &IngestOptions) -> Result<Ingested, 
     Ok(Ingested { volume, series })
 }
 
-/// Decodes every frame of a file into HU with the library's modality-LUT path.
-fn decode_hu(p: &Parsed, h: &FileHeader) -> Result<Vec<f32>, DicomError> {
+/// Decodes one frame of a file into HU with the library's modality-LUT path, writing `dst`.
+fn decode_frame_into(
+    p: &Parsed,
+    h: &FileHeader,
+    frame: usize,
+    dst: &mut [f32],
+) -> Result<(), DicomError> {
     let uid = h.transfer_syntax.as_str();
     let Some(ts) = TransferSyntaxRegistry.get(uid) else {
         return Err(DicomError::UnsupportedTransferSyntax {
@@ -124,21 +124,18 @@ fn decode_hu(p: &Parsed, h: &FileHeader) -> Result<Vec<f32>, DicomError> {
             name: "unknown transfer syntax".into(),
         });
     };
+    let unsupported = || DicomError::UnsupportedTransferSyntax {
+        file: h.label.clone(),
+        uid: uid.to_string(),
+        name: ts.name().to_string(),
+    };
     if !ts.can_decode_all() {
-        return Err(DicomError::UnsupportedTransferSyntax {
-            file: h.label.clone(),
-            uid: uid.to_string(),
-            name: ts.name().to_string(),
-        });
+        return Err(unsupported());
     }
     let decode_err = |e: &dyn std::error::Error| {
         let message = attrs::error_chain(e);
         if message.to_ascii_lowercase().contains("unsupported") {
-            DicomError::UnsupportedTransferSyntax {
-                file: h.label.clone(),
-                uid: uid.to_string(),
-                name: ts.name().to_string(),
-            }
+            unsupported()
         } else {
             DicomError::Decode {
                 file: h.label.clone(),
@@ -147,34 +144,32 @@ fn decode_hu(p: &Parsed, h: &FileHeader) -> Result<Vec<f32>, DicomError> {
             }
         }
     };
-    let pixels = p.obj.decode_pixel_data().map_err(|e| decode_err(&e))?;
-    let expected_frames = h.frames.len();
-    if pixels.number_of_frames() as usize != expected_frames {
-        return Err(DicomError::Decode {
-            file: h.label.clone(),
-            transfer_syntax: ts.name().to_string(),
-            message: format!(
-                "decoded {} frames, NumberOfFrames says {expected_frames}",
-                pixels.number_of_frames()
-            ),
-        });
-    }
+    let frame_index = u32::try_from(frame).map_err(|_| DicomError::Decode {
+        file: h.label.clone(),
+        transfer_syntax: ts.name().to_string(),
+        message: format!("frame index {frame} out of range"),
+    })?;
+    let pixels = p
+        .obj
+        .decode_pixel_data_frame(frame_index)
+        .map_err(|e| decode_err(&e))?;
     let options = ConvertOptions::new()
         .with_modality_lut(ModalityLutOption::Default)
         .with_voi_lut(VoiLutOption::Identity);
     let hu: Vec<f32> = pixels
-        .to_vec_with_options(&options)
+        .to_vec_frame_with_options(0, &options)
         .map_err(|e| decode_err(&e))?;
-    let want = expected_frames * h.rows as usize * h.columns as usize;
-    if hu.len() != want {
+    if hu.len() != dst.len() {
         return Err(DicomError::Decode {
             file: h.label.clone(),
             transfer_syntax: ts.name().to_string(),
             message: format!(
-                "decoded {} pixels, Rows x Columns x frames needs {want}",
-                hu.len()
+                "frame {frame} decoded to {} pixels, Rows x Columns is {}",
+                hu.len(),
+                dst.len()
             ),
         });
     }
-    Ok(hu)
+    dst.copy_from_slice(&hu);
+    Ok(())
 }

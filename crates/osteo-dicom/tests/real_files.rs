@@ -135,6 +135,27 @@ fn transcoded_series_decode_to_the_identical_volume() {
         ("jpeg2000", "gdcmconv", &["--j2k"], "1.2.840.10008.1.2.4.90"),
     ];
     let original = ingest_path(&src).expect("explicit VR little endian").volume;
+    // The same files as an explicit list in reverse order, and as in-memory buffers.
+    let reversed: Vec<PathBuf> = names.iter().rev().cloned().collect();
+    let listed = ingest(DicomSource::Paths(reversed), &IngestOptions::default())
+        .expect("paths")
+        .volume;
+    assert_eq!(
+        listed, original,
+        "a list of paths in any order gives the same volume"
+    );
+    let buffers: Vec<Vec<u8>> = names
+        .iter()
+        .rev()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect();
+    let from_memory = ingest(DicomSource::Buffers(buffers), &IngestOptions::default())
+        .expect("buffers")
+        .volume;
+    assert_eq!(
+        from_memory, original,
+        "in-memory buffers give the same volume"
+    );
     assert_eq!(original.dims, [12, 512, 512]);
     assert_eq!(
         diff(&original.hu, &expected).1,
