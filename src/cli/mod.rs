@@ -7,7 +7,13 @@ use clap::{Parser, Subcommand};
 
 /// OsteoServe: osteoporosis grading (normal / osteopenia / osteoporosis) from abdominal CT.
 #[derive(Debug, Parser)]
-#[command(name = "osteo", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "osteo",
+    version,
+    propagate_version = true,
+    about = "OsteoServe: osteoporosis grading (normal / osteopenia / osteoporosis) from abdominal CT",
+    after_help = "Examples:\n  osteo synth --patients 5 --seed 1 --out cohort --dicom   # phantom patients + CT series\n  osteo dicom inspect cohort/studies/S1-P000000 --json     # summarise a study\n  osteo dicom view cohort/studies/S1-P000000 --out v.png   # render the model's input view"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
