@@ -37,6 +37,14 @@ pub enum CoreError {
         /// The BMI computed from height and weight.
         derived: f64,
     },
+    /// A specification (view, architecture, manifest) is unusable.
+    #[error("invalid {what}: {reason}")]
+    InvalidSpec {
+        /// What kind of specification.
+        what: &'static str,
+        /// Why it is unusable.
+        reason: String,
+    },
     /// A text value could not be parsed into the named type.
     #[error("{field}: {message}")]
     Parse {

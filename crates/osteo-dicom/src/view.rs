@@ -8,79 +8,13 @@
 
 use crate::error::DicomError;
 use crate::volume::Volume;
+pub use osteo_core::ViewSpec;
 use serde::{Deserialize, Serialize};
 
 /// HU below which a voxel is outside the body.
 const BODY_MIN_HU: f32 = -300.0;
 /// Smallest |cosine| accepted between volume axes and patient axes.
 const AXIS_MIN_COS: f64 = 0.9;
-
-/// Parameters of the `coronal_slab` view (stored in model manifests).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ViewSpec {
-    /// Output height in pixels (patient z).
-    pub height: usize,
-    /// Output width in pixels (patient x).
-    pub width: usize,
-    /// Output pixel size in mm.
-    pub pixel_mm: f64,
-    /// Thickness of the projected coronal slab in mm.
-    pub slab_mm: f64,
-    /// HU window mapped to [0, 1]: `[low, high]`.
-    pub window_hu: [f32; 2],
-    /// HU above which a voxel counts as bone when locating the spine.
-    pub bone_threshold_hu: f32,
-    /// Width in mm of the left-right band, centred on the body, searched for the spine.
-    pub spine_band_mm: f64,
-}
-
-impl Default for ViewSpec {
-    fn default() -> Self {
-        Self {
-            height: 128,
-            width: 128,
-            pixel_mm: 3.0,
-            slab_mm: 40.0,
-            window_hu: [-200.0, 1200.0],
-            bone_threshold_hu: 180.0,
-            spine_band_mm: 60.0,
-        }
-    }
-}
-
-impl ViewSpec {
-    /// The view's name in manifests and APIs.
-    pub const NAME: &'static str = "coronal_slab";
-
-    fn validate(&self) -> Result<(), DicomError> {
-        let bad = |reason: String| {
-            Err(DicomError::View {
-                view: Self::NAME.into(),
-                reason,
-            })
-        };
-        if !(8..=1024).contains(&self.height) || !(8..=1024).contains(&self.width) {
-            return bad(format!(
-                "size {}x{} must be within 8..=1024 pixels per side",
-                self.height, self.width
-            ));
-        }
-        if !(self.pixel_mm.is_finite()
-            && self.pixel_mm > 0.0
-            && self.slab_mm.is_finite()
-            && self.slab_mm > 0.0)
-        {
-            return bad("pixel_mm and slab_mm must be positive".into());
-        }
-        if self.window_hu[0].partial_cmp(&self.window_hu[1]) != Some(std::cmp::Ordering::Less) {
-            return bad(format!("window_hu {:?} must be increasing", self.window_hu));
-        }
-        if !(self.spine_band_mm.is_finite() && self.spine_band_mm > 0.0) {
-            return bad("spine_band_mm must be positive".into());
-        }
-        Ok(())
-    }
-}
 
 /// Where a view lies in the patient (LPS, mm).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -200,7 +134,10 @@ fn locate_spine(v: &Volume, spec: &ViewSpec, ax: &Axes) -> (f64, f64) {
 
 /// Builds the `coronal_slab` view of a volume.
 pub fn coronal_slab(v: &Volume, spec: &ViewSpec) -> Result<View, DicomError> {
-    spec.validate()?;
+    spec.validate().map_err(|e| DicomError::View {
+        view: ViewSpec::NAME.into(),
+        reason: e.to_string(),
+    })?;
     let ax = axes(v)?;
     let [nz, ny, nx] = v.dims;
     let (centre_x, spine_y) = locate_spine(v, spec, &ax);

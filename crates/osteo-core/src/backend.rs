@@ -1,0 +1,151 @@
+//! The backend boundary (DESIGN §6): what every inference engine implements. Backends are
+//! synchronous and own one loaded model; the server runs each on its own worker thread.
+
+use crate::gradcam::GradCamParts;
+use crate::grade::Grade;
+use crate::manifest::ModelArtifacts;
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Device {
+    /// The CPU.
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    BackendError::InvalidInput(format!(
+                        "unknown device {other:?}; expected \"cpu\" or \"cuda:N\""
+                    ))
+                }),
+        }
+    }
+}
+
+/// What a backend says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    /// Backend name: `candle`, `ort` or `tch`.
+    pub name: String,
+    /// Device it runs on.
+    pub device: Device,
+    /// Version of the underlying library.
+    pub library_version: String,
+}
+
+/// A batch of model inputs; which parts are present depends on the model kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Views `[N, 2, H, W]` (image and fused models).
+    pub images: Option<Tensor>,
+    /// Encoded clinical features `[N, F]` (tabular and fused models).
+    pub tabular: Option<Tensor>,
+}
+
+impl Batch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.images
+            .as_ref()
+            .or(self.tabular.as_ref())
+            .and_then(|t| t.shape().first().copied())
+            .unwrap_or(0)
+    }
+
+    /// Whether the batch holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a backend call failed. `Clone`, so one failure can be sent to every request of a batch.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum BackendError {
+    /// The model files could not be loaded.
+    #[error("cannot load model: {0}")]
+    Load(String),
+    /// The input does not fit the model.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The operation does not apply to this model (e.g. Grad-CAM on a tabular model).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The device is unavailable or failed (e.g. CUDA out of memory).
+    #[error("device error: {0}")]
+    Device(String),
+    /// The engine failed while running.
+    #[error("inference failed: {0}")]
+    Runtime(String),
+}
+
+/// An inference engine with one loaded model.
+pub trait Backend: Send {
+    /// Name, device and library version.
+    fn info(&self) -> BackendInfo;
+
+    /// Logits `[N, 3]` for a batch, in class order normal, osteopenia, osteoporosis.
+    fn predict(&mut self, batch: &Batch) -> Result<Tensor, BackendError>;
+
+    /// Grad-CAM parts for a one-sample batch and a target class.
+    fn gradcam(&mut self, sample: &Batch, class: Grade) -> Result<GradCamParts, BackendError>;
+}
+
+/// Loading a backend from a model directory.
+pub trait LoadBackend: Backend + Sized {
+    /// Loads the model in `artifacts` onto `device`.
+    fn load(artifacts: &ModelArtifacts, device: Device) -> Result<Self, BackendError>;
+}
+
+/// Softmax of one row of logits.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let exp: Vec<f32> = logits.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_print() {
+        assert_eq!("cpu".parse::<Device>().expect("cpu"), Device::Cpu);
+        assert_eq!("cuda:1".parse::<Device>().expect("cuda"), Device::Cuda(1));
+        assert_eq!(Device::Cuda(0).to_string(), "cuda:0");
+        assert!("gpu".parse::<Device>().is_err());
+    }
+
+    #[test]
+    fn softmax_is_stable_and_sums_to_one() {
+        let p = softmax(&[1000.0, 1000.0, 0.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] < 1e-6);
+    }
+}

@@ -1,0 +1,235 @@
+//! `model.toml`: the manifest of a model directory (DESIGN §5).
+
+use crate::arch::{ArchSpec, ModelKind};
+use crate::error::CoreError;
+use crate::features::TabularSpec;
+use crate::grade::Grade;
+use crate::view_spec::ViewSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// File name of the manifest inside a model directory.
+pub const MANIFEST_FILE: &str = "model.toml";
+/// File name of the weights (the one source of truth every backend loads).
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// File name of the ONNX export.
+pub const ONNX_FILE: &str = "model.onnx";
+
+/// How a model was produced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The command line that trained it.
+    pub command: String,
+    /// The training seed.
+    pub seed: u64,
+    /// The source commit.
+    pub commit: String,
+    /// Description of the training data.
+    pub data: String,
+}
+
+/// The manifest of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    /// Model name, e.g. `osteo-fused-v1`.
+    pub name: String,
+    /// Model version.
+    pub version: String,
+    /// What the model reads.
+    pub kind: ModelKind,
+    /// Class names in logit order.
+    pub classes: Vec<String>,
+    /// The network.
+    pub arch: ArchSpec,
+    /// The CT view (image and fused models).
+    pub view: Option<ViewSpec>,
+    /// The tabular features (tabular and fused models).
+    pub tabular: Option<TabularSpec>,
+    /// How it was trained.
+    pub provenance: Provenance,
+    /// Evaluation metrics (name -> value).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+fn bad(reason: String) -> CoreError {
+    CoreError::InvalidSpec {
+        what: "model manifest",
+        reason,
+    }
+}
+
+impl ModelManifest {
+    /// Checks internal consistency: kind, branches, view size, feature count, classes.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        self.arch.validate()?;
+        if self.arch.kind != self.kind {
+            return Err(bad(format!(
+                "kind {} but architecture kind {}",
+                self.kind, self.arch.kind
+            )));
+        }
+        let expected: Vec<&str> = Grade::ALL.iter().map(|g| g.name()).collect();
+        if self.classes != expected || self.arch.head.classes != expected.len() {
+            return Err(bad(format!(
+                "classes must be {expected:?} with a 3-way head"
+            )));
+        }
+        match (&self.arch.image, &self.view) {
+            (Some(img), Some(view)) => {
+                view.validate()?;
+                if (img.height, img.width) != (view.height, view.width) || img.in_channels != 2 {
+                    return Err(bad(format!(
+                        "image branch input {}x{}x{} does not match the 2-channel {}x{} view",
+                        img.in_channels, img.height, img.width, view.height, view.width
+                    )));
+                }
+            }
+            (None, None) => {}
+            _ => {
+                return Err(bad(
+                    "a view is required exactly when the model has an image branch".into(),
+                ));
+            }
+        }
+        match (&self.arch.tabular, &self.tabular) {
+            (Some(t), Some(spec)) => {
+                spec.validate()?;
+                if t.in_features != spec.features.len() {
+                    return Err(bad(format!(
+                        "tabular branch takes {} features, manifest lists {}",
+                        t.in_features,
+                        spec.features.len()
+                    )));
+                }
+            }
+            (None, None) => {}
+            _ => {
+                return Err(bad(
+                    "tabular features are required exactly when the model has a tabular branch"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a manifest from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, CoreError> {
+        let m: ModelManifest = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Serialises to TOML.
+    pub fn to_toml(&self) -> Result<String, CoreError> {
+        toml::to_string_pretty(self).map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// A model directory with its parsed manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelArtifacts {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The manifest.
+    pub manifest: ModelManifest,
+}
+
+impl ModelArtifacts {
+    /// Reads `dir/model.toml`.
+    pub fn open(dir: &Path) -> Result<Self, CoreError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        let manifest =
+            ModelManifest::from_toml(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// Path of the weights file.
+    pub fn weights_path(&self) -> PathBuf {
+        self.dir.join(WEIGHTS_FILE)
+    }
+
+    /// Path of the ONNX export.
+    pub fn onnx_path(&self) -> PathBuf {
+        self.dir.join(ONNX_FILE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::{Head, ImageBranch, TabularBranch};
+    use crate::features::FEATURE_NAMES;
+
+    fn manifest() -> ModelManifest {
+        ModelManifest {
+            name: "osteo-fused-test".into(),
+            version: "1".into(),
+            kind: ModelKind::Fused,
+            classes: Grade::ALL.iter().map(|g| g.name().to_string()).collect(),
+            arch: ArchSpec {
+                kind: ModelKind::Fused,
+                image: Some(ImageBranch {
+                    in_channels: 2,
+                    height: 128,
+                    width: 128,
+                    channels: vec![8, 16],
+                    batch_norm_eps: 1e-5,
+                }),
+                tabular: Some(TabularBranch {
+                    in_features: 13,
+                    hidden: vec![16],
+                }),
+                head: Head {
+                    hidden: vec![16],
+                    classes: 3,
+                },
+            },
+            view: Some(ViewSpec::default()),
+            tabular: Some(
+                TabularSpec::with_stats(&vec![(0.0, 1.0); FEATURE_NAMES.len()]).expect("spec"),
+            ),
+            provenance: Provenance {
+                command: "osteo train".into(),
+                seed: 1,
+                commit: "abc".into(),
+                data: "synthetic".into(),
+            },
+            metrics: [("auc_macro".to_string(), 0.9)].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let m = manifest();
+        let text = m.to_toml().expect("toml");
+        assert!(text.contains("name = \"osteo-fused-test\""), "{text}");
+        assert_eq!(ModelManifest::from_toml(&text).expect("parses"), m);
+    }
+
+    #[test]
+    fn inconsistent_manifests_are_rejected_with_a_reason() {
+        let mut m = manifest();
+        m.view = Some(ViewSpec {
+            height: 64,
+            ..ViewSpec::default()
+        });
+        assert!(
+            ModelManifest::from_toml(&m.to_toml().expect("toml"))
+                .expect_err("size")
+                .to_string()
+                .contains("does not match")
+        );
+        let mut m = manifest();
+        m.classes.swap(0, 1);
+        assert!(m.validate().is_err());
+        assert!(ModelManifest::from_toml("name = 3").is_err());
+    }
+}
