@@ -1,0 +1,233 @@
+//! `CandleBackend`: loads `weights.safetensors` and serves predict and Grad-CAM.
+
+use crate::network::Network;
+use candle_core::{D, DType, IndexOp, Tensor, Var};
+use candle_nn::VarBuilder;
+use osteo_core::{
+    ArchSpec, Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, LoadBackend,
+    ModelArtifacts,
+};
+use std::collections::HashMap;
+
+/// Version of candle this backend is built against.
+pub const LIBRARY_VERSION: &str = "candle 0.11.1";
+
+/// The candle device for an OsteoServe device.
+pub fn to_candle_device(device: Device) -> Result<candle_core::Device, BackendError> {
+    match device {
+        Device::Cpu => Ok(candle_core::Device::Cpu),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => candle_core::Device::new_cuda(i)
+            .map_err(|e| BackendError::Device(format!("cuda:{i}: {e}"))),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(i) => Err(BackendError::Device(format!(
+            "cuda:{i} requested but this build of the candle backend has no CUDA support (build with --features cuda)"
+        ))),
+    }
+}
+
+fn runtime(e: candle_core::Error) -> BackendError {
+    BackendError::Runtime(e.to_string())
+}
+
+/// A model loaded on candle.
+#[derive(Debug)]
+pub struct CandleBackend {
+    network: Network,
+    device: Device,
+    candle_device: candle_core::Device,
+}
+
+/// Checks that the weights hold exactly the spec's parameters with the right shapes.
+fn check_weights(arch: &ArchSpec, tensors: &HashMap<String, Tensor>) -> Result<(), BackendError> {
+    let expected = arch.parameters();
+    for (name, shape) in &expected {
+        let t = tensors.get(name).ok_or_else(|| {
+            BackendError::Load(format!("weights lack parameter {name} {shape:?}"))
+        })?;
+        if t.dims() != shape.as_slice() {
+            return Err(BackendError::Load(format!(
+                "parameter {name} has shape {:?}, the architecture needs {shape:?}",
+                t.dims()
+            )));
+        }
+    }
+    if let Some(extra) = tensors
+        .keys()
+        .find(|k| !expected.iter().any(|(n, _)| n == *k))
+    {
+        return Err(BackendError::Load(format!(
+            "weights hold {extra}, which the architecture does not have (stale weights?)"
+        )));
+    }
+    Ok(())
+}
+
+impl CandleBackend {
+    /// Wraps an already built network (e.g. straight from training).
+    pub fn from_network(network: Network, device: Device) -> Result<Self, BackendError> {
+        let candle_device = to_candle_device(device)?;
+        Ok(Self {
+            network,
+            device,
+            candle_device,
+        })
+    }
+
+    /// The network.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    fn input(
+        &self,
+        t: Option<&osteo_core::Tensor>,
+        what: &str,
+        expect: &[usize],
+    ) -> Result<Option<Tensor>, BackendError> {
+        let Some(t) = t else { return Ok(None) };
+        let shape = t.shape();
+        if shape.len() != expect.len() + 1 || shape[1..] != *expect || shape[0] == 0 {
+            return Err(BackendError::InvalidInput(format!(
+                "{what} must be [N, {expect:?}], got {shape:?}"
+            )));
+        }
+        Tensor::from_slice(t.data(), shape, &self.candle_device)
+            .map(Some)
+            .map_err(runtime)
+    }
+
+    fn inputs(&self, batch: &Batch) -> Result<(Option<Tensor>, Option<Tensor>), BackendError> {
+        let arch = self.network.arch();
+        let images = match &arch.image {
+            Some(img) => {
+                let t = self.input(
+                    batch.images.as_ref(),
+                    "images",
+                    &[img.in_channels, img.height, img.width],
+                )?;
+                Some(t.ok_or_else(|| {
+                    BackendError::InvalidInput(format!("a {} model needs images", arch.kind))
+                })?)
+            }
+            None => None,
+        };
+        let tabular = match &arch.tabular {
+            Some(tb) => {
+                let t = self.input(
+                    batch.tabular.as_ref(),
+                    "clinical features",
+                    &[tb.in_features],
+                )?;
+                Some(t.ok_or_else(|| {
+                    BackendError::InvalidInput(format!(
+                        "a {} model needs clinical features",
+                        arch.kind
+                    ))
+                })?)
+            }
+            None => None,
+        };
+        if let (Some(i), Some(t)) = (&images, &tabular)
+            && i.dim(0).map_err(runtime)? != t.dim(0).map_err(runtime)?
+        {
+            return Err(BackendError::InvalidInput(
+                "images and clinical features differ in batch size".into(),
+            ));
+        }
+        Ok((images, tabular))
+    }
+}
+
+impl LoadBackend for CandleBackend {
+    fn load(artifacts: &ModelArtifacts, device: Device) -> Result<Self, BackendError> {
+        let candle_device = to_candle_device(device)?;
+        let path = artifacts.weights_path();
+        let tensors = candle_core::safetensors::load(&path, &candle_device)
+            .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+        let arch = &artifacts.manifest.arch;
+        check_weights(arch, &tensors)?;
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
+            .collect::<candle_core::Result<HashMap<_, _>>>()
+            .map_err(runtime)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &candle_device);
+        let network = Network::new(arch, vb).map_err(|e| BackendError::Load(e.to_string()))?;
+        Ok(Self {
+            network,
+            device,
+            candle_device,
+        })
+    }
+}
+
+impl Backend for CandleBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "candle".into(),
+            device: self.device,
+            library_version: LIBRARY_VERSION.into(),
+        }
+    }
+
+    fn predict(&mut self, batch: &Batch) -> Result<osteo_core::Tensor, BackendError> {
+        let (images, tabular) = self.inputs(batch)?;
+        let logits = self
+            .network
+            .forward(images.as_ref(), tabular.as_ref(), false)
+            .map_err(runtime)?;
+        let (n, c) = logits.dims2().map_err(runtime)?;
+        let data = logits
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(runtime)?;
+        osteo_core::Tensor::new(vec![n, c], data).map_err(|e| BackendError::Runtime(e.to_string()))
+    }
+
+    fn gradcam(&mut self, sample: &Batch, class: Grade) -> Result<GradCamParts, BackendError> {
+        let arch = self.network.arch();
+        if arch.image.is_none() {
+            return Err(BackendError::Unsupported(format!(
+                "Grad-CAM needs an image branch; this is a {} model",
+                arch.kind
+            )));
+        }
+        let (images, tabular) = self.inputs(sample)?;
+        let images =
+            images.ok_or_else(|| BackendError::InvalidInput("Grad-CAM needs an image".into()))?;
+        if images.dim(0).map_err(runtime)? != 1 {
+            return Err(BackendError::InvalidInput(
+                "Grad-CAM takes one sample at a time".into(),
+            ));
+        }
+        let activation = self
+            .network
+            .image_activation(&images, false)
+            .map_err(runtime)?
+            .detach();
+        let var = Var::from_tensor(&activation).map_err(runtime)?;
+        let logits = self
+            .network
+            .head_from(Some(var.as_tensor()), tabular.as_ref())
+            .map_err(runtime)?;
+        let target = logits.i((0, class.index())).map_err(runtime)?;
+        let grads = target.backward().map_err(runtime)?;
+        let grad = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| BackendError::Runtime("no gradient reached the activation".into()))?;
+        let alpha = grad
+            .i(0)
+            .and_then(|g| g.mean(D::Minus1)?.mean(D::Minus1)?.to_vec1::<f32>())
+            .map_err(runtime)?;
+        let a = activation.i(0).map_err(runtime)?;
+        let shape = a.dims().to_vec();
+        let data = a
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(runtime)?;
+        let activation = osteo_core::Tensor::new(shape, data)
+            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+        Ok(GradCamParts { activation, alpha })
+    }
+}

@@ -1,0 +1,268 @@
+//! The candle backend against the network it is built from: saved weights reload exactly,
+//! batching does not change results, and Grad-CAM's alpha equals finite differences.
+
+use candle_core::{DType, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use osteo_backend_candle::{CandleBackend, Network};
+use osteo_core::arch::{Head, ImageBranch, TabularBranch};
+use osteo_core::features::FEATURE_NAMES;
+use osteo_core::manifest::{MANIFEST_FILE, Provenance, WEIGHTS_FILE};
+use osteo_core::{
+    ArchSpec, Backend, BackendError, Batch, Device, Grade, LoadBackend, ModelArtifacts, ModelKind,
+    ModelManifest, TabularSpec, ViewSpec,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+
+const H: usize = 32;
+const F: usize = FEATURE_NAMES.len();
+
+fn arch(kind: ModelKind) -> ArchSpec {
+    ArchSpec {
+        kind,
+        image: kind.uses_image().then(|| ImageBranch {
+            in_channels: 2,
+            height: H,
+            width: H,
+            channels: vec![6, 8],
+            batch_norm_eps: 1e-5,
+        }),
+        tabular: kind.uses_tabular().then(|| TabularBranch {
+            in_features: F,
+            hidden: vec![10],
+        }),
+        head: Head {
+            hidden: vec![12],
+            classes: 3,
+        },
+    }
+}
+
+fn manifest(kind: ModelKind) -> ModelManifest {
+    ModelManifest {
+        name: format!("test-{kind}"),
+        version: "0".into(),
+        kind,
+        classes: Grade::ALL.iter().map(|g| g.name().to_string()).collect(),
+        arch: arch(kind),
+        view: kind.uses_image().then(|| ViewSpec {
+            height: H,
+            width: H,
+            ..ViewSpec::default()
+        }),
+        tabular: kind
+            .uses_tabular()
+            .then(|| TabularSpec::with_stats(&vec![(0.0, 1.0); F]).expect("spec")),
+        provenance: Provenance::default(),
+        metrics: Default::default(),
+    }
+}
+
+fn random(shape: &[usize], rng: &mut ChaCha8Rng) -> osteo_core::Tensor {
+    let n = shape.iter().product();
+    osteo_core::Tensor::new(
+        shape.to_vec(),
+        (0..n).map(|_| rng.random::<f32>()).collect(),
+    )
+    .expect("tensor")
+}
+
+fn batch(kind: ModelKind, n: usize, rng: &mut ChaCha8Rng) -> Batch {
+    Batch {
+        images: kind.uses_image().then(|| random(&[n, 2, H, H], rng)),
+        tabular: kind.uses_tabular().then(|| random(&[n, F], rng)),
+    }
+}
+
+fn to_candle(t: &Option<osteo_core::Tensor>) -> Option<Tensor> {
+    t.as_ref().map(|t| {
+        Tensor::from_slice(t.data(), t.shape(), &candle_core::Device::Cpu).expect("tensor")
+    })
+}
+
+/// Trains nothing, but runs train-mode passes so the batch-norm running statistics move away
+/// from their initial values, then saves a model directory.
+fn saved_model(kind: ModelKind, dir: &Path, rng: &mut ChaCha8Rng) -> Network {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &candle_core::Device::Cpu);
+    let network = Network::new(&arch(kind), vb).expect("network");
+    for _ in 0..3 {
+        let b = batch(kind, 8, rng);
+        network
+            .forward(
+                to_candle(&b.images).as_ref(),
+                to_candle(&b.tabular).as_ref(),
+                true,
+            )
+            .expect("train pass");
+    }
+    varmap.save(dir.join(WEIGHTS_FILE)).expect("save weights");
+    std::fs::write(
+        dir.join(MANIFEST_FILE),
+        manifest(kind).to_toml().expect("toml"),
+    )
+    .expect("manifest");
+    network
+}
+
+fn logits(network: &Network, b: &Batch) -> Vec<f32> {
+    let out = network
+        .forward(
+            to_candle(&b.images).as_ref(),
+            to_candle(&b.tabular).as_ref(),
+            false,
+        )
+        .expect("forward");
+    out.flatten_all().and_then(|t| t.to_vec1()).expect("vec")
+}
+
+#[test]
+fn saved_weights_reload_to_the_same_predictions_for_every_kind() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for kind in [ModelKind::Image, ModelKind::Tabular, ModelKind::Fused] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let network = saved_model(kind, dir.path(), &mut rng);
+        let artifacts = ModelArtifacts::open(dir.path()).expect("artifacts");
+        let mut backend = CandleBackend::load(&artifacts, Device::Cpu).expect("load");
+        assert_eq!(backend.info().name, "candle");
+        let b = batch(kind, 5, &mut rng);
+        let got = backend.predict(&b).expect("predict");
+        assert_eq!(got.shape(), &[5, 3]);
+        let want = logits(&network, &b);
+        for (g, w) in got.data().iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{kind}: {g} vs {w}"
+            );
+        }
+        // Batching does not change a sample's result (eval-mode batch-norm).
+        for i in 0..5 {
+            let single = Batch {
+                images: b.images.as_ref().map(|t| {
+                    osteo_core::Tensor::new(vec![1, 2, H, H], t.row(i).expect("row").to_vec())
+                        .expect("t")
+                }),
+                tabular: b.tabular.as_ref().map(|t| {
+                    osteo_core::Tensor::new(vec![1, F], t.row(i).expect("row").to_vec()).expect("t")
+                }),
+            };
+            let one = backend.predict(&single).expect("predict one");
+            for (a, b) in one.data().iter().zip(got.row(i).expect("row")) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{kind}: batch {b} vs single {a}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gradcam_alpha_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    saved_model(ModelKind::Fused, dir.path(), &mut rng);
+    let mut backend = CandleBackend::load(
+        &ModelArtifacts::open(dir.path()).expect("artifacts"),
+        Device::Cpu,
+    )
+    .expect("load");
+    let sample = batch(ModelKind::Fused, 1, &mut rng);
+    let network = backend.network().clone();
+    let images = to_candle(&sample.images).expect("images");
+    let tabular = to_candle(&sample.tabular);
+    let a = network
+        .image_activation(&images, false)
+        .expect("activation");
+    let (_, k, h, w) = a.dims4().expect("4d");
+    for class in Grade::ALL {
+        let parts = backend.gradcam(&sample, class).expect("gradcam");
+        assert_eq!(parts.activation.shape(), &[k, h, w]);
+        assert_eq!(parts.alpha.len(), k);
+        assert!(
+            parts.alpha.iter().any(|a| a.abs() > 1e-4),
+            "{class}: all-zero alpha would make the check vacuous"
+        );
+        let eps = 1e-2f32;
+        for ch in 0..k {
+            let mut bump = vec![0f32; k * h * w];
+            bump[ch * h * w..(ch + 1) * h * w].fill(eps);
+            let bump =
+                Tensor::from_vec(bump, (1, k, h, w), &candle_core::Device::Cpu).expect("bump");
+            let at = |t: &Tensor| -> f32 {
+                let l = network.head_from(Some(t), tabular.as_ref()).expect("head");
+                l.flatten_all()
+                    .and_then(|v| v.to_vec1::<f32>())
+                    .expect("vec")[class.index()]
+            };
+            let plus = at(&(&a + &bump).expect("plus"));
+            let minus = at(&(&a - &bump).expect("minus"));
+            // Shifting a whole channel by eps moves the logit by eps * sum(dlogit/dA) = eps*h*w*alpha.
+            let fd = (plus - minus) / (2.0 * eps) / (h * w) as f32;
+            let alpha = parts.alpha[ch];
+            assert!(
+                (fd - alpha).abs() <= 1e-3 + 1e-2 * alpha.abs(),
+                "{class} channel {ch}: alpha {alpha} vs finite difference {fd}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_weights_and_bad_input_are_clear_errors() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    saved_model(ModelKind::Image, dir.path(), &mut rng);
+    // The weights of an image model under a fused manifest: the tabular parameters are missing.
+    std::fs::write(
+        dir.path().join(MANIFEST_FILE),
+        manifest(ModelKind::Fused).to_toml().expect("toml"),
+    )
+    .expect("write");
+    let err = CandleBackend::load(
+        &ModelArtifacts::open(dir.path()).expect("artifacts"),
+        Device::Cpu,
+    )
+    .expect_err("missing");
+    assert!(
+        matches!(&err, BackendError::Load(m) if m.contains("tabular.fc0.weight")),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    saved_model(ModelKind::Tabular, dir.path(), &mut rng);
+    let mut backend = CandleBackend::load(
+        &ModelArtifacts::open(dir.path()).expect("artifacts"),
+        Device::Cpu,
+    )
+    .expect("load");
+    let err = backend
+        .gradcam(&batch(ModelKind::Tabular, 1, &mut rng), Grade::Normal)
+        .expect_err("tabular");
+    assert!(matches!(err, BackendError::Unsupported(_)), "{err}");
+    let wrong = Batch {
+        images: None,
+        tabular: Some(random(&[2, F + 1], &mut rng)),
+    };
+    assert!(matches!(
+        backend.predict(&wrong),
+        Err(BackendError::InvalidInput(_))
+    ));
+    let none = Batch {
+        images: None,
+        tabular: None,
+    };
+    assert!(matches!(
+        backend.predict(&none),
+        Err(BackendError::InvalidInput(_))
+    ));
+    #[cfg(not(feature = "cuda"))]
+    assert!(matches!(
+        CandleBackend::load(
+            &ModelArtifacts::open(dir.path()).expect("artifacts"),
+            Device::Cuda(0)
+        ),
+        Err(BackendError::Device(_))
+    ));
+}
