@@ -199,9 +199,9 @@ pub fn bootstrap(probs: &[[f64; K]], truth: &[Grade], resamples: usize, seed: u6
         let t: Vec<Grade> = idx.iter().map(|&i| truth[i]).collect();
         let e = evaluate(&p, &t);
         macro_auc.push(e.auc_macro);
-        for k in 0..K {
-            if let Some(a) = e.auc[k] {
-                class_auc[k].push(a);
+        for (bucket, auc) in class_auc.iter_mut().zip(e.auc) {
+            if let Some(a) = auc {
+                bucket.push(a);
             }
         }
         acc.push(e.accuracy);
