@@ -27,6 +27,43 @@ const SOFT: f32 = 45.0;
 /// Smallest and largest HU the 12-bit CT encoding stores (intercept −1024).
 pub const HU_RANGE: (f32, f32) = (-1024.0, 3071.0);
 
+/// How bone attenuation follows the T-score (HU = intercept + slope x T + deviations); the
+/// oracle reads the same parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ImageModel {
+    /// Vertebral trabecular HU: `[intercept, slope]`.
+    pub spine: [f64; 2],
+    /// Femoral trabecular HU: `[intercept, slope]`.
+    pub femur: [f64; 2],
+    /// Cortical HU: `[intercept, slope]`.
+    pub cortex: [f64; 2],
+    /// SD of the patient's individual trabecular deviation (shared by spine and femur).
+    pub sd_individual: f64,
+    /// SD of each vertebra's own deviation.
+    pub sd_vertebra: f64,
+    /// SD of the cortical deviation.
+    pub sd_cortex: f64,
+    /// SD of the scanner calibration offset (added to all tissue).
+    pub sd_calibration: f64,
+    /// Number of vertebrae (T12-L5).
+    pub vertebrae: usize,
+}
+
+impl Default for ImageModel {
+    fn default() -> Self {
+        Self {
+            spine: [190.0, 35.0],
+            femur: [170.0, 38.0],
+            cortex: [700.0, 45.0],
+            sd_individual: 19.0,
+            sd_vertebra: 6.0,
+            sd_cortex: 70.0,
+            sd_calibration: 11.0,
+            vertebrae: 6,
+        }
+    }
+}
+
 /// Parameters of the acquisition grid.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PhantomSpec {
@@ -125,20 +162,23 @@ impl Anatomy {
         let spine_y = body[1] - fat_mm - 62.0 * spine_scale;
         let patient_offset = normal(r, 0.0, 10.0);
         let t = p.t_score;
-        let trab_patient = 190.0 + 35.0 * t + normal(r, 0.0, 10.0);
-        let mut vertebrae = Vec::with_capacity(6);
+        let im = ImageModel::default();
+        let individual = normal(r, 0.0, im.sd_individual);
+        let trab_patient = im.spine[0] + im.spine[1] * t + individual;
+        let mut vertebrae = Vec::with_capacity(im.vertebrae);
         let mut z = 0.0;
-        for i in 0..6 {
+        for i in 0..im.vertebrae {
             let h = (23.0 + 1.0 * i as f64) * spine_scale;
             vertebrae.push(Vertebra {
                 z_top: z,
                 z_bottom: z - h,
-                hu_trabecular: trab_patient + normal(r, 0.0, 6.0),
+                hu_trabecular: trab_patient + normal(r, 0.0, im.sd_vertebra),
             });
             z -= h + (8.0 + 0.4 * i as f64) * spine_scale;
         }
-        let hu_femoral = 170.0 + 38.0 * t + (trab_patient - 190.0 - 35.0 * t);
-        let hu_cortical = (700.0 + 45.0 * t + normal(r, 0.0, 30.0)).clamp(350.0, 1100.0);
+        let hu_femoral = im.femur[0] + im.femur[1] * t + individual;
+        let hu_cortical =
+            (im.cortex[0] + im.cortex[1] * t + normal(r, 0.0, im.sd_cortex)).clamp(350.0, 1100.0);
         let hu_aorta = normal(r, 230.0, 55.0).clamp(120.0, 380.0);
         let l5_bottom = vertebrae[5].z_bottom;
         let gas = (0..r.random_range(3..9))
@@ -179,7 +219,7 @@ impl Anatomy {
             hu_cortical,
             hu_aorta,
             gas,
-            calibration_hu: normal(r, 0.0, 6.0),
+            calibration_hu: normal(r, 0.0, im.sd_calibration),
             noise_sd: r.random_range(8.0..22.0),
         }
     }

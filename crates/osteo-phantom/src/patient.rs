@@ -43,7 +43,7 @@ impl Default for TScoreModel {
             glucocorticoids: 0.45,
             smoker: 0.25,
             rheumatoid_arthritis: 0.35,
-            sigma_latent: 0.95,
+            sigma_latent: 0.85,
             p_flag_unknown: 0.08,
         }
     }
@@ -131,6 +131,17 @@ impl TScoreModel {
         mu
     }
 
+    /// Prior probabilities of the four risk flags (fracture, glucocorticoids, smoker, rheumatoid
+    /// arthritis) for a patient's sex and age.
+    pub fn flag_probabilities(&self, sex: Sex, age: f64) -> [f64; 4] {
+        [
+            (0.04 + 0.005 * (age - 50.0).max(0.0)).min(0.5),
+            0.07,
+            if sex == Sex::Female { 0.12 } else { 0.22 },
+            0.05,
+        ]
+    }
+
     /// Draws patient `index` of the cohort with `seed`.
     pub fn patient(&self, seed: u64, index: u64) -> Patient {
         let r = &mut rng::stream(seed, index, 0);
@@ -152,12 +163,12 @@ impl TScoreModel {
         let bmi = truncated(r, 25.0, 4.0, 16.0, 45.0);
         let weight = round(bmi * (height / 100.0).powi(2), 1);
         let bmi = weight / (height / 100.0).powi(2);
+        let [pf, pg, ps, pr] = self.flag_probabilities(sex, age);
         let flags = TrueFlags {
-            prior_fragility_fracture: r
-                .random_bool((0.04 + 0.005 * (age - 50.0).max(0.0)).min(0.5)),
-            glucocorticoids: r.random_bool(0.07),
-            smoker: r.random_bool(if sex == Sex::Female { 0.12 } else { 0.22 }),
-            rheumatoid_arthritis: r.random_bool(0.05),
+            prior_fragility_fracture: r.random_bool(pf),
+            glucocorticoids: r.random_bool(pg),
+            smoker: r.random_bool(ps),
+            rheumatoid_arthritis: r.random_bool(pr),
         };
         let flags_unknown = std::array::from_fn(|_| r.random_bool(self.p_flag_unknown));
         let t_mean = self.mean(sex, age, bmi, flags);
