@@ -1,0 +1,282 @@
+//! Cohorts: a cohort CSV (the `osteo synth` format, `study_dir` pointing at DICOM series) or the
+//! in-memory synthetic cohort. Both go through the same view function; computed views are cached
+//! on disk by the content of the study plus the view specification.
+
+use crate::error::TrainError;
+use osteo_core::{ClinicalInput, ClinicalVariables, Grade, RiskFlags, Sex, TScore, ViewSpec};
+use osteo_dicom::{DicomSource, IngestOptions, View, coronal_slab};
+use osteo_phantom::{PhantomSpec, TScoreModel, phantom_volume};
+use rayon::prelude::*;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Where a cohort comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CohortSource {
+    /// A cohort CSV; relative `study_dir` values resolve against the CSV's directory.
+    Csv(PathBuf),
+    /// The built-in synthetic phantom cohort: patients `0..patients` of `seed`.
+    Synthetic {
+        /// Number of patients.
+        patients: usize,
+        /// Cohort seed.
+        seed: u64,
+    },
+}
+
+/// One patient of a cohort, ready for training or evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Patient identifier (synthetic or from the CSV).
+    pub patient_id: String,
+    /// Validated clinical variables.
+    pub clinical: ClinicalVariables,
+    /// DXA T-score.
+    pub t_score: f64,
+    /// WHO grade of the T-score.
+    pub grade: Grade,
+    /// The model's view of the study (`None` when views were not requested or the row has no study).
+    pub view: Option<Vec<f32>>,
+}
+
+/// One row of a cohort CSV.
+#[derive(Debug, Deserialize)]
+struct Row {
+    patient_id: String,
+    age: f64,
+    sex: String,
+    height_cm: f64,
+    weight_kg: f64,
+    prior_fragility_fracture: Option<u8>,
+    glucocorticoids: Option<u8>,
+    smoker: Option<u8>,
+    rheumatoid_arthritis: Option<u8>,
+    t_score: f64,
+    grade: Option<String>,
+    study_dir: Option<String>,
+}
+
+/// Loads a cohort; with `view` set, every patient's view is built (or read from `cache`).
+pub fn load(
+    source: &CohortSource,
+    view: Option<&ViewSpec>,
+    cache: Option<&Path>,
+) -> Result<Vec<Sample>, TrainError> {
+    match source {
+        CohortSource::Synthetic { patients, seed } => synthetic(*patients, *seed, view, cache),
+        CohortSource::Csv(path) => csv_cohort(path, view, cache),
+    }
+}
+
+fn synthetic(
+    n: usize,
+    seed: u64,
+    view: Option<&ViewSpec>,
+    cache: Option<&Path>,
+) -> Result<Vec<Sample>, TrainError> {
+    let model = TScoreModel::default();
+    let phantom = PhantomSpec::default();
+    (0..n as u64)
+        .into_par_iter()
+        .map(|i| {
+            let p = model.patient(seed, i);
+            let clinical = ClinicalVariables::validate(ClinicalInput {
+                age_years: p.age_years,
+                sex: p.sex,
+                height_cm: p.height_cm,
+                weight_kg: p.weight_kg,
+                bmi: None,
+                risk: p.recorded_risk(),
+            })
+            .map_err(|e| TrainError::Cohort {
+                file: "synthetic cohort".into(),
+                row: i as usize + 1,
+                message: e.to_string(),
+            })?;
+            let view = match view {
+                None => None,
+                Some(spec) => {
+                    // Synthetic studies are identified by generator inputs, not bytes.
+                    let key = format!("synthetic/v1/{seed}/{i}/{phantom:?}");
+                    Some(cached(cache, key.as_bytes(), spec, &p.id, || {
+                        let (_, volume) = phantom_volume(&p, &phantom);
+                        coronal_slab(&volume, spec)
+                    })?)
+                }
+            };
+            Ok(Sample {
+                patient_id: p.id.clone(),
+                clinical,
+                t_score: p.t_score,
+                grade: p.grade,
+                view,
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn flag(v: Option<u8>) -> Option<bool> {
+    v.map(|x| x != 0)
+}
+
+fn csv_cohort(
+    path: &Path,
+    view: Option<&ViewSpec>,
+    cache: Option<&Path>,
+) -> Result<Vec<Sample>, TrainError> {
+    let file = path.display().to_string();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut reader = csv::Reader::from_path(path).map_err(|e| TrainError::Io {
+        path: file.clone(),
+        message: e.to_string(),
+    })?;
+    let rows: Vec<(usize, Row)> = reader
+        .deserialize::<Row>()
+        .enumerate()
+        .map(|(i, r)| {
+            r.map(|row| (i + 1, row)).map_err(|e| TrainError::Cohort {
+                file: file.clone(),
+                row: i + 1,
+                message: e.to_string(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    rows.into_par_iter()
+        .map(|(row_no, row)| {
+            let bad = |message: String| TrainError::Cohort {
+                file: file.clone(),
+                row: row_no,
+                message,
+            };
+            let sex: Sex = row
+                .sex
+                .parse()
+                .map_err(|e: osteo_core::CoreError| bad(e.to_string()))?;
+            let clinical = ClinicalVariables::validate(ClinicalInput {
+                age_years: row.age,
+                sex,
+                height_cm: row.height_cm,
+                weight_kg: row.weight_kg,
+                bmi: None,
+                risk: RiskFlags {
+                    prior_fragility_fracture: flag(row.prior_fragility_fracture),
+                    glucocorticoids: flag(row.glucocorticoids),
+                    smoker: flag(row.smoker),
+                    rheumatoid_arthritis: flag(row.rheumatoid_arthritis),
+                },
+            })
+            .map_err(|e| bad(e.to_string()))?;
+            let grade = TScore::new(row.t_score)
+                .map_err(|e| bad(e.to_string()))?
+                .grade();
+            if let Some(g) = row.grade.as_deref().filter(|g| !g.is_empty()) {
+                let stated: Grade = g
+                    .parse()
+                    .map_err(|e: osteo_core::CoreError| bad(e.to_string()))?;
+                if stated != grade {
+                    return Err(bad(format!(
+                        "grade {stated} contradicts t_score {} ({grade} by the WHO cut-offs)",
+                        row.t_score
+                    )));
+                }
+            }
+            let view = match (view, row.study_dir.as_deref().filter(|d| !d.is_empty())) {
+                (Some(spec), Some(dir)) => {
+                    let dir = base.join(dir);
+                    let key = study_digest(&dir).map_err(|e| bad(e.to_string()))?;
+                    Some(cached(cache, &key, spec, &row.patient_id, || {
+                        let ingested = osteo_dicom::ingest(
+                            DicomSource::Path(dir.clone()),
+                            &IngestOptions::default(),
+                        )?;
+                        coronal_slab(&ingested.volume, spec)
+                    })?)
+                }
+                (Some(_), None) => {
+                    return Err(bad("study_dir is empty but the model needs images".into()));
+                }
+                (None, _) => None,
+            };
+            Ok(Sample {
+                patient_id: row.patient_id,
+                clinical,
+                t_score: row.t_score,
+                grade,
+                view,
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Digest of every file of a study directory (names and bytes, in name order).
+fn study_digest(dir: &Path) -> Result<Vec<u8>, TrainError> {
+    let io = |e: std::io::Error| TrainError::Io {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    files.sort();
+    let mut h = blake3::Hasher::new();
+    for f in files.iter().filter(|f| f.is_file()) {
+        h.update(
+            f.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        h.update(&std::fs::read(f).map_err(io)?);
+    }
+    Ok(h.finalize().as_bytes().to_vec())
+}
+
+/// Returns the view for a study key, from the cache when present, else computed and stored.
+fn cached(
+    cache: Option<&Path>,
+    study_key: &[u8],
+    spec: &ViewSpec,
+    patient: &str,
+    compute: impl FnOnce() -> Result<View, osteo_dicom::DicomError>,
+) -> Result<Vec<f32>, TrainError> {
+    let path = cache.map(|dir| {
+        let mut h = blake3::Hasher::new();
+        h.update(study_key);
+        h.update(serde_json::to_string(spec).unwrap_or_default().as_bytes());
+        dir.join(format!("{}.f32", h.finalize().to_hex()))
+    });
+    let expected = 2 * spec.height * spec.width;
+    if let Some(p) = &path
+        && let Ok(bytes) = std::fs::read(p)
+        && bytes.len() == expected * 4
+    {
+        return Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect());
+    }
+    let view = compute().map_err(|source| TrainError::Study {
+        patient: patient.to_string(),
+        source,
+    })?;
+    if let Some(p) = &path {
+        let io = |e: std::io::Error| TrainError::Io {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let bytes: Vec<u8> = view.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Write then rename, so a concurrent reader never sees a partial file.
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, p).map_err(io)?;
+    }
+    Ok(view.data)
+}
