@@ -5,9 +5,12 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
+pub mod artifact;
 pub mod cohort;
 pub mod error;
 pub mod metrics;
+pub mod split;
+pub mod train;
 
 pub use cohort::{CohortSource, Sample};
 pub use error::TrainError;

@@ -1,0 +1,45 @@
+//! Writing a trained model directory: `model.toml` and `weights.safetensors`.
+
+use crate::error::TrainError;
+use crate::train::Trained;
+use osteo_core::manifest::{MANIFEST_FILE, Provenance, WEIGHTS_FILE};
+use osteo_core::{Grade, ModelManifest};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Writes the model directory and returns its manifest.
+pub fn write_model(
+    trained: &Trained,
+    name: &str,
+    provenance: Provenance,
+    metrics: BTreeMap<String, f64>,
+    dir: &Path,
+) -> Result<ModelManifest, TrainError> {
+    let io = |e: String| TrainError::Io {
+        path: dir.display().to_string(),
+        message: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
+    let manifest = ModelManifest {
+        name: name.to_string(),
+        version: "1".into(),
+        kind: trained.arch.kind,
+        classes: Grade::ALL.iter().map(|g| g.name().to_string()).collect(),
+        arch: trained.arch.clone(),
+        view: trained.view,
+        tabular: trained.tabular.clone(),
+        provenance,
+        metrics,
+    };
+    manifest.validate().map_err(|e| io(e.to_string()))?;
+    trained
+        .varmap
+        .save(dir.join(WEIGHTS_FILE))
+        .map_err(|e| io(e.to_string()))?;
+    std::fs::write(
+        dir.join(MANIFEST_FILE),
+        manifest.to_toml().map_err(|e| io(e.to_string()))?,
+    )
+    .map_err(|e| io(e.to_string()))?;
+    Ok(manifest)
+}

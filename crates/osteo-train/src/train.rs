@@ -1,0 +1,470 @@
+//! The training loop: class-weighted cross-entropy, AdamW with a cosine learning-rate schedule,
+//! light augmentation, early stopping on validation macro AUC, all reproducible from the seed.
+
+use crate::cohort::Sample;
+use crate::error::TrainError;
+use crate::metrics::{Evaluation, evaluate};
+use crate::split::{Split, stratified};
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use osteo_backend_candle::Network;
+use osteo_core::arch::{Head, ImageBranch, TabularBranch};
+use osteo_core::features::FEATURE_NAMES;
+use osteo_core::{ArchSpec, Grade, ModelKind, TabularSpec, ViewSpec};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// What to train.
+    pub kind: ModelKind,
+    /// Largest number of epochs.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Peak learning rate (cosine decay to 5% of it).
+    pub learning_rate: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Epochs without validation improvement before stopping.
+    pub patience: usize,
+    /// Fraction of patients for validation.
+    pub validation_fraction: f64,
+    /// Fraction of patients held out for testing.
+    pub test_fraction: f64,
+    /// Random shifts and intensity jitter on training views.
+    pub augment: bool,
+    /// Seed of the split, initialisation order, shuffling and augmentation.
+    pub seed: u64,
+    /// Conv block channels of the image branch.
+    pub image_channels: Vec<usize>,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+}
+
+impl TrainConfig {
+    /// Defaults for a model kind.
+    pub fn new(kind: ModelKind, seed: u64) -> Self {
+        Self {
+            kind,
+            epochs: 40,
+            batch_size: 32,
+            learning_rate: if kind == ModelKind::Tabular {
+                3e-3
+            } else {
+                2e-3
+            },
+            weight_decay: 1e-4,
+            patience: 8,
+            validation_fraction: 0.15,
+            test_fraction: 0.15,
+            augment: true,
+            seed,
+            image_channels: vec![16, 32, 64, 64],
+            progress: true,
+        }
+    }
+}
+
+/// One epoch of the training history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Epoch {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean weighted training loss.
+    pub train_loss: f64,
+    /// Validation macro AUC.
+    pub validation_auc: f64,
+    /// Validation accuracy.
+    pub validation_accuracy: f64,
+    /// Learning rate used.
+    pub learning_rate: f64,
+}
+
+/// A trained model, before it is written to disk.
+pub struct Trained {
+    /// The architecture.
+    pub arch: ArchSpec,
+    /// Tabular features with the training set's normalisation (tabular and fused models).
+    pub tabular: Option<TabularSpec>,
+    /// The view (image and fused models).
+    pub view: Option<ViewSpec>,
+    /// Variables holding the best weights.
+    pub varmap: VarMap,
+    /// The network over `varmap`.
+    pub network: Network,
+    /// The split used.
+    pub split: Split,
+    /// Per-epoch history.
+    pub history: Vec<Epoch>,
+    /// Best epoch (1-based).
+    pub best_epoch: usize,
+}
+
+fn candle_err(e: candle_core::Error) -> TrainError {
+    TrainError::Io {
+        path: "training".into(),
+        message: e.to_string(),
+    }
+}
+
+/// The architecture trained for a kind.
+pub fn architecture(kind: ModelKind, view: &ViewSpec, channels: &[usize]) -> ArchSpec {
+    ArchSpec {
+        kind,
+        image: kind.uses_image().then(|| ImageBranch {
+            in_channels: 2,
+            height: view.height,
+            width: view.width,
+            channels: channels.to_vec(),
+            batch_norm_eps: 1e-5,
+        }),
+        tabular: kind.uses_tabular().then(|| TabularBranch {
+            in_features: FEATURE_NAMES.len(),
+            hidden: vec![32, 16],
+        }),
+        head: Head {
+            hidden: vec![32],
+            classes: 3,
+        },
+    }
+}
+
+/// Feature means and standard deviations over the training patients.
+fn tabular_spec(samples: &[Sample], train: &[usize]) -> Result<TabularSpec, TrainError> {
+    let raw: Vec<Vec<f64>> = train
+        .iter()
+        .map(|&i| {
+            FEATURE_NAMES
+                .iter()
+                .map(|f| osteo_core::features::raw_value(f.0, &samples[i].clinical).unwrap_or(0.0))
+                .collect()
+        })
+        .collect();
+    let n = raw.len().max(1) as f64;
+    let stats: Vec<(f64, f64)> = (0..FEATURE_NAMES.len())
+        .map(|k| {
+            let mean = raw.iter().map(|r| r[k]).sum::<f64>() / n;
+            let var = raw.iter().map(|r| (r[k] - mean).powi(2)).sum::<f64>() / n;
+            (mean, var.sqrt())
+        })
+        .collect();
+    TabularSpec::with_stats(&stats).map_err(|e| TrainError::Io {
+        path: "tabular statistics".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Input tensors of a set of samples (optionally augmented).
+struct Inputs<'a> {
+    samples: &'a [Sample],
+    view: Option<ViewSpec>,
+    tabular: Option<&'a TabularSpec>,
+    encoded: HashMap<usize, Vec<f32>>,
+}
+
+impl Inputs<'_> {
+    fn batch(
+        &self,
+        idx: &[usize],
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<(Option<Tensor>, Option<Tensor>), TrainError> {
+        let dev = Device::Cpu;
+        let images = match self.view {
+            Some(v) => {
+                let (h, w) = (v.height, v.width);
+                let mut data = Vec::with_capacity(idx.len() * 2 * h * w);
+                let mut rng = rng;
+                for &i in idx {
+                    let view = self.samples[i]
+                        .view
+                        .as_ref()
+                        .ok_or_else(|| TrainError::Io {
+                            path: self.samples[i].patient_id.clone(),
+                            message: "the sample has no view".into(),
+                        })?;
+                    match rng.as_deref_mut() {
+                        Some(r) => data.extend(augment(view, h, w, r)),
+                        None => data.extend_from_slice(view),
+                    }
+                }
+                Some(Tensor::from_vec(data, (idx.len(), 2, h, w), &dev).map_err(candle_err)?)
+            }
+            None => None,
+        };
+        let tabular = match self.tabular {
+            Some(spec) => {
+                let f = spec.features.len();
+                let data: Vec<f32> = idx
+                    .iter()
+                    .flat_map(|i| self.encoded[i].iter().copied())
+                    .collect();
+                Some(Tensor::from_vec(data, (idx.len(), f), &dev).map_err(candle_err)?)
+            }
+            None => None,
+        };
+        Ok((images, tabular))
+    }
+}
+
+/// A random shift of up to 4 pixels in each direction and a ±5% intensity scale.
+fn augment(view: &[f32], h: usize, w: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let dy = rng.random_range(-4i64..=4);
+    let dx = rng.random_range(-4i64..=4);
+    let scale = rng.random_range(0.95f32..1.05);
+    let mut out = vec![0f32; view.len()];
+    for c in 0..2 {
+        for y in 0..h as i64 {
+            let sy = y - dy;
+            if sy < 0 || sy >= h as i64 {
+                continue;
+            }
+            for x in 0..w as i64 {
+                let sx = x - dx;
+                if sx < 0 || sx >= w as i64 {
+                    continue;
+                }
+                out[c * h * w + (y as usize) * w + x as usize] =
+                    (view[c * h * w + sy as usize * w + sx as usize] * scale).min(1.0);
+            }
+        }
+    }
+    out
+}
+
+/// Class probabilities of the network on samples, in eval mode.
+pub fn predict(
+    network: &Network,
+    inputs_samples: &[Sample],
+    idx: &[usize],
+    view: Option<ViewSpec>,
+    tabular: Option<&TabularSpec>,
+) -> Result<Vec<[f64; 3]>, TrainError> {
+    let encoded = encode_all(inputs_samples, idx, tabular)?;
+    let inputs = Inputs {
+        samples: inputs_samples,
+        view,
+        tabular,
+        encoded,
+    };
+    let mut out = Vec::with_capacity(idx.len());
+    for chunk in idx.chunks(64) {
+        let (images, tab) = inputs.batch(chunk, None)?;
+        let logits = network
+            .forward(images.as_ref(), tab.as_ref(), false)
+            .map_err(candle_err)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)
+            .and_then(|p| p.to_vec2::<f32>())
+            .map_err(candle_err)?;
+        out.extend(
+            probs
+                .iter()
+                .map(|p| [f64::from(p[0]), f64::from(p[1]), f64::from(p[2])]),
+        );
+    }
+    Ok(out)
+}
+
+fn encode_all(
+    samples: &[Sample],
+    idx: &[usize],
+    spec: Option<&TabularSpec>,
+) -> Result<HashMap<usize, Vec<f32>>, TrainError> {
+    let Some(spec) = spec else {
+        return Ok(HashMap::new());
+    };
+    idx.iter()
+        .map(|&i| {
+            spec.encode(&samples[i].clinical)
+                .map(|v| (i, v))
+                .map_err(|e| TrainError::Io {
+                    path: samples[i].patient_id.clone(),
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Trains a model on the samples; `view` must match the views stored in the samples.
+pub fn train(
+    samples: &[Sample],
+    view: &ViewSpec,
+    config: &TrainConfig,
+) -> Result<Trained, TrainError> {
+    let grades: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
+    let split = stratified(
+        &grades,
+        config.validation_fraction,
+        config.test_fraction,
+        config.seed,
+    );
+    if split.train.is_empty() || split.validation.is_empty() {
+        return Err(TrainError::Io {
+            path: "cohort".into(),
+            message: format!("{} patients are too few to split", samples.len()),
+        });
+    }
+    let arch = architecture(config.kind, view, &config.image_channels);
+    let tabular = if config.kind.uses_tabular() {
+        Some(tabular_spec(samples, &split.train)?)
+    } else {
+        None
+    };
+    let view = config.kind.uses_image().then_some(*view);
+    let all: Vec<usize> = (0..samples.len()).collect();
+    let inputs = Inputs {
+        samples,
+        view,
+        tabular: tabular.as_ref(),
+        encoded: encode_all(samples, &all, tabular.as_ref())?,
+    };
+
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let network = Network::new(&arch, vb).map_err(candle_err)?;
+    let params = ParamsAdamW {
+        lr: config.learning_rate,
+        weight_decay: config.weight_decay,
+        ..Default::default()
+    };
+    let mut opt = candle_nn::AdamW::new(varmap.all_vars(), params).map_err(candle_err)?;
+
+    // Class weights: inverse frequency in the training part.
+    let mut counts = [0usize; 3];
+    for &i in &split.train {
+        counts[samples[i].grade.index()] += 1;
+    }
+    let n = split.train.len() as f32;
+    let class_w: Vec<f32> = counts
+        .iter()
+        .map(|&c| if c == 0 { 0.0 } else { n / (3.0 * c as f32) })
+        .collect();
+    let class_w = Tensor::from_vec(class_w, 3, &Device::Cpu).map_err(candle_err)?;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x7EA1);
+    let steps_per_epoch = split.train.len().div_ceil(config.batch_size);
+    let total_steps = (steps_per_epoch * config.epochs).max(1);
+    let bar = if config.progress {
+        ProgressBar::new(total_steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(format!("train {}", config.kind));
+    let mut history = Vec::new();
+    let (mut best_auc, mut best_epoch, mut since_best) = (f64::NEG_INFINITY, 0usize, 0usize);
+    let mut best: HashMap<String, Tensor> = HashMap::new();
+    let mut step = 0usize;
+    for epoch in 1..=config.epochs {
+        let mut order = split.train.clone();
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut batches) = (0f64, 0usize);
+        let mut lr = config.learning_rate;
+        for chunk in order.chunks(config.batch_size) {
+            if chunk.len() < 2 {
+                continue; // batch-norm needs at least two samples
+            }
+            let progress = step as f64 / total_steps as f64;
+            lr = config.learning_rate
+                * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()));
+            opt.set_learning_rate(lr);
+            let (images, tab) = inputs.batch(chunk, config.augment.then_some(&mut rng))?;
+            let logits = network
+                .forward(images.as_ref(), tab.as_ref(), true)
+                .map_err(candle_err)?;
+            let targets: Vec<u32> = chunk
+                .iter()
+                .map(|&i| samples[i].grade.index() as u32)
+                .collect();
+            let targets =
+                Tensor::from_vec(targets, chunk.len(), &Device::Cpu).map_err(candle_err)?;
+            let loss = weighted_cross_entropy(&logits, &targets, &class_w).map_err(candle_err)?;
+            opt.backward_step(&loss).map_err(candle_err)?;
+            loss_sum += f64::from(loss.to_scalar::<f32>().map_err(candle_err)?);
+            batches += 1;
+            step += 1;
+            bar.inc(1);
+        }
+        let probs = predict(&network, samples, &split.validation, view, tabular.as_ref())?;
+        let truth: Vec<Grade> = split.validation.iter().map(|&i| samples[i].grade).collect();
+        let e: Evaluation = evaluate(&probs, &truth);
+        let train_loss = loss_sum / batches.max(1) as f64;
+        bar.set_message(format!(
+            "epoch {epoch} loss {train_loss:.3} val AUC {:.3} acc {:.3}",
+            e.auc_macro, e.accuracy
+        ));
+        history.push(Epoch {
+            epoch,
+            train_loss,
+            validation_auc: e.auc_macro,
+            validation_accuracy: e.accuracy,
+            learning_rate: lr,
+        });
+        if e.auc_macro > best_auc {
+            best_auc = e.auc_macro;
+            best_epoch = epoch;
+            since_best = 0;
+            best = snapshot(&varmap).map_err(candle_err)?;
+        } else {
+            since_best += 1;
+            if since_best >= config.patience {
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    restore(&varmap, &best).map_err(candle_err)?;
+    Ok(Trained {
+        arch,
+        tabular,
+        view,
+        varmap,
+        network,
+        split,
+        history,
+        best_epoch,
+    })
+}
+
+/// Mean of per-sample negative log-likelihoods weighted by class: sum(w_y * nll) / sum(w_y).
+fn weighted_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    class_w: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    let w = class_w.index_select(targets, 0)?;
+    (nll * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64
+}
+
+fn snapshot(varmap: &VarMap) -> candle_core::Result<HashMap<String, Tensor>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect()
+}
+
+fn restore(varmap: &VarMap, saved: &HashMap<String, Tensor>) -> candle_core::Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    for (k, v) in data.iter() {
+        if let Some(t) = saved.get(k) {
+            v.set(t)?;
+        }
+    }
+    Ok(())
+}

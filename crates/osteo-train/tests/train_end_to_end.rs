@@ -1,0 +1,105 @@
+//! A tiny training run end to end through the real code path: synthetic cohort -> views -> split
+//! -> training -> model directory -> the candle backend serves exactly what training evaluated.
+
+use osteo_backend_candle::CandleBackend;
+use osteo_core::manifest::Provenance;
+use osteo_core::{
+    Backend, Batch, Device, LoadBackend, ModelArtifacts, ModelKind, Tensor, ViewSpec,
+};
+use osteo_train::cohort::{CohortSource, load};
+use osteo_train::train::{TrainConfig, predict, train};
+
+#[test]
+fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
+    // A coarse 32x32 view (12 mm pixels, same field of view) keeps the run small.
+    let view = ViewSpec {
+        height: 32,
+        width: 32,
+        pixel_mm: 12.0,
+        ..ViewSpec::default()
+    };
+    let samples = load(
+        &CohortSource::Synthetic {
+            patients: 60,
+            seed: 8,
+        },
+        Some(&view),
+        None,
+    )
+    .expect("cohort");
+    let config = TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        patience: 3,
+        image_channels: vec![4, 8],
+        progress: false,
+        ..TrainConfig::new(ModelKind::Fused, 3)
+    };
+    let trained = train(&samples, &view, &config).expect("training runs");
+    assert_eq!(trained.history.len(), 3);
+    assert!(
+        trained
+            .history
+            .iter()
+            .all(|e| e.train_loss.is_finite() && e.train_loss > 0.0)
+    );
+    assert!((1..=3).contains(&trained.best_epoch));
+    assert!(
+        trained.history[2].learning_rate < trained.history[0].learning_rate,
+        "cosine schedule decays"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let provenance = Provenance {
+        command: "test".into(),
+        seed: 3,
+        commit: "test".into(),
+        data: "synthetic 60 / 8".into(),
+    };
+    let manifest = osteo_train::artifact::write_model(
+        &trained,
+        "tiny-fused",
+        provenance,
+        Default::default(),
+        dir.path(),
+    )
+    .expect("write");
+    assert_eq!(manifest.kind, ModelKind::Fused);
+
+    let expected = predict(
+        &trained.network,
+        &samples,
+        &trained.split.test,
+        trained.view,
+        trained.tabular.as_ref(),
+    )
+    .expect("predict");
+    let artifacts = ModelArtifacts::open(dir.path()).expect("artifacts");
+    let mut backend =
+        CandleBackend::load(&artifacts, Device::Cpu).expect("backend loads the trained model");
+    let spec = artifacts.manifest.tabular.as_ref().expect("tabular spec");
+    for (k, &i) in trained.split.test.iter().enumerate() {
+        let s = &samples[i];
+        let batch = Batch {
+            images: Some(
+                Tensor::new(vec![1, 2, 32, 32], s.view.clone().expect("view")).expect("tensor"),
+            ),
+            tabular: Some(
+                Tensor::new(
+                    vec![1, spec.features.len()],
+                    spec.encode(&s.clinical).expect("encode"),
+                )
+                .expect("tensor"),
+            ),
+        };
+        let logits = backend.predict(&batch).expect("predict");
+        let probs = osteo_core::backend::softmax(logits.data());
+        for c in 0..3 {
+            assert!(
+                (f64::from(probs[c]) - expected[k][c]).abs() < 1e-5,
+                "{}: class {c}",
+                s.patient_id
+            );
+        }
+    }
+}
