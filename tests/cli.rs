@@ -243,3 +243,92 @@ fn synth_writes_a_cohort_whose_studies_inspect_and_render() {
     assert_eq!(strip(&a), strip(&b));
     assert!(b.lines().nth(1).expect("row").ends_with(','));
 }
+
+#[test]
+fn train_then_evaluate_json_reports_the_documented_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("osteo-tabular-test");
+    let cache = dir.path().join("views");
+    let out = osteo(&[
+        "train",
+        "--kind",
+        "tabular",
+        "--synthetic",
+        "300",
+        "--seed",
+        "4",
+        "--epochs",
+        "4",
+        "--out",
+        s(&model),
+        "--cache",
+        s(&cache),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["model.toml", "weights.safetensors", "report/metrics.json"] {
+        assert!(model.join(f).exists(), "{f} written");
+    }
+    let manifest = std::fs::read_to_string(model.join("model.toml")).expect("manifest");
+    assert!(
+        manifest.contains("command = ") && manifest.contains("seed = 4"),
+        "provenance recorded: {manifest}"
+    );
+
+    let out = osteo(&[
+        "evaluate",
+        "--model",
+        s(&model),
+        "--synthetic",
+        "200",
+        "--seed",
+        "99",
+        "--json",
+        "--cache",
+        s(&cache),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(stdout.trim().lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(v["model"], "osteo-tabular-test");
+    assert_eq!(v["kind"], "tabular");
+    assert_eq!(v["patients"], 200);
+    for k in ["normal", "osteopenia", "osteoporosis"] {
+        let auc = v["auc"][k].as_f64().expect("per-class AUC");
+        assert!((0.0..=1.0).contains(&auc));
+    }
+    let auc = v["auc_macro"].as_f64().expect("macro AUC");
+    let oracle = v["oracle"]["auc_macro"]
+        .as_f64()
+        .expect("oracle on a synthetic cohort");
+    assert!(
+        auc > 0.5,
+        "a trained tabular model beats chance on unseen patients: {auc}"
+    );
+    assert!(
+        auc <= oracle + 0.05,
+        "no model beats the Bayes oracle by more than sampling noise: {auc} vs {oracle}"
+    );
+    assert!(v["accuracy"].as_f64().is_some() && v["balanced_accuracy"].as_f64().is_some());
+
+    // Missing model directory: exit 2 with a clear message.
+    assert_clean_error(
+        &osteo(&[
+            "evaluate",
+            "--model",
+            s(&dir.path().join("none")),
+            "--synthetic",
+            "5",
+            "--json",
+        ]),
+        "model.toml",
+    );
+}

@@ -2,6 +2,7 @@
 
 mod dicom;
 mod synth;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,10 @@ enum Command {
     Dicom(dicom::DicomCommand),
     /// Synthesise a phantom cohort: patients with known T-scores and, optionally, CT series.
     Synth(synth::SynthArgs),
+    /// Train an image, tabular or fused model on a cohort CSV or the synthetic cohort.
+    Train(train::TrainArgs),
+    /// Evaluate a model directory on a cohort (with the Bayes oracle on synthetic cohorts).
+    Evaluate(train::EvaluateArgs),
 }
 
 /// Runs a parsed command line.
@@ -33,5 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dicom(cmd) => dicom::run(cmd),
         Command::Synth(args) => synth::run(args),
+        Command::Train(args) => train::run_train(args),
+        Command::Evaluate(args) => train::run_evaluate(args),
     }
 }

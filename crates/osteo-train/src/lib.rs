@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod cohort;
 pub mod error;
 pub mod metrics;
+pub mod oracle;
 pub mod split;
 pub mod train;
 
