@@ -5,8 +5,8 @@ use clap::Args;
 use osteo_phantom::{
     PhantomSpec, SeriesIdentity, TScoreModel, cohort, phantom_volume, write_series,
 };
+use osteo_train::cohort::CohortRow;
 use rayon::prelude::*;
-use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -26,23 +26,6 @@ pub struct SynthArgs {
     /// Also write one DICOM CT series per patient under OUT/studies/<patient_id>/.
     #[arg(long)]
     dicom: bool,
-}
-
-/// One row of cohort.csv.
-#[derive(Serialize)]
-struct Row<'a> {
-    patient_id: &'a str,
-    age: f64,
-    sex: &'a str,
-    height_cm: f64,
-    weight_kg: f64,
-    prior_fragility_fracture: Option<u8>,
-    glucocorticoids: Option<u8>,
-    smoker: Option<u8>,
-    rheumatoid_arthritis: Option<u8>,
-    t_score: f64,
-    grade: &'a str,
-    study_dir: String,
 }
 
 /// Runs `osteo synth`.
@@ -87,22 +70,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let mut w = csv::Writer::from_path(&csv_path)
         .with_context(|| format!("cannot write {}", csv_path.display()))?;
     for p in &patients {
-        let risk = p.recorded_risk();
-        let flag = |f: Option<bool>| f.map(u8::from);
-        w.serialize(Row {
-            patient_id: &p.id,
-            age: p.age_years,
-            sex: p.sex.code(),
-            height_cm: p.height_cm,
-            weight_kg: p.weight_kg,
-            prior_fragility_fracture: flag(risk.prior_fragility_fracture),
-            glucocorticoids: flag(risk.glucocorticoids),
-            smoker: flag(risk.smoker),
-            rheumatoid_arthritis: flag(risk.rheumatoid_arthritis),
-            t_score: p.t_score,
-            grade: p.grade.name(),
-            study_dir: study_dir(&p.id),
-        })?;
+        w.serialize(CohortRow::of_patient(p, Some(study_dir(&p.id))))?;
     }
     w.flush()?;
     eprintln!(

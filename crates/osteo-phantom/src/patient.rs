@@ -1,7 +1,7 @@
 //! Synthetic patients: demographics, risk flags and the T-score model.
 
 use crate::rng;
-use osteo_core::{Grade, RiskFlags, Sex, TScore};
+use osteo_core::{ClinicalInput, Grade, RiskFlags, Sex, TScore};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -210,6 +210,18 @@ impl Patient {
         }
     }
 
+    /// The patient's record as clinical input (BMI left to be derived, hidden flags unknown).
+    pub fn clinical_input(&self) -> ClinicalInput {
+        ClinicalInput {
+            age_years: self.age_years,
+            sex: self.sex,
+            height_cm: self.height_cm,
+            weight_kg: self.weight_kg,
+            bmi: None,
+            risk: self.recorded_risk(),
+        }
+    }
+
     /// Body-mass index in kg/m².
     pub fn bmi(&self) -> f64 {
         osteo_core::clinical::bmi_from(self.height_cm, self.weight_kg)
@@ -224,7 +236,7 @@ pub fn cohort(model: &TScoreModel, seed: u64, n: usize) -> Vec<Patient> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use osteo_core::{ClinicalInput, ClinicalVariables};
+    use osteo_core::ClinicalVariables;
 
     #[test]
     fn cohort_is_reproducible_and_independent_of_size() {
@@ -239,15 +251,8 @@ mod tests {
     fn patients_are_valid_clinical_input_and_grades_match_t_scores() {
         let m = TScoreModel::default();
         for p in cohort(&m, 3, 2000) {
-            let input = ClinicalInput {
-                age_years: p.age_years,
-                sex: p.sex,
-                height_cm: p.height_cm,
-                weight_kg: p.weight_kg,
-                bmi: None,
-                risk: p.recorded_risk(),
-            };
-            ClinicalVariables::validate(input).expect("synthetic patients are valid input");
+            ClinicalVariables::validate(p.clinical_input())
+                .expect("synthetic patients are valid input");
             assert_eq!(TScore::new(p.t_score).expect("valid").grade(), p.grade);
         }
     }

@@ -7,7 +7,7 @@ use osteo_core::{ClinicalInput, ClinicalVariables, Grade, RiskFlags, Sex, TScore
 use osteo_dicom::{DicomSource, IngestOptions, View, coronal_slab};
 use osteo_phantom::{PhantomSpec, TScoreModel, phantom_volume};
 use rayon::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Where a cohort comes from.
@@ -39,21 +39,56 @@ pub struct Sample {
     pub view: Option<Vec<f32>>,
 }
 
-/// One row of a cohort CSV.
-#[derive(Debug, Deserialize)]
-struct Row {
-    patient_id: String,
-    age: f64,
-    sex: String,
-    height_cm: f64,
-    weight_kg: f64,
-    prior_fragility_fracture: Option<u8>,
-    glucocorticoids: Option<u8>,
-    smoker: Option<u8>,
-    rheumatoid_arthritis: Option<u8>,
-    t_score: f64,
-    grade: Option<String>,
-    study_dir: Option<String>,
+/// One row of a cohort CSV (the format `osteo synth` writes and `osteo train` reads). Risk flags
+/// are 1 / 0, or empty when unknown; `study_dir` is relative to the CSV's directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CohortRow {
+    /// Patient identifier.
+    pub patient_id: String,
+    /// Age in years.
+    pub age: f64,
+    /// F or M.
+    pub sex: String,
+    /// Height in cm.
+    pub height_cm: f64,
+    /// Weight in kg.
+    pub weight_kg: f64,
+    /// Prior fragility fracture.
+    pub prior_fragility_fracture: Option<u8>,
+    /// Glucocorticoid use.
+    pub glucocorticoids: Option<u8>,
+    /// Smoker.
+    pub smoker: Option<u8>,
+    /// Rheumatoid arthritis.
+    pub rheumatoid_arthritis: Option<u8>,
+    /// DXA T-score.
+    pub t_score: f64,
+    /// WHO grade (checked against the T-score when present).
+    pub grade: Option<String>,
+    /// The patient's DICOM study directory.
+    pub study_dir: Option<String>,
+}
+
+impl CohortRow {
+    /// The row of a synthetic patient.
+    pub fn of_patient(p: &osteo_phantom::Patient, study_dir: Option<String>) -> Self {
+        let r = p.recorded_risk();
+        let flag = |f: Option<bool>| f.map(u8::from);
+        Self {
+            patient_id: p.id.clone(),
+            age: p.age_years,
+            sex: p.sex.code().to_string(),
+            height_cm: p.height_cm,
+            weight_kg: p.weight_kg,
+            prior_fragility_fracture: flag(r.prior_fragility_fracture),
+            glucocorticoids: flag(r.glucocorticoids),
+            smoker: flag(r.smoker),
+            rheumatoid_arthritis: flag(r.rheumatoid_arthritis),
+            t_score: p.t_score,
+            grade: Some(p.grade.name().to_string()),
+            study_dir,
+        }
+    }
 }
 
 /// Loads a cohort; with `view` set, every patient's view is built (or read from `cache`).
@@ -80,18 +115,12 @@ fn synthetic(
         .into_par_iter()
         .map(|i| {
             let p = model.patient(seed, i);
-            let clinical = ClinicalVariables::validate(ClinicalInput {
-                age_years: p.age_years,
-                sex: p.sex,
-                height_cm: p.height_cm,
-                weight_kg: p.weight_kg,
-                bmi: None,
-                risk: p.recorded_risk(),
-            })
-            .map_err(|e| TrainError::Cohort {
-                file: "synthetic cohort".into(),
-                row: i as usize + 1,
-                message: e.to_string(),
+            let clinical = ClinicalVariables::validate(p.clinical_input()).map_err(|e| {
+                TrainError::Cohort {
+                    file: "synthetic cohort".into(),
+                    row: i as usize + 1,
+                    message: e.to_string(),
+                }
             })?;
             let view = match view {
                 None => None,
@@ -132,8 +161,8 @@ fn csv_cohort(
         path: file.clone(),
         message: e.to_string(),
     })?;
-    let rows: Vec<(usize, Row)> = reader
-        .deserialize::<Row>()
+    let rows: Vec<(usize, CohortRow)> = reader
+        .deserialize::<CohortRow>()
         .enumerate()
         .map(|(i, r)| {
             r.map(|row| (i + 1, row)).map_err(|e| TrainError::Cohort {
