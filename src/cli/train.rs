@@ -194,6 +194,8 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         "model": name,
         "kind": kind.name(),
         "test": headline(&eval),
+        "test_ci95": osteo_train::metrics::bootstrap(&probs, &truth, 1000, args.seed),
+        "per_class": eval.per_class,
         "confusion": eval.confusion,
         "oracle": oracle.as_ref().map(headline),
         "history": trained.history,
