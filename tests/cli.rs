@@ -332,3 +332,134 @@ fn train_then_evaluate_json_reports_the_documented_fields() {
         "model.toml",
     );
 }
+
+#[test]
+fn predict_grades_a_study_and_writes_the_grad_cam_overlay() {
+    use osteo_core::{ModelKind, ViewSpec};
+    use osteo_train::cohort::{CohortSource, load};
+    use osteo_train::train::{TrainConfig, train};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A tiny fused model on a coarse 32x32 view, trained through the library.
+    let view = ViewSpec {
+        height: 32,
+        width: 32,
+        pixel_mm: 12.0,
+        ..ViewSpec::default()
+    };
+    let samples = load(
+        &CohortSource::Synthetic {
+            patients: 40,
+            seed: 6,
+        },
+        Some(&view),
+        None,
+    )
+    .expect("cohort");
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        image_channels: vec![4, 8],
+        progress: false,
+        ..TrainConfig::new(ModelKind::Fused, 6)
+    };
+    let trained = train(&samples, &view, &config).expect("train");
+    let model = dir.path().join("tiny-fused");
+    osteo_train::artifact::write_model(
+        &trained,
+        "tiny-fused",
+        Default::default(),
+        Default::default(),
+        &model,
+    )
+    .expect("write");
+
+    let out = synth(dir.path(), true);
+    assert!(out.status.success());
+    let study = dir.path().join("studies/S5-P000000");
+    let png = dir.path().join("cam.png");
+    let out = osteo(&[
+        "predict",
+        "--model",
+        s(&model),
+        "--dicom",
+        s(&study),
+        "--age",
+        "70",
+        "--sex",
+        "F",
+        "--height-cm",
+        "158",
+        "--weight-kg",
+        "55",
+        "--smoker",
+        "true",
+        "--json",
+        "--explain-png",
+        s(&png),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let grade = v["grade"].as_str().expect("grade");
+    assert!(["normal", "osteopenia", "osteoporosis"].contains(&grade));
+    let total: f64 = ["normal", "osteopenia", "osteoporosis"]
+        .iter()
+        .map(|k| v["probabilities"][k].as_f64().expect("p"))
+        .sum();
+    assert!(
+        (total - 1.0).abs() < 1e-5,
+        "probabilities sum to 1: {total}"
+    );
+    assert_eq!(
+        v["probabilities"][grade].as_f64().map(|p| p >= 1.0 / 3.0),
+        Some(true),
+        "the grade is the most probable class"
+    );
+    let bytes = std::fs::read(&png).expect("overlay written");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    // IHDR: width and height (32 x 4 each).
+    assert_eq!(
+        u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]),
+        128
+    );
+
+    // An image model without --dicom, and out-of-range clinical input: exit 2, actionable message.
+    assert_clean_error(
+        &osteo(&[
+            "predict",
+            "--model",
+            s(&model),
+            "--age",
+            "70",
+            "--sex",
+            "F",
+            "--height-cm",
+            "158",
+            "--weight-kg",
+            "55",
+        ]),
+        "--dicom",
+    );
+    assert_clean_error(
+        &osteo(&[
+            "predict",
+            "--model",
+            s(&model),
+            "--dicom",
+            s(&study),
+            "--age",
+            "70",
+            "--sex",
+            "F",
+            "--height-cm",
+            "1.58",
+            "--weight-kg",
+            "55",
+        ]),
+        "height_cm",
+    );
+}

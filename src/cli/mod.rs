@@ -1,6 +1,7 @@
 //! Command-line definitions and dispatch.
 
 mod dicom;
+mod predict;
 mod synth;
 mod train;
 
@@ -31,6 +32,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a model directory on a cohort (with the Bayes oracle on synthetic cohorts).
     Evaluate(train::EvaluateArgs),
+    /// Grade one study locally (no server): grade, probabilities, optional Grad-CAM overlay.
+    Predict(predict::PredictArgs),
 }
 
 /// Runs a parsed command line.
@@ -40,5 +43,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Train(args) => train::run_train(args),
         Command::Evaluate(args) => train::run_evaluate(args),
+        Command::Predict(args) => predict::run(args),
     }
 }

@@ -45,3 +45,71 @@ pub fn view_png(view: &View, scale: usize) -> Result<Vec<u8>, DicomError> {
     }
     encode_grey_png(out_w, out_h, &pixels)
 }
+
+/// Encodes an 8-bit RGB image as PNG.
+pub fn encode_rgb_png(width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>, DicomError> {
+    let mut out = Vec::new();
+    {
+        let w = u32::try_from(width).map_err(|e| DicomError::Png(e.to_string()))?;
+        let h = u32::try_from(height).map_err(|e| DicomError::Png(e.to_string()))?;
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc
+            .write_header()
+            .map_err(|e| DicomError::Png(e.to_string()))?;
+        writer
+            .write_image_data(pixels)
+            .map_err(|e| DicomError::Png(e.to_string()))?;
+    }
+    Ok(out)
+}
+
+/// A blue-cyan-yellow-red colour for a value in [0, 1].
+fn heat(v: f32) -> [f32; 3] {
+    let v = v.clamp(0.0, 1.0);
+    let stops: [(f32, [f32; 3]); 5] = [
+        (0.0, [0.0, 0.0, 0.5]),
+        (0.25, [0.0, 0.4, 1.0]),
+        (0.5, [0.0, 1.0, 1.0]),
+        (0.75, [1.0, 1.0, 0.0]),
+        (1.0, [1.0, 0.0, 0.0]),
+    ];
+    for w in stops.windows(2) {
+        let ((a, ca), (b, cb)) = (w[0], w[1]);
+        if v <= b {
+            let t = (v - a) / (b - a);
+            return std::array::from_fn(|i| ca[i] + (cb[i] - ca[i]) * t);
+        }
+    }
+    stops[4].1
+}
+
+/// Renders a heatmap (row-major, values in [0, 1], the view's size) over the view's slab-maximum
+/// channel as an RGB PNG, scaled up `scale` times; weak values stay transparent so bone shows.
+pub fn overlay_png(view: &View, heatmap: &[f32], scale: usize) -> Result<Vec<u8>, DicomError> {
+    let (h, w) = (view.spec.height, view.spec.width);
+    if heatmap.len() != h * w {
+        return Err(DicomError::Png(format!(
+            "heatmap has {} values, the view {h}x{w}",
+            heatmap.len()
+        )));
+    }
+    let scale = scale.max(1);
+    let (out_h, out_w) = (h * scale, w * scale);
+    let base = view.channel(1);
+    let mut pixels = Vec::with_capacity(out_h * out_w * 3);
+    for y in 0..out_h {
+        for x in 0..out_w {
+            let i = (y / scale) * w + x / scale;
+            let grey = base[i].clamp(0.0, 1.0);
+            let m = heatmap[i].clamp(0.0, 1.0);
+            let alpha = if m < 0.15 { 0.0 } else { 0.25 + 0.4 * m };
+            let c = heat(m);
+            for ch in c {
+                pixels.push(((grey * (1.0 - alpha) + ch * alpha) * 255.0).round() as u8);
+            }
+        }
+    }
+    encode_rgb_png(out_w, out_h, &pixels)
+}

@@ -1,0 +1,132 @@
+//! `osteo predict`: local inference without a server.
+
+use anyhow::Context;
+use clap::Args;
+use osteo_backend_candle::CandleBackend;
+use osteo_core::{
+    Backend, Batch, ClinicalInput, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts,
+    RiskFlags, Sex, Tensor,
+};
+use osteo_dicom::{DicomSource, IngestOptions};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// Arguments of `osteo predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A model directory (model.toml + weights.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// The CT study: a DICOM file or directory (required by image and fused models).
+    #[arg(long)]
+    dicom: Option<PathBuf>,
+    /// Age in years.
+    #[arg(long)]
+    age: f64,
+    /// Sex: F or M.
+    #[arg(long)]
+    sex: Sex,
+    /// Height in centimetres.
+    #[arg(long)]
+    height_cm: f64,
+    /// Weight in kilograms.
+    #[arg(long)]
+    weight_kg: f64,
+    /// Prior fragility fracture (omit when unknown).
+    #[arg(long)]
+    prior_fracture: Option<bool>,
+    /// Long-term glucocorticoid use (omit when unknown).
+    #[arg(long)]
+    glucocorticoids: Option<bool>,
+    /// Current smoker (omit when unknown).
+    #[arg(long)]
+    smoker: Option<bool>,
+    /// Rheumatoid arthritis (omit when unknown).
+    #[arg(long)]
+    rheumatoid_arthritis: Option<bool>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also write the Grad-CAM overlay of the predicted grade as PNG (image and fused models).
+    #[arg(long, value_name = "FILE")]
+    explain_png: Option<PathBuf>,
+}
+
+/// Runs `osteo predict`.
+pub fn run(args: PredictArgs) -> anyhow::Result<()> {
+    let artifacts = ModelArtifacts::open(&args.model)?;
+    let m = artifacts.manifest.clone();
+    let clinical = ClinicalVariables::validate(ClinicalInput {
+        age_years: args.age,
+        sex: args.sex,
+        height_cm: args.height_cm,
+        weight_kg: args.weight_kg,
+        bmi: None,
+        risk: RiskFlags {
+            prior_fragility_fracture: args.prior_fracture,
+            glucocorticoids: args.glucocorticoids,
+            smoker: args.smoker,
+            rheumatoid_arthritis: args.rheumatoid_arthritis,
+        },
+    })?;
+    let view = match &m.view {
+        Some(spec) => {
+            let path = args
+                .dicom
+                .as_ref()
+                .with_context(|| format!("model {} reads CT: pass --dicom PATH", m.name))?;
+            let ingested =
+                osteo_dicom::ingest(DicomSource::Path(path.clone()), &IngestOptions::default())?;
+            Some(osteo_dicom::coronal_slab(&ingested.volume, spec)?)
+        }
+        None => None,
+    };
+    let batch = Batch {
+        images: view
+            .as_ref()
+            .map(|v| Tensor::new(vec![1, 2, v.spec.height, v.spec.width], v.data.clone()))
+            .transpose()?,
+        tabular: m
+            .tabular
+            .as_ref()
+            .map(|spec| {
+                spec.encode(&clinical)
+                    .map(|x| Tensor::new(vec![1, x.len()], x))
+            })
+            .transpose()?
+            .transpose()?,
+    };
+    let mut backend = CandleBackend::load(&artifacts, Device::Cpu)?;
+    let start = std::time::Instant::now();
+    let logits = backend.predict(&batch)?;
+    let latency_ms = start.elapsed().as_secs_f64() * 1e3;
+    let probs = osteo_core::backend::softmax(logits.data());
+    let best = (0..3).fold(0, |b, k| if probs[k] > probs[b] { k } else { b });
+    let grade = Grade::from_index(best).unwrap_or(Grade::Normal);
+    if let Some(png) = &args.explain_png {
+        let v = view
+            .as_ref()
+            .with_context(|| format!("model {} has no image branch to explain", m.name))?;
+        let parts = backend.gradcam(&batch, grade)?;
+        let map = osteo_core::gradcam::assemble(&parts, v.spec.height, v.spec.width)?;
+        let bytes = osteo_dicom::render::overlay_png(v, &map.values, 4)?;
+        std::fs::write(png, bytes).with_context(|| format!("cannot write {}", png.display()))?;
+    }
+    if args.json {
+        let out = json!({
+            "model": m.name,
+            "kind": m.kind.name(),
+            "backend": "candle",
+            "grade": grade.name(),
+            "probabilities": {"normal": probs[0], "osteopenia": probs[1], "osteoporosis": probs[2]},
+            "latency_ms": latency_ms,
+        });
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!("{} ({}): {}", m.name, m.kind, grade);
+        for g in Grade::ALL {
+            println!("  {:<13} {:.3}", g.name(), probs[g.index()]);
+        }
+    }
+    Ok(())
+}
