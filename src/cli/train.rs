@@ -187,6 +187,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("osteo-{kind}"))
     });
     osteo_train::artifact::write_model(&trained, &name, provenance, metrics, &args.out)?;
+    let ci = osteo_train::metrics::bootstrap(&probs, &truth, 1000, args.seed);
     let report = args.out.join("report");
     std::fs::create_dir_all(&report)
         .with_context(|| format!("cannot create {}", report.display()))?;
@@ -194,7 +195,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         "model": name,
         "kind": kind.name(),
         "test": headline(&eval),
-        "test_ci95": osteo_train::metrics::bootstrap(&probs, &truth, 1000, args.seed),
+        "test_ci95": ci,
         "per_class": eval.per_class,
         "confusion": eval.confusion,
         "oracle": oracle.as_ref().map(headline),
@@ -204,6 +205,10 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     std::fs::write(
         report.join("metrics.json"),
         serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(
+        report.join("report.md"),
+        report_md(&name, kind, &eval, &ci, oracle.as_ref(), &trained),
     )?;
     eprintln!(
         "train: {name} ({kind}) best epoch {} of {}, {:.0} s; test macro AUC {:.3}, accuracy {:.3}{}",
@@ -217,6 +222,60 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     Ok(())
+}
+
+/// The human-readable training report.
+fn report_md(
+    name: &str,
+    kind: ModelKind,
+    e: &Evaluation,
+    ci: &osteo_train::metrics::Intervals,
+    oracle: Option<&Evaluation>,
+    trained: &osteo_train::train::Trained,
+) -> String {
+    let mut md = format!("# {name} ({kind})\n\n");
+    md.push_str(&format!(
+        "Split (patients): train {}, validation {}, test {}. Best epoch {} of {}.\n\n",
+        trained.split.train.len(),
+        trained.split.validation.len(),
+        trained.split.test.len(),
+        trained.best_epoch,
+        trained.history.len()
+    ));
+    md.push_str(
+        "| | macro AUC (95% CI) | accuracy (95% CI) | balanced accuracy |\n|---|---|---|---|\n",
+    );
+    md.push_str(&format!(
+        "| {kind} model, test | {:.3} ({:.3}-{:.3}) | {:.3} ({:.3}-{:.3}) | {:.3} |\n",
+        e.auc_macro,
+        ci.auc_macro.low,
+        ci.auc_macro.high,
+        e.accuracy,
+        ci.accuracy.low,
+        ci.accuracy.high,
+        e.balanced_accuracy
+    ));
+    if let Some(o) = oracle {
+        md.push_str(&format!(
+            "| Bayes oracle, same patients | {:.3} | {:.3} | {:.3} |\n",
+            o.auc_macro, o.accuracy, o.balanced_accuracy
+        ));
+    }
+    md.push_str("\n| class | AUC | sensitivity | specificity | F1 |\n|---|---|---|---|---|\n");
+    for g in Grade::ALL {
+        let k = g.index();
+        let auc = e.auc[k].map_or("n/a".to_string(), |a| format!("{a:.3}"));
+        let c = e.per_class[k];
+        md.push_str(&format!(
+            "| {g} | {auc} | {:.3} | {:.3} | {:.3} |\n",
+            c.sensitivity, c.specificity, c.f1
+        ));
+    }
+    md.push_str("\nConfusion matrix (rows: truth, columns: predicted; normal, osteopenia, osteoporosis):\n\n");
+    for row in e.confusion {
+        md.push_str(&format!("    {:>5} {:>5} {:>5}\n", row[0], row[1], row[2]));
+    }
+    md
 }
 
 /// Class probabilities of a loaded model for every sample, in batches.

@@ -327,6 +327,7 @@ pub fn train(
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let network = Network::new(&arch, vb).map_err(candle_err)?;
+    seeded_init(&varmap, config.seed).map_err(candle_err)?;
     let params = ParamsAdamW {
         lr: config.learning_rate,
         weight_decay: config.weight_decay,
@@ -444,6 +445,49 @@ fn weighted_cross_entropy(
     let nll = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     let w = class_w.index_select(targets, 0)?;
     (nll * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64
+}
+
+/// Re-initialises conv and linear parameters from the seed (candle's own initialisers draw from an
+/// unseeded generator): Kaiming-normal weights, uniform biases in ±1/sqrt(fan_in); batch-norm
+/// parameters keep their constant initialisation.
+fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut names: Vec<&String> = data.keys().filter(|k| !k.contains(".bn.")).collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1417);
+    let fan_in = |name: &str| -> usize {
+        let weight = name.replace(".bias", ".weight");
+        data.get(&weight).map_or(1, |w| {
+            w.as_tensor()
+                .dims()
+                .iter()
+                .skip(1)
+                .product::<usize>()
+                .max(1)
+        })
+    };
+    for name in names {
+        let var = &data[name];
+        let dims = var.as_tensor().dims().to_vec();
+        let n: usize = dims.iter().product();
+        let fan = fan_in(name) as f64;
+        let values: Vec<f32> = if name.ends_with(".weight") {
+            let std = (2.0 / fan).sqrt();
+            (0..n)
+                .map(|_| (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
+                .collect()
+        } else {
+            let bound = 1.0 / fan.sqrt();
+            (0..n)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect()
+        };
+        var.set(&Tensor::from_vec(values, dims, &Device::Cpu)?)?;
+    }
+    Ok(())
 }
 
 fn snapshot(varmap: &VarMap) -> candle_core::Result<HashMap<String, Tensor>> {

@@ -36,6 +36,11 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
         ..TrainConfig::new(ModelKind::Fused, 3)
     };
     let trained = train(&samples, &view, &config).expect("training runs");
+    let again = train(&samples, &view, &config).expect("training runs again");
+    assert_eq!(
+        trained.history, again.history,
+        "training is reproducible from the seed"
+    );
     assert_eq!(trained.history.len(), 3);
     assert!(
         trained
