@@ -6,23 +6,34 @@ use crate::view::View;
 /// Gap in pixels between the two channels of a rendered view.
 const GAP: usize = 4;
 
+/// Encodes 8-bit pixels (`Grayscale` or `Rgb`) as PNG.
+fn encode_png(
+    width: usize,
+    height: usize,
+    color: png::ColorType,
+    pixels: &[u8],
+) -> Result<Vec<u8>, DicomError> {
+    let png_err = |e: &dyn std::fmt::Display| DicomError::Png(e.to_string());
+    let w = u32::try_from(width).map_err(|e| png_err(&e))?;
+    let h = u32::try_from(height).map_err(|e| png_err(&e))?;
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(color);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().map_err(|e| png_err(&e))?;
+    writer.write_image_data(pixels).map_err(|e| png_err(&e))?;
+    writer.finish().map_err(|e| png_err(&e))?;
+    Ok(out)
+}
+
 /// Encodes an 8-bit greyscale image as PNG.
 pub fn encode_grey_png(width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>, DicomError> {
-    let mut out = Vec::new();
-    {
-        let w = u32::try_from(width).map_err(|e| DicomError::Png(e.to_string()))?;
-        let h = u32::try_from(height).map_err(|e| DicomError::Png(e.to_string()))?;
-        let mut enc = png::Encoder::new(&mut out, w, h);
-        enc.set_color(png::ColorType::Grayscale);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc
-            .write_header()
-            .map_err(|e| DicomError::Png(e.to_string()))?;
-        writer
-            .write_image_data(pixels)
-            .map_err(|e| DicomError::Png(e.to_string()))?;
-    }
-    Ok(out)
+    encode_png(width, height, png::ColorType::Grayscale, pixels)
+}
+
+/// Encodes an 8-bit RGB image as PNG.
+pub fn encode_rgb_png(width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>, DicomError> {
+    encode_png(width, height, png::ColorType::Rgb, pixels)
 }
 
 /// Renders a view as PNG: channel 0 (slab mean) left, channel 1 (slab maximum) right, each
@@ -44,25 +55,6 @@ pub fn view_png(view: &View, scale: usize) -> Result<Vec<u8>, DicomError> {
         }
     }
     encode_grey_png(out_w, out_h, &pixels)
-}
-
-/// Encodes an 8-bit RGB image as PNG.
-pub fn encode_rgb_png(width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>, DicomError> {
-    let mut out = Vec::new();
-    {
-        let w = u32::try_from(width).map_err(|e| DicomError::Png(e.to_string()))?;
-        let h = u32::try_from(height).map_err(|e| DicomError::Png(e.to_string()))?;
-        let mut enc = png::Encoder::new(&mut out, w, h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc
-            .write_header()
-            .map_err(|e| DicomError::Png(e.to_string()))?;
-        writer
-            .write_image_data(pixels)
-            .map_err(|e| DicomError::Png(e.to_string()))?;
-    }
-    Ok(out)
 }
 
 /// A blue-cyan-yellow-red colour for a value in [0, 1].
