@@ -1,7 +1,9 @@
 //! Series grouping, selection and slice ordering.
 
+use crate::attrs::attr_name;
 use crate::error::DicomError;
 use crate::frames::FileHeader;
+use dicom_dictionary_std::tags;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -165,12 +167,12 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
     for &f in files {
         let h = &headers[f];
         if !h.has_pixel_data {
-            return Err(DicomError::missing(&h.label, "PixelData (7FE0,0010)"));
+            return Err(DicomError::missing(&h.label, &attr_name(tags::PIXEL_DATA)));
         }
         if h.modality != first.modality {
             return Err(inconsistent(
                 &h.label,
-                "Modality (0008,0060)",
+                &attr_name(tags::MODALITY),
                 format!(
                     "{:?} differs from {:?} in {label0}",
                     h.modality, first.modality
@@ -196,7 +198,7 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
     let direction = directions(orientation).ok_or_else(|| {
         DicomError::invalid(
             label0,
-            "ImageOrientationPatient (0020,0037)",
+            &attr_name(tags::IMAGE_ORIENTATION_PATIENT),
             format!("{orientation:?}"),
             "row and column cosines must be non-zero and not parallel",
         )
@@ -205,7 +207,7 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
     if pixel_spacing.iter().any(|s| *s <= 0.0) {
         return Err(DicomError::invalid(
             label0,
-            "PixelSpacing (0028,0030)",
+            &attr_name(tags::PIXEL_SPACING),
             format!("{pixel_spacing:?}"),
             "must be positive",
         ));
@@ -217,7 +219,7 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
         {
             return Err(inconsistent(
                 label,
-                "ImageOrientationPatient (0020,0037)",
+                &attr_name(tags::IMAGE_ORIENTATION_PATIENT),
                 format!("{o:?} differs from {orientation:?} in {label0}"),
             ));
         }
@@ -226,7 +228,7 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
         {
             return Err(inconsistent(
                 label,
-                "PixelSpacing (0028,0030)",
+                &attr_name(tags::PIXEL_SPACING),
                 format!("{ps:?} differs from {pixel_spacing:?} in {label0}"),
             ));
         }
@@ -246,7 +248,10 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
     let mut keyed = Vec::with_capacity(all.len());
     for (s, g) in &all {
         let pos = g.position.ok_or_else(|| {
-            DicomError::missing(&headers[s.file].label, "ImagePositionPatient (0020,0032)")
+            DicomError::missing(
+                &headers[s.file].label,
+                &attr_name(tags::IMAGE_POSITION_PATIENT),
+            )
         })?;
         keyed.push((dot(pos, normal), *s, pos));
     }
@@ -258,7 +263,7 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
             let b = &headers[keyed[i + 1].1.file].label;
             return Err(inconsistent(
                 b,
-                "ImagePositionPatient (0020,0032)",
+                &attr_name(tags::IMAGE_POSITION_PATIENT),
                 format!(
                     "same slice position as {a} ({:.3} mm along the normal): duplicate slice or two series with one SeriesInstanceUID",
                     keyed[i].0
@@ -273,7 +278,7 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
         let i = gaps.iter().position(|g| *g == max_gap).unwrap_or(0);
         return Err(inconsistent(
             &headers[keyed[i + 1].1.file].label,
-            "ImagePositionPatient (0020,0032)",
+            &attr_name(tags::IMAGE_POSITION_PATIENT),
             format!(
                 "uneven slice spacing: gaps range from {min_gap:.3} to {max_gap:.3} mm (missing slices?)"
             ),
