@@ -4,11 +4,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use osteo_backend_candle::CandleBackend;
 use osteo_core::manifest::Provenance;
-use osteo_core::{
-    Backend, Batch, Device, Grade, LoadBackend, ModelArtifacts, ModelKind, Tensor, ViewSpec,
-};
+use osteo_core::{Backend, Device, Grade, LoadBackend, ModelArtifacts, ModelKind, ViewSpec};
 use osteo_train::cohort::{CohortSource, Sample, load};
-use osteo_train::train::{TrainConfig, predict, train};
+use osteo_train::train::{Inputs, TrainConfig, predict, train};
 use osteo_train::{Evaluation, evaluate};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -140,13 +138,8 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let trained = train(&samples, &view, &config)?;
     let train_s = start.elapsed().as_secs_f64();
     let test = &trained.split.test;
-    let probs = predict(
-        &trained.network,
-        &samples,
-        test,
-        trained.view,
-        trained.tabular.as_ref(),
-    )?;
+    let inputs = Inputs::new(&samples, trained.view, trained.tabular.as_ref())?;
+    let probs = predict(&trained.network, &inputs, test)?;
     let truth: Vec<Grade> = test.iter().map(|&i| samples[i].grade).collect();
     let eval = evaluate(&probs, &truth);
     let oracle = match source {
@@ -285,32 +278,11 @@ fn backend_probs(
     samples: &[Sample],
 ) -> anyhow::Result<Vec<[f64; 3]>> {
     let m = &artifacts.manifest;
+    let inputs = Inputs::new(samples, m.view, m.tabular.as_ref())?;
+    let all: Vec<usize> = (0..samples.len()).collect();
     let mut out = Vec::with_capacity(samples.len());
-    for chunk in samples.chunks(32) {
-        let images = match &m.view {
-            Some(v) => {
-                let data: Vec<f32> = chunk
-                    .iter()
-                    .flat_map(|s| s.view.clone().unwrap_or_default())
-                    .collect();
-                Some(Tensor::new(vec![chunk.len(), 2, v.height, v.width], data)?)
-            }
-            None => None,
-        };
-        let tabular = match &m.tabular {
-            Some(spec) => {
-                let mut data = Vec::with_capacity(chunk.len() * spec.features.len());
-                for s in chunk {
-                    data.extend(
-                        spec.encode(&s.clinical)
-                            .with_context(|| format!("patient {}", s.patient_id))?,
-                    );
-                }
-                Some(Tensor::new(vec![chunk.len(), spec.features.len()], data)?)
-            }
-            None => None,
-        };
-        let logits = backend.predict(&Batch { images, tabular })?;
+    for chunk in all.chunks(32) {
+        let logits = backend.predict(&inputs.batch(chunk, None)?)?;
         for i in 0..chunk.len() {
             let p = osteo_core::backend::softmax(logits.row(i).unwrap_or_default());
             out.push([f64::from(p[0]), f64::from(p[1]), f64::from(p[2])]);

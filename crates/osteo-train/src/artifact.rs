@@ -31,7 +31,9 @@ pub fn write_model(
         provenance,
         metrics,
     };
-    manifest.validate().map_err(|e| io(e.to_string()))?;
+    manifest
+        .validate()
+        .map_err(|e| TrainError::Setup(format!("the trained model's manifest is invalid: {e}")))?;
     trained
         .varmap
         .save(dir.join(WEIGHTS_FILE))

@@ -24,6 +24,20 @@ pub enum TrainError {
         #[source]
         source: osteo_dicom::DicomError,
     },
+    /// A sample cannot be turned into model input.
+    #[error("patient {patient}: {message}")]
+    Input {
+        /// The patient's identifier.
+        patient: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The training data or configuration cannot produce a model.
+    #[error("cannot train: {0}")]
+    Setup(String),
+    /// The tensor engine failed.
+    #[error("tensor engine: {0}")]
+    Engine(String),
     /// A file could not be read or written.
     #[error("{path}: {message}")]
     Io {

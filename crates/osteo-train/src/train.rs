@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use osteo_backend_candle::Network;
 use osteo_core::arch::{Head, ImageBranch, TabularBranch};
 use osteo_core::features::FEATURE_NAMES;
-use osteo_core::{ArchSpec, Grade, ModelKind, TabularSpec, ViewSpec};
+use osteo_core::{ArchSpec, Batch, Grade, ModelKind, TabularSpec, ViewSpec};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -107,10 +107,7 @@ pub struct Trained {
 }
 
 fn candle_err(e: candle_core::Error) -> TrainError {
-    TrainError::Io {
-        path: "training".into(),
-        message: e.to_string(),
-    }
+    TrainError::Engine(e.to_string())
 }
 
 /// The architecture trained for a kind.
@@ -154,62 +151,91 @@ fn tabular_spec(samples: &[Sample], train: &[usize]) -> Result<TabularSpec, Trai
             (mean, var.sqrt())
         })
         .collect();
-    TabularSpec::with_stats(&stats).map_err(|e| TrainError::Io {
-        path: "tabular statistics".into(),
-        message: e.to_string(),
-    })
+    TabularSpec::with_stats(&stats)
+        .map_err(|e| TrainError::Setup(format!("tabular statistics: {e}")))
 }
 
-/// Input tensors of a set of samples (optionally augmented).
-struct Inputs<'a> {
+/// The model inputs of a cohort: views as stored, clinical features encoded once.
+pub struct Inputs<'a> {
     samples: &'a [Sample],
     view: Option<ViewSpec>,
-    tabular: Option<&'a TabularSpec>,
-    encoded: HashMap<usize, Vec<f32>>,
+    /// Encoded features per sample (tabular and fused models).
+    encoded: Option<(usize, Vec<Vec<f32>>)>,
 }
 
-impl Inputs<'_> {
-    fn batch(
-        &self,
-        idx: &[usize],
-        rng: Option<&mut ChaCha8Rng>,
-    ) -> Result<(Option<Tensor>, Option<Tensor>), TrainError> {
-        let dev = Device::Cpu;
+impl<'a> Inputs<'a> {
+    /// Prepares the inputs a model with this view (image models) and feature specification
+    /// (tabular models) reads; every sample's clinical variables are encoded here, once.
+    pub fn new(
+        samples: &'a [Sample],
+        view: Option<ViewSpec>,
+        tabular: Option<&TabularSpec>,
+    ) -> Result<Self, TrainError> {
+        let encoded = match tabular {
+            Some(spec) => {
+                let rows = samples
+                    .iter()
+                    .map(|s| {
+                        spec.encode(&s.clinical).map_err(|e| TrainError::Input {
+                            patient: s.patient_id.clone(),
+                            message: e.to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some((spec.features.len(), rows))
+            }
+            None => None,
+        };
+        Ok(Self {
+            samples,
+            view,
+            encoded,
+        })
+    }
+
+    /// The batch of samples `idx`, augmented when `rng` is given.
+    pub fn batch(&self, idx: &[usize], rng: Option<&mut ChaCha8Rng>) -> Result<Batch, TrainError> {
+        let engine = |e: osteo_core::CoreError| TrainError::Engine(e.to_string());
         let images = match self.view {
             Some(v) => {
                 let (h, w) = (v.height, v.width);
                 let mut data = Vec::with_capacity(idx.len() * 2 * h * w);
                 let mut rng = rng;
                 for &i in idx {
-                    let view = self.samples[i]
-                        .view
-                        .as_ref()
-                        .ok_or_else(|| TrainError::Io {
-                            path: self.samples[i].patient_id.clone(),
-                            message: "the sample has no view".into(),
-                        })?;
+                    let s = &self.samples[i];
+                    let view = s.view.as_ref().ok_or_else(|| TrainError::Input {
+                        patient: s.patient_id.clone(),
+                        message: "the sample has no view".into(),
+                    })?;
                     match rng.as_deref_mut() {
                         Some(r) => data.extend(augment(view, h, w, r)),
                         None => data.extend_from_slice(view),
                     }
                 }
-                Some(Tensor::from_vec(data, (idx.len(), 2, h, w), &dev).map_err(candle_err)?)
+                Some(osteo_core::Tensor::new(vec![idx.len(), 2, h, w], data).map_err(engine)?)
             }
             None => None,
         };
-        let tabular = match self.tabular {
-            Some(spec) => {
-                let f = spec.features.len();
-                let data: Vec<f32> = idx
-                    .iter()
-                    .flat_map(|i| self.encoded[i].iter().copied())
-                    .collect();
-                Some(Tensor::from_vec(data, (idx.len(), f), &dev).map_err(candle_err)?)
+        let tabular = match &self.encoded {
+            Some((f, rows)) => {
+                let data: Vec<f32> = idx.iter().flat_map(|&i| rows[i].iter().copied()).collect();
+                Some(osteo_core::Tensor::new(vec![idx.len(), *f], data).map_err(engine)?)
             }
             None => None,
         };
-        Ok((images, tabular))
+        Ok(Batch { images, tabular })
     }
+}
+
+/// Candle tensors of a batch.
+fn to_candle(batch: &Batch) -> Result<(Option<Tensor>, Option<Tensor>), TrainError> {
+    let convert = |t: &Option<osteo_core::Tensor>| {
+        t.as_ref()
+            .map(|t| Tensor::from_slice(t.data(), t.shape(), &Device::Cpu))
+            .transpose()
+            .map_err(candle_err)
+    };
+    Ok((convert(&batch.images)?, convert(&batch.tabular)?))
 }
 
 /// A random shift of up to 4 pixels in each direction and a ±5% intensity scale.
@@ -237,24 +263,15 @@ fn augment(view: &[f32], h: usize, w: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     out
 }
 
-/// Class probabilities of the network on samples, in eval mode.
+/// Class probabilities of the network on samples `idx`, in eval mode.
 pub fn predict(
     network: &Network,
-    inputs_samples: &[Sample],
+    inputs: &Inputs<'_>,
     idx: &[usize],
-    view: Option<ViewSpec>,
-    tabular: Option<&TabularSpec>,
 ) -> Result<Vec<[f64; 3]>, TrainError> {
-    let encoded = encode_all(inputs_samples, idx, tabular)?;
-    let inputs = Inputs {
-        samples: inputs_samples,
-        view,
-        tabular,
-        encoded,
-    };
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(64) {
-        let (images, tab) = inputs.batch(chunk, None)?;
+        let (images, tab) = to_candle(&inputs.batch(chunk, None)?)?;
         let logits = network
             .forward(images.as_ref(), tab.as_ref(), false)
             .map_err(candle_err)?;
@@ -268,26 +285,6 @@ pub fn predict(
         );
     }
     Ok(out)
-}
-
-fn encode_all(
-    samples: &[Sample],
-    idx: &[usize],
-    spec: Option<&TabularSpec>,
-) -> Result<HashMap<usize, Vec<f32>>, TrainError> {
-    let Some(spec) = spec else {
-        return Ok(HashMap::new());
-    };
-    idx.iter()
-        .map(|&i| {
-            spec.encode(&samples[i].clinical)
-                .map(|v| (i, v))
-                .map_err(|e| TrainError::Io {
-                    path: samples[i].patient_id.clone(),
-                    message: e.to_string(),
-                })
-        })
-        .collect()
 }
 
 /// Trains a model on the samples; `view` must match the views stored in the samples.
@@ -304,10 +301,10 @@ pub fn train(
         config.seed,
     );
     if split.train.is_empty() || split.validation.is_empty() {
-        return Err(TrainError::Io {
-            path: "cohort".into(),
-            message: format!("{} patients are too few to split", samples.len()),
-        });
+        return Err(TrainError::Setup(format!(
+            "{} patients are too few to split",
+            samples.len()
+        )));
     }
     let arch = architecture(config.kind, view, &config.image_channels);
     let tabular = if config.kind.uses_tabular() {
@@ -316,13 +313,7 @@ pub fn train(
         None
     };
     let view = config.kind.uses_image().then_some(*view);
-    let all: Vec<usize> = (0..samples.len()).collect();
-    let inputs = Inputs {
-        samples,
-        view,
-        tabular: tabular.as_ref(),
-        encoded: encode_all(samples, &all, tabular.as_ref())?,
-    };
+    let inputs = Inputs::new(samples, view, tabular.as_ref())?;
 
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
@@ -377,7 +368,8 @@ pub fn train(
             lr = config.learning_rate
                 * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()));
             opt.set_learning_rate(lr);
-            let (images, tab) = inputs.batch(chunk, config.augment.then_some(&mut rng))?;
+            let (images, tab) =
+                to_candle(&inputs.batch(chunk, config.augment.then_some(&mut rng))?)?;
             let logits = network
                 .forward(images.as_ref(), tab.as_ref(), true)
                 .map_err(candle_err)?;
@@ -394,7 +386,7 @@ pub fn train(
             step += 1;
             bar.inc(1);
         }
-        let probs = predict(&network, samples, &split.validation, view, tabular.as_ref())?;
+        let probs = predict(&network, &inputs, &split.validation)?;
         let truth: Vec<Grade> = split.validation.iter().map(|&i| samples[i].grade).collect();
         let e: Evaluation = evaluate(&probs, &truth);
         let train_loss = loss_sum / batches.max(1) as f64;

@@ -7,7 +7,7 @@ use osteo_core::{
     Backend, Batch, Device, LoadBackend, ModelArtifacts, ModelKind, Tensor, ViewSpec,
 };
 use osteo_train::cohort::{CohortSource, load};
-use osteo_train::train::{TrainConfig, predict, train};
+use osteo_train::train::{Inputs, TrainConfig, predict, train};
 
 #[test]
 fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
@@ -71,14 +71,8 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
     .expect("write");
     assert_eq!(manifest.kind, ModelKind::Fused);
 
-    let expected = predict(
-        &trained.network,
-        &samples,
-        &trained.split.test,
-        trained.view,
-        trained.tabular.as_ref(),
-    )
-    .expect("predict");
+    let inputs = Inputs::new(&samples, trained.view, trained.tabular.as_ref()).expect("inputs");
+    let expected = predict(&trained.network, &inputs, &trained.split.test).expect("predict");
     let artifacts = ModelArtifacts::open(dir.path()).expect("artifacts");
     let mut backend =
         CandleBackend::load(&artifacts, Device::Cpu).expect("backend loads the trained model");
