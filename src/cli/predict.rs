@@ -101,8 +101,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let logits = backend.predict(&batch)?;
     let latency_ms = start.elapsed().as_secs_f64() * 1e3;
     let probs = osteo_core::backend::softmax(logits.data());
-    let best = (0..3).fold(0, |b, k| if probs[k] > probs[b] { k } else { b });
-    let grade = Grade::from_index(best).unwrap_or(Grade::Normal);
+    let grade = Grade::most_probable(&[probs[0], probs[1], probs[2]]);
     if let Some(png) = &args.explain_png {
         let v = view
             .as_ref()

@@ -94,6 +94,13 @@ impl Grade {
         Grade::ALL.get(i).copied()
     }
 
+    /// The grade with the largest of three class scores (probabilities or logits, class order);
+    /// the first wins a tie.
+    pub fn most_probable<T: PartialOrd + Copy>(scores: &[T; 3]) -> Grade {
+        let best = (1..3).fold(0, |b, k| if scores[k] > scores[b] { k } else { b });
+        Grade::ALL[best]
+    }
+
     /// The lowercase name used in APIs, files and reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -167,6 +174,16 @@ mod tests {
             TScore::new(9.0),
             Err(CoreError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn most_probable_picks_the_largest_score_and_the_first_on_ties() {
+        assert_eq!(Grade::most_probable(&[0.2, 0.5, 0.3]), Grade::Osteopenia);
+        assert_eq!(
+            Grade::most_probable(&[1.0f32, -2.0, 3.0]),
+            Grade::Osteoporosis
+        );
+        assert_eq!(Grade::most_probable(&[0.4, 0.4, 0.2]), Grade::Normal);
     }
 
     #[test]

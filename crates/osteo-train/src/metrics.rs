@@ -88,10 +88,6 @@ pub struct Evaluation {
     pub confusion: [[usize; K]; K],
 }
 
-fn argmax(p: &[f64; K]) -> usize {
-    (0..K).fold(0, |best, k| if p[k] > p[best] { k } else { best })
-}
-
 fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
@@ -101,7 +97,7 @@ pub fn evaluate(probs: &[[f64; K]], truth: &[Grade]) -> Evaluation {
     let n = probs.len().min(truth.len());
     let mut confusion = [[0usize; K]; K];
     for (p, t) in probs.iter().zip(truth) {
-        confusion[t.index()][argmax(p)] += 1;
+        confusion[t.index()][Grade::most_probable(p).index()] += 1;
     }
     let auc: [Option<f64>; K] = std::array::from_fn(|k| {
         let scores: Vec<f64> = probs[..n].iter().map(|p| p[k]).collect();
