@@ -111,16 +111,19 @@ fn locate_spine(v: &Volume, spec: &ViewSpec, ax: &Axes) -> (f64, f64) {
     } else {
         (x_of(0) + x_of(nx - 1)) / 2.0
     };
+    // Columns whose centres lie in the band, computed once.
+    let band: Vec<usize> = (0..nx)
+        .filter(|&x| (x_of(x) - centre_x).abs() <= spec.spine_band_mm / 2.0)
+        .collect();
     let mut ys: Vec<f64> = Vec::new();
     for z in (0..nz).step_by(z_step) {
         for y in 0..ny {
-            for x in 0..nx {
-                if (x_of(x) - centre_x).abs() <= spec.spine_band_mm / 2.0
-                    && v.at(z, y, x) > spec.bone_threshold_hu
-                {
-                    ys.push(y_of(y));
-                }
-            }
+            let row = &v.hu[v.index(z, y, 0)..v.index(z, y, 0) + nx];
+            let bone = band
+                .iter()
+                .filter(|&&x| row[x] > spec.bone_threshold_hu)
+                .count();
+            ys.extend(std::iter::repeat_n(y_of(y), bone));
         }
     }
     let spine_y = if ys.is_empty() {
