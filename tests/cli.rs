@@ -269,9 +269,21 @@ fn train_then_evaluate_json_reports_the_documented_fields() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for f in ["model.toml", "weights.safetensors", "report/metrics.json"] {
+    for f in [
+        "model.toml",
+        "weights.safetensors",
+        "report/metrics.json",
+        "report/report.md",
+        "report/roc.png",
+        "report/confusion.png",
+        "report/training.png",
+    ] {
         assert!(model.join(f).exists(), "{f} written");
     }
+    assert!(
+        !model.join("report/gradcam.png").exists(),
+        "a tabular model has no Grad-CAM"
+    );
     let manifest = std::fs::read_to_string(model.join("model.toml")).expect("manifest");
     assert!(
         manifest.contains("command = ") && manifest.contains("seed = 4"),
@@ -318,6 +330,39 @@ fn train_then_evaluate_json_reports_the_documented_fields() {
         "no model beats the Bayes oracle by more than sampling noise: {auc} vs {oracle}"
     );
     assert!(v["accuracy"].as_f64().is_some() && v["balanced_accuracy"].as_f64().is_some());
+
+    // The report is rewritten from the model directory; a wrong seed names the right one.
+    let md = model.join("report/report.md");
+    std::fs::remove_file(&md).expect("remove report.md");
+    let report = |seed: &str| {
+        osteo(&[
+            "report",
+            "--model",
+            s(&model),
+            "--synthetic",
+            "300",
+            "--seed",
+            seed,
+            "--cache",
+            s(&cache),
+        ])
+    };
+    let out = report("4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&md).expect("report.md rewritten");
+    assert!(
+        text.contains("| **osteo-tabular-test** | clinical variables |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| Bayes oracle | CT + clinical variables |"),
+        "{text}"
+    );
+    assert_clean_error(&report("5"), "--seed 4");
 
     // Missing model directory: exit 2 with a clear message.
     assert_clean_error(

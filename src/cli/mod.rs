@@ -32,6 +32,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a model directory on a cohort (with the Bayes oracle on synthetic cohorts).
     Evaluate(train::EvaluateArgs),
+    /// Rewrite a model's report folder (metrics.json, report.md, plots) from its test patients.
+    Report(train::ReportArgs),
     /// Grade one study locally (no server): grade, probabilities, optional Grad-CAM overlay.
     Predict(predict::PredictArgs),
 }
@@ -43,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Train(args) => train::run_train(args),
         Command::Evaluate(args) => train::run_evaluate(args),
+        Command::Report(args) => train::run_report(args),
         Command::Predict(args) => predict::run(args),
     }
 }

@@ -1,13 +1,14 @@
 //! `osteo train` and `osteo evaluate`.
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use osteo_backend_candle::CandleBackend;
 use osteo_core::manifest::Provenance;
-use osteo_core::{Backend, Device, Grade, LoadBackend, ModelArtifacts, ModelKind, ViewSpec};
-use osteo_train::cohort::{CohortSource, Sample, load};
-use osteo_train::train::{Inputs, TrainConfig, predict, train};
-use osteo_train::{Evaluation, evaluate};
+use osteo_core::{Device, Grade, LoadBackend, ModelArtifacts, ModelKind, ViewSpec};
+use osteo_train::cohort::{CohortSource, load};
+use osteo_train::evaluate;
+use osteo_train::inference::probabilities;
+use osteo_train::report::{self, ReportRequest};
+use osteo_train::train::{TrainConfig, train};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -109,14 +110,38 @@ fn commit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn headline(e: &Evaluation) -> serde_json::Value {
-    let auc = |k: usize| e.auc[k].map_or(serde_json::Value::Null, |v| json!(v));
-    json!({
-        "auc_macro": e.auc_macro,
-        "auc": {"normal": auc(0), "osteopenia": auc(1), "osteoporosis": auc(2)},
-        "accuracy": e.accuracy,
-        "balanced_accuracy": e.balanced_accuracy,
-    })
+/// Arguments of `osteo report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A model directory (its report/ folder is rewritten).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    cohort: CohortArgs,
+    /// The seed the model was trained with (fixes the cohort and the test split).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Cache directory for computed views.
+    #[arg(long, default_value = ".cache/views")]
+    cache: PathBuf,
+}
+
+/// Prints the reported model's headline and where the report is.
+fn summarise(dir: &std::path::Path, results: &[report::ModelResult]) {
+    if let Some(r) = results.first() {
+        eprintln!(
+            "report: {} ({}) test macro AUC {:.3}, accuracy {:.3}{}; {}",
+            r.name,
+            r.kind,
+            r.eval.auc_macro,
+            r.eval.accuracy,
+            r.oracle
+                .as_ref()
+                .map(|o| format!(" (Bayes oracle {:.3} / {:.3})", o.auc_macro, o.accuracy))
+                .unwrap_or_default(),
+            dir.join(report::REPORT_DIR).join("report.md").display()
+        );
+    }
 }
 
 /// Runs `osteo train`.
@@ -137,41 +162,24 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let trained = train(&samples, &view, &config)?;
     let train_s = start.elapsed().as_secs_f64();
-    let test = &trained.split.test;
-    let inputs = Inputs::new(&samples, trained.view, trained.tabular.as_ref())?;
-    let probs = predict(&trained.network, &inputs, test)?;
-    let truth: Vec<Grade> = test.iter().map(|&i| samples[i].grade).collect();
-    let eval = evaluate(&probs, &truth);
-    let oracle = match source {
-        CohortSource::Synthetic { seed, .. } => Some(evaluate(
-            &osteo_train::oracle::probabilities(kind, seed, test),
-            &truth,
-        )),
-        CohortSource::Csv(_) => None,
-    };
-    let mut metrics = BTreeMap::from([
-        ("auc_macro".to_string(), eval.auc_macro),
-        ("accuracy".to_string(), eval.accuracy),
-        ("balanced_accuracy".to_string(), eval.balanced_accuracy),
-        ("test_patients".to_string(), test.len() as f64),
+    eprintln!(
+        "train: best epoch {} of {} in {train_s:.0} s",
+        trained.best_epoch,
+        trained.history.len()
+    );
+    let metrics = BTreeMap::from([
         ("best_epoch".to_string(), trained.best_epoch as f64),
+        ("epochs_run".to_string(), trained.history.len() as f64),
         ("train_seconds".to_string(), train_s),
     ]);
-    if let Some(o) = &oracle {
-        metrics.insert("oracle_auc_macro".into(), o.auc_macro);
-        metrics.insert("oracle_accuracy".into(), o.accuracy);
-    }
-    let data = match &source {
-        CohortSource::Synthetic { patients, seed } => {
-            format!("synthetic phantom cohort, {patients} patients, seed {seed}")
-        }
-        CohortSource::Csv(p) => format!("cohort CSV {}", p.display()),
-    };
     let provenance = Provenance {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: std::iter::once("osteo".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
         seed: args.seed,
         commit: commit(),
-        data,
+        data: source.describe(),
     };
     let name = args.name.clone().unwrap_or_else(|| {
         args.out
@@ -180,115 +188,29 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("osteo-{kind}"))
     });
     osteo_train::artifact::write_model(&trained, &name, provenance, metrics, &args.out)?;
-    let ci = osteo_train::metrics::bootstrap(&probs, &truth, 1000, args.seed);
-    let report = args.out.join("report");
-    std::fs::create_dir_all(&report)
-        .with_context(|| format!("cannot create {}", report.display()))?;
-    let json = json!({
-        "model": name,
-        "kind": kind.name(),
-        "test": headline(&eval),
-        "test_ci95": ci,
-        "per_class": eval.per_class,
-        "confusion": eval.confusion,
-        "oracle": oracle.as_ref().map(headline),
-        "history": trained.history,
-        "split": {"train": trained.split.train.len(), "validation": trained.split.validation.len(), "test": test.len()},
-    });
-    std::fs::write(
-        report.join("metrics.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    std::fs::write(
-        report.join("report.md"),
-        report_md(&name, kind, &eval, &ci, oracle.as_ref(), &trained),
-    )?;
-    eprintln!(
-        "train: {name} ({kind}) best epoch {} of {}, {:.0} s; test macro AUC {:.3}, accuracy {:.3}{}",
-        trained.best_epoch,
-        trained.history.len(),
-        train_s,
-        eval.auc_macro,
-        eval.accuracy,
-        oracle
-            .map(|o| format!("; oracle {:.3} / {:.3}", o.auc_macro, o.accuracy))
-            .unwrap_or_default()
-    );
+    let results = report::write(ReportRequest {
+        model_dir: &args.out,
+        source: &source,
+        seed: args.seed,
+        cache: Some(&args.cache),
+        history: Some((trained.history.clone(), trained.best_epoch)),
+    })?;
+    summarise(&args.out, &results);
     Ok(())
 }
 
-/// The human-readable training report.
-fn report_md(
-    name: &str,
-    kind: ModelKind,
-    e: &Evaluation,
-    ci: &osteo_train::metrics::Intervals,
-    oracle: Option<&Evaluation>,
-    trained: &osteo_train::train::Trained,
-) -> String {
-    let mut md = format!("# {name} ({kind})\n\n");
-    md.push_str(&format!(
-        "Split (patients): train {}, validation {}, test {}. Best epoch {} of {}.\n\n",
-        trained.split.train.len(),
-        trained.split.validation.len(),
-        trained.split.test.len(),
-        trained.best_epoch,
-        trained.history.len()
-    ));
-    md.push_str(
-        "| | macro AUC (95% CI) | accuracy (95% CI) | balanced accuracy |\n|---|---|---|---|\n",
-    );
-    md.push_str(&format!(
-        "| {kind} model, test | {:.3} ({:.3}-{:.3}) | {:.3} ({:.3}-{:.3}) | {:.3} |\n",
-        e.auc_macro,
-        ci.auc_macro.low,
-        ci.auc_macro.high,
-        e.accuracy,
-        ci.accuracy.low,
-        ci.accuracy.high,
-        e.balanced_accuracy
-    ));
-    if let Some(o) = oracle {
-        md.push_str(&format!(
-            "| Bayes oracle, same patients | {:.3} | {:.3} | {:.3} |\n",
-            o.auc_macro, o.accuracy, o.balanced_accuracy
-        ));
-    }
-    md.push_str("\n| class | AUC | sensitivity | specificity | F1 |\n|---|---|---|---|---|\n");
-    for g in Grade::ALL {
-        let k = g.index();
-        let auc = e.auc[k].map_or("n/a".to_string(), |a| format!("{a:.3}"));
-        let c = e.per_class[k];
-        md.push_str(&format!(
-            "| {g} | {auc} | {:.3} | {:.3} | {:.3} |\n",
-            c.sensitivity, c.specificity, c.f1
-        ));
-    }
-    md.push_str("\nConfusion matrix (rows: truth, columns: predicted; normal, osteopenia, osteoporosis):\n\n");
-    for row in e.confusion {
-        md.push_str(&format!("    {:>5} {:>5} {:>5}\n", row[0], row[1], row[2]));
-    }
-    md
-}
-
-/// Class probabilities of a loaded model for every sample, in batches.
-fn backend_probs(
-    backend: &mut CandleBackend,
-    artifacts: &ModelArtifacts,
-    samples: &[Sample],
-) -> anyhow::Result<Vec<[f64; 3]>> {
-    let m = &artifacts.manifest;
-    let inputs = Inputs::new(samples, m.view, m.tabular.as_ref())?;
-    let all: Vec<usize> = (0..samples.len()).collect();
-    let mut out = Vec::with_capacity(samples.len());
-    for chunk in all.chunks(32) {
-        let logits = backend.predict(&inputs.batch(chunk, None)?)?;
-        for i in 0..chunk.len() {
-            let p = osteo_core::backend::softmax(logits.row(i).unwrap_or_default());
-            out.push([f64::from(p[0]), f64::from(p[1]), f64::from(p[2])]);
-        }
-    }
-    Ok(out)
+/// Runs `osteo report`.
+pub fn run_report(args: ReportArgs) -> anyhow::Result<()> {
+    let source = args.cohort.source(args.seed);
+    let results = report::write(ReportRequest {
+        model_dir: &args.model,
+        source: &source,
+        seed: args.seed,
+        cache: Some(&args.cache),
+        history: None,
+    })?;
+    summarise(&args.model, &results);
+    Ok(())
 }
 
 /// Runs `osteo evaluate`.
@@ -298,7 +220,8 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let mut backend = CandleBackend::load(&artifacts, Device::Cpu)?;
     let source = args.cohort.source(args.seed);
     let samples = load(&source, m.view.as_ref(), Some(&args.cache))?;
-    let probs = backend_probs(&mut backend, &artifacts, &samples)?;
+    let all: Vec<usize> = (0..samples.len()).collect();
+    let probs = probabilities(&mut backend, m, &samples, &all)?;
     let truth: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
     let eval = evaluate(&probs, &truth);
     let oracle = match source {
@@ -312,7 +235,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         CohortSource::Csv(_) => None,
     };
     if args.json {
-        let mut v = headline(&eval);
+        let mut v = eval.headline();
         if let Some(obj) = v.as_object_mut() {
             obj.insert("model".into(), json!(m.name));
             obj.insert("kind".into(), json!(m.kind.name()));

@@ -81,15 +81,29 @@ fn heat(v: f32) -> [f32; 3] {
 /// channel as an RGB PNG, scaled up `scale` times; weak values stay transparent so bone shows.
 pub fn overlay_png(view: &View, heatmap: &[f32], scale: usize) -> Result<Vec<u8>, DicomError> {
     let (h, w) = (view.spec.height, view.spec.width);
-    if heatmap.len() != h * w {
+    let pixels = overlay_rgb(view.channel(1), heatmap, w, scale)?;
+    let scale = scale.max(1);
+    encode_rgb_png(w * scale, h * scale, &pixels)
+}
+
+/// RGB pixels of a heatmap over a greyscale image (both row-major, `width` wide, values in
+/// [0, 1]), scaled up `scale` times; weak heatmap values stay transparent.
+pub fn overlay_rgb(
+    base: &[f32],
+    heatmap: &[f32],
+    width: usize,
+    scale: usize,
+) -> Result<Vec<u8>, DicomError> {
+    if heatmap.len() != base.len() || width == 0 || !base.len().is_multiple_of(width) {
         return Err(DicomError::Png(format!(
-            "heatmap has {} values, the view {h}x{w}",
-            heatmap.len()
+            "heatmap has {} values, the {width}-wide image {}",
+            heatmap.len(),
+            base.len()
         )));
     }
+    let (h, w) = (base.len() / width, width);
     let scale = scale.max(1);
     let (out_h, out_w) = (h * scale, w * scale);
-    let base = view.channel(1);
     let mut pixels = Vec::with_capacity(out_h * out_w * 3);
     for y in 0..out_h {
         for x in 0..out_w {
@@ -103,5 +117,5 @@ pub fn overlay_png(view: &View, heatmap: &[f32], scale: usize) -> Result<Vec<u8>
             }
         }
     }
-    encode_rgb_png(out_w, out_h, &pixels)
+    Ok(pixels)
 }

@@ -24,6 +24,18 @@ pub enum CohortSource {
     },
 }
 
+impl CohortSource {
+    /// The cohort in words, as recorded in a model's provenance.
+    pub fn describe(&self) -> String {
+        match self {
+            CohortSource::Synthetic { patients, seed } => {
+                format!("synthetic phantom cohort, {patients} patients, seed {seed}")
+            }
+            CohortSource::Csv(p) => format!("cohort CSV {}", p.display()),
+        }
+    }
+}
+
 /// One patient of a cohort, ready for training or evaluation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

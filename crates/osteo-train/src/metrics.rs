@@ -88,6 +88,19 @@ pub struct Evaluation {
     pub confusion: [[usize; K]; K],
 }
 
+impl Evaluation {
+    /// The headline figures as JSON: `auc_macro`, `auc` per grade (null where undefined),
+    /// `accuracy`, `balanced_accuracy`.
+    pub fn headline(&self) -> serde_json::Value {
+        serde_json::json!({
+            "auc_macro": self.auc_macro,
+            "auc": {"normal": self.auc[0], "osteopenia": self.auc[1], "osteoporosis": self.auc[2]},
+            "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+        })
+    }
+}
+
 fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::io::IsTerminal;
 
 /// Training hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -336,6 +337,10 @@ pub fn train(
         .iter()
         .map(|&c| if c == 0 { 0.0 } else { n / (3.0 * c as f32) })
         .collect();
+    let prior_shift: Vec<f64> = class_w
+        .iter()
+        .map(|&w| if w > 0.0 { f64::from(w).ln() } else { 0.0 })
+        .collect();
     let class_w = Tensor::from_vec(class_w, 3, &Device::Cpu).map_err(candle_err)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x7EA1);
@@ -386,14 +391,22 @@ pub fn train(
             step += 1;
             bar.inc(1);
         }
-        let probs = predict(&network, &inputs, &split.validation)?;
+        let probs: Vec<[f64; 3]> = predict(&network, &inputs, &split.validation)?
+            .iter()
+            .map(|p| prior_corrected(p, &prior_shift))
+            .collect();
         let truth: Vec<Grade> = split.validation.iter().map(|&i| samples[i].grade).collect();
         let e: Evaluation = evaluate(&probs, &truth);
         let train_loss = loss_sum / batches.max(1) as f64;
-        bar.set_message(format!(
+        let line = format!(
             "epoch {epoch} loss {train_loss:.3} val AUC {:.3} acc {:.3}",
             e.auc_macro, e.accuracy
-        ));
+        );
+        if config.progress && !std::io::stderr().is_terminal() {
+            // Logs and CI capture stderr without a terminal, where the bar is not drawn.
+            eprintln!("train {}: {line}", config.kind);
+        }
+        bar.set_message(line);
         history.push(Epoch {
             epoch,
             train_loss,
@@ -415,6 +428,7 @@ pub fn train(
     }
     bar.finish_and_clear();
     restore(&varmap, &best).map_err(candle_err)?;
+    shift_output_bias(&varmap, &prior_shift).map_err(candle_err)?;
     Ok(Trained {
         arch,
         tabular,
@@ -425,6 +439,30 @@ pub fn train(
         history,
         best_epoch,
     })
+}
+
+/// Probabilities of a network trained with class weights `exp(shift)`, corrected back to the
+/// cohort's class frequencies: weighted cross-entropy is minimised by `w_y p(y|x)` normalised, so
+/// dividing by the weights recovers `p(y|x)`.
+fn prior_corrected(p: &[f64; 3], shift: &[f64]) -> [f64; 3] {
+    let q: Vec<f64> = p.iter().zip(shift).map(|(p, s)| p * (-s).exp()).collect();
+    let z: f64 = q.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    [q[0] / z, q[1] / z, q[2] / z]
+}
+
+/// Folds the prior correction into the output layer (`bias_k -= ln w_k`), so every backend serving
+/// the weights returns probabilities calibrated to the cohort's class frequencies.
+fn shift_output_bias(varmap: &VarMap, shift: &[f64]) -> candle_core::Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let bias = data
+        .get("head.out.bias")
+        .ok_or_else(|| candle_core::Error::Msg("the network has no head.out.bias".into()))?;
+    let delta: Vec<f32> = shift.iter().map(|&s| s as f32).collect();
+    let delta = Tensor::from_vec(delta, shift.len(), bias.device())?;
+    bias.set(&bias.as_tensor().sub(&delta)?)
 }
 
 /// Mean of per-sample negative log-likelihoods weighted by class: sum(w_y * nll) / sum(w_y).

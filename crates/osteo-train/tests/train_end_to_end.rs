@@ -7,7 +7,17 @@ use osteo_core::{
     Backend, Batch, Device, LoadBackend, ModelArtifacts, ModelKind, Tensor, ViewSpec,
 };
 use osteo_train::cohort::{CohortSource, load};
+use osteo_train::report::{self, ReportRequest};
 use osteo_train::train::{Inputs, TrainConfig, predict, train};
+
+fn provenance_for(seed: u64) -> Provenance {
+    Provenance {
+        command: "test".into(),
+        seed,
+        commit: "test".into(),
+        data: "synthetic 60 / 8".into(),
+    }
+}
 
 #[test]
 fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
@@ -55,21 +65,91 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let provenance = Provenance {
-        command: "test".into(),
-        seed: 3,
-        commit: "test".into(),
-        data: "synthetic 60 / 8".into(),
-    };
     let manifest = osteo_train::artifact::write_model(
         &trained,
         "tiny-fused",
-        provenance,
+        provenance_for(3),
         Default::default(),
         dir.path(),
     )
     .expect("write");
     assert_eq!(manifest.kind, ModelKind::Fused);
+
+    // A tabular model next to it, trained on the same cohort and seed, shares the test split and
+    // appears in the report's table.
+    let tabular = train(
+        &samples,
+        &view,
+        &TrainConfig {
+            epochs: 2,
+            ..TrainConfig::new(ModelKind::Tabular, 3)
+        },
+    )
+    .expect("tabular training");
+    let models = tempfile::tempdir().expect("tempdir");
+    let fused_dir = models.path().join("tiny-fused");
+    for (t, name) in [(&trained, "tiny-fused"), (&tabular, "tiny-tabular")] {
+        osteo_train::artifact::write_model(
+            t,
+            name,
+            provenance_for(3),
+            Default::default(),
+            &models.path().join(name),
+        )
+        .expect("write");
+    }
+    let source = CohortSource::Synthetic {
+        patients: 60,
+        seed: 8,
+    };
+    let results = report::write(ReportRequest {
+        model_dir: &fused_dir,
+        source: &source,
+        seed: 3,
+        cache: None,
+        history: Some((trained.history.clone(), trained.best_epoch)),
+    })
+    .expect("report");
+    assert_eq!(results.len(), 2, "the sibling tabular model is compared");
+    assert_eq!(results[0].name, "tiny-fused");
+    assert_eq!(results[1].name, "tiny-tabular");
+    assert_eq!(results[0].eval.n, trained.split.test.len());
+    let report_dir = fused_dir.join(report::REPORT_DIR);
+    for png in ["roc.png", "confusion.png", "training.png", "gradcam.png"] {
+        let bytes = std::fs::read(report_dir.join(png)).expect(png);
+        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 2000, "{png}");
+    }
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(report_dir.join("metrics.json")).expect("metrics.json"),
+    )
+    .expect("JSON");
+    assert_eq!(
+        metrics["test"]["auc_macro"].as_f64(),
+        Some(results[0].eval.auc_macro)
+    );
+    assert_eq!(metrics["history"].as_array().map(Vec::len), Some(3));
+    let md = std::fs::read_to_string(report_dir.join("report.md")).expect("report.md");
+    for row in [
+        "| **tiny-fused** | CT + clinical variables |",
+        "| tiny-tabular | clinical variables |",
+        "| Bayes oracle | CT |",
+    ] {
+        assert!(md.contains(row), "{row} in\n{md}");
+    }
+    let recorded = ModelArtifacts::open(&fused_dir).expect("manifest").manifest;
+    assert_eq!(
+        recorded.metrics.get("auc_macro"),
+        Some(&results[0].eval.auc_macro),
+        "test metrics recorded in model.toml"
+    );
+    let wrong_seed = report::write(ReportRequest {
+        model_dir: &fused_dir,
+        source: &source,
+        seed: 4,
+        cache: None,
+        history: None,
+    });
+    assert!(wrong_seed.is_err(), "a report on another split is refused");
 
     let inputs = Inputs::new(&samples, trained.view, trained.tabular.as_ref()).expect("inputs");
     let expected = predict(&trained.network, &inputs, &trained.split.test).expect("predict");
