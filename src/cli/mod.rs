@@ -1,7 +1,10 @@
 //! Command-line definitions and dispatch.
 
+mod client;
+mod clinical;
 mod dicom;
 mod predict;
+mod serve;
 mod synth;
 mod train;
 
@@ -34,6 +37,12 @@ enum Command {
     Evaluate(train::EvaluateArgs),
     /// Rewrite a model's report folder (metrics.json, report.md, plots) from its test patients.
     Report(train::ReportArgs),
+    /// Serve the models over gRPC (with health, reflection and Prometheus metrics).
+    Serve(serve::ServeArgs),
+    /// Grade a study on a server (uploads the DICOM files, classifies, deletes the upload).
+    Classify(client::ClassifyArgs),
+    /// Grade and explain a study on a server; writes the Grad-CAM overlay PNG.
+    Explain(client::ExplainArgs),
     /// Grade one study locally (no server): grade, probabilities, optional Grad-CAM overlay.
     Predict(predict::PredictArgs),
 }
@@ -47,5 +56,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(args) => train::run_evaluate(args),
         Command::Report(args) => train::run_report(args),
         Command::Predict(args) => predict::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Classify(args) => client::classify(args),
+        Command::Explain(args) => client::explain(args),
     }
 }

@@ -1,11 +1,11 @@
 //! `osteo predict`: local inference without a server.
 
+use super::clinical::ClinicalArgs;
 use anyhow::Context;
 use clap::Args;
 use osteo_backend_candle::CandleBackend;
 use osteo_core::{
-    Backend, Batch, ClinicalInput, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts,
-    RiskFlags, Sex, Tensor,
+    Backend, Batch, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts, Tensor,
 };
 use osteo_dicom::{DicomSource, IngestOptions};
 use serde_json::json;
@@ -20,30 +20,8 @@ pub struct PredictArgs {
     /// The CT study: a DICOM file or directory (required by image and fused models).
     #[arg(long)]
     dicom: Option<PathBuf>,
-    /// Age in years.
-    #[arg(long)]
-    age: f64,
-    /// Sex: F or M.
-    #[arg(long)]
-    sex: Sex,
-    /// Height in centimetres.
-    #[arg(long)]
-    height_cm: f64,
-    /// Weight in kilograms.
-    #[arg(long)]
-    weight_kg: f64,
-    /// Prior fragility fracture (omit when unknown).
-    #[arg(long)]
-    prior_fracture: Option<bool>,
-    /// Long-term glucocorticoid use (omit when unknown).
-    #[arg(long)]
-    glucocorticoids: Option<bool>,
-    /// Current smoker (omit when unknown).
-    #[arg(long)]
-    smoker: Option<bool>,
-    /// Rheumatoid arthritis (omit when unknown).
-    #[arg(long)]
-    rheumatoid_arthritis: Option<bool>,
+    #[command(flatten)]
+    clinical: ClinicalArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -56,19 +34,7 @@ pub struct PredictArgs {
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let artifacts = ModelArtifacts::open(&args.model)?;
     let m = artifacts.manifest.clone();
-    let clinical = ClinicalVariables::validate(ClinicalInput {
-        age_years: args.age,
-        sex: args.sex,
-        height_cm: args.height_cm,
-        weight_kg: args.weight_kg,
-        bmi: None,
-        risk: RiskFlags {
-            prior_fragility_fracture: args.prior_fracture,
-            glucocorticoids: args.glucocorticoids,
-            smoker: args.smoker,
-            rheumatoid_arthritis: args.rheumatoid_arthritis,
-        },
-    })?;
+    let clinical = ClinicalVariables::validate(args.clinical.input())?;
     let view = match &m.view {
         Some(spec) => {
             let path = args

@@ -1,0 +1,426 @@
+//! Server configuration: built-in defaults, then `osteo.toml`, then `OSTEO__SECTION__KEY`
+//! environment variables, then command-line flags; validated at start-up with errors naming the
+//! key.
+
+use crate::error::ServerError;
+use config::{Config, Environment, File, FileFormat};
+use osteo_core::Device;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Listening, limits and shutdown.
+    pub server: ServerSettings,
+    /// The study store.
+    pub store: StoreSettings,
+    /// Dynamic batching.
+    pub scheduler: SchedulerSettings,
+    /// Logs, traces and metrics.
+    pub telemetry: TelemetrySettings,
+    /// Served models.
+    pub models: Vec<ModelSettings>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Prometheus `/metrics` listen address (empty = no metrics endpoint).
+    pub metrics_listen: String,
+    /// Model used when a request names none (empty = the first configured model).
+    pub default_model: String,
+    /// Largest gRPC message in bytes (inline studies, upload chunks).
+    pub max_message_bytes: usize,
+    /// Deadline applied when a client sets none, in seconds.
+    pub request_timeout_s: u64,
+    /// Longest wait for in-flight requests at shutdown, in seconds.
+    pub shutdown_grace_s: u64,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Total bytes of stored studies (decoded volumes).
+    pub max_bytes: u64,
+    /// Seconds a study is kept after upload unless deleted earlier.
+    pub ttl_s: u64,
+    /// Largest upload (sum of DICOM file sizes) in bytes.
+    pub max_upload_bytes: u64,
+    /// Most DICOM files in one study.
+    pub max_files: usize,
+    /// Most slices (frames) in the selected series.
+    pub max_slices: u64,
+    /// Most pixels (rows x columns) per slice.
+    pub max_pixels_per_slice: u64,
+}
+
+/// `[scheduler]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Largest batch sent to a backend.
+    pub max_batch: usize,
+    /// Longest time the first request of a batch waits for more, in milliseconds.
+    pub max_delay_ms: u64,
+    /// Requests waiting per (model, backend) before RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `pretty` or `json`.
+    pub log_format: String,
+    /// Log filter, e.g. `info` or `osteo_server=debug,info`.
+    pub log_level: String,
+    /// OTLP/gRPC trace endpoint, e.g. `http://127.0.0.1:4317` (empty = no trace export).
+    pub otlp_endpoint: String,
+    /// `service.name` of exported traces.
+    pub service_name: String,
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Model directory (model.toml, weights).
+    pub path: PathBuf,
+    /// Backends that serve it, e.g. `["candle"]`.
+    #[serde(default = "default_backends")]
+    pub backends: Vec<String>,
+    /// Backend used when a request names none (default: the first of `backends`).
+    #[serde(default)]
+    pub default_backend: String,
+    /// `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_backends() -> Vec<String> {
+    vec!["candle".into()]
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            default_model: "osteo-fused-v1".into(),
+            max_message_bytes: 64 << 20,
+            request_timeout_s: 60,
+            shutdown_grace_s: 30,
+        }
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 2 << 30,
+            ttl_s: 3600,
+            max_upload_bytes: 1 << 30,
+            max_files: 4096,
+            max_slices: 4096,
+            max_pixels_per_slice: 2048 * 2048,
+        }
+    }
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            max_delay_ms: 5,
+            queue_capacity: 256,
+        }
+    }
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: "pretty".into(),
+            log_level: "info".into(),
+            otlp_endpoint: String::new(),
+            service_name: "osteoserve".into(),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let model = |name: &str| ModelSettings {
+            path: PathBuf::from("models").join(name),
+            backends: default_backends(),
+            default_backend: String::new(),
+            device: default_device(),
+        };
+        Self {
+            server: ServerSettings::default(),
+            store: StoreSettings::default(),
+            scheduler: SchedulerSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            models: vec![
+                model("osteo-fused-v1"),
+                model("osteo-image-v1"),
+                model("osteo-tabular-v1"),
+            ],
+        }
+    }
+}
+
+fn config_err(e: config::ConfigError) -> ServerError {
+    ServerError::Config(e.to_string())
+}
+
+/// Loads the configuration: defaults, the optional file, `OSTEO__SECTION__KEY` environment
+/// variables, then `overrides` (`("server.listen", "0.0.0.0:50051")`, from command-line flags).
+pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Settings, ServerError> {
+    load_from(file, overrides, Environment::with_prefix("OSTEO"))
+}
+
+/// [`load`] with an explicit environment source (tests pass their own variables).
+pub fn load_from(
+    file: Option<&Path>,
+    overrides: &[(&str, String)],
+    env: Environment,
+) -> Result<Settings, ServerError> {
+    let defaults = Config::try_from(&Settings::default()).map_err(config_err)?;
+    let mut builder = Config::builder().add_source(defaults);
+    if let Some(f) = file {
+        if !f.is_file() {
+            return Err(ServerError::Config(format!(
+                "configuration file {} does not exist",
+                f.display()
+            )));
+        }
+        builder = builder.add_source(File::from(f).format(FileFormat::Toml).required(true));
+    }
+    builder = builder.add_source(env.prefix_separator("__").separator("__").try_parsing(true));
+    for (key, value) in overrides {
+        builder = builder
+            .set_override(*key, value.clone())
+            .map_err(config_err)?;
+    }
+    let settings: Settings = builder
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(config_err)?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// A validation error naming the key.
+fn invalid(key: &str, value: impl std::fmt::Display, why: &str) -> ServerError {
+    ServerError::Config(format!("{key} = {value}: {why}"))
+}
+
+impl Settings {
+    /// Checks values the types alone do not constrain.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let s = &self.server;
+        s.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("server.listen", &s.listen, &format!("not HOST:PORT ({e})")))?;
+        if !s.metrics_listen.is_empty() {
+            s.metrics_listen.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "server.metrics_listen",
+                    &s.metrics_listen,
+                    &format!("not HOST:PORT ({e})"),
+                )
+            })?;
+        }
+        if !(1024..=1 << 30).contains(&s.max_message_bytes) {
+            return Err(invalid(
+                "server.max_message_bytes",
+                s.max_message_bytes,
+                "must be between 1024 and 1073741824",
+            ));
+        }
+        if s.request_timeout_s == 0 {
+            return Err(invalid("server.request_timeout_s", 0, "must be positive"));
+        }
+        let st = &self.store;
+        if st.max_bytes == 0 || st.max_upload_bytes == 0 || st.max_files == 0 {
+            return Err(invalid(
+                "store",
+                format!(
+                    "max_bytes {}, max_upload_bytes {}, max_files {}",
+                    st.max_bytes, st.max_upload_bytes, st.max_files
+                ),
+                "limits must be positive",
+            ));
+        }
+        if st.ttl_s == 0 {
+            return Err(invalid("store.ttl_s", 0, "must be positive"));
+        }
+        let sc = &self.scheduler;
+        if !(1..=1024).contains(&sc.max_batch) {
+            return Err(invalid(
+                "scheduler.max_batch",
+                sc.max_batch,
+                "must be between 1 and 1024",
+            ));
+        }
+        if sc.queue_capacity == 0 {
+            return Err(invalid("scheduler.queue_capacity", 0, "must be positive"));
+        }
+        if sc.max_delay_ms > 10_000 {
+            return Err(invalid(
+                "scheduler.max_delay_ms",
+                sc.max_delay_ms,
+                "must be at most 10000",
+            ));
+        }
+        let t = &self.telemetry;
+        if !matches!(t.log_format.as_str(), "pretty" | "json") {
+            return Err(invalid(
+                "telemetry.log_format",
+                &t.log_format,
+                "must be \"pretty\" or \"json\"",
+            ));
+        }
+        let endpoint = &t.otlp_endpoint;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                &t.otlp_endpoint,
+                "must start with http:// or https://",
+            ));
+        }
+        if self.models.is_empty() {
+            return Err(invalid("models", "[]", "configure at least one model"));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if m.backends.is_empty() {
+                return Err(invalid(
+                    &format!("models[{i}].backends"),
+                    "[]",
+                    "name at least one backend",
+                ));
+            }
+            if !m.default_backend.is_empty() && !m.backends.contains(&m.default_backend) {
+                return Err(invalid(
+                    &format!("models[{i}].default_backend"),
+                    &m.default_backend,
+                    &format!("is not one of backends {:?}", m.backends),
+                ));
+            }
+            m.device
+                .parse::<Device>()
+                .map_err(|e| invalid(&format!("models[{i}].device"), &m.device, &e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The gRPC listen address (validated).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.server
+            .listen
+            .parse()
+            .map_err(|e| invalid("server.listen", &self.server.listen, &format!("{e}")))
+    }
+
+    /// The metrics listen address, if any (validated).
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
+        if self.server.metrics_listen.is_empty() {
+            return Ok(None);
+        }
+        self.server.metrics_listen.parse().map(Some).map_err(|e| {
+            invalid(
+                "server.metrics_listen",
+                &self.server.metrics_listen,
+                &format!("{e}"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> Environment {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Environment::with_prefix("OSTEO").source(Some(map))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_serve_the_shipped_models() {
+        let s = load_from(None, &[], env(&[])).expect("defaults");
+        assert_eq!(s.server.default_model, "osteo-fused-v1");
+        assert_eq!(s.models.len(), 3);
+    }
+
+    #[test]
+    fn file_then_environment_then_flags_win_in_that_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("osteo.toml");
+        std::fs::write(
+            &file,
+            "[scheduler]\nmax_batch = 8\nmax_delay_ms = 2\n[server]\nlisten = \"127.0.0.1:6000\"\n",
+        )
+        .expect("write");
+        let s = load_from(
+            Some(&file),
+            &[("server.listen", "127.0.0.1:7000".into())],
+            env(&[
+                ("OSTEO__SCHEDULER__MAX_BATCH", "4"),
+                ("OSTEO__SERVER__LISTEN", "127.0.0.1:6500"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.scheduler.max_batch, 4, "environment beats the file");
+        assert_eq!(s.scheduler.max_delay_ms, 2, "file beats defaults");
+        assert_eq!(s.server.listen, "127.0.0.1:7000", "flags beat everything");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let err = |vars: &[(&str, &str)]| {
+            load_from(None, &[], env(vars))
+                .expect_err("invalid")
+                .to_string()
+        };
+        assert!(err(&[("OSTEO__SCHEDULER__MAX_BATCH", "0")]).contains("scheduler.max_batch"));
+        assert!(err(&[("OSTEO__SCHEDULER__MAX_BATCH", "many")]).contains("max_batch"));
+        assert!(err(&[("OSTEO__SERVER__LISTEN", "nowhere")]).contains("server.listen"));
+        assert!(err(&[("OSTEO__TELEMETRY__LOG_FORMAT", "xml")]).contains("telemetry.log_format"));
+        assert!(err(&[("OSTEO__SCHEDULER__MAX_BACH", "3")]).contains("max_bach"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("osteo.toml");
+        std::fs::write(&file, "[[models]]\npath = \"m\"\ndevice = \"gpu\"\n").expect("write");
+        let e = load_from(Some(&file), &[], env(&[]))
+            .expect_err("bad device")
+            .to_string();
+        assert!(e.contains("models[0].device"), "{e}");
+        std::fs::write(&file, "[[models]]\npath = \"m\"\n").expect("write");
+        let s = load_from(Some(&file), &[], env(&[])).expect("one model");
+        assert_eq!(
+            s.models.len(),
+            1,
+            "the file's model list replaces the default list"
+        );
+        assert_eq!(s.models[0].backends, ["candle"]);
+    }
+}

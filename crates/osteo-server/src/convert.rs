@@ -1,0 +1,154 @@
+//! Conversions between the `osteo.v1` messages and the domain types.
+
+use crate::error::ServerError;
+use crate::models::ServedModel;
+use crate::store::Study;
+use osteo_core::{BackendInfo, ClinicalInput, ClinicalVariables, Grade, ModelKind, RiskFlags, Sex};
+use osteo_dicom::View;
+use osteo_proto::v1 as pb;
+use std::time::Duration;
+
+/// Validated clinical variables from the request message.
+pub fn clinical(p: &pb::ClinicalVariables) -> Result<ClinicalVariables, ServerError> {
+    let sex = match pb::Sex::try_from(p.sex) {
+        Ok(pb::Sex::Female) => Sex::Female,
+        Ok(pb::Sex::Male) => Sex::Male,
+        _ => {
+            return Err(ServerError::InvalidArgument(
+                "clinical.sex is required: SEX_FEMALE or SEX_MALE".into(),
+            ));
+        }
+    };
+    ClinicalVariables::validate(ClinicalInput {
+        age_years: p.age_years,
+        sex,
+        height_cm: p.height_cm,
+        weight_kg: p.weight_kg,
+        bmi: p.bmi,
+        risk: RiskFlags {
+            prior_fragility_fracture: p.prior_fragility_fracture,
+            glucocorticoids: p.glucocorticoids,
+            smoker: p.smoker,
+            rheumatoid_arthritis: p.rheumatoid_arthritis,
+        },
+    })
+    .map_err(|e| ServerError::InvalidArgument(format!("clinical variables: {e}")))
+}
+
+/// The wire value of a grade.
+pub fn grade(g: Grade) -> i32 {
+    match g {
+        Grade::Normal => pb::Grade::Normal as i32,
+        Grade::Osteopenia => pb::Grade::Osteopenia as i32,
+        Grade::Osteoporosis => pb::Grade::Osteoporosis as i32,
+    }
+}
+
+/// A requested grade: `None` for GRADE_UNSPECIFIED.
+pub fn grade_from(value: i32) -> Result<Option<Grade>, ServerError> {
+    match pb::Grade::try_from(value) {
+        Ok(pb::Grade::Unspecified) => Ok(None),
+        Ok(pb::Grade::Normal) => Ok(Some(Grade::Normal)),
+        Ok(pb::Grade::Osteopenia) => Ok(Some(Grade::Osteopenia)),
+        Ok(pb::Grade::Osteoporosis) => Ok(Some(Grade::Osteoporosis)),
+        Err(_) => Err(ServerError::InvalidArgument(format!(
+            "target = {value} is not a Grade value"
+        ))),
+    }
+}
+
+/// Probabilities of the three grades from logits.
+pub fn probabilities(logits: &[f32]) -> (Grade, pb::GradeProbabilities) {
+    let p = osteo_core::backend::softmax(logits);
+    let get = |k: usize| p.get(k).copied().unwrap_or(0.0);
+    let grade = Grade::most_probable(&[get(0), get(1), get(2)]);
+    (
+        grade,
+        pb::GradeProbabilities {
+            normal: get(0),
+            osteopenia: get(1),
+            osteoporosis: get(2),
+        },
+    )
+}
+
+/// The wire value of a model kind.
+fn kind(k: ModelKind) -> i32 {
+    match k {
+        ModelKind::Image => pb::ModelKind::Image as i32,
+        ModelKind::Tabular => pb::ModelKind::Tabular as i32,
+        ModelKind::Fused => pb::ModelKind::Fused as i32,
+    }
+}
+
+/// Descriptor of a backend.
+pub fn backend(info: &BackendInfo) -> pb::BackendDescriptor {
+    pb::BackendDescriptor {
+        name: info.name.clone(),
+        device: info.device.to_string(),
+        library_version: info.library_version.clone(),
+    }
+}
+
+/// Descriptor of a served model.
+pub fn model(m: &ServedModel) -> pb::ModelDescriptor {
+    let manifest = &m.artifacts.manifest;
+    pb::ModelDescriptor {
+        name: manifest.name.clone(),
+        version: manifest.version.clone(),
+        kind: kind(manifest.kind),
+        view: manifest
+            .view
+            .map(|_| osteo_core::ViewSpec::NAME.to_string())
+            .unwrap_or_default(),
+        features: manifest
+            .tabular
+            .as_ref()
+            .map(|t| t.features.iter().map(|f| f.name.clone()).collect())
+            .unwrap_or_default(),
+        classes: manifest.classes.clone(),
+        backends: m.workers.iter().map(|(_, w)| backend(w.info())).collect(),
+        default_backend: m.default_backend.clone(),
+        metrics: manifest.metrics.clone().into_iter().collect(),
+    }
+}
+
+/// The de-identified summary of a study.
+pub fn summary(study: &Study, expires_in: Option<Duration>) -> pb::StudySummary {
+    let v = &study.volume;
+    let s = &v.summary;
+    pb::StudySummary {
+        study: study.handle.clone(),
+        modality: s.modality.clone(),
+        geometry: Some(pb::VolumeGeometry {
+            slices: s.slices as u32,
+            rows: s.rows as u32,
+            columns: s.columns as u32,
+            spacing_mm: s.spacing_mm.to_vec(),
+            origin_mm: v.origin_mm.to_vec(),
+            direction: v.direction.iter().flatten().copied().collect(),
+        }),
+        transfer_syntaxes: s.transfer_syntaxes.clone(),
+        series_count: s.series_count as u32,
+        hu_min: s.hu_min,
+        hu_max: s.hu_max,
+        hu_mean: s.hu_mean,
+        stored_bytes: expires_in.map_or(0, |_| study.stored_bytes),
+        expires_in_s: expires_in.map_or(0, |d| d.as_secs()),
+    }
+}
+
+/// Where a view lies in the patient.
+pub fn view_geometry(view: &View) -> pb::ViewGeometry {
+    let g = &view.geometry;
+    pb::ViewGeometry {
+        view: osteo_core::ViewSpec::NAME.to_string(),
+        height: view.spec.height as u32,
+        width: view.spec.width as u32,
+        pixel_mm: g.pixel_mm,
+        top_left_mm: g.top_left_mm.to_vec(),
+        row_step_mm: g.row_step_mm.to_vec(),
+        col_step_mm: g.col_step_mm.to_vec(),
+        slab_thickness_mm: g.slab_thickness_mm,
+    }
+}

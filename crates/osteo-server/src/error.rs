@@ -1,0 +1,99 @@
+//! Server errors and their gRPC status codes.
+
+use osteo_core::BackendError;
+use thiserror::Error;
+use tonic::{Code, Status};
+
+/// Why a request or the server failed; each variant is one gRPC status code.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ServerError {
+    /// Bad DICOM, bad clinical values, malformed request.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Unknown study, model or backend.
+    #[error("{0}")]
+    NotFound(String),
+    /// A size limit, the study store or a queue is full.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The request does not fit the model (e.g. an image model without a study).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Models still loading, shutting down, or a backend failed on its device.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request's deadline passed before it finished.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// An invalid configuration (start-up only).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A bug or an engine failure the client cannot fix.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServerError {
+    /// The gRPC status code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            ServerError::InvalidArgument(_) => Code::InvalidArgument,
+            ServerError::NotFound(_) => Code::NotFound,
+            ServerError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ServerError::Unavailable(_) => Code::Unavailable,
+            ServerError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ServerError::Config(_) | ServerError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<BackendError> for ServerError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::InvalidInput(_) => ServerError::InvalidArgument(e.to_string()),
+            BackendError::Unsupported(_) => ServerError::FailedPrecondition(e.to_string()),
+            BackendError::Load(_) | BackendError::Device(_) => {
+                ServerError::Unavailable(e.to_string())
+            }
+            BackendError::Runtime(_) => ServerError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<osteo_dicom::DicomError> for ServerError {
+    fn from(e: osteo_dicom::DicomError) -> Self {
+        match e {
+            osteo_dicom::DicomError::TooLarge { .. } => {
+                ServerError::ResourceExhausted(e.to_string())
+            }
+            _ => ServerError::InvalidArgument(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_errors_map_to_the_documented_codes() {
+        let code = |e: BackendError| Status::from(ServerError::from(e)).code();
+        assert_eq!(
+            code(BackendError::InvalidInput("x".into())),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(BackendError::Unsupported("x".into())),
+            Code::FailedPrecondition
+        );
+        assert_eq!(code(BackendError::Device("x".into())), Code::Unavailable);
+        assert_eq!(code(BackendError::Runtime("x".into())), Code::Internal);
+    }
+}

@@ -1,0 +1,22 @@
+//! OsteoServe gRPC server: the `osteo.v1.OsteoService` over a study store and per-(model,
+//! backend) dynamic-batching workers, with grpc.health.v1, reflection, configuration, logging and
+//! Prometheus metrics. Backends are plugged in through a [`Registry`]; the server knows only the
+//! Backend trait.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, missing_docs)]
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod models;
+pub mod registry;
+pub mod scheduler;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use error::ServerError;
+pub use registry::Registry;
+pub use server::serve;

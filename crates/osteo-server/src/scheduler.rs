@@ -1,0 +1,346 @@
+//! Dynamic batching: one worker thread per (model, backend) owns the loaded backend and drains a
+//! bounded queue, forming batches of up to `max_batch` requests that wait at most `max_delay`
+//! (Triton's dynamic batching). A full queue answers RESOURCE_EXHAUSTED; requests whose caller
+//! went away (cancelled, deadline passed) are skipped, never computed.
+
+use crate::error::ServerError;
+use crate::registry::Loader;
+use osteo_core::{
+    Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, ModelArtifacts,
+    ModelManifest, Tensor,
+};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Batching limits of one worker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchConfig {
+    /// Largest batch.
+    pub max_batch: usize,
+    /// Longest wait of a batch's first request for more requests.
+    pub max_delay: Duration,
+    /// Requests waiting before RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
+/// One sample's model input: the view `[2, H, W]` and/or the encoded features `[F]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Input {
+    /// Flattened view (image and fused models).
+    pub image: Option<Vec<f32>>,
+    /// Encoded clinical features (tabular and fused models).
+    pub tabular: Option<Vec<f32>>,
+}
+
+/// The logits of one request and how it was served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Logits in class order.
+    pub logits: Vec<f32>,
+    /// Size of the batch it ran in.
+    pub batch_size: usize,
+    /// Seconds it waited in the queue.
+    pub queue_s: f64,
+    /// Seconds the batch's inference took.
+    pub inference_s: f64,
+}
+
+enum Job {
+    Predict {
+        input: Input,
+        enqueued: Instant,
+        reply: oneshot::Sender<Result<Prediction, BackendError>>,
+    },
+    GradCam {
+        input: Input,
+        class: Grade,
+        enqueued: Instant,
+        reply: oneshot::Sender<Result<GradCamParts, BackendError>>,
+    },
+}
+
+/// Input shapes of a model, for assembling batches.
+#[derive(Debug, Clone, Copy)]
+struct Shapes {
+    image: Option<[usize; 3]>,
+    features: Option<usize>,
+}
+
+impl Shapes {
+    fn of(m: &ModelManifest) -> Self {
+        Self {
+            image: m
+                .arch
+                .image
+                .as_ref()
+                .map(|i| [i.in_channels, i.height, i.width]),
+            features: m.arch.tabular.as_ref().map(|t| t.in_features),
+        }
+    }
+
+    /// Stacks inputs into one batch, checking every sample's sizes.
+    fn batch(&self, inputs: &[&Input]) -> Result<Batch, BackendError> {
+        let n = inputs.len();
+        let stack = |dims: Vec<usize>, part: &dyn Fn(&Input) -> Option<&Vec<f32>>, what: &str| {
+            let per: usize = dims.iter().skip(1).product();
+            let mut data = Vec::with_capacity(n * per);
+            for input in inputs {
+                let v = part(input)
+                    .ok_or_else(|| BackendError::InvalidInput(format!("the model needs {what}")))?;
+                if v.len() != per {
+                    return Err(BackendError::InvalidInput(format!(
+                        "{what} has {} values, the model takes {per}",
+                        v.len()
+                    )));
+                }
+                data.extend_from_slice(v);
+            }
+            Tensor::new(dims, data).map_err(|e| BackendError::InvalidInput(e.to_string()))
+        };
+        let images = self
+            .image
+            .map(|[c, h, w]| stack(vec![n, c, h, w], &|i| i.image.as_ref(), "a CT view"))
+            .transpose()?;
+        let tabular = self
+            .features
+            .map(|f| stack(vec![n, f], &|i| i.tabular.as_ref(), "clinical features"))
+            .transpose()?;
+        Ok(Batch { images, tabular })
+    }
+}
+
+/// A backend on its own thread, fed through a bounded queue.
+pub struct Worker {
+    tx: SyncSender<Job>,
+    info: BackendInfo,
+    model: String,
+    capacity: usize,
+}
+
+impl Worker {
+    /// Starts the thread, loads the model with `loader` on it and waits until it is ready.
+    /// Blocking: call it from a blocking context.
+    pub fn spawn(
+        artifacts: &ModelArtifacts,
+        device: Device,
+        loader: Loader,
+        config: BatchConfig,
+    ) -> Result<Self, ServerError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(config.queue_capacity);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let artifacts_owned = artifacts.clone();
+        let shapes = Shapes::of(&artifacts.manifest);
+        let model = artifacts.manifest.name.clone();
+        let thread_name = format!("worker-{model}");
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || match loader(&artifacts_owned, device) {
+                Ok(backend) => {
+                    let info = backend.info();
+                    let _ = ready_tx.send(Ok(info.clone()));
+                    run(
+                        backend,
+                        rx,
+                        shapes,
+                        config,
+                        &artifacts_owned.manifest.name,
+                        &info,
+                    );
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| ServerError::Internal(format!("cannot start a worker thread: {e}")))?;
+        let info = ready_rx
+            .recv()
+            .map_err(|_| {
+                ServerError::Internal(format!("the worker of {model} died while loading"))
+            })?
+            .map_err(|e| ServerError::Config(format!("model {model}: {e}")))?;
+        Ok(Self {
+            tx,
+            info,
+            model,
+            capacity: config.queue_capacity,
+        })
+    }
+
+    /// Backend name, device and library version.
+    pub fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn submit(&self, job: Job) -> Result<(), ServerError> {
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => ServerError::ResourceExhausted(format!(
+                "the queue of model {} on backend {} is full ({} requests waiting); retry with \
+                 backoff",
+                self.model, self.info.name, self.capacity
+            )),
+            TrySendError::Disconnected(_) => ServerError::Unavailable(format!(
+                "backend {} of model {} has stopped",
+                self.info.name, self.model
+            )),
+        })
+    }
+
+    /// Queues one sample and waits for its logits.
+    pub async fn predict(&self, input: Input) -> Result<Prediction, ServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Predict {
+            input,
+            enqueued: Instant::now(),
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| self.stopped())?
+            .map_err(ServerError::from)
+    }
+
+    /// Queues one sample's Grad-CAM for `class` and waits for it.
+    pub async fn gradcam(&self, input: Input, class: Grade) -> Result<GradCamParts, ServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::GradCam {
+            input,
+            class,
+            enqueued: Instant::now(),
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| self.stopped())?
+            .map_err(ServerError::from)
+    }
+
+    fn stopped(&self) -> ServerError {
+        ServerError::Unavailable(format!(
+            "backend {} of model {} stopped before answering",
+            self.info.name, self.model
+        ))
+    }
+}
+
+/// The worker loop: form a batch, skip cancelled requests, run it, answer every request.
+fn run(
+    mut backend: Box<dyn Backend>,
+    rx: Receiver<Job>,
+    shapes: Shapes,
+    config: BatchConfig,
+    model: &str,
+    info: &BackendInfo,
+) {
+    let labels = [("model", model.to_string()), ("backend", info.name.clone())];
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return, // every sender dropped: the server is gone
+            },
+        };
+        let (input, enqueued, reply) = match first {
+            Job::GradCam {
+                input,
+                class,
+                enqueued,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    metrics::counter!("osteo_cancelled_total", &labels).increment(1);
+                    continue;
+                }
+                metrics::histogram!("osteo_queue_seconds", &labels)
+                    .record(enqueued.elapsed().as_secs_f64());
+                let start = Instant::now();
+                let out = shapes
+                    .batch(&[&input])
+                    .and_then(|b| backend.gradcam(&b, class));
+                metrics::histogram!("osteo_inference_seconds", &labels)
+                    .record(start.elapsed().as_secs_f64());
+                let _ = reply.send(out);
+                continue;
+            }
+            Job::Predict {
+                input,
+                enqueued,
+                reply,
+            } => (input, enqueued, reply),
+        };
+        let deadline = enqueued + config.max_delay;
+        let mut jobs = vec![(input, enqueued, reply)];
+        while jobs.len() < config.max_batch {
+            let now = Instant::now();
+            let next = if now >= deadline {
+                rx.try_recv().ok()
+            } else {
+                rx.recv_timeout(deadline - now).ok()
+            };
+            match next {
+                Some(Job::Predict {
+                    input,
+                    enqueued,
+                    reply,
+                }) => jobs.push((input, enqueued, reply)),
+                Some(other) => {
+                    pending = Some(other);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let before = jobs.len();
+        jobs.retain(|(_, _, reply)| !reply.is_closed());
+        let skipped = before - jobs.len();
+        if skipped > 0 {
+            metrics::counter!("osteo_cancelled_total", &labels).increment(skipped as u64);
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        for (_, enqueued, _) in &jobs {
+            metrics::histogram!("osteo_queue_seconds", &labels)
+                .record(started.duration_since(*enqueued).as_secs_f64());
+        }
+        let inputs: Vec<&Input> = jobs.iter().map(|(i, _, _)| i).collect();
+        let result = shapes.batch(&inputs).and_then(|b| backend.predict(&b));
+        let inference_s = started.elapsed().as_secs_f64();
+        let n = jobs.len();
+        metrics::histogram!("osteo_batch_size", &labels).record(n as f64);
+        metrics::histogram!("osteo_inference_seconds", &labels).record(inference_s);
+        match result {
+            Ok(logits) => {
+                for (k, (_, enqueued, reply)) in jobs.into_iter().enumerate() {
+                    let out = logits
+                        .row(k)
+                        .map(|row| Prediction {
+                            logits: row.to_vec(),
+                            batch_size: n,
+                            queue_s: started.duration_since(enqueued).as_secs_f64(),
+                            inference_s,
+                        })
+                        .ok_or_else(|| {
+                            BackendError::Runtime(format!("the backend returned no row {k}"))
+                        });
+                    let _ = reply.send(out);
+                }
+            }
+            Err(e) => {
+                for (_, _, reply) in jobs {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("model", &self.model)
+            .field("backend", &self.info.name)
+            .finish()
+    }
+}

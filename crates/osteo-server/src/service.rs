@@ -1,0 +1,656 @@
+//! The `osteo.v1.OsteoService` implementation.
+
+use crate::config::Settings;
+use crate::convert;
+use crate::error::ServerError;
+use crate::models::{ModelSet, ServedModel};
+use crate::scheduler::Input;
+use crate::store::{Study, StudyStore};
+use osteo_core::Grade;
+use osteo_dicom::{DicomSource, IngestLimits, IngestOptions, View};
+use osteo_proto::v1 as pb;
+use osteo_proto::v1::osteo_service_server::OsteoService;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+/// Shared server state.
+pub struct State {
+    /// The configuration.
+    pub settings: Settings,
+    /// Uploaded studies.
+    pub store: StudyStore,
+    /// The models, once loaded (UNAVAILABLE before).
+    pub models: OnceLock<ModelSet>,
+}
+
+impl State {
+    /// State with an empty store and models not yet loaded.
+    pub fn new(settings: Settings) -> Self {
+        let store = StudyStore::new(
+            settings.store.max_bytes,
+            Duration::from_secs(settings.store.ttl_s),
+        );
+        Self {
+            settings,
+            store,
+            models: OnceLock::new(),
+        }
+    }
+
+    fn models(&self) -> Result<&ModelSet, ServerError> {
+        self.models.get().ok_or_else(|| {
+            ServerError::Unavailable(
+                "the models are still loading; retry when grpc.health.v1 reports SERVING".into(),
+            )
+        })
+    }
+
+    fn limits(&self) -> IngestLimits {
+        let s = &self.settings.store;
+        IngestLimits {
+            max_file_bytes: s.max_upload_bytes,
+            max_total_bytes: s.max_upload_bytes,
+            max_files: s.max_files,
+            max_pixels_per_slice: s.max_pixels_per_slice,
+            max_slices: s.max_slices,
+            ..IngestLimits::default()
+        }
+    }
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct Service {
+    state: Arc<State>,
+}
+
+impl Service {
+    /// A service over shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+/// Labels of one request for metrics and logs: no patient data, only the study handle.
+#[derive(Default)]
+struct Labels {
+    model: String,
+    backend: String,
+    study: String,
+}
+
+/// The client's deadline (`grpc-timeout`), capped by the server's request timeout.
+fn budget<T>(req: &Request<T>, server_default: Duration) -> Duration {
+    let client = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+            let n: u64 = digits.parse().ok()?;
+            Some(match unit {
+                "H" => Duration::from_secs(n * 3600),
+                "M" => Duration::from_secs(n * 60),
+                "S" => Duration::from_secs(n),
+                "m" => Duration::from_millis(n),
+                "u" => Duration::from_micros(n),
+                "n" => Duration::from_nanos(n),
+                _ => return None,
+            })
+        });
+    client.map_or(server_default, |c| c.min(server_default))
+}
+
+/// Runs a blocking step (ingest, view building) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServerError::Internal(format!("a preprocessing task failed: {e}")))?
+}
+
+/// A prepared request: the study (if any), its view (image models) and the model input.
+struct Prepared {
+    study: Option<Arc<Study>>,
+    view: Option<Arc<View>>,
+    input: Input,
+}
+
+impl Service {
+    /// Runs one RPC body under its deadline, with a span, metrics and one log line.
+    async fn run<T, F>(
+        &self,
+        rpc: &'static str,
+        budget: Duration,
+        body: impl FnOnce(Arc<State>, Arc<std::sync::Mutex<Labels>>) -> F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: std::future::Future<Output = Result<T, ServerError>>,
+    {
+        let start = Instant::now();
+        let labels = Arc::new(std::sync::Mutex::new(Labels::default()));
+        let span = tracing::info_span!(
+            "rpc",
+            rpc,
+            study = tracing::field::Empty,
+            model = tracing::field::Empty,
+            backend = tracing::field::Empty
+        );
+        let fut = body(self.state.clone(), labels.clone());
+        let result = match tokio::time::timeout(budget, fut.instrument(span.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::DeadlineExceeded(format!(
+                "{rpc} did not finish within its deadline of {} ms (queue, preprocessing and \
+                 inference); retry later or allow more time",
+                budget.as_millis()
+            ))),
+        };
+        let code = result.as_ref().map_or_else(ServerError::code, |_| Code::Ok);
+        let seconds = start.elapsed().as_secs_f64();
+        let l = labels.lock().unwrap_or_else(|p| p.into_inner());
+        span.record("study", l.study.as_str());
+        span.record("model", l.model.as_str());
+        span.record("backend", l.backend.as_str());
+        let code_name = format!("{code:?}");
+        metrics::counter!(
+            "osteo_requests_total",
+            "rpc" => rpc,
+            "model" => l.model.clone(),
+            "backend" => l.backend.clone(),
+            "code" => code_name.clone()
+        )
+        .increment(1);
+        metrics::histogram!("osteo_request_seconds", "rpc" => rpc).record(seconds);
+        let _enter = span.enter();
+        match &result {
+            Ok(_) => tracing::info!(code = %code_name, ms = seconds * 1e3, "request served"),
+            Err(e) => {
+                tracing::warn!(code = %code_name, ms = seconds * 1e3, error = %e, "request failed")
+            }
+        }
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    /// Resolves the study reference, builds the model's view and encodes the clinical variables.
+    async fn prepare(
+        state: &Arc<State>,
+        model: &ServedModel,
+        study: Option<&pb::StudyRef>,
+        clinical: Option<&pb::ClinicalVariables>,
+    ) -> Result<Prepared, ServerError> {
+        let start = Instant::now();
+        let m = &model.artifacts.manifest;
+        let study = match study.and_then(|s| s.source.as_ref()) {
+            None => None,
+            Some(pb::study_ref::Source::Study(handle)) => {
+                if handle.is_empty() {
+                    return Err(ServerError::InvalidArgument(
+                        "study.study is empty: pass a handle from UploadStudy".into(),
+                    ));
+                }
+                Some(state.store.get(handle)?.0)
+            }
+            Some(pb::study_ref::Source::Inline(inline)) => {
+                if inline.files.is_empty() {
+                    return Err(ServerError::InvalidArgument(
+                        "study.inline has no files: send the DICOM files of the series".into(),
+                    ));
+                }
+                let files = inline.files.clone();
+                let options = IngestOptions {
+                    series_uid: Some(inline.series_instance_uid.clone()).filter(|s| !s.is_empty()),
+                    limits: state.limits(),
+                };
+                let ingested = blocking(move || {
+                    Ok(osteo_dicom::ingest(DicomSource::Buffers(files), &options)?)
+                })
+                .await?;
+                Some(Arc::new(Study::new(ingested.volume)))
+            }
+        };
+        let view = match m.view {
+            None => None,
+            Some(spec) => {
+                let s = study.clone().ok_or_else(|| {
+                    ServerError::FailedPrecondition(format!(
+                        "model {} ({}) reads CT: set study to a handle from UploadStudy or to \
+                         inline DICOM files",
+                        m.name, m.kind
+                    ))
+                })?;
+                Some(blocking(move || s.view(&spec)).await?)
+            }
+        };
+        let tabular = match &m.tabular {
+            None => None,
+            Some(spec) => {
+                let c = clinical.ok_or_else(|| {
+                    ServerError::FailedPrecondition(format!(
+                        "model {} ({}) reads clinical variables: set clinical (age, sex, height, \
+                         weight)",
+                        m.name, m.kind
+                    ))
+                })?;
+                let c = convert::clinical(c)?;
+                Some(spec.encode(&c).map_err(|e| {
+                    ServerError::InvalidArgument(format!("clinical variables: {e}"))
+                })?)
+            }
+        };
+        metrics::histogram!("osteo_preprocess_seconds", "model" => m.name.clone())
+            .record(start.elapsed().as_secs_f64());
+        Ok(Prepared {
+            study,
+            input: Input {
+                image: view.as_ref().map(|v| v.data.clone()),
+                tabular,
+            },
+            view,
+        })
+    }
+
+    /// Grades a prepared input on one backend.
+    async fn classify_prepared(
+        model: &ServedModel,
+        backend: &str,
+        prepared: &Prepared,
+        start: Instant,
+    ) -> Result<pb::ClassifyResponse, ServerError> {
+        let (_, worker) = model.worker(backend)?;
+        let prediction = worker.predict(prepared.input.clone()).await?;
+        let (grade, probabilities) = convert::probabilities(&prediction.logits);
+        Ok(pb::ClassifyResponse {
+            study: prepared
+                .study
+                .as_ref()
+                .map(|s| s.handle.clone())
+                .unwrap_or_default(),
+            model: Some(convert::model(model)),
+            backend: Some(convert::backend(worker.info())),
+            grade: convert::grade(grade),
+            probabilities: Some(probabilities),
+            logits: prediction.logits,
+            latency_ms: start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+fn set_labels(
+    labels: &std::sync::Mutex<Labels>,
+    model: &str,
+    backend: &str,
+    study: Option<&pb::StudyRef>,
+) {
+    let mut l = labels.lock().unwrap_or_else(|p| p.into_inner());
+    l.model = model.to_string();
+    l.backend = backend.to_string();
+    if let Some(pb::study_ref::Source::Study(handle)) = study.and_then(|s| s.source.as_ref()) {
+        l.study = handle.clone();
+    }
+}
+
+fn set_study(labels: &std::sync::Mutex<Labels>, study: &Study) {
+    labels.lock().unwrap_or_else(|p| p.into_inner()).study = study.handle.clone();
+}
+
+/// Reads an upload stream into complete files, enforcing the limits as bytes arrive.
+async fn read_upload(
+    state: &State,
+    stream: &mut Streaming<pb::UploadStudyRequest>,
+) -> Result<(Vec<Vec<u8>>, Option<String>), ServerError> {
+    let limits = state.limits();
+    let first = stream
+        .message()
+        .await
+        .map_err(|s| {
+            ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
+        })?
+        .ok_or_else(|| {
+            ServerError::InvalidArgument("empty upload: send an UploadHeader first".into())
+        })?;
+    let header = match first.part {
+        Some(pb::upload_study_request::Part::Header(h)) => h,
+        _ => {
+            return Err(ServerError::InvalidArgument(
+                "the first upload message must be the header".into(),
+            ));
+        }
+    };
+    if header.expected_bytes > limits.max_total_bytes {
+        return Err(ServerError::ResourceExhausted(format!(
+            "the upload declares {} bytes, the limit is {} (store.max_upload_bytes)",
+            header.expected_bytes, limits.max_total_bytes
+        )));
+    }
+    if header.expected_files as usize > limits.max_files {
+        return Err(ServerError::ResourceExhausted(format!(
+            "the upload declares {} files, the limit is {} (store.max_files)",
+            header.expected_files, limits.max_files
+        )));
+    }
+    let mut files: Vec<Vec<u8>> = Vec::new();
+    let mut open = false;
+    let mut total: u64 = 0;
+    while let Some(msg) = stream.message().await.map_err(|s| {
+        ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
+    })? {
+        let chunk = match msg.part {
+            Some(pb::upload_study_request::Part::Chunk(c)) => c,
+            Some(pb::upload_study_request::Part::Header(_)) => {
+                return Err(ServerError::InvalidArgument(
+                    "the upload header may appear only once, first".into(),
+                ));
+            }
+            None => {
+                return Err(ServerError::InvalidArgument(
+                    "an upload message carries neither header nor chunk".into(),
+                ));
+            }
+        };
+        let index = chunk.file_index as usize;
+        if open && index + 1 == files.len() {
+            // continues the open file
+        } else if !open && index == files.len() {
+            if files.len() >= limits.max_files {
+                return Err(ServerError::ResourceExhausted(format!(
+                    "the upload has more than {} files (store.max_files)",
+                    limits.max_files
+                )));
+            }
+            files.push(Vec::new());
+            open = true;
+        } else {
+            return Err(ServerError::InvalidArgument(format!(
+                "chunk of file #{index} arrived while file #{} was expected: send files one \
+                 after another from #0, marking each file's last chunk",
+                if open { files.len() - 1 } else { files.len() }
+            )));
+        }
+        total += chunk.data.len() as u64;
+        if total > limits.max_total_bytes {
+            return Err(ServerError::ResourceExhausted(format!(
+                "the upload exceeds {} bytes (store.max_upload_bytes)",
+                limits.max_total_bytes
+            )));
+        }
+        if let Some(f) = files.last_mut() {
+            f.extend_from_slice(&chunk.data);
+        }
+        if chunk.last {
+            open = false;
+        }
+    }
+    if open {
+        return Err(ServerError::InvalidArgument(format!(
+            "the upload ended inside file #{}: mark each file's last chunk with last = true",
+            files.len() - 1
+        )));
+    }
+    if files.is_empty() {
+        return Err(ServerError::InvalidArgument(
+            "the upload holds no DICOM file".into(),
+        ));
+    }
+    if header.expected_files != 0 && header.expected_files as usize != files.len() {
+        return Err(ServerError::InvalidArgument(format!(
+            "the header announced {} files, {} arrived",
+            header.expected_files,
+            files.len()
+        )));
+    }
+    if header.expected_bytes != 0 && header.expected_bytes != total {
+        return Err(ServerError::InvalidArgument(format!(
+            "the header announced {} bytes, {total} arrived",
+            header.expected_bytes
+        )));
+    }
+    Ok((
+        files,
+        Some(header.series_instance_uid).filter(|s| !s.is_empty()),
+    ))
+}
+
+#[tonic::async_trait]
+impl OsteoService for Service {
+    async fn upload_study(
+        &self,
+        request: Request<Streaming<pb::UploadStudyRequest>>,
+    ) -> Result<Response<pb::UploadStudyResponse>, Status> {
+        let budget = budget(
+            &request,
+            Duration::from_secs(self.state.settings.server.request_timeout_s),
+        );
+        let mut stream = request.into_inner();
+        self.run("UploadStudy", budget, |state, labels| async move {
+            let (files, series_uid) = read_upload(&state, &mut stream).await?;
+            let options = IngestOptions {
+                series_uid,
+                limits: state.limits(),
+            };
+            let ingested =
+                blocking(move || Ok(osteo_dicom::ingest(DicomSource::Buffers(files), &options)?))
+                    .await?;
+            let (study, ttl) = state.store.insert(Study::new(ingested.volume))?;
+            set_study(&labels, &study);
+            Ok(pb::UploadStudyResponse {
+                summary: Some(convert::summary(&study, Some(ttl))),
+            })
+        })
+        .await
+    }
+
+    async fn classify(
+        &self,
+        request: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        let budget = budget(
+            &request,
+            Duration::from_secs(self.state.settings.server.request_timeout_s),
+        );
+        let req = request.into_inner();
+        self.run("Classify", budget, |state, labels| async move {
+            let start = Instant::now();
+            let model = state.models()?.get(&req.model)?;
+            let (backend, _) = model.worker(&req.backend)?;
+            set_labels(&labels, model.name(), backend, req.study.as_ref());
+            let prepared =
+                Self::prepare(&state, model, req.study.as_ref(), req.clinical.as_ref()).await?;
+            if let Some(s) = &prepared.study {
+                set_study(&labels, s);
+            }
+            Self::classify_prepared(model, backend, &prepared, start).await
+        })
+        .await
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let budget = budget(
+            &request,
+            Duration::from_secs(self.state.settings.server.request_timeout_s),
+        );
+        let req = request.into_inner();
+        self.run("Explain", budget, |state, labels| async move {
+            let start = Instant::now();
+            let model = state.models()?.get(&req.model)?;
+            let m = &model.artifacts.manifest;
+            if m.view.is_none() {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "model {} ({}) reads no CT image and Grad-CAM explains images: use an image \
+                     or fused model",
+                    m.name, m.kind
+                )));
+            }
+            let requested = convert::grade_from(req.target)?;
+            let (backend, worker) = model.worker(&req.backend)?;
+            set_labels(&labels, model.name(), backend, req.study.as_ref());
+            let prepared =
+                Self::prepare(&state, model, req.study.as_ref(), req.clinical.as_ref()).await?;
+            if let Some(s) = &prepared.study {
+                set_study(&labels, s);
+            }
+            let classification = Self::classify_prepared(model, backend, &prepared, start).await?;
+            let predicted = match pb::Grade::try_from(classification.grade) {
+                Ok(pb::Grade::Osteopenia) => Grade::Osteopenia,
+                Ok(pb::Grade::Osteoporosis) => Grade::Osteoporosis,
+                _ => Grade::Normal,
+            };
+            let target = requested.unwrap_or(predicted);
+            let parts = worker.gradcam(prepared.input.clone(), target).await?;
+            let view = prepared
+                .view
+                .clone()
+                .ok_or_else(|| ServerError::Internal("an image model without a view".into()))?;
+            let gradcam = blocking(move || {
+                let map = osteo_core::gradcam::assemble(&parts, view.spec.height, view.spec.width)
+                    .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
+                let png = osteo_dicom::render::overlay_png(&view, &map.values, 2)?;
+                Ok(pb::GradCamMap {
+                    height: map.height as u32,
+                    width: map.width as u32,
+                    values: map.values,
+                    overlay_png: png,
+                    geometry: Some(convert::view_geometry(&view)),
+                })
+            })
+            .await?;
+            let mut classification = classification;
+            classification.latency_ms = start.elapsed().as_secs_f64() * 1e3;
+            Ok(pb::ExplainResponse {
+                classification: Some(classification),
+                target: convert::grade(target),
+                gradcam: Some(gradcam),
+                features: Vec::new(),
+            })
+        })
+        .await
+    }
+
+    async fn compare_backends(
+        &self,
+        request: Request<pb::CompareBackendsRequest>,
+    ) -> Result<Response<pb::CompareBackendsResponse>, Status> {
+        let budget = budget(
+            &request,
+            Duration::from_secs(self.state.settings.server.request_timeout_s),
+        );
+        let req = request.into_inner();
+        self.run("CompareBackends", budget, |state, labels| async move {
+            let model = state.models()?.get(&req.model)?;
+            let names: Vec<String> = if req.backends.is_empty() {
+                model.backend_names()
+            } else {
+                req.backends.clone()
+            };
+            for n in &names {
+                model.worker(n)?;
+            }
+            set_labels(&labels, model.name(), &names.join(","), req.study.as_ref());
+            let prepared =
+                Self::prepare(&state, model, req.study.as_ref(), req.clinical.as_ref()).await?;
+            if let Some(s) = &prepared.study {
+                set_study(&labels, s);
+            }
+            let mut results = Vec::new();
+            for n in &names {
+                let start = Instant::now();
+                let r = Self::classify_prepared(model, n, &prepared, start).await?;
+                results.push(pb::BackendResult {
+                    backend: r.backend,
+                    grade: r.grade,
+                    probabilities: r.probabilities,
+                    logits: r.logits,
+                    latency_ms: r.latency_ms,
+                });
+            }
+            let probs: Vec<[f32; 3]> = results
+                .iter()
+                .map(|r| {
+                    r.probabilities
+                        .as_ref()
+                        .map_or([0.0; 3], |p| [p.normal, p.osteopenia, p.osteoporosis])
+                })
+                .collect();
+            let mut max_abs_diff = 0f64;
+            for a in &probs {
+                for b in &probs {
+                    for k in 0..3 {
+                        max_abs_diff = max_abs_diff.max(f64::from((a[k] - b[k]).abs()));
+                    }
+                }
+            }
+            let grades_agree = results.windows(2).all(|w| w[0].grade == w[1].grade);
+            Ok(pb::CompareBackendsResponse {
+                study: prepared
+                    .study
+                    .as_ref()
+                    .map(|s| s.handle.clone())
+                    .unwrap_or_default(),
+                model: Some(convert::model(model)),
+                results,
+                max_abs_diff,
+                grades_agree,
+            })
+        })
+        .await
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let budget = budget(
+            &request,
+            Duration::from_secs(self.state.settings.server.request_timeout_s),
+        );
+        self.run("ListModels", budget, |state, _| async move {
+            let models = state.models()?;
+            Ok(pb::ListModelsResponse {
+                models: models.all().iter().map(convert::model).collect(),
+                default_model: models.default_name().to_string(),
+            })
+        })
+        .await
+    }
+
+    async fn get_study(
+        &self,
+        request: Request<pb::GetStudyRequest>,
+    ) -> Result<Response<pb::GetStudyResponse>, Status> {
+        let budget = budget(
+            &request,
+            Duration::from_secs(self.state.settings.server.request_timeout_s),
+        );
+        let req = request.into_inner();
+        self.run("GetStudy", budget, |state, labels| async move {
+            let (study, left) = state.store.get(&req.study)?;
+            set_study(&labels, &study);
+            Ok(pb::GetStudyResponse {
+                summary: Some(convert::summary(&study, Some(left))),
+            })
+        })
+        .await
+    }
+
+    async fn delete_study(
+        &self,
+        request: Request<pb::DeleteStudyRequest>,
+    ) -> Result<Response<pb::DeleteStudyResponse>, Status> {
+        let budget = budget(
+            &request,
+            Duration::from_secs(self.state.settings.server.request_timeout_s),
+        );
+        let req = request.into_inner();
+        self.run("DeleteStudy", budget, |state, labels| async move {
+            let freed_bytes = state.store.delete(&req.study)?;
+            labels.lock().unwrap_or_else(|p| p.into_inner()).study = req.study.clone();
+            Ok(pb::DeleteStudyResponse { freed_bytes })
+        })
+        .await
+    }
+}

@@ -1,0 +1,282 @@
+//! gRPC client commands: `osteo classify` and `osteo explain`.
+
+use super::clinical::ClinicalArgs;
+use anyhow::{Context, anyhow};
+use clap::Args;
+use osteo_dicom::{DicomSource, IngestLimits};
+use osteo_proto::v1 as pb;
+use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
+use serde_json::json;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+/// Bytes per upload chunk.
+const CHUNK: usize = 1 << 20;
+
+/// Connection and model selection shared by the client commands.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Server URL, e.g. http://127.0.0.1:50051.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The CT study: a DICOM file or a directory (searched recursively).
+    #[arg(long)]
+    dicom: Option<PathBuf>,
+    #[command(flatten)]
+    clinical: ClinicalArgs,
+    /// Model name (default: the server's default model).
+    #[arg(long)]
+    model: Option<String>,
+    /// Backend name (default: the backend configured for the model).
+    #[arg(long)]
+    backend: Option<String>,
+}
+
+/// Arguments of `osteo classify`.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `osteo explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Where to write the Grad-CAM overlay PNG.
+    #[arg(long, value_name = "PNG")]
+    out: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The canonical name of a gRPC status code (as in the gRPC specification).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A gRPC status as an error line: `CODE: message`.
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{}: {}", code_name(s.code()), s.message())
+}
+
+async fn connect(url: &str) -> anyhow::Result<OsteoServiceClient<Channel>> {
+    let channel = Channel::from_shared(url.to_string())
+        .with_context(|| format!("--server {url} is not a URL (e.g. http://127.0.0.1:50051)"))?
+        .connect()
+        .await
+        .map_err(|e| anyhow!("UNAVAILABLE: cannot connect to {url}: {e}"))?;
+    Ok(OsteoServiceClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20))
+}
+
+/// Uploads the study's files as a stream of chunks; returns the study handle.
+pub async fn upload(
+    client: &mut OsteoServiceClient<Channel>,
+    path: &std::path::Path,
+) -> anyhow::Result<String> {
+    let files = DicomSource::Path(path.to_path_buf()).read(&IngestLimits::default())?;
+    let total: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
+    let mut messages = vec![pb::UploadStudyRequest {
+        part: Some(pb::upload_study_request::Part::Header(pb::UploadHeader {
+            expected_files: files.len() as u32,
+            expected_bytes: total,
+            series_instance_uid: String::new(),
+        })),
+    }];
+    for (i, f) in files.iter().enumerate() {
+        let chunks: Vec<&[u8]> = if f.bytes.is_empty() {
+            vec![&[]]
+        } else {
+            f.bytes.chunks(CHUNK).collect()
+        };
+        let last = chunks.len() - 1;
+        for (k, c) in chunks.into_iter().enumerate() {
+            messages.push(pb::UploadStudyRequest {
+                part: Some(pb::upload_study_request::Part::Chunk(pb::FileChunk {
+                    file_index: i as u32,
+                    data: c.to_vec(),
+                    last: k == last,
+                })),
+            });
+        }
+    }
+    let response = client
+        .upload_study(tokio_stream::iter(messages))
+        .await
+        .map_err(status)?
+        .into_inner();
+    response
+        .summary
+        .map(|s| s.study)
+        .ok_or_else(|| anyhow!("the server returned no study summary"))
+}
+
+fn grade_name(g: i32) -> &'static str {
+    match pb::Grade::try_from(g) {
+        Ok(pb::Grade::Normal) => "normal",
+        Ok(pb::Grade::Osteopenia) => "osteopenia",
+        Ok(pb::Grade::Osteoporosis) => "osteoporosis",
+        _ => "unspecified",
+    }
+}
+
+/// The classification as the documented JSON object.
+fn classification_json(r: &pb::ClassifyResponse) -> serde_json::Value {
+    let p = r.probabilities.unwrap_or_default();
+    json!({
+        "study": r.study,
+        "model": r.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        "backend": r.backend.as_ref().map(|b| b.name.clone()).unwrap_or_default(),
+        "grade": grade_name(r.grade),
+        "probabilities": {"normal": p.normal, "osteopenia": p.osteopenia, "osteoporosis": p.osteoporosis},
+        "latency_ms": r.latency_ms,
+    })
+}
+
+fn print_text(r: &pb::ClassifyResponse) {
+    let p = r.probabilities.unwrap_or_default();
+    println!(
+        "{} on {}: {}",
+        r.model.as_ref().map(|m| m.name.as_str()).unwrap_or(""),
+        r.backend.as_ref().map(|b| b.name.as_str()).unwrap_or(""),
+        grade_name(r.grade)
+    );
+    println!("  normal        {:.3}", p.normal);
+    println!("  osteopenia    {:.3}", p.osteopenia);
+    println!("  osteoporosis  {:.3}", p.osteoporosis);
+    println!("  server latency {:.1} ms", r.latency_ms);
+}
+
+/// Uploads the study (if any) and returns the reference, plus the handle to delete afterwards.
+async fn study_ref(
+    client: &mut OsteoServiceClient<Channel>,
+    t: &Target,
+) -> anyhow::Result<(Option<pb::StudyRef>, Option<String>)> {
+    match &t.dicom {
+        None => Ok((None, None)),
+        Some(p) => {
+            let handle = upload(client, p).await?;
+            Ok((
+                Some(pb::StudyRef {
+                    source: Some(pb::study_ref::Source::Study(handle.clone())),
+                }),
+                Some(handle),
+            ))
+        }
+    }
+}
+
+/// Deletes an uploaded study; failures only warn (the study expires anyway).
+async fn cleanup(client: &mut OsteoServiceClient<Channel>, handle: Option<String>) {
+    if let Some(study) = handle
+        && let Err(e) = client
+            .delete_study(pb::DeleteStudyRequest {
+                study: study.clone(),
+            })
+            .await
+    {
+        eprintln!("warning: could not delete study {study}: {}", e.message());
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `osteo classify`.
+pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let t = &args.target;
+        let mut client = connect(&t.server).await?;
+        let (study, handle) = study_ref(&mut client, t).await?;
+        let result = client
+            .classify(pb::ClassifyRequest {
+                study,
+                clinical: Some(t.clinical.message()),
+                model: t.model.clone().unwrap_or_default(),
+                backend: t.backend.clone().unwrap_or_default(),
+            })
+            .await;
+        cleanup(&mut client, handle).await;
+        let r = result.map_err(status)?.into_inner();
+        if args.json {
+            println!("{}", serde_json::to_string(&classification_json(&r))?);
+        } else {
+            print_text(&r);
+        }
+        Ok(())
+    })
+}
+
+/// Runs `osteo explain`.
+pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let t = &args.target;
+        let mut client = connect(&t.server).await?;
+        let (study, handle) = study_ref(&mut client, t).await?;
+        let result = client
+            .explain(pb::ExplainRequest {
+                study,
+                clinical: Some(t.clinical.message()),
+                model: t.model.clone().unwrap_or_default(),
+                backend: t.backend.clone().unwrap_or_default(),
+                target: pb::Grade::Unspecified as i32,
+            })
+            .await;
+        cleanup(&mut client, handle).await;
+        let r = result.map_err(status)?.into_inner();
+        let map = r
+            .gradcam
+            .as_ref()
+            .ok_or_else(|| anyhow!("the server returned no Grad-CAM map"))?;
+        std::fs::write(&args.out, &map.overlay_png)
+            .with_context(|| format!("cannot write {}", args.out.display()))?;
+        let c = r.classification.clone().unwrap_or_default();
+        if args.json {
+            let mut v = classification_json(&c);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("target".into(), json!(grade_name(r.target)));
+                o.insert("overlay_png".into(), json!(args.out.display().to_string()));
+            }
+            println!("{}", serde_json::to_string(&v)?);
+        } else {
+            print_text(&c);
+            println!(
+                "  Grad-CAM of {} ({}x{}) written to {}",
+                grade_name(r.target),
+                map.height,
+                map.width,
+                args.out.display()
+            );
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,68 @@
+//! `osteo serve`: the gRPC server with the backends built into this binary.
+
+use clap::Args;
+use osteo_backend_candle::CandleBackend;
+use osteo_server::Registry;
+use std::path::PathBuf;
+
+/// Arguments of `osteo serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML; see osteo.toml). Environment variables OSTEO__SECTION__KEY
+    /// override it, these flags override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// gRPC listen address, e.g. 0.0.0.0:50051 (server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Prometheus /metrics listen address, e.g. 0.0.0.0:9464 (server.metrics_listen).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+}
+
+/// The backends compiled into this binary.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<CandleBackend>("candle");
+    r
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Runs `osteo serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut overrides = Vec::new();
+    if let Some(l) = args.listen {
+        overrides.push(("server.listen", l));
+    }
+    if let Some(m) = args.metrics_listen {
+        overrides.push(("server.metrics_listen", m));
+    }
+    let settings = osteo_server::config::load(args.config.as_deref(), &overrides)?;
+    osteo_server::telemetry::init(&settings.telemetry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(osteo_server::serve(settings, registry(), shutdown_signal()))?;
+    Ok(())
+}
