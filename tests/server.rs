@@ -1,0 +1,673 @@
+//! The real `osteo serve` process over loopback, called with the generated Rust client: upload in
+//! many chunks, classify (handle and inline), explain, list, get, delete, concurrent clients with
+//! dynamic batching observed in /metrics, every documented error code, graceful shutdown, and no
+//! patient identifier anywhere in the server's output.
+
+use osteo_proto::v1 as pb;
+use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Identifiers written into the test study; they must never appear in the server's output.
+const PATIENT_NAME: &str = "DOE^JANE^QUIETLY";
+const PATIENT_ID: &str = "MRN-7731-XK";
+
+/// A free loopback port (bound and released; the server binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `osteo serve` with its captured output.
+struct Server {
+    child: Child,
+    url: String,
+    metrics: String,
+    output: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts the server with the shipped fused and tabular models plus `extra` TOML sections.
+    fn start(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (port, metrics_port) = (free_port(), free_port());
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+             default_model = \"osteo-fused-v1\"\n{extra}\n\
+             [[models]]\npath = \"{}\"\n[[models]]\npath = \"{}\"\n",
+            root.join("models/osteo-fused-v1").display(),
+            root.join("models/osteo-tabular-v1").display(),
+        );
+        let file = dir.path().join("osteo.toml");
+        std::fs::write(&file, config).expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_osteo"))
+            .args(["serve", "--config"])
+            .arg(&file)
+            .env("OSTEO__TELEMETRY__LOG_LEVEL", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start osteo serve");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let sink = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().expect("output");
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let server = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            output,
+            _dir: dir,
+        };
+        server.wait_until("SERVING");
+        server
+    }
+
+    fn wait_until(&self, text: &str) {
+        let start = Instant::now();
+        while !self.output().contains(text) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "server never logged {text:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().expect("output").clone()
+    }
+
+    async fn client(&self) -> OsteoServiceClient<Channel> {
+        OsteoServiceClient::connect(self.url.clone())
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// The Prometheus exposition text.
+    fn scrape(&self) -> String {
+        let addr = self
+            .metrics
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        let mut stream = std::net::TcpStream::connect(addr).expect("metrics port");
+        use std::io::{Read, Write};
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        body
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of a metric's samples whose label set contains every `labels` pair.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A phantom CT series with the known identifiers; returns its files.
+fn study(dir: &Path) -> Vec<PathBuf> {
+    use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
+    let patient = TScoreModel::default().patient(41, 3);
+    let (_, volume) = phantom_volume(&patient, &PhantomSpec::default());
+    let identity = SeriesIdentity {
+        patient_name: PATIENT_NAME.into(),
+        patient_id: PATIENT_ID.into(),
+        ..SeriesIdentity::for_patient(&patient)
+    };
+    write_series(&volume, &identity, dir).expect("write series")
+}
+
+fn clinical() -> pb::ClinicalVariables {
+    pb::ClinicalVariables {
+        age_years: 71.0,
+        sex: pb::Sex::Female as i32,
+        height_cm: 158.0,
+        weight_kg: 52.0,
+        smoker: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The upload stream of `files` in chunks of `chunk` bytes.
+fn upload_messages(files: &[Vec<u8>], chunk: usize) -> Vec<pb::UploadStudyRequest> {
+    let total: usize = files.iter().map(Vec::len).sum();
+    let mut out = vec![pb::UploadStudyRequest {
+        part: Some(pb::upload_study_request::Part::Header(pb::UploadHeader {
+            expected_files: files.len() as u32,
+            expected_bytes: total as u64,
+            series_instance_uid: String::new(),
+        })),
+    }];
+    for (i, f) in files.iter().enumerate() {
+        let pieces: Vec<&[u8]> = f.chunks(chunk).collect();
+        for (k, p) in pieces.iter().enumerate() {
+            out.push(pb::UploadStudyRequest {
+                part: Some(pb::upload_study_request::Part::Chunk(pb::FileChunk {
+                    file_index: i as u32,
+                    data: p.to_vec(),
+                    last: k + 1 == pieces.len(),
+                })),
+            });
+        }
+    }
+    out
+}
+
+fn by_handle(h: &str) -> Option<pb::StudyRef> {
+    Some(pb::StudyRef {
+        source: Some(pb::study_ref::Source::Study(h.to_string())),
+    })
+}
+
+fn read_all(paths: &[PathBuf]) -> Vec<Vec<u8>> {
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_classify_explain_and_manage_a_study() {
+    let server = Server::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = read_all(&study(dir.path()));
+    let mut client = server.client().await;
+
+    // Many small chunks: ~10 per file.
+    let messages = upload_messages(&files, 8 * 1024);
+    assert!(messages.len() > 10 * files.len());
+    let summary = client
+        .upload_study(tokio_stream::iter(messages))
+        .await
+        .expect("upload")
+        .into_inner()
+        .summary
+        .expect("summary");
+    let handle = summary.study.clone();
+    assert!(handle.starts_with("st_"));
+    assert_eq!(summary.modality, "CT");
+    let geometry = summary.geometry.expect("geometry");
+    assert_eq!(geometry.slices as usize, files.len());
+    assert!(summary.stored_bytes > 0 && summary.expires_in_s > 0);
+
+    let request = |study| pb::ClassifyRequest {
+        study,
+        clinical: Some(clinical()),
+        model: String::new(),
+        backend: String::new(),
+    };
+    let classified = client
+        .classify(request(by_handle(&handle)))
+        .await
+        .expect("classify by handle")
+        .into_inner();
+    assert_eq!(classified.study, handle);
+    assert_eq!(
+        classified.model.as_ref().map(|m| m.name.as_str()),
+        Some("osteo-fused-v1")
+    );
+    let p = classified.probabilities.expect("probabilities");
+    assert!(((p.normal + p.osteopenia + p.osteoporosis) - 1.0).abs() < 1e-5);
+
+    // The one-call form without state gives the same answer.
+    let inline = client
+        .classify(request(Some(pb::StudyRef {
+            source: Some(pb::study_ref::Source::Inline(pb::InlineStudy {
+                files: files.clone(),
+                series_instance_uid: String::new(),
+            })),
+        })))
+        .await
+        .expect("inline classify")
+        .into_inner();
+    assert_eq!(inline.logits, classified.logits);
+
+    // The server agrees with local inference on the same files (`osteo predict`).
+    let local = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(["predict", "--model"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/osteo-fused-v1"))
+        .arg("--dicom")
+        .arg(dir.path())
+        .args([
+            "--age",
+            "71",
+            "--sex",
+            "F",
+            "--height-cm",
+            "158",
+            "--weight-kg",
+            "52",
+            "--smoker",
+            "true",
+            "--json",
+        ])
+        .output()
+        .expect("predict");
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let local: serde_json::Value = serde_json::from_slice(&local.stdout).expect("JSON");
+    let local_p = local["probabilities"]["osteoporosis"].as_f64().expect("p");
+    assert!(
+        (local_p - f64::from(p.osteoporosis)).abs() < 1e-5,
+        "{local_p} vs {p:?}"
+    );
+
+    let explained = client
+        .explain(pb::ExplainRequest {
+            study: by_handle(&handle),
+            clinical: Some(clinical()),
+            model: String::new(),
+            backend: String::new(),
+            target: pb::Grade::Osteoporosis as i32,
+        })
+        .await
+        .expect("explain")
+        .into_inner();
+    assert_eq!(explained.target, pb::Grade::Osteoporosis as i32);
+    let map = explained.gradcam.expect("map");
+    assert_eq!((map.height, map.width), (128, 128));
+    assert_eq!(map.values.len(), 128 * 128);
+    assert!(map.values.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(
+        map.values.iter().any(|v| *v > 0.99),
+        "normalised to a maximum of 1"
+    );
+    assert!(map.overlay_png.starts_with(b"\x89PNG"));
+    let g = map.geometry.expect("geometry");
+    assert_eq!(g.view, "coronal_slab");
+    assert!((g.pixel_mm - 3.0).abs() < 1e-9);
+
+    let models = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(models.default_model, "osteo-fused-v1");
+    assert_eq!(models.models.len(), 2);
+    let fused = &models.models[0];
+    assert_eq!(fused.backends[0].name, "candle");
+    assert_eq!(fused.backends[0].device, "cpu");
+    assert!(fused.metrics.contains_key("auc_macro"));
+
+    let got = client
+        .get_study(pb::GetStudyRequest {
+            study: handle.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.summary.map(|s| s.study), Some(handle.clone()));
+    let freed = client
+        .delete_study(pb::DeleteStudyRequest {
+            study: handle.clone(),
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(freed.freed_bytes, summary.stored_bytes);
+    let gone = client
+        .get_study(pb::GetStudyRequest {
+            study: handle.clone(),
+        })
+        .await
+        .expect_err("deleted");
+    assert_eq!(gone.code(), Code::NotFound);
+
+    // A file whose header names the patient but whose pixels are cut off is refused.
+    let mut broken = files[0].clone();
+    broken.truncate(broken.len() / 2);
+    let refused = client
+        .upload_study(tokio_stream::iter(upload_messages(&[broken], 4096)))
+        .await
+        .expect_err("truncated file");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+
+    let metrics = server.scrape();
+    assert_eq!(
+        metric(&metrics, "osteo_store_bytes", &[]),
+        0.0,
+        "nothing left behind"
+    );
+    let output = server.output();
+    for secret in [PATIENT_NAME, PATIENT_ID, "JANE", "QUIETLY"] {
+        assert!(
+            !output.contains(secret),
+            "{secret} leaked into the server output:\n{output}"
+        );
+        assert!(!metrics.contains(secret), "{secret} leaked into /metrics");
+    }
+    assert!(
+        output.contains(&handle),
+        "logs carry the de-identified handle"
+    );
+}
+
+/// The code of a failed call, with its message for the assertion text.
+fn code_of<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    let s = r.expect_err("the call must fail");
+    (s.code(), s.message().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_error_code_is_returned_with_an_actionable_message() {
+    let server =
+        Server::start("[store]\nmax_upload_bytes = 20000000\n[scheduler]\nmax_delay_ms = 1000\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = read_all(&study(dir.path()));
+    let mut client = server.client().await;
+    let classify = |study, model: &str, clinical| pb::ClassifyRequest {
+        study,
+        clinical,
+        model: model.to_string(),
+        backend: String::new(),
+    };
+
+    // INVALID_ARGUMENT: bytes that are not DICOM, out-of-range clinical values.
+    let (code, msg) = code_of(
+        client
+            .upload_study(tokio_stream::iter(upload_messages(
+                &[vec![7u8; 5000]],
+                1000,
+            )))
+            .await,
+    );
+    assert_eq!(code, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("upload file #0"), "names the file: {msg}");
+    let mut young = clinical();
+    young.age_years = 9.0;
+    let (code, msg) = code_of(
+        client
+            .classify(classify(None, "osteo-tabular-v1", Some(young)))
+            .await,
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("age_years"), "{msg}");
+
+    // NOT_FOUND: unknown study, model and backend.
+    let (code, msg) = code_of(
+        client
+            .classify(classify(by_handle("st_0000"), "", Some(clinical())))
+            .await,
+    );
+    assert_eq!(code, Code::NotFound);
+    assert!(msg.contains("upload it again"), "{msg}");
+    let (code, msg) = code_of(
+        client
+            .classify(classify(None, "osteo-x", Some(clinical())))
+            .await,
+    );
+    assert_eq!(code, Code::NotFound);
+    assert!(
+        msg.contains("osteo-fused-v1"),
+        "lists the served models: {msg}"
+    );
+    let mut other_backend = classify(None, "osteo-tabular-v1", Some(clinical()));
+    other_backend.backend = "tch".into();
+    let (code, msg) = code_of(client.classify(other_backend).await);
+    assert_eq!(code, Code::NotFound);
+    assert!(msg.contains("candle"), "{msg}");
+
+    // RESOURCE_EXHAUSTED: an upload declaring more than store.max_upload_bytes.
+    let mut big = upload_messages(&files[..1], 4096);
+    if let Some(pb::upload_study_request::Part::Header(h)) = &mut big[0].part {
+        h.expected_bytes = 50_000_000;
+    }
+    let (code, msg) = code_of(client.upload_study(tokio_stream::iter(big)).await);
+    assert_eq!(code, Code::ResourceExhausted);
+    assert!(msg.contains("store.max_upload_bytes"), "{msg}");
+
+    // FAILED_PRECONDITION: an image model without a study; Grad-CAM of a tabular model.
+    let (code, msg) = code_of(client.classify(classify(None, "", Some(clinical()))).await);
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(msg.contains("reads CT"), "{msg}");
+    let (code, _) = code_of(
+        client
+            .explain(pb::ExplainRequest {
+                study: None,
+                clinical: Some(clinical()),
+                model: "osteo-tabular-v1".into(),
+                backend: String::new(),
+                target: 0,
+            })
+            .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+
+    // An upload that stops inside a file stores nothing.
+    let mut cut = upload_messages(&files[..2], 4096);
+    cut.pop();
+    let (code, msg) = code_of(client.upload_study(tokio_stream::iter(cut)).await);
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.contains("ended inside file #1"), "{msg}");
+    assert_eq!(metric(&server.scrape(), "osteo_store_bytes", &[]), 0.0);
+
+    // DEADLINE_EXCEEDED: the batcher holds a lone request for up to 1 s hoping for company
+    // (max_delay_ms below); a 200 ms deadline passes first, and the worker then skips the
+    // abandoned request instead of computing it.
+    let handle = client
+        .upload_study(tokio_stream::iter(upload_messages(&files, 1 << 20)))
+        .await
+        .expect("upload")
+        .into_inner()
+        .summary
+        .expect("summary")
+        .study;
+    let mut request = tonic::Request::new(classify(by_handle(&handle), "", Some(clinical())));
+    // The header alone: tonic's client-side timer would answer CANCELLED on its own.
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "200m".parse().expect("header value"));
+    let (code, msg) = code_of(client.classify(request).await);
+    assert_eq!(code, Code::DeadlineExceeded, "{msg}");
+    assert!(msg.contains("deadline"), "{msg}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let skipped = metric(&server.scrape(), "osteo_cancelled_total", &[]);
+    assert_eq!(skipped, 1.0, "the abandoned request was skipped");
+
+    // UNAVAILABLE: the server has stopped.
+    let url = server.url.clone();
+    let mut server = server;
+    assert!(server.terminate().success(), "clean exit on SIGTERM");
+    let channel = Channel::from_shared(url).expect("url").connect_lazy();
+    let mut late = OsteoServiceClient::new(channel);
+    let (code, _) = code_of(late.list_models(pb::ListModelsRequest {}).await);
+    assert_eq!(code, Code::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
+    let server = Server::start("[scheduler]\nmax_batch = 16\nmax_delay_ms = 25\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = read_all(&study(dir.path()));
+    let mut client = server.client().await;
+    let handle = client
+        .upload_study(tokio_stream::iter(upload_messages(&files, 1 << 20)))
+        .await
+        .expect("upload")
+        .into_inner()
+        .summary
+        .expect("summary")
+        .study;
+
+    // 8 clients with 6 requests each, bounded in time.
+    let (clients, per_client) = (8, 6);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut c = server.client().await;
+        let handle = handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut codes = Vec::new();
+            for _ in 0..per_client {
+                let r = c
+                    .classify(pb::ClassifyRequest {
+                        study: by_handle(&handle),
+                        clinical: Some(clinical()),
+                        model: String::new(),
+                        backend: String::new(),
+                    })
+                    .await;
+                codes.push(r.map(|r| r.into_inner().logits).map_err(|s| s.code()));
+            }
+            codes
+        }));
+    }
+    let mut logits = Vec::new();
+    for t in tasks {
+        let results = tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("clients finish in time")
+            .expect("task");
+        for r in results {
+            logits.push(r.expect("every concurrent request succeeds"));
+        }
+    }
+    assert_eq!(logits.len(), clients * per_client);
+    assert!(
+        logits.windows(2).all(|w| w[0] == w[1]),
+        "batching does not change a request's answer"
+    );
+    let metrics = server.scrape();
+    let labels = ["model=\"osteo-fused-v1\""];
+    let batches = metric(&metrics, "osteo_batch_size_count", &labels);
+    let samples = metric(&metrics, "osteo_batch_size_sum", &labels);
+    assert_eq!(samples, (clients * per_client) as f64, "{metrics}");
+    assert!(
+        batches < samples,
+        "batches larger than one formed: {samples} requests in {batches} batches"
+    );
+    let served = metric(
+        &metrics,
+        "osteo_requests_total",
+        &["rpc=\"Classify\"", "code=\"Ok\""],
+    );
+    assert_eq!(served, (clients * per_client) as f64);
+
+    // A queue of one: a burst is partly refused with RESOURCE_EXHAUSTED, the rest is served.
+    drop(server);
+    let server =
+        Server::start("[scheduler]\nmax_batch = 1\nmax_delay_ms = 0\nqueue_capacity = 1\n");
+    let mut client = server.client().await;
+    let handle = client
+        .upload_study(tokio_stream::iter(upload_messages(&files, 1 << 20)))
+        .await
+        .expect("upload")
+        .into_inner()
+        .summary
+        .expect("summary")
+        .study;
+    let mut burst = Vec::new();
+    for _ in 0..24 {
+        let mut c = client.clone();
+        let handle = handle.clone();
+        burst.push(tokio::spawn(async move {
+            c.classify(pb::ClassifyRequest {
+                study: by_handle(&handle),
+                clinical: Some(clinical()),
+                model: String::new(),
+                backend: String::new(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| (s.code(), s.message().to_string()))
+        }));
+    }
+    let mut refused = 0;
+    let mut ok = 0;
+    for t in burst {
+        match t.await.expect("task") {
+            Ok(()) => ok += 1,
+            Err((Code::ResourceExhausted, msg)) => {
+                assert!(msg.contains("queue"), "{msg}");
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(ok >= 1 && refused >= 1, "served {ok}, refused {refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests() {
+    let mut server = Server::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = read_all(&study(dir.path()));
+    let mut client = server.client().await;
+    let inline = pb::ExplainRequest {
+        study: Some(pb::StudyRef {
+            source: Some(pb::study_ref::Source::Inline(pb::InlineStudy {
+                files,
+                series_instance_uid: String::new(),
+            })),
+        }),
+        clinical: Some(clinical()),
+        model: String::new(),
+        backend: String::new(),
+        target: 0,
+    };
+    let in_flight = tokio::spawn(async move { client.explain(inline).await });
+    // Once the request has reached the server, ask it to stop.
+    server.wait_until("request started");
+    let status = server.terminate();
+    let answer = in_flight.await.expect("task");
+    assert!(answer.is_ok(), "the in-flight request finished: {answer:?}");
+    assert!(status.success());
+    assert!(server.output().contains("shutting down"));
+}
