@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# The main job, for now: synthesise a phantom patient as a DICOM CT series, inspect it and render
-# the model's input view. (The gRPC server arrives with a later issue and will replace this.)
+# The main job: the OsteoServe gRPC server with the shipped models on the candle backend
+# (osteo-fused-v1 by default), on 127.0.0.1:50051 with Prometheus metrics on 127.0.0.1:9464.
+# Builds the release binary, writes a synthetic demo study to classify, prints how to call the
+# server, then serves in the foreground until Ctrl-C (in-flight requests finish first).
+# Extra arguments go to `osteo serve` (for example --config osteo.toml or --listen 0.0.0.0:50051).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-out=${1:-out/demo}
 cargo build --release --locked --bin osteo
 bin=target/release/osteo
-"$bin" synth --patients 1 --seed 2026 --out "$out" --dicom
-study="$out/studies/$(sed -n 2p "$out/cohort.csv" | cut -d, -f1)"
-echo "--- cohort.csv"
-cat "$out/cohort.csv"
-echo "--- osteo dicom inspect $study"
-"$bin" dicom inspect "$study"
-"$bin" dicom view "$study" --out "$out/view.png"
-echo "--- view: $out/view.png (slab mean left, slab maximum right)"
+demo=out/demo
+if [ ! -f "$demo/cohort.csv" ]; then
+  "$bin" synth --patients 1 --seed 2026 --out "$demo" --dicom >/dev/null
+fi
+study="$demo/studies/$(sed -n 2p "$demo/cohort.csv" | cut -d, -f1)"
+cat <<TXT
+--- OsteoServe: a synthetic demo study is in $study
+Classify it from another shell:
+  $bin classify --server http://127.0.0.1:50051 --dicom $study --age 71 --sex F --height-cm 158 --weight-kg 52 --json
+  $bin explain  --server http://127.0.0.1:50051 --dicom $study --age 71 --sex F --height-cm 158 --weight-kg 52 --out overlay.png
+  .cache/bin/grpcurl -plaintext 127.0.0.1:50051 osteo.v1.OsteoService/ListModels   # grpcurl: scripts/setup.sh
+Metrics: curl -s http://127.0.0.1:9464/metrics | grep ^osteo_
+---
+TXT
+exec "$bin" serve "$@"

