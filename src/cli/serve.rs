@@ -59,10 +59,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         overrides.push(("server.metrics_listen", m));
     }
     let settings = osteo_server::config::load(args.config.as_deref(), &overrides)?;
-    osteo_server::telemetry::init(&settings.telemetry)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(osteo_server::serve(settings, registry(), shutdown_signal()))?;
+    runtime.block_on(async {
+        let telemetry = osteo_server::telemetry::init(&settings.telemetry)?;
+        let served = osteo_server::serve(settings, registry(), shutdown_signal()).await;
+        // Flushing the trace exporter blocks: keep it off the async threads.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        served
+    })?;
     Ok(())
 }
