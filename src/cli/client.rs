@@ -84,7 +84,8 @@ fn status(s: tonic::Status) -> anyhow::Error {
     anyhow!("{}: {}", code_name(s.code()), s.message())
 }
 
-async fn connect(url: &str) -> anyhow::Result<OsteoServiceClient<Channel>> {
+/// Connects to a server, mapping failures to an UNAVAILABLE error line.
+pub async fn connect(url: &str) -> anyhow::Result<OsteoServiceClient<Channel>> {
     let channel = Channel::from_shared(url.to_string())
         .with_context(|| format!("--server {url} is not a URL (e.g. http://127.0.0.1:50051)"))?
         .connect()

@@ -3,6 +3,7 @@
 mod client;
 mod clinical;
 mod dicom;
+mod loadgen;
 mod predict;
 mod serve;
 mod synth;
@@ -43,6 +44,8 @@ enum Command {
     Classify(client::ClassifyArgs),
     /// Grade and explain a study on a server; writes the Grad-CAM overlay PNG.
     Explain(client::ExplainArgs),
+    /// Load-test Classify: concurrent clients, throughput, latency percentiles, status check.
+    Loadgen(loadgen::LoadgenArgs),
     /// Grade one study locally (no server): grade, probabilities, optional Grad-CAM overlay.
     Predict(predict::PredictArgs),
 }
@@ -59,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Classify(args) => client::classify(args),
         Command::Explain(args) => client::explain(args),
+        Command::Loadgen(args) => loadgen::run(args),
     }
 }

@@ -1,0 +1,165 @@
+//! Criterion benchmarks of the serving path: DICOM ingest, view building, candle predict at
+//! batch 1 and 32, and the Classify round trip through an in-process server over loopback.
+//! Run with `cargo bench --bench serving` (reports in target/criterion).
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use osteo_backend_candle::CandleBackend;
+use osteo_core::{Backend, Batch, ClinicalVariables, Device, LoadBackend, ModelArtifacts, Tensor};
+use osteo_dicom::{DicomSource, IngestOptions};
+use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
+use osteo_proto::v1 as pb;
+use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+
+/// A phantom patient's CT series (files as bytes) and clinical variables.
+fn fixture() -> (Vec<Vec<u8>>, ClinicalVariables) {
+    let patient = TScoreModel::default().patient(77, 1);
+    let (_, volume) = phantom_volume(&patient, &PhantomSpec::default());
+    let dir = std::env::temp_dir().join(format!("osteo-bench-{}", std::process::id()));
+    let paths =
+        write_series(&volume, &SeriesIdentity::for_patient(&patient), &dir).expect("write series");
+    let files = paths
+        .iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    let clinical = ClinicalVariables::validate(patient.clinical_input()).expect("clinical");
+    (files, clinical)
+}
+
+fn fused() -> ModelArtifacts {
+    ModelArtifacts::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/osteo-fused-v1"))
+        .expect("shipped fused model")
+}
+
+fn benches(c: &mut Criterion) {
+    let (files, clinical) = fixture();
+    let artifacts = fused();
+    let m = &artifacts.manifest;
+    let spec = m.view.expect("view");
+
+    c.bench_function("ingest phantom series", |b| {
+        b.iter(|| {
+            osteo_dicom::ingest(
+                DicomSource::Buffers(black_box(files.clone())),
+                &IngestOptions::default(),
+            )
+            .expect("ingest")
+        })
+    });
+    let volume = osteo_dicom::ingest(
+        DicomSource::Buffers(files.clone()),
+        &IngestOptions::default(),
+    )
+    .expect("ingest")
+    .volume;
+    c.bench_function("coronal_slab view", |b| {
+        b.iter(|| osteo_dicom::coronal_slab(black_box(&volume), &spec).expect("view"))
+    });
+
+    let view = osteo_dicom::coronal_slab(&volume, &spec).expect("view");
+    let features = m
+        .tabular
+        .as_ref()
+        .expect("tabular")
+        .encode(&clinical)
+        .expect("encode");
+    let batch = |n: usize| Batch {
+        images: Some(
+            Tensor::new(vec![n, 2, spec.height, spec.width], view.data.repeat(n)).expect("tensor"),
+        ),
+        tabular: Some(Tensor::new(vec![n, features.len()], features.repeat(n)).expect("tensor")),
+    };
+    let mut backend = CandleBackend::load(&artifacts, Device::Cpu).expect("backend");
+    for n in [1, 32] {
+        let input = batch(n);
+        c.bench_function(&format!("candle fused predict batch {n}"), |b| {
+            b.iter(|| backend.predict(black_box(&input)).expect("predict"))
+        });
+    }
+
+    // The Classify round trip through a real server in this process.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut settings = osteo_server::Settings::default();
+    settings.server.listen = format!("127.0.0.1:{port}");
+    settings.server.metrics_listen = String::new();
+    settings
+        .models
+        .retain(|m| m.path.ends_with("osteo-fused-v1"));
+    settings.models[0].path = artifacts.dir.clone();
+    let mut registry = osteo_server::Registry::new();
+    registry.register::<CandleBackend>("candle");
+    runtime.spawn(osteo_server::serve(
+        settings,
+        registry,
+        std::future::pending(),
+    ));
+    let url = format!("http://127.0.0.1:{port}");
+    let (client, request) = runtime.block_on(async {
+        let mut client = loop {
+            if let Ok(c) = OsteoServiceClient::connect(url.clone()).await {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut messages = vec![pb::UploadStudyRequest {
+            part: Some(pb::upload_study_request::Part::Header(
+                pb::UploadHeader::default(),
+            )),
+        }];
+        for (i, f) in files.iter().enumerate() {
+            messages.push(pb::UploadStudyRequest {
+                part: Some(pb::upload_study_request::Part::Chunk(pb::FileChunk {
+                    file_index: i as u32,
+                    data: f.clone(),
+                    last: true,
+                })),
+            });
+        }
+        let handle = loop {
+            match client
+                .upload_study(tokio_stream::iter(messages.clone()))
+                .await
+            {
+                Ok(r) => break r.into_inner().summary.expect("summary").study,
+                // UNAVAILABLE while the model loads.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let request = pb::ClassifyRequest {
+            study: Some(pb::StudyRef {
+                source: Some(pb::study_ref::Source::Study(handle)),
+            }),
+            clinical: Some(pb::ClinicalVariables {
+                age_years: clinical.age_years(),
+                sex: pb::Sex::Female as i32,
+                height_cm: clinical.height_cm(),
+                weight_kg: clinical.weight_kg(),
+                ..Default::default()
+            }),
+            model: String::new(),
+            backend: String::new(),
+        };
+        (client, request)
+    });
+    c.bench_function("Classify round trip (batch 1, loopback)", |b| {
+        b.to_async(&runtime).iter(|| {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { client.classify(request).await.expect("classify") }
+        })
+    });
+}
+
+criterion_group! {
+    name = serving;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(4));
+    targets = benches
+}
+criterion_main!(serving);
