@@ -6,8 +6,8 @@
 //! ±0.035, so the stated margins are 0.03 (AUC) and 0.05 (accuracy).
 
 use osteo_backend_candle::CandleBackend;
-use osteo_core::{Device, Grade, LoadBackend, ModelArtifacts, ModelKind};
-use osteo_train::cohort::{CohortSource, load};
+use osteo_core::{Device, Grade, LoadBackend, ModelArtifacts, ModelKind, ViewSpec};
+use osteo_train::cohort::{CohortSource, Sample, load};
 use osteo_train::inference::probabilities;
 use osteo_train::{Evaluation, evaluate};
 use std::path::Path;
@@ -22,24 +22,17 @@ const AUC_MARGIN: f64 = 0.03;
 const ACCURACY_MARGIN: f64 = 0.05;
 
 /// Evaluates one shipped model on the fresh patients; returns it with the oracle's figures.
-fn evaluate_shipped(name: &str) -> (ModelArtifacts, Evaluation, Evaluation) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(name);
+fn evaluate_shipped(name: &str, samples: &[Sample]) -> (ModelArtifacts, Evaluation, Evaluation) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
     let artifacts = ModelArtifacts::open(&dir).expect("shipped model directory");
     let m = &artifacts.manifest;
+    assert!(
+        m.view.is_none() || m.view == Some(ViewSpec::default()),
+        "{name} reads the default view"
+    );
     let mut backend = CandleBackend::load(&artifacts, Device::Cpu).expect("the backend loads it");
-    let samples = load(
-        &CohortSource::Synthetic {
-            patients: PATIENTS,
-            seed: SEED,
-        },
-        m.view.as_ref(),
-        None,
-    )
-    .expect("fresh cohort");
     let all: Vec<usize> = (0..samples.len()).collect();
-    let probs = probabilities(&mut backend, m, &samples, &all).expect("inference");
+    let probs = probabilities(&mut backend, m, samples, &all).expect("inference");
     let truth: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
     let oracle = evaluate(
         &osteo_train::oracle::probabilities(m.kind, SEED, &all),
@@ -51,13 +44,23 @@ fn evaluate_shipped(name: &str) -> (ModelArtifacts, Evaluation, Evaluation) {
 
 #[test]
 fn shipped_models_reach_their_documented_metrics_on_an_unseen_seed() {
+    // One cohort with views for every model.
+    let samples = load(
+        &CohortSource::Synthetic {
+            patients: PATIENTS,
+            seed: SEED,
+        },
+        Some(&ViewSpec::default()),
+        None,
+    )
+    .expect("fresh cohort");
     let mut auc = Vec::new();
     for (name, kind) in [
         ("osteo-tabular-v1", ModelKind::Tabular),
         ("osteo-image-v1", ModelKind::Image),
         ("osteo-fused-v1", ModelKind::Fused),
     ] {
-        let (artifacts, eval, oracle) = evaluate_shipped(name);
+        let (artifacts, eval, oracle) = evaluate_shipped(name, &samples);
         let m = &artifacts.manifest;
         assert_eq!(m.kind, kind, "{name}");
         assert_eq!(m.provenance.seed, 2024, "{name} was trained on seed 2024");

@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// Cache directory for computed views.
     #[arg(long, default_value = ".cache/views")]
     cache: PathBuf,
+    /// Fused models: start from this trained image model's CNN and keep it frozen; only the
+    /// clinical branch and the fusion head are trained (two-stage fusion).
+    #[arg(long, value_name = "MODEL_DIR")]
+    image_from: Option<PathBuf>,
 }
 
 /// Arguments of `osteo evaluate`.
@@ -155,8 +159,12 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         kind.uses_image().then_some(&view),
         Some(&args.cache),
     )?;
+    if args.image_from.is_some() && kind != ModelKind::Fused {
+        anyhow::bail!("--image-from applies to --kind fused only");
+    }
     let config = TrainConfig {
         epochs: args.epochs,
+        image_from: args.image_from.clone(),
         ..TrainConfig::new(kind, args.seed)
     };
     let start = std::time::Instant::now();

@@ -46,6 +46,10 @@ pub struct TrainConfig {
     pub image_channels: Vec<usize>,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// A trained image model directory whose CNN initialises a fused model's image branch and
+    /// stays frozen: only the clinical branch and the fusion head are trained, on the CNN's
+    /// pooled features computed once (two-stage fusion).
+    pub image_from: Option<std::path::PathBuf>,
 }
 
 impl TrainConfig {
@@ -68,6 +72,7 @@ impl TrainConfig {
             seed,
             image_channels: vec![16, 32, 64, 64],
             progress: true,
+            image_from: None,
         }
     }
 }
@@ -320,12 +325,26 @@ pub fn train(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let network = Network::new(&arch, vb).map_err(candle_err)?;
     seeded_init(&varmap, config.seed).map_err(candle_err)?;
+    let frozen = match &config.image_from {
+        Some(dir) => {
+            load_image_branch(&varmap, &arch, view.as_ref(), dir)?;
+            true
+        }
+        None => false,
+    };
     let params = ParamsAdamW {
         lr: config.learning_rate,
         weight_decay: config.weight_decay,
         ..Default::default()
     };
-    let mut opt = candle_nn::AdamW::new(varmap.all_vars(), params).map_err(candle_err)?;
+    let trainable = trainable_vars(&varmap, frozen).map_err(candle_err)?;
+    let mut opt = candle_nn::AdamW::new(trainable, params).map_err(candle_err)?;
+    // With a frozen CNN, its pooled features are computed once, in eval mode.
+    let pooled = if frozen {
+        Some(pooled_features(&network, &inputs, samples.len())?)
+    } else {
+        None
+    };
 
     // Class weights: inverse frequency in the training part.
     let mut counts = [0usize; 3];
@@ -373,11 +392,28 @@ pub fn train(
             lr = config.learning_rate
                 * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()));
             opt.set_learning_rate(lr);
-            let (images, tab) =
-                to_candle(&inputs.batch(chunk, config.augment.then_some(&mut rng))?)?;
-            let logits = network
-                .forward(images.as_ref(), tab.as_ref(), true)
-                .map_err(candle_err)?;
+            let logits = match &pooled {
+                Some(features) => {
+                    let (_, tab) = to_candle(&inputs.batch(chunk, None)?)?;
+                    let k = features[0].len();
+                    let data: Vec<f32> = chunk
+                        .iter()
+                        .flat_map(|&i| features[i].iter().copied())
+                        .collect();
+                    let activation = Tensor::from_vec(data, (chunk.len(), k, 1, 1), &Device::Cpu)
+                        .map_err(candle_err)?;
+                    network
+                        .head_from(Some(&activation), tab.as_ref())
+                        .map_err(candle_err)?
+                }
+                None => {
+                    let (images, tab) =
+                        to_candle(&inputs.batch(chunk, config.augment.then_some(&mut rng))?)?;
+                    network
+                        .forward(images.as_ref(), tab.as_ref(), true)
+                        .map_err(candle_err)?
+                }
+            };
             let targets: Vec<u32> = chunk
                 .iter()
                 .map(|&i| samples[i].grade.index() as u32)
@@ -439,6 +475,79 @@ pub fn train(
         history,
         best_epoch,
     })
+}
+
+/// Copies the image branch (`image.*`, batch-norm statistics included) of a trained model into
+/// `varmap`; the model must have been trained on the same view with the same CNN.
+fn load_image_branch(
+    varmap: &VarMap,
+    arch: &ArchSpec,
+    view: Option<&ViewSpec>,
+    dir: &std::path::Path,
+) -> Result<(), TrainError> {
+    let setup = |m: String| TrainError::Setup(format!("--image-from {}: {m}", dir.display()));
+    let artifacts = osteo_core::ModelArtifacts::open(dir).map_err(|e| setup(e.to_string()))?;
+    let m = &artifacts.manifest;
+    if m.arch.image != arch.image || m.view.as_ref() != view {
+        return Err(setup(format!(
+            "model {} has another CNN or view than the one being trained",
+            m.name
+        )));
+    }
+    let weights = candle_core::safetensors::load(artifacts.weights_path(), &Device::Cpu)
+        .map_err(|e| setup(e.to_string()))?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|e| setup(e.to_string()))?;
+    let mut copied = 0;
+    for (name, var) in data.iter().filter(|(n, _)| n.starts_with("image.")) {
+        let w = weights
+            .get(name)
+            .ok_or_else(|| setup(format!("{name} is missing from its weights")))?;
+        var.set(w).map_err(|e| setup(format!("{name}: {e}")))?;
+        copied += 1;
+    }
+    if copied == 0 {
+        return Err(setup("the model being trained has no image branch".into()));
+    }
+    Ok(())
+}
+
+/// The variables the optimiser updates: all, or all but the frozen image branch.
+fn trainable_vars(varmap: &VarMap, frozen_image: bool) -> candle_core::Result<Vec<candle_core::Var>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut vars: Vec<(&String, &candle_core::Var)> = data
+        .iter()
+        .filter(|(n, _)| !(frozen_image && n.starts_with("image.")))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(vars.into_iter().map(|(_, v)| v.clone()).collect())
+}
+
+/// The image branch's pooled activation `[K]` of every sample, in eval mode.
+fn pooled_features(
+    network: &Network,
+    inputs: &Inputs<'_>,
+    n: usize,
+) -> Result<Vec<Vec<f32>>, TrainError> {
+    let all: Vec<usize> = (0..n).collect();
+    let mut out = Vec::with_capacity(n);
+    for chunk in all.chunks(64) {
+        let (images, _) = to_candle(&inputs.batch(chunk, None)?)?;
+        let images = images
+            .ok_or_else(|| TrainError::Setup("a fused model needs views".into()))?;
+        let pooled = network
+            .image_activation(&images, false)
+            .and_then(|a| a.mean((2, 3)))
+            .and_then(|p| p.to_vec2::<f32>())
+            .map_err(candle_err)?;
+        out.extend(pooled);
+    }
+    Ok(out)
 }
 
 /// Probabilities of a network trained with class weights `exp(shift)`, corrected back to the
