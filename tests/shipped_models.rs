@@ -23,7 +23,9 @@ const ACCURACY_MARGIN: f64 = 0.05;
 
 /// Evaluates one shipped model on the fresh patients; returns it with the oracle's figures.
 fn evaluate_shipped(name: &str, samples: &[Sample]) -> (ModelArtifacts, Evaluation, Evaluation) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name);
     let artifacts = ModelArtifacts::open(&dir).expect("shipped model directory");
     let m = &artifacts.manifest;
     assert!(

@@ -496,10 +496,7 @@ fn load_image_branch(
     }
     let weights = candle_core::safetensors::load(artifacts.weights_path(), &Device::Cpu)
         .map_err(|e| setup(e.to_string()))?;
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|e| setup(e.to_string()))?;
+    let data = varmap.data().lock().map_err(|e| setup(e.to_string()))?;
     let mut copied = 0;
     for (name, var) in data.iter().filter(|(n, _)| n.starts_with("image.")) {
         let w = weights
@@ -515,7 +512,10 @@ fn load_image_branch(
 }
 
 /// The variables the optimiser updates: all, or all but the frozen image branch.
-fn trainable_vars(varmap: &VarMap, frozen_image: bool) -> candle_core::Result<Vec<candle_core::Var>> {
+fn trainable_vars(
+    varmap: &VarMap,
+    frozen_image: bool,
+) -> candle_core::Result<Vec<candle_core::Var>> {
     let data = varmap
         .data()
         .lock()
@@ -538,8 +538,7 @@ fn pooled_features(
     let mut out = Vec::with_capacity(n);
     for chunk in all.chunks(64) {
         let (images, _) = to_candle(&inputs.batch(chunk, None)?)?;
-        let images = images
-            .ok_or_else(|| TrainError::Setup("a fused model needs views".into()))?;
+        let images = images.ok_or_else(|| TrainError::Setup("a fused model needs views".into()))?;
         let pooled = network
             .image_activation(&images, false)
             .and_then(|a| a.mean((2, 3)))
