@@ -75,12 +75,7 @@ async fn python_grpcio_client_generated_from_the_proto_calls_every_rpc() {
     let mut client = server.client().await;
     let rust = client
         .classify(pb::ClassifyRequest {
-            study: Some(pb::StudyRef {
-                source: Some(pb::study_ref::Source::Inline(pb::InlineStudy {
-                    files,
-                    series_instance_uid: String::new(),
-                })),
-            }),
+            study: inline(&files),
             clinical: Some(clinical()),
             model: String::new(),
             backend: String::new(),

@@ -59,12 +59,7 @@ async fn upload_classify_explain_and_manage_a_study() {
 
     // The one-call form without state gives the same answer.
     let inline = client
-        .classify(request(Some(pb::StudyRef {
-            source: Some(pb::study_ref::Source::Inline(pb::InlineStudy {
-                files: files.clone(),
-                series_instance_uid: String::new(),
-            })),
-        })))
+        .classify(request(inline(&files)))
         .await
         .expect("inline classify")
         .into_inner();
@@ -321,14 +316,7 @@ async fn every_documented_error_code_is_returned_with_an_actionable_message() {
     // DEADLINE_EXCEEDED: the batcher holds a lone request for up to 1 s hoping for company
     // (max_delay_ms below); a 200 ms deadline passes first, and the worker then skips the
     // abandoned request instead of computing it.
-    let handle = client
-        .upload_study(tokio_stream::iter(upload_messages(&files, 1 << 20)))
-        .await
-        .expect("upload")
-        .into_inner()
-        .summary
-        .expect("summary")
-        .study;
+    let handle = upload(&mut client, &files, 1 << 20).await;
     let mut request = tonic::Request::new(classify(by_handle(&handle), "", Some(clinical())));
     // The header alone: tonic's client-side timer would answer CANCELLED on its own.
     request
@@ -357,14 +345,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = read_all(&study(dir.path()));
     let mut client = server.client().await;
-    let handle = client
-        .upload_study(tokio_stream::iter(upload_messages(&files, 1 << 20)))
-        .await
-        .expect("upload")
-        .into_inner()
-        .summary
-        .expect("summary")
-        .study;
+    let handle = upload(&mut client, &files, 1 << 20).await;
 
     // 8 clients with 6 requests each, bounded in time.
     let (clients, per_client) = (8, 6);
@@ -424,14 +405,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
     let server =
         Server::start("[scheduler]\nmax_batch = 1\nmax_delay_ms = 0\nqueue_capacity = 1\n");
     let mut client = server.client().await;
-    let handle = client
-        .upload_study(tokio_stream::iter(upload_messages(&files, 1 << 20)))
-        .await
-        .expect("upload")
-        .into_inner()
-        .summary
-        .expect("summary")
-        .study;
+    let handle = upload(&mut client, &files, 1 << 20).await;
     let mut burst = Vec::new();
     for _ in 0..24 {
         let mut c = client.clone();
@@ -470,12 +444,7 @@ async fn shutdown_finishes_in_flight_requests() {
     let files = read_all(&study(dir.path()));
     let mut client = server.client().await;
     let inline = pb::ExplainRequest {
-        study: Some(pb::StudyRef {
-            source: Some(pb::study_ref::Source::Inline(pb::InlineStudy {
-                files,
-                series_instance_uid: String::new(),
-            })),
-        }),
+        study: inline(&files),
         clinical: Some(clinical()),
         model: String::new(),
         backend: String::new(),

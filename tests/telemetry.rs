@@ -42,14 +42,7 @@ async fn spans_reach_an_otlp_receiver_and_logs_are_json_without_patient_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = read_all(&study(dir.path()));
     let mut client = server.client().await;
-    let handle = client
-        .upload_study(tokio_stream::iter(upload_messages(&files, 64 * 1024)))
-        .await
-        .expect("upload")
-        .into_inner()
-        .summary
-        .expect("summary")
-        .study;
+    let handle = upload(&mut client, &files, 64 * 1024).await;
     client
         .classify(osteo_proto::v1::ClassifyRequest {
             study: by_handle(&handle),

@@ -219,3 +219,29 @@ pub fn read_all(paths: &[PathBuf]) -> Vec<Vec<u8>> {
         .map(|p| std::fs::read(p).expect("read"))
         .collect()
 }
+
+/// Uploads `files` in chunks of `chunk` bytes; returns the study handle.
+pub async fn upload(
+    client: &mut OsteoServiceClient<Channel>,
+    files: &[Vec<u8>],
+    chunk: usize,
+) -> String {
+    client
+        .upload_study(tokio_stream::iter(upload_messages(files, chunk)))
+        .await
+        .expect("upload")
+        .into_inner()
+        .summary
+        .expect("summary")
+        .study
+}
+
+/// The files as an inline study reference.
+pub fn inline(files: &[Vec<u8>]) -> Option<pb::StudyRef> {
+    Some(pb::StudyRef {
+        source: Some(pb::study_ref::Source::Inline(pb::InlineStudy {
+            files: files.to_vec(),
+            series_instance_uid: String::new(),
+        })),
+    })
+}

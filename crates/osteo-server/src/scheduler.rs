@@ -186,31 +186,37 @@ impl Worker {
         })
     }
 
-    /// Queues one sample and waits for its logits.
-    pub async fn predict(&self, input: Input) -> Result<Prediction, ServerError> {
+    /// Queues a job built around its reply channel and waits for the answer.
+    async fn call<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, BackendError>>) -> Job,
+    ) -> Result<T, ServerError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Job::Predict {
-            input,
-            enqueued: Instant::now(),
-            reply,
-        })?;
+        self.submit(job(reply))?;
         rx.await
             .map_err(|_| self.stopped())?
             .map_err(ServerError::from)
     }
 
+    /// Queues one sample and waits for its logits.
+    pub async fn predict(&self, input: Input) -> Result<Prediction, ServerError> {
+        self.call(|reply| Job::Predict {
+            input,
+            enqueued: Instant::now(),
+            reply,
+        })
+        .await
+    }
+
     /// Queues one sample's Grad-CAM for `class` and waits for it.
     pub async fn gradcam(&self, input: Input, class: Grade) -> Result<GradCamParts, ServerError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Job::GradCam {
+        self.call(|reply| Job::GradCam {
             input,
             class,
             enqueued: Instant::now(),
             reply,
-        })?;
-        rx.await
-            .map_err(|_| self.stopped())?
-            .map_err(ServerError::from)
+        })
+        .await
     }
 
     fn stopped(&self) -> ServerError {

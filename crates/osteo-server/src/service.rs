@@ -126,16 +126,20 @@ struct Prepared {
 
 impl Service {
     /// Runs one RPC body under its deadline, with a span, metrics and one log line.
-    async fn run<T, F>(
+    async fn run<R, T, F>(
         &self,
         rpc: &'static str,
-        budget: Duration,
-        body: impl FnOnce(Arc<State>, Arc<std::sync::Mutex<Labels>>) -> F,
+        request: Request<R>,
+        body: impl FnOnce(Arc<State>, Arc<std::sync::Mutex<Labels>>, R) -> F,
     ) -> Result<Response<T>, Status>
     where
         F: std::future::Future<Output = Result<T, ServerError>>,
     {
         let start = Instant::now();
+        let budget = budget(
+            &request,
+            Duration::from_secs(self.state.settings.server.request_timeout_s),
+        );
         let labels = Arc::new(std::sync::Mutex::new(Labels::default()));
         let span = tracing::info_span!(
             "rpc",
@@ -145,7 +149,7 @@ impl Service {
             backend = tracing::field::Empty
         );
         span.in_scope(|| tracing::debug!("request started"));
-        let fut = body(self.state.clone(), labels.clone());
+        let fut = body(self.state.clone(), labels.clone(), request.into_inner());
         let result = match tokio::time::timeout(budget, fut.instrument(span.clone())).await {
             Ok(r) => r,
             Err(_) => Err(ServerError::DeadlineExceeded(format!(
@@ -183,10 +187,12 @@ impl Service {
     /// Resolves the study reference, builds the model's view and encodes the clinical variables.
     async fn prepare(
         state: &Arc<State>,
-        model: &ServedModel,
+        labels: &std::sync::Mutex<Labels>,
+        (model, backend): (&ServedModel, &str),
         study: Option<&pb::StudyRef>,
         clinical: Option<&pb::ClinicalVariables>,
     ) -> Result<Prepared, ServerError> {
+        set_labels(labels, model.name(), backend, study);
         let start = Instant::now();
         let m = &model.artifacts.manifest;
         let study = match study.and_then(|s| s.source.as_ref()) {
@@ -248,6 +254,9 @@ impl Service {
         };
         metrics::histogram!("osteo_preprocess_seconds", "model" => m.name.clone())
             .record(start.elapsed().as_secs_f64());
+        if let Some(s) = &study {
+            set_study(labels, s);
+        }
         Ok(Prepared {
             study,
             input: Input {
@@ -425,26 +434,26 @@ impl OsteoService for Service {
         &self,
         request: Request<Streaming<pb::UploadStudyRequest>>,
     ) -> Result<Response<pb::UploadStudyResponse>, Status> {
-        let budget = budget(
-            &request,
-            Duration::from_secs(self.state.settings.server.request_timeout_s),
-        );
-        let mut stream = request.into_inner();
-        self.run("UploadStudy", budget, |state, labels| async move {
-            let (files, series_uid) = read_upload(&state, &mut stream).await?;
-            let options = IngestOptions {
-                series_uid,
-                limits: state.limits(),
-            };
-            let ingested =
-                blocking(move || Ok(osteo_dicom::ingest(DicomSource::Buffers(files), &options)?))
-                    .await?;
-            let (study, ttl) = state.store.insert(Study::new(ingested.volume))?;
-            set_study(&labels, &study);
-            Ok(pb::UploadStudyResponse {
-                summary: Some(convert::summary(&study, Some(ttl))),
-            })
-        })
+        self.run(
+            "UploadStudy",
+            request,
+            |state, labels, mut stream| async move {
+                let (files, series_uid) = read_upload(&state, &mut stream).await?;
+                let options = IngestOptions {
+                    series_uid,
+                    limits: state.limits(),
+                };
+                let ingested = blocking(move || {
+                    Ok(osteo_dicom::ingest(DicomSource::Buffers(files), &options)?)
+                })
+                .await?;
+                let (study, ttl) = state.store.insert(Study::new(ingested.volume))?;
+                set_study(&labels, &study);
+                Ok(pb::UploadStudyResponse {
+                    summary: Some(convert::summary(&study, Some(ttl))),
+                })
+            },
+        )
         .await
     }
 
@@ -452,21 +461,18 @@ impl OsteoService for Service {
         &self,
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
-        let budget = budget(
-            &request,
-            Duration::from_secs(self.state.settings.server.request_timeout_s),
-        );
-        let req = request.into_inner();
-        self.run("Classify", budget, |state, labels| async move {
+        self.run("Classify", request, |state, labels, req| async move {
             let start = Instant::now();
             let model = state.models()?.get(&req.model)?;
             let (backend, _) = model.worker(&req.backend)?;
-            set_labels(&labels, model.name(), backend, req.study.as_ref());
-            let prepared =
-                Self::prepare(&state, model, req.study.as_ref(), req.clinical.as_ref()).await?;
-            if let Some(s) = &prepared.study {
-                set_study(&labels, s);
-            }
+            let prepared = Self::prepare(
+                &state,
+                &labels,
+                (model, backend),
+                req.study.as_ref(),
+                req.clinical.as_ref(),
+            )
+            .await?;
             Self::classify_prepared(model, backend, &prepared, start).await
         })
         .await
@@ -476,12 +482,7 @@ impl OsteoService for Service {
         &self,
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
-        let budget = budget(
-            &request,
-            Duration::from_secs(self.state.settings.server.request_timeout_s),
-        );
-        let req = request.into_inner();
-        self.run("Explain", budget, |state, labels| async move {
+        self.run("Explain", request, |state, labels, req| async move {
             let start = Instant::now();
             let model = state.models()?.get(&req.model)?;
             let m = &model.artifacts.manifest;
@@ -494,12 +495,14 @@ impl OsteoService for Service {
             }
             let requested = convert::grade_from(req.target)?;
             let (backend, worker) = model.worker(&req.backend)?;
-            set_labels(&labels, model.name(), backend, req.study.as_ref());
-            let prepared =
-                Self::prepare(&state, model, req.study.as_ref(), req.clinical.as_ref()).await?;
-            if let Some(s) = &prepared.study {
-                set_study(&labels, s);
-            }
+            let prepared = Self::prepare(
+                &state,
+                &labels,
+                (model, backend),
+                req.study.as_ref(),
+                req.clinical.as_ref(),
+            )
+            .await?;
             let classification = Self::classify_prepared(model, backend, &prepared, start).await?;
             let predicted = match pb::Grade::try_from(classification.grade) {
                 Ok(pb::Grade::Osteopenia) => Grade::Osteopenia,
@@ -541,68 +544,69 @@ impl OsteoService for Service {
         &self,
         request: Request<pb::CompareBackendsRequest>,
     ) -> Result<Response<pb::CompareBackendsResponse>, Status> {
-        let budget = budget(
-            &request,
-            Duration::from_secs(self.state.settings.server.request_timeout_s),
-        );
-        let req = request.into_inner();
-        self.run("CompareBackends", budget, |state, labels| async move {
-            let model = state.models()?.get(&req.model)?;
-            let names: Vec<String> = if req.backends.is_empty() {
-                model.backend_names()
-            } else {
-                req.backends.clone()
-            };
-            for n in &names {
-                model.worker(n)?;
-            }
-            set_labels(&labels, model.name(), &names.join(","), req.study.as_ref());
-            let prepared =
-                Self::prepare(&state, model, req.study.as_ref(), req.clinical.as_ref()).await?;
-            if let Some(s) = &prepared.study {
-                set_study(&labels, s);
-            }
-            let mut results = Vec::new();
-            for n in &names {
-                let start = Instant::now();
-                let r = Self::classify_prepared(model, n, &prepared, start).await?;
-                results.push(pb::BackendResult {
-                    backend: r.backend,
-                    grade: r.grade,
-                    probabilities: r.probabilities,
-                    logits: r.logits,
-                    latency_ms: r.latency_ms,
-                });
-            }
-            let probs: Vec<[f32; 3]> = results
-                .iter()
-                .map(|r| {
-                    r.probabilities
-                        .as_ref()
-                        .map_or([0.0; 3], |p| [p.normal, p.osteopenia, p.osteoporosis])
-                })
-                .collect();
-            let mut max_abs_diff = 0f64;
-            for a in &probs {
-                for b in &probs {
-                    for k in 0..3 {
-                        max_abs_diff = max_abs_diff.max(f64::from((a[k] - b[k]).abs()));
+        self.run(
+            "CompareBackends",
+            request,
+            |state, labels, req| async move {
+                let model = state.models()?.get(&req.model)?;
+                let names: Vec<String> = if req.backends.is_empty() {
+                    model.backend_names()
+                } else {
+                    req.backends.clone()
+                };
+                for n in &names {
+                    model.worker(n)?;
+                }
+                let prepared = Self::prepare(
+                    &state,
+                    &labels,
+                    (model, &names.join(",")),
+                    req.study.as_ref(),
+                    req.clinical.as_ref(),
+                )
+                .await?;
+                let mut results = Vec::new();
+                for n in &names {
+                    let start = Instant::now();
+                    let r = Self::classify_prepared(model, n, &prepared, start).await?;
+                    results.push(pb::BackendResult {
+                        backend: r.backend,
+                        grade: r.grade,
+                        probabilities: r.probabilities,
+                        logits: r.logits,
+                        latency_ms: r.latency_ms,
+                    });
+                }
+                let probs: Vec<[f32; 3]> = results
+                    .iter()
+                    .map(|r| {
+                        r.probabilities
+                            .as_ref()
+                            .map_or([0.0; 3], |p| [p.normal, p.osteopenia, p.osteoporosis])
+                    })
+                    .collect();
+                let mut max_abs_diff = 0f64;
+                for a in &probs {
+                    for b in &probs {
+                        for k in 0..3 {
+                            max_abs_diff = max_abs_diff.max(f64::from((a[k] - b[k]).abs()));
+                        }
                     }
                 }
-            }
-            let grades_agree = results.windows(2).all(|w| w[0].grade == w[1].grade);
-            Ok(pb::CompareBackendsResponse {
-                study: prepared
-                    .study
-                    .as_ref()
-                    .map(|s| s.handle.clone())
-                    .unwrap_or_default(),
-                model: Some(convert::model(model)),
-                results,
-                max_abs_diff,
-                grades_agree,
-            })
-        })
+                let grades_agree = results.windows(2).all(|w| w[0].grade == w[1].grade);
+                Ok(pb::CompareBackendsResponse {
+                    study: prepared
+                        .study
+                        .as_ref()
+                        .map(|s| s.handle.clone())
+                        .unwrap_or_default(),
+                    model: Some(convert::model(model)),
+                    results,
+                    max_abs_diff,
+                    grades_agree,
+                })
+            },
+        )
         .await
     }
 
@@ -610,11 +614,7 @@ impl OsteoService for Service {
         &self,
         request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let budget = budget(
-            &request,
-            Duration::from_secs(self.state.settings.server.request_timeout_s),
-        );
-        self.run("ListModels", budget, |state, _| async move {
+        self.run("ListModels", request, |state, _, _| async move {
             let models = state.models()?;
             Ok(pb::ListModelsResponse {
                 models: models.all().iter().map(convert::model).collect(),
@@ -628,12 +628,7 @@ impl OsteoService for Service {
         &self,
         request: Request<pb::GetStudyRequest>,
     ) -> Result<Response<pb::GetStudyResponse>, Status> {
-        let budget = budget(
-            &request,
-            Duration::from_secs(self.state.settings.server.request_timeout_s),
-        );
-        let req = request.into_inner();
-        self.run("GetStudy", budget, |state, labels| async move {
+        self.run("GetStudy", request, |state, labels, req| async move {
             let (study, left) = state.store.get(&req.study)?;
             set_study(&labels, &study);
             Ok(pb::GetStudyResponse {
@@ -647,12 +642,7 @@ impl OsteoService for Service {
         &self,
         request: Request<pb::DeleteStudyRequest>,
     ) -> Result<Response<pb::DeleteStudyResponse>, Status> {
-        let budget = budget(
-            &request,
-            Duration::from_secs(self.state.settings.server.request_timeout_s),
-        );
-        let req = request.into_inner();
-        self.run("DeleteStudy", budget, |state, labels| async move {
+        self.run("DeleteStudy", request, |state, labels, req| async move {
             let freed_bytes = state.store.delete(&req.study)?;
             labels.lock().unwrap_or_else(|p| p.into_inner()).study = req.study.clone();
             Ok(pb::DeleteStudyResponse { freed_bytes })
