@@ -194,6 +194,44 @@ async fn upload_classify_explain_and_manage_a_study() {
         .expect_err("truncated file");
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 
+    // The CLI client: `classify --json` prints the documented object; errors exit 2 with the
+    // gRPC code and message.
+    let cli = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_osteo"))
+            .args(["classify", "--server", &server.url, "--dicom"])
+            .arg(dir.path())
+            .args(["--sex", "F", "--height-cm", "158", "--weight-kg", "52"])
+            .args(extra)
+            .output()
+            .expect("osteo classify")
+    };
+    let out = cli(&["--age", "71", "--smoker", "true", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["model"], "osteo-fused-v1");
+    assert_eq!(v["backend"], "candle");
+    assert_eq!(
+        v["grade"].as_str(),
+        Some(local["grade"].as_str().expect("grade"))
+    );
+    let p_cli = v["probabilities"]["osteoporosis"]
+        .as_f64()
+        .expect("probability");
+    assert!((p_cli - local_p).abs() < 1e-5);
+    assert!(v["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+    assert!(v["study"].as_str().is_some_and(|h| h.starts_with("st_")));
+    let out = cli(&["--age", "12", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: INVALID_ARGUMENT: ") && stderr.contains("age_years"),
+        "{stderr}"
+    );
+
     let metrics = server.scrape();
     assert_eq!(
         metric(&metrics, "osteo_store_bytes", &[]),
@@ -458,4 +496,22 @@ async fn shutdown_finishes_in_flight_requests() {
     assert!(answer.is_ok(), "the in-flight request finished: {answer:?}");
     assert!(status.success());
     assert!(server.output().contains("shutting down"));
+}
+
+#[test]
+fn an_invalid_configuration_stops_the_server_at_start_up_naming_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("OSTEO__SCHEDULER__MAX_BATCH", "0")
+        .output()
+        .expect("osteo serve");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scheduler.max_batch"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(["serve", "--listen", "not-an-address"])
+        .output()
+        .expect("osteo serve");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
 }
