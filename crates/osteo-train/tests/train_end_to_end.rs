@@ -182,3 +182,82 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
         }
     }
 }
+
+#[test]
+fn two_stage_fusion_keeps_the_image_models_cnn_frozen() {
+    let view = ViewSpec {
+        height: 32,
+        width: 32,
+        pixel_mm: 12.0,
+        ..ViewSpec::default()
+    };
+    let samples = load(
+        &CohortSource::Synthetic {
+            patients: 60,
+            seed: 8,
+        },
+        Some(&view),
+        None,
+    )
+    .expect("cohort");
+    let base = |kind| TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        image_channels: vec![4, 8],
+        progress: false,
+        ..TrainConfig::new(kind, 3)
+    };
+    let image = train(&samples, &view, &base(ModelKind::Image)).expect("image model");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image_dir = dir.path().join("tiny-image");
+    osteo_train::artifact::write_model(
+        &image,
+        "tiny-image",
+        provenance_for(3),
+        Default::default(),
+        &image_dir,
+    )
+    .expect("write");
+    let fused = train(
+        &samples,
+        &view,
+        &TrainConfig {
+            image_from: Some(image_dir.clone()),
+            ..base(ModelKind::Fused)
+        },
+    )
+    .expect("two-stage fused model");
+    let tensors = |varmap: &candle_nn::VarMap| {
+        let data = varmap.data().lock().expect("lock");
+        let mut out: Vec<(String, Vec<f32>)> = data
+            .iter()
+            .filter(|(n, _)| n.starts_with("image."))
+            .map(|(n, v)| {
+                let t = v.as_tensor().flatten_all().expect("flatten");
+                (n.clone(), t.to_vec1::<f32>().expect("values"))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    };
+    let (before, after) = (tensors(&image.varmap), tensors(&fused.varmap));
+    assert!(!before.is_empty());
+    assert_eq!(
+        before, after,
+        "the CNN, batch-norm statistics included, is unchanged"
+    );
+    assert!(fused.history.iter().all(|e| e.train_loss.is_finite()));
+
+    // A CNN of another shape is refused with a clear error.
+    let other = train(
+        &samples,
+        &view,
+        &TrainConfig {
+            image_from: Some(image_dir),
+            image_channels: vec![4, 8, 8],
+            ..base(ModelKind::Fused)
+        },
+    );
+    let err = other.err().expect("mismatched CNN").to_string();
+    assert!(err.contains("--image-from"), "{err}");
+}
