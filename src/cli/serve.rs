@@ -18,6 +18,9 @@ pub struct ServeArgs {
     /// Prometheus /metrics listen address, e.g. 0.0.0.0:9464 (server.metrics_listen).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Only validate the configuration, print the effective settings as JSON and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 /// The backends compiled into this binary.
@@ -59,6 +62,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         overrides.push(("server.metrics_listen", m));
     }
     let settings = osteo_server::config::load(args.config.as_deref(), &overrides)?;
+    if args.check {
+        println!("{}", serde_json::to_string_pretty(&settings)?);
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

