@@ -19,9 +19,8 @@ fn provenance_for(seed: u64) -> Provenance {
     }
 }
 
-#[test]
-fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
-    // A coarse 32x32 view (12 mm pixels, same field of view) keeps the run small.
+/// 60 synthetic patients on a coarse 32x32 view (12 mm pixels, same field of view): small runs.
+fn tiny_cohort() -> (ViewSpec, Vec<osteo_train::Sample>) {
     let view = ViewSpec {
         height: 32,
         width: 32,
@@ -37,6 +36,12 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
         None,
     )
     .expect("cohort");
+    (view, samples)
+}
+
+#[test]
+fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
+    let (view, samples) = tiny_cohort();
     let config = TrainConfig {
         epochs: 3,
         batch_size: 16,
@@ -185,21 +190,7 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
 
 #[test]
 fn two_stage_fusion_keeps_the_image_models_cnn_frozen() {
-    let view = ViewSpec {
-        height: 32,
-        width: 32,
-        pixel_mm: 12.0,
-        ..ViewSpec::default()
-    };
-    let samples = load(
-        &CohortSource::Synthetic {
-            patients: 60,
-            seed: 8,
-        },
-        Some(&view),
-        None,
-    )
-    .expect("cohort");
+    let (view, samples) = tiny_cohort();
     let base = |kind| TrainConfig {
         epochs: 2,
         batch_size: 16,
