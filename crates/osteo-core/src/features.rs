@@ -4,7 +4,7 @@
 //! and normalisation statistics; the manifest stores the list, so training and serving encode
 //! identically. Risk flags come with a missing-indicator feature each.
 
-use crate::clinical::{ClinicalVariables, Sex};
+use crate::clinical::{AGE_YEARS, BMI, ClinicalVariables, HEIGHT_CM, Sex, WEIGHT_KG};
 use crate::error::CoreError;
 use serde::{Deserialize, Serialize};
 
@@ -27,11 +27,11 @@ pub struct FeatureSpec {
 
 /// Every feature the encoder knows, in the default order: name, unit, valid range.
 pub const FEATURE_NAMES: [(&str, &str, f64, f64); 13] = [
-    ("age_years", "years", 18.0, 110.0),
+    ("age_years", "years", AGE_YEARS.0, AGE_YEARS.1),
     ("sex_female", "1 = female", 0.0, 1.0),
-    ("height_cm", "cm", 100.0, 230.0),
-    ("weight_kg", "kg", 25.0, 300.0),
-    ("bmi", "kg/m²", 10.0, 80.0),
+    ("height_cm", "cm", HEIGHT_CM.0, HEIGHT_CM.1),
+    ("weight_kg", "kg", WEIGHT_KG.0, WEIGHT_KG.1),
+    ("bmi", "kg/m²", BMI.0, BMI.1),
     ("prior_fragility_fracture", "1 = yes", 0.0, 1.0),
     ("prior_fragility_fracture_missing", "1 = unknown", 0.0, 1.0),
     ("glucocorticoids", "1 = yes", 0.0, 1.0),
