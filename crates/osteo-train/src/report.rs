@@ -104,32 +104,28 @@ fn siblings(dir: &Path, artifacts: &ModelArtifacts) -> Vec<ModelArtifacts> {
     found
 }
 
-/// Evaluates one model on the test patients.
+/// Evaluates one model on the test patients (`truth` their grades), next to the oracle for its
+/// information set when there is one.
 fn result_of(
     artifacts: &ModelArtifacts,
     samples: &[Sample],
-    test: &[usize],
-    source: &CohortSource,
+    (test, truth): (&[usize], &[Grade]),
+    oracles: &[(ModelKind, Evaluation)],
     seed: u64,
 ) -> Result<(ModelResult, Vec<[f64; 3]>, CandleBackend), TrainError> {
     let m = &artifacts.manifest;
     let mut backend =
         CandleBackend::load(artifacts, Device::Cpu).map_err(|e| model_err(&artifacts.dir, e))?;
     let probs = probabilities(&mut backend, m, samples, test)?;
-    let truth: Vec<Grade> = test.iter().map(|&i| samples[i].grade).collect();
-    let oracle = match source {
-        CohortSource::Synthetic { seed: s, .. } => Some(evaluate(
-            &crate::oracle::probabilities(m.kind, *s, test),
-            &truth,
-        )),
-        CohortSource::Csv(_) => None,
-    };
     let result = ModelResult {
         name: m.name.clone(),
         kind: m.kind,
-        eval: evaluate(&probs, &truth),
-        ci: bootstrap(&probs, &truth, RESAMPLES, seed),
-        oracle,
+        eval: evaluate(&probs, truth),
+        ci: bootstrap(&probs, truth, RESAMPLES, seed),
+        oracle: oracles
+            .iter()
+            .find(|(k, _)| *k == m.kind)
+            .map(|(_, e)| e.clone()),
     };
     Ok((result, probs, backend))
 }
@@ -155,13 +151,13 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
             m.name, m.provenance.seed, m.provenance.seed
         )));
     }
-    let view: Option<ViewSpec> = m.view;
-    let others: Vec<ModelArtifacts> = siblings(dir, &artifacts)
-        .into_iter()
-        .filter(|a| a.manifest.view.is_none() || view.is_none() || a.manifest.view == view)
-        .collect();
-    let view = view.or_else(|| others.iter().find_map(|a| a.manifest.view));
-    let others: Vec<ModelArtifacts> = others
+    // One set of samples serves every model in the table: siblings reading another view are
+    // left out.
+    let siblings = siblings(dir, &artifacts);
+    let view: Option<ViewSpec> = m
+        .view
+        .or_else(|| siblings.iter().find_map(|a| a.manifest.view));
+    let others: Vec<ModelArtifacts> = siblings
         .into_iter()
         .filter(|a| a.manifest.view.is_none() || a.manifest.view == view)
         .collect();
@@ -181,20 +177,9 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
             samples.len()
         )));
     }
-    let (own, probs, mut backend) = result_of(&artifacts, &samples, &test, req.source, req.seed)?;
-    let mut results = vec![own];
-    for other in &others {
-        match result_of(other, &samples, &test, req.source, req.seed) {
-            Ok((r, _, _)) => results.push(r),
-            Err(e) => eprintln!(
-                "report: skipping sibling model {}: {e}",
-                other.dir.display()
-            ),
-        }
-    }
+    let truth: Vec<Grade> = test.iter().map(|&i| grades[i]).collect();
     let oracles: Vec<(ModelKind, Evaluation)> = match req.source {
         CohortSource::Synthetic { seed, .. } => {
-            let truth: Vec<Grade> = test.iter().map(|&i| grades[i]).collect();
             [ModelKind::Image, ModelKind::Tabular, ModelKind::Fused]
                 .into_iter()
                 .map(|k| {
@@ -207,6 +192,18 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         }
         CohortSource::Csv(_) => Vec::new(),
     };
+    let split = (test.as_slice(), truth.as_slice());
+    let (own, probs, mut backend) = result_of(&artifacts, &samples, split, &oracles, req.seed)?;
+    let mut results = vec![own];
+    for other in &others {
+        match result_of(other, &samples, split, &oracles, req.seed) {
+            Ok((r, _, _)) => results.push(r),
+            Err(e) => eprintln!(
+                "report: skipping sibling model {}: {e}",
+                other.dir.display()
+            ),
+        }
+    }
 
     let report = dir.join(REPORT_DIR);
     let io = |p: &Path| {
@@ -228,7 +225,6 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
     };
 
     let own = &results[0];
-    let truth: Vec<Grade> = test.iter().map(|&i| grades[i]).collect();
     let curves: Vec<RocCurve> = Grade::ALL
         .iter()
         .map(|&g| {
