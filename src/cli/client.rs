@@ -13,23 +13,42 @@ use tonic::transport::Channel;
 /// Bytes per upload chunk.
 const CHUNK: usize = 1 << 20;
 
-/// Connection and model selection shared by the client commands.
+/// The server and the model and backend to ask for, shared by every client command.
 #[derive(Debug, Args)]
-pub struct Target {
+pub struct Endpoint {
     /// Server URL, e.g. http://127.0.0.1:50051.
     #[arg(long, value_name = "URL")]
-    server: String,
-    /// The CT study: a DICOM file or a directory (searched recursively).
-    #[arg(long)]
-    dicom: Option<PathBuf>,
-    #[command(flatten)]
-    clinical: ClinicalArgs,
+    pub server: String,
     /// Model name (default: the server's default model).
     #[arg(long)]
     model: Option<String>,
     /// Backend name (default: the backend configured for the model).
     #[arg(long)]
     backend: Option<String>,
+}
+
+impl Endpoint {
+    /// The requested model name ("" = the server's default).
+    pub fn model(&self) -> String {
+        self.model.clone().unwrap_or_default()
+    }
+
+    /// The requested backend name ("" = the model's configured backend).
+    pub fn backend(&self) -> String {
+        self.backend.clone().unwrap_or_default()
+    }
+}
+
+/// Server, study and clinical variables of `classify` and `explain`.
+#[derive(Debug, Args)]
+pub struct Target {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// The CT study: a DICOM file or a directory (searched recursively).
+    #[arg(long)]
+    dicom: Option<PathBuf>,
+    #[command(flatten)]
+    clinical: ClinicalArgs,
 }
 
 /// Arguments of `osteo classify`.
@@ -216,14 +235,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
-        let mut client = connect(&t.server).await?;
+        let mut client = connect(&t.endpoint.server).await?;
         let (study, handle) = study_ref(&mut client, t).await?;
         let result = client
             .classify(pb::ClassifyRequest {
                 study,
                 clinical: Some(t.clinical.message()),
-                model: t.model.clone().unwrap_or_default(),
-                backend: t.backend.clone().unwrap_or_default(),
+                model: t.endpoint.model(),
+                backend: t.endpoint.backend(),
             })
             .await;
         cleanup(&mut client, handle).await;
@@ -241,14 +260,14 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
 pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
-        let mut client = connect(&t.server).await?;
+        let mut client = connect(&t.endpoint.server).await?;
         let (study, handle) = study_ref(&mut client, t).await?;
         let result = client
             .explain(pb::ExplainRequest {
                 study,
                 clinical: Some(t.clinical.message()),
-                model: t.model.clone().unwrap_or_default(),
-                backend: t.backend.clone().unwrap_or_default(),
+                model: t.endpoint.model(),
+                backend: t.endpoint.backend(),
                 target: pb::Grade::Unspecified as i32,
             })
             .await;

@@ -3,13 +3,13 @@
 //! throughput and latency percentiles; optionally runs the same input through the backend
 //! directly, in the same process run, for the serving overhead ratio.
 
-use super::client::{code_name, connect, upload};
+use super::client::{Endpoint, code_name, connect, upload};
 use super::clinical::ClinicalArgs;
+use super::predict::local_input;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use osteo_backend_candle::CandleBackend;
-use osteo_core::{Backend, Batch, ClinicalVariables, Device, LoadBackend, ModelArtifacts, Tensor};
-use osteo_dicom::{DicomSource, IngestOptions};
+use osteo_core::{Backend, Device, LoadBackend, ModelArtifacts};
 use osteo_proto::v1 as pb;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -19,20 +19,13 @@ use std::time::{Duration, Instant};
 /// Arguments of `osteo loadgen`.
 #[derive(Debug, Args)]
 pub struct LoadgenArgs {
-    /// Server URL, e.g. http://127.0.0.1:50051.
-    #[arg(long, value_name = "URL")]
-    server: String,
+    #[command(flatten)]
+    endpoint: Endpoint,
     /// The CT study sent with every request (uploaded once, classified by handle).
     #[arg(long)]
     dicom: PathBuf,
     #[command(flatten)]
     clinical: ClinicalArgs,
-    /// Model name (default: the server's default model).
-    #[arg(long)]
-    model: Option<String>,
-    /// Backend name (default: the model's configured backend).
-    #[arg(long)]
-    backend: Option<String>,
     /// Concurrent clients, each with its own connection.
     #[arg(long, default_value_t = 8)]
     clients: usize,
@@ -69,31 +62,7 @@ fn direct(
 ) -> anyhow::Result<serde_json::Value> {
     let artifacts = ModelArtifacts::open(model_dir)?;
     let m = &artifacts.manifest;
-    let clinical = ClinicalVariables::validate(args.clinical.input())?;
-    let view = match &m.view {
-        Some(spec) => {
-            let ingested = osteo_dicom::ingest(
-                DicomSource::Path(args.dicom.clone()),
-                &IngestOptions::default(),
-            )?;
-            Some(osteo_dicom::coronal_slab(&ingested.volume, spec)?)
-        }
-        None => None,
-    };
-    let batch = Batch {
-        images: view
-            .map(|v| Tensor::new(vec![1, 2, v.spec.height, v.spec.width], v.data))
-            .transpose()?,
-        tabular: m
-            .tabular
-            .as_ref()
-            .map(|t| {
-                t.encode(&clinical)
-                    .map(|x| Tensor::new(vec![1, x.len()], x))
-            })
-            .transpose()?
-            .transpose()?,
-    };
+    let (_, batch) = local_input(m, Some(&args.dicom), &args.clinical)?;
     let mut backend = CandleBackend::load(&artifacts, Device::Cpu)?;
     backend.predict(&batch)?; // warm-up
     let mut ms = Vec::with_capacity(n);
@@ -114,15 +83,15 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (served, codes, wall) = runtime.block_on(async {
-        let mut first = connect(&args.server).await?;
+        let mut first = connect(&args.endpoint.server).await?;
         let handle = upload(&mut first, &args.dicom).await?;
         let request = pb::ClassifyRequest {
             study: Some(pb::StudyRef {
                 source: Some(pb::study_ref::Source::Study(handle.clone())),
             }),
             clinical: Some(args.clinical.message()),
-            model: args.model.clone().unwrap_or_default(),
-            backend: args.backend.clone().unwrap_or_default(),
+            model: args.endpoint.model(),
+            backend: args.endpoint.backend(),
         };
         // Warm-up: one request, not counted.
         first
@@ -135,7 +104,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         for c in 0..args.clients {
             let share =
                 args.requests / args.clients + usize::from(c < args.requests % args.clients);
-            let mut client = connect(&args.server).await?;
+            let mut client = connect(&args.endpoint.server).await?;
             let request = request.clone();
             tasks.push(tokio::spawn(async move {
                 let mut out = Vec::with_capacity(share);

@@ -5,11 +5,12 @@ use anyhow::Context;
 use clap::Args;
 use osteo_backend_candle::CandleBackend;
 use osteo_core::{
-    Backend, Batch, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts, Tensor,
+    Backend, Batch, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts, ModelManifest,
+    Tensor,
 };
-use osteo_dicom::{DicomSource, IngestOptions};
+use osteo_dicom::{DicomSource, IngestOptions, View};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `osteo predict`.
 #[derive(Debug, Args)]
@@ -30,19 +31,22 @@ pub struct PredictArgs {
     explain_png: Option<PathBuf>,
 }
 
-/// Runs `osteo predict`.
-pub fn run(args: PredictArgs) -> anyhow::Result<()> {
-    let artifacts = ModelArtifacts::open(&args.model)?;
-    let m = artifacts.manifest.clone();
-    let clinical = ClinicalVariables::validate(args.clinical.input())?;
+/// The one-sample model input of a study (ingested and viewed when the model reads CT) and the
+/// clinical flags, as a served model would receive it; the view is returned for Grad-CAM.
+pub fn local_input(
+    m: &ModelManifest,
+    dicom: Option<&Path>,
+    clinical: &ClinicalArgs,
+) -> anyhow::Result<(Option<View>, Batch)> {
+    let clinical = ClinicalVariables::validate(clinical.input())?;
     let view = match &m.view {
         Some(spec) => {
-            let path = args
-                .dicom
-                .as_ref()
-                .with_context(|| format!("model {} reads CT: pass --dicom PATH", m.name))?;
-            let ingested =
-                osteo_dicom::ingest(DicomSource::Path(path.clone()), &IngestOptions::default())?;
+            let path =
+                dicom.with_context(|| format!("model {} reads CT: pass --dicom PATH", m.name))?;
+            let ingested = osteo_dicom::ingest(
+                DicomSource::Path(path.to_path_buf()),
+                &IngestOptions::default(),
+            )?;
             Some(osteo_dicom::coronal_slab(&ingested.volume, spec)?)
         }
         None => None,
@@ -62,6 +66,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             .transpose()?
             .transpose()?,
     };
+    Ok((view, batch))
+}
+
+/// Runs `osteo predict`.
+pub fn run(args: PredictArgs) -> anyhow::Result<()> {
+    let artifacts = ModelArtifacts::open(&args.model)?;
+    let m = artifacts.manifest.clone();
+    let (view, batch) = local_input(&m, args.dicom.as_deref(), &args.clinical)?;
     let mut backend = CandleBackend::load(&artifacts, Device::Cpu)?;
     let start = std::time::Instant::now();
     let logits = backend.predict(&batch)?;
