@@ -239,28 +239,23 @@ pub fn training(title: &str, history: &[Epoch], best_epoch: usize) -> Result<Vec
         .fold(0.0f64, f64::max)
         .max(1e-3)
         * 1.1;
-    let loss = Axes {
-        left: 110.0,
+    // Two panels side by side over the same epochs.
+    let panel = |left: f64, y: (f64, f64)| Axes {
+        left,
         top: 80.0,
         width: 470.0,
         height: 380.0,
         x: (1.0, epochs),
-        y: (0.0, max_loss),
+        y,
     };
+    let loss = panel(110.0, (0.0, max_loss));
     loss.draw(
         &mut c,
         &x_ticks,
         &nice_ticks(0.0, max_loss, 5, 0.0),
         ["training loss", "epoch", "weighted cross-entropy"],
     );
-    let val = Axes {
-        left: 730.0,
-        top: 80.0,
-        width: 470.0,
-        height: 380.0,
-        x: (1.0, epochs),
-        y: (0.0, 1.0),
-    };
+    let val = panel(730.0, (0.0, 1.0));
     val.draw(
         &mut c,
         &x_ticks,
