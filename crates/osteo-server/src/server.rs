@@ -69,16 +69,15 @@ pub async fn serve(
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(osteo_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Internal(format!("reflection: {e}")))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(osteo_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServerError::Internal(format!("reflection: {e}")))?;
+    // Both reflection versions: grpcurl 1.8 still speaks v1alpha.
+    let descriptors = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(osteo_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_err = |e| ServerError::Internal(format!("reflection: {e}"));
+    let reflection = descriptors().build_v1().map_err(reflection_err)?;
+    let reflection_alpha = descriptors().build_v1alpha().map_err(reflection_err)?;
 
     let max_message = settings.server.max_message_bytes;
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);

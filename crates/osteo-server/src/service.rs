@@ -124,6 +124,16 @@ struct Prepared {
     input: Input,
 }
 
+impl Prepared {
+    /// The study handle ("" without a study).
+    fn handle(&self) -> String {
+        self.study
+            .as_ref()
+            .map(|s| s.handle.clone())
+            .unwrap_or_default()
+    }
+}
+
 impl Service {
     /// Runs one RPC body under its deadline, with a span, metrics and one log line.
     async fn run<R, T, F>(
@@ -268,29 +278,49 @@ impl Service {
     }
 
     /// Grades a prepared input on one backend.
+    async fn grade_on(
+        model: &ServedModel,
+        backend: &str,
+        prepared: &Prepared,
+    ) -> Result<Graded, ServerError> {
+        let (_, worker) = model.worker(backend)?;
+        let prediction = worker.predict(prepared.input.clone()).await?;
+        let (grade, probabilities) = convert::probabilities(&prediction.logits);
+        Ok(Graded {
+            backend: convert::backend(worker.info()),
+            grade,
+            probabilities,
+            logits: prediction.logits,
+        })
+    }
+
+    /// The Classify answer for a prepared input on one backend, and its grade.
     async fn classify_prepared(
         model: &ServedModel,
         backend: &str,
         prepared: &Prepared,
         start: Instant,
-    ) -> Result<pb::ClassifyResponse, ServerError> {
-        let (_, worker) = model.worker(backend)?;
-        let prediction = worker.predict(prepared.input.clone()).await?;
-        let (grade, probabilities) = convert::probabilities(&prediction.logits);
-        Ok(pb::ClassifyResponse {
-            study: prepared
-                .study
-                .as_ref()
-                .map(|s| s.handle.clone())
-                .unwrap_or_default(),
+    ) -> Result<(pb::ClassifyResponse, Grade), ServerError> {
+        let g = Self::grade_on(model, backend, prepared).await?;
+        let response = pb::ClassifyResponse {
+            study: prepared.handle(),
             model: Some(convert::model(model)),
-            backend: Some(convert::backend(worker.info())),
-            grade: convert::grade(grade),
-            probabilities: Some(probabilities),
-            logits: prediction.logits,
+            backend: Some(g.backend),
+            grade: convert::grade(g.grade),
+            probabilities: Some(g.probabilities),
+            logits: g.logits,
             latency_ms: start.elapsed().as_secs_f64() * 1e3,
-        })
+        };
+        Ok((response, g.grade))
     }
+}
+
+/// One backend's answer on a prepared input.
+struct Graded {
+    backend: pb::BackendDescriptor,
+    grade: Grade,
+    probabilities: pb::GradeProbabilities,
+    logits: Vec<f32>,
 }
 
 fn set_labels(
@@ -473,7 +503,9 @@ impl OsteoService for Service {
                 req.clinical.as_ref(),
             )
             .await?;
-            Self::classify_prepared(model, backend, &prepared, start).await
+            Ok(Self::classify_prepared(model, backend, &prepared, start)
+                .await?
+                .0)
         })
         .await
     }
@@ -503,12 +535,8 @@ impl OsteoService for Service {
                 req.clinical.as_ref(),
             )
             .await?;
-            let classification = Self::classify_prepared(model, backend, &prepared, start).await?;
-            let predicted = match pb::Grade::try_from(classification.grade) {
-                Ok(pb::Grade::Osteopenia) => Grade::Osteopenia,
-                Ok(pb::Grade::Osteoporosis) => Grade::Osteoporosis,
-                _ => Grade::Normal,
-            };
+            let (mut classification, predicted) =
+                Self::classify_prepared(model, backend, &prepared, start).await?;
             let target = requested.unwrap_or(predicted);
             let parts = worker.gradcam(prepared.input.clone(), target).await?;
             let view = prepared
@@ -528,7 +556,6 @@ impl OsteoService for Service {
                 })
             })
             .await?;
-            let mut classification = classification;
             classification.latency_ms = start.elapsed().as_secs_f64() * 1e3;
             Ok(pb::ExplainResponse {
                 classification: Some(classification),
@@ -565,24 +592,17 @@ impl OsteoService for Service {
                     req.clinical.as_ref(),
                 )
                 .await?;
-                let mut results = Vec::new();
+                let mut graded = Vec::new();
                 for n in &names {
                     let start = Instant::now();
-                    let r = Self::classify_prepared(model, n, &prepared, start).await?;
-                    results.push(pb::BackendResult {
-                        backend: r.backend,
-                        grade: r.grade,
-                        probabilities: r.probabilities,
-                        logits: r.logits,
-                        latency_ms: r.latency_ms,
-                    });
+                    let g = Self::grade_on(model, n, &prepared).await?;
+                    graded.push((g, start.elapsed().as_secs_f64() * 1e3));
                 }
-                let probs: Vec<[f32; 3]> = results
+                let probs: Vec<[f32; 3]> = graded
                     .iter()
-                    .map(|r| {
-                        r.probabilities
-                            .as_ref()
-                            .map_or([0.0; 3], |p| [p.normal, p.osteopenia, p.osteoporosis])
+                    .map(|(g, _)| {
+                        let p = &g.probabilities;
+                        [p.normal, p.osteopenia, p.osteoporosis]
                     })
                     .collect();
                 let mut max_abs_diff = 0f64;
@@ -593,13 +613,19 @@ impl OsteoService for Service {
                         }
                     }
                 }
-                let grades_agree = results.windows(2).all(|w| w[0].grade == w[1].grade);
+                let grades_agree = graded.windows(2).all(|w| w[0].0.grade == w[1].0.grade);
+                let results = graded
+                    .into_iter()
+                    .map(|(g, latency_ms)| pb::BackendResult {
+                        backend: Some(g.backend),
+                        grade: convert::grade(g.grade),
+                        probabilities: Some(g.probabilities),
+                        logits: g.logits,
+                        latency_ms,
+                    })
+                    .collect();
                 Ok(pb::CompareBackendsResponse {
-                    study: prepared
-                        .study
-                        .as_ref()
-                        .map(|s| s.handle.clone())
-                        .unwrap_or_default(),
+                    study: prepared.handle(),
                     model: Some(convert::model(model)),
                     results,
                     max_abs_diff,

@@ -83,6 +83,12 @@ impl StudyStore {
         entries.values().map(|e| e.study.stored_bytes).sum()
     }
 
+    /// Reports the store's size to the metrics.
+    fn publish(entries: &HashMap<String, Entry>) {
+        metrics::gauge!("osteo_store_bytes").set(Self::used(entries) as f64);
+        metrics::gauge!("osteo_store_studies").set(entries.len() as f64);
+    }
+
     /// Stores a study; RESOURCE_EXHAUSTED when it does not fit beside the others.
     pub fn insert(&self, study: Study) -> Result<(Arc<Study>, Duration), ServerError> {
         let mut entries = lock(&self.entries);
@@ -103,8 +109,7 @@ impl StudyStore {
                 expires: Instant::now() + self.ttl,
             },
         );
-        metrics::gauge!("osteo_store_bytes").set(Self::used(&entries) as f64);
-        metrics::gauge!("osteo_store_studies").set(entries.len() as f64);
+        Self::publish(&entries);
         Ok((study, self.ttl))
     }
 
@@ -131,8 +136,7 @@ impl StudyStore {
         let e = entries
             .remove(handle)
             .ok_or_else(|| Self::not_found(handle))?;
-        metrics::gauge!("osteo_store_bytes").set(Self::used(&entries) as f64);
-        metrics::gauge!("osteo_store_studies").set(entries.len() as f64);
+        Self::publish(&entries);
         Ok(e.study.stored_bytes)
     }
 
@@ -140,8 +144,7 @@ impl StudyStore {
     pub fn sweep(&self) {
         let mut entries = lock(&self.entries);
         Self::sweep_locked(&mut entries, Instant::now());
-        metrics::gauge!("osteo_store_bytes").set(Self::used(&entries) as f64);
-        metrics::gauge!("osteo_store_studies").set(entries.len() as f64);
+        Self::publish(&entries);
     }
 
     /// Bytes in use.
