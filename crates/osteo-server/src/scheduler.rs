@@ -33,24 +33,11 @@ pub struct Input {
     pub tabular: Option<Vec<f32>>,
 }
 
-/// The logits of one request and how it was served.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    /// Logits in class order.
-    pub logits: Vec<f32>,
-    /// Size of the batch it ran in.
-    pub batch_size: usize,
-    /// Seconds it waited in the queue.
-    pub queue_s: f64,
-    /// Seconds the batch's inference took.
-    pub inference_s: f64,
-}
-
 enum Job {
     Predict {
         input: Input,
         enqueued: Instant,
-        reply: oneshot::Sender<Result<Prediction, BackendError>>,
+        reply: oneshot::Sender<Result<Vec<f32>, BackendError>>,
     },
     GradCam {
         input: Input,
@@ -198,8 +185,8 @@ impl Worker {
             .map_err(ServerError::from)
     }
 
-    /// Queues one sample and waits for its logits.
-    pub async fn predict(&self, input: Input) -> Result<Prediction, ServerError> {
+    /// Queues one sample and waits for its logits (class order).
+    pub async fn predict(&self, input: Input) -> Result<Vec<f32>, ServerError> {
         self.call(|reply| Job::Predict {
             input,
             enqueued: Instant::now(),
@@ -318,18 +305,10 @@ fn run(
         metrics::histogram!("osteo_inference_seconds", &labels).record(inference_s);
         match result {
             Ok(logits) => {
-                for (k, (_, enqueued, reply)) in jobs.into_iter().enumerate() {
-                    let out = logits
-                        .row(k)
-                        .map(|row| Prediction {
-                            logits: row.to_vec(),
-                            batch_size: n,
-                            queue_s: started.duration_since(enqueued).as_secs_f64(),
-                            inference_s,
-                        })
-                        .ok_or_else(|| {
-                            BackendError::Runtime(format!("the backend returned no row {k}"))
-                        });
+                for (k, (_, _, reply)) in jobs.into_iter().enumerate() {
+                    let out = logits.row(k).map(<[f32]>::to_vec).ok_or_else(|| {
+                        BackendError::Runtime(format!("the backend returned no row {k}"))
+                    });
                     let _ = reply.send(out);
                 }
             }

@@ -284,13 +284,13 @@ impl Service {
         prepared: &Prepared,
     ) -> Result<Graded, ServerError> {
         let (_, worker) = model.worker(backend)?;
-        let prediction = worker.predict(prepared.input.clone()).await?;
-        let (grade, probabilities) = convert::probabilities(&prediction.logits);
+        let logits = worker.predict(prepared.input.clone()).await?;
+        let (grade, probabilities) = convert::probabilities(&logits);
         Ok(Graded {
             backend: convert::backend(worker.info()),
             grade,
             probabilities,
-            logits: prediction.logits,
+            logits,
         })
     }
 
