@@ -137,15 +137,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small
             // responses.
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |conn| {
-                    if let Ok(stream) = &conn {
-                        let _ = stream.set_nodelay(true);
-                    }
-                    conn
-                },
-            ),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             },
