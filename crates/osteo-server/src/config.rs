@@ -227,101 +227,110 @@ fn invalid(key: &str, value: impl std::fmt::Display, why: &str) -> ServerError {
     ServerError::Config(format!("{key} = {value}: {why}"))
 }
 
+/// `Ok` when `ok`, else the validation error naming the key.
+fn require(
+    ok: bool,
+    key: &str,
+    value: impl std::fmt::Display,
+    why: &str,
+) -> Result<(), ServerError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, value, why))
+    }
+}
+
+/// A `HOST:PORT` setting.
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ServerError> {
+    value
+        .parse()
+        .map_err(|e| invalid(key, value, &format!("not HOST:PORT ({e})")))
+}
+
 impl Settings {
     /// Checks values the types alone do not constrain.
     pub fn validate(&self) -> Result<(), ServerError> {
         let s = &self.server;
-        s.listen
-            .parse::<SocketAddr>()
-            .map_err(|e| invalid("server.listen", &s.listen, &format!("not HOST:PORT ({e})")))?;
-        if !s.metrics_listen.is_empty() {
-            s.metrics_listen.parse::<SocketAddr>().map_err(|e| {
-                invalid(
-                    "server.metrics_listen",
-                    &s.metrics_listen,
-                    &format!("not HOST:PORT ({e})"),
-                )
-            })?;
-        }
-        if !(1024..=1 << 30).contains(&s.max_message_bytes) {
-            return Err(invalid(
-                "server.max_message_bytes",
-                s.max_message_bytes,
-                "must be between 1024 and 1073741824",
-            ));
-        }
-        if s.request_timeout_s == 0 {
-            return Err(invalid("server.request_timeout_s", 0, "must be positive"));
-        }
+        self.listen_addr()?;
+        self.metrics_addr()?;
+        require(
+            (1024..=1 << 30).contains(&s.max_message_bytes),
+            "server.max_message_bytes",
+            s.max_message_bytes,
+            "must be between 1024 and 1073741824",
+        )?;
+        require(
+            s.request_timeout_s > 0,
+            "server.request_timeout_s",
+            0,
+            "must be positive",
+        )?;
         let st = &self.store;
-        if st.max_bytes == 0 || st.max_upload_bytes == 0 || st.max_files == 0 {
-            return Err(invalid(
-                "store",
-                format!(
-                    "max_bytes {}, max_upload_bytes {}, max_files {}",
-                    st.max_bytes, st.max_upload_bytes, st.max_files
-                ),
-                "limits must be positive",
-            ));
-        }
-        if st.ttl_s == 0 {
-            return Err(invalid("store.ttl_s", 0, "must be positive"));
-        }
+        require(
+            st.max_bytes > 0 && st.max_upload_bytes > 0 && st.max_files > 0,
+            "store",
+            format!(
+                "max_bytes {}, max_upload_bytes {}, max_files {}",
+                st.max_bytes, st.max_upload_bytes, st.max_files
+            ),
+            "limits must be positive",
+        )?;
+        require(st.ttl_s > 0, "store.ttl_s", 0, "must be positive")?;
         let sc = &self.scheduler;
-        if !(1..=1024).contains(&sc.max_batch) {
-            return Err(invalid(
-                "scheduler.max_batch",
-                sc.max_batch,
-                "must be between 1 and 1024",
-            ));
-        }
-        if sc.queue_capacity == 0 {
-            return Err(invalid("scheduler.queue_capacity", 0, "must be positive"));
-        }
-        if sc.max_delay_ms > 10_000 {
-            return Err(invalid(
-                "scheduler.max_delay_ms",
-                sc.max_delay_ms,
-                "must be at most 10000",
-            ));
-        }
+        require(
+            (1..=1024).contains(&sc.max_batch),
+            "scheduler.max_batch",
+            sc.max_batch,
+            "must be between 1 and 1024",
+        )?;
+        require(
+            sc.queue_capacity > 0,
+            "scheduler.queue_capacity",
+            0,
+            "must be positive",
+        )?;
+        require(
+            sc.max_delay_ms <= 10_000,
+            "scheduler.max_delay_ms",
+            sc.max_delay_ms,
+            "must be at most 10000",
+        )?;
         let t = &self.telemetry;
-        if !matches!(t.log_format.as_str(), "pretty" | "json") {
-            return Err(invalid(
-                "telemetry.log_format",
-                &t.log_format,
-                "must be \"pretty\" or \"json\"",
-            ));
-        }
+        require(
+            matches!(t.log_format.as_str(), "pretty" | "json"),
+            "telemetry.log_format",
+            &t.log_format,
+            "must be \"pretty\" or \"json\"",
+        )?;
         let endpoint = &t.otlp_endpoint;
-        if !(endpoint.is_empty()
-            || endpoint.starts_with("http://")
-            || endpoint.starts_with("https://"))
-        {
-            return Err(invalid(
-                "telemetry.otlp_endpoint",
-                &t.otlp_endpoint,
-                "must start with http:// or https://",
-            ));
-        }
-        if self.models.is_empty() {
-            return Err(invalid("models", "[]", "configure at least one model"));
-        }
+        require(
+            endpoint.is_empty()
+                || endpoint.starts_with("http://")
+                || endpoint.starts_with("https://"),
+            "telemetry.otlp_endpoint",
+            endpoint,
+            "must start with http:// or https://",
+        )?;
+        require(
+            !self.models.is_empty(),
+            "models",
+            "[]",
+            "configure at least one model",
+        )?;
         for (i, m) in self.models.iter().enumerate() {
-            if m.backends.is_empty() {
-                return Err(invalid(
-                    &format!("models[{i}].backends"),
-                    "[]",
-                    "name at least one backend",
-                ));
-            }
-            if !m.default_backend.is_empty() && !m.backends.contains(&m.default_backend) {
-                return Err(invalid(
-                    &format!("models[{i}].default_backend"),
-                    &m.default_backend,
-                    &format!("is not one of backends {:?}", m.backends),
-                ));
-            }
+            require(
+                !m.backends.is_empty(),
+                &format!("models[{i}].backends"),
+                "[]",
+                "name at least one backend",
+            )?;
+            require(
+                m.default_backend.is_empty() || m.backends.contains(&m.default_backend),
+                &format!("models[{i}].default_backend"),
+                &m.default_backend,
+                &format!("is not one of backends {:?}", m.backends),
+            )?;
             m.device
                 .parse::<Device>()
                 .map_err(|e| invalid(&format!("models[{i}].device"), &m.device, &e.to_string()))?;
@@ -329,26 +338,19 @@ impl Settings {
         Ok(())
     }
 
-    /// The gRPC listen address (validated).
+    /// The gRPC listen address.
     pub fn listen_addr(&self) -> Result<SocketAddr, ServerError> {
-        self.server
-            .listen
-            .parse()
-            .map_err(|e| invalid("server.listen", &self.server.listen, &format!("{e}")))
+        parse_addr("server.listen", &self.server.listen)
     }
 
-    /// The metrics listen address, if any (validated).
+    /// The metrics listen address, if any.
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
-        if self.server.metrics_listen.is_empty() {
-            return Ok(None);
+        let m = &self.server.metrics_listen;
+        if m.is_empty() {
+            Ok(None)
+        } else {
+            parse_addr("server.metrics_listen", m).map(Some)
         }
-        self.server.metrics_listen.parse().map(Some).map_err(|e| {
-            invalid(
-                "server.metrics_listen",
-                &self.server.metrics_listen,
-                &format!("{e}"),
-            )
-        })
     }
 }
 
