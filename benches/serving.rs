@@ -1,10 +1,14 @@
-//! Criterion benchmarks of the serving path: DICOM ingest, view building, candle predict at
-//! batch 1 and 32, and the Classify round trip through an in-process server over loopback.
+//! Criterion benchmarks of the serving path: DICOM ingest, view building, predict at batch 1 and
+//! 32 and Grad-CAM on every backend (candle, ONNX Runtime) in the same run, and the Classify
+//! round trip per backend through an in-process server over loopback.
 //! Run with `cargo bench --bench serving` (reports in target/criterion).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use osteo_backend_candle::CandleBackend;
-use osteo_core::{Backend, Batch, ClinicalVariables, Device, LoadBackend, ModelArtifacts, Tensor};
+use osteo_backend_ort::OrtBackend;
+use osteo_core::{
+    Backend, Batch, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts, Tensor,
+};
 use osteo_dicom::{DicomSource, IngestOptions};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
 use osteo_proto::v1 as pb;
@@ -72,11 +76,30 @@ fn benches(c: &mut Criterion) {
         ),
         tabular: Some(Tensor::new(vec![n, features.len()], features.repeat(n)).expect("tensor")),
     };
-    let mut backend = CandleBackend::load(&artifacts, Device::Cpu).expect("backend");
-    for n in [1, 32] {
-        let input = batch(n);
-        c.bench_function(&format!("candle fused predict batch {n}"), |b| {
-            b.iter(|| backend.predict(black_box(&input)).expect("predict"))
+    let engines: Vec<(&str, Box<dyn Backend>)> = vec![
+        (
+            "candle",
+            Box::new(CandleBackend::load(&artifacts, Device::Cpu).expect("candle")),
+        ),
+        (
+            "ort",
+            Box::new(OrtBackend::load(&artifacts, Device::Cpu).expect("ort")),
+        ),
+    ];
+    for (name, mut backend) in engines {
+        for n in [1, 32] {
+            let input = batch(n);
+            c.bench_function(&format!("{name} fused predict batch {n}"), |b| {
+                b.iter(|| backend.predict(black_box(&input)).expect("predict"))
+            });
+        }
+        let one = batch(1);
+        c.bench_function(&format!("{name} fused Grad-CAM"), |b| {
+            b.iter(|| {
+                backend
+                    .gradcam(black_box(&one), Grade::Osteoporosis)
+                    .expect("gradcam")
+            })
         });
     }
 
@@ -95,6 +118,7 @@ fn benches(c: &mut Criterion) {
     settings.models[0].path = artifacts.dir.clone();
     let mut registry = osteo_server::Registry::new();
     registry.register::<CandleBackend>("candle");
+    registry.register::<OrtBackend>("ort");
     runtime.spawn(osteo_server::serve(
         settings,
         registry,
@@ -148,13 +172,22 @@ fn benches(c: &mut Criterion) {
         };
         (client, request)
     });
-    c.bench_function("Classify round trip (batch 1, loopback)", |b| {
-        b.to_async(&runtime).iter(|| {
-            let mut client = client.clone();
-            let request = request.clone();
-            async move { client.classify(request).await.expect("classify") }
-        })
-    });
+    for backend in ["candle", "ort"] {
+        let request = pb::ClassifyRequest {
+            backend: backend.into(),
+            ..request.clone()
+        };
+        c.bench_function(
+            &format!("Classify round trip on {backend} (batch 1, loopback)"),
+            |b| {
+                b.to_async(&runtime).iter(|| {
+                    let mut client = client.clone();
+                    let request = request.clone();
+                    async move { client.classify(request).await.expect("classify") }
+                })
+            },
+        );
+    }
 }
 
 criterion_group! {

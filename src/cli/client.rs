@@ -1,4 +1,4 @@
-//! gRPC client commands: `osteo classify` and `osteo explain`.
+//! gRPC client commands: `osteo classify`, `osteo explain` and `osteo compare`.
 
 use super::clinical::ClinicalArgs;
 use anyhow::{Context, anyhow};
@@ -39,16 +39,45 @@ impl Endpoint {
     }
 }
 
-/// Server, study and clinical variables of `classify` and `explain`.
+/// The study and clinical variables of a request.
 #[derive(Debug, Args)]
-pub struct Target {
-    #[command(flatten)]
-    endpoint: Endpoint,
+pub struct Input {
     /// The CT study: a DICOM file or a directory (searched recursively).
     #[arg(long)]
     dicom: Option<PathBuf>,
     #[command(flatten)]
     clinical: ClinicalArgs,
+}
+
+/// Server, study and clinical variables of `classify` and `explain`.
+#[derive(Debug, Args)]
+pub struct Target {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    #[command(flatten)]
+    input: Input,
+}
+
+/// Arguments of `osteo compare`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  osteo compare --server http://127.0.0.1:50051 --dicom study/ --age 71 --sex F --height-cm 158 --weight-kg 52 --backends candle,ort --json"
+)]
+pub struct CompareArgs {
+    /// Server URL, e.g. http://127.0.0.1:50051.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// Model name (default: the server's default model).
+    #[arg(long)]
+    model: Option<String>,
+    /// Backends to run, comma-separated (default: every backend serving the model).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    backends: Vec<String>,
+    #[command(flatten)]
+    input: Input,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `osteo classify`.
@@ -166,15 +195,20 @@ fn grade_name(g: i32) -> &'static str {
     }
 }
 
+/// Probabilities as a JSON object keyed by grade.
+fn probabilities_json(p: Option<pb::GradeProbabilities>) -> serde_json::Value {
+    let p = p.unwrap_or_default();
+    json!({"normal": p.normal, "osteopenia": p.osteopenia, "osteoporosis": p.osteoporosis})
+}
+
 /// The classification as the documented JSON object.
 fn classification_json(r: &pb::ClassifyResponse) -> serde_json::Value {
-    let p = r.probabilities.unwrap_or_default();
     json!({
         "study": r.study,
         "model": r.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
         "backend": r.backend.as_ref().map(|b| b.name.clone()).unwrap_or_default(),
         "grade": grade_name(r.grade),
-        "probabilities": {"normal": p.normal, "osteopenia": p.osteopenia, "osteoporosis": p.osteoporosis},
+        "probabilities": probabilities_json(r.probabilities),
         "latency_ms": r.latency_ms,
     })
 }
@@ -196,9 +230,9 @@ fn print_text(r: &pb::ClassifyResponse) {
 /// Uploads the study (if any) and returns the reference, plus the handle to delete afterwards.
 async fn study_ref(
     client: &mut OsteoServiceClient<Channel>,
-    t: &Target,
+    input: &Input,
 ) -> anyhow::Result<(Option<pb::StudyRef>, Option<String>)> {
-    match &t.dicom {
+    match &input.dicom {
         None => Ok((None, None)),
         Some(p) => {
             let handle = upload(client, p).await?;
@@ -236,11 +270,11 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
         let mut client = connect(&t.endpoint.server).await?;
-        let (study, handle) = study_ref(&mut client, t).await?;
+        let (study, handle) = study_ref(&mut client, &t.input).await?;
         let result = client
             .classify(pb::ClassifyRequest {
                 study,
-                clinical: Some(t.clinical.message()),
+                clinical: Some(t.input.clinical.message()),
                 model: t.endpoint.model(),
                 backend: t.endpoint.backend(),
             })
@@ -261,11 +295,11 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
         let mut client = connect(&t.endpoint.server).await?;
-        let (study, handle) = study_ref(&mut client, t).await?;
+        let (study, handle) = study_ref(&mut client, &t.input).await?;
         let result = client
             .explain(pb::ExplainRequest {
                 study,
-                clinical: Some(t.clinical.message()),
+                clinical: Some(t.input.clinical.message()),
                 model: t.endpoint.model(),
                 backend: t.endpoint.backend(),
                 target: pb::Grade::Unspecified as i32,
@@ -297,6 +331,94 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
                 args.out.display()
             );
         }
+        Ok(())
+    })
+}
+
+/// The comparison as the documented JSON object.
+fn comparison_json(r: &pb::CompareBackendsResponse) -> serde_json::Value {
+    let backends: serde_json::Map<String, serde_json::Value> = r
+        .results
+        .iter()
+        .map(|b| {
+            let name = b
+                .backend
+                .as_ref()
+                .map(|d| d.name.clone())
+                .unwrap_or_default();
+            let device = b
+                .backend
+                .as_ref()
+                .map(|d| d.device.clone())
+                .unwrap_or_default();
+            let entry = json!({
+                "grade": grade_name(b.grade),
+                "probabilities": probabilities_json(b.probabilities),
+                "latency_ms": b.latency_ms,
+                "device": device,
+            });
+            (name, entry)
+        })
+        .collect();
+    json!({
+        "model": r.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        "backends": backends,
+        "max_abs_diff": r.max_abs_diff,
+        "grades_agree": r.grades_agree,
+    })
+}
+
+/// Runs `osteo compare`.
+pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut client = connect(&args.server).await?;
+        let (study, handle) = study_ref(&mut client, &args.input).await?;
+        let result = client
+            .compare_backends(pb::CompareBackendsRequest {
+                study,
+                clinical: Some(args.input.clinical.message()),
+                model: args.model.clone().unwrap_or_default(),
+                backends: args.backends.clone(),
+            })
+            .await;
+        cleanup(&mut client, handle).await;
+        let r = result.map_err(status)?.into_inner();
+        if args.json {
+            println!("{}", serde_json::to_string(&comparison_json(&r))?);
+            return Ok(());
+        }
+        println!(
+            "{}: {:<8} {:<8} {:<13} {:>7} {:>10} {:>12} {:>11}",
+            r.model.as_ref().map(|m| m.name.as_str()).unwrap_or(""),
+            "backend",
+            "device",
+            "grade",
+            "normal",
+            "osteopenia",
+            "osteoporosis",
+            "latency ms"
+        );
+        let indent = r.model.as_ref().map_or(0, |m| m.name.len() + 2);
+        for b in &r.results {
+            let p = b.probabilities.unwrap_or_default();
+            let d = b.backend.clone().unwrap_or_default();
+            println!(
+                "{:indent$}{:<8} {:<8} {:<13} {:>7.4} {:>10.4} {:>12.4} {:>11.1}",
+                "",
+                d.name,
+                d.device,
+                grade_name(b.grade),
+                p.normal,
+                p.osteopenia,
+                p.osteoporosis,
+                b.latency_ms
+            );
+        }
+        println!(
+            "largest probability difference {:.2e}; grades {}",
+            r.max_abs_diff,
+            if r.grades_agree { "agree" } else { "DISAGREE" }
+        );
         Ok(())
     })
 }

@@ -8,8 +8,7 @@ use super::clinical::ClinicalArgs;
 use super::predict::local_input;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
-use osteo_backend_candle::CandleBackend;
-use osteo_core::{Backend, Device, LoadBackend, ModelArtifacts};
+use osteo_core::{Device, ModelArtifacts};
 use osteo_proto::v1 as pb;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -35,8 +34,8 @@ pub struct LoadgenArgs {
     /// Stop early after this many seconds.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
-    /// Also time the same input through the candle backend in this process (a model directory),
-    /// one call at a time, for the serving overhead ratio.
+    /// Also time the same input through the backend in this process (a model directory; the
+    /// --backend named, else candle), one call at a time, for the serving overhead ratio.
     #[arg(long, value_name = "MODEL_DIR")]
     direct: Option<PathBuf>,
     /// Print one JSON object instead of text.
@@ -63,7 +62,11 @@ fn direct(
     let artifacts = ModelArtifacts::open(model_dir)?;
     let m = &artifacts.manifest;
     let (_, batch) = local_input(m, Some(&args.dicom), &args.clinical)?;
-    let mut backend = CandleBackend::load(&artifacts, Device::Cpu)?;
+    let name = match args.endpoint.backend() {
+        b if b.is_empty() => "candle".to_string(),
+        b => b,
+    };
+    let mut backend = super::serve::load_backend(&name, &artifacts, Device::Cpu)?;
     backend.predict(&batch)?; // warm-up
     let mut ms = Vec::with_capacity(n);
     for _ in 0..n {

@@ -4,6 +4,7 @@ mod client;
 mod clinical;
 mod dicom;
 mod loadgen;
+mod onnx;
 mod predict;
 mod serve;
 mod synth;
@@ -38,12 +39,16 @@ enum Command {
     Evaluate(train::EvaluateArgs),
     /// Rewrite a model's report folder (metrics.json, report.md, plots) from its test patients.
     Report(train::ReportArgs),
+    /// Write a model's model.onnx from its weights (or check that it is in sync).
+    ExportOnnx(onnx::ExportArgs),
     /// Serve the models over gRPC (with health, reflection and Prometheus metrics).
     Serve(serve::ServeArgs),
     /// Grade a study on a server (uploads the DICOM files, classifies, deletes the upload).
     Classify(client::ClassifyArgs),
     /// Grade and explain a study on a server; writes the Grad-CAM overlay PNG.
     Explain(client::ExplainArgs),
+    /// Run the same study through several backends of a server and compare the results.
+    Compare(client::CompareArgs),
     /// Load-test Classify: concurrent clients, throughput, latency percentiles, status check.
     Loadgen(loadgen::LoadgenArgs),
     /// Grade one study locally (no server): grade, probabilities, optional Grad-CAM overlay.
@@ -59,9 +64,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(args) => train::run_evaluate(args),
         Command::Report(args) => train::run_report(args),
         Command::Predict(args) => predict::run(args),
+        Command::ExportOnnx(args) => onnx::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Classify(args) => client::classify(args),
         Command::Explain(args) => client::explain(args),
+        Command::Compare(args) => client::compare(args),
         Command::Loadgen(args) => loadgen::run(args),
     }
 }

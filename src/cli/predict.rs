@@ -3,11 +3,7 @@
 use super::clinical::ClinicalArgs;
 use anyhow::Context;
 use clap::Args;
-use osteo_backend_candle::CandleBackend;
-use osteo_core::{
-    Backend, Batch, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts, ModelManifest,
-    Tensor,
-};
+use osteo_core::{Batch, ClinicalVariables, Device, Grade, ModelArtifacts, ModelManifest, Tensor};
 use osteo_dicom::{DicomSource, IngestOptions, View};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -23,6 +19,9 @@ pub struct PredictArgs {
     dicom: Option<PathBuf>,
     #[command(flatten)]
     clinical: ClinicalArgs,
+    /// Backend to run the model on: candle or ort.
+    #[arg(long, default_value = "candle")]
+    backend: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -74,7 +73,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let artifacts = ModelArtifacts::open(&args.model)?;
     let m = artifacts.manifest.clone();
     let (view, batch) = local_input(&m, args.dicom.as_deref(), &args.clinical)?;
-    let mut backend = CandleBackend::load(&artifacts, Device::Cpu)?;
+    let mut backend = super::serve::load_backend(&args.backend, &artifacts, Device::Cpu)?;
     let start = std::time::Instant::now();
     let logits = backend.predict(&batch)?;
     let latency_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -93,14 +92,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         let out = json!({
             "model": m.name,
             "kind": m.kind.name(),
-            "backend": "candle",
+            "backend": args.backend,
             "grade": grade.name(),
             "probabilities": {"normal": probs[0], "osteopenia": probs[1], "osteoporosis": probs[2]},
             "latency_ms": latency_ms,
         });
         println!("{}", serde_json::to_string(&out)?);
     } else {
-        println!("{} ({}): {}", m.name, m.kind, grade);
+        println!("{} ({}) on {}: {}", m.name, m.kind, args.backend, grade);
         for g in Grade::ALL {
             println!("  {:<13} {:.3}", g.name(), probs[g.index()]);
         }

@@ -1,9 +1,14 @@
 //! `osteo serve`: the gRPC server with the backends built into this binary.
 
+use anyhow::Context;
 use clap::Args;
 use osteo_backend_candle::CandleBackend;
+use osteo_backend_ort::{OrtBackend, OrtOptions};
+use osteo_core::{Backend, Device, ModelArtifacts};
 use osteo_server::Registry;
+use osteo_server::config::BackendSettings;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Arguments of `osteo serve`.
 #[derive(Debug, Args)]
@@ -23,11 +28,36 @@ pub struct ServeArgs {
     check: bool,
 }
 
-/// The backends compiled into this binary.
-pub fn registry() -> Registry {
+/// The backends compiled into this binary, with their configured engine options.
+pub fn registry(settings: &BackendSettings) -> Registry {
     let mut r = Registry::new();
     r.register::<CandleBackend>("candle");
+    let ort = OrtOptions {
+        intra_threads: settings.ort.intra_threads,
+    };
+    r.register_loader(
+        "ort",
+        Arc::new(move |artifacts, device| {
+            OrtBackend::load_with(artifacts, device, ort).map(|b| Box::new(b) as Box<dyn Backend>)
+        }),
+    );
     r
+}
+
+/// Loads a model in this process on a backend of this binary, by name, with default options.
+pub fn load_backend(
+    name: &str,
+    artifacts: &ModelArtifacts,
+    device: Device,
+) -> anyhow::Result<Box<dyn Backend>> {
+    let backends = registry(&BackendSettings::default());
+    let loader = backends.get(name).with_context(|| {
+        format!(
+            "backend {name:?} is not built into this binary (available: {})",
+            backends.names().join(", ")
+        )
+    })?;
+    Ok(loader(artifacts, device)?)
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -71,7 +101,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let telemetry = osteo_server::telemetry::init(&settings.telemetry)?;
-        let served = osteo_server::serve(settings, registry(), shutdown_signal()).await;
+        let backends = registry(&settings.backends);
+        let served = osteo_server::serve(settings, backends, shutdown_signal()).await;
         // Flushing the trace exporter blocks: keep it off the async threads.
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         served

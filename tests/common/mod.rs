@@ -34,18 +34,29 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server with the shipped fused and tabular models plus `extra` TOML sections.
+    /// Starts the server with the shipped fused and tabular models (default backends) plus
+    /// `extra` TOML sections.
     pub fn start(extra: &str) -> Self {
+        Self::start_with(extra, &[("osteo-fused-v1", ""), ("osteo-tabular-v1", "")])
+    }
+
+    /// Starts the server with `extra` TOML sections and the shipped `models`, each with extra
+    /// keys of its `[[models]]` entry (e.g. `backends = ["candle"]`).
+    pub fn start_with(extra: &str, models: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let (port, metrics_port) = (free_port(), free_port());
-        let config = format!(
+        let mut config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
-             default_model = \"osteo-fused-v1\"\n{extra}\n\
-             [[models]]\npath = \"{}\"\n[[models]]\npath = \"{}\"\n",
-            root.join("models/osteo-fused-v1").display(),
-            root.join("models/osteo-tabular-v1").display(),
+             default_model = \"osteo-fused-v1\"\n{extra}\n"
         );
+        for (name, keys) in models {
+            let path = root.join("models").join(name);
+            config.push_str(&format!(
+                "[[models]]\npath = \"{}\"\n{keys}\n",
+                path.display()
+            ));
+        }
         let file = dir.path().join("osteo.toml");
         std::fs::write(&file, config).expect("config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_osteo"))

@@ -79,63 +79,18 @@ impl CandleBackend {
         &self.network
     }
 
-    fn input(
-        &self,
-        t: Option<&osteo_core::Tensor>,
-        what: &str,
-        expect: &[usize],
-    ) -> Result<Option<Tensor>, BackendError> {
-        let Some(t) = t else { return Ok(None) };
-        let shape = t.shape();
-        if shape.len() != expect.len() + 1 || shape[1..] != *expect || shape[0] == 0 {
-            return Err(BackendError::InvalidInput(format!(
-                "{what} must be [N, {expect:?}], got {shape:?}"
-            )));
-        }
-        Tensor::from_slice(t.data(), shape, &self.candle_device)
-            .map(Some)
+    fn tensor(&self, t: Option<&osteo_core::Tensor>) -> Result<Option<Tensor>, BackendError> {
+        t.map(|t| Tensor::from_slice(t.data(), t.shape(), &self.candle_device))
+            .transpose()
             .map_err(runtime)
     }
 
     fn inputs(&self, batch: &Batch) -> Result<(Option<Tensor>, Option<Tensor>), BackendError> {
         let arch = self.network.arch();
-        let images = match &arch.image {
-            Some(img) => {
-                let t = self.input(
-                    batch.images.as_ref(),
-                    "images",
-                    &[img.in_channels, img.height, img.width],
-                )?;
-                Some(t.ok_or_else(|| {
-                    BackendError::InvalidInput(format!("a {} model needs images", arch.kind))
-                })?)
-            }
-            None => None,
-        };
-        let tabular = match &arch.tabular {
-            Some(tb) => {
-                let t = self.input(
-                    batch.tabular.as_ref(),
-                    "clinical features",
-                    &[tb.in_features],
-                )?;
-                Some(t.ok_or_else(|| {
-                    BackendError::InvalidInput(format!(
-                        "a {} model needs clinical features",
-                        arch.kind
-                    ))
-                })?)
-            }
-            None => None,
-        };
-        if let (Some(i), Some(t)) = (&images, &tabular)
-            && i.dim(0).map_err(runtime)? != t.dim(0).map_err(runtime)?
-        {
-            return Err(BackendError::InvalidInput(
-                "images and clinical features differ in batch size".into(),
-            ));
-        }
-        Ok((images, tabular))
+        batch.check(arch)?;
+        let images = arch.image.as_ref().and(batch.images.as_ref());
+        let tabular = arch.tabular.as_ref().and(batch.tabular.as_ref());
+        Ok((self.tensor(images)?, self.tensor(tabular)?))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The backend boundary (DESIGN §6): what every inference engine implements. Backends are
 //! synchronous and own one loaded model; the server runs each on its own worker thread.
 
+use crate::arch::ArchSpec;
 use crate::gradcam::GradCamParts;
 use crate::grade::Grade;
 use crate::manifest::ModelArtifacts;
@@ -81,6 +82,39 @@ impl Batch {
     /// Whether the batch holds no sample.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Checks that the batch holds exactly the inputs `arch` reads, shaped `[N, ...]` with one
+    /// `N > 0`, and returns `N`. Every backend runs this before touching its engine.
+    pub fn check(&self, arch: &ArchSpec) -> Result<usize, BackendError> {
+        let image = arch
+            .image
+            .as_ref()
+            .map(|i| vec![i.in_channels, i.height, i.width]);
+        let tabular = arch.tabular.as_ref().map(|t| vec![t.in_features]);
+        let mut n = None;
+        for (what, tensor, expect) in [
+            ("images", self.images.as_ref(), image),
+            ("clinical features", self.tabular.as_ref(), tabular),
+        ] {
+            let Some(expect) = expect else { continue };
+            let t = tensor.ok_or_else(|| {
+                BackendError::InvalidInput(format!("a {} model needs {what}", arch.kind))
+            })?;
+            let shape = t.shape();
+            if shape.len() != expect.len() + 1 || shape[1..] != *expect || shape[0] == 0 {
+                return Err(BackendError::InvalidInput(format!(
+                    "{what} must be [N, {expect:?}] with N > 0, got {shape:?}"
+                )));
+            }
+            if n.is_some_and(|n| n != shape[0]) {
+                return Err(BackendError::InvalidInput(
+                    "images and clinical features differ in batch size".into(),
+                ));
+            }
+            n = Some(shape[0]);
+        }
+        n.ok_or_else(|| BackendError::InvalidInput("the model reads no input".into()))
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     /// Logs, traces and metrics.
     pub telemetry: TelemetrySettings,
+    /// Engine options of the backends.
+    pub backends: BackendSettings,
     /// Served models.
     pub models: Vec<ModelSettings>,
 }
@@ -87,13 +89,30 @@ pub struct TelemetrySettings {
     pub service_name: String,
 }
 
+/// `[backends]`: engine options, one table per backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendSettings {
+    /// `[backends.ort]`.
+    pub ort: OrtSettings,
+}
+
+/// `[backends.ort]`: ONNX Runtime.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrtSettings {
+    /// Threads inside one operator, per loaded model (0 = ONNX Runtime's default, one per
+    /// physical core).
+    pub intra_threads: usize,
+}
+
 /// One `[[models]]` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
     /// Model directory (model.toml, weights).
     pub path: PathBuf,
-    /// Backends that serve it, e.g. `["candle"]`.
+    /// Backends that serve it, e.g. `["candle", "ort"]`.
     #[serde(default = "default_backends")]
     pub backends: Vec<String>,
     /// Backend used when a request names none (default: the first of `backends`).
@@ -105,7 +124,7 @@ pub struct ModelSettings {
 }
 
 fn default_backends() -> Vec<String> {
-    vec!["candle".into()]
+    vec!["candle".into(), "ort".into()]
 }
 
 fn default_device() -> String {
@@ -172,6 +191,7 @@ impl Default for Settings {
             store: StoreSettings::default(),
             scheduler: SchedulerSettings::default(),
             telemetry: TelemetrySettings::default(),
+            backends: BackendSettings::default(),
             models: vec![
                 model("osteo-fused-v1"),
                 model("osteo-image-v1"),
@@ -312,6 +332,13 @@ impl Settings {
             endpoint,
             "must start with http:// or https://",
         )?;
+        let threads = self.backends.ort.intra_threads;
+        require(
+            threads <= 1024,
+            "backends.ort.intra_threads",
+            threads,
+            "must be 0 (ONNX Runtime decides) to 1024",
+        )?;
         require(
             !self.models.is_empty(),
             "models",
@@ -430,6 +457,6 @@ mod tests {
             1,
             "the file's model list replaces the default list"
         );
-        assert_eq!(s.models[0].backends, ["candle"]);
+        assert_eq!(s.models[0].backends, ["candle", "ort"]);
     }
 }

@@ -95,7 +95,13 @@ impl ModelSet {
                         registry.names().join(", ")
                     ))
                 })?;
-                let worker = Worker::spawn(&artifacts, device, loader, config)?;
+                let worker =
+                    Worker::spawn(&artifacts, device, loader, config).map_err(|e| match e {
+                        ServerError::Config(m) => {
+                            ServerError::Config(format!("models[{i}], backend {backend}: {m}"))
+                        }
+                        other => other,
+                    })?;
                 workers.push((backend.clone(), Arc::new(worker)));
             }
             let default_backend = if m.default_backend.is_empty() {

@@ -23,9 +23,16 @@ impl Registry {
 
     /// Registers backend type `B` under `name`.
     pub fn register<B: LoadBackend + 'static>(&mut self, name: &str) -> &mut Self {
-        let loader: Loader = Arc::new(|artifacts, device| {
-            B::load(artifacts, device).map(|b| Box::new(b) as Box<dyn Backend>)
-        });
+        self.register_loader(
+            name,
+            Arc::new(|artifacts, device| {
+                B::load(artifacts, device).map(|b| Box::new(b) as Box<dyn Backend>)
+            }),
+        )
+    }
+
+    /// Registers a loader under `name` (for backends that take engine options).
+    pub fn register_loader(&mut self, name: &str, loader: Loader) -> &mut Self {
         self.loaders.insert(name.to_string(), loader);
         self
     }

@@ -1,13 +1,14 @@
-//! Writing a trained model directory: `model.toml` and `weights.safetensors`.
+//! Writing a trained model directory: `model.toml`, `weights.safetensors` and the `model.onnx`
+//! exported from them.
 
 use crate::error::TrainError;
 use crate::train::Trained;
 use osteo_core::manifest::{MANIFEST_FILE, Provenance, WEIGHTS_FILE};
-use osteo_core::{Grade, ModelManifest};
+use osteo_core::{Grade, ModelArtifacts, ModelManifest};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Writes the model directory and returns its manifest.
+/// Writes the model directory (manifest, weights, ONNX export) and returns its manifest.
 pub fn write_model(
     trained: &Trained,
     name: &str,
@@ -42,6 +43,11 @@ pub fn write_model(
         dir.join(MANIFEST_FILE),
         manifest.to_toml().map_err(|e| io(e.to_string()))?,
     )
+    .map_err(|e| io(e.to_string()))?;
+    osteo_onnx::write_model(&ModelArtifacts {
+        dir: dir.to_path_buf(),
+        manifest: manifest.clone(),
+    })
     .map_err(|e| io(e.to_string()))?;
     Ok(manifest)
 }

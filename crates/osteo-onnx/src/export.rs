@@ -1,0 +1,316 @@
+//! The network of an `ArchSpec` as an ONNX graph (IR 8, opset 17), with the Grad-CAM head
+//! gradient written out analytically so a runtime without autograd can explain predictions.
+//!
+//! Forward graph: `images [N,C,H,W]` -> per block Conv(3x3, pad 1) -> BatchNormalization (eval)
+//! -> Relu -> MaxPool(2x2) = `activation [N,K,h,w]` -> GlobalAveragePool -> Flatten; `tabular
+//! [N,F]` -> (Gemm -> Relu)*; Concat -> head (Gemm -> Relu)* -> Gemm = `logits [N,classes]`.
+//!
+//! Gradient: with image embedding e = mean_hw(A) and head pre-activations z_l, the Jacobian of
+//! the logits with respect to the head input is `W_out · D_L · W_L ··· D_1 · W_1` (D_l = diag of
+//! z_l > 0), built per sample as `[N, classes, in]` by Mul with the ReLU masks and MatMul with
+//! the weights. Its first K columns divided by h·w are `gradcam_alpha [N, classes, K]`: the
+//! spatial mean of d logit_c / d A for every class c.
+
+use crate::graph::{GraphBuilder, float, float_value, int, ints};
+use crate::proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto, ValueInfoProto};
+use crate::{OnnxError, names};
+use osteo_core::ModelManifest;
+use safetensors::{Dtype, SafeTensors};
+
+/// ONNX IR version written.
+pub const IR_VERSION: i64 = 8;
+/// Default-domain opset written.
+pub const OPSET: i64 = 17;
+/// Metadata key holding the BLAKE3 digest of the weights the file was exported from.
+pub const WEIGHTS_DIGEST_KEY: &str = "osteoserve.weights_blake3";
+
+/// Hex BLAKE3 digest of a weights file's bytes.
+pub fn weights_digest(weights: &[u8]) -> String {
+    blake3::hash(weights).to_hex().to_string()
+}
+
+/// Takes every parameter of the spec from the safetensors file, checking shape and type.
+struct Params<'a> {
+    tensors: SafeTensors<'a>,
+}
+
+impl Params<'_> {
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>, OnnxError> {
+        let t = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| OnnxError::Invalid(format!("weights lack parameter {name} {shape:?}")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(OnnxError::Invalid(format!(
+                "parameter {name} is {:?}; the exporter writes f32 weights",
+                t.dtype()
+            )));
+        }
+        if t.shape() != shape {
+            return Err(OnnxError::Invalid(format!(
+                "parameter {name} has shape {:?}, the architecture needs {shape:?}",
+                t.shape()
+            )));
+        }
+        Ok(t.data().to_vec())
+    }
+}
+
+/// Serialises the model's ONNX graph from its manifest and the bytes of `weights.safetensors`.
+pub fn export(manifest: &ModelManifest, weights: &[u8]) -> Result<Vec<u8>, OnnxError> {
+    manifest
+        .validate()
+        .map_err(|e| OnnxError::Invalid(e.to_string()))?;
+    let arch = &manifest.arch;
+    let tensors = SafeTensors::deserialize(weights)
+        .map_err(|e| OnnxError::Invalid(format!("weights.safetensors: {e}")))?;
+    let expected = arch.parameters();
+    if let Some(extra) = tensors
+        .names()
+        .into_iter()
+        .find(|n| !expected.iter().any(|(e, _)| e == *n))
+    {
+        return Err(OnnxError::Invalid(format!(
+            "weights hold {extra}, which the architecture does not have (stale weights?)"
+        )));
+    }
+    let params = Params { tensors };
+    let mut shapes = std::collections::HashMap::new();
+    for (name, shape) in &expected {
+        shapes.insert(name.as_str(), shape.as_slice());
+    }
+    let mut g = GraphBuilder::default();
+    let w = |g: &mut GraphBuilder, name: &str| -> Result<String, OnnxError> {
+        let shape = shapes
+            .get(name)
+            .ok_or_else(|| OnnxError::Invalid(format!("no parameter {name} in the spec")))?;
+        Ok(g.weight(name, shape, params.raw(name, shape)?))
+    };
+
+    let mut inputs = Vec::new();
+    let mut outputs = vec![float_value(
+        names::LOGITS,
+        &[None, Some(arch.head.classes)],
+        "class logits in the order normal, osteopenia, osteoporosis",
+    )];
+    let mut embeddings = Vec::new();
+    let mut grid = None;
+
+    if let Some(img) = &arch.image {
+        inputs.push(float_value(
+            names::IMAGES,
+            &[
+                None,
+                Some(img.in_channels),
+                Some(img.height),
+                Some(img.width),
+            ],
+            "CT views, channel 0 slab mean and channel 1 slab max, values in [0, 1]",
+        ));
+        let mut x = names::IMAGES.to_string();
+        let last = img.channels.len() - 1;
+        for b in 0..img.channels.len() {
+            let p = format!("image.block{b}");
+            let cw = w(&mut g, &format!("{p}.conv.weight"))?;
+            let cb = w(&mut g, &format!("{p}.conv.bias"))?;
+            x = g.node(
+                "Conv",
+                &[&x, &cw, &cb],
+                vec![
+                    ints("kernel_shape", &[3, 3]),
+                    ints("pads", &[1, 1, 1, 1]),
+                    ints("strides", &[1, 1]),
+                ],
+                &format!("{p}.conv"),
+            );
+            let bn: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+                .iter()
+                .map(|s| w(&mut g, &format!("{p}.bn.{s}")))
+                .collect::<Result<_, _>>()?;
+            x = g.node(
+                "BatchNormalization",
+                &[&x, &bn[0], &bn[1], &bn[2], &bn[3]],
+                vec![float("epsilon", img.batch_norm_eps as f32)],
+                &format!("{p}.bn"),
+            );
+            x = g.node("Relu", &[&x], vec![], &format!("{p}.relu"));
+            let pool = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
+            x = if b == last {
+                g.node_to("MaxPool", &[&x], pool, names::ACTIVATION)
+            } else {
+                g.node("MaxPool", &[&x], pool, &format!("{p}.pool"))
+            };
+        }
+        let [h, wd] = img.activation_size();
+        outputs.push(float_value(
+            names::ACTIVATION,
+            &[None, Some(img.embedding()), Some(h), Some(wd)],
+            "Grad-CAM activation A: the last conv block's output",
+        ));
+        let pooled = g.node("GlobalAveragePool", &[&x], vec![], "image.pool");
+        embeddings.push(g.node(
+            "Flatten",
+            &[&pooled],
+            vec![int("axis", 1)],
+            "image.embedding",
+        ));
+        grid = Some((img.embedding(), h * wd));
+    }
+
+    if let Some(tab) = &arch.tabular {
+        inputs.push(float_value(
+            names::TABULAR,
+            &[None, Some(tab.in_features)],
+            "encoded clinical features (the manifest's feature spec)",
+        ));
+        let mut x = names::TABULAR.to_string();
+        for k in 0..tab.hidden.len() {
+            let p = format!("tabular.fc{k}");
+            let fw = w(&mut g, &format!("{p}.weight"))?;
+            let fb = w(&mut g, &format!("{p}.bias"))?;
+            x = g.node("Gemm", &[&x, &fw, &fb], vec![int("transB", 1)], &p);
+            x = g.node("Relu", &[&x], vec![], &format!("{p}.relu"));
+        }
+        embeddings.push(x);
+    }
+
+    let mut x = match embeddings.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            let refs: Vec<&str> = embeddings.iter().map(String::as_str).collect();
+            g.node("Concat", &refs, vec![int("axis", 1)], "head.input")
+        }
+    };
+    // (pre-activation, weight) of every hidden head layer, for the gradient.
+    let mut hidden = Vec::new();
+    for k in 0..arch.head.hidden.len() {
+        let p = format!("head.fc{k}");
+        let fw = w(&mut g, &format!("{p}.weight"))?;
+        let fb = w(&mut g, &format!("{p}.bias"))?;
+        let z = g.node("Gemm", &[&x, &fw, &fb], vec![int("transB", 1)], &p);
+        x = g.node("Relu", &[&z], vec![], &format!("{p}.relu"));
+        hidden.push((z, fw));
+    }
+    let out_w = w(&mut g, "head.out.weight")?;
+    let out_b = w(&mut g, "head.out.bias")?;
+    g.node_to(
+        "Gemm",
+        &[&x, &out_w, &out_b],
+        vec![int("transB", 1)],
+        names::LOGITS,
+    );
+
+    if let Some((k, cells)) = grid {
+        gradient(
+            &mut g,
+            &out_w,
+            &hidden,
+            arch.head.classes,
+            arch.head_input(),
+            k,
+            cells,
+        );
+        outputs.push(float_value(
+            names::ALPHA,
+            &[None, Some(arch.head.classes), Some(k)],
+            "Grad-CAM channel weights: spatial mean of d logit_c / d activation, per class c",
+        ));
+    }
+
+    let model = ModelProto {
+        ir_version: IR_VERSION,
+        producer_name: "osteoserve".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        domain: "org.osteoserve".into(),
+        model_version: manifest.version.parse().unwrap_or(1),
+        doc_string: format!(
+            "{} ({} model) exported from weights.safetensors by osteo export-onnx",
+            manifest.name, manifest.kind
+        ),
+        graph: Some(g.finish(&manifest.name, inputs, outputs)),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        metadata_props: vec![
+            entry("osteoserve.model", &manifest.name),
+            entry("osteoserve.kind", manifest.kind.name()),
+            entry("osteoserve.classes", &manifest.classes.join(",")),
+            entry(WEIGHTS_DIGEST_KEY, &weights_digest(weights)),
+        ],
+    };
+    Ok(prost::Message::encode_to_vec(&model))
+}
+
+fn entry(key: &str, value: &str) -> StringStringEntryProto {
+    StringStringEntryProto {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+/// Appends the analytic `gradcam_alpha` computation (see the module documentation).
+fn gradient(
+    g: &mut GraphBuilder,
+    out_w: &str,
+    hidden: &[(String, String)],
+    classes: usize,
+    head_input: usize,
+    k: usize,
+    cells: usize,
+) {
+    let axis1 = g.const_i64("grad.axes1", &[1]);
+    let mut jac = out_w.to_string();
+    for (l, (z, weight)) in hidden.iter().enumerate().rev() {
+        let zero = g.const_f32(&format!("grad.zero{l}"), &[], &[0.0]);
+        let on = g.node("Greater", &[z, &zero], vec![], &format!("grad.active{l}"));
+        let mask = g.node("Cast", &[&on], vec![int("to", 1)], &format!("grad.mask{l}"));
+        let mask = g.node(
+            "Unsqueeze",
+            &[&mask, &axis1],
+            vec![],
+            &format!("grad.mask{l}"),
+        );
+        let masked = g.node("Mul", &[&jac, &mask], vec![], &format!("grad.masked{l}"));
+        jac = g.node(
+            "MatMul",
+            &[&masked, weight],
+            vec![],
+            &format!("grad.jacobian{l}"),
+        );
+    }
+    if hidden.is_empty() {
+        // No hidden layer: the Jacobian is the output weight itself, repeated per sample.
+        let shape = g.node("Shape", &[names::LOGITS], vec![], "grad.logits_shape");
+        let (start, end, axis0) = (
+            g.const_i64("grad.start0", &[0]),
+            g.const_i64("grad.end1", &[1]),
+            g.const_i64("grad.axes0", &[0]),
+        );
+        let n = g.node(
+            "Slice",
+            &[&shape, &start, &end, &axis0],
+            vec![],
+            "grad.batch",
+        );
+        let rest = g.const_i64("grad.rest", &[classes as i64, head_input as i64]);
+        let full = g.node("Concat", &[&n, &rest], vec![int("axis", 0)], "grad.shape");
+        jac = g.node("Expand", &[&jac, &full], vec![], "grad.jacobian");
+    }
+    let (start, end, axis2) = (
+        g.const_i64("grad.image_start", &[0]),
+        g.const_i64("grad.image_end", &[k as i64]),
+        g.const_i64("grad.axes2", &[2]),
+    );
+    let image = g.node("Slice", &[&jac, &start, &end, &axis2], vec![], "grad.image");
+    let scale = g.const_f32("grad.cells", &[], &[1.0 / cells as f32]);
+    g.node_to("Mul", &[&image, &scale], vec![], names::ALPHA);
+}
+
+/// The graph inputs and outputs a file declares, by name.
+pub fn io_names(model: &ModelProto) -> (Vec<String>, Vec<String>) {
+    let names = |v: &[ValueInfoProto]| v.iter().map(|i| i.name.clone()).collect();
+    model.graph.as_ref().map_or((Vec::new(), Vec::new()), |g| {
+        (names(&g.input), names(&g.output))
+    })
+}

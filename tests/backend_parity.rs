@@ -1,0 +1,297 @@
+//! Backend parity: every backend built into this binary serves the same numbers as candle (the
+//! reference) for all three shipped models, on phantom studies and on real CT files:
+//! probabilities within 1e-4 absolute, the Grad-CAM activation A and channel weights alpha
+//! within 1e-3 relative (largest difference over the largest reference magnitude), and the
+//! assembled Grad-CAM maps correlated at 0.999 or better.
+
+use osteo_backend_candle::CandleBackend;
+use osteo_backend_ort::OrtBackend;
+use osteo_core::backend::softmax;
+use osteo_core::{
+    Backend, Batch, ClinicalInput, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts,
+    RiskFlags, Sex, Tensor, ViewSpec,
+};
+use osteo_dicom::{DicomSource, IngestOptions};
+use osteo_train::cohort::{CohortSource, load};
+use std::path::{Path, PathBuf};
+
+const PROB_ABS: f32 = 1e-4;
+const PARTS_REL: f32 = 1e-3;
+const MAP_CORR: f64 = 0.999;
+
+/// One study: where it came from, its default view, its clinical variables.
+struct Case {
+    label: String,
+    view: Vec<f32>,
+    clinical: ClinicalVariables,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Phantom patients of an unseen seed plus every real CT test file that yields a view.
+fn cases() -> Vec<Case> {
+    let spec = ViewSpec::default();
+    let phantom = load(
+        &CohortSource::Synthetic {
+            patients: 12,
+            seed: 4242,
+        },
+        Some(&spec),
+        None,
+    )
+    .expect("phantom cohort");
+    let mut cases: Vec<Case> = phantom
+        .into_iter()
+        .map(|s| Case {
+            label: format!("phantom {}", s.patient_id),
+            view: s.view.expect("phantom view"),
+            clinical: s.clinical,
+        })
+        .collect();
+    let clinical = ClinicalVariables::validate(ClinicalInput {
+        age_years: 71.0,
+        sex: Sex::Female,
+        height_cm: 158.0,
+        weight_kg: 52.0,
+        bmi: None,
+        risk: RiskFlags::default(),
+    })
+    .expect("clinical");
+    let data = root().join(".cache/testdata");
+    let mut real = 0;
+    for rel in [
+        "data_store/data/693_UNCR.dcm",
+        "data_store/data/693_J2KR.dcm",
+        "data_store/data/eCT_Supplemental.dcm",
+        "pydicom/data/test_files/CT_small.dcm",
+    ] {
+        let path = data.join(rel);
+        assert!(
+            path.is_file(),
+            "{} is missing: run scripts/setup.sh",
+            path.display()
+        );
+        let ingested = osteo_dicom::ingest(DicomSource::Path(path), &IngestOptions::default())
+            .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let view = osteo_dicom::coronal_slab(&ingested.volume, &spec)
+            .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        cases.push(Case {
+            label: format!("real CT {rel}"),
+            view: view.data,
+            clinical,
+        });
+        real += 1;
+    }
+    assert_eq!(real, 4);
+    cases
+}
+
+/// The model input of `cases`, as one batch.
+fn batch(artifacts: &ModelArtifacts, cases: &[&Case]) -> Batch {
+    let m = &artifacts.manifest;
+    let n = cases.len();
+    let images = m.view.map(|v| {
+        let data: Vec<f32> = cases.iter().flat_map(|c| c.view.iter().copied()).collect();
+        Tensor::new(vec![n, 2, v.height, v.width], data).expect("images")
+    });
+    let tabular = m.tabular.as_ref().map(|spec| {
+        let data: Vec<f32> = cases
+            .iter()
+            .flat_map(|c| spec.encode(&c.clinical).expect("encode"))
+            .collect();
+        Tensor::new(vec![n, spec.features.len()], data).expect("tabular")
+    });
+    Batch { images, tabular }
+}
+
+/// Every backend of this build with the model loaded; candle first (the reference).
+fn backends(artifacts: &ModelArtifacts) -> Vec<(&'static str, Box<dyn Backend>)> {
+    vec![
+        (
+            "candle",
+            Box::new(CandleBackend::load(artifacts, Device::Cpu).expect("candle loads")),
+        ),
+        (
+            "ort",
+            Box::new(OrtBackend::load(artifacts, Device::Cpu).expect("ort loads")),
+        ),
+    ]
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Pearson correlation; two constant maps correlate when they are equal.
+fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let mean = |v: &[f32]| v.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        let (dx, dy) = (f64::from(*x) - ma, f64::from(*y) - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        return if max_diff(a, b) == 0.0 { 1.0 } else { 0.0 };
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+fn check_model(name: &str, cases: &[Case]) {
+    let artifacts = ModelArtifacts::open(&root().join("models").join(name)).expect("shipped model");
+    let mut engines = backends(&artifacts);
+    let all: Vec<&Case> = cases.iter().collect();
+    let input = batch(&artifacts, &all);
+    let probs = |engine: &mut Box<dyn Backend>| -> Vec<f32> {
+        let logits = engine.predict(&input).expect("predict");
+        assert_eq!(logits.shape(), [cases.len(), 3]);
+        (0..cases.len())
+            .flat_map(|i| softmax(logits.row(i).expect("row")))
+            .collect()
+    };
+    let (reference, rest) = engines.split_first_mut().expect("candle");
+    let ref_probs = probs(&mut reference.1);
+    for (backend, engine) in rest.iter_mut() {
+        let p = probs(engine);
+        let diff = max_diff(&p, &ref_probs);
+        eprintln!(
+            "{name}: {backend} vs candle, batch {}: max |Δp| = {diff:.2e}",
+            cases.len()
+        );
+        assert!(
+            diff <= PROB_ABS,
+            "{name}: {backend} probabilities differ from candle by {diff:e} (> {PROB_ABS:e})"
+        );
+    }
+    if artifacts.manifest.view.is_none() {
+        return;
+    }
+    let spec = artifacts.manifest.view.expect("view");
+    for (backend, engine) in rest.iter_mut() {
+        let (mut worst_a, mut worst_alpha, mut worst_corr) = (0f32, 0f32, 1f64);
+        for case in cases {
+            let one = batch(&artifacts, &[case]);
+            for class in Grade::ALL {
+                let r = reference.1.gradcam(&one, class).expect("candle Grad-CAM");
+                let o = engine.gradcam(&one, class).expect("Grad-CAM");
+                assert!(
+                    max_abs(&r.alpha) > 0.0,
+                    "{name}: candle's alpha is all zero"
+                );
+                assert_eq!(o.activation.shape(), r.activation.shape());
+                let rel_a = max_diff(o.activation.data(), r.activation.data())
+                    / max_abs(r.activation.data()).max(f32::MIN_POSITIVE);
+                let rel_alpha =
+                    max_diff(&o.alpha, &r.alpha) / max_abs(&r.alpha).max(f32::MIN_POSITIVE);
+                let map = |p| {
+                    osteo_core::gradcam::assemble(p, spec.height, spec.width)
+                        .expect("map")
+                        .values
+                };
+                let corr = correlation(&map(&o), &map(&r));
+                let what = format!("{name}, {}, class {}", case.label, class.name());
+                assert!(
+                    rel_a <= PARTS_REL,
+                    "{what}: {backend} activation differs by {rel_a:e} relative"
+                );
+                assert!(
+                    rel_alpha <= PARTS_REL,
+                    "{what}: {backend} alpha differs by {rel_alpha:e} relative"
+                );
+                assert!(
+                    corr >= MAP_CORR,
+                    "{what}: {backend} Grad-CAM map correlates {corr} with candle's"
+                );
+                worst_a = worst_a.max(rel_a);
+                worst_alpha = worst_alpha.max(rel_alpha);
+                worst_corr = worst_corr.min(corr);
+            }
+        }
+        eprintln!(
+            "{name}: {backend} vs candle, Grad-CAM over {} studies x 3 classes: A rel {worst_a:.2e}, \
+             alpha rel {worst_alpha:.2e}, map correlation >= {worst_corr:.6}",
+            cases.len()
+        );
+    }
+}
+
+#[test]
+fn backends_agree_on_the_shipped_models() {
+    let cases = cases();
+    for name in ["osteo-tabular-v1", "osteo-image-v1", "osteo-fused-v1"] {
+        check_model(name, &cases);
+    }
+}
+
+#[test]
+fn every_shipped_onnx_file_is_in_sync_with_its_weights() {
+    for name in ["osteo-tabular-v1", "osteo-image-v1", "osteo-fused-v1"] {
+        let artifacts =
+            ModelArtifacts::open(&root().join("models").join(name)).expect("shipped model");
+        osteo_onnx::check_in_sync(&artifacts).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn the_onnx_checker_accepts_the_exports() {
+    // The official onnx package's full check (schema, types and shape inference).
+    let python = root().join(".cache/venv/bin/python");
+    assert!(python.is_file(), "run scripts/setup.sh first");
+    for name in ["osteo-tabular-v1", "osteo-image-v1", "osteo-fused-v1"] {
+        let file = root().join("models").join(name).join("model.onnx");
+        let out = std::process::Command::new(&python)
+            .args([
+                "-c",
+                "import sys, onnx; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); \
+                 print(m.ir_version, m.opset_import[0].version, [o.name for o in m.graph.output])",
+            ])
+            .arg(&file)
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(printed.starts_with("8 17 ['logits'"), "{name}: {printed}");
+        assert_eq!(
+            printed.contains("'activation', 'gradcam_alpha'"),
+            name != "osteo-tabular-v1",
+            "{name}: {printed}"
+        );
+    }
+}
+
+#[test]
+fn a_stale_onnx_file_is_refused_with_a_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = root().join("models/osteo-image-v1");
+    for f in ["model.toml", "weights.safetensors", "model.onnx"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).expect("copy");
+    }
+    // Other weights (the fused model's are a different file) under the same ONNX export.
+    let mut weights = std::fs::read(dir.path().join("weights.safetensors")).expect("read");
+    let last = weights.len() - 1;
+    weights[last] ^= 0x55;
+    std::fs::write(dir.path().join("weights.safetensors"), weights).expect("write");
+    let artifacts = ModelArtifacts::open(Path::new(dir.path())).expect("open");
+    let e = OrtBackend::load(&artifacts, Device::Cpu).expect_err("stale");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("out of date") && msg.contains("osteo export-onnx --model"),
+        "{msg}"
+    );
+    assert!(osteo_onnx::check_in_sync(&artifacts).is_err());
+}

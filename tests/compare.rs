@@ -1,0 +1,269 @@
+//! Backends side by side on a real server: the backend is chosen per model in configuration and
+//! overridden per request, ListModels shows who serves what where, CompareBackends and
+//! `osteo compare` run one study through several backends, and Explain works on every backend.
+
+mod common;
+
+use common::{Server, by_handle, clinical, read_all, study, upload};
+use osteo_proto::v1 as pb;
+use std::process::Command;
+use tonic::Code;
+
+/// Largest probability difference allowed between backends (as in tests/backend_parity.rs).
+const PROB_ABS: f64 = 1e-4;
+
+fn probs(p: Option<pb::GradeProbabilities>) -> [f64; 3] {
+    let p = p.expect("probabilities");
+    [p.normal, p.osteopenia, p.osteoporosis].map(f64::from)
+}
+
+fn max_diff(a: [f64; 3], b: [f64; 3]) -> f64 {
+    (0..3).map(|k| (a[k] - b[k]).abs()).fold(0.0, f64::max)
+}
+
+fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len() as f64;
+    let ma = a.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
+    let mb = b.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        let (dx, dy) = (f64::from(*x) - ma, f64::from(*y) - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
+    let server = Server::start_with(
+        "[backends.ort]\nintra_threads = 1\n",
+        &[
+            (
+                "osteo-fused-v1",
+                "backends = [\"candle\", \"ort\"]\ndefault_backend = \"ort\"",
+            ),
+            ("osteo-tabular-v1", "backends = [\"candle\"]"),
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = read_all(&study(dir.path()));
+    let mut client = server.client().await;
+
+    // ListModels: backends, devices and library versions per model.
+    let listed = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    let model = |name: &str| {
+        listed
+            .models
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} listed"))
+    };
+    let fused = model("osteo-fused-v1");
+    let served: Vec<(&str, &str)> = fused
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.device.as_str()))
+        .collect();
+    assert_eq!(served, [("candle", "cpu"), ("ort", "cpu")]);
+    assert_eq!(fused.default_backend, "ort");
+    assert!(
+        fused.backends[1]
+            .library_version
+            .starts_with("onnxruntime 1."),
+        "{:?}",
+        fused.backends[1]
+    );
+    let tabular = model("osteo-tabular-v1");
+    assert_eq!(tabular.backends.len(), 1);
+    assert_eq!(tabular.default_backend, "candle");
+
+    // The configured default, then a per-request override.
+    let handle = upload(&mut client, &files, 256 * 1024).await;
+    let classify = |backend: &str| pb::ClassifyRequest {
+        study: by_handle(&handle),
+        clinical: Some(clinical()),
+        model: String::new(),
+        backend: backend.into(),
+    };
+    let by_default = client
+        .classify(classify(""))
+        .await
+        .expect("classify")
+        .into_inner();
+    assert_eq!(
+        by_default.backend.as_ref().map(|b| b.name.as_str()),
+        Some("ort")
+    );
+    let on_candle = client
+        .classify(classify("candle"))
+        .await
+        .expect("classify on candle")
+        .into_inner();
+    assert_eq!(
+        on_candle.backend.as_ref().map(|b| b.name.as_str()),
+        Some("candle")
+    );
+    let d = max_diff(
+        probs(by_default.probabilities),
+        probs(on_candle.probabilities),
+    );
+    assert!(d <= PROB_ABS, "ort and candle differ by {d}");
+
+    // CompareBackends: every backend (empty list), in configuration order.
+    let compared = client
+        .compare_backends(pb::CompareBackendsRequest {
+            study: by_handle(&handle),
+            clinical: Some(clinical()),
+            model: String::new(),
+            backends: Vec::new(),
+        })
+        .await
+        .expect("compare")
+        .into_inner();
+    let names: Vec<&str> = compared
+        .results
+        .iter()
+        .filter_map(|r| r.backend.as_ref().map(|b| b.name.as_str()))
+        .collect();
+    assert_eq!(names, ["candle", "ort"]);
+    assert!(compared.grades_agree);
+    assert!(
+        compared.max_abs_diff <= PROB_ABS,
+        "{}",
+        compared.max_abs_diff
+    );
+    let own = max_diff(
+        probs(compared.results[0].probabilities),
+        probs(compared.results[1].probabilities),
+    );
+    assert!(
+        (own - compared.max_abs_diff).abs() < 1e-9,
+        "max_abs_diff is the largest difference"
+    );
+    assert!(
+        compared
+            .results
+            .iter()
+            .all(|r| r.latency_ms > 0.0 && r.logits.len() == 3)
+    );
+
+    // A backend that does not serve the model: NOT_FOUND naming the ones that do.
+    for (model, backends) in [
+        ("osteo-fused-v1", vec!["candle", "tch"]),
+        ("osteo-tabular-v1", vec!["ort"]),
+    ] {
+        let e = client
+            .compare_backends(pb::CompareBackendsRequest {
+                study: by_handle(&handle),
+                clinical: Some(clinical()),
+                model: model.into(),
+                backends: backends.iter().map(|s| s.to_string()).collect(),
+            })
+            .await
+            .expect_err("unknown backend");
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(e.message().contains("serving: candle"), "{}", e.message());
+    }
+
+    // Explain on either backend: the same Grad-CAM map.
+    let explain = |backend: &str| pb::ExplainRequest {
+        study: by_handle(&handle),
+        clinical: Some(clinical()),
+        model: String::new(),
+        backend: backend.into(),
+        target: pb::Grade::Osteoporosis as i32,
+    };
+    let mut maps = Vec::new();
+    for backend in ["candle", "ort"] {
+        let r = client
+            .explain(explain(backend))
+            .await
+            .unwrap_or_else(|e| panic!("explain on {backend}: {e:?}"))
+            .into_inner();
+        let map = r.gradcam.expect("map");
+        assert!(map.overlay_png.starts_with(b"\x89PNG"));
+        maps.push(map.values);
+    }
+    let corr = correlation(&maps[0], &maps[1]);
+    assert!(
+        corr >= 0.999,
+        "Grad-CAM maps of candle and ort correlate {corr}"
+    );
+
+    // The CLI: `osteo compare --json` prints the documented object.
+    let cli = |backends: &str| {
+        Command::new(env!("CARGO_BIN_EXE_osteo"))
+            .args(["compare", "--server", &server.url, "--dicom"])
+            .arg(dir.path())
+            .args([
+                "--age",
+                "71",
+                "--sex",
+                "F",
+                "--height-cm",
+                "158",
+                "--weight-kg",
+                "52",
+            ])
+            .args(["--smoker", "true", "--backends", backends, "--json"])
+            .output()
+            .expect("osteo compare")
+    };
+    let out = cli("candle,ort");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let cli_backends = v["backends"].as_object().expect("backends object");
+    assert_eq!(cli_backends.len(), 2);
+    for name in ["candle", "ort"] {
+        let b = &cli_backends[name];
+        assert!(
+            ["normal", "osteopenia", "osteoporosis"].contains(&b["grade"].as_str().unwrap_or("")),
+            "{b}"
+        );
+        let p = &b["probabilities"];
+        let sum: f64 = ["normal", "osteopenia", "osteoporosis"]
+            .iter()
+            .map(|k| p[k].as_f64().expect("probability"))
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{p}");
+        assert!(b["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{b}");
+    }
+    assert!(
+        v["max_abs_diff"].as_f64().is_some_and(|d| d <= PROB_ABS),
+        "{v}"
+    );
+    assert_eq!(v["grades_agree"], true);
+    assert_eq!(
+        cli_backends["ort"]["grade"].as_str(),
+        Some(["normal", "osteopenia", "osteoporosis"][by_default.grade as usize - 1]),
+        "the CLI and Classify agree"
+    );
+    let out = cli("candle,tch");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
+
+    // Requests are counted per backend.
+    let metrics = server.scrape();
+    for backend in ["candle", "ort"] {
+        assert!(
+            common::metric(
+                &metrics,
+                "osteo_requests_total",
+                &[&format!("backend=\"{backend}\"")]
+            ) > 0.0,
+            "no requests counted for {backend}"
+        );
+    }
+}
