@@ -267,3 +267,50 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         );
     }
 }
+
+#[test]
+fn a_missing_onnx_runtime_library_is_a_clear_error() {
+    let missing = "/nonexistent/libonnxruntime.so";
+    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args([
+            "predict",
+            "--model",
+            "models/osteo-tabular-v1",
+            "--backend",
+            "ort",
+        ])
+        .args([
+            "--age",
+            "71",
+            "--sex",
+            "F",
+            "--height-cm",
+            "158",
+            "--weight-kg",
+            "52",
+        ])
+        .env("ORT_DYLIB_PATH", missing)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("osteo predict");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("ORT_DYLIB_PATH={missing} does not name a file")),
+        "{stderr}"
+    );
+
+    // The server refuses to start, naming the model entry and the backend.
+    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .env("ORT_DYLIB_PATH", missing)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("osteo serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("models[0], backend ort") && stderr.contains("ORT_DYLIB_PATH"),
+        "{stderr}"
+    );
+}
