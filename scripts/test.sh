@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Runs the whole OsteoServe test suite on a fresh machine: setup (idempotent), formatting and
-# lint checks, then every test of every crate (unit, integration, CLI end-to-end, real DICOM
-# parity against pydicom, transcoding with dcmtk/gdcm, dciodvfy validation), then the Helm chart
-# and Dockerfile validation (scripts/helm-validate.sh).
+# Runs the whole OsteoServe test suite on a fresh machine: setup (idempotent; it fetches the ONNX
+# Runtime library and assembles libtorch from PyPI wheels), formatting, lint checks of the default
+# build and of the build with every backend, then every test of every crate with all three
+# backends (candle, ONNX Runtime, libtorch: unit, integration, backend parity, CLI end-to-end,
+# real DICOM parity against pydicom, transcoding with dcmtk/gdcm, dciodvfy validation), then the
+# Helm chart and Dockerfile validation (scripts/helm-validate.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/setup.sh
+LIBTORCH=$(scripts/fetch-libtorch.sh)
+export LIBTORCH
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --features tch --locked -- -D warnings
+cargo test --workspace --features tch --locked
 scripts/helm-validate.sh

@@ -106,18 +106,38 @@ fn batch(artifacts: &ModelArtifacts, cases: &[&Case]) -> Batch {
     Batch { images, tabular }
 }
 
-/// Every backend of this build with the model loaded; candle first (the reference).
-fn backends(artifacts: &ModelArtifacts) -> Vec<(&'static str, Box<dyn Backend>)> {
-    vec![
-        (
-            "candle",
-            Box::new(CandleBackend::load(artifacts, Device::Cpu).expect("candle loads")),
-        ),
-        (
-            "ort",
-            Box::new(OrtBackend::load(artifacts, Device::Cpu).expect("ort loads")),
-        ),
-    ]
+/// The device the compared backends run on: `OSTEO_PARITY_DEVICE` (default `cpu`;
+/// `scripts/gpu-check.sh` sets `cuda:0`). The reference is always candle on the CPU.
+fn device() -> Device {
+    std::env::var("OSTEO_PARITY_DEVICE")
+        .map_or(Ok(Device::Cpu), |d| d.parse())
+        .expect("OSTEO_PARITY_DEVICE is cpu or cuda:N")
+}
+
+/// Candle on the CPU (the reference), then every backend of this build on [`device`].
+fn backends(artifacts: &ModelArtifacts) -> Vec<(String, Box<dyn Backend>)> {
+    let device = device();
+    let mut all: Vec<(String, Box<dyn Backend>)> = vec![(
+        "candle".into(),
+        Box::new(CandleBackend::load(artifacts, Device::Cpu).expect("candle loads")),
+    )];
+    let on = |name: &str| format!("{name} on {device}");
+    if device != Device::Cpu {
+        all.push((
+            on("candle"),
+            Box::new(CandleBackend::load(artifacts, device).expect("candle loads")),
+        ));
+    }
+    all.push((
+        on("ort"),
+        Box::new(OrtBackend::load(artifacts, device).expect("ort loads")),
+    ));
+    #[cfg(feature = "tch")]
+    all.push((
+        on("tch"),
+        Box::new(osteo_backend_tch::TchBackend::load(artifacts, device).expect("tch loads")),
+    ));
+    all
 }
 
 fn max_abs(v: &[f32]) -> f32 {

@@ -254,8 +254,22 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
 
-    // Requests are counted per backend.
+    // Requests are counted per backend; each loaded (model, backend) reports its device.
     let metrics = server.scrape();
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "osteo_backend_info",
+            &[
+                "model=\"osteo-fused-v1\"",
+                "backend=\"ort\"",
+                "device=\"cpu\"",
+                "library=\"onnxruntime 1."
+            ]
+        ),
+        1.0,
+        "{metrics}"
+    );
     for backend in ["candle", "ort"] {
         assert!(
             common::metric(
@@ -313,4 +327,100 @@ fn a_missing_onnx_runtime_library_is_a_clear_error() {
         stderr.contains("models[0], backend ort") && stderr.contains("ORT_DYLIB_PATH"),
         "{stderr}"
     );
+}
+
+/// With the `tch` feature the server serves libtorch too, and every comparison covers it.
+#[cfg(feature = "tch")]
+#[tokio::test(flavor = "multi_thread")]
+async fn three_backends_agree_on_one_server() {
+    let server = Server::start_with(
+        "",
+        &[
+            (
+                "osteo-fused-v1",
+                "backends = [\"candle\", \"ort\", \"tch\"]",
+            ),
+            (
+                "osteo-tabular-v1",
+                "backends = [\"candle\", \"ort\", \"tch\"]",
+            ),
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = read_all(&study(dir.path()));
+    let mut client = server.client().await;
+    let listed = client
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    for m in &listed.models {
+        let tch = m
+            .backends
+            .iter()
+            .find(|b| b.name == "tch")
+            .expect("tch listed");
+        assert_eq!(
+            (tch.device.as_str(), tch.library_version.as_str()),
+            ("cpu", "libtorch 2.11.0")
+        );
+    }
+    let handle = upload(&mut client, &files, 256 * 1024).await;
+    for model in ["osteo-fused-v1", "osteo-tabular-v1"] {
+        let r = client
+            .compare_backends(pb::CompareBackendsRequest {
+                study: by_handle(&handle),
+                clinical: Some(clinical()),
+                model: model.into(),
+                backends: Vec::new(),
+            })
+            .await
+            .expect("compare")
+            .into_inner();
+        assert_eq!(r.results.len(), 3, "{model}");
+        assert!(r.grades_agree, "{model}");
+        assert!(r.max_abs_diff <= PROB_ABS, "{model}: {}", r.max_abs_diff);
+    }
+    let explained = client
+        .explain(pb::ExplainRequest {
+            study: by_handle(&handle),
+            clinical: Some(clinical()),
+            model: String::new(),
+            backend: "tch".into(),
+            target: pb::Grade::Unspecified as i32,
+        })
+        .await
+        .expect("explain on tch")
+        .into_inner();
+    assert!(
+        explained
+            .gradcam
+            .expect("map")
+            .overlay_png
+            .starts_with(b"\x89PNG")
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(["compare", "--server", &server.url, "--dicom"])
+        .arg(dir.path())
+        .args([
+            "--age",
+            "71",
+            "--sex",
+            "F",
+            "--height-cm",
+            "158",
+            "--weight-kg",
+            "52",
+        ])
+        .args(["--backends", "candle,ort,tch", "--json"])
+        .output()
+        .expect("osteo compare");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["backends"].as_object().map(|b| b.len()), Some(3), "{v}");
+    assert_eq!(v["grades_agree"], true);
 }

@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch.
 
+mod bench;
 mod client;
 mod clinical;
 mod dicom;
@@ -49,6 +50,8 @@ enum Command {
     Explain(client::ExplainArgs),
     /// Run the same study through several backends of a server and compare the results.
     Compare(client::CompareArgs),
+    /// Time predict (per batch size) and Grad-CAM on several backends in this process.
+    Bench(bench::BenchArgs),
     /// Load-test Classify: concurrent clients, throughput, latency percentiles, status check.
     Loadgen(loadgen::LoadgenArgs),
     /// Grade one study locally (no server): grade, probabilities, optional Grad-CAM overlay.
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Classify(args) => client::classify(args),
         Command::Explain(args) => client::explain(args),
         Command::Compare(args) => client::compare(args),
+        Command::Bench(args) => bench::run(args),
         Command::Loadgen(args) => loadgen::run(args),
     }
 }

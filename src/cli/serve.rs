@@ -41,6 +41,19 @@ pub fn registry(settings: &BackendSettings) -> Registry {
             OrtBackend::load_with(artifacts, device, ort).map(|b| Box::new(b) as Box<dyn Backend>)
         }),
     );
+    #[cfg(feature = "tch")]
+    {
+        let tch = osteo_backend_tch::TchOptions {
+            intra_threads: settings.tch.intra_threads,
+        };
+        r.register_loader(
+            "tch",
+            Arc::new(move |artifacts, device| {
+                osteo_backend_tch::TchBackend::load_with(artifacts, device, tch)
+                    .map(|b| Box::new(b) as Box<dyn Backend>)
+            }),
+        );
+    }
     r
 }
 

@@ -4,7 +4,7 @@ use crate::network::Network;
 use candle_core::{D, DType, IndexOp, Tensor, Var};
 use candle_nn::VarBuilder;
 use osteo_core::{
-    ArchSpec, Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, LoadBackend,
+    Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, LoadBackend,
     ModelArtifacts,
 };
 use std::collections::HashMap;
@@ -36,31 +36,6 @@ pub struct CandleBackend {
     network: Network,
     device: Device,
     candle_device: candle_core::Device,
-}
-
-/// Checks that the weights hold exactly the spec's parameters with the right shapes.
-fn check_weights(arch: &ArchSpec, tensors: &HashMap<String, Tensor>) -> Result<(), BackendError> {
-    let expected = arch.parameters();
-    for (name, shape) in &expected {
-        let t = tensors.get(name).ok_or_else(|| {
-            BackendError::Load(format!("weights lack parameter {name} {shape:?}"))
-        })?;
-        if t.dims() != shape.as_slice() {
-            return Err(BackendError::Load(format!(
-                "parameter {name} has shape {:?}, the architecture needs {shape:?}",
-                t.dims()
-            )));
-        }
-    }
-    if let Some(extra) = tensors
-        .keys()
-        .find(|k| !expected.iter().any(|(n, _)| n == *k))
-    {
-        return Err(BackendError::Load(format!(
-            "weights hold {extra}, which the architecture does not have (stale weights?)"
-        )));
-    }
-    Ok(())
 }
 
 impl CandleBackend {
@@ -101,7 +76,8 @@ impl LoadBackend for CandleBackend {
         let tensors = candle_core::safetensors::load(&path, &candle_device)
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
         let arch = &artifacts.manifest.arch;
-        check_weights(arch, &tensors)?;
+        arch.check_parameters(tensors.iter().map(|(k, v)| (k.as_str(), v.dims())))
+            .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
         let tensors = tensors
             .into_iter()
             .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))

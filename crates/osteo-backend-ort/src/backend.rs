@@ -53,8 +53,10 @@ fn providers(device: Device) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, 
             let id = i32::try_from(i)
                 .map_err(|_| BackendError::Device(format!("cuda:{i}: no such device")))?;
             vec![
+                // TF32 off: the GPU must agree with the CPU backends at the parity tolerances.
                 ort::ep::CUDA::default()
                     .with_device_id(id)
+                    .with_tf32(false)
                     .build()
                     .error_on_failure(),
             ]

@@ -193,6 +193,41 @@ impl ArchSpec {
             + self.tabular.as_ref().map_or(0, TabularBranch::embedding)
     }
 
+    /// Checks that a weights file holds exactly this spec's parameters (`(name, shape)` pairs),
+    /// each with the right shape; the error names the first parameter that is missing, misshapen
+    /// or unknown.
+    pub fn check_parameters<'a>(
+        &self,
+        present: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+    ) -> Result<(), CoreError> {
+        let present: Vec<(&str, &[usize])> = present.into_iter().collect();
+        let weights = |reason: String| CoreError::InvalidSpec {
+            what: "weights",
+            reason,
+        };
+        let expected = self.parameters();
+        for (name, shape) in &expected {
+            match present.iter().find(|(n, _)| n == name) {
+                None => return Err(weights(format!("parameter {name} {shape:?} is missing"))),
+                Some((_, have)) if *have != shape.as_slice() => {
+                    return Err(weights(format!(
+                        "parameter {name} has shape {have:?}, the architecture needs {shape:?}"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        match present
+            .iter()
+            .find(|(n, _)| !expected.iter().any(|(e, _)| e == n))
+        {
+            Some((extra, _)) => Err(weights(format!(
+                "{extra} is not a parameter of the architecture (stale weights?)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Every parameter's safetensors name and shape, in a stable order. Names:
     /// `image.block{i}.conv.{weight,bias}`, `image.block{i}.bn.{weight,bias,running_mean,running_var}`,
     /// `tabular.fc{i}.{weight,bias}`, `head.fc{i}.{weight,bias}`, `head.out.{weight,bias}`;
@@ -273,6 +308,35 @@ mod tests {
             a.image.as_ref().map(ImageBranch::activation_size),
             Some([8, 8])
         );
+    }
+
+    #[test]
+    fn weights_are_checked_by_name_and_shape() {
+        let a = fused();
+        let params = a.parameters();
+        let all: Vec<(&str, &[usize])> = params
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.as_slice()))
+            .collect();
+        a.check_parameters(all.iter().copied()).expect("complete");
+        let missing = a.check_parameters(all[1..].iter().copied());
+        assert!(
+            missing
+                .expect_err("missing")
+                .to_string()
+                .contains("image.block0.conv.weight"),
+        );
+        let mut wrong = all.clone();
+        wrong[0].1 = &[16, 2, 5, 5];
+        let e = a.check_parameters(wrong).expect_err("shape").to_string();
+        assert!(
+            e.contains("[16, 2, 5, 5]") && e.contains("[16, 2, 3, 3]"),
+            "{e}"
+        );
+        let mut extra = all.clone();
+        extra.push(("head.fc9.weight", &[1]));
+        let e = a.check_parameters(extra).expect_err("extra").to_string();
+        assert!(e.contains("head.fc9.weight") && e.contains("stale"), "{e}");
     }
 
     #[test]

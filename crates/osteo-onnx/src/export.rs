@@ -35,21 +35,16 @@ struct Params<'a> {
 }
 
 impl Params<'_> {
-    fn raw(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>, OnnxError> {
+    /// The bytes of a parameter (names and shapes were checked against the spec).
+    fn raw(&self, name: &str) -> Result<Vec<u8>, OnnxError> {
         let t = self
             .tensors
             .tensor(name)
-            .map_err(|_| OnnxError::Invalid(format!("weights lack parameter {name} {shape:?}")))?;
+            .map_err(|e| OnnxError::Invalid(format!("parameter {name}: {e}")))?;
         if t.dtype() != Dtype::F32 {
             return Err(OnnxError::Invalid(format!(
                 "parameter {name} is {:?}; the exporter writes f32 weights",
                 t.dtype()
-            )));
-        }
-        if t.shape() != shape {
-            return Err(OnnxError::Invalid(format!(
-                "parameter {name} has shape {:?}, the architecture needs {shape:?}",
-                t.shape()
             )));
         }
         Ok(t.data().to_vec())
@@ -64,16 +59,10 @@ pub fn export(manifest: &ModelManifest, weights: &[u8]) -> Result<Vec<u8>, OnnxE
     let arch = &manifest.arch;
     let tensors = SafeTensors::deserialize(weights)
         .map_err(|e| OnnxError::Invalid(format!("weights.safetensors: {e}")))?;
+    let views = tensors.tensors();
+    arch.check_parameters(views.iter().map(|(n, v)| (n.as_str(), v.shape())))
+        .map_err(|e| OnnxError::Invalid(e.to_string()))?;
     let expected = arch.parameters();
-    if let Some(extra) = tensors
-        .names()
-        .into_iter()
-        .find(|n| !expected.iter().any(|(e, _)| e == *n))
-    {
-        return Err(OnnxError::Invalid(format!(
-            "weights hold {extra}, which the architecture does not have (stale weights?)"
-        )));
-    }
     let params = Params { tensors };
     let mut shapes = std::collections::HashMap::new();
     for (name, shape) in &expected {
@@ -84,7 +73,7 @@ pub fn export(manifest: &ModelManifest, weights: &[u8]) -> Result<Vec<u8>, OnnxE
         let shape = shapes
             .get(name)
             .ok_or_else(|| OnnxError::Invalid(format!("no parameter {name} in the spec")))?;
-        Ok(g.weight(name, shape, params.raw(name, shape)?))
+        Ok(g.weight(name, shape, params.raw(name)?))
     };
 
     let mut inputs = Vec::new();

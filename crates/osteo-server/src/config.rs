@@ -95,6 +95,16 @@ pub struct TelemetrySettings {
 pub struct BackendSettings {
     /// `[backends.ort]`.
     pub ort: OrtSettings,
+    /// `[backends.tch]`.
+    pub tch: TchSettings,
+}
+
+/// `[backends.tch]`: libtorch (in binaries built with the `tch` feature).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TchSettings {
+    /// libtorch's intra-op threads, process-wide (0 = libtorch's default, one per core).
+    pub intra_threads: usize,
 }
 
 /// `[backends.ort]`: ONNX Runtime.
@@ -332,13 +342,23 @@ impl Settings {
             endpoint,
             "must start with http:// or https://",
         )?;
-        let threads = self.backends.ort.intra_threads;
-        require(
-            threads <= 1024,
-            "backends.ort.intra_threads",
-            threads,
-            "must be 0 (ONNX Runtime decides) to 1024",
-        )?;
+        for (key, threads) in [
+            (
+                "backends.ort.intra_threads",
+                self.backends.ort.intra_threads,
+            ),
+            (
+                "backends.tch.intra_threads",
+                self.backends.tch.intra_threads,
+            ),
+        ] {
+            require(
+                threads <= 1024,
+                key,
+                threads,
+                "must be 0 (the library decides) to 1024",
+            )?;
+        }
         require(
             !self.models.is_empty(),
             "models",

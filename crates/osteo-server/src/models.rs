@@ -102,6 +102,15 @@ impl ModelSet {
                         }
                         other => other,
                     })?;
+                let info = worker.info();
+                metrics::gauge!(
+                    "osteo_backend_info",
+                    "model" => name.clone(),
+                    "backend" => backend.clone(),
+                    "device" => info.device.to_string(),
+                    "library" => info.library_version.clone(),
+                )
+                .set(1.0);
                 workers.push((backend.clone(), Arc::new(worker)));
             }
             let default_backend = if m.default_backend.is_empty() {

@@ -1,0 +1,145 @@
+//! `osteo bench`: backends side by side in this process: predict latency per batch size and
+//! Grad-CAM latency on one device, on a phantom study (latency does not depend on the content).
+
+use super::serve::load_backend;
+use anyhow::{Context, bail};
+use clap::Args;
+use osteo_core::{Batch, Device, Grade, ModelArtifacts, Tensor};
+use osteo_train::cohort::{CohortSource, load};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `osteo bench`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  osteo bench --model models/osteo-fused-v1 --backends candle,ort --batches 1,32 --device cpu"
+)]
+pub struct BenchArgs {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Backends to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "candle,ort")]
+    backends: Vec<String>,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    batches: Vec<usize>,
+    /// Timed calls per batch size (after 3 warm-up calls).
+    #[arg(long, default_value_t = 30)]
+    iterations: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Median and mean of timings in milliseconds.
+fn summary(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    (ms[ms.len() / 2], mean)
+}
+
+/// Times `f` `n` times after 3 warm-up calls.
+fn time(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64)> {
+    for _ in 0..3 {
+        f()?;
+    }
+    let mut ms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(summary(ms))
+}
+
+/// Runs `osteo bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.iterations == 0 || args.batches.contains(&0) || args.backends.is_empty() {
+        bail!("--iterations, --batches and --backends must be positive / non-empty");
+    }
+    let device: Device = args.device.parse()?;
+    let artifacts = ModelArtifacts::open(&args.model)
+        .with_context(|| format!("cannot open model directory {}", args.model.display()))?;
+    let m = &artifacts.manifest;
+    let sample = load(
+        &CohortSource::Synthetic {
+            patients: 1,
+            seed: 7,
+        },
+        m.view.as_ref(),
+        None,
+    )?
+    .remove(0);
+    let batch = |n: usize| -> anyhow::Result<Batch> {
+        let images = match (&m.view, &sample.view) {
+            (Some(v), Some(view)) => {
+                Some(Tensor::new(vec![n, 2, v.height, v.width], view.repeat(n))?)
+            }
+            _ => None,
+        };
+        let tabular = match &m.tabular {
+            Some(spec) => {
+                let x = spec.encode(&sample.clinical)?;
+                Some(Tensor::new(vec![n, x.len()], x.repeat(n))?)
+            }
+            None => None,
+        };
+        Ok(Batch { images, tabular })
+    };
+    let mut rows = Vec::new();
+    for name in &args.backends {
+        let mut backend = load_backend(name, &artifacts, device)?;
+        let library = backend.info().library_version;
+        for &n in &args.batches {
+            let input = batch(n)?;
+            let (p50, mean) = time(args.iterations, || {
+                backend.predict(&input)?;
+                Ok(())
+            })?;
+            rows.push(json!({"backend": name, "library": library, "op": "predict", "batch": n,
+                             "p50_ms": p50, "mean_ms": mean, "samples_per_s": n as f64 * 1e3 / mean}));
+        }
+        if m.view.is_some() {
+            let one = batch(1)?;
+            let (p50, mean) = time(args.iterations, || {
+                backend.gradcam(&one, Grade::Osteoporosis)?;
+                Ok(())
+            })?;
+            rows.push(
+                json!({"backend": name, "library": library, "op": "gradcam", "batch": 1,
+                             "p50_ms": p50, "mean_ms": mean, "samples_per_s": 1e3 / mean}),
+            );
+        }
+    }
+    if args.json {
+        let out = json!({"model": m.name, "device": device.to_string(), "iterations": args.iterations, "results": rows});
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{} on {device} ({} timed calls each)",
+        m.name, args.iterations
+    );
+    println!(
+        "{:<8} {:<20} {:<8} {:>5} {:>10} {:>10} {:>12}",
+        "backend", "library", "op", "batch", "p50 ms", "mean ms", "samples/s"
+    );
+    for r in &rows {
+        println!(
+            "{:<8} {:<20} {:<8} {:>5} {:>10.3} {:>10.3} {:>12.1}",
+            r["backend"].as_str().unwrap_or(""),
+            r["library"].as_str().unwrap_or(""),
+            r["op"].as_str().unwrap_or(""),
+            r["batch"],
+            r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["mean_ms"].as_f64().unwrap_or(f64::NAN),
+            r["samples_per_s"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
