@@ -149,24 +149,6 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
-/// Pearson correlation; two constant maps correlate when they are equal.
-fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let mean = |v: &[f32]| v.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
-    let (ma, mb) = (mean(a), mean(b));
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        let (dx, dy) = (f64::from(*x) - ma, f64::from(*y) - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    if saa == 0.0 || sbb == 0.0 {
-        return if max_diff(a, b) == 0.0 { 1.0 } else { 0.0 };
-    }
-    sab / (saa * sbb).sqrt()
-}
-
 fn check_model(name: &str, cases: &[Case]) {
     let artifacts = ModelArtifacts::open(&root().join("models").join(name)).expect("shipped model");
     let mut engines = backends(&artifacts);
@@ -218,7 +200,7 @@ fn check_model(name: &str, cases: &[Case]) {
                         .expect("map")
                         .values
                 };
-                let corr = correlation(&map(&o), &map(&r));
+                let corr = osteo_core::gradcam::correlation(&map(&o), &map(&r));
                 let what = format!("{name}, {}, class {}", case.label, class.name());
                 assert!(
                     rel_a <= PARTS_REL,

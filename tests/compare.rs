@@ -4,6 +4,27 @@
 
 mod common;
 
+/// Runs `osteo compare --json` on the study in `dir` (the clinical values of
+/// `common::clinical()`) through `backends`.
+fn compare_cli(url: &str, dir: &std::path::Path, backends: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(["compare", "--server", url, "--dicom"])
+        .arg(dir)
+        .args([
+            "--age",
+            "71",
+            "--sex",
+            "F",
+            "--height-cm",
+            "158",
+            "--weight-kg",
+            "52",
+        ])
+        .args(["--smoker", "true", "--backends", backends, "--json"])
+        .output()
+        .expect("osteo compare")
+}
+
 use common::{Server, by_handle, clinical, read_all, study, upload};
 use osteo_proto::v1 as pb;
 use std::process::Command;
@@ -19,20 +40,6 @@ fn probs(p: Option<pb::GradeProbabilities>) -> [f64; 3] {
 
 fn max_diff(a: [f64; 3], b: [f64; 3]) -> f64 {
     (0..3).map(|k| (a[k] - b[k]).abs()).fold(0.0, f64::max)
-}
-
-fn correlation(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len() as f64;
-    let ma = a.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
-    let mb = b.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        let (dx, dy) = (f64::from(*x) - ma, f64::from(*y) - mb);
-        sab += dx * dy;
-        saa += dx * dx;
-        sbb += dy * dy;
-    }
-    sab / (saa * sbb).sqrt()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,31 +198,14 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         assert!(map.overlay_png.starts_with(b"\x89PNG"));
         maps.push(map.values);
     }
-    let corr = correlation(&maps[0], &maps[1]);
+    let corr = osteo_core::gradcam::correlation(&maps[0], &maps[1]);
     assert!(
         corr >= 0.999,
         "Grad-CAM maps of candle and ort correlate {corr}"
     );
 
     // The CLI: `osteo compare --json` prints the documented object.
-    let cli = |backends: &str| {
-        Command::new(env!("CARGO_BIN_EXE_osteo"))
-            .args(["compare", "--server", &server.url, "--dicom"])
-            .arg(dir.path())
-            .args([
-                "--age",
-                "71",
-                "--sex",
-                "F",
-                "--height-cm",
-                "158",
-                "--weight-kg",
-                "52",
-            ])
-            .args(["--smoker", "true", "--backends", backends, "--json"])
-            .output()
-            .expect("osteo compare")
-    };
+    let cli = |backends: &str| compare_cli(&server.url, dir.path(), backends);
     let out = cli("candle,ort");
     assert!(
         out.status.success(),
@@ -399,22 +389,7 @@ async fn three_backends_agree_on_one_server() {
             .overlay_png
             .starts_with(b"\x89PNG")
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
-        .args(["compare", "--server", &server.url, "--dicom"])
-        .arg(dir.path())
-        .args([
-            "--age",
-            "71",
-            "--sex",
-            "F",
-            "--height-cm",
-            "158",
-            "--weight-kg",
-            "52",
-        ])
-        .args(["--backends", "candle,ort,tch", "--json"])
-        .output()
-        .expect("osteo compare");
+    let out = compare_cli(&server.url, dir.path(), "candle,ort,tch");
     assert!(
         out.status.success(),
         "{}",

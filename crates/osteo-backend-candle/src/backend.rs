@@ -117,21 +117,10 @@ impl Backend for CandleBackend {
     }
 
     fn gradcam(&mut self, sample: &Batch, class: Grade) -> Result<GradCamParts, BackendError> {
-        let arch = self.network.arch();
-        if arch.image.is_none() {
-            return Err(BackendError::Unsupported(format!(
-                "Grad-CAM needs an image branch; this is a {} model",
-                arch.kind
-            )));
-        }
+        sample.check_gradcam(self.network.arch())?;
         let (images, tabular) = self.inputs(sample)?;
         let images =
             images.ok_or_else(|| BackendError::InvalidInput("Grad-CAM needs an image".into()))?;
-        if images.dim(0).map_err(runtime)? != 1 {
-            return Err(BackendError::InvalidInput(
-                "Grad-CAM takes one sample at a time".into(),
-            ));
-        }
         let activation = self
             .network
             .image_activation(&images, false)

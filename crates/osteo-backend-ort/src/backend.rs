@@ -179,18 +179,8 @@ impl Backend for OrtBackend {
     }
 
     fn gradcam(&mut self, sample: &Batch, class: Grade) -> Result<GradCamParts, BackendError> {
-        let Some(img) = &self.arch.image else {
-            return Err(BackendError::Unsupported(format!(
-                "Grad-CAM needs an image branch; this is a {} model",
-                self.arch.kind
-            )));
-        };
-        if sample.len() != 1 {
-            return Err(BackendError::InvalidInput(
-                "Grad-CAM takes one sample at a time".into(),
-            ));
-        }
-        let k = img.embedding();
+        sample.check_gradcam(&self.arch)?;
+        let k = self.arch.image.as_ref().map_or(0, |img| img.embedding());
         let classes = self.arch.head.classes;
         let mut out = self.run(sample, &[names::ACTIVATION, names::ALPHA])?;
         let alpha = out.remove(1);

@@ -116,6 +116,22 @@ impl Batch {
         }
         n.ok_or_else(|| BackendError::InvalidInput("the model reads no input".into()))
     }
+
+    /// [`Batch::check`] for Grad-CAM: the model must read CT and the batch hold one sample.
+    pub fn check_gradcam(&self, arch: &ArchSpec) -> Result<(), BackendError> {
+        if arch.image.is_none() {
+            return Err(BackendError::Unsupported(format!(
+                "Grad-CAM needs an image branch; this is a {} model",
+                arch.kind
+            )));
+        }
+        if self.check(arch)? != 1 {
+            return Err(BackendError::InvalidInput(
+                "Grad-CAM takes one sample at a time".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why a backend call failed. `Clone`, so one failure can be sent to every request of a batch.

@@ -82,6 +82,28 @@ pub fn assemble(
     })
 }
 
+/// Pearson correlation of two maps of equal size (how alike two backends' Grad-CAMs are); two
+/// constant maps correlate 1 when equal and 0 otherwise.
+pub fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() || a.is_empty() {
+        return 0.0;
+    }
+    let n = a.len() as f64;
+    let mean = |v: &[f32]| v.iter().map(|x| f64::from(*x)).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        let (dx, dy) = (f64::from(*x) - ma, f64::from(*y) - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        return if a == b { 1.0 } else { 0.0 };
+    }
+    sab / (saa * sbb).sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +128,17 @@ mod tests {
         assert_eq!(up.values[0], 1.0);
         assert!(up.values[1] > up.values[2] && up.values[2] > 0.0 && up.values[15] == 0.0);
         assert!(up.values.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn correlation_of_maps() {
+        let a = [0.0, 0.5, 1.0, 0.25];
+        assert!((correlation(&a, &a) - 1.0).abs() < 1e-12);
+        let inverted: Vec<f32> = a.iter().map(|v| 1.0 - v).collect();
+        assert!((correlation(&a, &inverted) + 1.0).abs() < 1e-12);
+        assert_eq!(correlation(&[0.0; 4], &[0.0; 4]), 1.0);
+        assert_eq!(correlation(&[0.0; 4], &a), 0.0);
+        assert_eq!(correlation(&a, &a[..3]), 0.0);
     }
 
     #[test]
