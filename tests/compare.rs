@@ -399,3 +399,68 @@ async fn three_backends_agree_on_one_server() {
     assert_eq!(v["backends"].as_object().map(|b| b.len()), Some(3), "{v}");
     assert_eq!(v["grades_agree"], true);
 }
+
+#[test]
+fn osteo_bench_times_every_backend_side_by_side() {
+    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args([
+            "bench",
+            "--model",
+            "models/osteo-fused-v1",
+            "--backends",
+            "candle,ort",
+        ])
+        .args(["--batches", "1,4", "--iterations", "2", "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("osteo bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["model"], "osteo-fused-v1");
+    assert_eq!(v["device"], "cpu");
+    let rows = v["results"].as_array().expect("results");
+    let mut seen: Vec<(String, String, u64)> = rows
+        .iter()
+        .map(|r| {
+            assert!(r["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{r}");
+            assert!(r["samples_per_s"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+            (
+                r["backend"].as_str().unwrap_or("").to_string(),
+                r["op"].as_str().unwrap_or("").to_string(),
+                r["batch"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(String, String, u64)> = ["candle", "ort"]
+        .iter()
+        .flat_map(|b| {
+            [("gradcam", 1), ("predict", 1), ("predict", 4)]
+                .map(|(op, n)| (b.to_string(), op.to_string(), n))
+        })
+        .collect();
+    assert_eq!(seen, want);
+
+    // A backend this binary does not have is named with the ones it has.
+    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args([
+            "bench",
+            "--model",
+            "models/osteo-fused-v1",
+            "--backends",
+            "tensorrt",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("osteo bench");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"tensorrt\" is not built into this binary (available: candle, ort"),
+        "{stderr}"
+    );
+}
