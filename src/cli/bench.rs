@@ -43,18 +43,27 @@ fn summary(mut ms: Vec<f64>) -> (f64, f64) {
     (ms[ms.len() / 2], mean)
 }
 
-/// Times `f` `n` times after 3 warm-up calls.
-fn time(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64)> {
-    for _ in 0..3 {
+/// Milliseconds of `n` calls of `f`, after `warm_up` untimed calls.
+pub fn timings(
+    warm_up: usize,
+    n: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    for _ in 0..warm_up {
         f()?;
     }
-    let mut ms = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        f()?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(summary(ms))
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect()
+}
+
+/// Median and mean of `n` timed calls after 3 warm-up calls.
+fn time(n: usize, f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64)> {
+    Ok(summary(timings(3, n, f)?))
 }
 
 /// Runs `osteo bench`.

@@ -67,13 +67,10 @@ fn direct(
         b => b,
     };
     let mut backend = super::serve::load_backend(&name, &artifacts, Device::Cpu)?;
-    backend.predict(&batch)?; // warm-up
-    let mut ms = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
+    let ms = super::bench::timings(1, n, || {
         backend.predict(&batch)?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
+        Ok(())
+    })?;
     Ok(percentiles(ms))
 }
 
