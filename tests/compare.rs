@@ -4,22 +4,25 @@
 
 mod common;
 
+/// The clinical values of `common::clinical()` (without the smoker flag) as CLI flags.
+const CLINICAL_FLAGS: [&str; 8] = [
+    "--age",
+    "71",
+    "--sex",
+    "F",
+    "--height-cm",
+    "158",
+    "--weight-kg",
+    "52",
+];
+
 /// Runs `osteo compare --json` on the study in `dir` (the clinical values of
 /// `common::clinical()`) through `backends`.
 fn compare_cli(url: &str, dir: &std::path::Path, backends: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_osteo"))
         .args(["compare", "--server", url, "--dicom"])
         .arg(dir)
-        .args([
-            "--age",
-            "71",
-            "--sex",
-            "F",
-            "--height-cm",
-            "158",
-            "--weight-kg",
-            "52",
-        ])
+        .args(CLINICAL_FLAGS)
         .args(["--smoker", "true", "--backends", backends, "--json"])
         .output()
         .expect("osteo compare")
@@ -283,16 +286,7 @@ fn a_missing_onnx_runtime_library_is_a_clear_error() {
             "--backend",
             "ort",
         ])
-        .args([
-            "--age",
-            "71",
-            "--sex",
-            "F",
-            "--height-cm",
-            "158",
-            "--weight-kg",
-            "52",
-        ])
+        .args(CLINICAL_FLAGS)
         .env("ORT_DYLIB_PATH", missing)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
