@@ -493,7 +493,11 @@ async fn shutdown_finishes_in_flight_requests() {
     server.wait_until("request started");
     let status = server.terminate();
     let answer = in_flight.await.expect("task");
-    assert!(answer.is_ok(), "the in-flight request finished: {answer:?}");
+    assert!(
+        answer.is_ok(),
+        "the in-flight request finished: {answer:?}\n{}",
+        server.output()
+    );
     assert!(status.success());
     assert!(server.output().contains("shutting down"));
 }

@@ -23,15 +23,22 @@ pub struct ExportArgs {
 /// Runs `osteo export-onnx`.
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     for dir in &args.models {
-        let artifacts = ModelArtifacts::open(dir)
+        let mut artifacts = ModelArtifacts::open(dir)
             .with_context(|| format!("cannot open model directory {}", dir.display()))?;
         if args.check {
+            artifacts.verify_weights()?;
             osteo_onnx::check_in_sync(&artifacts)?;
             println!(
                 "{}: in sync with weights.safetensors",
                 artifacts.onnx_path().display()
             );
         } else {
+            // The weights in the directory are the ones to trust from now on: record their
+            // digest in model.toml, then export them.
+            artifacts.record_weights_digest()?;
+            let manifest = artifacts.dir.join(osteo_core::manifest::MANIFEST_FILE);
+            std::fs::write(&manifest, artifacts.manifest.to_toml()?)
+                .with_context(|| format!("cannot write {}", manifest.display()))?;
             let bytes = osteo_onnx::write_model(&artifacts)?;
             println!(
                 "{}: {bytes} bytes (IR {}, opset {})",

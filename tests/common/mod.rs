@@ -2,6 +2,8 @@
 //! study with known patient identifiers, upload messages and a /metrics reader.
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
+pub mod inproc;
+
 use osteo_proto::v1 as pb;
 use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
 use std::io::{BufRead, BufReader};

@@ -71,6 +71,9 @@ impl CandleBackend {
 
 impl LoadBackend for CandleBackend {
     fn load(artifacts: &ModelArtifacts, device: Device) -> Result<Self, BackendError> {
+        artifacts
+            .verify_weights()
+            .map_err(|e| BackendError::Load(e.to_string()))?;
         let candle_device = to_candle_device(device)?;
         let path = artifacts.weights_path();
         let tensors = candle_core::safetensors::load(&path, &candle_device)

@@ -56,6 +56,7 @@ fn manifest(kind: ModelKind) -> ModelManifest {
             .then(|| TabularSpec::with_stats(&vec![(0.0, 1.0); F]).expect("spec")),
         provenance: Provenance::default(),
         metrics: Default::default(),
+        weights_blake3: String::new(),
     }
 }
 
@@ -98,9 +99,14 @@ fn saved_model(kind: ModelKind, dir: &Path, rng: &mut ChaCha8Rng) -> Network {
             .expect("train pass");
     }
     varmap.save(dir.join(WEIGHTS_FILE)).expect("save weights");
+    let mut artifacts = ModelArtifacts {
+        dir: dir.to_path_buf(),
+        manifest: manifest(kind),
+    };
+    artifacts.record_weights_digest().expect("digest");
     std::fs::write(
         dir.join(MANIFEST_FILE),
-        manifest(kind).to_toml().expect("toml"),
+        artifacts.manifest.to_toml().expect("toml"),
     )
     .expect("manifest");
     network

@@ -84,6 +84,7 @@ impl OrtBackend {
     ) -> Result<Self, BackendError> {
         let arch = artifacts.manifest.arch.clone();
         arch.validate().map_err(load_error)?;
+        artifacts.verify_weights().map_err(load_error)?;
         osteo_onnx::check_digest(artifacts).map_err(load_error)?;
         let (env, version) = environment()?;
         let path = artifacts.onnx_path();

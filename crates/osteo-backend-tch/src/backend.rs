@@ -72,6 +72,9 @@ impl TchBackend {
         let arch = &artifacts.manifest.arch;
         arch.validate()
             .map_err(|e| BackendError::Load(e.to_string()))?;
+        artifacts
+            .verify_weights()
+            .map_err(|e| BackendError::Load(e.to_string()))?;
         let torch_device = cuda::torch_device(device)?;
         if options.intra_threads > 0 {
             tch::set_num_threads(i32::try_from(options.intra_threads).unwrap_or(i32::MAX));

@@ -154,6 +154,20 @@ pub enum BackendError {
     Runtime(String),
 }
 
+impl BackendError {
+    /// Whether the error is the device running out of memory (CUDA's "out of memory", ONNX
+    /// Runtime's failed allocation): a smaller batch may still succeed.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            BackendError::Device(m) | BackendError::Runtime(m) => {
+                let m = m.to_ascii_lowercase();
+                m.contains("out of memory") || m.contains("failed to allocate memory")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// An inference engine with one loaded model.
 pub trait Backend: Send {
     /// Name, device and library version.
@@ -190,6 +204,17 @@ mod tests {
         assert_eq!("cuda:1".parse::<Device>().expect("cuda"), Device::Cuda(1));
         assert_eq!(Device::Cuda(0).to_string(), "cuda:0");
         assert!("gpu".parse::<Device>().is_err());
+    }
+
+    #[test]
+    fn out_of_memory_is_recognised_from_each_engine() {
+        assert!(BackendError::Device("CUDA_ERROR_OUT_OF_MEMORY: out of memory".into()).is_out_of_memory());
+        assert!(
+            BackendError::Runtime("Failed to allocate memory for requested buffer".into())
+                .is_out_of_memory()
+        );
+        assert!(!BackendError::Device("no CUDA device".into()).is_out_of_memory());
+        assert!(!BackendError::InvalidInput("out of memory".into()).is_out_of_memory());
     }
 
     #[test]

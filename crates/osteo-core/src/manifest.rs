@@ -51,6 +51,14 @@ pub struct ModelManifest {
     /// Evaluation metrics (name -> value).
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// Hex BLAKE3 digest of `weights.safetensors`, checked by every backend at load.
+    #[serde(default)]
+    pub weights_blake3: String,
+}
+
+/// Hex BLAKE3 digest of a weights file's bytes.
+pub fn weights_digest(weights: &[u8]) -> String {
+    blake3::hash(weights).to_hex().to_string()
 }
 
 fn bad(reason: String) -> CoreError {
@@ -160,6 +168,43 @@ impl ModelArtifacts {
     pub fn onnx_path(&self) -> PathBuf {
         self.dir.join(ONNX_FILE)
     }
+
+    /// Checks `weights.safetensors` against the digest `model.toml` records, so a changed or
+    /// corrupted weights file is refused instead of served. Every backend runs it at load.
+    pub fn verify_weights(&self) -> Result<(), CoreError> {
+        let path = self.weights_path();
+        let bytes = std::fs::read(&path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        let have = weights_digest(&bytes);
+        let want = &self.manifest.weights_blake3;
+        let dir = self.dir.display();
+        if want.is_empty() {
+            return Err(bad(format!(
+                "{dir}/{MANIFEST_FILE} records no weights_blake3: if {} is the file you trust, \
+                 record its digest with `osteo export-onnx --model {dir}`",
+                path.display()
+            )));
+        }
+        if have != *want {
+            return Err(bad(format!(
+                "{} does not match the weights_blake3 recorded in {dir}/{MANIFEST_FILE} (the file \
+                 is {have}, the manifest says {want}): the weights were changed or corrupted; \
+                 restore the model directory, or if the new weights are intended, record them \
+                 with `osteo export-onnx --model {dir}`",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the digest of the current `weights.safetensors` in the manifest (in memory).
+    pub fn record_weights_digest(&mut self) -> Result<(), CoreError> {
+        let path = self.weights_path();
+        let bytes = std::fs::read(&path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        self.manifest.weights_blake3 = weights_digest(&bytes);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +248,25 @@ mod tests {
                 data: "synthetic".into(),
             },
             metrics: [("auc_macro".to_string(), 0.9)].into_iter().collect(),
+            weights_blake3: String::new(),
         }
+    }
+
+    #[test]
+    fn changed_weights_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(WEIGHTS_FILE), b"weights v1").expect("write");
+        let mut a = ModelArtifacts {
+            dir: dir.path().to_path_buf(),
+            manifest: manifest(),
+        };
+        let missing = a.verify_weights().expect_err("no digest recorded");
+        assert!(missing.to_string().contains("osteo export-onnx"), "{missing}");
+        a.record_weights_digest().expect("digest");
+        a.verify_weights().expect("intact");
+        std::fs::write(dir.path().join(WEIGHTS_FILE), b"weights v2").expect("write");
+        let e = a.verify_weights().expect_err("tampered").to_string();
+        assert!(e.contains("changed or corrupted") && e.contains("weights_blake3"), "{e}");
     }
 
     #[test]

@@ -248,15 +248,13 @@ pub(crate) fn floats(
         DicomError::invalid(
             file,
             &attr_name(tag),
-            e.to_str().unwrap_or_default(),
             format!("not a number: {err}"),
         )
     })?;
-    if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+    if values.iter().any(|v| !v.is_finite()) {
         return Err(DicomError::invalid(
             file,
             &attr_name(tag),
-            bad,
             "not a finite number",
         ));
     }
@@ -276,7 +274,6 @@ pub(crate) fn floats_n<const N: usize>(
         DicomError::invalid(
             file,
             &attr_name(tag),
-            format!("{values:?}"),
             format!("expected {N} values"),
         )
     })?;
@@ -299,13 +296,12 @@ pub(crate) fn uint(
         DicomError::invalid(
             file,
             &attr_name(tag),
-            e.to_str().unwrap_or_default(),
             format!("not an integer: {err}"),
         )
     })?;
     u32::try_from(v)
         .map(Some)
-        .map_err(|_| DicomError::invalid(file, &attr_name(tag), v, "must be non-negative"))
+        .map_err(|_| DicomError::invalid(file, &attr_name(tag), "must be non-negative"))
 }
 
 /// A required unsigned integer.

@@ -30,15 +30,14 @@ pub enum DicomError {
         attribute: String,
     },
     /// An attribute is present but its value is unusable.
-    #[error("{file}: attribute {attribute} = {value:?} is invalid: {reason}")]
+    /// The message never carries the value itself: DICOM values may identify the patient.
+    #[error("{file}: attribute {attribute} is invalid: {reason}")]
     InvalidAttribute {
         /// The file label.
         file: String,
         /// Attribute keyword and tag.
         attribute: String,
-        /// The offending value as text.
-        value: String,
-        /// Why it is rejected.
+        /// Why it is rejected (never the value).
         reason: String,
     },
     /// The file's transfer syntax has no decoder available offline.
@@ -81,12 +80,11 @@ pub enum DicomError {
         /// What was found instead.
         details: String,
     },
-    /// The requested series is not in the input.
-    #[error("series {uid} not found; available series: {available}")]
+    /// The requested series is not in the input. The message does not repeat the requested
+    /// SeriesInstanceUID (an identifier) nor list the UIDs present.
+    #[error("the requested SeriesInstanceUID is not in the input; series found: {available}")]
     SeriesNotFound {
-        /// The requested SeriesInstanceUID.
-        uid: String,
-        /// The series present.
+        /// The series present (modality and slice count, no UIDs).
         available: String,
     },
     /// Files of one series disagree with each other.
@@ -117,13 +115,11 @@ impl DicomError {
     pub(crate) fn invalid(
         file: &str,
         attribute: &str,
-        value: impl ToString,
         reason: impl Into<String>,
     ) -> Self {
         DicomError::InvalidAttribute {
             file: file.to_string(),
             attribute: attribute.to_string(),
-            value: value.to_string(),
             reason: reason.into(),
         }
     }

@@ -57,7 +57,6 @@ fn check_rescale(obj: &InMemDicomObject, file: &str) -> Result<(), DicomError> {
             return Err(DicomError::invalid(
                 file,
                 &attr_name(tags::RESCALE_SLOPE),
-                s,
                 format!(
                     "must be non-zero and at most {MAX_RESCALE_SLOPE} in magnitude (a misread VR-UN value?)"
                 ),
@@ -70,7 +69,6 @@ fn check_rescale(obj: &InMemDicomObject, file: &str) -> Result<(), DicomError> {
             return Err(DicomError::invalid(
                 file,
                 &attr_name(tags::RESCALE_INTERCEPT),
-                i,
                 format!(
                     "must be at most {MAX_RESCALE_INTERCEPT} HU in magnitude (a misread VR-UN value?)"
                 ),
@@ -128,7 +126,6 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
         return Err(DicomError::invalid(
             file,
             "Rows/Columns (0028,0010/0011)",
-            format!("{rows}x{columns}"),
             "must be positive",
         ));
     }
@@ -155,7 +152,6 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
         return Err(DicomError::invalid(
             file,
             &attr_name(tags::SAMPLES_PER_PIXEL),
-            samples,
             "CT images must be greyscale (1 sample per pixel)",
         ));
     }
@@ -164,7 +160,6 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
         return Err(DicomError::invalid(
             file,
             &attr_name(tags::BITS_ALLOCATED),
-            bits,
             "must be 8, 16 or 32",
         ));
     }
@@ -175,7 +170,6 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
         return Err(DicomError::invalid(
             file,
             &attr_name(tags::PHOTOMETRIC_INTERPRETATION),
-            pi,
             "CT images must be MONOCHROME1 or MONOCHROME2",
         ));
     }
@@ -196,7 +190,6 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
         return Err(DicomError::invalid(
             file,
             &attr_name(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE),
-            format!("{} items", per_frame.len()),
             format!("must have one item per frame (NumberOfFrames = {n_frames})"),
         ));
     }
@@ -250,7 +243,6 @@ fn check_native_length(
             return Err(DicomError::invalid(
                 &p.label,
                 &attrs::attr_name(tags::PIXEL_DATA),
-                format!("{have} bytes"),
                 format!(
                     "Rows x Columns x NumberOfFrames x BitsAllocated/8 = {rows} x {columns} x {frames} x {} needs {need} bytes (truncated file?)",
                     bits / 8

@@ -35,8 +35,23 @@ fn in_order<T: Send>(results: Vec<Result<T, DicomError>>) -> Result<Vec<T>, Dico
     results.into_iter().collect()
 }
 
-/// Ingests a DICOM source into a HU volume of one CT series.
-pub fn ingest(source: DicomSource, options: &IngestOptions) -> Result<Ingested, DicomError> {
+/// A series read, parsed, selected and ordered from its headers, with no pixel decoded yet:
+/// [`Planned::decoded_bytes`] says what decoding will allocate, so a caller can reserve it (or
+/// refuse) before [`Planned::decode`] spends the memory and the CPU.
+pub struct Planned {
+    parsed: Vec<Parsed>,
+    headers: Vec<FileHeader>,
+    series: Vec<SeriesInfo>,
+    files: Vec<usize>,
+    ordered: series::Ordered,
+}
+
+/// Bytes of one decoded voxel (HU as f32).
+pub const BYTES_PER_VOXEL: u64 = std::mem::size_of::<f32>() as u64;
+
+/// Reads and parses a DICOM source, selects and orders the CT series and checks its size
+/// limits, without decoding any pixel.
+pub fn plan(source: DicomSource, options: &IngestOptions) -> Result<Planned, DicomError> {
     let limits = &options.limits;
     let files = source.read(limits)?;
     let parsed: Vec<Parsed> = in_order(
@@ -51,22 +66,26 @@ pub fn ingest(source: DicomSource, options: &IngestOptions) -> Result<Ingested, 
             .map(|p| frames::read_header(p, limits))
             .collect(),
     )?;
-    let groups = series::group(&headers);
+    let mut groups = series::group(&headers);
     let series = series::describe(&headers, &groups);
     let uid = series::select(&series, options.series_uid.as_deref())?;
-    let files = &groups[&uid];
-    let ordered = series::order(&headers, files)?;
-    let (rows, columns) = (ordered.rows as usize, ordered.columns as usize);
-    let n = ordered.slices.len();
-    if n as u64 > limits.max_slices {
+    let files = groups
+        .remove(&uid)
+        .filter(|f| !f.is_empty())
+        .ok_or_else(|| DicomError::NoCtImages {
+            details: "the selected series has no files".into(),
+        })?;
+    let ordered = series::order(&headers, &files)?;
+    let n = ordered.slices.len() as u64;
+    if n > limits.max_slices {
         return Err(DicomError::TooLarge {
             file: "study".into(),
             what: "slices in the series".into(),
-            value: n as u64,
+            value: n,
             limit: limits.max_slices,
         });
     }
-    let voxels = (n * rows * columns) as u64;
+    let voxels = n * u64::from(ordered.rows) * u64::from(ordered.columns);
     if voxels > limits.max_voxels {
         return Err(DicomError::TooLarge {
             file: "study".into(),
@@ -75,38 +94,73 @@ pub fn ingest(source: DicomSource, options: &IngestOptions) -> Result<Ingested, 
             limit: limits.max_voxels,
         });
     }
-    // Decode every slice straight into its place in the volume, in parallel.
-    let slice_len = rows * columns;
-    let mut hu = vec![0f32; n * slice_len];
-    in_order(
-        hu.par_chunks_mut(slice_len)
-            .zip(ordered.slices.par_iter())
-            .map(|(dst, s)| decode_frame_into(&parsed[s.file], &headers[s.file], s.frame, dst))
-            .collect(),
-    )?;
-    let mut transfer_syntaxes: Vec<String> = files
-        .iter()
-        .map(|&f| headers[f].transfer_syntax.clone())
-        .collect();
-    transfer_syntaxes.sort();
-    transfer_syntaxes.dedup();
-    let geometry = VolumeGeometry {
-        dims: [n, rows, columns],
-        spacing_mm: ordered.spacing_mm,
-        origin_mm: ordered.origin_mm,
-        direction: ordered.direction,
-    };
-    let modality = headers[files[0]].modality.clone();
-    let mut volume =
-        Volume::from_parts(hu, geometry, &modality, transfer_syntaxes).ok_or_else(|| {
-            DicomError::Decode {
+    Ok(Planned {
+        parsed,
+        headers,
+        series,
+        files,
+        ordered,
+    })
+}
+
+impl Planned {
+    /// Bytes the decoded volume will occupy.
+    pub fn decoded_bytes(&self) -> u64 {
+        self.ordered.slices.len() as u64
+            * u64::from(self.ordered.rows)
+            * u64::from(self.ordered.columns)
+            * BYTES_PER_VOXEL
+    }
+
+    /// Decodes every slice straight into its place in the volume, in parallel.
+    pub fn decode(self) -> Result<Ingested, DicomError> {
+        let Planned {
+            parsed,
+            headers,
+            series,
+            files,
+            ordered,
+        } = self;
+        let (rows, columns) = (ordered.rows as usize, ordered.columns as usize);
+        let n = ordered.slices.len();
+        let slice_len = rows * columns;
+        let mut hu = vec![0f32; n * slice_len];
+        in_order(
+            hu.par_chunks_mut(slice_len)
+                .zip(ordered.slices.par_iter())
+                .map(|(dst, s)| decode_frame_into(&parsed[s.file], &headers[s.file], s.frame, dst))
+                .collect(),
+        )?;
+        let mut transfer_syntaxes: Vec<String> = files
+            .iter()
+            .map(|&f| headers[f].transfer_syntax.clone())
+            .collect();
+        transfer_syntaxes.sort();
+        transfer_syntaxes.dedup();
+        let geometry = VolumeGeometry {
+            dims: [n, rows, columns],
+            spacing_mm: ordered.spacing_mm,
+            origin_mm: ordered.origin_mm,
+            direction: ordered.direction,
+        };
+        let modality = files
+            .first()
+            .map(|&f| headers[f].modality.clone())
+            .unwrap_or_default();
+        let mut volume = Volume::from_parts(hu, geometry, &modality, transfer_syntaxes)
+            .ok_or_else(|| DicomError::Decode {
                 file: "study".into(),
                 transfer_syntax: String::new(),
                 message: "decoded voxel count does not match the series dimensions".into(),
-            }
-        })?;
-    volume.summary.series_count = series.len();
-    Ok(Ingested { volume, series })
+            })?;
+        volume.summary.series_count = series.len();
+        Ok(Ingested { volume, series })
+    }
+}
+
+/// Ingests a DICOM source into a HU volume of one CT series ([`plan`], then decode).
+pub fn ingest(source: DicomSource, options: &IngestOptions) -> Result<Ingested, DicomError> {
+    plan(source, options)?.decode()
 }
 
 /// Decodes one frame of a file into HU with the library's modality-LUT path, writing `dst`.

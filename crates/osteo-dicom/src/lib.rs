@@ -21,7 +21,7 @@ pub mod view;
 pub mod volume;
 
 pub use error::DicomError;
-pub use ingest::{IngestOptions, ingest};
+pub use ingest::{IngestOptions, Planned, ingest, plan};
 pub use limits::IngestLimits;
 pub use source::{DicomSource, SourceFile};
 pub use view::{View, ViewGeometry, ViewSpec, coronal_slab};

@@ -97,7 +97,6 @@ fn too_long(file: &str, tag: Tag, declared: u32, remaining: usize) -> DicomError
     DicomError::invalid(
         file,
         &attr_name(tag),
-        format!("length {declared}"),
         format!(
             "declares {declared} bytes but only {remaining} remain in the file (corrupt or truncated)"
         ),

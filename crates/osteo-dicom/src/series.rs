@@ -114,7 +114,7 @@ pub(crate) fn select(series: &[SeriesInfo], requested: Option<&str>) -> Result<S
     let available = || {
         series
             .iter()
-            .map(|s| format!("{} ({}, {} slices)", s.uid, s.modality, s.slices))
+            .map(|s| format!("{:?} with {} slice(s)", s.modality, s.slices))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -124,7 +124,6 @@ pub(crate) fn select(series: &[SeriesInfo], requested: Option<&str>) -> Result<S
             .find(|s| s.uid == uid)
             .map(|s| s.uid.clone())
             .ok_or_else(|| DicomError::SeriesNotFound {
-                uid: uid.to_string(),
                 available: available(),
             });
     }
@@ -199,7 +198,6 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
         DicomError::invalid(
             label0,
             &attr_name(tags::IMAGE_ORIENTATION_PATIENT),
-            format!("{orientation:?}"),
             "row and column cosines must be non-zero and not parallel",
         )
     })?;
@@ -208,7 +206,6 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
         return Err(DicomError::invalid(
             label0,
             &attr_name(tags::PIXEL_SPACING),
-            format!("{pixel_spacing:?}"),
             "must be positive",
         ));
     }

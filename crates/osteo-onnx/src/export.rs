@@ -24,10 +24,7 @@ pub const OPSET: i64 = 17;
 /// Metadata key holding the BLAKE3 digest of the weights the file was exported from.
 pub const WEIGHTS_DIGEST_KEY: &str = "osteoserve.weights_blake3";
 
-/// Hex BLAKE3 digest of a weights file's bytes.
-pub fn weights_digest(weights: &[u8]) -> String {
-    blake3::hash(weights).to_hex().to_string()
-}
+pub use osteo_core::manifest::weights_digest;
 
 /// Takes every parameter of the spec from the safetensors file, checking shape and type.
 struct Params<'a> {

@@ -2,6 +2,8 @@
 //! `proto/osteo/v1/osteo.proto`, plus the encoded file descriptor set for server reflection.
 #![deny(rust_2018_idioms)]
 
+pub mod codec;
+
 /// Generated types of package `osteo.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {

@@ -43,6 +43,21 @@ pub struct ServerSettings {
     pub request_timeout_s: u64,
     /// Longest wait for in-flight requests at shutdown, in seconds.
     pub shutdown_grace_s: u64,
+    /// Classify/Explain/CompareBackends requests admitted at once; more are RESOURCE_EXHAUSTED
+    /// before any ingest or view work.
+    pub max_concurrent_requests: usize,
+    /// Open connections (gRPC and metrics listeners each); more are closed at once.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams (requests) per connection.
+    pub max_concurrent_streams: u32,
+    /// Seconds a new connection may take to send the HTTP/2 preface and SETTINGS.
+    pub handshake_timeout_s: u64,
+    /// Seconds a connection with no request in flight stays open.
+    pub idle_timeout_s: u64,
+    /// Seconds between HTTP/2 keepalive pings (0 = none).
+    pub keepalive_interval_s: u64,
+    /// Seconds to wait for a ping's acknowledgement before closing the connection.
+    pub keepalive_timeout_s: u64,
 }
 
 /// `[store]`.
@@ -53,8 +68,14 @@ pub struct StoreSettings {
     pub max_bytes: u64,
     /// Seconds a study is kept after upload unless deleted earlier.
     pub ttl_s: u64,
+    /// Largest decoded study (voxels x bytes per voxel), reserved before decoding.
+    pub max_study_bytes: u64,
     /// Largest upload (sum of DICOM file sizes) in bytes.
     pub max_upload_bytes: u64,
+    /// Upload bytes buffered at once across every upload stream.
+    pub max_inflight_upload_bytes: u64,
+    /// Upload streams open at once.
+    pub max_concurrent_uploads: usize,
     /// Most DICOM files in one study.
     pub max_files: usize,
     /// Most slices (frames) in the selected series.
@@ -150,6 +171,13 @@ impl Default for ServerSettings {
             max_message_bytes: 64 << 20,
             request_timeout_s: 60,
             shutdown_grace_s: 30,
+            max_concurrent_requests: 64,
+            max_connections: 1024,
+            max_concurrent_streams: 128,
+            handshake_timeout_s: 10,
+            idle_timeout_s: 300,
+            keepalive_interval_s: 60,
+            keepalive_timeout_s: 20,
         }
     }
 }
@@ -158,8 +186,11 @@ impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             max_bytes: 2 << 30,
+            max_study_bytes: 1 << 30,
             ttl_s: 3600,
-            max_upload_bytes: 1 << 30,
+            max_upload_bytes: 512 << 20,
+            max_inflight_upload_bytes: 512 << 20,
+            max_concurrent_uploads: 16,
             max_files: 4096,
             max_slices: 4096,
             max_pixels_per_slice: 2048 * 2048,
@@ -307,6 +338,40 @@ impl Settings {
             "limits must be positive",
         )?;
         require(st.ttl_s > 0, "store.ttl_s", 0, "must be positive")?;
+        require(
+            st.max_study_bytes > 0 && st.max_study_bytes <= st.max_bytes,
+            "store.max_study_bytes",
+            st.max_study_bytes,
+            "must be positive and at most store.max_bytes",
+        )?;
+        require(
+            st.max_upload_bytes <= st.max_inflight_upload_bytes,
+            "store.max_upload_bytes",
+            st.max_upload_bytes,
+            "must be at most store.max_inflight_upload_bytes (a larger upload could never be \
+             buffered)",
+        )?;
+        require(
+            st.max_concurrent_uploads > 0,
+            "store.max_concurrent_uploads",
+            0,
+            "must be positive",
+        )?;
+        for (key, value) in [
+            ("server.max_concurrent_requests", s.max_concurrent_requests),
+            ("server.max_connections", s.max_connections),
+            ("server.max_concurrent_streams", s.max_concurrent_streams as usize),
+            ("server.handshake_timeout_s", s.handshake_timeout_s as usize),
+            ("server.idle_timeout_s", s.idle_timeout_s as usize),
+        ] {
+            require(value > 0, key, value, "must be positive")?;
+        }
+        require(
+            s.keepalive_interval_s == 0 || s.keepalive_timeout_s > 0,
+            "server.keepalive_timeout_s",
+            s.keepalive_timeout_s,
+            "must be positive when server.keepalive_interval_s is set",
+        )?;
         let sc = &self.scheduler;
         require(
             (1..=1024).contains(&sc.max_batch),

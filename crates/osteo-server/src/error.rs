@@ -48,6 +48,24 @@ impl ServerError {
     }
 }
 
+impl ServerError {
+    /// The same error with its message made one bounded line (control characters escaped), fit
+    /// for a status and a log.
+    pub fn one_line(self) -> Self {
+        use crate::text::one_line;
+        match self {
+            ServerError::InvalidArgument(m) => ServerError::InvalidArgument(one_line(&m)),
+            ServerError::NotFound(m) => ServerError::NotFound(one_line(&m)),
+            ServerError::ResourceExhausted(m) => ServerError::ResourceExhausted(one_line(&m)),
+            ServerError::FailedPrecondition(m) => ServerError::FailedPrecondition(one_line(&m)),
+            ServerError::Unavailable(m) => ServerError::Unavailable(one_line(&m)),
+            ServerError::DeadlineExceeded(m) => ServerError::DeadlineExceeded(one_line(&m)),
+            ServerError::Config(m) => ServerError::Config(one_line(&m)),
+            ServerError::Internal(m) => ServerError::Internal(one_line(&m)),
+        }
+    }
+}
+
 impl From<ServerError> for Status {
     fn from(e: ServerError) -> Self {
         Status::new(e.code(), e.to_string())

@@ -5,9 +5,12 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
+pub mod budget;
 pub mod config;
+pub mod connection;
 pub mod convert;
 pub mod error;
+pub mod metrics_http;
 pub mod models;
 pub mod registry;
 pub mod scheduler;
@@ -15,8 +18,10 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod text;
+pub mod upload;
 
 pub use config::Settings;
 pub use error::ServerError;
 pub use registry::Registry;
-pub use server::serve;
+pub use server::{serve, serve_on};

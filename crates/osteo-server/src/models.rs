@@ -7,6 +7,7 @@ use crate::scheduler::{BatchConfig, Worker};
 use osteo_core::{Device, ModelArtifacts};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// One served model.
 #[derive(Debug)]
@@ -40,7 +41,8 @@ impl ServedModel {
             .map(|(name, w)| (name.as_str(), w))
             .ok_or_else(|| {
                 ServerError::NotFound(format!(
-                    "backend \"{wanted}\" does not serve model {} (serving: {})",
+                    "backend \"{}\" does not serve model {} (serving: {})",
+                    crate::text::client_text(wanted),
                     self.name(),
                     self.backend_names().join(", ")
                 ))
@@ -50,6 +52,11 @@ impl ServedModel {
     /// Names of the backends serving the model.
     pub fn backend_names(&self) -> Vec<String> {
         self.workers.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Whether every backend of the model is up.
+    pub fn is_up(&self) -> bool {
+        self.workers.iter().all(|(_, w)| w.is_up())
     }
 }
 
@@ -69,8 +76,13 @@ fn batch_config(s: &SchedulerSettings) -> BatchConfig {
 }
 
 impl ModelSet {
-    /// Loads every configured model on every configured backend. Blocking.
-    pub fn load(settings: &Settings, registry: &Registry) -> Result<Self, ServerError> {
+    /// Loads every configured model on every configured backend. Blocking. `changed` is
+    /// notified when a worker goes down or comes back.
+    pub fn load(
+        settings: &Settings,
+        registry: &Registry,
+        changed: &Arc<Notify>,
+    ) -> Result<Self, ServerError> {
         let config = batch_config(&settings.scheduler);
         let mut models: Vec<ServedModel> = Vec::new();
         for (i, m) in settings.models.iter().enumerate() {
@@ -95,8 +107,8 @@ impl ModelSet {
                         registry.names().join(", ")
                     ))
                 })?;
-                let worker =
-                    Worker::spawn(&artifacts, device, loader, config).map_err(|e| match e {
+                let worker = Worker::spawn(&artifacts, device, loader, config, changed.clone())
+                    .map_err(|e| match e {
                         ServerError::Config(m) => {
                             ServerError::Config(format!("models[{i}], backend {backend}: {m}"))
                         }
@@ -154,7 +166,8 @@ impl ModelSet {
             .find(|m| m.name() == wanted)
             .ok_or_else(|| {
                 ServerError::NotFound(format!(
-                    "model \"{wanted}\" is not served (models: {})",
+                    "model \"{}\" is not served (models: {})",
+                    crate::text::client_text(wanted),
                     self.models
                         .iter()
                         .map(|m| m.name())

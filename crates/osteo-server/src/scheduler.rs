@@ -2,6 +2,13 @@
 //! bounded queue, forming batches of up to `max_batch` requests that wait at most `max_delay`
 //! (Triton's dynamic batching). A full queue answers RESOURCE_EXHAUSTED; requests whose caller
 //! went away (cancelled, deadline passed) are skipped, never computed.
+//!
+//! The worker supervises its backend: a panic inside a backend call fails only that batch
+//! (INTERNAL) and the worker goes on; a batch the device has no memory for is retried in halves;
+//! after [`MAX_CONSECUTIVE_FAILURES`] failed batches in a row (panics or device errors) the
+//! worker reports itself down, drops the backend and reloads it, answering UNAVAILABLE and
+//! retrying the load with back-off until it succeeds. [`Worker::is_up`] and the shared
+//! [`Notify`] let the server mirror this in grpc.health.v1.
 
 use crate::error::ServerError;
 use crate::registry::Loader;
@@ -9,9 +16,15 @@ use osteo_core::{
     Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, ModelArtifacts,
     ModelManifest, Tensor,
 };
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
+
+/// Failed batches in a row (panics, device errors) after which a worker reloads its backend.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 
 /// Batching limits of one worker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,16 +116,19 @@ pub struct Worker {
     info: BackendInfo,
     model: String,
     capacity: usize,
+    up: Arc<AtomicBool>,
 }
 
 impl Worker {
     /// Starts the thread, loads the model with `loader` on it and waits until it is ready.
     /// Blocking: call it from a blocking context.
+    /// `changed` is notified whenever the worker goes down or comes back up.
     pub fn spawn(
         artifacts: &ModelArtifacts,
         device: Device,
         loader: Loader,
         config: BatchConfig,
+        changed: Arc<Notify>,
     ) -> Result<Self, ServerError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(config.queue_capacity);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -120,20 +136,30 @@ impl Worker {
         let shapes = Shapes::of(&artifacts.manifest);
         let model = artifacts.manifest.name.clone();
         let thread_name = format!("worker-{model}");
+        let up = Arc::new(AtomicBool::new(true));
+        let up_worker = up.clone();
         std::thread::Builder::new()
             .name(thread_name)
-            .spawn(move || match loader(&artifacts_owned, device) {
+            .spawn(move || match guarded(|| loader(&artifacts_owned, device)) {
                 Ok(backend) => {
                     let info = backend.info();
                     let _ = ready_tx.send(Ok(info.clone()));
-                    run(
-                        backend,
-                        rx,
-                        shapes,
-                        config,
-                        &artifacts_owned.manifest.name,
-                        &info,
-                    );
+                    let labels = [
+                        ("model", artifacts_owned.manifest.name.clone()),
+                        ("backend", info.name.clone()),
+                    ];
+                    let mut supervisor = Supervisor {
+                        backend: Some(backend),
+                        loader,
+                        artifacts: artifacts_owned,
+                        device,
+                        info,
+                        failures: 0,
+                        up: up_worker,
+                        changed,
+                        labels,
+                    };
+                    supervisor.run(rx, shapes, config);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -151,7 +177,14 @@ impl Worker {
             info,
             model,
             capacity: config.queue_capacity,
+            up,
         })
+    }
+
+    /// Whether the backend is loaded and answering (false while it is being reloaded after
+    /// repeated failures, or after it stopped).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
     }
 
     /// Backend name, device and library version.
@@ -214,107 +247,237 @@ impl Worker {
     }
 }
 
-/// The worker loop: form a batch, skip cancelled requests, run it, answer every request.
-fn run(
-    mut backend: Box<dyn Backend>,
-    rx: Receiver<Job>,
-    shapes: Shapes,
-    config: BatchConfig,
-    model: &str,
-    info: &BackendInfo,
-) {
-    let labels = [("model", model.to_string()), ("backend", info.name.clone())];
-    let mut pending: Option<Job> = None;
-    loop {
-        let first = match pending.take() {
-            Some(j) => j,
-            None => match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return, // every sender dropped: the server is gone
-            },
-        };
-        let (input, enqueued, reply) = match first {
-            Job::GradCam {
-                input,
-                class,
-                enqueued,
-                reply,
-            } => {
-                if reply.is_closed() {
-                    metrics::counter!("osteo_cancelled_total", &labels).increment(1);
+/// Runs `f`, turning a panic into a runtime error (INTERNAL) that names no input.
+fn guarded<T>(f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(BackendError::Runtime(
+            "the backend panicked on this batch; it was not computed (the server log has the \
+             panic); other requests are not affected"
+                .into(),
+        ))
+    })
+}
+
+/// Logits rows of `inputs`, the batch retried in halves while the device is out of memory.
+fn predict_rows(
+    backend: &mut dyn Backend,
+    shapes: &Shapes,
+    inputs: &[&Input],
+) -> Result<Vec<Vec<f32>>, BackendError> {
+    let batch = shapes.batch(inputs)?;
+    match guarded(|| backend.predict(&batch)) {
+        Ok(logits) => (0..inputs.len())
+            .map(|k| {
+                logits.row(k).map(<[f32]>::to_vec).ok_or_else(|| {
+                    BackendError::Runtime(format!("the backend returned no row {k}"))
+                })
+            })
+            .collect(),
+        Err(e) if e.is_out_of_memory() && inputs.len() > 1 => {
+            tracing::warn!(batch = inputs.len(), "device out of memory; retrying in halves");
+            let (a, b) = inputs.split_at(inputs.len() / 2);
+            let mut rows = predict_rows(backend, shapes, a)?;
+            rows.extend(predict_rows(backend, shapes, b)?);
+            Ok(rows)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an error counts against the backend (not the request).
+fn backend_fault(e: &BackendError) -> bool {
+    matches!(e, BackendError::Runtime(_) | BackendError::Device(_))
+}
+
+/// A worker's backend and what it needs to reload it.
+struct Supervisor {
+    backend: Option<Box<dyn Backend>>,
+    loader: Loader,
+    artifacts: ModelArtifacts,
+    device: Device,
+    info: BackendInfo,
+    failures: u32,
+    up: Arc<AtomicBool>,
+    changed: Arc<Notify>,
+    labels: [(&'static str, String); 2],
+}
+
+impl Supervisor {
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::SeqCst) != up {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Counts one batch's outcome; after too many failures in a row, reloads the backend.
+    fn record<T>(&mut self, result: &Result<T, BackendError>) {
+        match result {
+            Err(e) if backend_fault(e) => self.failures += 1,
+            _ => self.failures = 0,
+        }
+        if self.failures >= MAX_CONSECUTIVE_FAILURES {
+            let (model, backend) = (&self.labels[0].1, &self.labels[1].1);
+            tracing::error!(
+                %model, %backend, failures = self.failures,
+                "backend failed batches in a row; reporting NOT_SERVING and reloading it"
+            );
+            self.set_up(false);
+            self.backend = None;
+            self.failures = 0;
+        }
+    }
+
+    /// Loads the backend again; true when it is back.
+    fn reload(&mut self) -> bool {
+        let loaded = guarded(|| (self.loader)(&self.artifacts, self.device));
+        let (model, backend) = (&self.labels[0].1, &self.labels[1].1);
+        match loaded {
+            Ok(b) => {
+                tracing::info!(%model, %backend, "backend reloaded; SERVING");
+                self.backend = Some(b);
+                self.set_up(true);
+                true
+            }
+            Err(e) => {
+                tracing::error!(%model, %backend, error = %e, "backend reload failed; retrying");
+                false
+            }
+        }
+    }
+
+    fn unavailable(&self) -> BackendError {
+        BackendError::Device(format!(
+            "backend {} of model {} failed repeatedly and is being reloaded; retry later or \
+             use another backend",
+            self.info.name, self.artifacts.manifest.name
+        ))
+    }
+
+    /// While the backend is down: answer every request UNAVAILABLE and retry the load with a
+    /// back-off from 100 ms to 30 s. Returns false when the server has gone.
+    fn wait_for_reload(&mut self, rx: &Receiver<Job>) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        let mut next = Instant::now();
+        loop {
+            if Instant::now() >= next {
+                if self.reload() {
+                    return true;
+                }
+                next = Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(Job::Predict { reply, .. }) => {
+                    let _ = reply.send(Err(self.unavailable()));
+                }
+                Ok(Job::GradCam { reply, .. }) => {
+                    let _ = reply.send(Err(self.unavailable()));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// The worker loop: form a batch, skip cancelled requests, run it, answer every request.
+    fn run(&mut self, rx: Receiver<Job>, shapes: Shapes, config: BatchConfig) {
+        let labels = self.labels.clone();
+        let mut pending: Option<Job> = None;
+        loop {
+            let Some(backend) = self.backend.as_mut() else {
+                if self.wait_for_reload(&rx) {
                     continue;
                 }
-                metrics::histogram!("osteo_queue_seconds", &labels)
-                    .record(enqueued.elapsed().as_secs_f64());
-                let start = Instant::now();
-                let out = shapes
-                    .batch(&[&input])
-                    .and_then(|b| backend.gradcam(&b, class));
-                metrics::histogram!("osteo_inference_seconds", &labels)
-                    .record(start.elapsed().as_secs_f64());
-                let _ = reply.send(out);
-                continue;
-            }
-            Job::Predict {
-                input,
-                enqueued,
-                reply,
-            } => (input, enqueued, reply),
-        };
-        let deadline = enqueued + config.max_delay;
-        let mut jobs = vec![(input, enqueued, reply)];
-        while jobs.len() < config.max_batch {
-            let now = Instant::now();
-            let next = if now >= deadline {
-                rx.try_recv().ok()
-            } else {
-                rx.recv_timeout(deadline - now).ok()
+                return;
             };
-            match next {
-                Some(Job::Predict {
+            let first = match pending.take() {
+                Some(j) => j,
+                None => match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return, // every sender dropped: the server is gone
+                },
+            };
+            let (input, enqueued, reply) = match first {
+                Job::GradCam {
+                    input,
+                    class,
+                    enqueued,
+                    reply,
+                } => {
+                    if reply.is_closed() {
+                        metrics::counter!("osteo_cancelled_total", &labels).increment(1);
+                        continue;
+                    }
+                    metrics::histogram!("osteo_queue_seconds", &labels)
+                        .record(enqueued.elapsed().as_secs_f64());
+                    let start = Instant::now();
+                    let out = shapes
+                        .batch(&[&input])
+                        .and_then(|b| guarded(|| backend.gradcam(&b, class)));
+                    metrics::histogram!("osteo_inference_seconds", &labels)
+                        .record(start.elapsed().as_secs_f64());
+                    self.record(&out);
+                    let _ = reply.send(out);
+                    continue;
+                }
+                Job::Predict {
                     input,
                     enqueued,
                     reply,
-                }) => jobs.push((input, enqueued, reply)),
-                Some(other) => {
-                    pending = Some(other);
-                    break;
-                }
-                None => break,
-            }
-        }
-        let before = jobs.len();
-        jobs.retain(|(_, _, reply)| !reply.is_closed());
-        let skipped = before - jobs.len();
-        if skipped > 0 {
-            metrics::counter!("osteo_cancelled_total", &labels).increment(skipped as u64);
-        }
-        if jobs.is_empty() {
-            continue;
-        }
-        let started = Instant::now();
-        for (_, enqueued, _) in &jobs {
-            metrics::histogram!("osteo_queue_seconds", &labels)
-                .record(started.duration_since(*enqueued).as_secs_f64());
-        }
-        let inputs: Vec<&Input> = jobs.iter().map(|(i, _, _)| i).collect();
-        let result = shapes.batch(&inputs).and_then(|b| backend.predict(&b));
-        let inference_s = started.elapsed().as_secs_f64();
-        let n = jobs.len();
-        metrics::histogram!("osteo_batch_size", &labels).record(n as f64);
-        metrics::histogram!("osteo_inference_seconds", &labels).record(inference_s);
-        match result {
-            Ok(logits) => {
-                for (k, (_, _, reply)) in jobs.into_iter().enumerate() {
-                    let out = logits.row(k).map(<[f32]>::to_vec).ok_or_else(|| {
-                        BackendError::Runtime(format!("the backend returned no row {k}"))
-                    });
-                    let _ = reply.send(out);
+                } => (input, enqueued, reply),
+            };
+            let deadline = enqueued + config.max_delay;
+            let mut jobs = vec![(input, enqueued, reply)];
+            while jobs.len() < config.max_batch {
+                let now = Instant::now();
+                let next = if now >= deadline {
+                    rx.try_recv().ok()
+                } else {
+                    rx.recv_timeout(deadline - now).ok()
+                };
+                match next {
+                    Some(Job::Predict {
+                        input,
+                        enqueued,
+                        reply,
+                    }) => jobs.push((input, enqueued, reply)),
+                    Some(other) => {
+                        pending = Some(other);
+                        break;
+                    }
+                    None => break,
                 }
             }
-            Err(e) => {
-                for (_, _, reply) in jobs {
-                    let _ = reply.send(Err(e.clone()));
+            let before = jobs.len();
+            jobs.retain(|(_, _, reply)| !reply.is_closed());
+            let skipped = before - jobs.len();
+            if skipped > 0 {
+                metrics::counter!("osteo_cancelled_total", &labels).increment(skipped as u64);
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            for (_, enqueued, _) in &jobs {
+                metrics::histogram!("osteo_queue_seconds", &labels)
+                    .record(started.duration_since(*enqueued).as_secs_f64());
+            }
+            let inputs: Vec<&Input> = jobs.iter().map(|(i, _, _)| i).collect();
+            let result = predict_rows(backend.as_mut(), &shapes, &inputs);
+            metrics::histogram!("osteo_batch_size", &labels).record(jobs.len() as f64);
+            metrics::histogram!("osteo_inference_seconds", &labels)
+                .record(started.elapsed().as_secs_f64());
+            self.record(&result);
+            match result {
+                Ok(rows) => {
+                    for ((_, _, reply), row) in jobs.into_iter().zip(rows) {
+                        let _ = reply.send(Ok(row));
+                    }
+                }
+                Err(e) => {
+                    for (_, _, reply) in jobs {
+                        let _ = reply.send(Err(e.clone()));
+                    }
                 }
             }
         }

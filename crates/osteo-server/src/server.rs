@@ -2,6 +2,7 @@
 //! the Prometheus endpoint, store expiry and graceful shutdown.
 
 use crate::config::Settings;
+use crate::connection::{ActivityLayer, ConnLimits, HTTP2_HANDSHAKE_BYTES, accept_loop};
 use crate::error::ServerError;
 use crate::models::ModelSet;
 use crate::registry::Registry;
@@ -11,55 +12,104 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic_health::ServingStatus;
 
 /// Name of the service in grpc.health.v1.
 pub const SERVICE_NAME: &str = "osteo.v1.OsteoService";
 
-/// Histogram buckets (seconds) of the latency metrics.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-];
-
-/// Installs the Prometheus recorder and its `/metrics` listener.
-fn install_metrics(addr: std::net::SocketAddr) -> Result<(), ServerError> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("osteo_batch_size".into()),
-                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
-            )
-        })
-        .map_err(|e| ServerError::Config(format!("metrics buckets: {e}")))?
-        .install()
-        .map_err(|e| {
-            ServerError::Config(format!(
-                "server.metrics_listen = {addr}: cannot serve metrics: {e}"
-            ))
-        })
+/// Mirrors the workers in grpc.health.v1 until shutdown: each model under its own name is
+/// SERVING while all its backends are up; `osteo.v1.OsteoService` and "" follow the default
+/// model.
+async fn follow_workers(
+    state: &State,
+    health: &tonic_health::server::HealthReporter,
+    changed: &tokio::sync::Notify,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(models) = state.models.get() else {
+        return;
+    };
+    let status = |up: bool| {
+        if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        for m in models.all() {
+            health.set_service_status(m.name(), status(m.is_up())).await;
+        }
+        let overall = models.get("").map(|m| m.is_up()).unwrap_or(false);
+        health
+            .set_service_status(SERVICE_NAME, status(overall))
+            .await;
+        health.set_service_status("", status(overall)).await;
+        changed.notified().await;
+    }
 }
 
-/// Serves until `shutdown` completes, then stops accepting requests, lets in-flight requests
-/// finish for up to `server.shutdown_grace_s` and returns. Fails early on an invalid
-/// configuration or when a model cannot be loaded.
+/// Binds `addr` for the setting `key`.
+async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServerError::Config(format!("{key} = {addr}: cannot listen: {e}")))
+}
+
+/// Serves on `server.listen` (and the metrics on `server.metrics_listen`) until `shutdown`
+/// completes; see [`serve_on`].
 pub async fn serve(
     settings: Settings,
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let addr = settings.listen_addr()?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| ServerError::Config(format!("server.listen = {addr}: cannot listen: {e}")))?;
+    let listener = bind(settings.listen_addr()?, "server.listen").await?;
+    let metrics = match settings.metrics_addr()? {
+        Some(addr) => Some(bind(addr, "server.metrics_listen").await?),
+        None => None,
+    };
+    serve_on(listener, metrics, settings, registry, shutdown).await
+}
+
+/// Serves gRPC on a bound `listener` (and the metrics on `metrics`) until `shutdown` completes,
+/// then stops accepting, closes idle connections at once, lets in-flight requests finish for
+/// up to `server.shutdown_grace_s` and returns. Fails early on an invalid configuration or
+/// when a model cannot be loaded. Tests bind port 0 and serve in process.
+pub async fn serve_on(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    settings: Settings,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    settings.validate()?;
     let local = listener
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("listener address: {e}")))?;
-    if let Some(metrics_addr) = settings.metrics_addr()? {
-        install_metrics(metrics_addr)?;
-        tracing::info!(%metrics_addr, "metrics at http://{metrics_addr}/metrics");
+    let sv = settings.server.clone();
+    let limits = ConnLimits {
+        max_connections: sv.max_connections,
+        handshake_timeout: Duration::from_secs(sv.handshake_timeout_s),
+        handshake_bytes: HTTP2_HANDSHAKE_BYTES,
+        idle_timeout: Duration::from_secs(sv.idle_timeout_s),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    crate::metrics_http::recorder()?;
+    if let Some(m) = metrics {
+        let addr = m
+            .local_addr()
+            .map_err(|e| ServerError::Internal(format!("metrics listener address: {e}")))?;
+        // An HTTP/1 request line is at least 16 bytes ("GET / HTTP/1.1\r\n").
+        let metrics_limits = ConnLimits {
+            handshake_bytes: 16,
+            ..limits
+        };
+        crate::metrics_http::serve(m, metrics_limits, stop_rx.clone())?;
+        tracing::info!(metrics_addr = %addr, "metrics at http://{addr}/metrics");
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -91,10 +141,14 @@ pub async fn serve(
     {
         let state = state.clone();
         let health = health.clone();
+        let stop = stop_rx.clone();
         tokio::spawn(async move {
+            let changed = Arc::new(tokio::sync::Notify::new());
+            let workers_changed = changed.clone();
             let loaded = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
-                ModelSet::load(&settings, &registry).map(|m| (m, started.elapsed()))
+                ModelSet::load(&settings, &registry, &workers_changed)
+                    .map(|m| (m, started.elapsed()))
             })
             .await;
             match loaded {
@@ -102,11 +156,8 @@ pub async fn serve(
                     let names: Vec<String> =
                         models.all().iter().map(|m| m.name().to_string()).collect();
                     let _ = state.models.set(models);
-                    health
-                        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-                        .await;
-                    health.set_service_status("", ServingStatus::Serving).await;
                     tracing::info!(models = ?names, seconds = took.as_secs_f64(), "models loaded; SERVING");
+                    follow_workers(&state, &health, &changed, stop).await;
                 }
                 Ok(Err(e)) => {
                     let _ = fatal_tx.send(e);
@@ -128,20 +179,29 @@ pub async fn serve(
         });
     }
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let keepalive = (sv.keepalive_interval_s > 0).then(|| Duration::from_secs(sv.keepalive_interval_s));
+    // Accepted streams have TCP_NODELAY set: without it, Nagle's algorithm and delayed ACKs add
+    // ~40 ms to small responses.
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(accept_loop(
+        listener,
+        limits,
+        stop_rx.clone(),
+        "grpc",
+    ))
+    .map(Ok::<_, std::io::Error>);
+    let mut stop_rx = stop_rx;
     let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(sv.keepalive_timeout_s)))
+        .max_concurrent_streams(sv.max_concurrent_streams)
+        .layer(ActivityLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(osteo)
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small
-            // responses.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            },
-        );
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        });
     tracing::info!(%local, "listening on {local}");
     tokio::pin!(server);
     tokio::select! {

@@ -1,8 +1,11 @@
 //! The `osteo.v1.OsteoService` implementation.
 
+use crate::budget::{Budget, Reservation};
 use crate::config::Settings;
 use crate::convert;
 use crate::error::ServerError;
+use crate::text::{client_text, is_handle};
+use crate::upload::{Framer, FramingLimits};
 use crate::models::{ModelSet, ServedModel};
 use crate::scheduler::Input;
 use crate::store::{Study, StudyStore};
@@ -12,6 +15,7 @@ use osteo_proto::v1 as pb;
 use osteo_proto::v1::osteo_service_server::OsteoService;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -23,20 +27,66 @@ pub struct State {
     pub store: StudyStore,
     /// The models, once loaded (UNAVAILABLE before).
     pub models: OnceLock<ModelSet>,
+    /// Permits of inference requests (`server.max_concurrent_requests`).
+    requests: Arc<Semaphore>,
+    /// Permits of upload streams (`store.max_concurrent_uploads`).
+    uploads: Arc<Semaphore>,
+    /// Upload bytes buffered across all streams (`store.max_inflight_upload_bytes`).
+    upload_bytes: Arc<Budget>,
 }
 
 impl State {
     /// State with an empty store and models not yet loaded.
     pub fn new(settings: Settings) -> Self {
+        let st = &settings.store;
         let store = StudyStore::new(
-            settings.store.max_bytes,
-            Duration::from_secs(settings.store.ttl_s),
+            st.max_bytes,
+            st.max_study_bytes,
+            Duration::from_secs(st.ttl_s),
         );
+        let upload_bytes = Budget::new("store.max_inflight_upload_bytes", st.max_inflight_upload_bytes);
+        let uploads = Arc::new(Semaphore::new(st.max_concurrent_uploads));
+        let requests = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
         Self {
             settings,
             store,
             models: OnceLock::new(),
+            requests,
+            uploads,
+            upload_bytes,
         }
+    }
+
+    /// A permit for one inference request, taken before any ingest or view work.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, ServerError> {
+        self.requests.clone().try_acquire_owned().map_err(|_| {
+            ServerError::ResourceExhausted(format!(
+                "the server is already working on {} requests, its limit \
+                 (server.max_concurrent_requests); retry with backoff",
+                self.settings.server.max_concurrent_requests
+            ))
+        })
+    }
+
+    /// Reads the DICOM files of a study, reserves its decoded size in the store, then decodes
+    /// it. Nothing is decoded when the reservation fails.
+    async fn ingest(
+        self: &Arc<Self>,
+        files: Vec<Vec<u8>>,
+        series_uid: Option<String>,
+    ) -> Result<Study, ServerError> {
+        let state = self.clone();
+        blocking(move || {
+            let options = IngestOptions {
+                series_uid,
+                limits: state.limits(),
+            };
+            let planned = osteo_dicom::plan(DicomSource::Buffers(files), &options)?;
+            let reservation = state.store.reserve(planned.decoded_bytes())?;
+            let ingested = planned.decode()?;
+            Ok(Study::new(ingested.volume, reservation))
+        })
+        .await
     }
 
     fn models(&self) -> Result<&ModelSet, ServerError> {
@@ -73,7 +123,9 @@ impl Service {
     }
 }
 
-/// Labels of one request for metrics and logs: no patient data, only the study handle.
+/// Labels of one request for metrics and logs: no patient data, only the study handle. Model
+/// and backend are the server's own configured names, `unknown` when the request named one
+/// the server does not serve, never the client's string.
 #[derive(Default)]
 struct Labels {
     model: String,
@@ -161,7 +213,7 @@ impl Service {
         span.in_scope(|| tracing::debug!("request started"));
         let fut = body(self.state.clone(), labels.clone(), request.into_inner());
         let result = match tokio::time::timeout(budget, fut.instrument(span.clone())).await {
-            Ok(r) => r,
+            Ok(r) => r.map_err(ServerError::one_line),
             Err(_) => Err(ServerError::DeadlineExceeded(format!(
                 "{rpc} did not finish within its deadline of {} ms (queue, preprocessing and \
                  inference); retry later or allow more time",
@@ -171,7 +223,12 @@ impl Service {
         let code = result.as_ref().map_or_else(ServerError::code, |_| Code::Ok);
         let seconds = start.elapsed().as_secs_f64();
         let l = labels.lock().unwrap_or_else(|p| p.into_inner());
-        span.record("study", l.study.as_str());
+        let study = if l.study.is_empty() || is_handle(&l.study) {
+            l.study.as_str()
+        } else {
+            "invalid"
+        };
+        span.record("study", study);
         span.record("model", l.model.as_str());
         span.record("backend", l.backend.as_str());
         let code_name = format!("{code:?}");
@@ -198,11 +255,11 @@ impl Service {
     async fn prepare(
         state: &Arc<State>,
         labels: &std::sync::Mutex<Labels>,
-        (model, backend): (&ServedModel, &str),
+        model: &ServedModel,
         study: Option<&pb::StudyRef>,
         clinical: Option<&pb::ClinicalVariables>,
     ) -> Result<Prepared, ServerError> {
-        set_labels(labels, model.name(), backend, study);
+        set_study_ref(labels, study);
         let start = Instant::now();
         let m = &model.artifacts.manifest;
         let study = match study.and_then(|s| s.source.as_ref()) {
@@ -221,16 +278,8 @@ impl Service {
                         "study.inline has no files: send the DICOM files of the series".into(),
                     ));
                 }
-                let files = inline.files.clone();
-                let options = IngestOptions {
-                    series_uid: Some(inline.series_instance_uid.clone()).filter(|s| !s.is_empty()),
-                    limits: state.limits(),
-                };
-                let ingested = blocking(move || {
-                    Ok(osteo_dicom::ingest(DicomSource::Buffers(files), &options)?)
-                })
-                .await?;
-                Some(Arc::new(Study::new(ingested.volume)))
+                let series = Some(inline.series_instance_uid.clone()).filter(|s| !s.is_empty());
+                Some(Arc::new(state.ingest(inline.files.clone(), series).await?))
             }
         };
         let view = match m.view {
@@ -323,30 +372,92 @@ struct Graded {
     logits: Vec<f32>,
 }
 
-fn set_labels(
+/// Records the handle of a referenced study (checked for shape when logged).
+fn set_study_ref(labels: &std::sync::Mutex<Labels>, study: Option<&pb::StudyRef>) {
+    if let Some(pb::study_ref::Source::Study(handle)) = study.and_then(|s| s.source.as_ref()) {
+        labels.lock().unwrap_or_else(|p| p.into_inner()).study = handle.clone();
+    }
+}
+
+/// Resolves the requested model and backend, labelling the request with the served names (or
+/// `unknown` for a name the server does not serve).
+fn resolve<'a>(
+    state: &'a State,
     labels: &std::sync::Mutex<Labels>,
     model: &str,
     backend: &str,
-    study: Option<&pb::StudyRef>,
-) {
-    let mut l = labels.lock().unwrap_or_else(|p| p.into_inner());
-    l.model = model.to_string();
-    l.backend = backend.to_string();
-    if let Some(pb::study_ref::Source::Study(handle)) = study.and_then(|s| s.source.as_ref()) {
-        l.study = handle.clone();
-    }
+) -> Result<(&'a ServedModel, &'a str), ServerError> {
+    let set = |m: &str, b: &str| {
+        let mut l = labels.lock().unwrap_or_else(|p| p.into_inner());
+        l.model = m.to_string();
+        l.backend = b.to_string();
+    };
+    let model = state.models()?.get(model).inspect_err(|_| set("unknown", ""))?;
+    let (backend, _) = model
+        .worker(backend)
+        .inspect_err(|_| set(model.name(), "unknown"))?;
+    set(model.name(), backend);
+    Ok((model, backend))
 }
 
 fn set_study(labels: &std::sync::Mutex<Labels>, study: &Study) {
     labels.lock().unwrap_or_else(|p| p.into_inner()).study = study.handle.clone();
 }
 
-/// Reads an upload stream into complete files, enforcing the limits as bytes arrive.
+/// The backends a CompareBackends request names, checked before any work: each a backend
+/// serving the model, each at most once (so the list is never longer than the served list);
+/// every serving backend when the request names none. Returned in the requested order.
+fn compare_backends(model: &ServedModel, requested: &[String]) -> Result<Vec<String>, ServerError> {
+    let served = model.backend_names();
+    if requested.is_empty() {
+        return Ok(served);
+    }
+    if requested.len() > served.len() {
+        return Err(ServerError::InvalidArgument(format!(
+            "backends lists {} entries but model {} is served by {} backend(s) ({}): name each \
+             at most once",
+            requested.len(),
+            model.name(),
+            served.len(),
+            served.join(", ")
+        )));
+    }
+    let mut chosen = Vec::with_capacity(requested.len());
+    for name in requested {
+        let (canonical, _) = model.worker(name)?;
+        if chosen.iter().any(|c: &String| c == canonical) {
+            return Err(ServerError::InvalidArgument(format!(
+                "backends names \"{}\" twice: name each backend at most once",
+                client_text(name)
+            )));
+        }
+        chosen.push(canonical.to_string());
+    }
+    Ok(chosen)
+}
+
+/// The files of an upload and what they hold of the upload budgets until they are decoded.
+struct Upload {
+    files: Vec<Vec<u8>>,
+    series_uid: Option<String>,
+    _bytes: Reservation,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Reads an upload stream into complete files, enforcing the limits as bytes arrive: a slot
+/// among `store.max_concurrent_uploads` first, then every byte reserved from
+/// `store.max_inflight_upload_bytes` before it is buffered (all of a declared size at once).
 async fn read_upload(
     state: &State,
     stream: &mut Streaming<pb::UploadStudyRequest>,
-) -> Result<(Vec<Vec<u8>>, Option<String>), ServerError> {
-    let limits = state.limits();
+) -> Result<Upload, ServerError> {
+    let slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
+        ServerError::ResourceExhausted(format!(
+            "{} uploads are already in progress, the limit (store.max_concurrent_uploads); retry \
+             with backoff",
+            state.settings.store.max_concurrent_uploads
+        ))
+    })?;
     let first = stream
         .message()
         .await
@@ -364,21 +475,18 @@ async fn read_upload(
             ));
         }
     };
-    if header.expected_bytes > limits.max_total_bytes {
-        return Err(ServerError::ResourceExhausted(format!(
-            "the upload declares {} bytes, the limit is {} (store.max_upload_bytes)",
-            header.expected_bytes, limits.max_total_bytes
-        )));
-    }
-    if header.expected_files as usize > limits.max_files {
-        return Err(ServerError::ResourceExhausted(format!(
-            "the upload declares {} files, the limit is {} (store.max_files)",
-            header.expected_files, limits.max_files
-        )));
-    }
-    let mut files: Vec<Vec<u8>> = Vec::new();
-    let mut open = false;
-    let mut total: u64 = 0;
+    let limits = state.limits();
+    let mut framer = Framer::new(
+        FramingLimits {
+            max_files: limits.max_files,
+            max_total_bytes: limits.max_total_bytes,
+        },
+        header.expected_files,
+        header.expected_bytes,
+    )?;
+    let mut held = state
+        .upload_bytes
+        .reserve(header.expected_bytes, "the upload")?;
     while let Some(msg) = stream.message().await.map_err(|s| {
         ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
     })? {
@@ -395,67 +503,18 @@ async fn read_upload(
                 ));
             }
         };
-        let index = chunk.file_index as usize;
-        if open && index + 1 == files.len() {
-            // continues the open file
-        } else if !open && index == files.len() {
-            if files.len() >= limits.max_files {
-                return Err(ServerError::ResourceExhausted(format!(
-                    "the upload has more than {} files (store.max_files)",
-                    limits.max_files
-                )));
-            }
-            files.push(Vec::new());
-            open = true;
-        } else {
-            return Err(ServerError::InvalidArgument(format!(
-                "chunk of file #{index} arrived while file #{} was expected: send files one \
-                 after another from #0, marking each file's last chunk",
-                if open { files.len() - 1 } else { files.len() }
-            )));
-        }
-        total += chunk.data.len() as u64;
-        if total > limits.max_total_bytes {
-            return Err(ServerError::ResourceExhausted(format!(
-                "the upload exceeds {} bytes (store.max_upload_bytes)",
-                limits.max_total_bytes
-            )));
-        }
-        if let Some(f) = files.last_mut() {
-            f.extend_from_slice(&chunk.data);
-        }
-        if chunk.last {
-            open = false;
-        }
+        let mut reserve = |total: u64| match total.checked_sub(held.bytes()) {
+            Some(more) if more > 0 => held.grow(more, "the upload"),
+            _ => Ok(()),
+        };
+        framer.push(chunk.file_index, &chunk.data, chunk.last, &mut reserve)?;
     }
-    if open {
-        return Err(ServerError::InvalidArgument(format!(
-            "the upload ended inside file #{}: mark each file's last chunk with last = true",
-            files.len() - 1
-        )));
-    }
-    if files.is_empty() {
-        return Err(ServerError::InvalidArgument(
-            "the upload holds no DICOM file".into(),
-        ));
-    }
-    if header.expected_files != 0 && header.expected_files as usize != files.len() {
-        return Err(ServerError::InvalidArgument(format!(
-            "the header announced {} files, {} arrived",
-            header.expected_files,
-            files.len()
-        )));
-    }
-    if header.expected_bytes != 0 && header.expected_bytes != total {
-        return Err(ServerError::InvalidArgument(format!(
-            "the header announced {} bytes, {total} arrived",
-            header.expected_bytes
-        )));
-    }
-    Ok((
-        files,
-        Some(header.series_instance_uid).filter(|s| !s.is_empty()),
-    ))
+    Ok(Upload {
+        files: framer.finish()?,
+        series_uid: Some(header.series_instance_uid).filter(|s| !s.is_empty()),
+        _bytes: held,
+        _slot: slot,
+    })
 }
 
 #[tonic::async_trait]
@@ -468,16 +527,15 @@ impl OsteoService for Service {
             "UploadStudy",
             request,
             |state, labels, mut stream| async move {
-                let (files, series_uid) = read_upload(&state, &mut stream).await?;
-                let options = IngestOptions {
+                let Upload {
+                    files,
                     series_uid,
-                    limits: state.limits(),
-                };
-                let ingested = blocking(move || {
-                    Ok(osteo_dicom::ingest(DicomSource::Buffers(files), &options)?)
-                })
-                .await?;
-                let (study, ttl) = state.store.insert(Study::new(ingested.volume))?;
+                    _bytes,
+                    _slot,
+                } = read_upload(&state, &mut stream).await?;
+                let study = state.ingest(files, series_uid).await?;
+                drop((_bytes, _slot));
+                let (study, ttl) = state.store.insert(study);
                 set_study(&labels, &study);
                 Ok(pb::UploadStudyResponse {
                     summary: Some(convert::summary(&study, Some(ttl))),
@@ -493,12 +551,12 @@ impl OsteoService for Service {
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         self.run("Classify", request, |state, labels, req| async move {
             let start = Instant::now();
-            let model = state.models()?.get(&req.model)?;
-            let (backend, _) = model.worker(&req.backend)?;
+            let _permit = state.admit()?;
+            let (model, backend) = resolve(&state, &labels, &req.model, &req.backend)?;
             let prepared = Self::prepare(
                 &state,
                 &labels,
-                (model, backend),
+                model,
                 req.study.as_ref(),
                 req.clinical.as_ref(),
             )
@@ -516,7 +574,8 @@ impl OsteoService for Service {
     ) -> Result<Response<pb::ExplainResponse>, Status> {
         self.run("Explain", request, |state, labels, req| async move {
             let start = Instant::now();
-            let model = state.models()?.get(&req.model)?;
+            let _permit = state.admit()?;
+            let (model, backend) = resolve(&state, &labels, &req.model, &req.backend)?;
             let m = &model.artifacts.manifest;
             if m.view.is_none() {
                 return Err(ServerError::FailedPrecondition(format!(
@@ -526,11 +585,11 @@ impl OsteoService for Service {
                 )));
             }
             let requested = convert::grade_from(req.target)?;
-            let (backend, worker) = model.worker(&req.backend)?;
+            let (_, worker) = model.worker(backend)?;
             let prepared = Self::prepare(
                 &state,
                 &labels,
-                (model, backend),
+                model,
                 req.study.as_ref(),
                 req.clinical.as_ref(),
             )
@@ -575,19 +634,20 @@ impl OsteoService for Service {
             "CompareBackends",
             request,
             |state, labels, req| async move {
-                let model = state.models()?.get(&req.model)?;
-                let names: Vec<String> = if req.backends.is_empty() {
-                    model.backend_names()
-                } else {
-                    req.backends.clone()
-                };
-                for n in &names {
-                    model.worker(n)?;
-                }
+                let _permit = state.admit()?;
+                let (model, _) = resolve(&state, &labels, &req.model, "")?;
+                let names = compare_backends(model, &req.backends)?;
+                // The label lists the backends in the model's order: a bounded set of values.
+                let label: Vec<String> = model
+                    .backend_names()
+                    .into_iter()
+                    .filter(|b| names.contains(b))
+                    .collect();
+                labels.lock().unwrap_or_else(|p| p.into_inner()).backend = label.join(",");
                 let prepared = Self::prepare(
                     &state,
                     &labels,
-                    (model, &names.join(",")),
+                    model,
                     req.study.as_ref(),
                     req.clinical.as_ref(),
                 )

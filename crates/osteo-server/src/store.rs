@@ -1,7 +1,14 @@
 //! The study store: ingested CT volumes by unguessable handle, bounded in bytes, expiring after a
 //! TTL, deletable at once. Views a model reads are computed once per study and view spec.
+//!
+//! The bytes are accounted by reservation: an ingest reserves the decoded size from the store's
+//! [`Budget`] before it decodes anything, and the [`Study`] carries that reservation, so the
+//! memory is counted as long as any request still holds the study (even after it expired or was
+//! deleted) and released the moment the last holder lets go.
 
+use crate::budget::{Budget, Reservation};
 use crate::error::ServerError;
+use crate::text::client_text;
 use osteo_core::ViewSpec;
 use osteo_dicom::{View, Volume, coronal_slab};
 use std::collections::HashMap;
@@ -18,17 +25,18 @@ pub struct Study {
     /// Bytes the study holds in the store.
     pub stored_bytes: u64,
     views: Mutex<Vec<(ViewSpec, Arc<View>)>>,
+    _reservation: Reservation,
 }
 
 impl Study {
-    /// A study with a fresh handle.
-    pub fn new(volume: Volume) -> Self {
-        let stored_bytes = (volume.hu.len() * std::mem::size_of::<f32>()) as u64;
+    /// A study with a fresh handle, holding the store bytes reserved for its volume.
+    pub fn new(volume: Volume, reservation: Reservation) -> Self {
         Self {
             handle: new_handle(),
             volume,
-            stored_bytes,
+            stored_bytes: reservation.bytes(),
             views: Mutex::new(Vec::new()),
+            _reservation: reservation,
         }
     }
 
@@ -61,16 +69,19 @@ struct Entry {
 /// Studies by handle.
 pub struct StudyStore {
     entries: Mutex<HashMap<String, Entry>>,
-    max_bytes: u64,
+    budget: Arc<Budget>,
+    max_study_bytes: u64,
     ttl: Duration,
 }
 
 impl StudyStore {
-    /// An empty store holding at most `max_bytes`, each study for `ttl`.
-    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
+    /// An empty store holding at most `max_bytes`, one study at most `max_study_bytes`, each
+    /// study for `ttl`.
+    pub fn new(max_bytes: u64, max_study_bytes: u64, ttl: Duration) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
-            max_bytes,
+            budget: Budget::new("store.max_bytes", max_bytes),
+            max_study_bytes,
             ttl,
         }
     }
@@ -79,28 +90,33 @@ impl StudyStore {
         entries.retain(|_, e| e.expires > now);
     }
 
-    fn used(entries: &HashMap<String, Entry>) -> u64 {
-        entries.values().map(|e| e.study.stored_bytes).sum()
-    }
-
     /// Reports the store's size to the metrics.
-    fn publish(entries: &HashMap<String, Entry>) {
-        metrics::gauge!("osteo_store_bytes").set(Self::used(entries) as f64);
+    fn publish(&self, entries: &HashMap<String, Entry>) {
+        metrics::gauge!("osteo_store_bytes").set(self.budget.used() as f64);
         metrics::gauge!("osteo_store_studies").set(entries.len() as f64);
     }
 
-    /// Stores a study; RESOURCE_EXHAUSTED when it does not fit beside the others.
-    pub fn insert(&self, study: Study) -> Result<(Arc<Study>, Duration), ServerError> {
-        let mut entries = lock(&self.entries);
-        Self::sweep_locked(&mut entries, Instant::now());
-        let used = Self::used(&entries);
-        if used + study.stored_bytes > self.max_bytes {
+    /// Reserves the decoded size of a study before it is decoded: RESOURCE_EXHAUSTED when it is
+    /// larger than one study may be or does not fit beside the studies held now.
+    pub fn reserve(&self, bytes: u64) -> Result<Reservation, ServerError> {
+        if bytes > self.max_study_bytes {
             return Err(ServerError::ResourceExhausted(format!(
-                "the study store is full: the study needs {} bytes, {} of {} are in use; delete \
-                 studies you no longer need or retry after they expire",
-                study.stored_bytes, used, self.max_bytes
+                "the decoded study would take {bytes} bytes, more than one study may take \
+                 ({} bytes, store.max_study_bytes); send fewer or smaller slices (the selected \
+                 series only)",
+                self.max_study_bytes
             )));
         }
+        {
+            let mut entries = lock(&self.entries);
+            Self::sweep_locked(&mut entries, Instant::now());
+        }
+        self.budget.reserve(bytes, "the decoded study")
+    }
+
+    /// Stores a study whose bytes were reserved by [`StudyStore::reserve`].
+    pub fn insert(&self, study: Study) -> (Arc<Study>, Duration) {
+        let mut entries = lock(&self.entries);
         let study = Arc::new(study);
         entries.insert(
             study.handle.clone(),
@@ -109,13 +125,14 @@ impl StudyStore {
                 expires: Instant::now() + self.ttl,
             },
         );
-        Self::publish(&entries);
-        Ok((study, self.ttl))
+        self.publish(&entries);
+        (study, self.ttl)
     }
 
     fn not_found(handle: &str) -> ServerError {
         ServerError::NotFound(format!(
-            "study {handle} is not stored (never uploaded, deleted, or expired); upload it again"
+            "study \"{}\" is not stored (never uploaded, deleted, or expired); upload it again",
+            client_text(handle)
         ))
     }
 
@@ -136,20 +153,23 @@ impl StudyStore {
         let e = entries
             .remove(handle)
             .ok_or_else(|| Self::not_found(handle))?;
-        Self::publish(&entries);
-        Ok(e.study.stored_bytes)
+        drop(entries);
+        let freed = e.study.stored_bytes;
+        drop(e);
+        self.publish(&lock(&self.entries));
+        Ok(freed)
     }
 
     /// Drops expired studies.
     pub fn sweep(&self) {
         let mut entries = lock(&self.entries);
         Self::sweep_locked(&mut entries, Instant::now());
-        Self::publish(&entries);
+        self.publish(&entries);
     }
 
-    /// Bytes in use.
+    /// Bytes reserved now (stored studies and studies being decoded or still in use).
     pub fn used_bytes(&self) -> u64 {
-        Self::used(&lock(&self.entries))
+        self.budget.used()
     }
 }
 
@@ -173,15 +193,19 @@ mod tests {
         .expect("volume")
     }
 
+    fn study(store: &StudyStore, slices: usize) -> Result<Study, ServerError> {
+        let v = volume(slices);
+        let bytes = (v.hu.len() * 4) as u64;
+        Ok(Study::new(v, store.reserve(bytes)?))
+    }
+
     #[test]
     fn budget_ttl_and_delete() {
-        let store = StudyStore::new(1000, Duration::from_millis(200));
-        let (a, _) = store.insert(Study::new(volume(10))).expect("640 bytes fit");
+        let store = StudyStore::new(1000, 1000, Duration::from_millis(200));
+        let (a, _) = store.insert(study(&store, 10).expect("640 bytes fit"));
         assert_eq!(a.stored_bytes, 640);
         assert!(a.handle.starts_with("st_") && a.handle.len() == 35);
-        let full = store
-            .insert(Study::new(volume(10)))
-            .expect_err("1280 > 1000");
+        let full = study(&store, 10).expect_err("1280 > 1000");
         assert!(matches!(full, ServerError::ResourceExhausted(_)));
         assert_eq!(
             store.used_bytes(),
@@ -189,15 +213,24 @@ mod tests {
             "a refused study leaves nothing behind"
         );
         assert_eq!(store.delete(&a.handle), Ok(640));
-        assert!(matches!(
-            store.get(&a.handle),
-            Err(ServerError::NotFound(_))
-        ));
-        let (b, _) = store
-            .insert(Study::new(volume(10)))
-            .expect("fits after delete");
+        assert_eq!(store.used_bytes(), 640, "a request still holds the study");
+        drop(a);
+        assert_eq!(store.used_bytes(), 0, "released with its last holder");
+        let err = store.get("st_nope\n").expect_err("unknown");
+        assert!(matches!(err, ServerError::NotFound(_)));
+        assert!(err.to_string().contains("st_nope\\n"), "escaped: {err}");
+        let (b, _) = store.insert(study(&store, 10).expect("fits after delete"));
+        drop(b);
         std::thread::sleep(Duration::from_millis(250));
-        assert!(store.get(&b.handle).is_err(), "expired");
+        store.sweep();
+        assert_eq!(store.used_bytes(), 0, "expired");
+    }
+
+    #[test]
+    fn one_study_is_bounded_by_max_study_bytes() {
+        let store = StudyStore::new(10_000, 1000, Duration::from_secs(60));
+        let err = store.reserve(1001).expect_err("too large for one study");
+        assert!(err.to_string().contains("store.max_study_bytes"), "{err}");
         assert_eq!(store.used_bytes(), 0);
     }
 }

@@ -31,6 +31,7 @@ pub fn write_model(
         tabular: trained.tabular.clone(),
         provenance,
         metrics,
+        weights_blake3: String::new(),
     };
     manifest
         .validate()
@@ -39,15 +40,18 @@ pub fn write_model(
         .varmap
         .save(dir.join(WEIGHTS_FILE))
         .map_err(|e| io(e.to_string()))?;
+    let mut artifacts = ModelArtifacts {
+        dir: dir.to_path_buf(),
+        manifest,
+    };
+    artifacts
+        .record_weights_digest()
+        .map_err(|e| io(e.to_string()))?;
     std::fs::write(
         dir.join(MANIFEST_FILE),
-        manifest.to_toml().map_err(|e| io(e.to_string()))?,
+        artifacts.manifest.to_toml().map_err(|e| io(e.to_string()))?,
     )
     .map_err(|e| io(e.to_string()))?;
-    osteo_onnx::write_model(&ModelArtifacts {
-        dir: dir.to_path_buf(),
-        manifest: manifest.clone(),
-    })
-    .map_err(|e| io(e.to_string()))?;
-    Ok(manifest)
+    osteo_onnx::write_model(&artifacts).map_err(|e| io(e.to_string()))?;
+    Ok(artifacts.manifest)
 }

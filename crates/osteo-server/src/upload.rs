@@ -1,0 +1,240 @@
+//! Upload framing: turns the chunks of an `UploadStudy` stream into whole DICOM files, checking
+//! the order of files, their count and the byte total as each chunk arrives, so a malformed or
+//! oversized stream is refused at the first chunk that breaks a rule.
+
+use crate::error::ServerError;
+
+/// The limits an upload is framed under.
+#[derive(Debug, Clone, Copy)]
+pub struct FramingLimits {
+    /// Most files (`store.max_files`).
+    pub max_files: usize,
+    /// Most bytes in all (`store.max_upload_bytes`).
+    pub max_total_bytes: u64,
+}
+
+/// Files assembled so far.
+#[derive(Debug)]
+pub struct Framer {
+    limits: FramingLimits,
+    expected_files: u32,
+    expected_bytes: u64,
+    files: Vec<Vec<u8>>,
+    open: bool,
+    total: u64,
+}
+
+impl Framer {
+    /// A framer for an upload whose header announced `expected_files` and `expected_bytes`
+    /// (0 = not stated); refuses a header that announces more than the limits at once.
+    pub fn new(
+        limits: FramingLimits,
+        expected_files: u32,
+        expected_bytes: u64,
+    ) -> Result<Self, ServerError> {
+        if expected_bytes > limits.max_total_bytes {
+            return Err(ServerError::ResourceExhausted(format!(
+                "the upload declares {expected_bytes} bytes, the limit is {} \
+                 (store.max_upload_bytes)",
+                limits.max_total_bytes
+            )));
+        }
+        if expected_files as usize > limits.max_files {
+            return Err(ServerError::ResourceExhausted(format!(
+                "the upload declares {expected_files} files, the limit is {} (store.max_files)",
+                limits.max_files
+            )));
+        }
+        Ok(Self {
+            limits,
+            expected_files,
+            expected_bytes,
+            files: Vec::new(),
+            open: false,
+            total: 0,
+        })
+    }
+
+    /// Bytes accepted so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Adds a chunk of file `index`. `reserve(total)` is called with the new byte total before
+    /// the chunk is buffered; its refusal refuses the chunk.
+    pub fn push(
+        &mut self,
+        index: u32,
+        data: &[u8],
+        last: bool,
+        reserve: &mut dyn FnMut(u64) -> Result<(), ServerError>,
+    ) -> Result<(), ServerError> {
+        let index = index as usize;
+        let continues = self.open && index + 1 == self.files.len();
+        let starts = !self.open && index == self.files.len();
+        if !continues && !starts {
+            return Err(ServerError::InvalidArgument(format!(
+                "chunk of file #{index} arrived while file #{} was expected: send files one \
+                 after another from #0, marking each file's last chunk",
+                if self.open {
+                    self.files.len() - 1
+                } else {
+                    self.files.len()
+                }
+            )));
+        }
+        if starts && self.files.len() >= self.limits.max_files {
+            return Err(ServerError::ResourceExhausted(format!(
+                "the upload has more than {} files (store.max_files)",
+                self.limits.max_files
+            )));
+        }
+        let total = self.total + data.len() as u64;
+        if total > self.limits.max_total_bytes {
+            return Err(ServerError::ResourceExhausted(format!(
+                "the upload exceeds {} bytes (store.max_upload_bytes)",
+                self.limits.max_total_bytes
+            )));
+        }
+        if self.expected_bytes != 0 && total > self.expected_bytes {
+            return Err(ServerError::InvalidArgument(format!(
+                "the upload sends more than the {} bytes its header announced",
+                self.expected_bytes
+            )));
+        }
+        reserve(total)?;
+        if starts {
+            self.files.push(Vec::new());
+            self.open = true;
+        }
+        if let Some(f) = self.files.last_mut() {
+            f.extend_from_slice(data);
+        }
+        self.total = total;
+        if last {
+            self.open = false;
+        }
+        Ok(())
+    }
+
+    /// The complete files, once the stream has ended.
+    pub fn finish(self) -> Result<Vec<Vec<u8>>, ServerError> {
+        if self.open {
+            return Err(ServerError::InvalidArgument(format!(
+                "the upload ended inside file #{}: mark each file's last chunk with last = true",
+                self.files.len() - 1
+            )));
+        }
+        if self.files.is_empty() {
+            return Err(ServerError::InvalidArgument(
+                "the upload holds no DICOM file".into(),
+            ));
+        }
+        if self.expected_files != 0 && self.expected_files as usize != self.files.len() {
+            return Err(ServerError::InvalidArgument(format!(
+                "the header announced {} files, {} arrived",
+                self.expected_files,
+                self.files.len()
+            )));
+        }
+        if self.expected_bytes != 0 && self.expected_bytes != self.total {
+            return Err(ServerError::InvalidArgument(format!(
+                "the header announced {} bytes, {} arrived",
+                self.expected_bytes, self.total
+            )));
+        }
+        Ok(self.files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: FramingLimits = FramingLimits {
+        max_files: 4,
+        max_total_bytes: 64,
+    };
+
+    fn ok(_: u64) -> Result<(), ServerError> {
+        Ok(())
+    }
+
+    /// Chunks that frame `files` correctly, each file split at `cuts`.
+    fn framed(files: &[Vec<u8>], cut: usize) -> Vec<(u32, Vec<u8>, bool)> {
+        let mut chunks = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let pieces: Vec<&[u8]> = if f.is_empty() {
+                vec![&f[..]]
+            } else {
+                f.chunks(cut.max(1)).collect()
+            };
+            let n = pieces.len();
+            for (k, p) in pieces.into_iter().enumerate() {
+                chunks.push((i as u32, p.to_vec(), k + 1 == n));
+            }
+        }
+        chunks
+    }
+
+    proptest! {
+        /// Any well-framed upload within the limits comes back byte for byte.
+        #[test]
+        fn well_framed_uploads_round_trip(
+            files in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..16), 1..=4),
+            cut in 1usize..8,
+            declare in any::<bool>(),
+        ) {
+            let total: u64 = files.iter().map(|f| f.len() as u64).sum();
+            let (ef, eb) = if declare { (files.len() as u32, total) } else { (0, 0) };
+            let mut framer = Framer::new(LIMITS, ef, eb).expect("header within limits");
+            for (i, data, last) in framed(&files, cut) {
+                framer.push(i, &data, last, &mut ok).expect("well framed");
+            }
+            prop_assert_eq!(framer.finish().expect("complete"), files);
+        }
+
+        /// Arbitrary chunk sequences never panic, never buffer beyond the byte limit, and every
+        /// refusal is INVALID_ARGUMENT or RESOURCE_EXHAUSTED.
+        #[test]
+        fn arbitrary_chunks_are_refused_cleanly(
+            chunks in prop::collection::vec((0u32..6, prop::collection::vec(any::<u8>(), 0..40), any::<bool>()), 0..12),
+            ef in 0u32..6,
+            eb in 0u64..100,
+        ) {
+            let code_ok = |e: &ServerError| matches!(
+                e,
+                ServerError::InvalidArgument(_) | ServerError::ResourceExhausted(_)
+            );
+            let mut framer = match Framer::new(LIMITS, ef, eb) {
+                Ok(f) => f,
+                Err(e) => { prop_assert!(code_ok(&e)); return Ok(()); }
+            };
+            let mut reserved = 0u64;
+            for (i, data, last) in chunks {
+                let mut reserve = |t: u64| { reserved = reserved.max(t); Ok(()) };
+                if let Err(e) = framer.push(i, &data, last, &mut reserve) {
+                    prop_assert!(code_ok(&e), "{e}");
+                    return Ok(());
+                }
+                prop_assert!(framer.total() <= LIMITS.max_total_bytes);
+                prop_assert_eq!(reserved, framer.total(), "every byte reserved before buffering");
+            }
+            if let Err(e) = framer.finish() {
+                prop_assert!(code_ok(&e), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_reservation_buffers_nothing() {
+        let mut framer = Framer::new(LIMITS, 0, 0).expect("framer");
+        let mut full =
+            |_: u64| -> Result<(), ServerError> { Err(ServerError::ResourceExhausted("full".into())) };
+        let e = framer.push(0, b"abc", true, &mut full).expect_err("budget full");
+        assert!(matches!(e, ServerError::ResourceExhausted(_)));
+        assert_eq!(framer.total(), 0);
+        assert!(framer.finish().is_err(), "nothing was buffered");
+    }
+}

@@ -1,0 +1,184 @@
+//! An in-process server (DESIGN §11, mini-redis style): `osteo_server::serve_on` on listeners
+//! bound to port 0 before it starts, so tests run without subprocesses or port races.
+
+use osteo_backend_candle::CandleBackend;
+use osteo_backend_ort::{OrtBackend, OrtOptions};
+use osteo_core::Backend;
+use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
+use osteo_server::{Registry, ServerError};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The candle and ONNX Runtime backends, as `osteo serve` registers them.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<CandleBackend>("candle");
+    r.register_loader(
+        "ort",
+        Arc::new(|artifacts, device| {
+            OrtBackend::load_with(artifacts, device, OrtOptions::default())
+                .map(|b| Box::new(b) as Box<dyn Backend>)
+        }),
+    );
+    r
+}
+
+/// A server running inside the test process.
+pub struct InProc {
+    /// gRPC URL.
+    pub url: String,
+    /// gRPC address.
+    pub addr: SocketAddr,
+    /// Metrics address.
+    pub metrics: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The settings of `config` (TOML) plus the shipped `models` (name, extra keys), with no
+/// environment overrides.
+pub fn settings(config: &str, models: &[(&str, &str)]) -> osteo_server::Settings {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut text = format!("{config}\n");
+    for (name, keys) in models {
+        let path = root.join("models").join(name);
+        text.push_str(&format!("[[models]]\npath = \"{}\"\n{keys}\n", path.display()));
+    }
+    let file = dir.path().join("osteo.toml");
+    std::fs::write(&file, text).expect("config");
+    let no_env = config::Environment::with_prefix("OSTEO_TEST_NONE")
+        .source(Some(std::collections::HashMap::new()));
+    osteo_server::config::load_from(Some(&file), &[], no_env).expect("valid test configuration")
+}
+
+impl InProc {
+    /// Starts a server with `config` (TOML sections), the shipped `models` and `registry`, and
+    /// waits until grpc.health.v1 reports SERVING.
+    pub async fn start(config: &str, models: &[(&str, &str)], registry: Registry) -> Self {
+        let s = settings(config, models);
+        let server = Self::spawn(s, registry).await;
+        server.wait_for_health("", ServingStatus::Serving).await;
+        server
+    }
+
+    /// Starts a server without waiting for its models.
+    pub async fn spawn(settings: osteo_server::Settings, registry: Registry) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics_addr = metrics.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(osteo_server::server::serve_on(
+            listener,
+            Some(metrics),
+            settings,
+            registry,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            url: format!("http://{addr}"),
+            addr,
+            metrics: metrics_addr,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// A client with 64 MiB message limits.
+    pub async fn client(&self) -> OsteoServiceClient<Channel> {
+        OsteoServiceClient::connect(self.url.clone())
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// The grpc.health.v1 status of `service` ("" = the whole server).
+    pub async fn health(&self, service: &str) -> Option<ServingStatus> {
+        let channel = Channel::from_shared(self.url.clone())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let mut h = HealthClient::new(channel);
+        let r = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(r.into_inner().status).ok()
+    }
+
+    /// Waits (at most 60 s) until `service` reports `want`.
+    pub async fn wait_for_health(&self, service: &str, want: ServingStatus) {
+        let start = Instant::now();
+        loop {
+            if self.health(service).await == Some(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "health of {service:?} never became {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A raw HTTP/1.1 request to the metrics port; returns the whole response.
+    pub async fn http(&self, request_line: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics).await.expect("metrics");
+        let req = format!("{request_line}\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    /// The Prometheus exposition text.
+    pub async fn scrape(&self) -> String {
+        self.http("GET /metrics HTTP/1.1").await
+    }
+
+    /// Signals shutdown and waits for `serve_on` to return.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for `serve_on` to return on its own (a start-up failure).
+    pub async fn exit(mut self) -> Result<(), ServerError> {
+        match self.task.take() {
+            Some(t) => t.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProc {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
