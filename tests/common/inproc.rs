@@ -43,20 +43,28 @@ pub struct InProc {
 }
 
 /// The settings of `config` (TOML) plus the shipped `models` (name, extra keys), with no
-/// environment overrides.
+/// environment overrides; the first model is the default unless `config` names one.
 pub fn settings(config: &str, models: &[(&str, &str)]) -> osteo_server::Settings {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut text = format!("{config}\n");
     for (name, keys) in models {
         let path = root.join("models").join(name);
-        text.push_str(&format!("[[models]]\npath = \"{}\"\n{keys}\n", path.display()));
+        text.push_str(&format!(
+            "[[models]]\npath = \"{}\"\n{keys}\n",
+            path.display()
+        ));
     }
     let file = dir.path().join("osteo.toml");
     std::fs::write(&file, text).expect("config");
     let no_env = config::Environment::with_prefix("OSTEO_TEST_NONE")
         .source(Some(std::collections::HashMap::new()));
-    osteo_server::config::load_from(Some(&file), &[], no_env).expect("valid test configuration")
+    let mut overrides = Vec::new();
+    if let (false, Some((first, _))) = (config.contains("default_model"), models.first()) {
+        overrides.push(("server.default_model", first.to_string()));
+    }
+    osteo_server::config::load_from(Some(&file), &overrides, no_env)
+        .expect("valid test configuration")
 }
 
 impl InProc {
@@ -71,8 +79,12 @@ impl InProc {
 
     /// Starts a server without waiting for its models.
     pub async fn spawn(settings: osteo_server::Settings, registry: Registry) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let metrics_addr = metrics.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -128,6 +140,9 @@ impl InProc {
             if self.health(service).await == Some(want) {
                 return;
             }
+            if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+                panic!("the server stopped while waiting for {service:?} to be {want:?}");
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "health of {service:?} never became {want:?}"
@@ -139,7 +154,9 @@ impl InProc {
     /// A raw HTTP/1.1 request to the metrics port; returns the whole response.
     pub async fn http(&self, request_line: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.metrics).await.expect("metrics");
+        let mut s = tokio::net::TcpStream::connect(self.metrics)
+            .await
+            .expect("metrics");
         let req = format!("{request_line}\r\nHost: test\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.expect("write");
         let mut out = String::new();

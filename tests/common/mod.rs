@@ -106,6 +106,11 @@ impl Server {
         }
     }
 
+    /// A `/proc/PID/status` figure of the server process in bytes (`VmRSS`, `VmHWM`, ...).
+    pub fn memory(&self, field: &str) -> u64 {
+        proc_status_bytes(&format!("/proc/{}/status", self.child.id()), field)
+    }
+
     pub fn output(&self) -> String {
         self.output.lock().expect("output").clone()
     }
@@ -257,4 +262,152 @@ pub fn inline(files: &[Vec<u8>]) -> Option<pb::StudyRef> {
             series_instance_uid: String::new(),
         })),
     })
+}
+
+/// A CT series of `slices` RLE Lossless slices of `size` x `size` zeros, 16-bit: about 8 KB a
+/// slice on the wire that decodes to `size * size * 4` bytes of HU (a decompression bomb).
+pub fn rle_zero_series(slices: usize, size: u16) -> Vec<Vec<u8>> {
+    use dicom_core::value::{C, PixelFragmentSequence, PrimitiveValue, Value};
+    use dicom_core::{DataElement, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    let pixels = usize::from(size) * usize::from(size);
+    // One PackBits segment of zeros: runs of 128 (control byte -127, value 0), then the rest.
+    let mut segment = Vec::new();
+    let mut left = pixels;
+    while left > 0 {
+        let run = left.min(128);
+        segment.push((1i16 - run as i16) as i8 as u8);
+        segment.push(0);
+        left -= run;
+    }
+    if segment.len() % 2 == 1 {
+        segment.push(0);
+    }
+    let mut frame = vec![0u8; 64];
+    frame[0..4].copy_from_slice(&2u32.to_le_bytes());
+    frame[4..8].copy_from_slice(&64u32.to_le_bytes());
+    frame[8..12].copy_from_slice(&(64 + segment.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&segment);
+    frame.extend_from_slice(&segment);
+    let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
+    (0..slices)
+        .map(|k| {
+            let sop = format!("2.25.99{k}");
+            let elements: Vec<DataElement<InMemDicomObject>> = vec![
+                text(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE),
+                text(tags::SOP_INSTANCE_UID, VR::UI, &sop),
+                text(tags::MODALITY, VR::CS, "CT"),
+                text(tags::PATIENT_NAME, VR::PN, PATIENT_NAME),
+                text(tags::PATIENT_ID, VR::LO, PATIENT_ID),
+                text(tags::SLICE_THICKNESS, VR::DS, "1"),
+                text(tags::STUDY_INSTANCE_UID, VR::UI, "2.25.4242"),
+                text(tags::SERIES_INSTANCE_UID, VR::UI, "2.25.4243"),
+                text(tags::INSTANCE_NUMBER, VR::IS, &(k + 1).to_string()),
+                DataElement::new(
+                    tags::IMAGE_POSITION_PATIENT,
+                    VR::DS,
+                    PrimitiveValue::Strs(C::from_vec(vec!["0".into(), "0".into(), k.to_string()])),
+                ),
+                DataElement::new(
+                    tags::IMAGE_ORIENTATION_PATIENT,
+                    VR::DS,
+                    PrimitiveValue::Strs(
+                        ["1", "0", "0", "0", "1", "0"]
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect(),
+                    ),
+                ),
+                us(tags::SAMPLES_PER_PIXEL, 1),
+                text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+                us(tags::ROWS, size),
+                us(tags::COLUMNS, size),
+                DataElement::new(
+                    tags::PIXEL_SPACING,
+                    VR::DS,
+                    PrimitiveValue::Strs(C::from_vec(vec!["1".into(), "1".into()])),
+                ),
+                us(tags::BITS_ALLOCATED, 16),
+                us(tags::BITS_STORED, 16),
+                us(tags::HIGH_BIT, 15),
+                us(tags::PIXEL_REPRESENTATION, 0),
+                text(tags::RESCALE_INTERCEPT, VR::DS, "-1024"),
+                text(tags::RESCALE_SLOPE, VR::DS, "1"),
+                DataElement::new(
+                    tags::PIXEL_DATA,
+                    VR::OB,
+                    Value::PixelSequence(PixelFragmentSequence::new(
+                        Vec::<u32>::new(),
+                        vec![frame.clone()],
+                    )),
+                ),
+            ];
+            let meta = FileMetaTableBuilder::new()
+                .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
+                .media_storage_sop_instance_uid(sop.as_str())
+                .transfer_syntax(uids::RLE_LOSSLESS);
+            let obj = InMemDicomObject::from_element_iter(elements)
+                .with_meta(meta)
+                .expect("meta");
+            let mut bytes = Vec::new();
+            obj.write_all(&mut bytes).expect("write RLE slice");
+            bytes
+        })
+        .collect()
+}
+
+/// A memory figure (`VmRSS:`, `VmHWM:`, ...) of a `/proc/*/status` file in bytes.
+pub fn proc_status_bytes(path: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(path).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("{field} in {path}"))
+}
+
+/// Resident memory of this process in bytes (VmRSS of /proc/self/status).
+pub fn rss_bytes() -> u64 {
+    proc_status_bytes("/proc/self/status", "VmRSS")
+}
+
+/// Samples this process's RSS every few milliseconds until dropped; `peak` is the largest seen.
+pub struct RssPeak {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssPeak {
+    /// Starts sampling.
+    pub fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let peak = Arc::new(AtomicU64::new(rss_bytes()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_bytes(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Self {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling and returns the peak RSS in bytes.
+    pub fn finish(mut self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed).max(rss_bytes())
+    }
 }

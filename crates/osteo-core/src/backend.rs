@@ -208,7 +208,10 @@ mod tests {
 
     #[test]
     fn out_of_memory_is_recognised_from_each_engine() {
-        assert!(BackendError::Device("CUDA_ERROR_OUT_OF_MEMORY: out of memory".into()).is_out_of_memory());
+        assert!(
+            BackendError::Device("CUDA_ERROR_OUT_OF_MEMORY: out of memory".into())
+                .is_out_of_memory()
+        );
         assert!(
             BackendError::Runtime("Failed to allocate memory for requested buffer".into())
                 .is_out_of_memory()

@@ -190,6 +190,45 @@ impl ClinicalVariables {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any numbers at all are either accepted within the documented ranges or refused with
+        /// a message that names the field but never echoes the value; nothing panics.
+        #[test]
+        fn arbitrary_values_are_validated_without_echoing_them(
+            age in prop_oneof![any::<f64>(), 0.0f64..130.0],
+            height in prop_oneof![any::<f64>(), 80.0f64..250.0],
+            weight in prop_oneof![any::<f64>(), 10.0f64..320.0],
+            bmi in prop::option::of(prop_oneof![any::<f64>(), 5.0f64..90.0]),
+        ) {
+            let input = ClinicalInput {
+                age_years: age,
+                sex: Sex::Male,
+                height_cm: height,
+                weight_kg: weight,
+                bmi,
+                risk: RiskFlags::default(),
+            };
+            match ClinicalVariables::validate(input) {
+                Ok(c) => {
+                    let within = |v: f64, (lo, hi): (f64, f64)| (lo..=hi).contains(&v);
+                    prop_assert!(within(c.age_years(), AGE_YEARS));
+                    prop_assert!(within(c.height_cm(), HEIGHT_CM));
+                    prop_assert!(within(c.weight_kg(), WEIGHT_KG));
+                    prop_assert!(within(c.bmi(), BMI));
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for v in [age, height, weight].into_iter().chain(bmi) {
+                        if v.is_finite() && v.fract() != 0.0 {
+                            prop_assert!(!msg.contains(&v.to_string()), "{msg} echoes {v}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     fn input() -> ClinicalInput {
         ClinicalInput {

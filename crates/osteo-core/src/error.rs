@@ -6,7 +6,9 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum CoreError {
     /// A numeric input is outside its documented valid range (values are rejected, never clamped).
-    #[error("{field} = {value} {unit} is outside the valid range {min}..={max} {unit}")]
+    /// The message names the field and the range, never the value (patient data reaches logs
+    /// through error messages).
+    #[error("{field} is outside the valid range {min}..={max} {unit}")]
     OutOfRange {
         /// The field name as it appears in the API.
         field: &'static str,
@@ -20,7 +22,7 @@ pub enum CoreError {
         max: f64,
     },
     /// A numeric input is NaN or infinite.
-    #[error("{field} must be a finite number, got {value}")]
+    #[error("{field} must be a finite number")]
     NotFinite {
         /// The field name as it appears in the API.
         field: &'static str,
@@ -29,7 +31,7 @@ pub enum CoreError {
     },
     /// A supplied BMI disagrees with the one computed from height and weight.
     #[error(
-        "bmi = {given:.1} kg/m² disagrees with weight_kg / height_m² = {derived:.1} kg/m² (more than 5% apart); send consistent values or leave bmi unset"
+        "bmi disagrees with weight_kg / height_m² by more than 5%; send consistent values or leave bmi unset"
     )]
     InconsistentBmi {
         /// The BMI the caller supplied.

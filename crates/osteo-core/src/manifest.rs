@@ -261,12 +261,18 @@ mod tests {
             manifest: manifest(),
         };
         let missing = a.verify_weights().expect_err("no digest recorded");
-        assert!(missing.to_string().contains("osteo export-onnx"), "{missing}");
+        assert!(
+            missing.to_string().contains("osteo export-onnx"),
+            "{missing}"
+        );
         a.record_weights_digest().expect("digest");
         a.verify_weights().expect("intact");
         std::fs::write(dir.path().join(WEIGHTS_FILE), b"weights v2").expect("write");
         let e = a.verify_weights().expect_err("tampered").to_string();
-        assert!(e.contains("changed or corrupted") && e.contains("weights_blake3"), "{e}");
+        assert!(
+            e.contains("changed or corrupted") && e.contains("weights_blake3"),
+            "{e}"
+        );
     }
 
     #[test]

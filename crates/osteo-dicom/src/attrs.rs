@@ -245,11 +245,7 @@ pub(crate) fn floats(
         return Ok(None);
     }
     let values = e.to_multi_float64().map_err(|err| {
-        DicomError::invalid(
-            file,
-            &attr_name(tag),
-            format!("not a number: {err}"),
-        )
+        DicomError::invalid(file, &attr_name(tag), format!("not a number: {err}"))
     })?;
     if values.iter().any(|v| !v.is_finite()) {
         return Err(DicomError::invalid(
@@ -270,13 +266,10 @@ pub(crate) fn floats_n<const N: usize>(
     let Some(values) = floats(obj, file, tag)? else {
         return Ok(None);
     };
-    let arr: [f64; N] = values.as_slice().try_into().map_err(|_| {
-        DicomError::invalid(
-            file,
-            &attr_name(tag),
-            format!("expected {N} values"),
-        )
-    })?;
+    let arr: [f64; N] = values
+        .as_slice()
+        .try_into()
+        .map_err(|_| DicomError::invalid(file, &attr_name(tag), format!("expected {N} values")))?;
     Ok(Some(arr))
 }
 
@@ -293,11 +286,7 @@ pub(crate) fn uint(
         return Ok(None);
     }
     let v = e.to_int::<i64>().map_err(|err| {
-        DicomError::invalid(
-            file,
-            &attr_name(tag),
-            format!("not an integer: {err}"),
-        )
+        DicomError::invalid(file, &attr_name(tag), format!("not an integer: {err}"))
     })?;
     u32::try_from(v)
         .map(Some)

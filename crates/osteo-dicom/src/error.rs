@@ -112,11 +112,7 @@ pub enum DicomError {
 
 impl DicomError {
     /// Builds [`DicomError::InvalidAttribute`].
-    pub(crate) fn invalid(
-        file: &str,
-        attribute: &str,
-        reason: impl Into<String>,
-    ) -> Self {
+    pub(crate) fn invalid(file: &str, attribute: &str, reason: impl Into<String>) -> Self {
         DicomError::InvalidAttribute {
             file: file.to_string(),
             attribute: attribute.to_string(),

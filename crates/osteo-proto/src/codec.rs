@@ -48,7 +48,10 @@ impl<U: prost::Message + Default> Decoder for ValidatingDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.0.decode(buf).map_err(|s| {
-            let name = std::any::type_name::<U>().rsplit("::").next().unwrap_or("message");
+            let name = std::any::type_name::<U>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("message");
             Status::invalid_argument(format!(
                 "the message is not a valid protobuf {name}: {}; check that the sender was \
                  generated from proto/osteo/v1/osteo.proto",

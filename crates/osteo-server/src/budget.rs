@@ -75,6 +75,18 @@ impl Reservation {
         Ok(())
     }
 
+    /// Grows or shrinks the reservation to `bytes` (growing may be refused).
+    pub fn resize(&mut self, bytes: u64, what: &str) -> Result<(), ServerError> {
+        if bytes > self.bytes {
+            self.grow(bytes - self.bytes, what)
+        } else {
+            let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
+            *used = used.saturating_sub(self.bytes - bytes);
+            self.bytes = bytes;
+            Ok(())
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.bytes
@@ -103,6 +115,9 @@ mod tests {
         a.grow(40, "a").expect("exactly full");
         assert!(a.grow(1, "a").is_err());
         assert_eq!(a.bytes(), 100);
+        a.resize(30, "a").expect("shrinks");
+        assert_eq!(b.used(), 30);
+        a.resize(100, "a").expect("grows back");
         drop(a);
         assert_eq!(b.used(), 0);
         let _c = b.reserve(100, "c").expect("free again");

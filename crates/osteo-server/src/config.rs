@@ -360,7 +360,10 @@ impl Settings {
         for (key, value) in [
             ("server.max_concurrent_requests", s.max_concurrent_requests),
             ("server.max_connections", s.max_connections),
-            ("server.max_concurrent_streams", s.max_concurrent_streams as usize),
+            (
+                "server.max_concurrent_streams",
+                s.max_concurrent_streams as usize,
+            ),
             ("server.handshake_timeout_s", s.handshake_timeout_s as usize),
             ("server.idle_timeout_s", s.idle_timeout_s as usize),
         ] {

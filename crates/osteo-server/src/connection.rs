@@ -188,9 +188,7 @@ impl AsyncRead for Conn {
         }
         let before = buf.filled().len();
         if let Poll::Ready(r) = Pin::new(&mut this.io).poll_read(cx, buf) {
-            this.read_bytes = this
-                .read_bytes
-                .saturating_add(buf.filled().len() - before);
+            this.read_bytes = this.read_bytes.saturating_add(buf.filled().len() - before);
             return Poll::Ready(r);
         }
         if this.should_close(cx) {

@@ -274,7 +274,10 @@ fn predict_rows(
             })
             .collect(),
         Err(e) if e.is_out_of_memory() && inputs.len() > 1 => {
-            tracing::warn!(batch = inputs.len(), "device out of memory; retrying in halves");
+            tracing::warn!(
+                batch = inputs.len(),
+                "device out of memory; retrying in halves"
+            );
             let (a, b) = inputs.split_at(inputs.len() / 2);
             let mut rows = predict_rows(backend, shapes, a)?;
             rows.extend(predict_rows(backend, shapes, b)?);

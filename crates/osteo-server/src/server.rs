@@ -179,7 +179,8 @@ pub async fn serve_on(
         });
     }
 
-    let keepalive = (sv.keepalive_interval_s > 0).then(|| Duration::from_secs(sv.keepalive_interval_s));
+    let keepalive =
+        (sv.keepalive_interval_s > 0).then(|| Duration::from_secs(sv.keepalive_interval_s));
     // Accepted streams have TCP_NODELAY set: without it, Nagle's algorithm and delayed ACKs add
     // ~40 ms to small responses.
     let incoming = tokio_stream::wrappers::ReceiverStream::new(accept_loop(

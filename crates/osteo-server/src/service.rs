@@ -4,11 +4,11 @@ use crate::budget::{Budget, Reservation};
 use crate::config::Settings;
 use crate::convert;
 use crate::error::ServerError;
-use crate::text::{client_text, is_handle};
-use crate::upload::{Framer, FramingLimits};
 use crate::models::{ModelSet, ServedModel};
 use crate::scheduler::Input;
 use crate::store::{Study, StudyStore};
+use crate::text::{client_text, is_handle};
+use crate::upload::{Framer, FramingLimits};
 use osteo_core::Grade;
 use osteo_dicom::{DicomSource, IngestLimits, IngestOptions, View};
 use osteo_proto::v1 as pb;
@@ -44,7 +44,10 @@ impl State {
             st.max_study_bytes,
             Duration::from_secs(st.ttl_s),
         );
-        let upload_bytes = Budget::new("store.max_inflight_upload_bytes", st.max_inflight_upload_bytes);
+        let upload_bytes = Budget::new(
+            "store.max_inflight_upload_bytes",
+            st.max_inflight_upload_bytes,
+        );
         let uploads = Arc::new(Semaphore::new(st.max_concurrent_uploads));
         let requests = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
         Self {
@@ -392,7 +395,10 @@ fn resolve<'a>(
         l.model = m.to_string();
         l.backend = b.to_string();
     };
-    let model = state.models()?.get(model).inspect_err(|_| set("unknown", ""))?;
+    let model = state
+        .models()?
+        .get(model)
+        .inspect_err(|_| set("unknown", ""))?;
     let (backend, _) = model
         .worker(backend)
         .inspect_err(|_| set(model.name(), "unknown"))?;
@@ -503,11 +509,10 @@ async fn read_upload(
                 ));
             }
         };
-        let mut reserve = |total: u64| match total.checked_sub(held.bytes()) {
-            Some(more) if more > 0 => held.grow(more, "the upload"),
-            _ => Ok(()),
-        };
-        framer.push(chunk.file_index, &chunk.data, chunk.last, &mut reserve)?;
+        // The declared size stays reserved; buffers beyond it are accounted as they grow.
+        let floor = header.expected_bytes;
+        let mut account = |bytes: u64| held.resize(bytes.max(floor), "the upload");
+        framer.push(chunk.file_index, &chunk.data, chunk.last, &mut account)?;
     }
     Ok(Upload {
         files: framer.finish()?,

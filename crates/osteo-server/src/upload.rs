@@ -1,6 +1,10 @@
 //! Upload framing: turns the chunks of an `UploadStudy` stream into whole DICOM files, checking
 //! the order of files, their count and the byte total as each chunk arrives, so a malformed or
 //! oversized stream is refused at the first chunk that breaks a rule.
+//!
+//! The memory the buffers really take is accounted, not just their contents: a file buffer
+//! grows by doubling, and while it moves to its larger block both blocks exist, so the framer
+//! asks for the peak (old and new block) before it grows and settles on the new capacity after.
 
 use crate::error::ServerError;
 
@@ -22,6 +26,8 @@ pub struct Framer {
     files: Vec<Vec<u8>>,
     open: bool,
     total: u64,
+    /// Bytes of buffer capacity held by `files`.
+    held: u64,
 }
 
 impl Framer {
@@ -52,6 +58,7 @@ impl Framer {
             files: Vec::new(),
             open: false,
             total: 0,
+            held: 0,
         })
     }
 
@@ -60,14 +67,20 @@ impl Framer {
         self.total
     }
 
-    /// Adds a chunk of file `index`. `reserve(total)` is called with the new byte total before
-    /// the chunk is buffered; its refusal refuses the chunk.
+    /// Bytes of buffer capacity held now.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Adds a chunk of file `index`. Before a buffer grows, `account(bytes)` is asked to hold
+    /// the peak the growth needs, and afterwards to hold the new total capacity; a refusal
+    /// refuses the chunk and buffers nothing of it.
     pub fn push(
         &mut self,
         index: u32,
         data: &[u8],
         last: bool,
-        reserve: &mut dyn FnMut(u64) -> Result<(), ServerError>,
+        account: &mut dyn FnMut(u64) -> Result<(), ServerError>,
     ) -> Result<(), ServerError> {
         let index = index as usize;
         let continues = self.open && index + 1 == self.files.len();
@@ -102,12 +115,29 @@ impl Framer {
                 self.expected_bytes
             )));
         }
-        reserve(total)?;
+        let (len, capacity) = if starts {
+            (0, 0)
+        } else {
+            self.files
+                .last()
+                .map_or((0, 0), |f| (f.len(), f.capacity()))
+        };
+        let need = len + data.len();
+        let grow_to = (need > capacity).then(|| need.max(capacity * 2));
+        if let Some(new) = grow_to {
+            // While the buffer moves, the old and the new block both exist.
+            account(self.held + new as u64)?;
+        }
         if starts {
             self.files.push(Vec::new());
             self.open = true;
         }
         if let Some(f) = self.files.last_mut() {
+            if let Some(new) = grow_to {
+                f.reserve_exact(new - f.len());
+                self.held = self.held - capacity as u64 + f.capacity() as u64;
+                account(self.held)?;
+            }
             f.extend_from_slice(data);
         }
         self.total = total;
@@ -211,15 +241,16 @@ mod tests {
                 Ok(f) => f,
                 Err(e) => { prop_assert!(code_ok(&e)); return Ok(()); }
             };
-            let mut reserved = 0u64;
+            let mut accounted = 0u64;
             for (i, data, last) in chunks {
-                let mut reserve = |t: u64| { reserved = reserved.max(t); Ok(()) };
-                if let Err(e) = framer.push(i, &data, last, &mut reserve) {
+                let mut account = |t: u64| { accounted = t; Ok(()) };
+                if let Err(e) = framer.push(i, &data, last, &mut account) {
                     prop_assert!(code_ok(&e), "{e}");
                     return Ok(());
                 }
                 prop_assert!(framer.total() <= LIMITS.max_total_bytes);
-                prop_assert_eq!(reserved, framer.total(), "every byte reserved before buffering");
+                prop_assert!(framer.total() <= framer.held(), "contents within capacity");
+                prop_assert_eq!(accounted, framer.held(), "the capacity is what is accounted");
             }
             if let Err(e) = framer.finish() {
                 prop_assert!(code_ok(&e), "{e}");
@@ -230,11 +261,40 @@ mod tests {
     #[test]
     fn a_refused_reservation_buffers_nothing() {
         let mut framer = Framer::new(LIMITS, 0, 0).expect("framer");
-        let mut full =
-            |_: u64| -> Result<(), ServerError> { Err(ServerError::ResourceExhausted("full".into())) };
-        let e = framer.push(0, b"abc", true, &mut full).expect_err("budget full");
+        let mut full = |_: u64| -> Result<(), ServerError> {
+            Err(ServerError::ResourceExhausted("full".into()))
+        };
+        let e = framer
+            .push(0, b"abc", true, &mut full)
+            .expect_err("budget full");
         assert!(matches!(e, ServerError::ResourceExhausted(_)));
         assert_eq!(framer.total(), 0);
         assert!(framer.finish().is_err(), "nothing was buffered");
+    }
+
+    #[test]
+    fn growth_asks_for_the_old_and_the_new_block_before_it_moves() {
+        let limits = FramingLimits {
+            max_files: 1,
+            max_total_bytes: 1 << 30,
+        };
+        let mut framer = Framer::new(limits, 0, 0).expect("framer");
+        let mut asked = Vec::new();
+        let mut account = |b: u64| {
+            asked.push(b);
+            Ok(())
+        };
+        framer
+            .push(0, &[0; 40_000], false, &mut account)
+            .expect("first");
+        framer
+            .push(0, &[0; 10_000], false, &mut account)
+            .expect("second");
+        framer
+            .push(0, &[0; 10_000], true, &mut account)
+            .expect("third");
+        // 40,000 bytes for the first block; 40,000 + 80,000 while it moves to 80,000 bytes;
+        // the third chunk fits.
+        assert_eq!(asked, [40_000, 40_000, 120_000, 80_000]);
     }
 }

@@ -49,7 +49,10 @@ pub fn write_model(
         .map_err(|e| io(e.to_string()))?;
     std::fs::write(
         dir.join(MANIFEST_FILE),
-        artifacts.manifest.to_toml().map_err(|e| io(e.to_string()))?,
+        artifacts
+            .manifest
+            .to_toml()
+            .map_err(|e| io(e.to_string()))?,
     )
     .map_err(|e| io(e.to_string()))?;
     osteo_onnx::write_model(&artifacts).map_err(|e| io(e.to_string()))?;
