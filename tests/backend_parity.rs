@@ -288,7 +288,11 @@ fn a_stale_onnx_file_is_refused_with_a_fix() {
     let last = weights.len() - 1;
     weights[last] ^= 0x55;
     std::fs::write(dir.path().join("weights.safetensors"), weights).expect("write");
-    let artifacts = ModelArtifacts::open(Path::new(dir.path())).expect("open");
+    let mut artifacts = ModelArtifacts::open(Path::new(dir.path())).expect("open");
+    let e = OrtBackend::load(&artifacts, Device::Cpu).expect_err("weights not in model.toml");
+    assert!(e.to_string().contains("weights_blake3"), "{e}");
+    // New weights recorded in the manifest, but model.onnx not re-exported.
+    artifacts.record_weights_digest().expect("digest");
     let e = OrtBackend::load(&artifacts, Device::Cpu).expect_err("stale");
     let msg = e.to_string();
     assert!(

@@ -87,8 +87,8 @@ async fn concurrent_uploads_are_bounded_by_the_in_flight_budget() {
     const CHUNK: usize = 4 << 20;
     const STREAMS: u64 = 8;
     // Beyond the budget, each stream holds transport buffers the budget does not see: tonic's
-    // buffer for the message being received (up to twice a 4 MiB chunk) and its decoded copy.
-    const PER_STREAM: u64 = 48 * MIB;
+    // buffer for the message being received and its decoded copy (about 8 MiB).
+    const PER_STREAM: u64 = 16 * MIB;
     let before = server.memory("VmRSS");
     let mut tasks = Vec::new();
     for _ in 0..STREAMS {
@@ -589,4 +589,60 @@ async fn requests_beyond_the_admission_limit_are_refused_before_any_work() {
     assert_eq!(c, Code::Ok, "{msg}");
     let (c, msg) = code(second.classify(tabular_request("", "")).await);
     assert_eq!(c, Code::Ok, "the permit was returned: {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_at_once() {
+    let server = InProc::start(
+        "[server]\nmax_connections = 3\nhandshake_timeout_s = 600\n",
+        TABULAR,
+        registry(),
+    )
+    .await;
+    // Three connections that never speak hold every slot...
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tokio::net::TcpStream::connect(server.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // ...so a fourth is closed as soon as it is accepted, without waiting for any timeout.
+    let mut extra = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(30), extra.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth connection was not closed: {closed:?}"
+    );
+    let text = server.scrape().await;
+    assert!(
+        metric(
+            &text,
+            "osteo_connections_refused_total",
+            &["listener=\"grpc\""]
+        ) >= 1.0,
+        "refusals are counted"
+    );
+    // Closing the silent ones frees their slots.
+    drop(held);
+    let mut client = None;
+    for _ in 0..200 {
+        if let Ok(mut c) =
+            osteo_proto::v1::osteo_service_client::OsteoServiceClient::connect(server.url.clone())
+                .await
+            && c.classify(tabular_request("", "")).await.is_ok()
+        {
+            client = Some(());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        client.is_some(),
+        "a client is served once the slots are free"
+    );
 }

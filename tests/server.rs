@@ -519,3 +519,73 @@ fn an_invalid_configuration_stops_the_server_at_start_up_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_text_can_neither_forge_nor_flood_a_log_line() {
+    const FORGED: &str = "2026-01-01T00:00:00.000000Z  INFO osteo_server: FORGED";
+    let hostile = format!("st_x\n{FORGED}\u{1b}[31m\r\"}}{{\"level\":\"ERROR\"");
+    let huge = "A".repeat(20 << 20);
+    for format in ["pretty", "json"] {
+        let server = Server::start(&format!("[telemetry]\nlog_format = \"{format}\"\n"));
+        let mut client = server.client().await;
+        for text in [hostile.as_str(), huge.as_str()] {
+            let get = client
+                .get_study(pb::GetStudyRequest {
+                    study: text.to_string(),
+                })
+                .await;
+            assert_eq!(code_of(get).0, Code::NotFound);
+            let delete = client
+                .delete_study(pb::DeleteStudyRequest {
+                    study: text.to_string(),
+                })
+                .await;
+            assert_eq!(code_of(delete).0, Code::NotFound);
+            for (model, backend) in [(text, ""), ("", text)] {
+                let (c, msg) = code_of(
+                    client
+                        .classify(pb::ClassifyRequest {
+                            clinical: Some(clinical()),
+                            model: model.to_string(),
+                            backend: backend.to_string(),
+                            study: by_handle(text),
+                        })
+                        .await,
+                );
+                assert_eq!(c, Code::NotFound, "{msg}");
+                assert!(msg.len() < 1024, "{} bytes of message", msg.len());
+                assert!(!msg.contains('\n') && !msg.contains('\u{1b}'), "{msg:?}");
+            }
+        }
+        // Every failed request was logged; the log must still be one event per line.
+        let start = std::time::Instant::now();
+        while server.output().matches("request failed").count() < 8 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{}",
+                server.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let out = server.output();
+        for line in out.lines() {
+            assert!(
+                !line.starts_with(FORGED),
+                "forged line in the {format} log: {line}"
+            );
+            assert!(
+                !line.contains('\u{1b}'),
+                "raw escape in the {format} log: {line:?}"
+            );
+            assert!(
+                line.len() < 8192,
+                "a {} byte line in the {format} log",
+                line.len()
+            );
+            if format == "json" {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+            }
+        }
+    }
+}

@@ -234,9 +234,14 @@ fn bad_weights_and_bad_input_are_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     saved_model(ModelKind::Image, dir.path(), &mut rng);
     // The weights of an image model under a fused manifest: the tabular parameters are missing.
+    let mut fused = ModelArtifacts {
+        dir: dir.path().to_path_buf(),
+        manifest: manifest(ModelKind::Fused),
+    };
+    fused.record_weights_digest().expect("digest");
     std::fs::write(
         dir.path().join(MANIFEST_FILE),
-        manifest(ModelKind::Fused).to_toml().expect("toml"),
+        fused.manifest.to_toml().expect("toml"),
     )
     .expect("write");
     let err = CandleBackend::load(

@@ -32,6 +32,9 @@ pub(crate) struct FileHeader {
     pub columns: u32,
     pub frames: Vec<FrameGeom>,
     pub has_pixel_data: bool,
+    /// Whether every frame's HU is an integer within `i16` (integral rescale of the stored
+    /// range), so the volume can be stored as `i16`.
+    pub fits_i16: bool,
 }
 
 /// The first item of sequence `seq` inside `item`.
@@ -50,32 +53,43 @@ fn group_item<'a>(
         .or_else(|| shared.and_then(|s| first_item(s, seq)))
 }
 
-fn check_rescale(obj: &InMemDicomObject, file: &str) -> Result<(), DicomError> {
-    if let Some(slope) = floats(obj, file, tags::RESCALE_SLOPE)? {
-        let s = slope[0];
-        if s == 0.0 || s.abs() > MAX_RESCALE_SLOPE {
-            return Err(DicomError::invalid(
-                file,
-                &attr_name(tags::RESCALE_SLOPE),
-                format!(
-                    "must be non-zero and at most {MAX_RESCALE_SLOPE} in magnitude (a misread VR-UN value?)"
-                ),
-            ));
-        }
+/// The rescale of `obj` (slope, intercept) where it states one, validated.
+fn rescale(obj: &InMemDicomObject, file: &str) -> Result<Option<(f64, f64)>, DicomError> {
+    let slope = floats(obj, file, tags::RESCALE_SLOPE)?.map(|v| v[0]);
+    let intercept = floats(obj, file, tags::RESCALE_INTERCEPT)?.map(|v| v[0]);
+    if let Some(s) = slope
+        && (s == 0.0 || s.abs() > MAX_RESCALE_SLOPE)
+    {
+        return Err(DicomError::invalid(
+            file,
+            &attr_name(tags::RESCALE_SLOPE),
+            format!(
+                "must be non-zero and at most {MAX_RESCALE_SLOPE} in magnitude (a misread VR-UN value?)"
+            ),
+        ));
     }
-    if let Some(icpt) = floats(obj, file, tags::RESCALE_INTERCEPT)? {
-        let i = icpt[0];
-        if i.abs() > MAX_RESCALE_INTERCEPT {
-            return Err(DicomError::invalid(
-                file,
-                &attr_name(tags::RESCALE_INTERCEPT),
-                format!(
-                    "must be at most {MAX_RESCALE_INTERCEPT} HU in magnitude (a misread VR-UN value?)"
-                ),
-            ));
-        }
+    if let Some(i) = intercept
+        && i.abs() > MAX_RESCALE_INTERCEPT
+    {
+        return Err(DicomError::invalid(
+            file,
+            &attr_name(tags::RESCALE_INTERCEPT),
+            format!(
+                "must be at most {MAX_RESCALE_INTERCEPT} HU in magnitude (a misread VR-UN value?)"
+            ),
+        ));
     }
-    Ok(())
+    Ok((slope.is_some() || intercept.is_some())
+        .then(|| (slope.unwrap_or(1.0), intercept.unwrap_or(0.0))))
+}
+
+/// Whether stored values in `[lo, hi]` rescaled by `(slope, intercept)` are integers in `i16`.
+fn rescale_fits_i16((slope, intercept): (f64, f64), (lo, hi): (f64, f64)) -> bool {
+    let range = f64::from(i16::MIN)..=f64::from(i16::MAX);
+    slope.fract() == 0.0
+        && intercept.fract() == 0.0
+        && range.contains(&(lo * slope + intercept))
+        && range.contains(&(hi * slope + intercept))
 }
 
 fn read_geom(item: &InMemDicomObject, file: &str, geom: &mut FrameGeom) -> Result<(), DicomError> {
@@ -118,6 +132,7 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
             columns: 0,
             frames: Vec::new(),
             has_pixel_data,
+            fits_i16: false,
         });
     }
     let rows = required_uint(obj, file, tags::ROWS)?;
@@ -177,7 +192,18 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
 
     let mut base = FrameGeom::default();
     read_geom(obj, file, &mut base)?;
-    check_rescale(obj, file)?;
+    let base_rescale = rescale(obj, file)?.unwrap_or((1.0, 0.0));
+    let bits_stored = uint(obj, file, tags::BITS_STORED)?
+        .unwrap_or(bits)
+        .clamp(1, bits);
+    let signed = uint(obj, file, tags::PIXEL_REPRESENTATION)? == Some(1);
+    let stored_range = if signed {
+        let half = 2f64.powi(bits_stored as i32 - 1);
+        (-half, half - 1.0)
+    } else {
+        (0.0, 2f64.powi(bits_stored as i32) - 1.0)
+    };
+    let mut fits_i16 = rescale_fits_i16(base_rescale, stored_range);
     let shared = obj
         .get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
         .and_then(|e| e.items()?.first());
@@ -207,8 +233,10 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
                     read_geom(item, file, &mut geom)?;
                 }
             }
-            if let Some(item) = group_item(pf, shared, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE) {
-                check_rescale(item, file)?;
+            if let Some(item) = group_item(pf, shared, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE)
+                && let Some(r) = rescale(item, file)?
+            {
+                fits_i16 &= rescale_fits_i16(r, stored_range);
             }
         }
         frames.push(geom);
@@ -222,6 +250,7 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
         columns,
         frames,
         has_pixel_data,
+        fits_i16,
     })
 }
 

@@ -6,7 +6,7 @@ use crate::frames::{self, FileHeader};
 use crate::limits::IngestLimits;
 use crate::series::{self, SeriesInfo};
 use crate::source::DicomSource;
-use crate::volume::{Volume, VolumeGeometry};
+use crate::volume::{Volume, VolumeGeometry, Voxels};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -44,10 +44,8 @@ pub struct Planned {
     series: Vec<SeriesInfo>,
     files: Vec<usize>,
     ordered: series::Ordered,
+    as_i16: bool,
 }
-
-/// Bytes of one decoded voxel (HU as f32).
-pub const BYTES_PER_VOXEL: u64 = std::mem::size_of::<f32>() as u64;
 
 /// Reads and parses a DICOM source, selects and orders the CT series and checks its size
 /// limits, without decoding any pixel.
@@ -94,43 +92,81 @@ pub fn plan(source: DicomSource, options: &IngestOptions) -> Result<Planned, Dic
             limit: limits.max_voxels,
         });
     }
+    let as_i16 = files.iter().all(|&f| headers[f].fits_i16);
     Ok(Planned {
         parsed,
         headers,
         series,
         files,
         ordered,
+        as_i16,
     })
 }
 
 impl Planned {
+    /// Bytes one decoded voxel will take: 2 (`i16`) when the headers promise integral HU
+    /// within its range, else 4 (`f32`).
+    pub fn bytes_per_voxel(&self) -> u64 {
+        if self.as_i16 { 2 } else { 4 }
+    }
+
     /// Bytes the decoded volume will occupy.
     pub fn decoded_bytes(&self) -> u64 {
         self.ordered.slices.len() as u64
             * u64::from(self.ordered.rows)
             * u64::from(self.ordered.columns)
-            * BYTES_PER_VOXEL
+            * self.bytes_per_voxel()
     }
 
     /// Decodes every slice straight into its place in the volume, in parallel.
     pub fn decode(self) -> Result<Ingested, DicomError> {
+        let slice_len = self.ordered.rows as usize * self.ordered.columns as usize;
+        let n = self.ordered.slices.len();
+        let decode = |dst: &mut [f32], s: &series::SliceRef| {
+            decode_frame_into(&self.parsed[s.file], &self.headers[s.file], s.frame, dst)
+        };
+        let as_f32 = || -> Result<Voxels, DicomError> {
+            let mut hu = vec![0f32; n * slice_len];
+            in_order(
+                hu.par_chunks_mut(slice_len)
+                    .zip(self.ordered.slices.par_iter())
+                    .map(|(dst, s)| decode(dst, s))
+                    .collect(),
+            )?;
+            Ok(Voxels::F32(hu))
+        };
+        let hu = if self.as_i16 {
+            let mut hu = vec![0i16; n * slice_len];
+            let narrowed = in_order(
+                hu.par_chunks_mut(slice_len)
+                    .zip(self.ordered.slices.par_iter())
+                    .map_init(
+                        || vec![0f32; slice_len],
+                        |frame, (dst, s)| {
+                            decode(frame, s)?;
+                            Ok(narrow(frame, dst))
+                        },
+                    )
+                    .collect(),
+            )?;
+            if narrowed.iter().all(|&ok| ok) {
+                Voxels::I16(hu)
+            } else {
+                // The decoder disagreed with the rescale attributes: keep every value exact.
+                drop(hu);
+                as_f32()?
+            }
+        } else {
+            as_f32()?
+        };
         let Planned {
-            parsed,
             headers,
             series,
             files,
             ordered,
+            ..
         } = self;
         let (rows, columns) = (ordered.rows as usize, ordered.columns as usize);
-        let n = ordered.slices.len();
-        let slice_len = rows * columns;
-        let mut hu = vec![0f32; n * slice_len];
-        in_order(
-            hu.par_chunks_mut(slice_len)
-                .zip(ordered.slices.par_iter())
-                .map(|(dst, s)| decode_frame_into(&parsed[s.file], &headers[s.file], s.frame, dst))
-                .collect(),
-        )?;
         let mut transfer_syntaxes: Vec<String> = files
             .iter()
             .map(|&f| headers[f].transfer_syntax.clone())
@@ -161,6 +197,19 @@ impl Planned {
 /// Ingests a DICOM source into a HU volume of one CT series ([`plan`], then decode).
 pub fn ingest(source: DicomSource, options: &IngestOptions) -> Result<Ingested, DicomError> {
     plan(source, options)?.decode()
+}
+
+/// Stores a decoded frame as `i16`; false when a value is not an integer in range (the headers
+/// promised it would be), and the volume is then decoded as `f32` instead.
+fn narrow(frame: &[f32], dst: &mut [i16]) -> bool {
+    let range = f32::from(i16::MIN)..=f32::from(i16::MAX);
+    for (d, &v) in dst.iter_mut().zip(frame) {
+        if v.fract() != 0.0 || !range.contains(&v) {
+            return false;
+        }
+        *d = v as i16;
+    }
+    true
 }
 
 /// Decodes one frame of a file into HU with the library's modality-LUT path, writing `dst`.

@@ -25,4 +25,4 @@ pub use ingest::{IngestOptions, Planned, ingest, plan};
 pub use limits::IngestLimits;
 pub use source::{DicomSource, SourceFile};
 pub use view::{View, ViewGeometry, ViewSpec, coronal_slab};
-pub use volume::{Volume, VolumeGeometry, VolumeSummary};
+pub use volume::{Volume, VolumeGeometry, VolumeSummary, Voxels};

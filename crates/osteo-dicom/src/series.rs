@@ -109,12 +109,26 @@ pub(crate) fn describe(
         .collect()
 }
 
+/// A Modality value as messages may show it: a well-formed code string (such as `CT` or `MR`,
+/// never patient data) in quotes, anything else only as `(not a valid code string)`.
+pub(crate) fn shown_modality(m: &str) -> String {
+    let valid = !m.is_empty()
+        && m.len() <= 16
+        && m.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b' ');
+    if valid {
+        format!("\"{m}\"")
+    } else {
+        "(not a valid code string)".into()
+    }
+}
+
 /// Picks the requested series, else the axial CT series with the most slices.
 pub(crate) fn select(series: &[SeriesInfo], requested: Option<&str>) -> Result<String, DicomError> {
     let available = || {
         series
             .iter()
-            .map(|s| format!("{:?} with {} slice(s)", s.modality, s.slices))
+            .map(|s| format!("{} with {} slice(s)", shown_modality(&s.modality), s.slices))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -134,7 +148,13 @@ pub(crate) fn select(series: &[SeriesInfo], requested: Option<&str>) -> Result<S
         .ok_or_else(|| {
             let found = series
                 .iter()
-                .map(|s| format!("{} file(s) of modality {:?}", s.files, s.modality))
+                .map(|s| {
+                    format!(
+                        "{} file(s) of modality {}",
+                        s.files,
+                        shown_modality(&s.modality)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             DicomError::NoCtImages {
@@ -173,8 +193,9 @@ pub(crate) fn order(headers: &[FileHeader], files: &[usize]) -> Result<Ordered, 
                 &h.label,
                 &attr_name(tags::MODALITY),
                 format!(
-                    "{:?} differs from {:?} in {label0}",
-                    h.modality, first.modality
+                    "{} differs from {} in {label0}",
+                    shown_modality(&h.modality),
+                    shown_modality(&first.modality)
                 ),
             ));
         }

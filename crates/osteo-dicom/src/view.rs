@@ -118,10 +118,9 @@ fn locate_spine(v: &Volume, spec: &ViewSpec, ax: &Axes) -> (f64, f64) {
     let mut ys: Vec<f64> = Vec::new();
     for z in (0..nz).step_by(z_step) {
         for y in 0..ny {
-            let row = &v.hu[v.index(z, y, 0)..v.index(z, y, 0) + nx];
             let bone = band
                 .iter()
-                .filter(|&&x| row[x] > spec.bone_threshold_hu)
+                .filter(|&&x| v.at(z, y, x) > spec.bone_threshold_hu)
                 .count();
             ys.extend(std::iter::repeat_n(y_of(y), bone));
         }

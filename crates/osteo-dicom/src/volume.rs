@@ -2,11 +2,105 @@
 
 use serde::{Deserialize, Serialize};
 
+/// HU values, stored as `i16` when every value is an integer within its range (almost every CT:
+/// the rescale is integral), else as `f32`: half the memory for the common case.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Voxels {
+    /// Integral HU.
+    I16(Vec<i16>),
+    /// Any HU.
+    F32(Vec<f32>),
+}
+
+impl Voxels {
+    /// Number of voxels.
+    pub fn len(&self) -> usize {
+        match self {
+            Voxels::I16(v) => v.len(),
+            Voxels::F32(v) => v.len(),
+        }
+    }
+
+    /// Whether there is no voxel.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Voxel `i` in HU; panics only if `i` is out of bounds (a caller bug).
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Voxels::I16(v) => f32::from(v[i]),
+            Voxels::F32(v) => v[i],
+        }
+    }
+
+    /// Bytes one voxel takes.
+    pub fn bytes_per_voxel(&self) -> usize {
+        match self {
+            Voxels::I16(_) => std::mem::size_of::<i16>(),
+            Voxels::F32(_) => std::mem::size_of::<f32>(),
+        }
+    }
+
+    /// Bytes all voxels take.
+    pub fn byte_len(&self) -> u64 {
+        (self.len() * self.bytes_per_voxel()) as u64
+    }
+
+    /// Every voxel as `f32`.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Voxels::I16(v) => v.iter().map(|&x| f32::from(x)).collect(),
+            Voxels::F32(v) => v.clone(),
+        }
+    }
+
+    /// Minimum, maximum and mean.
+    pub fn stats(&self) -> (f64, f64, f64) {
+        if self.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        match self {
+            Voxels::I16(v) => {
+                let (mut lo, mut hi, mut sum) = (i16::MAX, i16::MIN, 0i64);
+                for &x in v {
+                    lo = lo.min(x);
+                    hi = hi.max(x);
+                    sum += i64::from(x);
+                }
+                (f64::from(lo), f64::from(hi), sum as f64 / v.len() as f64)
+            }
+            Voxels::F32(v) => {
+                let (mut lo, mut hi, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0f64);
+                for &x in v {
+                    lo = lo.min(x);
+                    hi = hi.max(x);
+                    sum += f64::from(x);
+                }
+                (f64::from(lo), f64::from(hi), sum / v.len() as f64)
+            }
+        }
+    }
+}
+
+impl From<Vec<f32>> for Voxels {
+    fn from(v: Vec<f32>) -> Self {
+        Voxels::F32(v)
+    }
+}
+
+impl From<Vec<i16>> for Voxels {
+    fn from(v: Vec<i16>) -> Self {
+        Voxels::I16(v)
+    }
+}
+
 /// A CT volume in Hounsfield units, stored `[z][y][x]` (slice, row, column).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Volume {
     /// HU values, `dims[0] * dims[1] * dims[2]` of them, slice-major then row-major.
-    pub hu: Vec<f32>,
+    pub hu: Voxels,
     /// `[slices, rows, columns]`.
     pub dims: [usize; 3],
     /// Voxel spacing in mm: `[between slices, between rows, between columns]`.
@@ -53,7 +147,7 @@ impl Volume {
 
     /// HU at voxel `(z, y, x)`; panics only if the index is outside `dims` (a caller bug).
     pub fn at(&self, z: usize, y: usize, x: usize) -> f32 {
-        self.hu[self.index(z, y, x)]
+        self.hu.get(self.index(z, y, x))
     }
 
     /// Patient position (LPS, mm) of the centre of voxel `(z, y, x)` (fractional indices allowed).
@@ -67,20 +161,6 @@ impl Volume {
         std::array::from_fn(|i| {
             self.origin_mm[i] + steps[0] * r[i] + steps[1] * c[i] + steps[2] * n[i]
         })
-    }
-
-    /// Minimum, maximum and mean of the HU values.
-    pub fn hu_stats(hu: &[f32]) -> (f64, f64, f64) {
-        if hu.is_empty() {
-            return (0.0, 0.0, 0.0);
-        }
-        let (mut lo, mut hi, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0f64);
-        for &v in hu {
-            lo = lo.min(v);
-            hi = hi.max(v);
-            sum += f64::from(v);
-        }
-        (f64::from(lo), f64::from(hi), sum / hu.len() as f64)
     }
 }
 
@@ -101,15 +181,16 @@ impl Volume {
     /// Builds a volume from HU values and geometry, computing its summary; `None` when the value
     /// count does not match the dimensions.
     pub fn from_parts(
-        hu: Vec<f32>,
+        hu: impl Into<Voxels>,
         g: VolumeGeometry,
         modality: &str,
         transfer_syntaxes: Vec<String>,
     ) -> Option<Volume> {
+        let hu = hu.into();
         if hu.len() != g.dims.iter().product::<usize>() {
             return None;
         }
-        let (hu_min, hu_max, hu_mean) = Volume::hu_stats(&hu);
+        let (hu_min, hu_max, hu_mean) = hu.stats();
         let summary = VolumeSummary {
             modality: modality.to_string(),
             slices: g.dims[0],

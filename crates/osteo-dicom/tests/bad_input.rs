@@ -312,3 +312,45 @@ fn non_ct_input_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn no_attribute_value_reaches_an_error_message() {
+    // A value that could be a patient's name, planted in every attribute ingest reads.
+    const PLANTED: &str = "DOE^JANE^PLANTED";
+    let cases = [
+        (tags::RESCALE_SLOPE, VR::DS),
+        (tags::RESCALE_INTERCEPT, VR::DS),
+        (tags::PIXEL_SPACING, VR::DS),
+        (tags::SLICE_THICKNESS, VR::DS),
+        (tags::IMAGE_POSITION_PATIENT, VR::DS),
+        (tags::IMAGE_ORIENTATION_PATIENT, VR::DS),
+        (tags::NUMBER_OF_FRAMES, VR::IS),
+        (tags::MODALITY, VR::CS),
+        (tags::PHOTOMETRIC_INTERPRETATION, VR::CS),
+        (tags::SERIES_INSTANCE_UID, VR::UI),
+        (tags::ROWS, VR::UN),
+        (tags::RESCALE_SLOPE, VR::UN),
+    ];
+    let mut refused = 0;
+    for (tag, vr) in cases {
+        let mut o = ct_small();
+        o.put(DataElement::new(tag, vr, PrimitiveValue::from(PLANTED)));
+        let Err(err) = run(DicomSource::Buffers(vec![bytes_of(&o)])) else {
+            continue;
+        };
+        refused += 1;
+        let msg = err.to_string();
+        assert!(
+            !msg.contains("DOE") && !msg.contains("PLANTED"),
+            "{tag}: {msg}"
+        );
+    }
+    assert!(refused >= 8, "most planted values are refused: {refused}");
+    // An unknown requested series is not echoed either.
+    let opts = IngestOptions {
+        series_uid: Some(PLANTED.into()),
+        ..Default::default()
+    };
+    let err = ingest(DicomSource::Buffers(vec![bytes_of(&ct_small())]), &opts).expect_err("series");
+    assert!(!err.to_string().contains("DOE"), "{err}");
+}

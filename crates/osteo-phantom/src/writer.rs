@@ -112,9 +112,9 @@ pub fn write_series(
         let sop_uid = rng::uid(&[id.instance_seed, k as u64, 0x50F]);
         let pos = volume.patient_position(k as f64, 0.0, 0.0);
         let position: Vec<String> = pos.iter().map(|v| ds((v * 1e4).round() / 1e4)).collect();
-        let slice = &volume.hu[k * ny * nx..(k + 1) * ny * nx];
-        let mut stored = Vec::with_capacity(slice.len());
-        for &hu in slice {
+        let mut stored = Vec::with_capacity(ny * nx);
+        for i in k * ny * nx..(k + 1) * ny * nx {
+            let hu = volume.hu.get(i);
             if !(HU_RANGE.0..=HU_RANGE.1).contains(&hu) || hu.fract() != 0.0 {
                 return Err(PhantomError::Volume(format!(
                     "HU {hu} is not an integer within {HU_RANGE:?}"

@@ -495,3 +495,126 @@ impl std::fmt::Debug for Worker {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A backend that runs out of device memory on batches larger than two, answering each
+    /// row's first feature as its first logit; its first call waits for the test's signal.
+    struct SmallDevice {
+        sizes: Arc<Mutex<Vec<usize>>>,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Backend for SmallDevice {
+        fn info(&self) -> BackendInfo {
+            BackendInfo {
+                name: "small".into(),
+                device: Device::Cpu,
+                library_version: "test".into(),
+            }
+        }
+
+        fn predict(&mut self, batch: &Batch) -> Result<Tensor, BackendError> {
+            let n = batch.len();
+            self.sizes.lock().expect("sizes").push(n);
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            if n > 2 {
+                return Err(BackendError::Device("CUDA error: out of memory".into()));
+            }
+            let features = batch.tabular.as_ref().expect("tabular");
+            let width = features.shape()[1];
+            let logits = (0..n)
+                .flat_map(|k| [features.data()[k * width], 0.0, 0.0])
+                .collect();
+            Tensor::new(vec![n, 3], logits).map_err(|e| BackendError::Runtime(e.to_string()))
+        }
+
+        fn gradcam(&mut self, _: &Batch, _: Grade) -> Result<GradCamParts, BackendError> {
+            Err(BackendError::Unsupported("no Grad-CAM".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_device_has_no_memory_for_is_retried_in_halves() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/osteo-tabular-v1");
+        let artifacts = ModelArtifacts::open(&dir).expect("shipped tabular model");
+        let features = artifacts
+            .manifest
+            .arch
+            .tabular
+            .as_ref()
+            .expect("tabular")
+            .in_features;
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (open, gate) = std::sync::mpsc::channel();
+        let gate = Mutex::new(Some(gate));
+        let s = sizes.clone();
+        let loader: Loader = Arc::new(move |_, _| {
+            Ok(Box::new(SmallDevice {
+                sizes: s.clone(),
+                gate: gate.lock().expect("gate").take(),
+            }) as Box<dyn Backend>)
+        });
+        let config = BatchConfig {
+            max_batch: 8,
+            max_delay: Duration::ZERO,
+            queue_capacity: 16,
+        };
+        let worker = Worker::spawn(
+            &artifacts,
+            Device::Cpu,
+            loader,
+            config,
+            Arc::new(Notify::new()),
+        )
+        .expect("worker");
+        let input = |v: f32| Input {
+            image: None,
+            tabular: Some(vec![v; features]),
+        };
+        // The first request holds the backend while eight more queue up behind it.
+        let first = {
+            let (reply, rx) = oneshot::channel();
+            worker
+                .submit(Job::Predict {
+                    input: input(-1.0),
+                    enqueued: Instant::now(),
+                    reply,
+                })
+                .expect("queued");
+            rx
+        };
+        while sizes.lock().expect("sizes").is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut waiting = Vec::new();
+        for k in 0..8 {
+            let (reply, rx) = oneshot::channel();
+            worker
+                .submit(Job::Predict {
+                    input: input(k as f32),
+                    enqueued: Instant::now(),
+                    reply,
+                })
+                .expect("queued");
+            waiting.push(rx);
+        }
+        open.send(()).expect("release");
+        assert_eq!(first.await.expect("answer").expect("ok")[0], -1.0);
+        for (k, rx) in waiting.into_iter().enumerate() {
+            let row = rx.await.expect("answer").expect("every request answered");
+            assert_eq!(row[0], k as f32, "row {k} is its own");
+        }
+        assert_eq!(*sizes.lock().expect("sizes"), [1, 8, 4, 2, 2, 4, 2, 2]);
+        assert!(
+            worker.is_up(),
+            "out of memory on a large batch is not a failure"
+        );
+    }
+}
