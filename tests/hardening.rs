@@ -189,12 +189,8 @@ async fn repeated_fields_are_checked_before_any_work_and_labels_stay_bounded() {
     // told apart from other tests' in the process-wide metrics.
     let models = tempfile::tempdir().expect("tempdir");
     let dir = models.path().join("probe");
-    std::fs::create_dir(&dir).expect("mkdir");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/osteo-tabular-v1");
-    for f in ["weights.safetensors", "model.onnx"] {
-        std::fs::copy(src.join(f), dir.join(f)).expect("copy");
-    }
-    let toml = std::fs::read_to_string(src.join("model.toml")).expect("toml");
+    copy_model("osteo-tabular-v1", &dir);
+    let toml = std::fs::read_to_string(dir.join("model.toml")).expect("toml");
     std::fs::write(
         dir.join("model.toml"),
         toml.replace("name = \"osteo-tabular-v1\"", "name = \"metrics-probe-v1\""),
@@ -413,11 +409,7 @@ async fn shutdown_with_silent_and_idle_connections_returns_at_once() {
 async fn tampered_weights_are_refused_at_start_up() {
     let models = tempfile::tempdir().expect("tempdir");
     let dir = models.path().join("tampered");
-    std::fs::create_dir(&dir).expect("mkdir");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/osteo-tabular-v1");
-    for f in ["model.toml", "weights.safetensors", "model.onnx"] {
-        std::fs::copy(src.join(f), dir.join(f)).expect("copy");
-    }
+    copy_model("osteo-tabular-v1", &dir);
     let mut weights = std::fs::read(dir.join("weights.safetensors")).expect("weights");
     let last = weights.len() - 1;
     weights[last] ^= 0x01; // one bit of one float
@@ -508,16 +500,16 @@ fn faulty_registry(faults: &Arc<Faults>) -> Registry {
     r
 }
 
+/// A server whose tabular model is served by the [`Faulty`] backend alone.
+async fn faulty_server(faults: &Arc<Faults>, config: &str) -> InProc {
+    let models = &[("osteo-tabular-v1", "backends = [\"faulty\"]")];
+    InProc::start(config, models, faulty_registry(faults)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_backend_fails_one_batch_and_health_follows_a_worker_that_stops() {
     let faults = Arc::new(Faults::default());
-    let models = &[("osteo-tabular-v1", "backends = [\"faulty\"]")];
-    let server = InProc::start(
-        "[server]\ndefault_model = \"osteo-tabular-v1\"\n",
-        models,
-        faulty_registry(&faults),
-    )
-    .await;
+    let server = faulty_server(&faults, "").await;
     let mut client = server.client().await;
     let classify = || tabular_request("", "");
 
@@ -561,13 +553,7 @@ async fn a_panicking_backend_fails_one_batch_and_health_follows_a_worker_that_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_admission_limit_are_refused_before_any_work() {
     let faults = Arc::new(Faults::default());
-    let models = &[("osteo-tabular-v1", "backends = [\"faulty\"]")];
-    let server = InProc::start(
-        "[server]\ndefault_model = \"osteo-tabular-v1\"\nmax_concurrent_requests = 1\n",
-        models,
-        faulty_registry(&faults),
-    )
-    .await;
+    let server = faulty_server(&faults, "[server]\nmax_concurrent_requests = 1\n").await;
     *faults.hold.lock().expect("hold") = true;
     let mut first = server.client().await;
     let held = tokio::spawn(async move { code(first.classify(tabular_request("", "")).await) });

@@ -7,7 +7,6 @@ use osteo_core::Backend;
 use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
 use osteo_server::{Registry, ServerError};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -46,15 +45,7 @@ pub struct InProc {
 /// environment overrides; the first model is the default unless `config` names one.
 pub fn settings(config: &str, models: &[(&str, &str)]) -> osteo_server::Settings {
     let dir = tempfile::tempdir().expect("tempdir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut text = format!("{config}\n");
-    for (name, keys) in models {
-        let path = root.join("models").join(name);
-        text.push_str(&format!(
-            "[[models]]\npath = \"{}\"\n{keys}\n",
-            path.display()
-        ));
-    }
+    let text = format!("{config}\n{}", super::models_toml(models));
     let file = dir.path().join("osteo.toml");
     std::fs::write(&file, text).expect("config");
     let no_env = config::Environment::with_prefix("OSTEO_TEST_NONE")
@@ -109,11 +100,7 @@ impl InProc {
 
     /// A client with 64 MiB message limits.
     pub async fn client(&self) -> OsteoServiceClient<Channel> {
-        OsteoServiceClient::connect(self.url.clone())
-            .await
-            .expect("connect")
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+        super::client(&self.url).await
     }
 
     /// The grpc.health.v1 status of `service` ("" = the whole server).

@@ -17,6 +17,38 @@ use tonic::transport::Channel;
 pub const PATIENT_NAME: &str = "DOE^JANE^QUIETLY";
 pub const PATIENT_ID: &str = "MRN-7731-XK";
 
+/// `[[models]]` entries for the shipped `models` (name, extra keys of the entry).
+pub fn models_toml(models: &[(&str, &str)]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    models
+        .iter()
+        .map(|(name, keys)| {
+            let path = root.join("models").join(name);
+            format!("[[models]]\npath = \"{}\"\n{keys}\n", path.display())
+        })
+        .collect()
+}
+
+/// A copy of the shipped model `name` in `dest` (model.toml, weights, ONNX export).
+pub fn copy_model(name: &str, dest: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name);
+    std::fs::create_dir_all(dest).expect("mkdir");
+    for f in ["model.toml", "weights.safetensors", "model.onnx"] {
+        std::fs::copy(src.join(f), dest.join(f)).expect("copy");
+    }
+}
+
+/// A client of `url` with 64 MiB message limits.
+pub async fn client(url: &str) -> OsteoServiceClient<Channel> {
+    OsteoServiceClient::connect(url.to_string())
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
 /// A free loopback port (bound and released; the server binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -46,19 +78,12 @@ impl Server {
     /// keys of its `[[models]]` entry (e.g. `backends = ["candle"]`).
     pub fn start_with(extra: &str, models: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let (port, metrics_port) = (free_port(), free_port());
         let mut config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
              default_model = \"osteo-fused-v1\"\n{extra}\n"
         );
-        for (name, keys) in models {
-            let path = root.join("models").join(name);
-            config.push_str(&format!(
-                "[[models]]\npath = \"{}\"\n{keys}\n",
-                path.display()
-            ));
-        }
+        config.push_str(&models_toml(models));
         let file = dir.path().join("osteo.toml");
         std::fs::write(&file, config).expect("config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_osteo"))
@@ -118,11 +143,7 @@ impl Server {
     }
 
     pub async fn client(&self) -> OsteoServiceClient<Channel> {
-        OsteoServiceClient::connect(self.url.clone())
-            .await
-            .expect("connect")
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+        client(&self.url).await
     }
 
     /// The Prometheus exposition text.
