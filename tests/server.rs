@@ -589,3 +589,44 @@ async fn client_text_can_neither_forge_nor_flood_a_log_line() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_silent_connection_exits_at_once() {
+    // A grace period far longer than the harness waits: waiting for the silent connection
+    // would fail the test.
+    let mut server = Server::start("[server]\nshutdown_grace_s = 600\n");
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let _silent = std::net::TcpStream::connect(&addr).expect("connect");
+    let _preface_only = {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .expect("preface");
+        s
+    };
+    let status = server.terminate();
+    assert!(status.success(), "{}", server.output());
+}
+
+#[test]
+fn accept_errors_back_off_instead_of_spinning() {
+    // The server runs with few file descriptors; connections beyond them make accept fail
+    // with EMFILE until some close. It must neither spin nor log each failure.
+    let mut server = Server::start_limited("", 64);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = std::net::TcpStream::connect(&addr) {
+            held.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let out = server.output();
+    let failures = out.matches("accept failed").count();
+    eprintln!("accept failures logged in 3 s of descriptor exhaustion: {failures}");
+    assert!(failures >= 1, "the exhaustion was not reached:\n{out}");
+    assert!(failures < 10, "{failures} accept failures logged in 3 s");
+    drop(held);
+    let status = server.terminate();
+    assert!(status.success());
+}

@@ -49,14 +49,6 @@ pub async fn client(url: &str) -> OsteoServiceClient<Channel> {
         .max_encoding_message_size(64 << 20)
 }
 
-/// A free loopback port (bound and released; the server binds it right after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A running `osteo serve` with its captured output.
 pub struct Server {
     child: Child,
@@ -77,16 +69,47 @@ impl Server {
     /// Starts the server with `extra` TOML sections and the shipped `models`, each with extra
     /// keys of its `[[models]]` entry (e.g. `backends = ["candle"]`).
     pub fn start_with(extra: &str, models: &[(&str, &str)]) -> Self {
+        Self::spawn(extra, models, None)
+    }
+
+    /// [`Server::start`] with at most `files` open file descriptors (`ulimit -n`).
+    pub fn start_limited(extra: &str, files: u32) -> Self {
+        Self::spawn(
+            extra,
+            &[("osteo-fused-v1", ""), ("osteo-tabular-v1", "")],
+            Some(files),
+        )
+    }
+
+    /// Starts `osteo serve` on ports the kernel picks (port 0, read back from its log: no
+    /// port races) and waits until it reports SERVING.
+    fn spawn(extra: &str, models: &[(&str, &str)], files: Option<u32>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (port, metrics_port) = (free_port(), free_port());
+        // Keys of a leading [server] section in `extra` join the harness's own section.
+        let (server_keys, rest) = match extra.strip_prefix("[server]\n") {
+            Some(tail) => match tail.find("\n[") {
+                Some(end) => (&tail[..end + 1], &tail[end + 1..]),
+                None => (tail, ""),
+            },
+            None => ("", extra),
+        };
         let mut config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
-             default_model = \"osteo-fused-v1\"\n{extra}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             default_model = \"osteo-fused-v1\"\n{server_keys}\n{rest}\n"
         );
         config.push_str(&models_toml(models));
         let file = dir.path().join("osteo.toml");
         std::fs::write(&file, config).expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        let bin = env!("CARGO_BIN_EXE_osteo");
+        let mut command = match files {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(&file)
             .env("OSTEO__TELEMETRY__LOG_LEVEL", "debug")
@@ -110,13 +133,26 @@ impl Server {
                 }
             });
         }
-        let server = Server {
+        let mut server = Server {
             child,
-            url: format!("http://127.0.0.1:{port}"),
-            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            url: String::new(),
+            metrics: String::new(),
             output,
             _dir: dir,
         };
+        server.wait_until("listening on ");
+        let out = server.output();
+        let after = |marker: &str| -> String {
+            let Some(at) = out.find(marker) else {
+                return String::new();
+            };
+            out[at + marker.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect()
+        };
+        server.url = format!("http://{}", after("listening on "));
+        server.metrics = format!("http://{}/metrics", after("metrics at http://"));
         server.wait_until("SERVING");
         server
     }

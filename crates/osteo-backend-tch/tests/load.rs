@@ -62,7 +62,13 @@ fn weights_that_do_not_fit_are_a_load_error_naming_the_parameter() {
         dir.path().join("weights.safetensors"),
     )
     .expect("copy");
-    let artifacts = ModelArtifacts::open(dir.path()).expect("open");
+    let mut artifacts = ModelArtifacts::open(dir.path()).expect("open");
+    match TchBackend::load(&artifacts, Device::Cpu) {
+        Err(BackendError::Load(m)) => assert!(m.contains("weights_blake3"), "{m}"),
+        other => panic!("expected the digest check to refuse, got {other:?}"),
+    }
+    // Past the digest (as if the manifest had been re-recorded), the parameter check names it.
+    artifacts.record_weights_digest().expect("digest");
     match TchBackend::load(&artifacts, Device::Cpu) {
         Err(BackendError::Load(m)) => assert!(m.contains("tabular.fc0.weight"), "{m}"),
         other => panic!("expected a load error, got {other:?}"),
