@@ -585,25 +585,28 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
         registry(),
     )
     .await;
-    // Three connections that never speak hold every slot...
+    // Five connections that never speak: the server accepts as many as it has slots for (it
+    // greets those with its SETTINGS) and closes the others at once, without any timeout.
+    // (A slot may still be held for a moment by the health checks of the start-up.)
     let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(
-            tokio::net::TcpStream::connect(server.addr)
-                .await
-                .expect("connect"),
-        );
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => refused += 1,
+            Ok(Ok(_)) => accepted += 1,
+            Err(_) => panic!("a connection was neither greeted nor closed"),
+        }
+        held.push(s);
     }
-    // ...so a fourth is closed as soon as it is accepted, without waiting for any timeout.
-    let mut extra = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    let mut buf = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(30), extra.read(&mut buf)).await;
     assert!(
-        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-        "the fourth connection was not closed: {closed:?}"
+        accepted <= 3,
+        "{accepted} connections accepted with 3 slots"
     );
+    assert!(refused >= 2, "{refused} connections refused");
     let text = server.scrape().await;
     assert!(
         metric(
@@ -630,5 +633,42 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     assert!(
         client.is_some(),
         "a client is served once the slots are free"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_requests_is_closed_after_the_idle_timeout() {
+    let server = InProc::start(
+        "[server]\nidle_timeout_s = 1\nhandshake_timeout_s = 600\nkeepalive_interval_s = 0\n",
+        TABULAR,
+        registry(),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    // The HTTP/2 preface and an empty SETTINGS frame complete the handshake; then nothing.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle connection stayed open");
+    let text = server.scrape().await;
+    assert!(
+        metric(
+            &text,
+            "osteo_connections_closed_total",
+            &["listener=\"grpc\"", "reason=\"idle\""]
+        ) >= 1.0,
+        "closed for being idle"
     );
 }

@@ -32,8 +32,9 @@ pub(crate) struct FileHeader {
     pub columns: u32,
     pub frames: Vec<FrameGeom>,
     pub has_pixel_data: bool,
-    /// Whether every frame's HU is an integer within `i16` (integral rescale of the stored
-    /// range), so the volume can be stored as `i16`.
+    /// Whether every frame's rescale is integral (HU are integers).
+    pub integral: bool,
+    /// Whether, moreover, the whole stored range rescales into `i16`.
     pub fits_i16: bool,
 }
 
@@ -83,11 +84,15 @@ fn rescale(obj: &InMemDicomObject, file: &str) -> Result<Option<(f64, f64)>, Dic
         .then(|| (slope.unwrap_or(1.0), intercept.unwrap_or(0.0))))
 }
 
+/// Whether a rescale maps integers to integers.
+fn integral((slope, intercept): (f64, f64)) -> bool {
+    slope.fract() == 0.0 && intercept.fract() == 0.0
+}
+
 /// Whether stored values in `[lo, hi]` rescaled by `(slope, intercept)` are integers in `i16`.
 fn rescale_fits_i16((slope, intercept): (f64, f64), (lo, hi): (f64, f64)) -> bool {
     let range = f64::from(i16::MIN)..=f64::from(i16::MAX);
-    slope.fract() == 0.0
-        && intercept.fract() == 0.0
+    integral((slope, intercept))
         && range.contains(&(lo * slope + intercept))
         && range.contains(&(hi * slope + intercept))
 }
@@ -132,6 +137,7 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
             columns: 0,
             frames: Vec::new(),
             has_pixel_data,
+            integral: false,
             fits_i16: false,
         });
     }
@@ -203,6 +209,7 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
     } else {
         (0.0, 2f64.powi(bits_stored as i32) - 1.0)
     };
+    let mut integral_hu = integral(base_rescale);
     let mut fits_i16 = rescale_fits_i16(base_rescale, stored_range);
     let shared = obj
         .get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
@@ -236,6 +243,7 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
             if let Some(item) = group_item(pf, shared, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE)
                 && let Some(r) = rescale(item, file)?
             {
+                integral_hu &= integral(r);
                 fits_i16 &= rescale_fits_i16(r, stored_range);
             }
         }
@@ -250,6 +258,7 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
         columns,
         frames,
         has_pixel_data,
+        integral: integral_hu,
         fits_i16,
     })
 }

@@ -44,7 +44,11 @@ pub struct Planned {
     series: Vec<SeriesInfo>,
     files: Vec<usize>,
     ordered: series::Ordered,
-    as_i16: bool,
+    /// Every file's rescale is integral: decode into `i16` (falling back to `f32` if a value
+    /// does not fit).
+    try_i16: bool,
+    /// The headers prove every value fits `i16`.
+    proven_i16: bool,
 }
 
 /// Reads and parses a DICOM source, selects and orders the CT series and checks its size
@@ -92,25 +96,29 @@ pub fn plan(source: DicomSource, options: &IngestOptions) -> Result<Planned, Dic
             limit: limits.max_voxels,
         });
     }
-    let as_i16 = files.iter().all(|&f| headers[f].fits_i16);
+    let try_i16 = files.iter().all(|&f| headers[f].integral);
+    let proven_i16 = files.iter().all(|&f| headers[f].fits_i16);
     Ok(Planned {
         parsed,
         headers,
         series,
         files,
         ordered,
-        as_i16,
+        try_i16,
+        proven_i16,
     })
 }
 
 impl Planned {
-    /// Bytes one decoded voxel will take: 2 (`i16`) when the headers promise integral HU
-    /// within its range, else 4 (`f32`).
+    /// The most bytes one decoded voxel can take: 2 (`i16`) when the headers prove integral HU
+    /// within its range, else 4 (`f32`). Integral HU the headers cannot prove in range (16-bit
+    /// signed data with an intercept) are still stored as `i16` when they fit, so the volume
+    /// may end up smaller: [`Voxels::byte_len`] says what it takes.
     pub fn bytes_per_voxel(&self) -> u64 {
-        if self.as_i16 { 2 } else { 4 }
+        if self.proven_i16 { 2 } else { 4 }
     }
 
-    /// Bytes the decoded volume will occupy.
+    /// The most bytes the decoded volume can occupy (reserve this before [`Planned::decode`]).
     pub fn decoded_bytes(&self) -> u64 {
         self.ordered.slices.len() as u64
             * u64::from(self.ordered.rows)
@@ -135,7 +143,7 @@ impl Planned {
             )?;
             Ok(Voxels::F32(hu))
         };
-        let hu = if self.as_i16 {
+        let hu = if self.try_i16 {
             let mut hu = vec![0i16; n * slice_len];
             let narrowed = in_order(
                 hu.par_chunks_mut(slice_len)

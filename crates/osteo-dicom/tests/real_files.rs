@@ -37,6 +37,7 @@ fn every_real_ct_file_matches_pydicom_hu() {
         serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).expect("manifest"))
             .expect("json");
     let mut checked_512 = 0;
+    let mut stored_i16 = 0;
     for (i, entry) in manifest.as_array().expect("array").iter().enumerate() {
         let file = &files[i];
         let expected = read_f32(&out.path().join(format!("{i}.f32")));
@@ -71,7 +72,23 @@ fn every_real_ct_file_matches_pydicom_hu() {
         if shape[1] == 512 {
             checked_512 += 1;
         }
+        // Integral HU (every CT here) are stored as i16: exact, half the memory.
+        if expected
+            .iter()
+            .all(|v| v.fract() == 0.0 && v.abs() <= 32767.0)
+        {
+            assert!(
+                matches!(vol.hu, osteo_dicom::Voxels::I16(_)),
+                "{}: integral HU stored as f32",
+                file.display()
+            );
+            stored_i16 += 1;
+        }
     }
+    eprintln!(
+        "{stored_i16} of {} real CT files stored as i16",
+        files.len()
+    );
     assert!(
         checked_512 >= 6,
         "expected several 512x512 real CTs, checked {checked_512}"

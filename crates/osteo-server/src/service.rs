@@ -85,8 +85,11 @@ impl State {
                 limits: state.limits(),
             };
             let planned = osteo_dicom::plan(DicomSource::Buffers(files), &options)?;
-            let reservation = state.store.reserve(planned.decoded_bytes())?;
+            let mut reservation = state.store.reserve(planned.decoded_bytes())?;
             let ingested = planned.decode()?;
+            // Integral HU the headers could not prove in range may still fit i16: keep only
+            // what the volume takes.
+            reservation.resize(ingested.volume.hu.byte_len(), "the decoded study")?;
             Ok(Study::new(ingested.volume, reservation))
         })
         .await
