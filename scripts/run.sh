@@ -26,6 +26,4 @@ Classify it from another shell:
 Metrics: curl -s http://127.0.0.1:9464/metrics | grep ^osteo_
 ---
 TXT
-# Freed memory goes back to the OS at once (see docker/Dockerfile.cpu).
-export MIMALLOC_PURGE_DELAY="${MIMALLOC_PURGE_DELAY:-0}"
 exec "$bin" serve "$@"

@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch.
 
+mod audit;
 mod bench;
 mod client;
 mod clinical;
@@ -44,6 +45,9 @@ enum Command {
     ExportOnnx(onnx::ExportArgs),
     /// Serve the models over gRPC (with health, reflection and Prometheus metrics).
     Serve(serve::ServeArgs),
+    /// Check a server's hash-chained audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Grade a study on a server (uploads the DICOM files, classifies, deletes the upload).
     Classify(client::ClassifyArgs),
     /// Grade and explain a study on a server; writes the Grad-CAM overlay PNG.
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(args),
         Command::ExportOnnx(args) => onnx::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Classify(args) => client::classify(args),
         Command::Explain(args) => client::explain(args),
         Command::Compare(args) => client::compare(args),

@@ -113,7 +113,9 @@ impl Server {
             .args(["serve", "--config"])
             .arg(&file)
             .env("OSTEO__TELEMETRY__LOG_LEVEL", "debug")
-            // As the images and scripts/run.sh run it: freed memory returned to the OS at once.
+            // Freed memory goes back to the OS at once, so the memory tests measure what the
+            // server holds rather than what mimalloc keeps cached for reuse (README: Under
+            // hostile load).
             .env("MIMALLOC_PURGE_DELAY", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

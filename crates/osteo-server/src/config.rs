@@ -23,6 +23,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Engine options of the backends.
     pub backends: BackendSettings,
+    /// The audit log.
+    pub audit: AuditSettings,
     /// Served models.
     pub models: Vec<ModelSettings>,
 }
@@ -108,6 +110,25 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: String,
     /// `service.name` of exported traces.
     pub service_name: String,
+}
+
+/// `[audit]`: the hash-chained audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// JSON-lines file appended with one record per request ("" = no audit log).
+    pub path: String,
+    /// Sync every record to disk before answering (otherwise only flushed to the OS).
+    pub fsync: bool,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            fsync: true,
+        }
+    }
 }
 
 /// `[backends]`: engine options, one table per backend.
@@ -233,6 +254,7 @@ impl Default for Settings {
             scheduler: SchedulerSettings::default(),
             telemetry: TelemetrySettings::default(),
             backends: BackendSettings::default(),
+            audit: AuditSettings::default(),
             models: vec![
                 model("osteo-fused-v1"),
                 model("osteo-image-v1"),

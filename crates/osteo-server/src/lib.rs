@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
+pub mod audit;
 pub mod budget;
 pub mod config;
 pub mod connection;

@@ -131,7 +131,7 @@ pub async fn serve_on(
 
     let max_message = settings.server.max_message_bytes;
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);
-    let state = Arc::new(State::new(settings.clone()));
+    let state = Arc::new(State::new(settings.clone())?);
     let osteo = OsteoServiceServer::new(Service::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);

@@ -1,5 +1,6 @@
 //! The `osteo.v1.OsteoService` implementation.
 
+use crate::audit::AuditLog;
 use crate::budget::{Budget, Reservation};
 use crate::config::Settings;
 use crate::convert;
@@ -33,11 +34,13 @@ pub struct State {
     uploads: Arc<Semaphore>,
     /// Upload bytes buffered across all streams (`store.max_inflight_upload_bytes`).
     upload_bytes: Arc<Budget>,
+    /// The audit log, when `audit.path` is set.
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl State {
-    /// State with an empty store and models not yet loaded.
-    pub fn new(settings: Settings) -> Self {
+    /// State with an empty store and models not yet loaded; opens the audit log.
+    pub fn new(settings: Settings) -> Result<Self, ServerError> {
         let st = &settings.store;
         let store = StudyStore::new(
             st.max_bytes,
@@ -50,14 +53,42 @@ impl State {
         );
         let uploads = Arc::new(Semaphore::new(st.max_concurrent_uploads));
         let requests = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
-        Self {
+        let a = &settings.audit;
+        let audit = if a.path.is_empty() {
+            None
+        } else {
+            let log = AuditLog::open(std::path::Path::new(&a.path), a.fsync)
+                .map_err(|e| ServerError::Config(format!("audit.path: {e}")))?;
+            Some(Arc::new(log))
+        };
+        Ok(Self {
             settings,
             store,
             models: OnceLock::new(),
             requests,
             uploads,
             upload_bytes,
-        }
+            audit,
+        })
+    }
+
+    /// Appends a request's audit record (off the async threads); INTERNAL when it cannot be
+    /// written, so no request is answered without its record.
+    async fn audit(&self, record: crate::audit::Record) -> Result<(), ServerError> {
+        let Some(log) = self.audit.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || log.append(record))
+            .await
+            .map_err(|e| ServerError::Internal(format!("the audit task failed: {e}")))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "audit record not written; request refused");
+                ServerError::Internal(
+                    "the request's audit record could not be written, so its result is withheld; \
+                     the server's operator must check audit.path"
+                        .into(),
+                )
+            })
     }
 
     /// A permit for one inference request, taken before any ingest or view work.
@@ -137,6 +168,7 @@ struct Labels {
     model: String,
     backend: String,
     study: String,
+    grade: String,
 }
 
 /// The time a request may take: the client's deadline (`grpc-timeout`) less a margin of 10% (at
@@ -209,6 +241,10 @@ impl Service {
             Duration::from_secs(self.state.settings.server.request_timeout_s),
         );
         let labels = Arc::new(std::sync::Mutex::new(Labels::default()));
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let span = tracing::info_span!(
             "rpc",
             rpc,
@@ -228,25 +264,46 @@ impl Service {
         };
         let code = result.as_ref().map_or_else(ServerError::code, |_| Code::Ok);
         let seconds = start.elapsed().as_secs_f64();
-        let l = labels.lock().unwrap_or_else(|p| p.into_inner());
-        let study = if l.study.is_empty() || is_handle(&l.study) {
-            l.study.as_str()
-        } else {
-            "invalid"
+        let record = {
+            let l = labels.lock().unwrap_or_else(|p| p.into_inner());
+            let study = if l.study.is_empty() || is_handle(&l.study) {
+                l.study.clone()
+            } else {
+                "invalid".to_string()
+            };
+            crate::audit::Record {
+                seq: 0,
+                time: String::new(),
+                principal: "anonymous".into(),
+                peer,
+                rpc: rpc.into(),
+                study,
+                model: l.model.clone(),
+                backend: l.backend.clone(),
+                grade: l.grade.clone(),
+                code: format!("{code:?}"),
+                latency_ms: seconds * 1e3,
+                prev: String::new(),
+            }
         };
-        span.record("study", study);
-        span.record("model", l.model.as_str());
-        span.record("backend", l.backend.as_str());
-        let code_name = format!("{code:?}");
+        span.record("study", record.study.as_str());
+        span.record("model", record.model.as_str());
+        span.record("backend", record.backend.as_str());
         metrics::counter!(
             "osteo_requests_total",
             "rpc" => rpc,
-            "model" => l.model.clone(),
-            "backend" => l.backend.clone(),
-            "code" => code_name.clone()
+            "model" => record.model.clone(),
+            "backend" => record.backend.clone(),
+            "code" => record.code.clone()
         )
         .increment(1);
         metrics::histogram!("osteo_request_seconds", "rpc" => rpc).record(seconds);
+        let code_name = record.code.clone();
+        // A request whose audit record cannot be written is not answered with its result.
+        let result = match self.state.audit(record).await {
+            Ok(()) => result,
+            Err(e) => Err(e),
+        };
         let _enter = span.enter();
         match &result {
             Ok(_) => tracing::info!(code = %code_name, ms = seconds * 1e3, "request served"),
@@ -409,6 +466,11 @@ fn resolve<'a>(
     Ok((model, backend))
 }
 
+/// Records the grade answered (for the audit log).
+fn set_grade(labels: &std::sync::Mutex<Labels>, grade: Grade) {
+    labels.lock().unwrap_or_else(|p| p.into_inner()).grade = grade.name().to_string();
+}
+
 fn set_study(labels: &std::sync::Mutex<Labels>, study: &Study) {
     labels.lock().unwrap_or_else(|p| p.into_inner()).study = study.handle.clone();
 }
@@ -569,9 +631,10 @@ impl OsteoService for Service {
                 req.clinical.as_ref(),
             )
             .await?;
-            Ok(Self::classify_prepared(model, backend, &prepared, start)
-                .await?
-                .0)
+            let (response, grade) =
+                Self::classify_prepared(model, backend, &prepared, start).await?;
+            set_grade(&labels, grade);
+            Ok(response)
         })
         .await
     }
@@ -604,6 +667,7 @@ impl OsteoService for Service {
             .await?;
             let (mut classification, predicted) =
                 Self::classify_prepared(model, backend, &prepared, start).await?;
+            set_grade(&labels, predicted);
             let target = requested.unwrap_or(predicted);
             let parts = worker.gradcam(prepared.input.clone(), target).await?;
             let view = prepared
@@ -682,6 +746,9 @@ impl OsteoService for Service {
                     }
                 }
                 let grades_agree = graded.windows(2).all(|w| w[0].0.grade == w[1].0.grade);
+                if let (true, Some((g, _))) = (grades_agree, graded.first()) {
+                    set_grade(&labels, g.grade);
+                }
                 let results = graded
                     .into_iter()
                     .map(|(g, latency_ms)| pb::BackendResult {
@@ -723,8 +790,8 @@ impl OsteoService for Service {
         request: Request<pb::GetStudyRequest>,
     ) -> Result<Response<pb::GetStudyResponse>, Status> {
         self.run("GetStudy", request, |state, labels, req| async move {
+            labels.lock().unwrap_or_else(|p| p.into_inner()).study = req.study.clone();
             let (study, left) = state.store.get(&req.study)?;
-            set_study(&labels, &study);
             Ok(pb::GetStudyResponse {
                 summary: Some(convert::summary(&study, Some(left))),
             })
@@ -737,8 +804,8 @@ impl OsteoService for Service {
         request: Request<pb::DeleteStudyRequest>,
     ) -> Result<Response<pb::DeleteStudyResponse>, Status> {
         self.run("DeleteStudy", request, |state, labels, req| async move {
-            let freed_bytes = state.store.delete(&req.study)?;
             labels.lock().unwrap_or_else(|p| p.into_inner()).study = req.study.clone();
+            let freed_bytes = state.store.delete(&req.study)?;
             Ok(pb::DeleteStudyResponse { freed_bytes })
         })
         .await
