@@ -164,3 +164,322 @@ async fn a_request_whose_record_cannot_be_written_fails() {
     assert_eq!(err.code(), Code::Internal, "{err:?}");
     assert!(err.message().contains("audit record"), "{err:?}");
 }
+
+/// Sends `authorization: Bearer <token>` with every call.
+#[derive(Clone)]
+struct Bearer(Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
+        }
+        Ok(r)
+    }
+}
+
+type Authed = osteo_proto::v1::osteo_service_client::OsteoServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+async fn as_principal(server: &InProc, token: Option<&str>) -> Authed {
+    let channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    osteo_proto::v1::osteo_service_client::OsteoServiceClient::with_interceptor(
+        channel,
+        Bearer(token.map(str::to_string)),
+    )
+    .max_decoding_message_size(64 << 20)
+    .max_encoding_message_size(64 << 20)
+}
+
+/// `osteo token new`; returns the token (the last line of stdout).
+fn new_token(file: &std::path::Path, principal: &str, role: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args([
+            "token",
+            "new",
+            "--principal",
+            principal,
+            "--role",
+            role,
+            "--tokens-file",
+        ])
+        .arg(file)
+        .output()
+        .expect("run osteo token new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let token = stdout.lines().last().expect("token line").to_string();
+    assert!(token.starts_with("ost_") && token.len() == 68, "{token}");
+    let file_text = std::fs::read_to_string(file).expect("tokens file");
+    assert!(
+        !file_text.contains(&token),
+        "the tokens file holds digests only"
+    );
+    token
+}
+
+fn code_of<T>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    match r {
+        Ok(_) => (Code::Ok, String::new()),
+        Err(s) => (s.code(), s.message().to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_and_isolation_between_principals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    let alice = new_token(&tokens, "alice", "client");
+    let bob = new_token(&tokens, "bob", "client");
+    let root = new_token(&tokens, "root@hospital", "admin");
+    // A principal without roles.
+    let mut text = std::fs::read_to_string(&tokens).expect("read");
+    text.push_str(&format!(
+        "\n[[tokens]]\nprincipal = \"nobody\"\nsha256 = \"{}\"\nroles = []\n",
+        osteo_server::auth::token_digest("nobody-token")
+    ));
+    std::fs::write(&tokens, text).expect("write");
+    let log = dir.path().join("audit.jsonl");
+    let files = read_all(&study(&dir.path().join("study")));
+    // One phantom study (10.9 MB of i16 HU) fits the per-principal quota, two do not.
+    let config = format!(
+        "[store]\nmax_bytes_per_principal = {}\n[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n[audit]\npath = \"{}\"\n",
+        16 << 20,
+        tokens.display(),
+        log.display()
+    );
+    let server = InProc::start(&config, MODELS, registry()).await;
+    // Health needs no token (Kubernetes probes); InProc::start waited on it without one.
+    let list = |c: &mut Authed| {
+        let mut c = c.clone();
+        async move { code_of(c.list_models(pb::ListModelsRequest::default()).await) }
+    };
+    let (c, msg) = list(&mut as_principal(&server, None).await).await;
+    assert_eq!(c, Code::Unauthenticated, "{msg}");
+    let (c, msg) = list(&mut as_principal(&server, Some("ost_guessed")).await).await;
+    assert_eq!(c, Code::Unauthenticated, "{msg}");
+    assert!(
+        !msg.contains("ost_guessed"),
+        "the token is not echoed: {msg}"
+    );
+    let (c, msg) = list(&mut as_principal(&server, Some("nobody-token")).await).await;
+    assert_eq!(c, Code::PermissionDenied, "{msg}");
+
+    let mut a = as_principal(&server, Some(&alice)).await;
+    let mut b = as_principal(&server, Some(&bob)).await;
+    let mut r = as_principal(&server, Some(&root)).await;
+    let upload_as = |c: &mut Authed| {
+        let mut c = c.clone();
+        let messages = upload_messages(&files, 64 << 10);
+        async move { c.upload_study(tokio_stream::iter(messages)).await }
+    };
+    let handle = upload_as(&mut a)
+        .await
+        .expect("alice uploads")
+        .into_inner()
+        .summary
+        .expect("summary")
+        .study;
+    let (c, msg) = code_of(upload_as(&mut a).await);
+    assert_eq!(c, Code::ResourceExhausted, "alice's quota: {msg}");
+    assert!(msg.contains("store.max_bytes_per_principal"), "{msg}");
+    let bobs = upload_as(&mut b).await.expect("bob has his own quota");
+    drop(bobs);
+
+    let classify = |h: &str| pb::ClassifyRequest {
+        study: by_handle(h),
+        clinical: Some(clinical()),
+        ..Default::default()
+    };
+    assert_eq!(code_of(a.classify(classify(&handle)).await).0, Code::Ok);
+    // Bob gets exactly what a handle that never existed gets, on every RPC.
+    let never = "st_0123456789abcdef0123456789abcdef";
+    let same = |msg: &str, h: &str| msg.replace(h, "HANDLE");
+    // (RPC, on alice's study, on a handle that never existed)
+    type Outcome = (Code, String);
+    let checks: Vec<(&str, Outcome, Outcome)> = vec![
+        (
+            "GetStudy",
+            code_of(
+                b.get_study(pb::GetStudyRequest {
+                    study: handle.clone(),
+                })
+                .await,
+            ),
+            code_of(
+                b.get_study(pb::GetStudyRequest {
+                    study: never.into(),
+                })
+                .await,
+            ),
+        ),
+        (
+            "Classify",
+            code_of(b.classify(classify(&handle)).await),
+            code_of(b.classify(classify(never)).await),
+        ),
+        (
+            "Explain",
+            code_of(
+                b.explain(pb::ExplainRequest {
+                    study: by_handle(&handle),
+                    clinical: Some(clinical()),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            code_of(
+                b.explain(pb::ExplainRequest {
+                    study: by_handle(never),
+                    clinical: Some(clinical()),
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "CompareBackends",
+            code_of(
+                b.compare_backends(pb::CompareBackendsRequest {
+                    study: by_handle(&handle),
+                    clinical: Some(clinical()),
+                    ..Default::default()
+                })
+                .await,
+            ),
+            code_of(
+                b.compare_backends(pb::CompareBackendsRequest {
+                    study: by_handle(never),
+                    clinical: Some(clinical()),
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "DeleteStudy",
+            code_of(
+                b.delete_study(pb::DeleteStudyRequest {
+                    study: handle.clone(),
+                })
+                .await,
+            ),
+            code_of(
+                b.delete_study(pb::DeleteStudyRequest {
+                    study: never.into(),
+                })
+                .await,
+            ),
+        ),
+    ];
+    for (rpc, theirs, missing) in checks {
+        assert_eq!(theirs.0, Code::NotFound, "{rpc}: {}", theirs.1);
+        assert_eq!(
+            same(&theirs.1, &handle),
+            same(&missing.1, never),
+            "{rpc}: no oracle"
+        );
+    }
+    // The admin reads and deletes any study but may not classify.
+    let (c, msg) = code_of(r.classify(classify(&handle)).await);
+    assert_eq!(c, Code::PermissionDenied, "{msg}");
+    let got = r
+        .get_study(pb::GetStudyRequest {
+            study: handle.clone(),
+        })
+        .await;
+    assert!(got.is_ok(), "{got:?}");
+    let deleted = r
+        .delete_study(pb::DeleteStudyRequest {
+            study: handle.clone(),
+        })
+        .await;
+    assert!(deleted.is_ok(), "{deleted:?}");
+    let (c, _) = code_of(
+        a.get_study(pb::GetStudyRequest {
+            study: handle.clone(),
+        })
+        .await,
+    );
+    assert_eq!(c, Code::NotFound, "deleted by the admin");
+    server.stop().await.expect("stop");
+
+    let text = std::fs::read_to_string(&log).expect("audit");
+    for who in ["\"alice\"", "\"bob\"", "\"root@hospital\"", "\"nobody\""] {
+        assert!(
+            text.contains(&format!("\"principal\":{who}")),
+            "{who} audited:\n{text}"
+        );
+    }
+    for secret in [&alice, &bob, &root] {
+        assert!(!text.contains(secret.as_str()), "a token in the audit log");
+    }
+    for planted in [PATIENT_NAME, PATIENT_ID] {
+        assert!(!text.contains(planted), "{planted} in the audit log");
+    }
+    let (ok, out) = verify(&log);
+    assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_clients_send_their_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    let token = new_token(&tokens, "ris-gateway", "client");
+    let config = format!(
+        "[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n",
+        tokens.display()
+    );
+    let server = InProc::start(
+        &config,
+        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
+        registry(),
+    )
+    .await;
+    let classify = |token: Option<&str>, env: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_osteo"));
+        cmd.args([
+            "classify",
+            "--server",
+            &server.url,
+            "--age",
+            "71",
+            "--sex",
+            "F",
+        ])
+        .args(["--height-cm", "158", "--weight-kg", "52", "--json"])
+        .env_remove("OSTEO_TOKEN");
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        if let Some(t) = env {
+            cmd.env("OSTEO_TOKEN", t);
+        }
+        let out = cmd.output().expect("run osteo classify");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = classify(None, None);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("error: UNAUTHENTICATED"), "{out}");
+    let (code, out) = classify(Some(&token), None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("\"grade\""), "{out}");
+    let (code, out) = classify(None, Some(&token));
+    assert_eq!(code, Some(0), "OSTEO_TOKEN: {out}");
+}

@@ -8,10 +8,42 @@ use osteo_proto::v1 as pb;
 use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
 use serde_json::json;
 use std::path::PathBuf;
+use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::Channel;
 
 /// Bytes per upload chunk.
 const CHUNK: usize = 1 << 20;
+
+/// The credentials a client command presents.
+#[derive(Debug, Clone, Args)]
+pub struct Credentials {
+    /// Bearer token for a server with auth.mode = "token" (or the OSTEO_TOKEN variable).
+    #[arg(
+        long,
+        env = "OSTEO_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+}
+
+/// A client of the osteo.v1 service that sends the credentials with every call.
+pub type Client = OsteoServiceClient<InterceptedService<Channel, Credentials>>;
+
+impl Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                tonic::Status::invalid_argument("--token holds characters a header cannot carry")
+            })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
 
 /// The server and the model and backend to ask for, shared by every client command.
 #[derive(Debug, Args)]
@@ -19,6 +51,8 @@ pub struct Endpoint {
     /// Server URL, e.g. http://127.0.0.1:50051.
     #[arg(long, value_name = "URL")]
     pub server: String,
+    #[command(flatten)]
+    pub credentials: Credentials,
     /// Model name (default: the server's default model).
     #[arg(long)]
     model: Option<String>,
@@ -67,6 +101,8 @@ pub struct CompareArgs {
     /// Server URL, e.g. http://127.0.0.1:50051.
     #[arg(long, value_name = "URL")]
     server: String,
+    #[command(flatten)]
+    credentials: Credentials,
     /// Model name (default: the server's default model).
     #[arg(long)]
     model: Option<String>,
@@ -133,22 +169,21 @@ fn status(s: tonic::Status) -> anyhow::Error {
 }
 
 /// Connects to a server, mapping failures to an UNAVAILABLE error line.
-pub async fn connect(url: &str) -> anyhow::Result<OsteoServiceClient<Channel>> {
+pub async fn connect(url: &str, credentials: &Credentials) -> anyhow::Result<Client> {
     let channel = Channel::from_shared(url.to_string())
         .with_context(|| format!("--server {url} is not a URL (e.g. http://127.0.0.1:50051)"))?
         .connect()
         .await
         .map_err(|e| anyhow!("UNAVAILABLE: cannot connect to {url}: {e}"))?;
-    Ok(OsteoServiceClient::new(channel)
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20))
+    Ok(
+        OsteoServiceClient::with_interceptor(channel, credentials.clone())
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20),
+    )
 }
 
 /// Uploads the study's files as a stream of chunks; returns the study handle.
-pub async fn upload(
-    client: &mut OsteoServiceClient<Channel>,
-    path: &std::path::Path,
-) -> anyhow::Result<String> {
+pub async fn upload(client: &mut Client, path: &std::path::Path) -> anyhow::Result<String> {
     let files = DicomSource::Path(path.to_path_buf()).read(&IngestLimits::default())?;
     let total: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
     let mut messages = vec![pb::UploadStudyRequest {
@@ -229,7 +264,7 @@ fn print_text(r: &pb::ClassifyResponse) {
 
 /// Uploads the study (if any) and returns the reference, plus the handle to delete afterwards.
 async fn study_ref(
-    client: &mut OsteoServiceClient<Channel>,
+    client: &mut Client,
     input: &Input,
 ) -> anyhow::Result<(Option<pb::StudyRef>, Option<String>)> {
     match &input.dicom {
@@ -247,7 +282,7 @@ async fn study_ref(
 }
 
 /// Deletes an uploaded study; failures only warn (the study expires anyway).
-async fn cleanup(client: &mut OsteoServiceClient<Channel>, handle: Option<String>) {
+async fn cleanup(client: &mut Client, handle: Option<String>) {
     if let Some(study) = handle
         && let Err(e) = client
             .delete_study(pb::DeleteStudyRequest {
@@ -269,7 +304,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
-        let mut client = connect(&t.endpoint.server).await?;
+        let mut client = connect(&t.endpoint.server, &t.endpoint.credentials).await?;
         let (study, handle) = study_ref(&mut client, &t.input).await?;
         let result = client
             .classify(pb::ClassifyRequest {
@@ -294,7 +329,7 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
 pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
-        let mut client = connect(&t.endpoint.server).await?;
+        let mut client = connect(&t.endpoint.server, &t.endpoint.credentials).await?;
         let (study, handle) = study_ref(&mut client, &t.input).await?;
         let result = client
             .explain(pb::ExplainRequest {
@@ -371,7 +406,7 @@ fn comparison_json(r: &pb::CompareBackendsResponse) -> serde_json::Value {
 /// Runs `osteo compare`.
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut client = connect(&args.server).await?;
+        let mut client = connect(&args.server, &args.credentials).await?;
         let (study, handle) = study_ref(&mut client, &args.input).await?;
         let result = client
             .compare_backends(pb::CompareBackendsRequest {

@@ -83,7 +83,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let (served, codes, wall) = runtime.block_on(async {
-        let mut first = connect(&args.endpoint.server).await?;
+        let mut first = connect(&args.endpoint.server, &args.endpoint.credentials).await?;
         let handle = upload(&mut first, &args.dicom).await?;
         let request = pb::ClassifyRequest {
             study: Some(pb::StudyRef {
@@ -104,7 +104,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         for c in 0..args.clients {
             let share =
                 args.requests / args.clients + usize::from(c < args.requests % args.clients);
-            let mut client = connect(&args.endpoint.server).await?;
+            let mut client = connect(&args.endpoint.server, &args.endpoint.credentials).await?;
             let request = request.clone();
             tasks.push(tokio::spawn(async move {
                 let mut out = Vec::with_capacity(share);

@@ -10,6 +10,7 @@ mod onnx;
 mod predict;
 mod serve;
 mod synth;
+mod token;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,9 @@ enum Command {
     /// Check a server's hash-chained audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Create bearer tokens for the server's tokens file.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Grade a study on a server (uploads the DICOM files, classifies, deletes the upload).
     Classify(client::ClassifyArgs),
     /// Grade and explain a study on a server; writes the Grad-CAM overlay PNG.
@@ -74,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExportOnnx(args) => onnx::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
         Command::Classify(args) => client::classify(args),
         Command::Explain(args) => client::explain(args),
         Command::Compare(args) => client::compare(args),

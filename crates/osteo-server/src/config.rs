@@ -25,6 +25,8 @@ pub struct Settings {
     pub backends: BackendSettings,
     /// The audit log.
     pub audit: AuditSettings,
+    /// Authentication.
+    pub auth: AuthSettings,
     /// Served models.
     pub models: Vec<ModelSettings>,
 }
@@ -78,6 +80,8 @@ pub struct StoreSettings {
     pub max_inflight_upload_bytes: u64,
     /// Upload streams open at once.
     pub max_concurrent_uploads: usize,
+    /// Bytes of decoded studies one principal may hold (0 = no limit beyond `max_bytes`).
+    pub max_bytes_per_principal: u64,
     /// Most DICOM files in one study.
     pub max_files: usize,
     /// Most slices (frames) in the selected series.
@@ -110,6 +114,26 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: String,
     /// `service.name` of exported traces.
     pub service_name: String,
+}
+
+/// `[auth]`: who may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `none` (everyone is one anonymous client) or `token` (bearer tokens); `mtls` and
+    /// `token_or_mtls` need TLS.
+    pub mode: String,
+    /// TOML file of `[[tokens]]` with `principal`, `sha256` (of the token) and `roles`.
+    pub tokens_file: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: "none".into(),
+            tokens_file: String::new(),
+        }
+    }
 }
 
 /// `[audit]`: the hash-chained audit log.
@@ -212,6 +236,7 @@ impl Default for StoreSettings {
             max_upload_bytes: 512 << 20,
             max_inflight_upload_bytes: 512 << 20,
             max_concurrent_uploads: 16,
+            max_bytes_per_principal: 0,
             max_files: 4096,
             max_slices: 4096,
             max_pixels_per_slice: 2048 * 2048,
@@ -255,6 +280,7 @@ impl Default for Settings {
             telemetry: TelemetrySettings::default(),
             backends: BackendSettings::default(),
             audit: AuditSettings::default(),
+            auth: AuthSettings::default(),
             models: vec![
                 model("osteo-fused-v1"),
                 model("osteo-image-v1"),
@@ -416,6 +442,31 @@ impl Settings {
             sc.max_delay_ms,
             "must be at most 10000",
         )?;
+        let a = &self.auth;
+        match a.mode.as_str() {
+            "none" => {}
+            "token" => require(
+                !a.tokens_file.is_empty(),
+                "auth.tokens_file",
+                "\"\"",
+                "name the tokens file when auth.mode = \"token\" (create entries with `osteo \
+                 token new`)",
+            )?,
+            "mtls" | "token_or_mtls" => {
+                return Err(invalid(
+                    "auth.mode",
+                    &a.mode,
+                    "needs TLS (server.tls), which this server does not serve yet: use \"token\"",
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "auth.mode",
+                    other,
+                    "must be \"none\", \"token\", \"mtls\" or \"token_or_mtls\"",
+                ));
+            }
+        }
         let t = &self.telemetry;
         require(
             matches!(t.log_format.as_str(), "pretty" | "json"),

@@ -25,6 +25,12 @@ pub enum ServerError {
     /// The request's deadline passed before it finished.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// Missing or invalid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's roles do not allow the RPC.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// An invalid configuration (start-up only).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -43,6 +49,8 @@ impl ServerError {
             ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServerError::Unavailable(_) => Code::Unavailable,
             ServerError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ServerError::Unauthenticated(_) => Code::Unauthenticated,
+            ServerError::PermissionDenied(_) => Code::PermissionDenied,
             ServerError::Config(_) | ServerError::Internal(_) => Code::Internal,
         }
     }
@@ -60,6 +68,8 @@ impl ServerError {
             ServerError::FailedPrecondition(m) => ServerError::FailedPrecondition(one_line(&m)),
             ServerError::Unavailable(m) => ServerError::Unavailable(one_line(&m)),
             ServerError::DeadlineExceeded(m) => ServerError::DeadlineExceeded(one_line(&m)),
+            ServerError::Unauthenticated(m) => ServerError::Unauthenticated(one_line(&m)),
+            ServerError::PermissionDenied(m) => ServerError::PermissionDenied(one_line(&m)),
             ServerError::Config(m) => ServerError::Config(one_line(&m)),
             ServerError::Internal(m) => ServerError::Internal(one_line(&m)),
         }

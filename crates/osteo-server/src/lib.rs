@@ -6,6 +6,7 @@
 #![deny(rust_2018_idioms, missing_docs)]
 
 pub mod audit;
+pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod connection;

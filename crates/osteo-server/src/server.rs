@@ -1,6 +1,7 @@
 //! Starting and stopping the server: listeners, model loading behind grpc.health.v1, reflection,
 //! the Prometheus endpoint, store expiry and graceful shutdown.
 
+use crate::auth::{AuthLayer, Authenticator};
 use crate::config::Settings;
 use crate::connection::{ActivityLayer, ConnLimits, HTTP2_HANDSHAKE_BYTES, accept_loop};
 use crate::error::ServerError;
@@ -9,6 +10,7 @@ use crate::registry::Registry;
 use crate::service::{Service, State};
 use osteo_proto::v1::osteo_service_server::OsteoServiceServer;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -132,6 +134,10 @@ pub async fn serve_on(
     let max_message = settings.server.max_message_bytes;
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);
     let state = Arc::new(State::new(settings.clone())?);
+    let auth = match settings.auth.mode.as_str() {
+        "token" => Authenticator::from_tokens_file(Path::new(&settings.auth.tokens_file))?,
+        _ => Authenticator::None,
+    };
     let osteo = OsteoServiceServer::new(Service::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -196,6 +202,7 @@ pub async fn serve_on(
         .http2_keepalive_timeout(Some(Duration::from_secs(sv.keepalive_timeout_s)))
         .max_concurrent_streams(sv.max_concurrent_streams)
         .layer(ActivityLayer)
+        .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

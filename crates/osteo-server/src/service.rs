@@ -1,6 +1,7 @@
 //! The `osteo.v1.OsteoService` implementation.
 
 use crate::audit::AuditLog;
+use crate::auth::{Principal, Role};
 use crate::budget::{Budget, Reservation};
 use crate::config::Settings;
 use crate::convert;
@@ -46,7 +47,8 @@ impl State {
             st.max_bytes,
             st.max_study_bytes,
             Duration::from_secs(st.ttl_s),
-        );
+        )
+        .with_quota_per_principal(st.max_bytes_per_principal);
         let upload_bytes = Budget::new(
             "store.max_inflight_upload_bytes",
             st.max_inflight_upload_bytes,
@@ -108,6 +110,7 @@ impl State {
         self: &Arc<Self>,
         files: Vec<Vec<u8>>,
         series_uid: Option<String>,
+        owner: String,
     ) -> Result<Study, ServerError> {
         let state = self.clone();
         blocking(move || {
@@ -116,12 +119,12 @@ impl State {
                 limits: state.limits(),
             };
             let planned = osteo_dicom::plan(DicomSource::Buffers(files), &options)?;
-            let mut reservation = state.store.reserve(planned.decoded_bytes())?;
+            let mut held = state.store.reserve(planned.decoded_bytes(), &owner)?;
             let ingested = planned.decode()?;
             // Integral HU the headers could not prove in range may still fit i16: keep only
             // what the volume takes.
-            reservation.resize(ingested.volume.hu.byte_len(), "the decoded study")?;
-            Ok(Study::new(ingested.volume, reservation))
+            held.resize(ingested.volume.hu.byte_len())?;
+            Ok(Study::new(ingested.volume, held, &owner))
         })
         .await
     }
@@ -163,12 +166,49 @@ impl Service {
 /// Labels of one request for metrics and logs: no patient data, only the study handle. Model
 /// and backend are the server's own configured names, `unknown` when the request named one
 /// the server does not serve, never the client's string.
-#[derive(Default)]
 struct Labels {
+    principal: Principal,
     model: String,
     backend: String,
     study: String,
     grade: String,
+}
+
+impl Labels {
+    fn new(principal: Principal) -> Self {
+        Self {
+            principal,
+            model: String::new(),
+            backend: String::new(),
+            study: String::new(),
+            grade: String::new(),
+        }
+    }
+}
+
+/// Whether `p`'s roles allow `rpc`: clients may call everything (on their own studies), admins
+/// may list models and read or delete any study.
+fn allowed(rpc: &str, p: &Principal) -> bool {
+    match rpc {
+        "ListModels" | "GetStudy" | "DeleteStudy" => p.has(Role::Client) || p.has(Role::Admin),
+        _ => p.has(Role::Client),
+    }
+}
+
+/// The owner filter of a study lookup: admins reach any study for reading and deleting.
+fn owner_filter(p: &Principal, admin_may: bool) -> Option<&str> {
+    (!(admin_may && p.has(Role::Admin))).then_some(p.name.as_str())
+}
+
+/// The principal of a request, put there by the authentication layer.
+fn principal_of<R>(request: &Request<R>) -> Result<Principal, ServerError> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| {
+            ServerError::Unauthenticated("the request carries no authenticated principal".into())
+        })
 }
 
 /// The time a request may take: the client's deadline (`grpc-timeout`) less a margin of 10% (at
@@ -240,7 +280,10 @@ impl Service {
             &request,
             Duration::from_secs(self.state.settings.server.request_timeout_s),
         );
-        let labels = Arc::new(std::sync::Mutex::new(Labels::default()));
+        let principal = principal_of(&request);
+        let labels = Arc::new(std::sync::Mutex::new(Labels::new(
+            principal.clone().unwrap_or_else(|_| Principal::anonymous()),
+        )));
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -253,14 +296,35 @@ impl Service {
             backend = tracing::field::Empty
         );
         span.in_scope(|| tracing::debug!("request started"));
-        let fut = body(self.state.clone(), labels.clone(), request.into_inner());
-        let result = match tokio::time::timeout(budget, fut.instrument(span.clone())).await {
-            Ok(r) => r.map_err(ServerError::one_line),
-            Err(_) => Err(ServerError::DeadlineExceeded(format!(
-                "{rpc} did not finish within its deadline of {} ms (queue, preprocessing and \
-                 inference); retry later or allow more time",
-                budget.as_millis()
-            ))),
+        let permitted = principal.and_then(|p| {
+            if allowed(rpc, &p) {
+                Ok(())
+            } else {
+                let roles: Vec<&str> = p.roles.iter().map(|r| r.name()).collect();
+                Err(ServerError::PermissionDenied(format!(
+                    "principal {} (roles: {}) may not call {rpc}",
+                    p.name,
+                    if roles.is_empty() {
+                        "none".to_string()
+                    } else {
+                        roles.join(", ")
+                    }
+                )))
+            }
+        });
+        let result = match permitted {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let fut = body(self.state.clone(), labels.clone(), request.into_inner());
+                match tokio::time::timeout(budget, fut.instrument(span.clone())).await {
+                    Ok(r) => r.map_err(ServerError::one_line),
+                    Err(_) => Err(ServerError::DeadlineExceeded(format!(
+                        "{rpc} did not finish within its deadline of {} ms (queue, \
+                         preprocessing and inference); retry later or allow more time",
+                        budget.as_millis()
+                    ))),
+                }
+            }
         };
         let code = result.as_ref().map_or_else(ServerError::code, |_| Code::Ok);
         let seconds = start.elapsed().as_secs_f64();
@@ -274,7 +338,7 @@ impl Service {
             crate::audit::Record {
                 seq: 0,
                 time: String::new(),
-                principal: "anonymous".into(),
+                principal: l.principal.name.clone(),
                 peer,
                 rpc: rpc.into(),
                 study,
@@ -333,7 +397,8 @@ impl Service {
                         "study.study is empty: pass a handle from UploadStudy".into(),
                     ));
                 }
-                Some(state.store.get(handle)?.0)
+                let owner = lock_labels(labels).principal.name.clone();
+                Some(state.store.get(handle, Some(&owner))?.0)
             }
             Some(pb::study_ref::Source::Inline(inline)) => {
                 if inline.files.is_empty() {
@@ -342,7 +407,10 @@ impl Service {
                     ));
                 }
                 let series = Some(inline.series_instance_uid.clone()).filter(|s| !s.is_empty());
-                Some(Arc::new(state.ingest(inline.files.clone(), series).await?))
+                let owner = lock_labels(labels).principal.name.clone();
+                Some(Arc::new(
+                    state.ingest(inline.files.clone(), series, owner).await?,
+                ))
             }
         };
         let view = match m.view {
@@ -464,6 +532,11 @@ fn resolve<'a>(
         .inspect_err(|_| set(model.name(), "unknown"))?;
     set(model.name(), backend);
     Ok((model, backend))
+}
+
+/// The request's labels, locked.
+fn lock_labels(labels: &std::sync::Mutex<Labels>) -> std::sync::MutexGuard<'_, Labels> {
+    labels.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Records the grade answered (for the audit log).
@@ -603,7 +676,8 @@ impl OsteoService for Service {
                     _bytes,
                     _slot,
                 } = read_upload(&state, &mut stream).await?;
-                let study = state.ingest(files, series_uid).await?;
+                let owner = lock_labels(&labels).principal.name.clone();
+                let study = state.ingest(files, series_uid, owner).await?;
                 drop((_bytes, _slot));
                 let (study, ttl) = state.store.insert(study);
                 set_study(&labels, &study);
@@ -790,8 +864,14 @@ impl OsteoService for Service {
         request: Request<pb::GetStudyRequest>,
     ) -> Result<Response<pb::GetStudyResponse>, Status> {
         self.run("GetStudy", request, |state, labels, req| async move {
-            labels.lock().unwrap_or_else(|p| p.into_inner()).study = req.study.clone();
-            let (study, left) = state.store.get(&req.study)?;
+            let principal = {
+                let mut l = lock_labels(&labels);
+                l.study = req.study.clone();
+                l.principal.clone()
+            };
+            let (study, left) = state
+                .store
+                .get(&req.study, owner_filter(&principal, true))?;
             Ok(pb::GetStudyResponse {
                 summary: Some(convert::summary(&study, Some(left))),
             })
@@ -804,8 +884,14 @@ impl OsteoService for Service {
         request: Request<pb::DeleteStudyRequest>,
     ) -> Result<Response<pb::DeleteStudyResponse>, Status> {
         self.run("DeleteStudy", request, |state, labels, req| async move {
-            labels.lock().unwrap_or_else(|p| p.into_inner()).study = req.study.clone();
-            let freed_bytes = state.store.delete(&req.study)?;
+            let principal = {
+                let mut l = lock_labels(&labels);
+                l.study = req.study.clone();
+                l.principal.clone()
+            };
+            let freed_bytes = state
+                .store
+                .delete(&req.study, owner_filter(&principal, true))?;
             Ok(pb::DeleteStudyResponse { freed_bytes })
         })
         .await

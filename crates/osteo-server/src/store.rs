@@ -24,19 +24,45 @@ pub struct Study {
     pub volume: Volume,
     /// Bytes the study holds in the store.
     pub stored_bytes: u64,
+    /// The principal that uploaded it; only it (and admins, for reading and deleting) sees it.
+    pub owner: String,
     views: Mutex<Vec<(ViewSpec, Arc<View>)>>,
-    _reservation: Reservation,
+    _held: Held,
+}
+
+/// Bytes reserved for one study: from the store and from its owner's quota.
+#[derive(Debug)]
+pub struct Held {
+    store: Reservation,
+    owner: Option<Reservation>,
+}
+
+impl Held {
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.store.bytes()
+    }
+
+    /// Shrinks (or grows) both reservations to `bytes`.
+    pub fn resize(&mut self, bytes: u64) -> Result<(), ServerError> {
+        self.store.resize(bytes, "the decoded study")?;
+        if let Some(o) = self.owner.as_mut() {
+            o.resize(bytes, "the decoded study")?;
+        }
+        Ok(())
+    }
 }
 
 impl Study {
-    /// A study with a fresh handle, holding the store bytes reserved for its volume.
-    pub fn new(volume: Volume, reservation: Reservation) -> Self {
+    /// A study of `owner` with a fresh handle, holding the bytes reserved for its volume.
+    pub fn new(volume: Volume, held: Held, owner: &str) -> Self {
         Self {
             handle: new_handle(),
             volume,
-            stored_bytes: reservation.bytes(),
+            stored_bytes: held.bytes(),
+            owner: owner.to_string(),
             views: Mutex::new(Vec::new()),
-            _reservation: reservation,
+            _held: held,
         }
     }
 
@@ -71,6 +97,9 @@ pub struct StudyStore {
     entries: Mutex<HashMap<String, Entry>>,
     budget: Arc<Budget>,
     max_study_bytes: u64,
+    /// Bytes one principal's studies may take (0 = no limit beyond the store's).
+    max_bytes_per_principal: u64,
+    quotas: Mutex<HashMap<String, Arc<Budget>>>,
     ttl: Duration,
 }
 
@@ -82,8 +111,16 @@ impl StudyStore {
             entries: Mutex::new(HashMap::new()),
             budget: Budget::new("store.max_bytes", max_bytes),
             max_study_bytes,
+            max_bytes_per_principal: 0,
+            quotas: Mutex::new(HashMap::new()),
             ttl,
         }
+    }
+
+    /// The same store with a quota of `bytes` per principal (0 = none).
+    pub fn with_quota_per_principal(mut self, bytes: u64) -> Self {
+        self.max_bytes_per_principal = bytes;
+        self
     }
 
     fn sweep_locked(entries: &mut HashMap<String, Entry>, now: Instant) {
@@ -98,7 +135,7 @@ impl StudyStore {
 
     /// Reserves the decoded size of a study before it is decoded: RESOURCE_EXHAUSTED when it is
     /// larger than one study may be or does not fit beside the studies held now.
-    pub fn reserve(&self, bytes: u64) -> Result<Reservation, ServerError> {
+    pub fn reserve(&self, bytes: u64, owner: &str) -> Result<Held, ServerError> {
         if bytes > self.max_study_bytes {
             return Err(ServerError::ResourceExhausted(format!(
                 "the decoded study would take {bytes} bytes, more than one study may take \
@@ -111,7 +148,22 @@ impl StudyStore {
             let mut entries = lock(&self.entries);
             Self::sweep_locked(&mut entries, Instant::now());
         }
-        self.budget.reserve(bytes, "the decoded study")
+        let owner = if self.max_bytes_per_principal == 0 {
+            None
+        } else {
+            let quota = lock(&self.quotas)
+                .entry(owner.to_string())
+                .or_insert_with(|| {
+                    Budget::new(
+                        "store.max_bytes_per_principal",
+                        self.max_bytes_per_principal,
+                    )
+                })
+                .clone();
+            Some(quota.reserve(bytes, "the decoded study")?)
+        };
+        let store = self.budget.reserve(bytes, "the decoded study")?;
+        Ok(Held { store, owner })
     }
 
     /// Stores a study whose bytes were reserved by [`StudyStore::reserve`].
@@ -136,20 +188,32 @@ impl StudyStore {
         ))
     }
 
-    /// A stored study and the time it has left.
-    pub fn get(&self, handle: &str) -> Result<(Arc<Study>, Duration), ServerError> {
+    /// A stored study and the time it has left. With `owner`, another principal's study is
+    /// NOT_FOUND exactly like a handle that never existed; `None` reaches any study (admins).
+    pub fn get(
+        &self,
+        handle: &str,
+        owner: Option<&str>,
+    ) -> Result<(Arc<Study>, Duration), ServerError> {
         let now = Instant::now();
         let mut entries = lock(&self.entries);
         Self::sweep_locked(&mut entries, now);
         entries
             .get(handle)
+            .filter(|e| owner.is_none_or(|o| e.study.owner == o))
             .map(|e| (e.study.clone(), e.expires.saturating_duration_since(now)))
             .ok_or_else(|| Self::not_found(handle))
     }
 
-    /// Deletes a study; returns the bytes freed.
-    pub fn delete(&self, handle: &str) -> Result<u64, ServerError> {
+    /// Deletes a study (of `owner`, or any with `None`); returns the bytes freed.
+    pub fn delete(&self, handle: &str, owner: Option<&str>) -> Result<u64, ServerError> {
         let mut entries = lock(&self.entries);
+        if entries
+            .get(handle)
+            .is_none_or(|e| owner.is_some_and(|o| e.study.owner != o))
+        {
+            return Err(Self::not_found(handle));
+        }
         let e = entries
             .remove(handle)
             .ok_or_else(|| Self::not_found(handle))?;
@@ -194,9 +258,13 @@ mod tests {
     }
 
     fn study(store: &StudyStore, slices: usize) -> Result<Study, ServerError> {
+        owned(store, slices, "alice")
+    }
+
+    fn owned(store: &StudyStore, slices: usize, owner: &str) -> Result<Study, ServerError> {
         let v = volume(slices);
         let bytes = (v.hu.len() * 4) as u64;
-        Ok(Study::new(v, store.reserve(bytes)?))
+        Ok(Study::new(v, store.reserve(bytes, owner)?, owner))
     }
 
     #[test]
@@ -212,11 +280,11 @@ mod tests {
             640,
             "a refused study leaves nothing behind"
         );
-        assert_eq!(store.delete(&a.handle), Ok(640));
+        assert_eq!(store.delete(&a.handle, Some("alice")), Ok(640));
         assert_eq!(store.used_bytes(), 640, "a request still holds the study");
         drop(a);
         assert_eq!(store.used_bytes(), 0, "released with its last holder");
-        let err = store.get("st_nope\n").expect_err("unknown");
+        let err = store.get("st_nope\n", None).expect_err("unknown");
         assert!(matches!(err, ServerError::NotFound(_)));
         assert!(err.to_string().contains("st_nope\\n"), "escaped: {err}");
         let (b, _) = store.insert(study(&store, 10).expect("fits after delete"));
@@ -227,9 +295,36 @@ mod tests {
     }
 
     #[test]
+    fn studies_are_visible_to_their_owner_and_quotas_are_per_principal() {
+        let store =
+            StudyStore::new(10_000, 1000, Duration::from_secs(60)).with_quota_per_principal(700);
+        let (a, _) = store.insert(owned(&store, 10, "alice").expect("640 bytes"));
+        let other = store.get(&a.handle, Some("bob")).expect_err("not bob's");
+        let never = store.get("st_00000000000000000000000000000000", Some("bob"));
+        assert_eq!(
+            other.to_string().replace(&a.handle, "H"),
+            never
+                .expect_err("unknown")
+                .to_string()
+                .replace("st_00000000000000000000000000000000", "H"),
+            "no oracle: someone else's study reads exactly like a missing one"
+        );
+        assert!(store.delete(&a.handle, Some("bob")).is_err());
+        assert!(store.get(&a.handle, None).is_ok(), "admins reach any study");
+        let e = owned(&store, 10, "alice").expect_err("alice's quota");
+        assert!(
+            e.to_string().contains("store.max_bytes_per_principal"),
+            "{e}"
+        );
+        owned(&store, 10, "bob").expect("bob has his own quota");
+    }
+
+    #[test]
     fn one_study_is_bounded_by_max_study_bytes() {
         let store = StudyStore::new(10_000, 1000, Duration::from_secs(60));
-        let err = store.reserve(1001).expect_err("too large for one study");
+        let err = store
+            .reserve(1001, "alice")
+            .expect_err("too large for one study");
         assert!(err.to_string().contains("store.max_study_bytes"), "{err}");
         assert_eq!(store.used_bytes(), 0);
     }

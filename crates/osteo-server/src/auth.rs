@@ -1,0 +1,284 @@
+//! Authentication and roles: bearer tokens checked against a tokens file that holds only their
+//! SHA-256 digests. A tower layer in front of every service but grpc.health.v1 (Kubernetes
+//! probes carry no credentials) refuses a request without valid credentials with
+//! UNAUTHENTICATED and hands the [`Principal`] to the services in the request's extensions;
+//! the osteo.v1 service then checks the principal's roles for the RPC.
+
+use crate::error::ServerError;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Upload, classify, explain and compare, and read and delete its own studies.
+    Client,
+    /// List models, and read and delete any principal's studies.
+    Admin,
+}
+
+impl Role {
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The name studies and audit records are attributed to.
+    pub name: String,
+    /// Its roles.
+    pub roles: BTreeSet<Role>,
+}
+
+impl Principal {
+    /// The caller when authentication is off: one shared client.
+    pub fn anonymous() -> Self {
+        Self {
+            name: "anonymous".into(),
+            roles: [Role::Client].into_iter().collect(),
+        }
+    }
+
+    /// Whether the principal has `role`.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// One entry of the tokens file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    principal: String,
+    sha256: String,
+    #[serde(default)]
+    roles: Vec<Role>,
+}
+
+/// The tokens file: `[[tokens]]` with `principal`, `sha256` and `roles`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+/// Hex SHA-256 of a token.
+pub fn token_digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `name` may be a principal: 1 to 64 letters, digits and `._@-`.
+pub fn valid_principal(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+}
+
+/// How requests are authenticated.
+#[derive(Debug, Clone)]
+pub enum Authenticator {
+    /// Everyone is [`Principal::anonymous`].
+    None,
+    /// Bearer tokens, by the hex SHA-256 digest of the token.
+    Tokens(Arc<HashMap<String, Principal>>),
+}
+
+impl Authenticator {
+    /// Reads the tokens file; errors name the file and the entry.
+    pub fn from_tokens_file(path: &Path) -> Result<Self, ServerError> {
+        let bad = |why: String| {
+            ServerError::Config(format!("auth.tokens_file {}: {why}", path.display()))
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let file: TokensFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut by_digest = HashMap::new();
+        for (i, t) in file.tokens.into_iter().enumerate() {
+            if !valid_principal(&t.principal) {
+                return Err(bad(format!(
+                    "tokens[{i}].principal must be 1 to 64 letters, digits or ._@-"
+                )));
+            }
+            let digest = t.sha256.to_ascii_lowercase();
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!(
+                    "tokens[{i}].sha256 must be 64 hex digits (the SHA-256 of the token)"
+                )));
+            }
+            let principal = Principal {
+                name: t.principal,
+                roles: t.roles.into_iter().collect(),
+            };
+            if by_digest.insert(digest, principal).is_some() {
+                return Err(bad(format!(
+                    "tokens[{i}] repeats the digest of an earlier token"
+                )));
+            }
+        }
+        Ok(Self::Tokens(Arc::new(by_digest)))
+    }
+
+    /// The principal of a request with these headers.
+    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, tonic::Status> {
+        let tokens = match self {
+            Authenticator::None => return Ok(Principal::anonymous()),
+            Authenticator::Tokens(t) => t,
+        };
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return Err(tonic::Status::unauthenticated(
+                "no credentials: send the metadata `authorization: Bearer <token>`",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                tonic::Status::unauthenticated(
+                    "the authorization metadata must read `Bearer <token>`",
+                )
+            })?;
+        tokens
+            .get(&token_digest(token))
+            .cloned()
+            .ok_or_else(|| tonic::Status::unauthenticated("the token is not valid"))
+    }
+}
+
+/// Tower layer that authenticates every request except grpc.health.v1.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    auth: Authenticator,
+}
+
+impl AuthLayer {
+    /// A layer authenticating with `auth`.
+    pub fn new(auth: Authenticator) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// The service of [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+/// Path prefix of the health service, callable without credentials.
+const HEALTH: &str = "/grpc.health.v1.Health/";
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for Auth<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<http::Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if !req.uri().path().starts_with(HEALTH) {
+            match self.auth.authenticate(req.headers()) {
+                Ok(p) => {
+                    req.extensions_mut().insert(p);
+                }
+                Err(status) => {
+                    let resp = status.into_http::<RB>();
+                    return Box::pin(async move { Ok(resp) });
+                }
+            }
+        }
+        let fut = self.inner.call(req);
+        Box::pin(fut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(http::header::AUTHORIZATION, a.parse().expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn tokens_are_checked_by_digest_and_never_echoed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tokens.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[tokens]]\nprincipal = \"alice\"\nsha256 = \"{}\"\nroles = [\"client\"]\n",
+                token_digest("s3cret-token")
+            ),
+        )
+        .expect("write");
+        let auth = Authenticator::from_tokens_file(&file).expect("tokens");
+        let p = auth
+            .authenticate(&headers(Some("Bearer s3cret-token")))
+            .expect("valid");
+        assert_eq!(p.name, "alice");
+        assert!(p.has(Role::Client) && !p.has(Role::Admin));
+        for bad in [
+            None,
+            Some("Bearer nope-nope"),
+            Some("Basic s3cret-token"),
+            Some("Bearer "),
+        ] {
+            let s = auth.authenticate(&headers(bad)).expect_err("refused");
+            assert_eq!(s.code(), tonic::Code::Unauthenticated);
+            assert!(
+                !s.message().contains("nope") && !s.message().contains("s3cret"),
+                "{s:?}"
+            );
+        }
+        std::fs::write(&file, "[[tokens]]\nprincipal = \"a b\"\nsha256 = \"00\"\n").expect("write");
+        let e = Authenticator::from_tokens_file(&file)
+            .expect_err("bad entry")
+            .to_string();
+        assert!(e.contains("tokens[0].principal"), "{e}");
+    }
+}
