@@ -483,3 +483,50 @@ async fn the_cli_clients_send_their_token() {
     let (code, out) = classify(None, Some(&token));
     assert_eq!(code, Some(0), "OSTEO_TOKEN: {out}");
 }
+
+#[test]
+fn a_plaintext_listener_reachable_from_other_hosts_needs_an_explicit_opt_in() {
+    let check = |allow: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_osteo"));
+        cmd.args(["serve", "--check", "--listen", "0.0.0.0:50051"])
+            .env_remove("OSTEO__SERVER__ALLOW_INSECURE");
+        if let Some(a) = allow {
+            cmd.env("OSTEO__SERVER__ALLOW_INSECURE", a);
+        }
+        let out = cmd.output().expect("run osteo serve --check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = check(None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("server.listen") && err.contains("server.allow_insecure"),
+        "{err}"
+    );
+    let (code, err) = check(Some("true"));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_can_require_a_token() {
+    let server = InProc::start(
+        "[telemetry]\nmetrics_token = \"scrape-secret\"\n",
+        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
+        registry(),
+    )
+    .await;
+    let refused = server.http("GET /metrics HTTP/1.1").await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(!refused.contains("osteo_requests_total"), "{refused}");
+    let wrong = server
+        .http("GET /metrics HTTP/1.1\r\nAuthorization: Bearer not-it")
+        .await;
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let ok = server
+        .http("GET /metrics HTTP/1.1\r\nAuthorization: Bearer scrape-secret")
+        .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("osteo_"), "{ok}");
+}

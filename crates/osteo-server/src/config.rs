@@ -62,6 +62,8 @@ pub struct ServerSettings {
     pub keepalive_interval_s: u64,
     /// Seconds to wait for a ping's acknowledgement before closing the connection.
     pub keepalive_timeout_s: u64,
+    /// Allow listening on a non-loopback address without TLS (plaintext on the network).
+    pub allow_insecure: bool,
 }
 
 /// `[store]`.
@@ -114,6 +116,8 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: String,
     /// `service.name` of exported traces.
     pub service_name: String,
+    /// Bearer token Prometheus must send to scrape `/metrics` ("" = none needed).
+    pub metrics_token: String,
 }
 
 /// `[auth]`: who may call.
@@ -223,6 +227,7 @@ impl Default for ServerSettings {
             idle_timeout_s: 300,
             keepalive_interval_s: 60,
             keepalive_timeout_s: 20,
+            allow_insecure: false,
         }
     }
 }
@@ -261,6 +266,7 @@ impl Default for TelemetrySettings {
             log_level: "info".into(),
             otlp_endpoint: String::new(),
             service_name: "osteoserve".into(),
+            metrics_token: String::new(),
         }
     }
 }
@@ -362,6 +368,15 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ServerError> {
         let s = &self.server;
         self.listen_addr()?;
+        require(
+            !self.insecure_listener()? || s.allow_insecure,
+            "server.listen",
+            &s.listen,
+            "is reachable from other hosts, and this server does not terminate TLS yet: \
+             patient data would cross the network in plaintext. Listen on 127.0.0.1 behind a \
+             TLS-terminating proxy, or set server.allow_insecure = true to accept the risk \
+             (e.g. on a private pod network restricted by a NetworkPolicy)",
+        )?;
         self.metrics_addr()?;
         require(
             (1024..=1 << 30).contains(&s.max_message_bytes),
@@ -529,6 +544,12 @@ impl Settings {
     /// The gRPC listen address.
     pub fn listen_addr(&self) -> Result<SocketAddr, ServerError> {
         parse_addr("server.listen", &self.server.listen)
+    }
+
+    /// Whether the gRPC listener is reachable from other hosts in plaintext (allowed only with
+    /// `server.allow_insecure`).
+    pub fn insecure_listener(&self) -> Result<bool, ServerError> {
+        Ok(!self.listen_addr()?.ip().is_loopback())
     }
 
     /// The metrics listen address, if any.

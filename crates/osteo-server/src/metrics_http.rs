@@ -53,14 +53,36 @@ pub fn recorder() -> Result<PrometheusHandle, ServerError> {
         .map_err(ServerError::Internal)
 }
 
-/// The answer to one HTTP request on the metrics port.
+/// The answer to one HTTP request on the metrics port; with `token`, a scrape without
+/// `authorization: Bearer <token>` is 401.
 fn respond(
     handle: &PrometheusHandle,
+    token: Option<&str>,
     req: &http::Request<hyper::body::Incoming>,
 ) -> http::Response<Full<Bytes>> {
     let found = req.uri().path() == "/metrics"
         && matches!(*req.method(), http::Method::GET | http::Method::HEAD);
-    let mut resp = if found {
+    let authorized = token.is_none_or(|t| {
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| {
+                // Compare digests: the time taken says nothing about the token.
+                crate::auth::token_digest(given.trim()) == crate::auth::token_digest(t)
+            })
+    });
+    let mut resp = if found && !authorized {
+        let mut r = http::Response::new(Full::new(Bytes::from_static(
+            b"unauthorized: send Authorization: Bearer <telemetry.metrics_token>\n",
+        )));
+        *r.status_mut() = http::StatusCode::UNAUTHORIZED;
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        r
+    } else if found {
         let mut r = http::Response::new(Full::new(Bytes::from(handle.render())));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -81,10 +103,12 @@ fn respond(
     resp
 }
 
-/// Serves the metrics on `listener` until `shutdown` turns true.
+/// Serves the metrics on `listener` until `shutdown` turns true; with `token`, only to scrapes
+/// that present it.
 pub fn serve(
     listener: TcpListener,
     limits: ConnLimits,
+    token: Option<String>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
     let handle = recorder()?;
@@ -97,9 +121,10 @@ pub fn serve(
                 _ = stop.wait_for(|s| *s) => return,
             };
             let handle = handle.clone();
+            let token = token.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
-                    let resp = respond(&handle, &req);
+                    let resp = respond(&handle, token.as_deref(), &req);
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let served = hyper::server::conn::http1::Builder::new()

@@ -110,7 +110,8 @@ pub async fn serve_on(
             handshake_bytes: 16,
             ..limits
         };
-        crate::metrics_http::serve(m, metrics_limits, stop_rx.clone())?;
+        let token = Some(settings.telemetry.metrics_token.clone()).filter(|t| !t.is_empty());
+        crate::metrics_http::serve(m, metrics_limits, token, stop_rx.clone())?;
         tracing::info!(metrics_addr = %addr, "metrics at http://{addr}/metrics");
     }
 
@@ -211,6 +212,13 @@ pub async fn serve_on(
             let _ = stop_rx.wait_for(|stop| *stop).await;
         });
     tracing::info!(%local, "listening on {local}");
+    if !local.ip().is_loopback() {
+        tracing::warn!(
+            %local,
+            "server.allow_insecure: serving plaintext gRPC to other hosts; studies and results \
+             cross the network unencrypted"
+        );
+    }
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r.map_err(|e| ServerError::Internal(format!("server: {e}"))),
