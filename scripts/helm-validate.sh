@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validates the Helm chart and the Dockerfiles (run by scripts/test.sh, so by CI):
-#   helm lint --strict, helm template with the default, GPU and A/B values,
+#   helm lint --strict, helm template with the default, GPU, A/B and secure (tokens + audit) values,
 #   kubernetes-validate --strict on every rendered manifest (bundled schemas, Kubernetes 1.37),
 #   checkov on the rendered manifests (no failed check; skips are justified in the chart),
 #   the rendered osteo.toml through `osteo serve --check` (the server's own validation),
@@ -49,7 +49,7 @@ osteo=${OSTEO_BIN:-$root/target/debug/osteo}
 chart="$root/helm/osteoserve"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for variant in default gpu ab; do
+for variant in default gpu ab secure; do
   args=()
   [ "$variant" != default ] && args=(-f "$chart/ci/values-$variant.yaml")
   "$helm" lint --strict "$chart" "${args[@]}" >/dev/null
