@@ -530,3 +530,54 @@ async fn the_metrics_endpoint_can_require_a_token() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert!(ok.contains("osteo_"), "{ok}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_added_and_revoked_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    let alice = new_token(&tokens, "alice", "client");
+    let config = format!(
+        "[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n",
+        tokens.display()
+    );
+    let server = InProc::start(
+        &config,
+        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
+        registry(),
+    )
+    .await;
+    let list = |token: String| {
+        let server = &server;
+        async move {
+            let mut c = as_principal(server, Some(&token)).await;
+            code_of(c.list_models(pb::ListModelsRequest::default()).await).0
+        }
+    };
+    let eventually = |token: String, want: Code| {
+        let list = &list;
+        async move {
+            for _ in 0..300 {
+                if list(token.clone()).await == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            panic!("the token never became {want:?}");
+        }
+    };
+    let before = std::fs::read_to_string(&tokens).expect("read");
+    let bob = new_token(&tokens, "bob", "client");
+    eventually(bob.clone(), Code::Ok).await;
+    // A broken file keeps the tokens in force.
+    std::fs::write(&tokens, "[[tokens]]\nprincipal = \n").expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        list(alice.clone()).await,
+        Code::Ok,
+        "a broken file revokes nothing"
+    );
+    // Bob's entry removed: his token stops working, Alice's keeps working.
+    std::fs::write(&tokens, before).expect("write");
+    eventually(bob, Code::Unauthenticated).await;
+    assert_eq!(list(alice).await, Code::Ok);
+}

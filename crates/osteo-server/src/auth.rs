@@ -2,7 +2,10 @@
 //! SHA-256 digests. A tower layer in front of every service but grpc.health.v1 (Kubernetes
 //! probes carry no credentials) refuses a request without valid credentials with
 //! UNAUTHENTICATED and hands the [`Principal`] to the services in the request's extensions;
-//! the osteo.v1 service then checks the principal's roles for the RPC.
+//! the osteo.v1 service then checks the principal's roles for the RPC. The tokens file is
+//! re-read when it changes (checked at most once a second), so tokens are added and revoked
+//! without a restart; a changed file that does not parse keeps the tokens in force and is
+//! logged.
 
 use crate::error::ServerError;
 use serde::Deserialize;
@@ -10,9 +13,11 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -92,49 +97,121 @@ pub fn valid_principal(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
 }
 
+/// The tokens in force and where they came from.
+#[derive(Debug)]
+pub struct Tokens {
+    path: PathBuf,
+    state: RwLock<TokensState>,
+}
+
+#[derive(Debug)]
+struct TokensState {
+    by_digest: HashMap<String, Principal>,
+    modified: Option<SystemTime>,
+    checked: Instant,
+}
+
+/// How often the tokens file is looked at for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+impl Tokens {
+    /// The principal of a token digest, re-reading the file first if it changed.
+    fn get(&self, digest: &str) -> Option<Principal> {
+        self.reload_if_changed();
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state.by_digest.get(digest).cloned()
+    }
+
+    fn reload_if_changed(&self) {
+        {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            if state.checked.elapsed() < RELOAD_CHECK {
+                return;
+            }
+        }
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if state.checked.elapsed() < RELOAD_CHECK {
+            return;
+        }
+        state.checked = Instant::now();
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified == state.modified {
+            return;
+        }
+        match read_tokens(&self.path) {
+            Ok(by_digest) => {
+                tracing::info!(tokens = by_digest.len(), "tokens file changed; reloaded");
+                state.by_digest = by_digest;
+                state.modified = modified;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tokens file changed but is invalid; keeping the tokens in force");
+                state.modified = modified;
+            }
+        }
+    }
+}
+
 /// How requests are authenticated.
 #[derive(Debug, Clone)]
 pub enum Authenticator {
     /// Everyone is [`Principal::anonymous`].
     None,
     /// Bearer tokens, by the hex SHA-256 digest of the token.
-    Tokens(Arc<HashMap<String, Principal>>),
+    Tokens(Arc<Tokens>),
 }
 
 impl Authenticator {
     /// Reads the tokens file; errors name the file and the entry.
     pub fn from_tokens_file(path: &Path) -> Result<Self, ServerError> {
-        let bad = |why: String| {
-            ServerError::Config(format!("auth.tokens_file {}: {why}", path.display()))
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let file: TokensFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let mut by_digest = HashMap::new();
-        for (i, t) in file.tokens.into_iter().enumerate() {
-            if !valid_principal(&t.principal) {
-                return Err(bad(format!(
-                    "tokens[{i}].principal must be 1 to 64 letters, digits or ._@-"
-                )));
-            }
-            let digest = t.sha256.to_ascii_lowercase();
-            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad(format!(
-                    "tokens[{i}].sha256 must be 64 hex digits (the SHA-256 of the token)"
-                )));
-            }
-            let principal = Principal {
-                name: t.principal,
-                roles: t.roles.into_iter().collect(),
-            };
-            if by_digest.insert(digest, principal).is_some() {
-                return Err(bad(format!(
-                    "tokens[{i}] repeats the digest of an earlier token"
-                )));
-            }
-        }
-        Ok(Self::Tokens(Arc::new(by_digest)))
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let by_digest = read_tokens(path)?;
+        Ok(Self::Tokens(Arc::new(Tokens {
+            path: path.to_path_buf(),
+            state: RwLock::new(TokensState {
+                by_digest,
+                modified,
+                checked: Instant::now(),
+            }),
+        })))
     }
+}
 
+/// The entries of a tokens file by digest; errors name the file and the entry.
+fn read_tokens(path: &Path) -> Result<HashMap<String, Principal>, ServerError> {
+    let bad =
+        |why: String| ServerError::Config(format!("auth.tokens_file {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let file: TokensFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut by_digest = HashMap::new();
+    for (i, t) in file.tokens.into_iter().enumerate() {
+        if !valid_principal(&t.principal) {
+            return Err(bad(format!(
+                "tokens[{i}].principal must be 1 to 64 letters, digits or ._@-"
+            )));
+        }
+        let digest = t.sha256.to_ascii_lowercase();
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!(
+                "tokens[{i}].sha256 must be 64 hex digits (the SHA-256 of the token)"
+            )));
+        }
+        let principal = Principal {
+            name: t.principal,
+            roles: t.roles.into_iter().collect(),
+        };
+        if by_digest.insert(digest, principal).is_some() {
+            return Err(bad(format!(
+                "tokens[{i}] repeats the digest of an earlier token"
+            )));
+        }
+    }
+    Ok(by_digest)
+}
+
+impl Authenticator {
     /// The principal of a request with these headers.
     pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, tonic::Status> {
         let tokens = match self {
@@ -159,7 +236,6 @@ impl Authenticator {
             })?;
         tokens
             .get(&token_digest(token))
-            .cloned()
             .ok_or_else(|| tonic::Status::unauthenticated("the token is not valid"))
     }
 }
