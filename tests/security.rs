@@ -230,6 +230,64 @@ fn new_token(file: &std::path::Path, principal: &str, role: &str) -> String {
     token
 }
 
+/// GetStudy, Classify, Explain, CompareBackends and DeleteStudy on `handle`, in that order.
+async fn every_study_rpc(c: &mut Authed, handle: &str) -> Vec<(&'static str, (Code, String))> {
+    let study = || by_handle(handle);
+    vec![
+        (
+            "GetStudy",
+            code_of(
+                c.get_study(pb::GetStudyRequest {
+                    study: handle.into(),
+                })
+                .await,
+            ),
+        ),
+        (
+            "Classify",
+            code_of(
+                c.classify(pb::ClassifyRequest {
+                    study: study(),
+                    clinical: Some(clinical()),
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "Explain",
+            code_of(
+                c.explain(pb::ExplainRequest {
+                    study: study(),
+                    clinical: Some(clinical()),
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "CompareBackends",
+            code_of(
+                c.compare_backends(pb::CompareBackendsRequest {
+                    study: study(),
+                    clinical: Some(clinical()),
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "DeleteStudy",
+            code_of(
+                c.delete_study(pb::DeleteStudyRequest {
+                    study: handle.into(),
+                })
+                .await,
+            ),
+        ),
+    ]
+}
+
 fn code_of<T>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
     match r {
         Ok(_) => (Code::Ok, String::new()),
@@ -306,89 +364,13 @@ async fn tokens_roles_and_isolation_between_principals() {
     assert_eq!(code_of(a.classify(classify(&handle)).await).0, Code::Ok);
     // Bob gets exactly what a handle that never existed gets, on every RPC.
     let never = "st_0123456789abcdef0123456789abcdef";
-    let same = |msg: &str, h: &str| msg.replace(h, "HANDLE");
-    // (RPC, on alice's study, on a handle that never existed)
-    type Outcome = (Code, String);
-    let checks: Vec<(&str, Outcome, Outcome)> = vec![
-        (
-            "GetStudy",
-            code_of(
-                b.get_study(pb::GetStudyRequest {
-                    study: handle.clone(),
-                })
-                .await,
-            ),
-            code_of(
-                b.get_study(pb::GetStudyRequest {
-                    study: never.into(),
-                })
-                .await,
-            ),
-        ),
-        (
-            "Classify",
-            code_of(b.classify(classify(&handle)).await),
-            code_of(b.classify(classify(never)).await),
-        ),
-        (
-            "Explain",
-            code_of(
-                b.explain(pb::ExplainRequest {
-                    study: by_handle(&handle),
-                    clinical: Some(clinical()),
-                    ..Default::default()
-                })
-                .await,
-            ),
-            code_of(
-                b.explain(pb::ExplainRequest {
-                    study: by_handle(never),
-                    clinical: Some(clinical()),
-                    ..Default::default()
-                })
-                .await,
-            ),
-        ),
-        (
-            "CompareBackends",
-            code_of(
-                b.compare_backends(pb::CompareBackendsRequest {
-                    study: by_handle(&handle),
-                    clinical: Some(clinical()),
-                    ..Default::default()
-                })
-                .await,
-            ),
-            code_of(
-                b.compare_backends(pb::CompareBackendsRequest {
-                    study: by_handle(never),
-                    clinical: Some(clinical()),
-                    ..Default::default()
-                })
-                .await,
-            ),
-        ),
-        (
-            "DeleteStudy",
-            code_of(
-                b.delete_study(pb::DeleteStudyRequest {
-                    study: handle.clone(),
-                })
-                .await,
-            ),
-            code_of(
-                b.delete_study(pb::DeleteStudyRequest {
-                    study: never.into(),
-                })
-                .await,
-            ),
-        ),
-    ];
-    for (rpc, theirs, missing) in checks {
-        assert_eq!(theirs.0, Code::NotFound, "{rpc}: {}", theirs.1);
+    let theirs = every_study_rpc(&mut b, &handle).await;
+    let missing = every_study_rpc(&mut b, never).await;
+    for ((rpc, (code, msg)), (_, (_, missing_msg))) in theirs.iter().zip(&missing) {
+        assert_eq!(*code, Code::NotFound, "{rpc}: {msg}");
         assert_eq!(
-            same(&theirs.1, &handle),
-            same(&missing.1, never),
+            msg.replace(handle.as_str(), "HANDLE"),
+            missing_msg.replace(never, "HANDLE"),
             "{rpc}: no oracle"
         );
     }
