@@ -34,6 +34,12 @@ fn tabular_request(model: &str, backend: &str) -> pb::ClassifyRequest {
     }
 }
 
+/// Reads (and drops) what the server sends — its SETTINGS, say — until it closes the connection.
+async fn read_until_closed(s: &mut tokio::net::TcpStream) {
+    let mut buf = [0u8; 1024];
+    while let Ok(1..) = s.read(&mut buf).await {}
+}
+
 fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
     match r {
         Ok(_) => (Code::Ok, String::new()),
@@ -363,14 +369,7 @@ async fn silent_connections_are_closed_and_the_metrics_port_answers_only_metrics
     assert_eq!(c, Code::Ok, "{msg}");
     let closed = tokio::time::timeout(Duration::from_secs(15), async {
         for mut s in silent {
-            let mut buf = [0u8; 1024];
-            // The server may send its SETTINGS first; the connection must then end.
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
+            read_until_closed(&mut s).await;
         }
     })
     .await;
@@ -651,16 +650,7 @@ async fn a_connection_without_requests_is_closed_after_the_idle_timeout() {
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .expect("preface");
-    let closed = tokio::time::timeout(Duration::from_secs(30), async {
-        let mut buf = [0u8; 256];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(30), read_until_closed(&mut s)).await;
     assert!(closed.is_ok(), "an idle connection stayed open");
     let text = server.scrape().await;
     assert!(

@@ -58,30 +58,26 @@ impl Voxels {
 
     /// Minimum, maximum and mean.
     pub fn stats(&self) -> (f64, f64, f64) {
-        if self.is_empty() {
-            return (0.0, 0.0, 0.0);
-        }
         match self {
-            Voxels::I16(v) => {
-                let (mut lo, mut hi, mut sum) = (i16::MAX, i16::MIN, 0i64);
-                for &x in v {
-                    lo = lo.min(x);
-                    hi = hi.max(x);
-                    sum += i64::from(x);
-                }
-                (f64::from(lo), f64::from(hi), sum as f64 / v.len() as f64)
-            }
-            Voxels::F32(v) => {
-                let (mut lo, mut hi, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0f64);
-                for &x in v {
-                    lo = lo.min(x);
-                    hi = hi.max(x);
-                    sum += f64::from(x);
-                }
-                (f64::from(lo), f64::from(hi), sum / v.len() as f64)
-            }
+            Voxels::I16(v) => stats(v),
+            Voxels::F32(v) => stats(v),
         }
     }
+}
+
+/// Minimum, maximum and mean of values (zeros for none).
+fn stats<T: Copy + Into<f64>>(values: &[T]) -> (f64, f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let (mut lo, mut hi, mut sum) = (f64::INFINITY, f64::NEG_INFINITY, 0f64);
+    for &x in values {
+        let x: f64 = x.into();
+        lo = lo.min(x);
+        hi = hi.max(x);
+        sum += x;
+    }
+    (lo, hi, sum / values.len() as f64)
 }
 
 impl From<Vec<f32>> for Voxels {

@@ -108,31 +108,19 @@ impl AuditLog {
             .map_err(|e| io(path, e))?;
         let (mut seq, mut prev) = (0, GENESIS.to_string());
         let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
-        if regular && file.metadata().map(|m| m.len()).unwrap_or(0) > 0 {
-            file.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
-            let mut text = Vec::new();
-            file.read_to_end(&mut text).map_err(|e| io(path, e))?;
-            if text.last() != Some(&b'\n') {
-                return Err(AuditError::Broken {
-                    path: path.display().to_string(),
-                    line: text.split(|b| *b == b'\n').count(),
-                    reason: "the last line is incomplete (truncated or a crash mid-write); \
-                             verify the log with `osteo audit verify`, then archive it and \
-                             start a new one"
-                        .into(),
-                });
-            }
-            let last = text[..text.len() - 1]
-                .rsplit(|b| *b == b'\n')
-                .next()
-                .unwrap_or_default();
-            let record: Record = serde_json::from_slice(last).map_err(|e| AuditError::Broken {
-                path: path.display().to_string(),
-                line: text.split(|b| *b == b'\n').count() - 1,
-                reason: format!("not an audit record: {e}"),
-            })?;
+        if regular && let Some(last) = last_line(&mut file, path)? {
+            let record: Record = match serde_json::from_slice(&last) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(AuditError::Broken {
+                        path: path.display().to_string(),
+                        line: newlines(&mut file, path)?,
+                        reason: format!("not an audit record: {e}"),
+                    });
+                }
+            };
             seq = record.seq;
-            prev = digest(last);
+            prev = digest(&last);
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -142,24 +130,76 @@ impl AuditLog {
     }
 
     /// Appends one record (its `seq`, `time` and `prev` are filled in here). Blocking.
+    ///
+    /// The chain continues from the log's last line, read at [`AuditLog::open`] from the end of
+    /// the file (a log of months is not read whole at start-up).
     pub fn append(&self, mut record: Record) -> Result<(), AuditError> {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         record.seq = tail.seq + 1;
         record.time = now_rfc3339();
         record.prev = tail.prev.clone();
-        let line = serde_json::to_vec(&record).map_err(|e| io(&self.path, e))?;
-        let mut with_newline = line.clone();
-        with_newline.push(b'\n');
+        let mut line = serde_json::to_vec(&record).map_err(|e| io(&self.path, e))?;
+        line.push(b'\n');
         tail.file
-            .write_all(&with_newline)
+            .write_all(&line)
             .and_then(|()| tail.file.flush())
             .map_err(|e| io(&self.path, e))?;
         if self.fsync {
             tail.file.sync_data().map_err(|e| io(&self.path, e))?;
         }
         tail.seq = record.seq;
-        tail.prev = digest(&line);
+        tail.prev = digest(&line[..line.len() - 1]);
         Ok(())
+    }
+}
+
+/// The number of newlines in a log: the line numbers of an error found at its end (counted
+/// only on that failure path).
+fn newlines(file: &mut File, path: &Path) -> Result<usize, AuditError> {
+    file.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
+    let mut n = 0;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let read = file.read(&mut buf).map_err(|e| io(path, e))?;
+        if read == 0 {
+            return Ok(n);
+        }
+        n += buf[..read].iter().filter(|b| **b == b'\n').count();
+    }
+}
+
+/// The last line of a log (without its newline), read backwards from the end in growing
+/// windows; `None` for an empty file. A last line without its newline (truncation, or a crash
+/// mid-write) is refused: the chain must not continue from it.
+fn last_line(file: &mut File, path: &Path) -> Result<Option<Vec<u8>>, AuditError> {
+    let len = file.seek(SeekFrom::End(0)).map_err(|e| io(path, e))?;
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut window: u64 = 4096;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).map_err(|e| io(path, e))?;
+        let mut tail = Vec::with_capacity((len - start) as usize);
+        (&mut *file)
+            .take(len - start)
+            .read_to_end(&mut tail)
+            .map_err(|e| io(path, e))?;
+        if tail.last() != Some(&b'\n') {
+            return Err(AuditError::Broken {
+                path: path.display().to_string(),
+                line: newlines(file, path)? + 1,
+                reason: "the last line is incomplete (truncated or a crash mid-write); verify \
+                         the log with `osteo audit verify`, then archive it and start a new one"
+                    .into(),
+            });
+        }
+        let body = &tail[..tail.len() - 1];
+        match body.iter().rposition(|b| *b == b'\n') {
+            Some(i) => return Ok(Some(body[i + 1..].to_vec())),
+            None if start == 0 => return Ok(Some(body.to_vec())),
+            None => window *= 4,
+        }
     }
 }
 

@@ -7,14 +7,13 @@
 //! without a restart; a changed file that does not parse keeps the tokens in force and is
 //! logged.
 
+use crate::connection::BoxFuture;
 use crate::error::ServerError;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::path::Path;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -273,8 +272,6 @@ pub struct Auth<S> {
 
 /// Path prefix of the health service, callable without credentials.
 const HEALTH: &str = "/grpc.health.v1.Health/";
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B, RB> tower_service::Service<http::Request<B>> for Auth<S>
 where

@@ -304,8 +304,8 @@ pub struct Activity<S> {
     inner: S,
 }
 
-/// A boxed response future.
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A boxed response future (of the tower layers here and in `auth`).
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B, RB> tower_service::Service<http::Request<B>> for Activity<S>
 where

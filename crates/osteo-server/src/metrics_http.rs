@@ -53,24 +53,22 @@ pub fn recorder() -> Result<PrometheusHandle, ServerError> {
         .map_err(ServerError::Internal)
 }
 
-/// The answer to one HTTP request on the metrics port; with `token`, a scrape without
-/// `authorization: Bearer <token>` is 401.
+/// The answer to one HTTP request on the metrics port; with `token_digest` (the SHA-256 of the
+/// configured token), a scrape without `authorization: Bearer <token>` is 401.
 fn respond(
     handle: &PrometheusHandle,
-    token: Option<&str>,
+    token_digest: Option<&str>,
     req: &http::Request<hyper::body::Incoming>,
 ) -> http::Response<Full<Bytes>> {
     let found = req.uri().path() == "/metrics"
         && matches!(*req.method(), http::Method::GET | http::Method::HEAD);
-    let authorized = token.is_none_or(|t| {
+    let authorized = token_digest.is_none_or(|want| {
         req.headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| {
-                // Compare digests: the time taken says nothing about the token.
-                crate::auth::token_digest(given.trim()) == crate::auth::token_digest(t)
-            })
+            // Compare digests: the time taken says nothing about the token.
+            .is_some_and(|given| crate::auth::token_digest(given.trim()) == want)
     });
     let mut resp = if found && !authorized {
         let mut r = http::Response::new(Full::new(Bytes::from_static(
@@ -112,6 +110,7 @@ pub fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
     let handle = recorder()?;
+    let token_digest = token.as_deref().map(crate::auth::token_digest);
     let mut conns = accept_loop(listener, limits, shutdown.clone(), "metrics");
     tokio::spawn(async move {
         let mut stop = shutdown;
@@ -121,10 +120,10 @@ pub fn serve(
                 _ = stop.wait_for(|s| *s) => return,
             };
             let handle = handle.clone();
-            let token = token.clone();
+            let token_digest = token_digest.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
-                    let resp = respond(&handle, token.as_deref(), &req);
+                    let resp = respond(&handle, token_digest.as_deref(), &req);
                     async move { Ok::<_, Infallible>(resp) }
                 });
                 let served = hyper::server::conn::http1::Builder::new()

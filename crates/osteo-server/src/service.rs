@@ -329,7 +329,7 @@ impl Service {
         let code = result.as_ref().map_or_else(ServerError::code, |_| Code::Ok);
         let seconds = start.elapsed().as_secs_f64();
         let record = {
-            let l = labels.lock().unwrap_or_else(|p| p.into_inner());
+            let l = lock_labels(&labels);
             let study = if l.study.is_empty() || is_handle(&l.study) {
                 l.study.clone()
             } else {
@@ -364,10 +364,7 @@ impl Service {
         metrics::histogram!("osteo_request_seconds", "rpc" => rpc).record(seconds);
         let code_name = record.code.clone();
         // A request whose audit record cannot be written is not answered with its result.
-        let result = match self.state.audit(record).await {
-            Ok(()) => result,
-            Err(e) => Err(e),
-        };
+        let result = self.state.audit(record).await.and(result);
         let _enter = span.enter();
         match &result {
             Ok(_) => tracing::info!(code = %code_name, ms = seconds * 1e3, "request served"),
@@ -506,7 +503,7 @@ struct Graded {
 /// Records the handle of a referenced study (checked for shape when logged).
 fn set_study_ref(labels: &std::sync::Mutex<Labels>, study: Option<&pb::StudyRef>) {
     if let Some(pb::study_ref::Source::Study(handle)) = study.and_then(|s| s.source.as_ref()) {
-        labels.lock().unwrap_or_else(|p| p.into_inner()).study = handle.clone();
+        lock_labels(labels).study = handle.clone();
     }
 }
 
@@ -519,7 +516,7 @@ fn resolve<'a>(
     backend: &str,
 ) -> Result<(&'a ServedModel, &'a str), ServerError> {
     let set = |m: &str, b: &str| {
-        let mut l = labels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = lock_labels(labels);
         l.model = m.to_string();
         l.backend = b.to_string();
     };
@@ -541,11 +538,11 @@ fn lock_labels(labels: &std::sync::Mutex<Labels>) -> std::sync::MutexGuard<'_, L
 
 /// Records the grade answered (for the audit log).
 fn set_grade(labels: &std::sync::Mutex<Labels>, grade: Grade) {
-    labels.lock().unwrap_or_else(|p| p.into_inner()).grade = grade.name().to_string();
+    lock_labels(labels).grade = grade.name().to_string();
 }
 
 fn set_study(labels: &std::sync::Mutex<Labels>, study: &Study) {
-    labels.lock().unwrap_or_else(|p| p.into_inner()).study = study.handle.clone();
+    lock_labels(labels).study = study.handle.clone();
 }
 
 /// The backends a CompareBackends request names, checked before any work: each a backend
@@ -789,7 +786,7 @@ impl OsteoService for Service {
                     .into_iter()
                     .filter(|b| names.contains(b))
                     .collect();
-                labels.lock().unwrap_or_else(|p| p.into_inner()).backend = label.join(",");
+                lock_labels(&labels).backend = label.join(",");
                 let prepared = Self::prepare(
                     &state,
                     &labels,

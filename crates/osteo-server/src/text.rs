@@ -8,36 +8,46 @@ pub const MAX_CLIENT_TEXT: usize = 128;
 /// Characters of a whole error message kept in a status or a log line.
 pub const MAX_MESSAGE: usize = 2048;
 
+/// The first `max` characters of `s`, each passed through `escape`, then `cut` if `s` was
+/// longer.
+fn bounded(s: &str, max: usize, escape: impl Fn(char, &mut String), cut: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push_str(cut);
+            break;
+        }
+        escape(c, &mut out);
+    }
+    out
+}
+
 /// `s` as it may appear inside a message: at most [`MAX_CLIENT_TEXT`] characters, every control
 /// character, quote and backslash escaped, and the original length noted when cut.
 pub fn client_text(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX_CLIENT_TEXT {
-            out.push_str(&format!("…({} bytes in all)", s.len()));
-            break;
-        }
-        out.extend(c.escape_debug());
-    }
-    out
+    bounded(
+        s,
+        MAX_CLIENT_TEXT,
+        |c, out| out.extend(c.escape_debug()),
+        &format!("…({} bytes in all)", s.len()),
+    )
 }
 
 /// A whole message made single-line and bounded: control characters escaped (`\n`, `\u{1b}`),
 /// at most [`MAX_MESSAGE`] characters.
 pub fn one_line(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX_MESSAGE {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    bounded(
+        s,
+        MAX_MESSAGE,
+        |c, out| {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        },
+        "…",
+    )
 }
 
 /// Whether `s` has the shape of a study handle (`st_` and 32 lowercase hex digits); only such
