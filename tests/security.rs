@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::auth::*;
 use common::inproc::{InProc, registry};
 use common::*;
 use osteo_proto::v1 as pb;
@@ -165,136 +166,6 @@ async fn a_request_whose_record_cannot_be_written_fails() {
     assert!(err.message().contains("audit record"), "{err:?}");
 }
 
-/// Sends `authorization: Bearer <token>` with every call.
-#[derive(Clone)]
-struct Bearer(Option<String>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = &self.0 {
-            r.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {t}").parse().expect("ascii"),
-            );
-        }
-        Ok(r)
-    }
-}
-
-type Authed = osteo_proto::v1::osteo_service_client::OsteoServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
->;
-
-async fn as_principal(server: &InProc, token: Option<&str>) -> Authed {
-    let channel = tonic::transport::Channel::from_shared(server.url.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    osteo_proto::v1::osteo_service_client::OsteoServiceClient::with_interceptor(
-        channel,
-        Bearer(token.map(str::to_string)),
-    )
-    .max_decoding_message_size(64 << 20)
-    .max_encoding_message_size(64 << 20)
-}
-
-/// `osteo token new`; returns the token (the last line of stdout).
-fn new_token(file: &std::path::Path, principal: &str, role: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
-        .args([
-            "token",
-            "new",
-            "--principal",
-            principal,
-            "--role",
-            role,
-            "--tokens-file",
-        ])
-        .arg(file)
-        .output()
-        .expect("run osteo token new");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).expect("utf-8");
-    let token = stdout.lines().last().expect("token line").to_string();
-    assert!(token.starts_with("ost_") && token.len() == 68, "{token}");
-    let file_text = std::fs::read_to_string(file).expect("tokens file");
-    assert!(
-        !file_text.contains(&token),
-        "the tokens file holds digests only"
-    );
-    token
-}
-
-/// GetStudy, Classify, Explain, CompareBackends and DeleteStudy on `handle`, in that order.
-async fn every_study_rpc(c: &mut Authed, handle: &str) -> Vec<(&'static str, (Code, String))> {
-    let study = || by_handle(handle);
-    vec![
-        (
-            "GetStudy",
-            code_of(
-                c.get_study(pb::GetStudyRequest {
-                    study: handle.into(),
-                })
-                .await,
-            ),
-        ),
-        (
-            "Classify",
-            code_of(
-                c.classify(pb::ClassifyRequest {
-                    study: study(),
-                    clinical: Some(clinical()),
-                    ..Default::default()
-                })
-                .await,
-            ),
-        ),
-        (
-            "Explain",
-            code_of(
-                c.explain(pb::ExplainRequest {
-                    study: study(),
-                    clinical: Some(clinical()),
-                    ..Default::default()
-                })
-                .await,
-            ),
-        ),
-        (
-            "CompareBackends",
-            code_of(
-                c.compare_backends(pb::CompareBackendsRequest {
-                    study: study(),
-                    clinical: Some(clinical()),
-                    ..Default::default()
-                })
-                .await,
-            ),
-        ),
-        (
-            "DeleteStudy",
-            code_of(
-                c.delete_study(pb::DeleteStudyRequest {
-                    study: handle.into(),
-                })
-                .await,
-            ),
-        ),
-    ]
-}
-
-fn code_of<T>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
-    match r {
-        Ok(_) => (Code::Ok, String::new()),
-        Err(s) => (s.code(), s.message().to_string()),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_roles_and_isolation_between_principals() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -324,20 +195,20 @@ async fn tokens_roles_and_isolation_between_principals() {
         let mut c = c.clone();
         async move { code_of(c.list_models(pb::ListModelsRequest::default()).await) }
     };
-    let (c, msg) = list(&mut as_principal(&server, None).await).await;
+    let (c, msg) = list(&mut connect_as(&server.url, None, None).await).await;
     assert_eq!(c, Code::Unauthenticated, "{msg}");
-    let (c, msg) = list(&mut as_principal(&server, Some("ost_guessed")).await).await;
+    let (c, msg) = list(&mut connect_as(&server.url, None, Some("ost_guessed")).await).await;
     assert_eq!(c, Code::Unauthenticated, "{msg}");
     assert!(
         !msg.contains("ost_guessed"),
         "the token is not echoed: {msg}"
     );
-    let (c, msg) = list(&mut as_principal(&server, Some("nobody-token")).await).await;
+    let (c, msg) = list(&mut connect_as(&server.url, None, Some("nobody-token")).await).await;
     assert_eq!(c, Code::PermissionDenied, "{msg}");
 
-    let mut a = as_principal(&server, Some(&alice)).await;
-    let mut b = as_principal(&server, Some(&bob)).await;
-    let mut r = as_principal(&server, Some(&root)).await;
+    let mut a = connect_as(&server.url, None, Some(&alice)).await;
+    let mut b = connect_as(&server.url, None, Some(&bob)).await;
+    let mut r = connect_as(&server.url, None, Some(&root)).await;
     let upload_as = |c: &mut Authed| {
         let mut c = c.clone();
         let messages = upload_messages(&files, 64 << 10);
@@ -531,7 +402,7 @@ async fn tokens_are_added_and_revoked_without_a_restart() {
     let list = |token: String| {
         let server = &server;
         async move {
-            let mut c = as_principal(server, Some(&token)).await;
+            let mut c = connect_as(&server.url, None, Some(&token)).await;
             code_of(c.list_models(pb::ListModelsRequest::default()).await).0
         }
     };

@@ -9,12 +9,12 @@ use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
 use serde_json::json;
 use std::path::PathBuf;
 use tonic::service::{Interceptor, interceptor::InterceptedService};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Bytes per upload chunk.
 const CHUNK: usize = 1 << 20;
 
-/// The credentials a client command presents.
+/// The credentials a client command presents, and the CA it trusts.
 #[derive(Debug, Clone, Args)]
 pub struct Credentials {
     /// Bearer token for a server with auth.mode = "token" (or the OSTEO_TOKEN variable).
@@ -25,6 +25,49 @@ pub struct Credentials {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// PEM CA bundle that signs the server's certificate (https:// only; default: the
+    /// system's trusted roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate chain for a server that authenticates clients by certificate
+    /// (with --client-key).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// The TLS configuration of an https:// URL; an error for TLS flags on a plaintext URL.
+    fn tls(&self, url: &str) -> anyhow::Result<Option<ClientTlsConfig>> {
+        let https = url.starts_with("https://");
+        if !https {
+            if self.ca_cert.is_some() || self.client_cert.is_some() {
+                anyhow::bail!(
+                    "INVALID_ARGUMENT: --ca-cert, --client-cert and --client-key need an https:// \
+                     --server URL"
+                );
+            }
+            return Ok(None);
+        }
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .with_context(|| format!("INVALID_ARGUMENT: {flag} {}", path.display()))
+        };
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_cert {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                read("--client-cert", cert)?,
+                read("--client-key", key)?,
+            ));
+        }
+        Ok(Some(tls))
+    }
 }
 
 /// A client of the osteo.v1 service that sends the credentials with every call.
@@ -48,7 +91,7 @@ impl Interceptor for Credentials {
 /// The server and the model and backend to ask for, shared by every client command.
 #[derive(Debug, Args)]
 pub struct Endpoint {
-    /// Server URL, e.g. http://127.0.0.1:50051.
+    /// Server URL, e.g. http://127.0.0.1:50051 or https://osteo.hospital.example:50051.
     #[arg(long, value_name = "URL")]
     pub server: String,
     #[command(flatten)]
@@ -98,7 +141,7 @@ pub struct Target {
     after_help = "Example:\n  osteo compare --server http://127.0.0.1:50051 --dicom study/ --age 71 --sex F --height-cm 158 --weight-kg 52 --backends candle,ort --json"
 )]
 pub struct CompareArgs {
-    /// Server URL, e.g. http://127.0.0.1:50051.
+    /// Server URL, e.g. http://127.0.0.1:50051 or https://osteo.hospital.example:50051.
     #[arg(long, value_name = "URL")]
     server: String,
     #[command(flatten)]
@@ -168,13 +211,36 @@ fn status(s: tonic::Status) -> anyhow::Error {
     anyhow!("{}: {}", code_name(s.code()), s.message())
 }
 
-/// Connects to a server, mapping failures to an UNAVAILABLE error line.
+/// An error and its causes on one line (tonic's transport errors keep the reason in the chain).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Connects to a server (TLS for https:// URLs), mapping failures to an UNAVAILABLE error
+/// line.
 pub async fn connect(url: &str, credentials: &Credentials) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(url.to_string())
-        .with_context(|| format!("--server {url} is not a URL (e.g. http://127.0.0.1:50051)"))?
+    let mut endpoint = Channel::from_shared(url.to_string()).with_context(|| {
+        format!("INVALID_ARGUMENT: --server {url} is not a URL (e.g. http://127.0.0.1:50051)")
+    })?;
+    if let Some(tls) = credentials.tls(url)? {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| anyhow!("INVALID_ARGUMENT: TLS settings: {}", chain(&e)))?;
+    }
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| anyhow!("UNAVAILABLE: cannot connect to {url}: {e}"))?;
+        .map_err(|e| anyhow!("UNAVAILABLE: cannot connect to {url}: {}", chain(&e)))?;
     Ok(
         OsteoServiceClient::with_interceptor(channel, credentials.clone())
             .max_decoding_message_size(256 << 20)

@@ -36,6 +36,8 @@ pub struct InProc {
     pub addr: SocketAddr,
     /// Metrics address.
     pub metrics: SocketAddr,
+    /// Plaintext health-only address.
+    pub health_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
     _dir: tempfile::TempDir,
@@ -76,12 +78,25 @@ impl InProc {
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        let health = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let metrics_addr = metrics.local_addr().expect("addr");
+        let health_addr = health.local_addr().expect("addr");
+        let scheme = if settings.server.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        };
         let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = osteo_server::Listeners {
+            grpc: listener,
+            metrics: Some(metrics),
+            health: Some(health),
+        };
         let task = tokio::spawn(osteo_server::server::serve_on(
-            listener,
-            Some(metrics),
+            listeners,
             settings,
             registry,
             async move {
@@ -89,9 +104,10 @@ impl InProc {
             },
         ));
         Self {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             addr,
             metrics: metrics_addr,
+            health_addr,
             stop: Some(stop),
             task: Some(task),
             _dir: tempfile::tempdir().expect("tempdir"),
@@ -103,9 +119,10 @@ impl InProc {
         super::client(&self.url).await
     }
 
-    /// The grpc.health.v1 status of `service` ("" = the whole server).
+    /// The grpc.health.v1 status of `service` ("" = the whole server), asked on the plaintext
+    /// health-only listener.
     pub async fn health(&self, service: &str) -> Option<ServingStatus> {
-        let channel = Channel::from_shared(self.url.clone())
+        let channel = Channel::from_shared(format!("http://{}", self.health_addr))
             .ok()?
             .connect()
             .await

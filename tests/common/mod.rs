@@ -2,7 +2,9 @@
 //! study with known patient identifiers, upload messages and a /metrics reader.
 #![allow(dead_code)] // each test crate uses a different part of the harness
 
+pub mod auth;
 pub mod inproc;
+pub mod pki;
 
 use osteo_proto::v1 as pb;
 use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
@@ -142,7 +144,7 @@ impl Server {
             output,
             _dir: dir,
         };
-        server.wait_until("listening on ");
+        server.wait_until("listening on http://");
         let out = server.output();
         let after = |marker: &str| -> String {
             let Some(at) = out.find(marker) else {
@@ -153,7 +155,7 @@ impl Server {
                 .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                 .collect()
         };
-        server.url = format!("http://{}", after("listening on "));
+        server.url = format!("http://{}", after("listening on http://"));
         server.metrics = format!("http://{}/metrics", after("metrics at http://"));
         server.wait_until("SERVING");
         server

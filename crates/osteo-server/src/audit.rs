@@ -91,6 +91,15 @@ fn io(path: &Path, e: impl std::fmt::Display) -> AuditError {
     }
 }
 
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("fsync", &self.fsync)
+            .finish()
+    }
+}
+
 /// Hex BLAKE3 of one line (without its newline).
 fn digest(line: &[u8]) -> String {
     blake3::hash(line).to_hex().to_string()

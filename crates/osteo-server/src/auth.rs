@@ -1,14 +1,17 @@
 //! Authentication and roles: bearer tokens checked against a tokens file that holds only their
-//! SHA-256 digests. A tower layer in front of every service but grpc.health.v1 (Kubernetes
-//! probes carry no credentials) refuses a request without valid credentials with
-//! UNAUTHENTICATED and hands the [`Principal`] to the services in the request's extensions;
-//! the osteo.v1 service then checks the principal's roles for the RPC. The tokens file is
-//! re-read when it changes (checked at most once a second), so tokens are added and revoked
-//! without a restart; a changed file that does not parse keeps the tokens in force and is
-//! logged.
+//! SHA-256 digests, and client certificates (the connection's verified certificate names the
+//! principal, see [`crate::tls::PeerCert`]). A tower layer in front of every service but
+//! grpc.health.v1 (Kubernetes probes carry no credentials) refuses a request without valid
+//! credentials with UNAUTHENTICATED — before its message is read — counts and audits the
+//! refusal, and hands the [`Principal`] to the services in the request's extensions; the
+//! osteo.v1 service then checks the principal's roles for the RPC. The tokens file is re-read
+//! when it changes (checked at most once a second), so tokens are added and revoked without a
+//! restart; a changed file that does not parse keeps the tokens in force and is logged.
 
-use crate::connection::BoxFuture;
+use crate::audit::{AuditLog, Record};
+use crate::connection::{BoxFuture, ConnInfo};
 use crate::error::ServerError;
+use crate::tls::PeerCert;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -153,28 +156,58 @@ impl Tokens {
     }
 }
 
-/// How requests are authenticated.
-#[derive(Debug, Clone)]
-pub enum Authenticator {
-    /// Everyone is [`Principal::anonymous`].
-    None,
-    /// Bearer tokens, by the hex SHA-256 digest of the token.
-    Tokens(Arc<Tokens>),
+/// How requests are authenticated: by bearer token, by client certificate, or either; with
+/// neither, everyone is [`Principal::anonymous`].
+#[derive(Debug, Clone, Default)]
+pub struct Authenticator {
+    tokens: Option<Arc<Tokens>>,
+    certificates: Option<Arc<BTreeSet<String>>>,
 }
 
 impl Authenticator {
-    /// Reads the tokens file; errors name the file and the entry.
+    /// No authentication: everyone is [`Principal::anonymous`].
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Bearer tokens from a tokens file; errors name the file and the entry.
     pub fn from_tokens_file(path: &Path) -> Result<Self, ServerError> {
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let by_digest = read_tokens(path)?;
-        Ok(Self::Tokens(Arc::new(Tokens {
-            path: path.to_path_buf(),
-            state: RwLock::new(TokensState {
-                by_digest,
-                modified,
-                checked: Instant::now(),
-            }),
-        })))
+        Ok(Self {
+            tokens: Some(Arc::new(Tokens {
+                path: path.to_path_buf(),
+                state: RwLock::new(TokensState {
+                    by_digest,
+                    modified,
+                    checked: Instant::now(),
+                }),
+            })),
+            certificates: None,
+        })
+    }
+
+    /// Also accepts client certificates; the principals in `admins` have the admin role, every
+    /// other certificate principal the client role.
+    pub fn with_certificates(mut self, admins: impl IntoIterator<Item = String>) -> Self {
+        self.certificates = Some(Arc::new(admins.into_iter().collect()));
+        self
+    }
+
+    /// The authenticator of `auth.mode`.
+    pub fn from_settings(a: &crate::config::AuthSettings) -> Result<Self, ServerError> {
+        let tokens = matches!(a.mode.as_str(), "token" | "token_or_mtls");
+        let mtls = matches!(a.mode.as_str(), "mtls" | "token_or_mtls");
+        let auth = if tokens {
+            Self::from_tokens_file(Path::new(&a.tokens_file))?
+        } else {
+            Self::none()
+        };
+        Ok(if mtls {
+            auth.with_certificates(a.mtls_admins.iter().cloned())
+        } else {
+            auth
+        })
     }
 }
 
@@ -210,45 +243,102 @@ fn read_tokens(path: &Path) -> Result<HashMap<String, Principal>, ServerError> {
     Ok(by_digest)
 }
 
-impl Authenticator {
-    /// The principal of a request with these headers.
-    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, tonic::Status> {
-        let tokens = match self {
-            Authenticator::None => return Ok(Principal::anonymous()),
-            Authenticator::Tokens(t) => t,
-        };
-        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-            return Err(tonic::Status::unauthenticated(
-                "no credentials: send the metadata `authorization: Bearer <token>`",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                tonic::Status::unauthenticated(
-                    "the authorization metadata must read `Bearer <token>`",
-                )
-            })?;
-        tokens
-            .get(&token_digest(token))
-            .ok_or_else(|| tonic::Status::unauthenticated("the token is not valid"))
+/// Why a request was refused, as a metric label.
+fn refusal(status: &tonic::Status) -> &'static str {
+    let m = status.message();
+    if m.starts_with("no credentials") {
+        "missing"
+    } else if m.contains("certificate") {
+        "certificate"
+    } else if m.starts_with("the authorization") {
+        "malformed"
+    } else {
+        "invalid_token"
     }
 }
 
-/// Tower layer that authenticates every request except grpc.health.v1.
+impl Authenticator {
+    /// What a refused request is told it may present.
+    fn wanted(&self) -> &'static str {
+        match (&self.tokens, &self.certificates) {
+            (Some(_), Some(_)) => {
+                "no credentials: send the metadata `authorization: Bearer <token>` or connect \
+                 with a client certificate"
+            }
+            (None, Some(_)) => {
+                "no credentials: connect with a client certificate signed by the server's client CA"
+            }
+            _ => "no credentials: send the metadata `authorization: Bearer <token>`",
+        }
+    }
+
+    /// The principal of a request with these headers on a connection whose client certificate
+    /// says `cert`. A presented token is checked even when a certificate would do, so a wrong
+    /// token is never ignored.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        cert: &PeerCert,
+    ) -> Result<Principal, tonic::Status> {
+        if self.tokens.is_none() && self.certificates.is_none() {
+            return Ok(Principal::anonymous());
+        }
+        if let (Some(tokens), Some(value)) =
+            (&self.tokens, headers.get(http::header::AUTHORIZATION))
+        {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    tonic::Status::unauthenticated(
+                        "the authorization metadata must read `Bearer <token>`",
+                    )
+                })?;
+            return tokens
+                .get(&token_digest(token))
+                .ok_or_else(|| tonic::Status::unauthenticated("the token is not valid"));
+        }
+        if let Some(admins) = &self.certificates {
+            match cert {
+                PeerCert::Named(name) => {
+                    let role = if admins.contains(name) {
+                        Role::Admin
+                    } else {
+                        Role::Client
+                    };
+                    return Ok(Principal {
+                        name: name.clone(),
+                        roles: [role].into_iter().collect(),
+                    });
+                }
+                PeerCert::Unnamed => {
+                    return Err(tonic::Status::unauthenticated(
+                        "the client certificate names no usable principal: its subject CN (or \
+                         first DNS or e-mail SAN) must be 1 to 64 letters, digits or ._@-",
+                    ));
+                }
+                PeerCert::Absent => {}
+            }
+        }
+        Err(tonic::Status::unauthenticated(self.wanted()))
+    }
+}
+
+/// Tower layer that authenticates every request except grpc.health.v1; refusals are counted
+/// (`osteo_auth_failures_total`) and, with an audit log, recorded in it.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: Authenticator,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl AuthLayer {
-    /// A layer authenticating with `auth`.
-    pub fn new(auth: Authenticator) -> Self {
-        Self { auth }
+    /// A layer authenticating with `auth` and recording refusals in `audit`.
+    pub fn new(auth: Authenticator, audit: Option<Arc<AuditLog>>) -> Self {
+        Self { auth, audit }
     }
 }
 
@@ -259,6 +349,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
         Auth {
             inner,
             auth: self.auth.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -268,6 +359,54 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     auth: Authenticator,
+    audit: Option<Arc<AuditLog>>,
+}
+
+/// The RPC of a request path for the audit log: the method of a known service, or `unknown`
+/// (the path is the client's choice and never recorded as such).
+fn rpc_of(path: &str) -> &'static str {
+    const OSTEO: [&str; 7] = [
+        "UploadStudy",
+        "Classify",
+        "Explain",
+        "CompareBackends",
+        "ListModels",
+        "GetStudy",
+        "DeleteStudy",
+    ];
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", ""));
+    match service {
+        "osteo.v1.OsteoService" => OSTEO
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("unknown"),
+        "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
+            "ServerReflectionInfo"
+        }
+        _ => "unknown",
+    }
+}
+
+/// The audit record of a refused request.
+fn refused_record(rpc: &str, peer: String) -> Record {
+    Record {
+        seq: 0,
+        time: String::new(),
+        principal: String::new(),
+        peer,
+        rpc: rpc.into(),
+        study: String::new(),
+        model: String::new(),
+        backend: String::new(),
+        grade: String::new(),
+        code: format!("{:?}", tonic::Code::Unauthenticated),
+        latency_ms: 0.0,
+        prev: String::new(),
+    }
 }
 
 /// Path prefix of the health service, callable without credentials.
@@ -290,13 +429,36 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if !req.uri().path().starts_with(HEALTH) {
-            match self.auth.authenticate(req.headers()) {
+            let conn = req.extensions().get::<ConnInfo>();
+            let cert = conn.map_or(&PeerCert::Absent, ConnInfo::peer_cert);
+            match self.auth.authenticate(req.headers(), cert) {
                 Ok(p) => {
                     req.extensions_mut().insert(p);
                 }
                 Err(status) => {
+                    metrics::counter!("osteo_auth_failures_total", "reason" => refusal(&status))
+                        .increment(1);
+                    let rpc = rpc_of(req.uri().path());
+                    let peer = conn
+                        .and_then(ConnInfo::remote_addr)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    tracing::info!(rpc, %peer, "request refused: {}", status.message());
+                    let audit = self.audit.clone();
                     let resp = status.into_http::<RB>();
-                    return Box::pin(async move { Ok(resp) });
+                    return Box::pin(async move {
+                        if let Some(log) = audit {
+                            let record = refused_record(rpc, peer);
+                            let written =
+                                tokio::task::spawn_blocking(move || log.append(record)).await;
+                            if !matches!(written, Ok(Ok(()))) {
+                                tracing::error!(
+                                    "the audit record of a refused request was not written"
+                                );
+                            }
+                        }
+                        Ok(resp)
+                    });
                 }
             }
         }
@@ -331,7 +493,7 @@ mod tests {
         .expect("write");
         let auth = Authenticator::from_tokens_file(&file).expect("tokens");
         let p = auth
-            .authenticate(&headers(Some("Bearer s3cret-token")))
+            .authenticate(&headers(Some("Bearer s3cret-token")), &PeerCert::Absent)
             .expect("valid");
         assert_eq!(p.name, "alice");
         assert!(p.has(Role::Client) && !p.has(Role::Admin));
@@ -341,7 +503,9 @@ mod tests {
             Some("Basic s3cret-token"),
             Some("Bearer "),
         ] {
-            let s = auth.authenticate(&headers(bad)).expect_err("refused");
+            let s = auth
+                .authenticate(&headers(bad), &PeerCert::Named("alice".into()))
+                .expect_err("refused: a certificate is no credential in token mode");
             assert_eq!(s.code(), tonic::Code::Unauthenticated);
             assert!(
                 !s.message().contains("nope") && !s.message().contains("s3cret"),
@@ -353,5 +517,63 @@ mod tests {
             .expect_err("bad entry")
             .to_string();
         assert!(e.contains("tokens[0].principal"), "{e}");
+    }
+
+    #[test]
+    fn certificates_name_the_principal_and_a_wrong_token_is_never_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tokens.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[tokens]]\nprincipal = \"bob\"\nsha256 = \"{}\"\nroles = [\"client\"]\n",
+                token_digest("bobs-token")
+            ),
+        )
+        .expect("write");
+        let mtls = Authenticator::none().with_certificates(["ops".to_string()]);
+        let either = Authenticator::from_tokens_file(&file)
+            .expect("tokens")
+            .with_certificates(Vec::new());
+        let cert = PeerCert::Named("pacs-gw".into());
+        let p = mtls.authenticate(&headers(None), &cert).expect("cert");
+        assert_eq!(p.name, "pacs-gw");
+        assert!(p.has(Role::Client) && !p.has(Role::Admin));
+        let ops = mtls
+            .authenticate(&headers(None), &PeerCert::Named("ops".into()))
+            .expect("cert");
+        assert!(ops.has(Role::Admin));
+        for (auth, h, c) in [
+            (&mtls, None, PeerCert::Absent),
+            (&mtls, None, PeerCert::Unnamed),
+            (&mtls, Some("Bearer bobs-token"), PeerCert::Absent),
+            (&either, None, PeerCert::Absent),
+            (&either, Some("Bearer wrong"), cert.clone()),
+        ] {
+            let s = auth.authenticate(&headers(h), &c).expect_err("refused");
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{h:?} {c:?}");
+        }
+        assert_eq!(
+            either
+                .authenticate(&headers(Some("Bearer bobs-token")), &cert)
+                .expect("token")
+                .name,
+            "bob"
+        );
+        assert_eq!(
+            either
+                .authenticate(&headers(None), &cert)
+                .expect("cert")
+                .name,
+            "pacs-gw"
+        );
+    }
+
+    #[test]
+    fn only_known_rpcs_reach_the_audit_log() {
+        assert_eq!(rpc_of("/osteo.v1.OsteoService/Classify"), "Classify");
+        assert_eq!(rpc_of("/osteo.v1.OsteoService/Evil\nline"), "unknown");
+        assert_eq!(rpc_of("/x/y"), "unknown");
+        assert_eq!(rpc_of(""), "unknown");
     }
 }

@@ -62,8 +62,57 @@ pub struct ServerSettings {
     pub keepalive_interval_s: u64,
     /// Seconds to wait for a ping's acknowledgement before closing the connection.
     pub keepalive_timeout_s: u64,
-    /// Allow listening on a non-loopback address without TLS (plaintext on the network).
+    /// Allow listening on a non-loopback address without TLS and authentication.
     pub allow_insecure: bool,
+    /// Plaintext listener serving only grpc.health.v1, for probes that cannot speak TLS
+    /// (empty = none).
+    pub health_listen: String,
+    /// `[server.tls]`: TLS termination.
+    pub tls: TlsSettings,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain (set with `key_file` to serve TLS).
+    pub cert_file: String,
+    /// PEM private key of the certificate.
+    pub key_file: String,
+    /// PEM CA bundle that signs client certificates.
+    pub client_ca_file: String,
+    /// `none`, `optional` or `required` client certificates.
+    pub client_auth: String,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            client_auth: "none".into(),
+        }
+    }
+}
+
+impl TlsSettings {
+    /// Whether TLS is served.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+
+    /// The files to load, when TLS is served.
+    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
+        self.enabled().then(|| crate::tls::TlsFiles {
+            cert: PathBuf::from(&self.cert_file),
+            key: PathBuf::from(&self.key_file),
+            client_ca: (!self.client_ca_file.is_empty())
+                .then(|| PathBuf::from(&self.client_ca_file)),
+            client_auth: crate::tls::ClientAuth::parse(&self.client_auth)
+                .unwrap_or(crate::tls::ClientAuth::Required),
+        })
+    }
 }
 
 /// `[store]`.
@@ -124,11 +173,13 @@ pub struct TelemetrySettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
-    /// `none` (everyone is one anonymous client) or `token` (bearer tokens); `mtls` and
-    /// `token_or_mtls` need TLS.
+    /// `none` (everyone is one anonymous client), `token` (bearer tokens), `mtls` (client
+    /// certificates) or `token_or_mtls` (either).
     pub mode: String,
     /// TOML file of `[[tokens]]` with `principal`, `sha256` (of the token) and `roles`.
     pub tokens_file: String,
+    /// Certificate principals that have the admin role (every other one is a client).
+    pub mtls_admins: Vec<String>,
 }
 
 impl Default for AuthSettings {
@@ -136,6 +187,7 @@ impl Default for AuthSettings {
         Self {
             mode: "none".into(),
             tokens_file: String::new(),
+            mtls_admins: Vec::new(),
         }
     }
 }
@@ -228,6 +280,8 @@ impl Default for ServerSettings {
             keepalive_interval_s: 60,
             keepalive_timeout_s: 20,
             allow_insecure: false,
+            health_listen: String::new(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -368,16 +422,27 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ServerError> {
         let s = &self.server;
         self.listen_addr()?;
+        self.validate_tls()?;
+        self.validate_auth()?;
         require(
             !self.insecure_listener()? || s.allow_insecure,
             "server.listen",
             &s.listen,
-            "is reachable from other hosts, and this server does not terminate TLS yet: \
-             patient data would cross the network in plaintext. Listen on 127.0.0.1 behind a \
-             TLS-terminating proxy, or set server.allow_insecure = true to accept the risk \
-             (e.g. on a private pod network restricted by a NetworkPolicy)",
+            "is reachable from other hosts without both TLS (server.tls) and authentication \
+             (auth.mode): patient data would cross the network in plaintext or reach anyone who \
+             can connect. Configure both, listen on 127.0.0.1 behind a TLS-terminating proxy, \
+             or set server.allow_insecure = true to accept the risk (e.g. on a private pod \
+             network restricted by a NetworkPolicy)",
         )?;
         self.metrics_addr()?;
+        if let Some(h) = self.health_addr()? {
+            require(
+                h != self.listen_addr()?,
+                "server.health_listen",
+                h,
+                "must differ from server.listen",
+            )?;
+        }
         require(
             (1024..=1 << 30).contains(&s.max_message_bytes),
             "server.max_message_bytes",
@@ -457,31 +522,6 @@ impl Settings {
             sc.max_delay_ms,
             "must be at most 10000",
         )?;
-        let a = &self.auth;
-        match a.mode.as_str() {
-            "none" => {}
-            "token" => require(
-                !a.tokens_file.is_empty(),
-                "auth.tokens_file",
-                "\"\"",
-                "name the tokens file when auth.mode = \"token\" (create entries with `osteo \
-                 token new`)",
-            )?,
-            "mtls" | "token_or_mtls" => {
-                return Err(invalid(
-                    "auth.mode",
-                    &a.mode,
-                    "needs TLS (server.tls), which this server does not serve yet: use \"token\"",
-                ));
-            }
-            other => {
-                return Err(invalid(
-                    "auth.mode",
-                    other,
-                    "must be \"none\", \"token\", \"mtls\" or \"token_or_mtls\"",
-                ));
-            }
-        }
         let t = &self.telemetry;
         require(
             matches!(t.log_format.as_str(), "pretty" | "json"),
@@ -541,15 +581,99 @@ impl Settings {
         Ok(())
     }
 
+    /// Checks `[server.tls]`: key with certificate, a known client_auth with its CA bundle.
+    fn validate_tls(&self) -> Result<(), ServerError> {
+        let t = &self.server.tls;
+        require(
+            t.cert_file.is_empty() == t.key_file.is_empty(),
+            "server.tls.key_file",
+            format!("{:?}", t.key_file),
+            "set server.tls.cert_file and server.tls.key_file together",
+        )?;
+        let Some(auth) = crate::tls::ClientAuth::parse(&t.client_auth) else {
+            return Err(invalid(
+                "server.tls.client_auth",
+                &t.client_auth,
+                "must be \"none\", \"optional\" or \"required\"",
+            ));
+        };
+        if auth != crate::tls::ClientAuth::None {
+            require(
+                t.enabled(),
+                "server.tls.client_auth",
+                &t.client_auth,
+                "client certificates need TLS: set server.tls.cert_file and key_file",
+            )?;
+            require(
+                !t.client_ca_file.is_empty(),
+                "server.tls.client_ca_file",
+                "\"\"",
+                "name the CA bundle that signs client certificates",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Checks `[auth]` against `[server.tls]`.
+    fn validate_auth(&self) -> Result<(), ServerError> {
+        let a = &self.auth;
+        let tokens = matches!(a.mode.as_str(), "token" | "token_or_mtls");
+        let mtls = matches!(a.mode.as_str(), "mtls" | "token_or_mtls");
+        if !tokens && !mtls && a.mode != "none" {
+            return Err(invalid(
+                "auth.mode",
+                &a.mode,
+                "must be \"none\", \"token\", \"mtls\" or \"token_or_mtls\"",
+            ));
+        }
+        require(
+            !tokens || !a.tokens_file.is_empty(),
+            "auth.tokens_file",
+            "\"\"",
+            &format!(
+                "name the tokens file when auth.mode = \"{}\" (create entries with `osteo token \
+                 new`)",
+                a.mode
+            ),
+        )?;
+        require(
+            !mtls || self.server.tls.client_auth != "none",
+            "auth.mode",
+            &a.mode,
+            "needs client certificates: set server.tls.client_auth to \"required\" or \
+             \"optional\" and server.tls.client_ca_file",
+        )?;
+        for (i, name) in a.mtls_admins.iter().enumerate() {
+            require(
+                crate::auth::valid_principal(name),
+                &format!("auth.mtls_admins[{i}]"),
+                crate::text::client_text(name),
+                "must be 1 to 64 letters, digits or ._@-",
+            )?;
+        }
+        Ok(())
+    }
+
     /// The gRPC listen address.
     pub fn listen_addr(&self) -> Result<SocketAddr, ServerError> {
         parse_addr("server.listen", &self.server.listen)
     }
 
-    /// Whether the gRPC listener is reachable from other hosts in plaintext (allowed only with
-    /// `server.allow_insecure`).
+    /// Whether the gRPC listener is reachable from other hosts without both TLS and
+    /// authentication (allowed only with `server.allow_insecure`).
     pub fn insecure_listener(&self) -> Result<bool, ServerError> {
-        Ok(!self.listen_addr()?.ip().is_loopback())
+        let protected = self.server.tls.enabled() && self.auth.mode != "none";
+        Ok(!protected && !self.listen_addr()?.ip().is_loopback())
+    }
+
+    /// The plaintext health-only listen address, if any.
+    pub fn health_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
+        let h = &self.server.health_listen;
+        if h.is_empty() {
+            Ok(None)
+        } else {
+            parse_addr("server.health_listen", h).map(Some)
+        }
     }
 
     /// The metrics listen address, if any.
@@ -640,5 +764,53 @@ mod tests {
             "the file's model list replaces the default list"
         );
         assert_eq!(s.models[0].backends, ["candle", "ort"]);
+    }
+
+    #[test]
+    fn tls_and_authentication_settings_are_checked_together() {
+        let err = |vars: &[(&str, &str)]| {
+            load_from(None, &[], env(vars))
+                .expect_err("invalid")
+                .to_string()
+        };
+        let cert = [
+            ("OSTEO__SERVER__TLS__CERT_FILE", "c.pem"),
+            ("OSTEO__SERVER__TLS__KEY_FILE", "k.pem"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = cert.to_vec();
+            v.extend_from_slice(extra);
+            v
+        };
+        let e = err(&[("OSTEO__SERVER__TLS__CERT_FILE", "c.pem")]);
+        assert!(e.contains("server.tls.key_file"), "{e}");
+        let e = err(&with(&[("OSTEO__SERVER__TLS__CLIENT_AUTH", "maybe")]));
+        assert!(e.contains("server.tls.client_auth"), "{e}");
+        let e = err(&with(&[("OSTEO__SERVER__TLS__CLIENT_AUTH", "required")]));
+        assert!(e.contains("server.tls.client_ca_file"), "{e}");
+        let e = err(&[("OSTEO__SERVER__TLS__CLIENT_AUTH", "required")]);
+        assert!(e.contains("need TLS"), "{e}");
+        let e = err(&with(&[("OSTEO__AUTH__MODE", "mtls")]));
+        assert!(e.contains("auth.mode") && e.contains("client_auth"), "{e}");
+        let e = err(&[("OSTEO__AUTH__MODE", "token_or_mtls")]);
+        assert!(e.contains("auth.tokens_file"), "{e}");
+        // A public address needs TLS and authentication both (or allow_insecure).
+        let public = ("OSTEO__SERVER__LISTEN", "0.0.0.0:50051");
+        assert!(err(&[public]).contains("server.allow_insecure"));
+        assert!(err(&with(&[public])).contains("server.allow_insecure"));
+        let s = load_from(
+            None,
+            &[],
+            env(&with(&[
+                public,
+                ("OSTEO__SERVER__TLS__CLIENT_AUTH", "required"),
+                ("OSTEO__SERVER__TLS__CLIENT_CA_FILE", "ca.pem"),
+                ("OSTEO__AUTH__MODE", "mtls"),
+            ])),
+        )
+        .expect("TLS with client certificates may listen publicly");
+        assert!(!s.insecure_listener().expect("address"));
+        let e = err(&[("OSTEO__SERVER__HEALTH_LISTEN", "127.0.0.1:50051")]);
+        assert!(e.contains("server.health_listen"), "{e}");
     }
 }

@@ -1,11 +1,13 @@
-//! Connections: an accept loop that backs off on errors, a cap on open connections, and a TCP
-//! stream wrapper that closes a connection which has not finished its handshake in time, has
-//! had no request in flight for the idle timeout, or is idle when the server shuts down.
+//! Connections: an accept loop that backs off on errors, a cap on open connections, TLS
+//! termination (each handshake in its own task, under the handshake timeout), and a stream
+//! wrapper that closes a connection which has not finished its handshake in time, has had no
+//! request in flight for the idle timeout, or is idle when the server shuts down.
 //!
 //! The wrapper learns whether requests are in flight from [`ActivityLayer`], a tower layer that
 //! finds the connection's state in each request's extensions (tonic puts the stream's connect
 //! info there) and holds a guard until the response body has been sent.
 
+use crate::tls::{PeerCert, TlsSource};
 use bytes::Bytes;
 use std::future::Future;
 use std::io;
@@ -48,12 +50,45 @@ struct ConnState {
     idle_since: Mutex<Instant>,
 }
 
-/// The connect info of a wrapped stream: tonic's TCP addresses plus the connection's state.
+/// The connect info of a wrapped stream: tonic's TCP addresses, the client certificate's
+/// identity and the connection's state.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     tcp: TcpConnectInfo,
+    peer_cert: Arc<PeerCert>,
     state: Arc<ConnState>,
 }
+
+impl ConnInfo {
+    /// What the client certificate of the connection says ([`PeerCert::Absent`] without TLS).
+    pub fn peer_cert(&self) -> &PeerCert {
+        &self.peer_cert
+    }
+
+    /// The client's address.
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.remote_addr
+    }
+}
+
+/// The byte stream of a connection: plain TCP or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    fn pin(&mut self) -> Pin<&mut dyn AsyncReadWrite> {
+        match self {
+            Io::Plain(s) => Pin::new(s),
+            Io::Tls(s) => Pin::new(s.as_mut()),
+        }
+    }
+}
+
+/// A stream that reads and writes.
+trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
 
 /// A guard counting one request in flight on a connection.
 #[derive(Debug)]
@@ -75,7 +110,7 @@ impl Drop for ActiveGuard {
 
 /// An accepted TCP stream under the connection limits.
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
     info: ConnInfo,
     limits: ConnLimits,
     accepted: Instant,
@@ -89,31 +124,43 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Wraps a stream accepted at `accepted` (the handshake deadline counts from then, TLS
+    /// handshake included).
     fn new(
-        io: TcpStream,
+        io: Io,
+        accepted: Instant,
         limits: ConnLimits,
         mut shutdown: watch::Receiver<bool>,
         permit: OwnedSemaphorePermit,
         listener: &'static str,
     ) -> Self {
-        let now = Instant::now();
+        let (tcp, peer_cert) = match &io {
+            Io::Plain(s) => (s, PeerCert::Absent),
+            Io::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                (tcp, PeerCert::of(session.peer_certificates()))
+            }
+        };
         let tcp = TcpConnectInfo {
-            local_addr: io.local_addr().ok(),
-            remote_addr: io.peer_addr().ok(),
+            local_addr: tcp.local_addr().ok(),
+            remote_addr: tcp.peer_addr().ok(),
         };
         Self {
             io,
             info: ConnInfo {
                 tcp,
+                peer_cert: Arc::new(peer_cert),
                 state: Arc::new(ConnState {
                     active: AtomicUsize::new(0),
-                    idle_since: Mutex::new(now),
+                    idle_since: Mutex::new(accepted),
                 }),
             },
             limits,
-            accepted: now,
+            accepted,
             read_bytes: 0,
-            timer: Box::pin(tokio::time::sleep_until(now + limits.handshake_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(
+                accepted + limits.handshake_timeout,
+            )),
             shutdown: Some(Box::pin(async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             })),
@@ -187,7 +234,7 @@ impl AsyncRead for Conn {
             return Poll::Ready(Ok(())); // end of stream: the server closes the connection
         }
         let before = buf.filled().len();
-        if let Poll::Ready(r) = Pin::new(&mut this.io).poll_read(cx, buf) {
+        if let Poll::Ready(r) = this.io.pin().poll_read(cx, buf) {
             this.read_bytes = this.read_bytes.saturating_add(buf.filled().len() - before);
             return Poll::Ready(r);
         }
@@ -205,15 +252,15 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        self.get_mut().io.pin().poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        self.get_mut().io.pin().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        self.get_mut().io.pin().poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -221,11 +268,14 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        self.get_mut().io.pin().poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
     }
 }
 
@@ -237,24 +287,94 @@ impl Connected for Conn {
     }
 }
 
+/// What every connection of one listener shares.
+#[derive(Clone)]
+struct Sink {
+    limits: ConnLimits,
+    shutdown: watch::Receiver<bool>,
+    name: &'static str,
+    tx: mpsc::Sender<Conn>,
+}
+
+impl Sink {
+    /// Wraps a stream and hands it to the server; false when the server no longer accepts.
+    async fn deliver(&self, io: Io, accepted: Instant, permit: OwnedSemaphorePermit) -> bool {
+        let conn = Conn::new(
+            io,
+            accepted,
+            self.limits,
+            self.shutdown.clone(),
+            permit,
+            self.name,
+        );
+        self.tx.send(conn).await.is_ok()
+    }
+
+    /// Completes the TLS handshake of a connection accepted at `accepted` within the handshake
+    /// timeout (or until shutdown) and hands the connection on; a failed or late handshake is
+    /// counted and the connection dropped.
+    async fn handshake(
+        mut self,
+        tcp: TcpStream,
+        tls: tokio_rustls::TlsAcceptor,
+        accepted: Instant,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let deadline = accepted + self.limits.handshake_timeout;
+        let result = tokio::select! {
+            _ = self.shutdown.wait_for(|stop| *stop) => return,
+            r = tokio::time::timeout_at(deadline, tls.accept(tcp)) => r,
+        };
+        let name = self.name;
+        match result {
+            Ok(Ok(stream)) => {
+                self.deliver(Io::Tls(Box::new(stream)), accepted, permit)
+                    .await;
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("osteo_tls_handshake_failures_total", "listener" => name)
+                    .increment(1);
+                tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                metrics::counter!(
+                    "osteo_connections_closed_total",
+                    "listener" => name,
+                    "reason" => "handshake"
+                )
+                .increment(1);
+            }
+        }
+    }
+}
+
 /// Accepts connections from `listener` into a channel until the receiver is dropped: at most
-/// `limits.max_connections` open at once (a connection beyond is closed at once and counted),
-/// accept errors (such as running out of file descriptors) retried after a back-off that
-/// doubles from 5 ms to 1 s, logged once per episode instead of once per failure.
+/// `limits.max_connections` open at once (a connection beyond is closed at once and counted;
+/// connections in their TLS handshake count), accept errors (such as running out of file
+/// descriptors) retried after a back-off that doubles from 5 ms to 1 s, logged once per
+/// episode instead of once per failure. With `tls`, each connection's handshake runs in its own
+/// task with the acceptor in force when it was accepted.
 pub fn accept_loop(
     listener: TcpListener,
     limits: ConnLimits,
+    tls: Option<Arc<TlsSource>>,
     shutdown: watch::Receiver<bool>,
     name: &'static str,
 ) -> mpsc::Receiver<Conn> {
     let (tx, rx) = mpsc::channel::<Conn>(1);
+    let sink = Sink {
+        limits,
+        shutdown,
+        name,
+        tx,
+    };
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         const FIRST: Duration = Duration::from_millis(5);
         let mut backoff = FIRST;
         loop {
             let accepted = tokio::select! {
-                () = tx.closed() => return,
+                () = sink.tx.closed() => return,
                 r = listener.accept() => r,
             };
             match accepted {
@@ -267,9 +387,17 @@ pub fn accept_loop(
                         continue;
                     };
                     let _ = tcp.set_nodelay(true);
-                    let conn = Conn::new(tcp, limits, shutdown.clone(), permit, name);
-                    if tx.send(conn).await.is_err() {
-                        return;
+                    let accepted = Instant::now();
+                    match &tls {
+                        Some(source) => {
+                            let acceptor = source.acceptor();
+                            tokio::spawn(sink.clone().handshake(tcp, acceptor, accepted, permit));
+                        }
+                        None => {
+                            if !sink.deliver(Io::Plain(tcp), accepted, permit).await {
+                                return;
+                            }
+                        }
                     }
                 }
                 Err(e) => {

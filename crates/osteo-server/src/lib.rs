@@ -21,9 +21,10 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod upload;
 
 pub use config::Settings;
 pub use error::ServerError;
 pub use registry::Registry;
-pub use server::{serve, serve_on};
+pub use server::{Listeners, serve, serve_on};

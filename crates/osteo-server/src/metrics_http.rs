@@ -111,7 +111,7 @@ pub fn serve(
 ) -> Result<(), ServerError> {
     let handle = recorder()?;
     let token_digest = token.as_deref().map(crate::auth::token_digest);
-    let mut conns = accept_loop(listener, limits, shutdown.clone(), "metrics");
+    let mut conns = accept_loop(listener, limits, None, shutdown.clone(), "metrics");
     tokio::spawn(async move {
         let mut stop = shutdown;
         loop {

@@ -8,9 +8,9 @@ use crate::error::ServerError;
 use crate::models::ModelSet;
 use crate::registry::Registry;
 use crate::service::{Service, State};
+use crate::tls::TlsSource;
 use osteo_proto::v1::osteo_service_server::OsteoServiceServer;
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -55,6 +55,40 @@ async fn follow_workers(
     }
 }
 
+/// Serves grpc.health.v1 alone, in plaintext, on `listener` until `stop` (for probes that
+/// cannot speak TLS; the health service reveals nothing but serving status).
+fn serve_health(
+    listener: TcpListener,
+    limits: ConnLimits,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Internal(format!("health listener address: {e}")))?;
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(accept_loop(
+        listener,
+        limits,
+        None,
+        stop.clone(),
+        "health",
+    ))
+    .map(Ok::<_, std::io::Error>);
+    let mut stop = stop;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(ActivityLayer)
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }),
+    );
+    tracing::info!(health_addr = %addr, "grpc.health.v1 (plaintext, health only) on {addr}");
+    Ok(())
+}
+
 /// Binds `addr` for the setting `key`.
 async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
@@ -62,33 +96,69 @@ async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<TcpListener, Serv
         .map_err(|e| ServerError::Config(format!("{key} = {addr}: cannot listen: {e}")))
 }
 
-/// Serves on `server.listen` (and the metrics on `server.metrics_listen`) until `shutdown`
-/// completes; see [`serve_on`].
+/// The bound sockets of a server.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC (TLS when `server.tls` is set).
+    pub grpc: TcpListener,
+    /// Prometheus `/metrics`.
+    pub metrics: Option<TcpListener>,
+    /// Plaintext grpc.health.v1 only.
+    pub health: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `settings`.
+    pub async fn bind(settings: &Settings) -> Result<Self, ServerError> {
+        let grpc = bind(settings.listen_addr()?, "server.listen").await?;
+        let metrics = match settings.metrics_addr()? {
+            Some(addr) => Some(bind(addr, "server.metrics_listen").await?),
+            None => None,
+        };
+        let health = match settings.health_addr()? {
+            Some(addr) => Some(bind(addr, "server.health_listen").await?),
+            None => None,
+        };
+        Ok(Self {
+            grpc,
+            metrics,
+            health,
+        })
+    }
+}
+
+/// Serves on `server.listen` (and the metrics on `server.metrics_listen`, health on
+/// `server.health_listen`) until `shutdown` completes; see [`serve_on`].
 pub async fn serve(
     settings: Settings,
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let listener = bind(settings.listen_addr()?, "server.listen").await?;
-    let metrics = match settings.metrics_addr()? {
-        Some(addr) => Some(bind(addr, "server.metrics_listen").await?),
-        None => None,
-    };
-    serve_on(listener, metrics, settings, registry, shutdown).await
+    settings.validate()?;
+    let listeners = Listeners::bind(&settings).await?;
+    serve_on(listeners, settings, registry, shutdown).await
 }
 
-/// Serves gRPC on a bound `listener` (and the metrics on `metrics`) until `shutdown` completes,
-/// then stops accepting, closes idle connections at once, lets in-flight requests finish for
-/// up to `server.shutdown_grace_s` and returns. Fails early on an invalid configuration or
-/// when a model cannot be loaded. Tests bind port 0 and serve in process.
+/// Serves gRPC on bound listeners until `shutdown` completes, then stops accepting, closes idle
+/// connections at once, lets in-flight requests finish for up to `server.shutdown_grace_s` and
+/// returns. Fails early on an invalid configuration, unusable TLS files or when a model cannot
+/// be loaded. Tests bind port 0 and serve in process.
 pub async fn serve_on(
-    listener: TcpListener,
-    metrics: Option<TcpListener>,
+    listeners: Listeners,
     settings: Settings,
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     settings.validate()?;
+    let Listeners {
+        grpc: listener,
+        metrics,
+        health: health_listener,
+    } = listeners;
+    let tls = match settings.server.tls.files() {
+        Some(files) => Some(Arc::new(TlsSource::load(files)?)),
+        None => None,
+    };
     let local = listener
         .local_addr()
         .map_err(|e| ServerError::Internal(format!("listener address: {e}")))?;
@@ -135,10 +205,9 @@ pub async fn serve_on(
     let max_message = settings.server.max_message_bytes;
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);
     let state = Arc::new(State::new(settings.clone())?);
-    let auth = match settings.auth.mode.as_str() {
-        "token" => Authenticator::from_tokens_file(Path::new(&settings.auth.tokens_file))?,
-        _ => Authenticator::None,
-    };
+    let auth = Authenticator::from_settings(&settings.auth)?;
+    let auth_mode = settings.auth.mode.clone();
+    let insecure = settings.insecure_listener()?;
     let osteo = OsteoServiceServer::new(Service::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -193,17 +262,21 @@ pub async fn serve_on(
     let incoming = tokio_stream::wrappers::ReceiverStream::new(accept_loop(
         listener,
         limits,
+        tls.clone(),
         stop_rx.clone(),
         "grpc",
     ))
     .map(Ok::<_, std::io::Error>);
+    if let Some(h) = health_listener {
+        serve_health(h, limits, health_service.clone(), stop_rx.clone())?;
+    }
     let mut stop_rx = stop_rx;
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(Duration::from_secs(sv.keepalive_timeout_s)))
         .max_concurrent_streams(sv.max_concurrent_streams)
         .layer(ActivityLayer)
-        .layer(AuthLayer::new(auth))
+        .layer(AuthLayer::new(auth, state.audit_log()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -211,12 +284,14 @@ pub async fn serve_on(
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         });
-    tracing::info!(%local, "listening on {local}");
-    if !local.ip().is_loopback() {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%local, auth = %auth_mode, "listening on {scheme}://{local}");
+    if insecure {
         tracing::warn!(
             %local,
-            "server.allow_insecure: serving plaintext gRPC to other hosts; studies and results \
-             cross the network unencrypted"
+            "server.allow_insecure: serving other hosts without TLS and authentication; \
+             studies and results may cross the network unencrypted or reach anyone who can \
+             connect"
         );
     }
     tokio::pin!(server);

@@ -74,6 +74,11 @@ impl State {
         })
     }
 
+    /// The audit log, when `audit.path` is set.
+    pub fn audit_log(&self) -> Option<Arc<AuditLog>> {
+        self.audit.clone()
+    }
+
     /// Appends a request's audit record (off the async threads); INTERNAL when it cannot be
     /// written, so no request is answered without its record.
     async fn audit(&self, record: crate::audit::Record) -> Result<(), ServerError> {
