@@ -26,18 +26,13 @@ fn check(out: &Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_grpcio_client_generated_from_the_proto_calls_every_rpc() {
-    let server = Server::start("");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let study_dir = dir.path().join("study");
-    let files = read_all(&study(&study_dir));
-    let stubs = dir.path().join("stubs");
+/// Python stubs of osteo.proto generated into `dir` with grpcio-tools.
+fn python_stubs(dir: &Path) -> PathBuf {
+    let stubs = dir.join("stubs");
     std::fs::create_dir_all(&stubs).expect("stubs dir");
-    let python = cache("venv/bin/python");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     check(
-        &Command::new(&python)
+        &Command::new(cache("venv/bin/python"))
             .args(["-m", "grpc_tools.protoc", "-I"])
             .arg(root.join("proto"))
             .arg(format!("--python_out={}", stubs.display()))
@@ -47,6 +42,18 @@ async fn python_grpcio_client_generated_from_the_proto_calls_every_rpc() {
             .expect("protoc"),
         "generating Python stubs",
     );
+    stubs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_generated_from_the_proto_calls_every_rpc() {
+    let server = Server::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let study_dir = dir.path().join("study");
+    let files = read_all(&study(&study_dir));
+    let stubs = python_stubs(dir.path());
+    let python = cache("venv/bin/python");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let address = server.url.trim_start_matches("http://").to_string();
     let stdout = check(
         &Command::new(&python)
@@ -275,4 +282,119 @@ fn grpcurl_lists_describes_and_calls_every_method_through_reflection() {
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(err.contains("NotFound"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_and_grpcurl_over_tls_with_a_token_or_a_client_certificate() {
+    use common::auth::new_token;
+    use common::inproc::{InProc, registry};
+    use common::pki::{Ca, tls_toml};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new(dir.path(), "hospital");
+    let clients = Ca::new(dir.path(), "clients");
+    let tokens = dir.path().join("tokens.toml");
+    let token = new_token(&tokens, "ris-gateway", "client");
+    let config = format!(
+        "{}[auth]\nmode = \"token_or_mtls\"\ntokens_file = \"{}\"\n",
+        tls_toml(&ca.server(), Some(&clients), "optional"),
+        tokens.display()
+    );
+    let server = InProc::start(
+        &config,
+        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
+        registry(),
+    )
+    .await;
+    let address = server.addr.to_string();
+    let reporter = clients.client("reporting-ws");
+    let stubs = python_stubs(dir.path());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut python = Command::new(cache("venv/bin/python"));
+    python
+        .arg(root.join("tests/python/tls_client.py"))
+        .arg(&stubs)
+        .arg(&address)
+        .arg(&ca.cert)
+        .arg(&token)
+        .arg(&reporter.cert)
+        .arg(&reporter.key);
+    let out = tokio::task::spawn_blocking(move || python.output().expect("python"))
+        .await
+        .expect("join");
+    let stdout = check(&out, "the Python TLS client");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(v["no_credentials"], "UNAUTHENTICATED", "{v}");
+    assert_eq!(v["wrong_token"], "UNAUTHENTICATED", "{v}");
+    assert_eq!(
+        v["token"],
+        serde_json::json!(["OK", "osteo-tabular-v1"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["certificate"],
+        serde_json::json!(["OK", "osteo-tabular-v1"]),
+        "{v}"
+    );
+    assert!(
+        v["grade"].as_str().is_some_and(|g| g.starts_with("GRADE_")),
+        "{v}"
+    );
+
+    // grpcurl: reflection and calls over TLS, with the token or the client certificate.
+    let grpcurl = cache("bin/grpcurl");
+    let run = |args: Vec<String>| {
+        let grpcurl = grpcurl.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(grpcurl).args(args).output().expect("grpcurl")
+            })
+            .await
+            .expect("join")
+        }
+    };
+    let tls = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec![
+            "-cacert".to_string(),
+            ca.cert.display().to_string(),
+            "-servername".into(),
+            "localhost".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let bearer = format!("authorization: Bearer {token}");
+    let listed = run(tls(&["-H", &bearer, &address, "list"])).await;
+    let services = check(&listed, "grpcurl list over TLS");
+    assert!(services.contains("osteo.v1.OsteoService"), "{services}");
+    let models = run(tls(&[
+        "-H",
+        &bearer,
+        &address,
+        "osteo.v1.OsteoService/ListModels",
+    ]))
+    .await;
+    assert!(check(&models, "ListModels").contains("osteo-tabular-v1"));
+    let reporter_cert = reporter.cert.display().to_string();
+    let reporter_key = reporter.key.display().to_string();
+    let by_cert = run(tls(&[
+        "-cert",
+        &reporter_cert,
+        "-key",
+        &reporter_key,
+        &address,
+        "osteo.v1.OsteoService/ListModels",
+    ]))
+    .await;
+    assert!(check(&by_cert, "ListModels with a client certificate").contains("osteo-tabular-v1"));
+    // Reflection follows the authentication mode: nothing without credentials.
+    let refused = run(tls(&[&address, "list"])).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // And plaintext gets nothing from the TLS port.
+    let plaintext = run(vec!["-plaintext".into(), address.clone(), "list".into()]).await;
+    assert!(!plaintext.status.success());
 }
