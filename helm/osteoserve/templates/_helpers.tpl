@@ -54,3 +54,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "osteoserve.modelsRoot" -}}
 {{- if eq .Values.models.source "pvc" -}}/models{{- else -}}/opt/osteoserve/models{{- end -}}
 {{- end -}}
+
+{{/* The Secret holding the server certificate. */}}
+{{- define "osteoserve.tlsSecret" -}}
+{{- default (printf "%s-tls" (include "osteoserve.fullname" .)) .Values.tls.secretName -}}
+{{- end -}}
+
+{{/* Whether the tokens file is mounted (auth.mode token or token_or_mtls). */}}
+{{- define "osteoserve.tokens" -}}
+{{- if has .Values.auth.mode (list "token" "token_or_mtls") }}true{{ end -}}
+{{- end -}}
