@@ -161,15 +161,7 @@ fn grpcurl_lists_describes_and_calls_every_method_through_reflection() {
         &call(&[&address, "list", "osteo.v1.OsteoService"], None),
         "list methods",
     );
-    for m in [
-        "UploadStudy",
-        "Classify",
-        "Explain",
-        "CompareBackends",
-        "ListModels",
-        "GetStudy",
-        "DeleteStudy",
-    ] {
+    for m in osteo_proto::METHODS {
         assert!(methods.contains(m), "{m} listed: {methods}");
     }
     let described = check(
@@ -286,23 +278,16 @@ fn grpcurl_lists_describes_and_calls_every_method_through_reflection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_and_grpcurl_over_tls_with_a_token_or_a_client_certificate() {
-    use common::auth::new_token;
-    use common::inproc::{InProc, registry};
-    use common::pki::{Ca, tls_toml};
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new(dir.path(), "hospital");
-    let clients = Ca::new(dir.path(), "clients");
-    let tokens = dir.path().join("tokens.toml");
-    let token = new_token(&tokens, "ris-gateway", "client");
-    let config = format!(
-        "{}[auth]\nmode = \"token_or_mtls\"\ntokens_file = \"{}\"\n",
-        tls_toml(&ca.server(), Some(&clients), "optional"),
-        tokens.display()
-    );
-    let server = InProc::start(
-        &config,
+    let common::pki::EitherServer {
+        server,
+        ca,
+        clients,
+        token,
+        ..
+    } = common::pki::EitherServer::start(
+        dir.path(),
         &[("osteo-tabular-v1", "backends = [\"candle\"]")],
-        registry(),
     )
     .await;
     let address = server.addr.to_string();

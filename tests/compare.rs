@@ -4,18 +4,6 @@
 
 mod common;
 
-/// The clinical values of `common::clinical()` (without the smoker flag) as CLI flags.
-const CLINICAL_FLAGS: [&str; 8] = [
-    "--age",
-    "71",
-    "--sex",
-    "F",
-    "--height-cm",
-    "158",
-    "--weight-kg",
-    "52",
-];
-
 /// Runs `osteo compare --json` on the study in `dir` (the clinical values of
 /// `common::clinical()`) through `backends`.
 fn compare_cli(url: &str, dir: &std::path::Path, backends: &str) -> std::process::Output {
@@ -28,7 +16,7 @@ fn compare_cli(url: &str, dir: &std::path::Path, backends: &str) -> std::process
         .expect("osteo compare")
 }
 
-use common::{Server, by_handle, clinical, read_all, study, upload};
+use common::{CLINICAL_FLAGS, Server, by_handle, clinical, read_all, study, upload};
 use osteo_proto::v1 as pb;
 use std::process::Command;
 use tonic::Code;

@@ -338,7 +338,7 @@ async fn the_cli_clients_send_their_token() {
 }
 
 #[test]
-fn a_plaintext_listener_reachable_from_other_hosts_needs_an_explicit_opt_in() {
+fn a_listener_reachable_from_other_hosts_needs_tls_and_authentication_or_an_explicit_opt_in() {
     let check = |allow: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_osteo"));
         cmd.args(["serve", "--check", "--listen", "0.0.0.0:50051"])
@@ -359,6 +359,27 @@ fn a_plaintext_listener_reachable_from_other_hosts_needs_an_explicit_opt_in() {
         "{err}"
     );
     let (code, err) = check(Some("true"));
+    assert_eq!(code, Some(0), "{err}");
+    // TLS alone is not enough; TLS with authentication is.
+    let tls = |auth: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
+            .args(["serve", "--check", "--listen", "0.0.0.0:50051"])
+            .env_remove("OSTEO__SERVER__ALLOW_INSECURE")
+            .env("OSTEO__SERVER__TLS__CERT_FILE", "/etc/osteoserve/tls/tls.crt")
+            .env("OSTEO__SERVER__TLS__KEY_FILE", "/etc/osteoserve/tls/tls.key")
+            .env("OSTEO__AUTH__MODE", auth)
+            .env("OSTEO__AUTH__TOKENS_FILE", "/etc/osteoserve/auth/tokens.toml")
+            .output()
+            .expect("run osteo serve --check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = tls("none");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("server.allow_insecure"), "{err}");
+    let (code, err) = tls("token");
     assert_eq!(code, Some(0), "{err}");
 }
 

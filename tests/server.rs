@@ -71,19 +71,8 @@ async fn upload_classify_explain_and_manage_a_study() {
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/osteo-fused-v1"))
         .arg("--dicom")
         .arg(dir.path())
-        .args([
-            "--age",
-            "71",
-            "--sex",
-            "F",
-            "--height-cm",
-            "158",
-            "--weight-kg",
-            "52",
-            "--smoker",
-            "true",
-            "--json",
-        ])
+        .args(CLINICAL_FLAGS)
+        .args(["--smoker", "true", "--json"])
         .output()
         .expect("predict");
     assert!(

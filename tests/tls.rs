@@ -227,18 +227,13 @@ async fn required_client_certificates_name_the_principal_and_isolate_studies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_client_certificates_or_tokens() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new(dir.path(), "hospital");
-    let clients = Ca::new(dir.path(), "clients");
-    let tokens = dir.path().join("tokens.toml");
-    let token = new_token(&tokens, "ris-gateway", "client");
-    let audit = dir.path().join("audit.jsonl");
-    let config = format!(
-        "{}[auth]\nmode = \"token_or_mtls\"\ntokens_file = \"{}\"\n[audit]\npath = \"{}\"\n",
-        tls_toml(&ca.server(), Some(&clients), "optional"),
-        tokens.display(),
-        audit.display()
-    );
-    let server = InProc::start(&config, TABULAR, registry()).await;
+    let EitherServer {
+        server,
+        ca,
+        clients,
+        token,
+        audit,
+    } = EitherServer::start(dir.path(), TABULAR).await;
     let modality = clients.client("modality-ct1");
     let cases = [
         (None, Some(token.as_str()), Code::Ok),
@@ -309,30 +304,18 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_speaks_tls_with_a_token_or_a_client_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new(dir.path(), "hospital");
-    let clients = Ca::new(dir.path(), "clients");
-    let tokens = dir.path().join("tokens.toml");
-    let token = new_token(&tokens, "ris-gateway", "client");
-    let config = format!(
-        "{}[auth]\nmode = \"token_or_mtls\"\ntokens_file = \"{}\"\n",
-        tls_toml(&ca.server(), Some(&clients), "optional"),
-        tokens.display()
-    );
-    let server = InProc::start(&config, TABULAR, registry()).await;
+    let EitherServer {
+        server,
+        ca,
+        clients,
+        token,
+        ..
+    } = EitherServer::start(dir.path(), TABULAR).await;
     let reporter = clients.client("reporting-ws");
     let classify = |flags: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
             .args(["classify", "--server", &server.url, "--json"])
-            .args([
-                "--age",
-                "71",
-                "--sex",
-                "F",
-                "--height-cm",
-                "158",
-                "--weight-kg",
-                "52",
-            ])
+            .args(CLINICAL_FLAGS)
             .args(flags)
             .env_remove("OSTEO_TOKEN")
             .output()
@@ -366,16 +349,7 @@ async fn the_cli_speaks_tls_with_a_token_or_a_client_certificate() {
     let plain = format!("http://{}", server.addr);
     let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
         .args(["classify", "--server", &plain, "--ca-cert", ca_file])
-        .args([
-            "--age",
-            "71",
-            "--sex",
-            "F",
-            "--height-cm",
-            "158",
-            "--weight-kg",
-            "52",
-        ])
+        .args(CLINICAL_FLAGS)
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));

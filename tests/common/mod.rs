@@ -19,6 +19,18 @@ use tonic::transport::Channel;
 pub const PATIENT_NAME: &str = "DOE^JANE^QUIETLY";
 pub const PATIENT_ID: &str = "MRN-7731-XK";
 
+/// The clinical values of [`clinical`] (without the smoker flag) as CLI flags.
+pub const CLINICAL_FLAGS: [&str; 8] = [
+    "--age",
+    "71",
+    "--sex",
+    "F",
+    "--height-cm",
+    "158",
+    "--weight-kg",
+    "52",
+];
+
 /// `[[models]]` entries for the shipped `models` (name, extra keys of the entry).
 pub fn models_toml(models: &[(&str, &str)]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -113,3 +113,43 @@ pub fn client_tls(ca: &Ca, identity: Option<&Issued>) -> tonic::transport::Clien
     }
     tls
 }
+
+/// A server on TLS with optional client certificates and `auth.mode = "token_or_mtls"`: one
+/// token for `ris-gateway`, client certificates from `clients`, an audit log.
+pub struct EitherServer {
+    /// The running server.
+    pub server: super::inproc::InProc,
+    /// The CA of the server certificate.
+    pub ca: Ca,
+    /// The CA of client certificates.
+    pub clients: Ca,
+    /// The token of principal `ris-gateway`.
+    pub token: String,
+    /// The audit log.
+    pub audit: PathBuf,
+}
+
+impl EitherServer {
+    /// Starts it with the shipped `models`, its files in `dir`.
+    pub async fn start(dir: &Path, models: &[(&str, &str)]) -> Self {
+        let ca = Ca::new(dir, "hospital");
+        let clients = Ca::new(dir, "clients");
+        let tokens = dir.join("tokens.toml");
+        let token = super::auth::new_token(&tokens, "ris-gateway", "client");
+        let audit = dir.join("audit.jsonl");
+        let config = format!(
+            "{}[auth]\nmode = \"token_or_mtls\"\ntokens_file = \"{}\"\n[audit]\npath = \"{}\"\n",
+            tls_toml(&ca.server(), Some(&clients), "optional"),
+            tokens.display(),
+            audit.display()
+        );
+        let server = super::inproc::InProc::start(&config, models, super::inproc::registry()).await;
+        Self {
+            server,
+            ca,
+            clients,
+            token,
+            audit,
+        }
+    }
+}

@@ -14,6 +14,20 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/osteo_descriptor.bin"));
 
+/// Full name of the osteo.v1 service.
+pub const SERVICE: &str = "osteo.v1.OsteoService";
+
+/// The methods of `osteo.v1.OsteoService`, in the order of the proto.
+pub const METHODS: [&str; 7] = [
+    "UploadStudy",
+    "Classify",
+    "Explain",
+    "CompareBackends",
+    "ListModels",
+    "GetStudy",
+    "DeleteStudy",
+];
+
 #[cfg(test)]
 mod tests {
     use super::v1;
@@ -30,18 +44,8 @@ mod tests {
             .expect("osteo.v1 present");
         let service = &file.service[0];
         let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
-        assert_eq!(
-            methods,
-            [
-                "UploadStudy",
-                "Classify",
-                "Explain",
-                "CompareBackends",
-                "ListModels",
-                "GetStudy",
-                "DeleteStudy"
-            ]
-        );
+        assert_eq!(methods, super::METHODS);
+        assert_eq!(format!("osteo.v1.{}", service.name()), super::SERVICE);
         let upload = &service.method[0];
         assert!(upload.client_streaming() && !upload.server_streaming());
     }

@@ -365,21 +365,12 @@ pub struct Auth<S> {
 /// The RPC of a request path for the audit log: the method of a known service, or `unknown`
 /// (the path is the client's choice and never recorded as such).
 fn rpc_of(path: &str) -> &'static str {
-    const OSTEO: [&str; 7] = [
-        "UploadStudy",
-        "Classify",
-        "Explain",
-        "CompareBackends",
-        "ListModels",
-        "GetStudy",
-        "DeleteStudy",
-    ];
     let (service, method) = path
         .trim_start_matches('/')
         .split_once('/')
         .unwrap_or(("", ""));
     match service {
-        "osteo.v1.OsteoService" => OSTEO
+        osteo_proto::SERVICE => osteo_proto::METHODS
             .iter()
             .find(|m| **m == method)
             .copied()

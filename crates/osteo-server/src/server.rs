@@ -18,7 +18,7 @@ use tokio_stream::StreamExt;
 use tonic_health::ServingStatus;
 
 /// Name of the service in grpc.health.v1.
-pub const SERVICE_NAME: &str = "osteo.v1.OsteoService";
+pub const SERVICE_NAME: &str = osteo_proto::SERVICE;
 
 /// Mirrors the workers in grpc.health.v1 until shutdown: each model under its own name is
 /// SERVING while all its backends are up; `osteo.v1.OsteoService` and "" follow the default
