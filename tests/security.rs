@@ -365,10 +365,19 @@ fn a_listener_reachable_from_other_hosts_needs_tls_and_authentication_or_an_expl
         let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
             .args(["serve", "--check", "--listen", "0.0.0.0:50051"])
             .env_remove("OSTEO__SERVER__ALLOW_INSECURE")
-            .env("OSTEO__SERVER__TLS__CERT_FILE", "/etc/osteoserve/tls/tls.crt")
-            .env("OSTEO__SERVER__TLS__KEY_FILE", "/etc/osteoserve/tls/tls.key")
+            .env(
+                "OSTEO__SERVER__TLS__CERT_FILE",
+                "/etc/osteoserve/tls/tls.crt",
+            )
+            .env(
+                "OSTEO__SERVER__TLS__KEY_FILE",
+                "/etc/osteoserve/tls/tls.key",
+            )
             .env("OSTEO__AUTH__MODE", auth)
-            .env("OSTEO__AUTH__TOKENS_FILE", "/etc/osteoserve/auth/tokens.toml")
+            .env(
+                "OSTEO__AUTH__TOKENS_FILE",
+                "/etc/osteoserve/auth/tokens.toml",
+            )
             .output()
             .expect("run osteo serve --check");
         (
