@@ -2,7 +2,9 @@
 //! from the exported `activation` and `gradcam_alpha` outputs (no autograd needed).
 
 use crate::library::environment;
-use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
+use ort::session::{
+    OutputSelector, RunOptions, Session, SessionInputValue, builder::GraphOptimizationLevel,
+};
 use ort::value::TensorRef;
 use osteo_core::{
     ArchSpec, Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, LoadBackend,
@@ -118,7 +120,8 @@ impl OrtBackend {
         })
     }
 
-    /// Runs the graph on a checked batch and returns the requested outputs, in the order asked.
+    /// Runs the graph on a checked batch and returns the requested outputs (and only those), in
+    /// the order asked.
     fn run(
         &mut self,
         batch: &Batch,
@@ -144,7 +147,16 @@ impl OrtBackend {
                 inputs.push((Cow::Borrowed(name), value.into()));
             }
         }
-        let results = self.session.run(inputs).map_err(runtime)?;
+        // Only the outputs asked for: predict skips the Grad-CAM outputs' copies (and whatever
+        // of their subgraph ONNX Runtime can prune).
+        let selector = outputs
+            .iter()
+            .fold(OutputSelector::no_default(), |sel, name| sel.with(*name));
+        let options = RunOptions::new().map_err(runtime)?.with_outputs(selector);
+        let results = self
+            .session
+            .run_with_options(inputs, &options)
+            .map_err(runtime)?;
         outputs
             .iter()
             .map(|name| {

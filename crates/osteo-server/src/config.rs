@@ -147,7 +147,8 @@ pub struct StoreSettings {
 pub struct SchedulerSettings {
     /// Largest batch sent to a backend.
     pub max_batch: usize,
-    /// Longest time the first request of a batch waits for more, in milliseconds.
+    /// Longest time the first request of a batch waits for more, in milliseconds (0 =
+    /// continuous batching: a batch is whatever queued while the backend was busy).
     pub max_delay_ms: u64,
     /// Requests waiting per (model, backend) before RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
@@ -307,7 +308,7 @@ impl Default for SchedulerSettings {
     fn default() -> Self {
         Self {
             max_batch: 32,
-            max_delay_ms: 5,
+            max_delay_ms: 0,
             queue_capacity: 256,
         }
     }

@@ -1,12 +1,11 @@
 //! The served models: each model directory with one worker per backend serving it.
 
-use crate::config::{SchedulerSettings, Settings};
+use crate::config::Settings;
 use crate::error::ServerError;
 use crate::registry::Registry;
 use crate::scheduler::{BatchConfig, Worker};
 use osteo_core::{Device, ModelArtifacts};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Notify;
 
 /// One served model.
@@ -67,14 +66,6 @@ pub struct ModelSet {
     default: String,
 }
 
-fn batch_config(s: &SchedulerSettings) -> BatchConfig {
-    BatchConfig {
-        max_batch: s.max_batch,
-        max_delay: Duration::from_millis(s.max_delay_ms),
-        queue_capacity: s.queue_capacity,
-    }
-}
-
 impl ModelSet {
     /// Loads every configured model on every configured backend. Blocking. `changed` is
     /// notified when a worker goes down or comes back.
@@ -83,7 +74,7 @@ impl ModelSet {
         registry: &Registry,
         changed: &Arc<Notify>,
     ) -> Result<Self, ServerError> {
-        let config = batch_config(&settings.scheduler);
+        let config = BatchConfig::from(&settings.scheduler);
         let mut models: Vec<ServedModel> = Vec::new();
         for (i, m) in settings.models.iter().enumerate() {
             let artifacts = ModelArtifacts::open(&m.path)

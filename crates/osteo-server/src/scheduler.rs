@@ -1,7 +1,10 @@
-//! Dynamic batching: one worker thread per (model, backend) owns the loaded backend and drains a
-//! bounded queue, forming batches of up to `max_batch` requests that wait at most `max_delay`
-//! (Triton's dynamic batching). A full queue answers RESOURCE_EXHAUSTED; requests whose caller
-//! went away (cancelled, deadline passed) are skipped, never computed.
+//! Batching: one worker thread per (model, backend) owns the loaded backend and drains a bounded
+//! queue. With `max_delay` zero (the default) batching is continuous: the moment the backend is
+//! free the worker takes whatever is queued, up to `max_batch`, so a lone request runs at once
+//! and requests that arrive while the backend is busy form the next batch. A positive
+//! `max_delay` lets a batch's first request wait that long for partners (Triton's dynamic
+//! batching window). A full queue answers RESOURCE_EXHAUSTED; requests whose caller went away
+//! (cancelled, deadline passed) are skipped, never computed.
 //!
 //! The worker supervises its backend: a panic inside a backend call fails only that batch
 //! (INTERNAL) and the worker goes on; a batch the device has no memory for is retried in halves;
@@ -35,6 +38,16 @@ pub struct BatchConfig {
     pub max_delay: Duration,
     /// Requests waiting before RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+}
+
+impl From<&crate::config::SchedulerSettings> for BatchConfig {
+    fn from(s: &crate::config::SchedulerSettings) -> Self {
+        Self {
+            max_batch: s.max_batch,
+            max_delay: Duration::from_millis(s.max_delay_ms),
+            queue_capacity: s.queue_capacity,
+        }
+    }
 }
 
 /// One sample's model input: the view `[2, H, W]` and/or the encoded features `[F]`.
@@ -500,18 +513,39 @@ impl std::fmt::Debug for Worker {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver as StdReceiver, Sender as StdSender, channel};
 
-    /// A backend that runs out of device memory on batches larger than two, answering each
-    /// row's first feature as its first logit; its first call waits for the test's signal.
-    struct SmallDevice {
-        sizes: Arc<Mutex<Vec<usize>>>,
-        gate: Option<std::sync::mpsc::Receiver<()>>,
+    /// A backend call the fake saw.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Call {
+        Predict(usize),
+        GradCam(usize),
     }
 
-    impl Backend for SmallDevice {
+    /// A backend that records its calls and answers each row's first feature as its first
+    /// logit. Its first call announces itself and waits for the test's signal, so the test can
+    /// queue requests while the backend is busy; batches larger than `oom_above` fail as out of
+    /// device memory.
+    struct Fake {
+        calls: Arc<Mutex<Vec<Call>>>,
+        busy: Option<(StdSender<()>, StdReceiver<()>)>,
+        oom_above: usize,
+    }
+
+    impl Fake {
+        fn call(&mut self, call: Call) {
+            self.calls.lock().expect("calls").push(call);
+            if let Some((started, go)) = self.busy.take() {
+                let _ = started.send(());
+                let _ = go.recv();
+            }
+        }
+    }
+
+    impl Backend for Fake {
         fn info(&self) -> BackendInfo {
             BackendInfo {
-                name: "small".into(),
+                name: "fake".into(),
                 device: Device::Cpu,
                 library_version: "test".into(),
             }
@@ -519,11 +553,8 @@ mod tests {
 
         fn predict(&mut self, batch: &Batch) -> Result<Tensor, BackendError> {
             let n = batch.len();
-            self.sizes.lock().expect("sizes").push(n);
-            if let Some(gate) = self.gate.take() {
-                let _ = gate.recv();
-            }
-            if n > 2 {
+            self.call(Call::Predict(n));
+            if n > self.oom_above {
                 return Err(BackendError::Device("CUDA error: out of memory".into()));
             }
             let features = batch.tabular.as_ref().expect("tabular");
@@ -534,86 +565,222 @@ mod tests {
             Tensor::new(vec![n, 3], logits).map_err(|e| BackendError::Runtime(e.to_string()))
         }
 
-        fn gradcam(&mut self, _: &Batch, _: Grade) -> Result<GradCamParts, BackendError> {
-            Err(BackendError::Unsupported("no Grad-CAM".into()))
+        fn gradcam(&mut self, batch: &Batch, _: Grade) -> Result<GradCamParts, BackendError> {
+            self.call(Call::GradCam(batch.len()));
+            let first = batch.tabular.as_ref().expect("tabular").data()[0];
+            Ok(GradCamParts {
+                activation: Tensor::new(vec![1, 1, 1], vec![first])
+                    .map_err(|e| BackendError::Runtime(e.to_string()))?,
+                alpha: vec![first],
+            })
         }
     }
 
-    #[tokio::test]
-    async fn a_batch_the_device_has_no_memory_for_is_retried_in_halves() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/osteo-tabular-v1");
-        let artifacts = ModelArtifacts::open(&dir).expect("shipped tabular model");
-        let features = artifacts
-            .manifest
-            .arch
-            .tabular
-            .as_ref()
-            .expect("tabular")
-            .in_features;
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let (open, gate) = std::sync::mpsc::channel();
-        let gate = Mutex::new(Some(gate));
-        let s = sizes.clone();
-        let loader: Loader = Arc::new(move |_, _| {
-            Ok(Box::new(SmallDevice {
-                sizes: s.clone(),
-                gate: gate.lock().expect("gate").take(),
-            }) as Box<dyn Backend>)
-        });
-        let config = BatchConfig {
-            max_batch: 8,
-            max_delay: Duration::ZERO,
-            queue_capacity: 16,
-        };
-        let worker = Worker::spawn(
-            &artifacts,
-            Device::Cpu,
-            loader,
-            config,
-            Arc::new(Notify::new()),
-        )
-        .expect("worker");
-        let input = |v: f32| Input {
-            image: None,
-            tabular: Some(vec![v; features]),
-        };
-        // The first request holds the backend while eight more queue up behind it.
-        let first = {
+    /// A worker over [`Fake`] on the shipped tabular model, the calls it records, and the
+    /// signals of its first (held) call: `started` fires when it begins, `go` lets it finish.
+    struct Harness {
+        worker: Worker,
+        calls: Arc<Mutex<Vec<Call>>>,
+        started: StdReceiver<()>,
+        go: StdSender<()>,
+        features: usize,
+    }
+
+    impl Harness {
+        fn new(config: BatchConfig, oom_above: usize) -> Self {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models/osteo-tabular-v1");
+            let artifacts = ModelArtifacts::open(&dir).expect("shipped tabular model");
+            let features = artifacts
+                .manifest
+                .arch
+                .tabular
+                .as_ref()
+                .expect("tabular")
+                .in_features;
+            let calls = Arc::new(Mutex::new(Vec::new()));
+            let (started_tx, started) = channel();
+            let (go, go_rx) = channel();
+            let busy = Mutex::new(Some((started_tx, go_rx)));
+            let c = calls.clone();
+            let loader: Loader = Arc::new(move |_, _| {
+                Ok(Box::new(Fake {
+                    calls: c.clone(),
+                    busy: busy.lock().expect("busy").take(),
+                    oom_above,
+                }) as Box<dyn Backend>)
+            });
+            let worker = Worker::spawn(
+                &artifacts,
+                Device::Cpu,
+                loader,
+                config,
+                Arc::new(Notify::new()),
+            )
+            .expect("worker");
+            Self {
+                worker,
+                calls,
+                started,
+                go,
+                features,
+            }
+        }
+
+        fn input(&self, v: f32) -> Input {
+            Input {
+                image: None,
+                tabular: Some(vec![v; self.features]),
+            }
+        }
+
+        fn predict(&self, v: f32) -> oneshot::Receiver<Result<Vec<f32>, BackendError>> {
             let (reply, rx) = oneshot::channel();
-            worker
+            self.worker
                 .submit(Job::Predict {
-                    input: input(-1.0),
+                    input: self.input(v),
                     enqueued: Instant::now(),
                     reply,
                 })
                 .expect("queued");
             rx
-        };
-        while sizes.lock().expect("sizes").is_empty() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let mut waiting = Vec::new();
-        for k in 0..8 {
+
+        fn gradcam(&self, v: f32) -> oneshot::Receiver<Result<GradCamParts, BackendError>> {
             let (reply, rx) = oneshot::channel();
-            worker
-                .submit(Job::Predict {
-                    input: input(k as f32),
+            self.worker
+                .submit(Job::GradCam {
+                    input: self.input(v),
+                    class: Grade::Normal,
                     enqueued: Instant::now(),
                     reply,
                 })
                 .expect("queued");
-            waiting.push(rx);
+            rx
         }
-        open.send(()).expect("release");
+
+        /// Blocks (off the async threads) until the backend's first call has begun.
+        async fn wait_busy(&self) {
+            tokio::task::block_in_place(|| self.started.recv().expect("first call"));
+        }
+
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().expect("calls").clone()
+        }
+    }
+
+    fn continuous(max_batch: usize) -> BatchConfig {
+        BatchConfig {
+            max_batch,
+            ..BatchConfig::from(&crate::config::SchedulerSettings::default())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_request_runs_at_once_by_default() {
+        assert_eq!(
+            continuous(32).max_delay,
+            Duration::ZERO,
+            "continuous batching is the default"
+        );
+        let h = Harness::new(continuous(32), usize::MAX);
+        let rx = h.predict(7.0);
+        // No other request ever arrives: the backend runs the lone request as it is.
+        h.wait_busy().await;
+        assert_eq!(h.calls(), [Call::Predict(1)]);
+        h.go.send(()).expect("release");
+        assert_eq!(rx.await.expect("answer").expect("ok")[0], 7.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_that_arrive_while_the_backend_is_busy_form_the_next_batches() {
+        let h = Harness::new(continuous(4), usize::MAX);
+        let first = h.predict(-1.0);
+        h.wait_busy().await;
+        let waiting: Vec<_> = (0..6).map(|k| h.predict(k as f32)).collect();
+        h.go.send(()).expect("release");
+        assert_eq!(first.await.expect("answer").expect("ok")[0], -1.0);
+        for (k, rx) in waiting.into_iter().enumerate() {
+            assert_eq!(rx.await.expect("answer").expect("ok")[0], k as f32);
+        }
+        assert_eq!(
+            h.calls(),
+            [Call::Predict(1), Call::Predict(4), Call::Predict(2)]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_requests_are_never_computed() {
+        let h = Harness::new(continuous(8), usize::MAX);
+        let first = h.predict(-1.0);
+        h.wait_busy().await;
+        let kept = h.predict(1.0);
+        drop(h.predict(2.0));
+        drop(h.gradcam(3.0));
+        let kept_too = h.predict(4.0);
+        h.go.send(()).expect("release");
+        first.await.expect("answer").expect("ok");
+        assert_eq!(kept.await.expect("answer").expect("ok")[0], 1.0);
+        assert_eq!(kept_too.await.expect("answer").expect("ok")[0], 4.0);
+        // The dropped prediction left the batch, the dropped Grad-CAM never ran.
+        let calls = h.calls();
+        assert_eq!(calls[0], Call::Predict(1));
+        assert!(!calls.contains(&Call::GradCam(1)), "{calls:?}");
+        let rows: usize = calls[1..]
+            .iter()
+            .map(|c| match c {
+                Call::Predict(n) => *n,
+                Call::GradCam(_) => 0,
+            })
+            .sum();
+        assert_eq!(rows, 2, "{calls:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grad_cam_requests_interleave_with_batches_in_arrival_order() {
+        let h = Harness::new(continuous(8), usize::MAX);
+        let first = h.predict(-1.0);
+        h.wait_busy().await;
+        let a = h.predict(1.0);
+        let b = h.predict(2.0);
+        let cam = h.gradcam(3.0);
+        let c = h.predict(4.0);
+        h.go.send(()).expect("release");
+        first.await.expect("answer").expect("ok");
+        assert_eq!(a.await.expect("answer").expect("ok")[0], 1.0);
+        assert_eq!(b.await.expect("answer").expect("ok")[0], 2.0);
+        assert_eq!(cam.await.expect("answer").expect("ok").alpha, [3.0]);
+        assert_eq!(c.await.expect("answer").expect("ok")[0], 4.0);
+        assert_eq!(
+            h.calls(),
+            [
+                Call::Predict(1),
+                Call::Predict(2),
+                Call::GradCam(1),
+                Call::Predict(1)
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_the_device_has_no_memory_for_is_retried_in_halves() {
+        let h = Harness::new(continuous(8), 2);
+        // The first request holds the backend while eight more queue up behind it.
+        let first = h.predict(-1.0);
+        h.wait_busy().await;
+        let waiting: Vec<_> = (0..8).map(|k| h.predict(k as f32)).collect();
+        h.go.send(()).expect("release");
         assert_eq!(first.await.expect("answer").expect("ok")[0], -1.0);
         for (k, rx) in waiting.into_iter().enumerate() {
             let row = rx.await.expect("answer").expect("every request answered");
             assert_eq!(row[0], k as f32, "row {k} is its own");
         }
-        assert_eq!(*sizes.lock().expect("sizes"), [1, 8, 4, 2, 2, 4, 2, 2]);
+        assert_eq!(
+            h.calls(),
+            [1, 8, 4, 2, 2, 4, 2, 2].map(Call::Predict).to_vec()
+        );
         assert!(
-            worker.is_up(),
+            h.worker.is_up(),
             "out of memory on a large batch is not a failure"
         );
     }
