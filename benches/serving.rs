@@ -6,9 +6,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use osteo_backend_candle::CandleBackend;
 use osteo_backend_ort::OrtBackend;
-use osteo_core::{
-    Backend, Batch, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts, Tensor,
-};
+use osteo_core::{Backend, Batch, ClinicalVariables, Device, LoadBackend, ModelArtifacts, Tensor};
 use osteo_dicom::{DicomSource, IngestOptions};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
 use osteo_proto::v1 as pb;
@@ -94,12 +92,8 @@ fn benches(c: &mut Criterion) {
             });
         }
         let one = batch(1);
-        c.bench_function(&format!("{name} fused Grad-CAM"), |b| {
-            b.iter(|| {
-                backend
-                    .gradcam(black_box(&one), Grade::Osteoporosis)
-                    .expect("gradcam")
-            })
+        c.bench_function(&format!("{name} fused explain"), |b| {
+            b.iter(|| backend.explain(black_box(&one)).expect("explain"))
         });
     }
 

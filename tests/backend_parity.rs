@@ -183,9 +183,18 @@ fn check_model(name: &str, cases: &[Case]) {
         let (mut worst_a, mut worst_alpha, mut worst_corr) = (0f32, 0f32, 1f64);
         for case in cases {
             let one = batch(&artifacts, &[case]);
+            let re = reference.1.explain(&one).expect("candle explain");
+            let oe = engine.explain(&one).expect("explain");
+            // Explain's logits are the backend's own prediction.
+            let predicted = engine.predict(&one).expect("predict");
+            let drift = max_diff(&oe.logits, predicted.data());
+            assert!(
+                drift <= 1e-4 * max_abs(predicted.data()).max(1.0),
+                "{name}: {backend} explain logits differ from its predict by {drift:e}"
+            );
             for class in Grade::ALL {
-                let r = reference.1.gradcam(&one, class).expect("candle Grad-CAM");
-                let o = engine.gradcam(&one, class).expect("Grad-CAM");
+                let r = re.parts(class).expect("candle Grad-CAM");
+                let o = oe.parts(class).expect("Grad-CAM");
                 assert!(
                     max_abs(&r.alpha) > 0.0,
                     "{name}: candle's alpha is all zero"

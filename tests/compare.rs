@@ -421,7 +421,7 @@ fn osteo_bench_times_every_backend_side_by_side() {
     let want: Vec<(String, String, u64)> = ["candle", "ort"]
         .iter()
         .flat_map(|b| {
-            [("gradcam", 1), ("predict", 1), ("predict", 4)]
+            [("explain", 1), ("predict", 1), ("predict", 4)]
                 .map(|(op, n)| (b.to_string(), op.to_string(), n))
         })
         .collect();

@@ -9,8 +9,8 @@ use common::inproc::{InProc, registry};
 use common::*;
 use osteo_backend_candle::CandleBackend;
 use osteo_core::{
-    Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, LoadBackend,
-    ModelArtifacts, Tensor,
+    Backend, BackendError, BackendInfo, Batch, Device, Explanation, LoadBackend, ModelArtifacts,
+    Tensor,
 };
 use osteo_proto::v1 as pb;
 use osteo_server::Registry;
@@ -476,8 +476,8 @@ impl Backend for Faulty {
         self.inner.predict(batch)
     }
 
-    fn gradcam(&mut self, sample: &Batch, class: Grade) -> Result<GradCamParts, BackendError> {
-        self.inner.gradcam(sample, class)
+    fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError> {
+        self.inner.explain(sample)
     }
 }
 

@@ -4,7 +4,7 @@
 use super::serve::load_backend;
 use anyhow::{Context, bail};
 use clap::Args;
-use osteo_core::{Batch, Device, Grade, ModelArtifacts, Tensor};
+use osteo_core::{Batch, Device, ModelArtifacts, Tensor};
 use osteo_train::cohort::{CohortSource, load};
 use serde_json::json;
 use std::path::PathBuf;
@@ -116,11 +116,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if m.view.is_some() {
             let one = batch(1)?;
             let (p50, mean) = time(args.iterations, || {
-                backend.gradcam(&one, Grade::Osteoporosis)?;
+                backend.explain(&one)?;
                 Ok(())
             })?;
             rows.push(
-                json!({"backend": name, "library": library, "op": "gradcam", "batch": 1,
+                json!({"backend": name, "library": library, "op": "explain", "batch": 1,
                              "p50_ms": p50, "mean_ms": mean, "samples_per_s": 1e3 / mean}),
             );
         }

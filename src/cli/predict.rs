@@ -74,16 +74,28 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let m = artifacts.manifest.clone();
     let (view, batch) = local_input(&m, args.dicom.as_deref(), &args.clinical)?;
     let mut backend = super::serve::load_backend(&args.backend, &artifacts, Device::Cpu)?;
+    let explain = match &args.explain_png {
+        Some(png) => Some((
+            png,
+            view.as_ref()
+                .with_context(|| format!("model {} has no image branch to explain", m.name))?,
+        )),
+        None => None,
+    };
+    // With --explain-png the prediction and the Grad-CAM come from one backend call.
     let start = std::time::Instant::now();
-    let logits = backend.predict(&batch)?;
+    let (logits, explanation) = match explain {
+        Some(_) => {
+            let e = backend.explain(&batch)?;
+            (e.logits.clone(), Some(e))
+        }
+        None => (backend.predict(&batch)?.into_data(), None),
+    };
     let latency_ms = start.elapsed().as_secs_f64() * 1e3;
-    let probs = osteo_core::backend::softmax(logits.data());
+    let probs = osteo_core::backend::softmax(&logits);
     let grade = Grade::most_probable(&[probs[0], probs[1], probs[2]]);
-    if let Some(png) = &args.explain_png {
-        let v = view
-            .as_ref()
-            .with_context(|| format!("model {} has no image branch to explain", m.name))?;
-        let parts = backend.gradcam(&batch, grade)?;
+    if let (Some((png, v)), Some(e)) = (explain, &explanation) {
+        let parts = e.parts(grade)?;
         let map = osteo_core::gradcam::assemble(&parts, v.spec.height, v.spec.width)?;
         let bytes = osteo_dicom::render::overlay_png(v, &map.values, 4)?;
         std::fs::write(png, bytes).with_context(|| format!("cannot write {}", png.display()))?;

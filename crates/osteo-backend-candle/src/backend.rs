@@ -4,8 +4,7 @@ use crate::network::Network;
 use candle_core::{D, DType, IndexOp, Tensor, Var};
 use candle_nn::VarBuilder;
 use osteo_core::{
-    Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, LoadBackend,
-    ModelArtifacts,
+    Backend, BackendError, BackendInfo, Batch, Device, Explanation, LoadBackend, ModelArtifacts,
 };
 use std::collections::HashMap;
 
@@ -119,7 +118,7 @@ impl Backend for CandleBackend {
         osteo_core::Tensor::new(vec![n, c], data).map_err(|e| BackendError::Runtime(e.to_string()))
     }
 
-    fn gradcam(&mut self, sample: &Batch, class: Grade) -> Result<GradCamParts, BackendError> {
+    fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError> {
         sample.check_gradcam(self.network.arch())?;
         let (images, tabular) = self.inputs(sample)?;
         let images =
@@ -134,14 +133,26 @@ impl Backend for CandleBackend {
             .network
             .head_from(Some(var.as_tensor()), tabular.as_ref())
             .map_err(runtime)?;
-        let target = logits.i((0, class.index())).map_err(runtime)?;
-        let grads = target.backward().map_err(runtime)?;
-        let grad = grads
-            .get(var.as_tensor())
-            .ok_or_else(|| BackendError::Runtime("no gradient reached the activation".into()))?;
-        let alpha = grad
+        // One backward pass through the head per class: the convolutions ran once.
+        let classes = logits.dim(1).map_err(runtime)?;
+        let mut alphas = Vec::with_capacity(classes);
+        for c in 0..classes {
+            let grads = logits
+                .i((0, c))
+                .and_then(|t| t.backward())
+                .map_err(runtime)?;
+            let grad = grads.get(var.as_tensor()).ok_or_else(|| {
+                BackendError::Runtime("no gradient reached the activation".into())
+            })?;
+            alphas.push(
+                grad.i(0)
+                    .and_then(|g| g.mean(D::Minus1)?.mean(D::Minus1)?.to_vec1::<f32>())
+                    .map_err(runtime)?,
+            );
+        }
+        let row = logits
             .i(0)
-            .and_then(|g| g.mean(D::Minus1)?.mean(D::Minus1)?.to_vec1::<f32>())
+            .and_then(|l| l.to_vec1::<f32>())
             .map_err(runtime)?;
         let a = activation.i(0).map_err(runtime)?;
         let shape = a.dims().to_vec();
@@ -151,6 +162,10 @@ impl Backend for CandleBackend {
             .map_err(runtime)?;
         let activation = osteo_core::Tensor::new(shape, data)
             .map_err(|e| BackendError::Runtime(e.to_string()))?;
-        Ok(GradCamParts { activation, alpha })
+        Ok(Explanation {
+            logits: row,
+            activation,
+            alphas,
+        })
     }
 }

@@ -182,8 +182,15 @@ fn gradcam_alpha_matches_finite_differences() {
         .image_activation(&images, false)
         .expect("activation");
     let (_, k, h, w) = a.dims4().expect("4d");
+    let explanation = backend.explain(&sample).expect("explain");
+    let predicted = backend.predict(&sample).expect("predict");
+    assert_eq!(
+        explanation.logits,
+        predicted.data(),
+        "one pass gives the prediction too"
+    );
     for class in Grade::ALL {
-        let parts = backend.gradcam(&sample, class).expect("gradcam");
+        let parts = explanation.parts(class).expect("parts");
         assert_eq!(parts.activation.shape(), &[k, h, w]);
         assert_eq!(parts.alpha.len(), k);
         assert!(
@@ -262,7 +269,7 @@ fn bad_weights_and_bad_input_are_clear_errors() {
     )
     .expect("load");
     let err = backend
-        .gradcam(&batch(ModelKind::Tabular, 1, &mut rng), Grade::Normal)
+        .explain(&batch(ModelKind::Tabular, 1, &mut rng))
         .expect_err("tabular");
     assert!(matches!(err, BackendError::Unsupported(_)), "{err}");
     let wrong = Batch {

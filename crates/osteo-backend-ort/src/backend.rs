@@ -7,7 +7,7 @@ use ort::session::{
 };
 use ort::value::TensorRef;
 use osteo_core::{
-    ArchSpec, Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, LoadBackend,
+    ArchSpec, Backend, BackendError, BackendInfo, Batch, Device, Explanation, LoadBackend,
     ModelArtifacts,
 };
 use osteo_onnx::names;
@@ -191,26 +191,31 @@ impl Backend for OrtBackend {
         Ok(out.remove(0))
     }
 
-    fn gradcam(&mut self, sample: &Batch, class: Grade) -> Result<GradCamParts, BackendError> {
+    fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError> {
         sample.check_gradcam(&self.arch)?;
         let k = self.arch.image.as_ref().map_or(0, |img| img.embedding());
         let classes = self.arch.head.classes;
-        let mut out = self.run(sample, &[names::ACTIVATION, names::ALPHA])?;
-        let alpha = out.remove(1);
-        let a = out.remove(0);
-        let c = class.index();
-        if alpha.shape() != [1, classes, k] || c >= classes || a.shape().len() != 4 {
+        let mut out = self.run(sample, &[names::LOGITS, names::ACTIVATION, names::ALPHA])?;
+        let alpha = out.remove(2);
+        let a = out.remove(1);
+        let logits = out.remove(0);
+        if alpha.shape() != [1, classes, k]
+            || logits.shape() != [1, classes]
+            || a.shape().len() != 4
+        {
             return Err(runtime(format!(
-                "unexpected Grad-CAM outputs: activation {:?}, alpha {:?}",
+                "unexpected Grad-CAM outputs: logits {:?}, activation {:?}, alpha {:?}",
+                logits.shape(),
                 a.shape(),
                 alpha.shape()
             )));
         }
         let shape = a.shape()[1..].to_vec();
         let activation = osteo_core::Tensor::new(shape, a.into_data()).map_err(runtime)?;
-        Ok(GradCamParts {
+        Ok(Explanation {
+            logits: logits.into_data(),
             activation,
-            alpha: alpha.data()[c * k..(c + 1) * k].to_vec(),
+            alphas: alpha.data().chunks(k.max(1)).map(<[f32]>::to_vec).collect(),
         })
     }
 }

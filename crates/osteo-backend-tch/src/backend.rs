@@ -4,8 +4,7 @@
 use crate::cuda;
 use crate::network::Network;
 use osteo_core::{
-    Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, LoadBackend,
-    ModelArtifacts,
+    Backend, BackendError, BackendInfo, Batch, Device, Explanation, LoadBackend, ModelArtifacts,
 };
 use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, TchError, Tensor};
@@ -150,28 +149,43 @@ impl Backend for TchBackend {
         to_core(&logits)
     }
 
-    fn gradcam(&mut self, sample: &Batch, class: Grade) -> Result<GradCamParts, BackendError> {
+    fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError> {
         sample.check_gradcam(self.network.arch())?;
         let (images, tabular) = self.inputs(sample)?;
         let images =
             images.ok_or_else(|| BackendError::InvalidInput("Grad-CAM needs an image".into()))?;
-        let run = || -> Result<(Tensor, Tensor), TchError> {
+        let run = || -> Result<(Tensor, Tensor, Vec<Tensor>), TchError> {
             let activation = tch::no_grad(|| self.network.activation(&images))?
                 .f_detach()?
                 .f_set_requires_grad(true)?;
             let logits = self.network.head(Some(&activation), tabular.as_ref())?;
-            logits.f_get(0)?.f_get(class.index() as i64)?.f_backward()?;
-            let alpha = activation.f_grad()?.f_get(0)?.f_mean_dim(
-                [1i64, 2].as_slice(),
-                false,
-                Kind::Float,
-            )?;
-            Ok((activation.f_detach()?.f_get(0)?, alpha))
+            // One backward pass through the head per class, keeping the graph between them.
+            let classes = logits.size().get(1).copied().unwrap_or(0);
+            let mut alphas = Vec::with_capacity(classes as usize);
+            for c in 0..classes {
+                let target = logits.f_get(0)?.f_get(c)?;
+                for grad in Tensor::f_run_backward(&[&target], &[&activation], true, false)? {
+                    alphas.push(grad.f_get(0)?.f_mean_dim(
+                        [1i64, 2].as_slice(),
+                        false,
+                        Kind::Float,
+                    )?);
+                }
+            }
+            Ok((
+                activation.f_detach()?.f_get(0)?,
+                logits.f_detach()?.f_get(0)?,
+                alphas,
+            ))
         };
-        let (a, alpha) = run().map_err(runtime)?;
-        Ok(GradCamParts {
+        let (a, logits, alphas) = run().map_err(runtime)?;
+        Ok(Explanation {
+            logits: to_core(&logits)?.into_data(),
             activation: to_core(&a)?,
-            alpha: to_core(&alpha)?.into_data(),
+            alphas: alphas
+                .iter()
+                .map(|alpha| to_core(alpha).map(osteo_core::Tensor::into_data))
+                .collect::<Result<_, _>>()?,
         })
     }
 }

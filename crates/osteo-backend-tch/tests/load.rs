@@ -2,9 +2,7 @@
 //! right error kind, and a CUDA device it cannot use is a device error, not a crash.
 
 use osteo_backend_tch::TchBackend;
-use osteo_core::{
-    Backend, BackendError, Batch, Device, Grade, LoadBackend, ModelArtifacts, Tensor,
-};
+use osteo_core::{Backend, BackendError, Batch, Device, LoadBackend, ModelArtifacts, Tensor};
 use std::path::Path;
 
 fn shipped(name: &str) -> ModelArtifacts {
@@ -35,7 +33,7 @@ fn bad_input_gets_the_right_error_kind() {
         Err(BackendError::InvalidInput(_))
     ));
     assert!(matches!(
-        tabular.gradcam(&ok, Grade::Normal),
+        tabular.explain(&ok),
         Err(BackendError::Unsupported(_))
     ));
 
@@ -46,7 +44,7 @@ fn bad_input_gets_the_right_error_kind() {
     };
     assert_eq!(image.predict(&two).expect("predict").shape(), [2, 3]);
     assert!(matches!(
-        image.gradcam(&two, Grade::Osteoporosis),
+        image.explain(&two),
         Err(BackendError::InvalidInput(m)) if m.contains("one sample")
     ));
 }

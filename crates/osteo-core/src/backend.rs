@@ -2,8 +2,7 @@
 //! synchronous and own one loaded model; the server runs each on its own worker thread.
 
 use crate::arch::ArchSpec;
-use crate::gradcam::GradCamParts;
-use crate::grade::Grade;
+use crate::gradcam::Explanation;
 use crate::manifest::ModelArtifacts;
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -176,8 +175,9 @@ pub trait Backend: Send {
     /// Logits `[N, 3]` for a batch, in class order normal, osteopenia, osteoporosis.
     fn predict(&mut self, batch: &Batch) -> Result<Tensor, BackendError>;
 
-    /// Grad-CAM parts for a one-sample batch and a target class.
-    fn gradcam(&mut self, sample: &Batch, class: Grade) -> Result<GradCamParts, BackendError>;
+    /// One sample's logits and the Grad-CAM parts of every class, in one pass (Explain's
+    /// prediction and map come from the same backend call).
+    fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError>;
 }
 
 /// Loading a backend from a model directory.

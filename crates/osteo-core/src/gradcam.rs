@@ -14,6 +14,39 @@ pub struct GradCamParts {
     pub alpha: Vec<f32>,
 }
 
+/// What a backend returns for one sample in one pass: its logits and the Grad-CAM parts of every
+/// class (the activation is shared; the channel weights differ per class).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// Logits in class order (normal, osteopenia, osteoporosis).
+    pub logits: Vec<f32>,
+    /// Activation of the last conv block, `[K, h, w]`.
+    pub activation: Tensor,
+    /// Channel weights of each class, in class order, `K` each.
+    pub alphas: Vec<Vec<f32>>,
+}
+
+impl Explanation {
+    /// The Grad-CAM parts of `class`.
+    pub fn parts(&self, class: crate::Grade) -> Result<GradCamParts, CoreError> {
+        let alpha = self
+            .alphas
+            .get(class.index())
+            .ok_or_else(|| CoreError::InvalidSpec {
+                what: "Grad-CAM input",
+                reason: format!(
+                    "no channel weights for class {} ({} classes explained)",
+                    class.index(),
+                    self.alphas.len()
+                ),
+            })?;
+        Ok(GradCamParts {
+            activation: self.activation.clone(),
+            alpha: alpha.clone(),
+        })
+    }
+}
+
 /// A Grad-CAM map on the view grid, values in [0, 1].
 #[derive(Debug, Clone, PartialEq)]
 pub struct GradCamMap {

@@ -20,7 +20,7 @@ pub use backend::{Backend, BackendError, BackendInfo, Batch, Device, LoadBackend
 pub use clinical::{ClinicalInput, ClinicalVariables, RiskFlags, Sex};
 pub use error::CoreError;
 pub use features::TabularSpec;
-pub use gradcam::{GradCamMap, GradCamParts};
+pub use gradcam::{Explanation, GradCamMap, GradCamParts};
 pub use grade::{Grade, TScore};
 pub use manifest::{ModelArtifacts, ModelManifest};
 pub use tensor::Tensor;

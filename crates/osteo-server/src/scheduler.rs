@@ -16,8 +16,8 @@
 use crate::error::ServerError;
 use crate::registry::Loader;
 use osteo_core::{
-    Backend, BackendError, BackendInfo, Batch, Device, GradCamParts, Grade, ModelArtifacts,
-    ModelManifest, Tensor,
+    Backend, BackendError, BackendInfo, Batch, Device, Explanation, ModelArtifacts, ModelManifest,
+    Tensor,
 };
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -65,11 +65,10 @@ enum Job {
         enqueued: Instant,
         reply: oneshot::Sender<Result<Vec<f32>, BackendError>>,
     },
-    GradCam {
+    Explain {
         input: Input,
-        class: Grade,
         enqueued: Instant,
-        reply: oneshot::Sender<Result<GradCamParts, BackendError>>,
+        reply: oneshot::Sender<Result<Explanation, BackendError>>,
     },
 }
 
@@ -241,11 +240,11 @@ impl Worker {
         .await
     }
 
-    /// Queues one sample's Grad-CAM for `class` and waits for it.
-    pub async fn gradcam(&self, input: Input, class: Grade) -> Result<GradCamParts, ServerError> {
-        self.call(|reply| Job::GradCam {
+    /// Queues one sample's explanation (logits and the Grad-CAM parts of every class, one
+    /// backend call) and waits for it.
+    pub async fn explain(&self, input: Input) -> Result<Explanation, ServerError> {
+        self.call(|reply| Job::Explain {
             input,
-            class,
             enqueued: Instant::now(),
             reply,
         })
@@ -386,7 +385,7 @@ impl Supervisor {
                 Ok(Job::Predict { reply, .. }) => {
                     let _ = reply.send(Err(self.unavailable()));
                 }
-                Ok(Job::GradCam { reply, .. }) => {
+                Ok(Job::Explain { reply, .. }) => {
                     let _ = reply.send(Err(self.unavailable()));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -414,9 +413,8 @@ impl Supervisor {
                 },
             };
             let (input, enqueued, reply) = match first {
-                Job::GradCam {
+                Job::Explain {
                     input,
-                    class,
                     enqueued,
                     reply,
                 } => {
@@ -429,7 +427,7 @@ impl Supervisor {
                     let start = Instant::now();
                     let out = shapes
                         .batch(&[&input])
-                        .and_then(|b| guarded(|| backend.gradcam(&b, class)));
+                        .and_then(|b| guarded(|| backend.explain(&b)));
                     metrics::histogram!("osteo_inference_seconds", &labels)
                         .record(start.elapsed().as_secs_f64());
                     self.record(&out);
@@ -519,7 +517,7 @@ mod tests {
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Call {
         Predict(usize),
-        GradCam(usize),
+        Explain(usize),
     }
 
     /// A backend that records its calls and answers each row's first feature as its first
@@ -565,13 +563,14 @@ mod tests {
             Tensor::new(vec![n, 3], logits).map_err(|e| BackendError::Runtime(e.to_string()))
         }
 
-        fn gradcam(&mut self, batch: &Batch, _: Grade) -> Result<GradCamParts, BackendError> {
-            self.call(Call::GradCam(batch.len()));
+        fn explain(&mut self, batch: &Batch) -> Result<Explanation, BackendError> {
+            self.call(Call::Explain(batch.len()));
             let first = batch.tabular.as_ref().expect("tabular").data()[0];
-            Ok(GradCamParts {
+            Ok(Explanation {
+                logits: vec![first, 0.0, 0.0],
                 activation: Tensor::new(vec![1, 1, 1], vec![first])
                     .map_err(|e| BackendError::Runtime(e.to_string()))?,
-                alpha: vec![first],
+                alphas: vec![vec![first]; 3],
             })
         }
     }
@@ -646,12 +645,11 @@ mod tests {
             rx
         }
 
-        fn gradcam(&self, v: f32) -> oneshot::Receiver<Result<GradCamParts, BackendError>> {
+        fn explain(&self, v: f32) -> oneshot::Receiver<Result<Explanation, BackendError>> {
             let (reply, rx) = oneshot::channel();
             self.worker
-                .submit(Job::GradCam {
+                .submit(Job::Explain {
                     input: self.input(v),
-                    class: Grade::Normal,
                     enqueued: Instant::now(),
                     reply,
                 })
@@ -716,7 +714,7 @@ mod tests {
         h.wait_busy().await;
         let kept = h.predict(1.0);
         drop(h.predict(2.0));
-        drop(h.gradcam(3.0));
+        drop(h.explain(3.0));
         let kept_too = h.predict(4.0);
         h.go.send(()).expect("release");
         first.await.expect("answer").expect("ok");
@@ -725,38 +723,38 @@ mod tests {
         // The dropped prediction left the batch, the dropped Grad-CAM never ran.
         let calls = h.calls();
         assert_eq!(calls[0], Call::Predict(1));
-        assert!(!calls.contains(&Call::GradCam(1)), "{calls:?}");
+        assert!(!calls.contains(&Call::Explain(1)), "{calls:?}");
         let rows: usize = calls[1..]
             .iter()
             .map(|c| match c {
                 Call::Predict(n) => *n,
-                Call::GradCam(_) => 0,
+                Call::Explain(_) => 0,
             })
             .sum();
         assert_eq!(rows, 2, "{calls:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn grad_cam_requests_interleave_with_batches_in_arrival_order() {
+    async fn explain_requests_interleave_with_batches_in_arrival_order() {
         let h = Harness::new(continuous(8), usize::MAX);
         let first = h.predict(-1.0);
         h.wait_busy().await;
         let a = h.predict(1.0);
         let b = h.predict(2.0);
-        let cam = h.gradcam(3.0);
+        let cam = h.explain(3.0);
         let c = h.predict(4.0);
         h.go.send(()).expect("release");
         first.await.expect("answer").expect("ok");
         assert_eq!(a.await.expect("answer").expect("ok")[0], 1.0);
         assert_eq!(b.await.expect("answer").expect("ok")[0], 2.0);
-        assert_eq!(cam.await.expect("answer").expect("ok").alpha, [3.0]);
+        assert_eq!(cam.await.expect("answer").expect("ok").alphas[2], [3.0]);
         assert_eq!(c.await.expect("answer").expect("ok")[0], 4.0);
         assert_eq!(
             h.calls(),
             [
                 Call::Predict(1),
                 Call::Predict(2),
-                Call::GradCam(1),
+                Call::Explain(1),
                 Call::Predict(1)
             ]
         );

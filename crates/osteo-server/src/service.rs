@@ -7,7 +7,7 @@ use crate::config::Settings;
 use crate::convert;
 use crate::error::ServerError;
 use crate::models::{ModelSet, ServedModel};
-use crate::scheduler::Input;
+use crate::scheduler::{Input, Worker};
 use crate::store::{Study, StudyStore};
 use crate::text::{client_text, is_handle};
 use crate::upload::{Framer, FramingLimits};
@@ -467,13 +467,7 @@ impl Service {
     ) -> Result<Graded, ServerError> {
         let (_, worker) = model.worker(backend)?;
         let logits = worker.predict(prepared.input.clone()).await?;
-        let (grade, probabilities) = convert::probabilities(&logits);
-        Ok(Graded {
-            backend: convert::backend(worker.info()),
-            grade,
-            probabilities,
-            logits,
-        })
+        Ok(Graded::new(worker, logits))
     }
 
     /// The Classify answer for a prepared input on one backend, and its grade.
@@ -484,6 +478,16 @@ impl Service {
         start: Instant,
     ) -> Result<(pb::ClassifyResponse, Grade), ServerError> {
         let g = Self::grade_on(model, backend, prepared).await?;
+        Ok(Self::classification(model, prepared, g, start))
+    }
+
+    /// The Classify answer of a graded input, and its grade.
+    fn classification(
+        model: &ServedModel,
+        prepared: &Prepared,
+        g: Graded,
+        start: Instant,
+    ) -> (pb::ClassifyResponse, Grade) {
         let response = pb::ClassifyResponse {
             study: prepared.handle(),
             model: Some(convert::model(model)),
@@ -493,7 +497,7 @@ impl Service {
             logits: g.logits,
             latency_ms: start.elapsed().as_secs_f64() * 1e3,
         };
-        Ok((response, g.grade))
+        (response, g.grade)
     }
 }
 
@@ -503,6 +507,19 @@ struct Graded {
     grade: Grade,
     probabilities: pb::GradeProbabilities,
     logits: Vec<f32>,
+}
+
+impl Graded {
+    /// The grade and probabilities of `logits` from `worker`.
+    fn new(worker: &Worker, logits: Vec<f32>) -> Self {
+        let (grade, probabilities) = convert::probabilities(&logits);
+        Self {
+            backend: convert::backend(worker.info()),
+            grade,
+            probabilities,
+            logits,
+        }
+    }
 }
 
 /// Records the handle of a referenced study (checked for shape when logged).
@@ -741,11 +758,16 @@ impl OsteoService for Service {
                 req.clinical.as_ref(),
             )
             .await?;
+            // One backend call gives the prediction and the Grad-CAM parts of every class.
+            let explanation = worker.explain(prepared.input.clone()).await?;
+            let graded = Graded::new(worker, explanation.logits.clone());
             let (mut classification, predicted) =
-                Self::classify_prepared(model, backend, &prepared, start).await?;
+                Self::classification(model, &prepared, graded, start);
             set_grade(&labels, predicted);
             let target = requested.unwrap_or(predicted);
-            let parts = worker.gradcam(prepared.input.clone(), target).await?;
+            let parts = explanation
+                .parts(target)
+                .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
             let view = prepared
                 .view
                 .clone()

@@ -351,7 +351,9 @@ fn cam_tiles(
         let batch: Batch = inputs.batch(&[test[n]], None)?;
         let grade = predicted(n);
         let parts = backend
-            .gradcam(&batch, grade)
+            .explain(&batch)
+            .map_err(|e| TrainError::Engine(format!("Grad-CAM: {e}")))?
+            .parts(grade)
             .map_err(|e| TrainError::Engine(format!("Grad-CAM: {e}")))?;
         let map = osteo_core::gradcam::assemble(&parts, h, w)
             .map_err(|e| TrainError::Engine(format!("Grad-CAM: {e}")))?;
