@@ -6,7 +6,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use osteo_backend_candle::CandleBackend;
 use osteo_backend_ort::OrtBackend;
-use osteo_core::{Backend, Batch, ClinicalVariables, Device, LoadBackend, ModelArtifacts, Tensor};
+use osteo_core::{Backend, Batch, ClinicalVariables, Device, LoadBackend, ModelArtifacts, Sample};
 use osteo_dicom::{DicomSource, IngestOptions};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
 use osteo_proto::v1 as pb;
@@ -68,12 +68,11 @@ fn benches(c: &mut Criterion) {
         .expect("tabular")
         .encode(&clinical)
         .expect("encode");
-    let batch = |n: usize| Batch {
-        images: Some(
-            Tensor::new(vec![n, 2, spec.height, spec.width], view.data.repeat(n)).expect("tensor"),
-        ),
-        tabular: Some(Tensor::new(vec![n, features.len()], features.repeat(n)).expect("tensor")),
+    let one = Sample {
+        image: Some(view.data.clone()),
+        tabular: Some(features),
     };
+    let batch = |n: usize| Batch::stack(&m.arch, &vec![&one; n]).expect("batch");
     let engines: Vec<(&str, Box<dyn Backend>)> = vec![
         (
             "candle",

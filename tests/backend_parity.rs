@@ -9,7 +9,7 @@ use osteo_backend_ort::OrtBackend;
 use osteo_core::backend::softmax;
 use osteo_core::{
     Backend, Batch, ClinicalInput, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts,
-    RiskFlags, Sex, Tensor, ViewSpec,
+    RiskFlags, Sample, Sex, ViewSpec,
 };
 use osteo_dicom::{DicomSource, IngestOptions};
 use osteo_train::cohort::{CohortSource, load};
@@ -91,19 +91,17 @@ fn cases() -> Vec<Case> {
 /// The model input of `cases`, as one batch.
 fn batch(artifacts: &ModelArtifacts, cases: &[&Case]) -> Batch {
     let m = &artifacts.manifest;
-    let n = cases.len();
-    let images = m.view.map(|v| {
-        let data: Vec<f32> = cases.iter().flat_map(|c| c.view.iter().copied()).collect();
-        Tensor::new(vec![n, 2, v.height, v.width], data).expect("images")
-    });
-    let tabular = m.tabular.as_ref().map(|spec| {
-        let data: Vec<f32> = cases
-            .iter()
-            .flat_map(|c| spec.encode(&c.clinical).expect("encode"))
-            .collect();
-        Tensor::new(vec![n, spec.features.len()], data).expect("tabular")
-    });
-    Batch { images, tabular }
+    let samples: Vec<Sample> = cases
+        .iter()
+        .map(|c| Sample {
+            image: m.view.map(|_| c.view.clone()),
+            tabular: m
+                .tabular
+                .as_ref()
+                .map(|spec| spec.encode(&c.clinical).expect("encode")),
+        })
+        .collect();
+    Batch::stack(&m.arch, &samples).expect("batch")
 }
 
 /// The device the compared backends run on: `OSTEO_PARITY_DEVICE` (default `cpu`;

@@ -4,7 +4,7 @@
 use super::serve::load_backend;
 use anyhow::{Context, bail};
 use clap::Args;
-use osteo_core::{Batch, Device, ModelArtifacts, Tensor};
+use osteo_core::{Batch, Device, ModelArtifacts, Sample};
 use osteo_train::cohort::{CohortSource, load};
 use serde_json::json;
 use std::path::PathBuf;
@@ -84,22 +84,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None,
     )?
     .remove(0);
-    let batch = |n: usize| -> anyhow::Result<Batch> {
-        let images = match (&m.view, &sample.view) {
-            (Some(v), Some(view)) => {
-                Some(Tensor::new(vec![n, 2, v.height, v.width], view.repeat(n))?)
-            }
-            _ => None,
-        };
-        let tabular = match &m.tabular {
-            Some(spec) => {
-                let x = spec.encode(&sample.clinical)?;
-                Some(Tensor::new(vec![n, x.len()], x.repeat(n))?)
-            }
-            None => None,
-        };
-        Ok(Batch { images, tabular })
+    let one = Sample {
+        image: sample.view.clone(),
+        tabular: m
+            .tabular
+            .as_ref()
+            .map(|spec| spec.encode(&sample.clinical))
+            .transpose()?,
     };
+    let batch = |n: usize| -> anyhow::Result<Batch> { Ok(Batch::stack(&m.arch, &vec![&one; n])?) };
     let mut rows = Vec::new();
     for name in &args.backends {
         let mut backend = load_backend(name, &artifacts, device)?;

@@ -3,7 +3,7 @@
 use super::clinical::ClinicalArgs;
 use anyhow::Context;
 use clap::Args;
-use osteo_core::{Batch, ClinicalVariables, Device, Grade, ModelArtifacts, ModelManifest, Tensor};
+use osteo_core::{Batch, ClinicalVariables, Device, Grade, ModelArtifacts, ModelManifest, Sample};
 use osteo_dicom::{DicomSource, IngestOptions, View};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -50,21 +50,15 @@ pub fn local_input(
         }
         None => None,
     };
-    let batch = Batch {
-        images: view
-            .as_ref()
-            .map(|v| Tensor::new(vec![1, 2, v.spec.height, v.spec.width], v.data.clone()))
-            .transpose()?,
+    let sample = Sample {
+        image: view.as_ref().map(|v| v.data.clone()),
         tabular: m
             .tabular
             .as_ref()
-            .map(|spec| {
-                spec.encode(&clinical)
-                    .map(|x| Tensor::new(vec![1, x.len()], x))
-            })
-            .transpose()?
+            .map(|spec| spec.encode(&clinical))
             .transpose()?,
     };
+    let batch = Batch::stack(&m.arch, &[sample])?;
     Ok((view, batch))
 }
 

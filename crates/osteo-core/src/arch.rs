@@ -267,7 +267,7 @@ impl ArchSpec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn fused() -> ArchSpec {

@@ -59,6 +59,16 @@ pub struct BackendInfo {
     pub library_version: String,
 }
 
+/// One sample's model input: the view `[C, H, W]` (flattened, image and fused models) and/or the
+/// encoded clinical features `[F]` (tabular and fused models).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sample {
+    /// Flattened view.
+    pub image: Option<Vec<f32>>,
+    /// Encoded clinical features.
+    pub tabular: Option<Vec<f32>>,
+}
+
 /// A batch of model inputs; which parts are present depends on the model kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -69,6 +79,55 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Stacks samples into the batch `arch` reads (its channels, view size and feature count),
+    /// checking every sample's sizes; parts the model does not read are ignored.
+    pub fn stack<S: std::borrow::Borrow<Sample>>(
+        arch: &ArchSpec,
+        samples: &[S],
+    ) -> Result<Batch, BackendError> {
+        let n = samples.len();
+        let stack = |dims: Vec<usize>, part: &dyn Fn(&Sample) -> Option<&Vec<f32>>, what: &str| {
+            let per: usize = dims.iter().skip(1).product();
+            let mut data = Vec::with_capacity(n * per);
+            for sample in samples {
+                let v = part(sample.borrow()).ok_or_else(|| {
+                    BackendError::InvalidInput(format!("a {} model needs {what}", arch.kind))
+                })?;
+                if v.len() != per {
+                    return Err(BackendError::InvalidInput(format!(
+                        "{what} has {} values, the model takes {per}",
+                        v.len()
+                    )));
+                }
+                data.extend_from_slice(v);
+            }
+            Tensor::new(dims, data).map_err(|e| BackendError::InvalidInput(e.to_string()))
+        };
+        let images = arch
+            .image
+            .as_ref()
+            .map(|i| {
+                stack(
+                    vec![n, i.in_channels, i.height, i.width],
+                    &|s| s.image.as_ref(),
+                    "a CT view",
+                )
+            })
+            .transpose()?;
+        let tabular = arch
+            .tabular
+            .as_ref()
+            .map(|t| {
+                stack(
+                    vec![n, t.in_features],
+                    &|s| s.tabular.as_ref(),
+                    "clinical features",
+                )
+            })
+            .transpose()?;
+        Ok(Batch { images, tabular })
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.images
@@ -197,6 +256,39 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_stack_into_the_shapes_the_architecture_reads() {
+        let arch = crate::arch::tests::fused();
+        let sample = |v: f32| Sample {
+            image: Some(vec![v; 2 * 128 * 128]),
+            tabular: Some(vec![v; 13]),
+        };
+        let batch = Batch::stack(&arch, &[sample(1.0), sample(2.0)]).expect("stack");
+        assert_eq!(batch.check(&arch).expect("valid"), 2);
+        assert_eq!(
+            batch.images.as_ref().expect("images").shape(),
+            [2, 2, 128, 128]
+        );
+        let tabular = batch.tabular.expect("tabular");
+        assert_eq!(tabular.shape(), [2, 13]);
+        assert_eq!((tabular.data()[0], tabular.data()[13]), (1.0, 2.0));
+        let short = Sample {
+            tabular: Some(vec![0.0; 12]),
+            ..sample(0.0)
+        };
+        let e = Batch::stack(&arch, &[sample(0.0), short]).expect_err("12 features");
+        assert!(
+            e.to_string().contains("clinical features has 12 values"),
+            "{e}"
+        );
+        let no_view = Sample {
+            image: None,
+            ..sample(0.0)
+        };
+        let e = Batch::stack(&arch, &[no_view]).expect_err("no view");
+        assert!(e.to_string().contains("needs a CT view"), "{e}");
+    }
 
     #[test]
     fn devices_parse_and_print() {

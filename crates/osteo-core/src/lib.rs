@@ -16,7 +16,7 @@ pub mod tensor;
 pub mod view_spec;
 
 pub use arch::{ArchSpec, ModelKind};
-pub use backend::{Backend, BackendError, BackendInfo, Batch, Device, LoadBackend};
+pub use backend::{Backend, BackendError, BackendInfo, Batch, Device, LoadBackend, Sample};
 pub use clinical::{ClinicalInput, ClinicalVariables, RiskFlags, Sex};
 pub use error::CoreError;
 pub use features::TabularSpec;

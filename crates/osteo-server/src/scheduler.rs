@@ -16,8 +16,8 @@
 use crate::error::ServerError;
 use crate::registry::Loader;
 use osteo_core::{
-    Backend, BackendError, BackendInfo, Batch, Device, Explanation, ModelArtifacts, ModelManifest,
-    Tensor,
+    ArchSpec, Backend, BackendError, BackendInfo, Batch, Device, Explanation, ModelArtifacts,
+    Sample,
 };
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -50,76 +50,17 @@ impl From<&crate::config::SchedulerSettings> for BatchConfig {
     }
 }
 
-/// One sample's model input: the view `[2, H, W]` and/or the encoded features `[F]`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Input {
-    /// Flattened view (image and fused models).
-    pub image: Option<Vec<f32>>,
-    /// Encoded clinical features (tabular and fused models).
-    pub tabular: Option<Vec<f32>>,
-}
-
 enum Job {
     Predict {
-        input: Input,
+        input: Sample,
         enqueued: Instant,
         reply: oneshot::Sender<Result<Vec<f32>, BackendError>>,
     },
     Explain {
-        input: Input,
+        input: Sample,
         enqueued: Instant,
         reply: oneshot::Sender<Result<Explanation, BackendError>>,
     },
-}
-
-/// Input shapes of a model, for assembling batches.
-#[derive(Debug, Clone, Copy)]
-struct Shapes {
-    image: Option<[usize; 3]>,
-    features: Option<usize>,
-}
-
-impl Shapes {
-    fn of(m: &ModelManifest) -> Self {
-        Self {
-            image: m
-                .arch
-                .image
-                .as_ref()
-                .map(|i| [i.in_channels, i.height, i.width]),
-            features: m.arch.tabular.as_ref().map(|t| t.in_features),
-        }
-    }
-
-    /// Stacks inputs into one batch, checking every sample's sizes.
-    fn batch(&self, inputs: &[&Input]) -> Result<Batch, BackendError> {
-        let n = inputs.len();
-        let stack = |dims: Vec<usize>, part: &dyn Fn(&Input) -> Option<&Vec<f32>>, what: &str| {
-            let per: usize = dims.iter().skip(1).product();
-            let mut data = Vec::with_capacity(n * per);
-            for input in inputs {
-                let v = part(input)
-                    .ok_or_else(|| BackendError::InvalidInput(format!("the model needs {what}")))?;
-                if v.len() != per {
-                    return Err(BackendError::InvalidInput(format!(
-                        "{what} has {} values, the model takes {per}",
-                        v.len()
-                    )));
-                }
-                data.extend_from_slice(v);
-            }
-            Tensor::new(dims, data).map_err(|e| BackendError::InvalidInput(e.to_string()))
-        };
-        let images = self
-            .image
-            .map(|[c, h, w]| stack(vec![n, c, h, w], &|i| i.image.as_ref(), "a CT view"))
-            .transpose()?;
-        let tabular = self
-            .features
-            .map(|f| stack(vec![n, f], &|i| i.tabular.as_ref(), "clinical features"))
-            .transpose()?;
-        Ok(Batch { images, tabular })
-    }
 }
 
 /// A backend on its own thread, fed through a bounded queue.
@@ -145,7 +86,7 @@ impl Worker {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(config.queue_capacity);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let artifacts_owned = artifacts.clone();
-        let shapes = Shapes::of(&artifacts.manifest);
+        let arch = artifacts.manifest.arch.clone();
         let model = artifacts.manifest.name.clone();
         let thread_name = format!("worker-{model}");
         let up = Arc::new(AtomicBool::new(true));
@@ -171,7 +112,7 @@ impl Worker {
                         changed,
                         labels,
                     };
-                    supervisor.run(rx, shapes, config);
+                    supervisor.run(rx, &arch, config);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -231,7 +172,7 @@ impl Worker {
     }
 
     /// Queues one sample and waits for its logits (class order).
-    pub async fn predict(&self, input: Input) -> Result<Vec<f32>, ServerError> {
+    pub async fn predict(&self, input: Sample) -> Result<Vec<f32>, ServerError> {
         self.call(|reply| Job::Predict {
             input,
             enqueued: Instant::now(),
@@ -242,7 +183,7 @@ impl Worker {
 
     /// Queues one sample's explanation (logits and the Grad-CAM parts of every class, one
     /// backend call) and waits for it.
-    pub async fn explain(&self, input: Input) -> Result<Explanation, ServerError> {
+    pub async fn explain(&self, input: Sample) -> Result<Explanation, ServerError> {
         self.call(|reply| Job::Explain {
             input,
             enqueued: Instant::now(),
@@ -273,10 +214,10 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendE
 /// Logits rows of `inputs`, the batch retried in halves while the device is out of memory.
 fn predict_rows(
     backend: &mut dyn Backend,
-    shapes: &Shapes,
-    inputs: &[&Input],
+    arch: &ArchSpec,
+    inputs: &[&Sample],
 ) -> Result<Vec<Vec<f32>>, BackendError> {
-    let batch = shapes.batch(inputs)?;
+    let batch = Batch::stack(arch, inputs)?;
     match guarded(|| backend.predict(&batch)) {
         Ok(logits) => (0..inputs.len())
             .map(|k| {
@@ -291,8 +232,8 @@ fn predict_rows(
                 "device out of memory; retrying in halves"
             );
             let (a, b) = inputs.split_at(inputs.len() / 2);
-            let mut rows = predict_rows(backend, shapes, a)?;
-            rows.extend(predict_rows(backend, shapes, b)?);
+            let mut rows = predict_rows(backend, arch, a)?;
+            rows.extend(predict_rows(backend, arch, b)?);
             Ok(rows)
         }
         Err(e) => Err(e),
@@ -395,7 +336,7 @@ impl Supervisor {
     }
 
     /// The worker loop: form a batch, skip cancelled requests, run it, answer every request.
-    fn run(&mut self, rx: Receiver<Job>, shapes: Shapes, config: BatchConfig) {
+    fn run(&mut self, rx: Receiver<Job>, arch: &ArchSpec, config: BatchConfig) {
         let labels = self.labels.clone();
         let mut pending: Option<Job> = None;
         loop {
@@ -425,9 +366,8 @@ impl Supervisor {
                     metrics::histogram!("osteo_queue_seconds", &labels)
                         .record(enqueued.elapsed().as_secs_f64());
                     let start = Instant::now();
-                    let out = shapes
-                        .batch(&[&input])
-                        .and_then(|b| guarded(|| backend.explain(&b)));
+                    let out =
+                        Batch::stack(arch, &[&input]).and_then(|b| guarded(|| backend.explain(&b)));
                     metrics::histogram!("osteo_inference_seconds", &labels)
                         .record(start.elapsed().as_secs_f64());
                     self.record(&out);
@@ -476,8 +416,8 @@ impl Supervisor {
                 metrics::histogram!("osteo_queue_seconds", &labels)
                     .record(started.duration_since(*enqueued).as_secs_f64());
             }
-            let inputs: Vec<&Input> = jobs.iter().map(|(i, _, _)| i).collect();
-            let result = predict_rows(backend.as_mut(), &shapes, &inputs);
+            let inputs: Vec<&Sample> = jobs.iter().map(|(i, _, _)| i).collect();
+            let result = predict_rows(backend.as_mut(), arch, &inputs);
             metrics::histogram!("osteo_batch_size", &labels).record(jobs.len() as f64);
             metrics::histogram!("osteo_inference_seconds", &labels)
                 .record(started.elapsed().as_secs_f64());
@@ -510,6 +450,7 @@ impl std::fmt::Debug for Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use osteo_core::Tensor;
     use std::sync::Mutex;
     use std::sync::mpsc::{Receiver as StdReceiver, Sender as StdSender, channel};
 
@@ -626,8 +567,8 @@ mod tests {
             }
         }
 
-        fn input(&self, v: f32) -> Input {
-            Input {
+        fn input(&self, v: f32) -> Sample {
+            Sample {
                 image: None,
                 tabular: Some(vec![v; self.features]),
             }

@@ -7,11 +7,11 @@ use crate::config::Settings;
 use crate::convert;
 use crate::error::ServerError;
 use crate::models::{ModelSet, ServedModel};
-use crate::scheduler::{Input, Worker};
+use crate::scheduler::Worker;
 use crate::store::{Study, StudyStore};
 use crate::text::{client_text, is_handle};
 use crate::upload::{Framer, FramingLimits};
-use osteo_core::Grade;
+use osteo_core::{Grade, Sample};
 use osteo_dicom::{DicomSource, IngestLimits, IngestOptions, View};
 use osteo_proto::v1 as pb;
 use osteo_proto::v1::osteo_service_server::OsteoService;
@@ -256,7 +256,7 @@ async fn blocking<T: Send + 'static>(
 struct Prepared {
     study: Option<Arc<Study>>,
     view: Option<Arc<View>>,
-    input: Input,
+    input: Sample,
 }
 
 impl Prepared {
@@ -451,7 +451,7 @@ impl Service {
         }
         Ok(Prepared {
             study,
-            input: Input {
+            input: Sample {
                 image: view.as_ref().map(|v| v.data.clone()),
                 tabular,
             },

@@ -15,7 +15,12 @@ pub fn probabilities(
     samples: &[Sample],
     idx: &[usize],
 ) -> Result<Vec<[f64; 3]>, TrainError> {
-    let inputs = Inputs::new(samples, manifest.view, manifest.tabular.as_ref())?;
+    let inputs = Inputs::new(
+        samples,
+        &manifest.arch,
+        manifest.view,
+        manifest.tabular.as_ref(),
+    )?;
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(BATCH) {
         let logits = backend

@@ -343,7 +343,7 @@ fn cam_tiles(
         .filter_map(|&g| best(&|n| samples[test[n]].grade == g && predicted(n) == g))
         .collect();
     chosen.extend(best(&|n| samples[test[n]].grade != predicted(n)));
-    let inputs = crate::train::Inputs::new(samples, m.view, m.tabular.as_ref())?;
+    let inputs = crate::train::Inputs::new(samples, &m.arch, m.view, m.tabular.as_ref())?;
     let (h, w) = (view.height, view.width);
     let mut tiles = Vec::new();
     for n in chosen {

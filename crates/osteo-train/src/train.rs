@@ -164,16 +164,19 @@ fn tabular_spec(samples: &[Sample], train: &[usize]) -> Result<TabularSpec, Trai
 /// The model inputs of a cohort: views as stored, clinical features encoded once.
 pub struct Inputs<'a> {
     samples: &'a [Sample],
+    arch: ArchSpec,
     view: Option<ViewSpec>,
     /// Encoded features per sample (tabular and fused models).
     encoded: Option<(usize, Vec<Vec<f32>>)>,
 }
 
 impl<'a> Inputs<'a> {
-    /// Prepares the inputs a model with this view (image models) and feature specification
-    /// (tabular models) reads; every sample's clinical variables are encoded here, once.
+    /// Prepares the inputs a model of `arch` with this view (image models) and feature
+    /// specification (tabular models) reads; every sample's clinical variables are encoded
+    /// here, once.
     pub fn new(
         samples: &'a [Sample],
+        arch: &ArchSpec,
         view: Option<ViewSpec>,
         tabular: Option<&TabularSpec>,
     ) -> Result<Self, TrainError> {
@@ -194,6 +197,7 @@ impl<'a> Inputs<'a> {
         };
         Ok(Self {
             samples,
+            arch: arch.clone(),
             view,
             encoded,
         })
@@ -201,35 +205,29 @@ impl<'a> Inputs<'a> {
 
     /// The batch of samples `idx`, augmented when `rng` is given.
     pub fn batch(&self, idx: &[usize], rng: Option<&mut ChaCha8Rng>) -> Result<Batch, TrainError> {
-        let engine = |e: osteo_core::CoreError| TrainError::Engine(e.to_string());
-        let images = match self.view {
-            Some(v) => {
-                let (h, w) = (v.height, v.width);
-                let mut data = Vec::with_capacity(idx.len() * 2 * h * w);
-                let mut rng = rng;
-                for &i in idx {
-                    let s = &self.samples[i];
+        let mut rng = rng;
+        let mut samples = Vec::with_capacity(idx.len());
+        for &i in idx {
+            let s = &self.samples[i];
+            let image = match self.view {
+                Some(v) => {
                     let view = s.view.as_ref().ok_or_else(|| TrainError::Input {
                         patient: s.patient_id.clone(),
                         message: "the sample has no view".into(),
                     })?;
-                    match rng.as_deref_mut() {
-                        Some(r) => data.extend(augment(view, h, w, r)),
-                        None => data.extend_from_slice(view),
-                    }
+                    Some(match rng.as_deref_mut() {
+                        Some(r) => augment(view, v.height, v.width, r),
+                        None => view.clone(),
+                    })
                 }
-                Some(osteo_core::Tensor::new(vec![idx.len(), 2, h, w], data).map_err(engine)?)
-            }
-            None => None,
-        };
-        let tabular = match &self.encoded {
-            Some((f, rows)) => {
-                let data: Vec<f32> = idx.iter().flat_map(|&i| rows[i].iter().copied()).collect();
-                Some(osteo_core::Tensor::new(vec![idx.len(), *f], data).map_err(engine)?)
-            }
-            None => None,
-        };
-        Ok(Batch { images, tabular })
+                None => None,
+            };
+            samples.push(osteo_core::Sample {
+                image,
+                tabular: self.encoded.as_ref().map(|(_, rows)| rows[i].clone()),
+            });
+        }
+        Batch::stack(&self.arch, &samples).map_err(|e| TrainError::Engine(e.to_string()))
     }
 }
 
@@ -319,7 +317,7 @@ pub fn train(
         None
     };
     let view = config.kind.uses_image().then_some(*view);
-    let inputs = Inputs::new(samples, view, tabular.as_ref())?;
+    let inputs = Inputs::new(samples, &arch, view, tabular.as_ref())?;
 
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);

@@ -3,9 +3,7 @@
 
 use osteo_backend_candle::CandleBackend;
 use osteo_core::manifest::Provenance;
-use osteo_core::{
-    Backend, Batch, Device, LoadBackend, ModelArtifacts, ModelKind, Tensor, ViewSpec,
-};
+use osteo_core::{Backend, Batch, Device, LoadBackend, ModelArtifacts, ModelKind, ViewSpec};
 use osteo_train::cohort::{CohortSource, load};
 use osteo_train::report::{self, ReportRequest};
 use osteo_train::train::{Inputs, TrainConfig, predict, train};
@@ -156,7 +154,13 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
     });
     assert!(wrong_seed.is_err(), "a report on another split is refused");
 
-    let inputs = Inputs::new(&samples, trained.view, trained.tabular.as_ref()).expect("inputs");
+    let inputs = Inputs::new(
+        &samples,
+        &trained.arch,
+        trained.view,
+        trained.tabular.as_ref(),
+    )
+    .expect("inputs");
     let expected = predict(&trained.network, &inputs, &trained.split.test).expect("predict");
     let artifacts = ModelArtifacts::open(dir.path()).expect("artifacts");
     let mut backend =
@@ -164,18 +168,11 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
     let spec = artifacts.manifest.tabular.as_ref().expect("tabular spec");
     for (k, &i) in trained.split.test.iter().enumerate() {
         let s = &samples[i];
-        let batch = Batch {
-            images: Some(
-                Tensor::new(vec![1, 2, 32, 32], s.view.clone().expect("view")).expect("tensor"),
-            ),
-            tabular: Some(
-                Tensor::new(
-                    vec![1, spec.features.len()],
-                    spec.encode(&s.clinical).expect("encode"),
-                )
-                .expect("tensor"),
-            ),
+        let sample = osteo_core::Sample {
+            image: s.view.clone(),
+            tabular: Some(spec.encode(&s.clinical).expect("encode")),
         };
+        let batch = Batch::stack(&artifacts.manifest.arch, &[sample]).expect("batch");
         let logits = backend.predict(&batch).expect("predict");
         let probs = osteo_core::backend::softmax(logits.data());
         for c in 0..3 {
