@@ -1,5 +1,6 @@
-//! The `osteo.v1` gRPC contract: messages, client and server stubs generated from
-//! `proto/osteo/v1/osteo.proto`, plus the encoded file descriptor set for server reflection.
+//! The `osteo.v1` gRPC contract and the Open Inference Protocol (`inference`, KServe v2):
+//! messages, client and server stubs generated from `proto/`, plus the encoded file descriptor
+//! set for server reflection.
 #![deny(rust_2018_idioms)]
 
 pub mod codec;
@@ -10,7 +11,14 @@ pub mod v1 {
     tonic::include_proto!("osteo.v1");
 }
 
-/// Encoded `FileDescriptorSet` of the contract, for `tonic-reflection`.
+/// Generated types of package `inference`: the Open Inference Protocol (KServe v2).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+/// Encoded `FileDescriptorSet` of the contract (osteo.v1 and inference), for
+/// `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/osteo_descriptor.bin"));
 
@@ -26,6 +34,19 @@ pub const METHODS: [&str; 7] = [
     "ListModels",
     "GetStudy",
     "DeleteStudy",
+];
+
+/// Full name of the Open Inference Protocol service.
+pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
+
+/// The methods of `inference.GRPCInferenceService`, in the order of the proto.
+pub const INFERENCE_METHODS: [&str; 6] = [
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
 ];
 
 #[cfg(test)]
@@ -48,6 +69,18 @@ mod tests {
         assert_eq!(format!("osteo.v1.{}", service.name()), super::SERVICE);
         let upload = &service.method[0];
         assert!(upload.client_streaming() && !upload.server_streaming());
+        let inference = fds
+            .file
+            .iter()
+            .find(|f| f.package() == "inference")
+            .expect("inference present");
+        let service = &inference.service[0];
+        let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+        assert_eq!(methods, super::INFERENCE_METHODS);
+        assert_eq!(
+            format!("inference.{}", service.name()),
+            super::INFERENCE_SERVICE
+        );
     }
 
     #[test]

@@ -375,6 +375,11 @@ fn rpc_of(path: &str) -> &'static str {
             .find(|m| **m == method)
             .copied()
             .unwrap_or("unknown"),
+        osteo_proto::INFERENCE_SERVICE => osteo_proto::INFERENCE_METHODS
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("unknown"),
         "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
             "ServerReflectionInfo"
         }

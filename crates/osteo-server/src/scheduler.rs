@@ -181,6 +181,27 @@ impl Worker {
         .await
     }
 
+    /// Queues every sample before waiting for any, so they can share batches (with each other
+    /// and with other requests); answers their logits in order. A full queue refuses the rest
+    /// with RESOURCE_EXHAUSTED; the samples already queued are skipped once nobody waits.
+    pub async fn predict_many(&self, inputs: Vec<Sample>) -> Result<Vec<Vec<f32>>, ServerError> {
+        let mut answers = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let (reply, rx) = oneshot::channel();
+            self.submit(Job::Predict {
+                input,
+                enqueued: Instant::now(),
+                reply,
+            })?;
+            answers.push(rx);
+        }
+        let mut rows = Vec::with_capacity(answers.len());
+        for rx in answers {
+            rows.push(rx.await.map_err(|_| self.stopped())??);
+        }
+        Ok(rows)
+    }
+
     /// Queues one sample's explanation (logits and the Grad-CAM parts of every class, one
     /// backend call) and waits for it.
     pub async fn explain(&self, input: Sample) -> Result<Explanation, ServerError> {

@@ -5,10 +5,12 @@ use crate::auth::{AuthLayer, Authenticator};
 use crate::config::Settings;
 use crate::connection::{ActivityLayer, ConnLimits, HTTP2_HANDSHAKE_BYTES, accept_loop};
 use crate::error::ServerError;
+use crate::inference::Inference;
 use crate::models::ModelSet;
 use crate::registry::Registry;
 use crate::service::{Service, State};
 use crate::tls::TlsSource;
+use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use osteo_proto::v1::osteo_service_server::OsteoServiceServer;
 use std::future::Future;
 use std::sync::Arc;
@@ -211,6 +213,10 @@ pub async fn serve_on(
     let osteo = OsteoServiceServer::new(Service::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    // The Open Inference Protocol (KServe v2) on the same port, over the same state.
+    let inference = GrpcInferenceServiceServer::new(Inference::new(Service::new(state.clone())))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
 
     // Models load on blocking threads while health already answers NOT_SERVING.
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<ServerError>();
@@ -281,6 +287,7 @@ pub async fn serve_on(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(osteo)
+        .add_service(inference)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         });

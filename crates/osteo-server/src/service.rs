@@ -99,7 +99,7 @@ impl State {
     }
 
     /// A permit for one inference request, taken before any ingest or view work.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, ServerError> {
+    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, ServerError> {
         self.requests.clone().try_acquire_owned().map_err(|_| {
             ServerError::ResourceExhausted(format!(
                 "the server is already working on {} requests, its limit \
@@ -134,7 +134,7 @@ impl State {
         .await
     }
 
-    fn models(&self) -> Result<&ModelSet, ServerError> {
+    pub(crate) fn models(&self) -> Result<&ModelSet, ServerError> {
         self.models.get().ok_or_else(|| {
             ServerError::Unavailable(
                 "the models are still loading; retry when grpc.health.v1 reports SERVING".into(),
@@ -171,9 +171,9 @@ impl Service {
 /// Labels of one request for metrics and logs: no patient data, only the study handle. Model
 /// and backend are the server's own configured names, `unknown` when the request named one
 /// the server does not serve, never the client's string.
-struct Labels {
+pub(crate) struct Labels {
     principal: Principal,
-    model: String,
+    pub(crate) model: String,
     backend: String,
     study: String,
     grade: String,
@@ -271,7 +271,7 @@ impl Prepared {
 
 impl Service {
     /// Runs one RPC body under its deadline, with a span, metrics and one log line.
-    async fn run<R, T, F>(
+    pub(crate) async fn run<R, T, F>(
         &self,
         rpc: &'static str,
         request: Request<R>,
@@ -531,7 +531,7 @@ fn set_study_ref(labels: &std::sync::Mutex<Labels>, study: Option<&pb::StudyRef>
 
 /// Resolves the requested model and backend, labelling the request with the served names (or
 /// `unknown` for a name the server does not serve).
-fn resolve<'a>(
+pub(crate) fn resolve<'a>(
     state: &'a State,
     labels: &std::sync::Mutex<Labels>,
     model: &str,
@@ -554,12 +554,12 @@ fn resolve<'a>(
 }
 
 /// The request's labels, locked.
-fn lock_labels(labels: &std::sync::Mutex<Labels>) -> std::sync::MutexGuard<'_, Labels> {
+pub(crate) fn lock_labels(labels: &std::sync::Mutex<Labels>) -> std::sync::MutexGuard<'_, Labels> {
     labels.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Records the grade answered (for the audit log).
-fn set_grade(labels: &std::sync::Mutex<Labels>, grade: Grade) {
+pub(crate) fn set_grade(labels: &std::sync::Mutex<Labels>, grade: Grade) {
     lock_labels(labels).grade = grade.name().to_string();
 }
 

@@ -1,0 +1,463 @@
+//! The Open Inference Protocol (KServe v2) on the server's gRPC port: health and metadata of every
+//! model, ModelInfer with raw and typed contents through the same scheduler as osteo.v1 (results
+//! equal to ONNX Runtime called directly and to Classify), and bad requests refused naming the
+//! input.
+
+mod common;
+
+use common::auth::new_token;
+use common::inproc::{InProc, registry};
+use common::*;
+use osteo_backend_ort::OrtBackend;
+use osteo_core::{Backend, Batch, LoadBackend, ModelArtifacts, Sample};
+use osteo_proto::inference as v2;
+use osteo_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use std::path::Path;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const MODELS: &[(&str, &str)] = &[
+    ("osteo-fused-v1", "backends = [\"candle\", \"ort\"]"),
+    ("osteo-image-v1", "backends = [\"ort\"]"),
+    ("osteo-tabular-v1", "backends = [\"candle\", \"ort\"]"),
+];
+
+async fn client(server: &InProc) -> GrpcInferenceServiceClient<Channel> {
+    GrpcInferenceServiceClient::connect(server.url.clone())
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn artifacts(name: &str) -> ModelArtifacts {
+    ModelArtifacts::open(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name),
+    )
+    .expect("shipped model")
+}
+
+/// Deterministic model inputs for `n` rows of model `name`: view values in [0, 1) and the
+/// encoded features of [`clinical`] with the age varied per row.
+fn rows(name: &str, n: usize) -> Vec<Sample> {
+    let m = artifacts(name).manifest;
+    (0..n)
+        .map(|r| Sample {
+            image: m.arch.image.as_ref().map(|i| {
+                (0..i.in_channels * i.height * i.width)
+                    .map(|k| ((k * 7919 + r * 104_729) % 1000) as f32 / 1000.0)
+                    .collect()
+            }),
+            tabular: m.tabular.as_ref().map(|spec| {
+                let mut c = clinical();
+                c.age_years = 55.0 + (r % 8) as f64 * 7.0;
+                let v = osteo_server::convert::clinical(&c).expect("valid");
+                spec.encode(&v).expect("encode")
+            }),
+        })
+        .collect()
+}
+
+/// A ModelInfer request for `samples`, raw or typed.
+fn request(name: &str, samples: &[Sample], raw: bool) -> v2::ModelInferRequest {
+    let m = artifacts(name).manifest;
+    let n = samples.len() as i64;
+    let mut req = v2::ModelInferRequest {
+        model_name: name.into(),
+        id: "req-42".into(),
+        ..Default::default()
+    };
+    let mut add = |input: &str, dims: Vec<i64>, values: Vec<f32>| {
+        let mut tensor = v2::model_infer_request::InferInputTensor {
+            name: input.into(),
+            datatype: "FP32".into(),
+            shape: std::iter::once(n).chain(dims).collect(),
+            ..Default::default()
+        };
+        if raw {
+            req.raw_input_contents
+                .push(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+        } else {
+            tensor.contents = Some(v2::InferTensorContents {
+                fp32_contents: values,
+                ..Default::default()
+            });
+        }
+        req.inputs.push(tensor);
+    };
+    if let Some(i) = &m.arch.image {
+        add(
+            "images",
+            vec![i.in_channels as i64, i.height as i64, i.width as i64],
+            samples
+                .iter()
+                .flat_map(|s| s.image.clone().unwrap_or_default())
+                .collect(),
+        );
+    }
+    if let Some(t) = &m.arch.tabular {
+        add(
+            "tabular",
+            vec![t.in_features as i64],
+            samples
+                .iter()
+                .flat_map(|s| s.tabular.clone().unwrap_or_default())
+                .collect(),
+        );
+    }
+    req
+}
+
+fn with_backend(mut req: v2::ModelInferRequest, backend: &str) -> v2::ModelInferRequest {
+    req.parameters.insert(
+        "backend".into(),
+        v2::InferParameter {
+            parameter_choice: Some(v2::infer_parameter::ParameterChoice::StringParam(
+                backend.into(),
+            )),
+        },
+    );
+    req
+}
+
+/// The values of output `name` of a response (raw or typed).
+fn output(r: &v2::ModelInferResponse, name: &str) -> (Vec<i64>, Vec<f32>) {
+    let k = r
+        .outputs
+        .iter()
+        .position(|o| o.name == name)
+        .unwrap_or_else(|| panic!("no output {name}"));
+    let o = &r.outputs[k];
+    assert_eq!(o.datatype, "FP32");
+    let values = match r.raw_output_contents.get(k) {
+        Some(raw) => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        None => o
+            .contents
+            .as_ref()
+            .map(|c| c.fp32_contents.clone())
+            .unwrap_or_default(),
+    };
+    (o.shape.clone(), values)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metadata_describe_every_model() {
+    let server = InProc::start("", MODELS, registry()).await;
+    let mut c = client(&server).await;
+    assert!(
+        c.server_live(v2::ServerLiveRequest {})
+            .await
+            .expect("live")
+            .into_inner()
+            .live
+    );
+    assert!(
+        c.server_ready(v2::ServerReadyRequest {})
+            .await
+            .expect("ready")
+            .into_inner()
+            .ready
+    );
+    let meta = c
+        .server_metadata(v2::ServerMetadataRequest {})
+        .await
+        .expect("server metadata")
+        .into_inner();
+    assert_eq!(meta.name, "osteoserve");
+    let shapes = |m: &v2::ModelMetadataResponse, outputs: bool| -> Vec<(String, Vec<i64>)> {
+        let t = if outputs { &m.outputs } else { &m.inputs };
+        t.iter()
+            .inspect(|t| assert_eq!(t.datatype, "FP32"))
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect()
+    };
+    let image = ("images".to_string(), vec![-1, 2, 128, 128]);
+    let tabular = ("tabular".to_string(), vec![-1, 13]);
+    for (name, inputs) in [
+        ("osteo-fused-v1", vec![image.clone(), tabular.clone()]),
+        ("osteo-image-v1", vec![image.clone()]),
+        ("osteo-tabular-v1", vec![tabular.clone()]),
+    ] {
+        let m = c
+            .model_metadata(v2::ModelMetadataRequest {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .expect("model metadata")
+            .into_inner();
+        assert_eq!(m.name, name);
+        assert_eq!(m.versions, [artifacts(name).manifest.version]);
+        assert_eq!(shapes(&m, false), inputs, "{name}");
+        assert_eq!(
+            shapes(&m, true),
+            [
+                ("logits".to_string(), vec![-1, 3]),
+                ("probabilities".to_string(), vec![-1, 3])
+            ]
+        );
+        let ready = c
+            .model_ready(v2::ModelReadyRequest {
+                name: name.into(),
+                version: m.versions[0].clone(),
+            })
+            .await
+            .expect("model ready")
+            .into_inner();
+        assert!(ready.ready, "{name}");
+    }
+    for (name, version) in [("no-such-model", ""), ("osteo-fused-v1", "999")] {
+        let e = c
+            .model_ready(v2::ModelReadyRequest {
+                name: name.into(),
+                version: version.into(),
+            })
+            .await
+            .expect_err("unknown");
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infer_equals_onnx_runtime_on_every_model_raw_and_typed() {
+    let server = InProc::start("", MODELS, registry()).await;
+    let mut c = client(&server).await;
+    for name in ["osteo-fused-v1", "osteo-image-v1", "osteo-tabular-v1"] {
+        let samples = rows(name, 3);
+        let mut direct = OrtBackend::load(&artifacts(name), osteo_core::Device::Cpu).expect("ort");
+        let want = direct
+            .predict(&Batch::stack(&artifacts(name).manifest.arch, &samples).expect("batch"))
+            .expect("predict");
+        for raw in [true, false] {
+            let r = c
+                .model_infer(with_backend(request(name, &samples, raw), "ort"))
+                .await
+                .unwrap_or_else(|e| panic!("{name} raw={raw}: {e:?}"))
+                .into_inner();
+            assert_eq!(r.model_name, name);
+            assert_eq!(r.id, "req-42");
+            assert_eq!(r.raw_output_contents.is_empty(), !raw, "raw in, raw out");
+            let (shape, logits) = output(&r, "logits");
+            assert_eq!(shape, [3, 3]);
+            let (_, probabilities) = output(&r, "probabilities");
+            for row in 0..3 {
+                let p = osteo_core::backend::softmax(&want.data()[row * 3..row * 3 + 3]);
+                for k in 0..3 {
+                    let (got, exp) = (probabilities[row * 3 + k], p[k]);
+                    assert!(
+                        (got - exp).abs() <= 1e-5,
+                        "{name} row {row}: {got} vs {exp}"
+                    );
+                    let (gl, el) = (logits[row * 3 + k], want.data()[row * 3 + k]);
+                    assert!((gl - el).abs() <= 1e-5, "{name} logits row {row}");
+                }
+            }
+        }
+    }
+    // Only the outputs asked for, in the order asked.
+    let mut req = request("osteo-tabular-v1", &rows("osteo-tabular-v1", 1), false);
+    req.outputs
+        .push(v2::model_infer_request::InferRequestedOutputTensor {
+            name: "probabilities".into(),
+            ..Default::default()
+        });
+    let r = c.model_infer(req).await.expect("infer").into_inner();
+    assert_eq!(r.outputs.len(), 1);
+    assert_eq!(r.outputs[0].name, "probabilities");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infer_agrees_with_classify_and_is_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let server = InProc::start(
+        &format!("[audit]\npath = \"{}\"\n", audit.display()),
+        MODELS,
+        registry(),
+    )
+    .await;
+    let mut c = client(&server).await;
+    let samples = rows("osteo-tabular-v1", 1);
+    let r = c
+        .model_infer(request("osteo-tabular-v1", &samples, false))
+        .await
+        .expect("infer")
+        .into_inner();
+    let (_, logits) = output(&r, "logits");
+    let mut osteo = server.client().await;
+    let mut clinical = clinical();
+    clinical.age_years = 55.0;
+    let classified = osteo
+        .classify(osteo_proto::v1::ClassifyRequest {
+            clinical: Some(clinical),
+            model: "osteo-tabular-v1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("classify")
+        .into_inner();
+    for (a, b) in logits.iter().zip(&classified.logits) {
+        assert!(
+            (a - b).abs() <= 1e-6,
+            "{logits:?} vs {:?}",
+            classified.logits
+        );
+    }
+    let text = std::fs::read_to_string(&audit).expect("audit");
+    let record: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a record")).expect("JSON");
+    assert_eq!(record["rpc"], "ModelInfer");
+    assert_eq!(record["model"], "osteo-tabular-v1");
+    assert_eq!(record["backend"], "candle");
+    assert_eq!(record["code"], "Ok");
+    assert!(record["grade"].as_str().is_some_and(|g| !g.is_empty()));
+    let scraped = server.scrape().await;
+    assert!(metric(&scraped, "osteo_requests_total", &["rpc=\"ModelInfer\""]) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_naming_the_input() {
+    let server = InProc::start("", MODELS, registry()).await;
+    let mut c = client(&server).await;
+    let good = || request("osteo-fused-v1", &rows("osteo-fused-v1", 2), true);
+    let refuse = |mut req: v2::ModelInferRequest, edit: &dyn Fn(&mut v2::ModelInferRequest)| {
+        edit(&mut req);
+        req
+    };
+    let cases: Vec<(&str, v2::ModelInferRequest, Code, &str)> = vec![
+        (
+            "unknown input",
+            refuse(good(), &|r| r.inputs[0].name = "pixels".into()),
+            Code::InvalidArgument,
+            "\"pixels\" is not an input",
+        ),
+        (
+            "wrong datatype",
+            refuse(good(), &|r| r.inputs[1].datatype = "FP64".into()),
+            Code::InvalidArgument,
+            "\"tabular\" must be FP32",
+        ),
+        (
+            "wrong shape",
+            refuse(good(), &|r| r.inputs[0].shape = vec![2, 3, 128, 128]),
+            Code::InvalidArgument,
+            "\"images\" must have shape [N, 2, 128, 128]",
+        ),
+        (
+            "rows differ",
+            refuse(good(), &|r| r.inputs[1].shape[0] = 1),
+            Code::InvalidArgument,
+            "\"tabular\" has 1 rows",
+        ),
+        (
+            "byte size",
+            refuse(good(), &|r| {
+                r.raw_input_contents[1].pop();
+            }),
+            Code::InvalidArgument,
+            "\"tabular\": raw_input_contents holds 103 bytes",
+        ),
+        (
+            "missing input",
+            refuse(good(), &|r| {
+                r.inputs.pop();
+                r.raw_input_contents.pop();
+            }),
+            Code::InvalidArgument,
+            "\"tabular\" is missing",
+        ),
+        (
+            "raw count",
+            refuse(good(), &|r| {
+                r.raw_input_contents.pop();
+            }),
+            Code::InvalidArgument,
+            "raw_input_contents has 1 entries for 2 inputs",
+        ),
+        (
+            "too many inputs",
+            refuse(good(), &|r| {
+                let extra = r.inputs[0].clone();
+                r.inputs.push(extra);
+            }),
+            Code::InvalidArgument,
+            "3 inputs sent",
+        ),
+        (
+            "unknown output",
+            refuse(good(), &|r| {
+                r.outputs
+                    .push(v2::model_infer_request::InferRequestedOutputTensor {
+                        name: "gradcam".into(),
+                        ..Default::default()
+                    })
+            }),
+            Code::InvalidArgument,
+            "output \"gradcam\" is not an output",
+        ),
+        (
+            "unknown model",
+            refuse(good(), &|r| r.model_name = "osteo-knee-v9".into()),
+            Code::NotFound,
+            "osteo-knee-v9",
+        ),
+        (
+            "unknown version",
+            refuse(good(), &|r| r.model_version = "7".into()),
+            Code::NotFound,
+            "no version \"7\"",
+        ),
+        (
+            "unknown backend",
+            with_backend(good(), "tensorrt"),
+            Code::NotFound,
+            "backend \"tensorrt\"",
+        ),
+        (
+            "too many rows",
+            request("osteo-tabular-v1", &rows("osteo-tabular-v1", 33), false),
+            Code::InvalidArgument,
+            "at most 32 per request",
+        ),
+    ];
+    for (what, req, code, text) in cases {
+        let e = c.model_infer(req).await.expect_err(what);
+        assert_eq!(e.code(), code, "{what}: {e:?}");
+        assert!(e.message().contains(text), "{what}: {}", e.message());
+    }
+    // The server still answers the good request after all of that.
+    c.model_infer(good()).await.expect("good request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inference_service_needs_credentials_like_osteo_v1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    let token = new_token(&tokens, "kserve", "client");
+    let server = InProc::start(
+        &format!(
+            "[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n",
+            tokens.display()
+        ),
+        &MODELS[2..],
+        registry(),
+    )
+    .await;
+    let mut c = client(&server).await;
+    let e = c
+        .server_live(v2::ServerLiveRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut live = tonic::Request::new(v2::ServerLiveRequest {});
+    live.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    assert!(c.server_live(live).await.expect("live").into_inner().live);
+}
