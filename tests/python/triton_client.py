@@ -1,0 +1,135 @@
+"""Triton's own Python client (tritonclient.grpc) against OsteoServe's Open Inference Protocol.
+
+Usage: triton_client.py HOST:PORT DESCRIPTOR_SET INPUT_DIR
+DESCRIPTOR_SET is OsteoServe's encoded FileDescriptorSet: every message of its `inference`
+package is compared, field by field (name, number, type, label), with the one tritonclient was
+built from. INPUT_DIR holds MODEL.INPUT.f32 files (little-endian float32, rows x per-row values)
+and MODEL.rows. Prints one JSON object: health, metadata, for each model the probabilities of a
+raw-content and of a typed-content infer, the error of a wrong shape, and the descriptor
+mismatches.
+"""
+import json
+import os
+import sys
+
+import grpc
+import numpy as np
+import tritonclient.grpc as tc
+from google.protobuf import descriptor_pb2
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+MODELS = {
+    "osteo-fused-v1": [("images", (2, 128, 128)), ("tabular", (13,))],
+    "osteo-image-v1": [("images", (2, 128, 128))],
+    "osteo-tabular-v1": [("tabular", (13,))],
+}
+
+
+def field_key(f):
+    return (f.name, f.number, f.type, f.label, f.type_name.lstrip("."))
+
+
+def compare(ours, theirs, path, out):
+    """Appends to `out` every difference between message descriptor protos."""
+    mine = {f.name: field_key(f) for f in ours.field}
+    other = {f.name: field_key(f) for f in theirs.field}
+    for name, key in mine.items():
+        if name not in other:
+            out.append(f"{path}.{name}: not in tritonclient's protocol")
+        elif key != other[name]:
+            out.append(f"{path}.{name}: ours {key}, tritonclient {other[name]}")
+    their_nested = {n.name: n for n in theirs.nested_type}
+    for nested in ours.nested_type:
+        if nested.options.map_entry:
+            continue
+        if nested.name not in their_nested:
+            out.append(f"{path}.{nested.name}: not in tritonclient's protocol")
+        else:
+            compare(nested, their_nested[nested.name], f"{path}.{nested.name}", out)
+
+
+def descriptor_mismatches(fds_path):
+    fds = descriptor_pb2.FileDescriptorSet()
+    with open(fds_path, "rb") as f:
+        fds.ParseFromString(f.read())
+    ours = next(f for f in fds.file if f.package == "inference")
+    theirs = descriptor_pb2.FileDescriptorProto()
+    service_pb2.DESCRIPTOR.CopyToProto(theirs)
+    their_messages = {m.name: m for m in theirs.message_type}
+    out = []
+    for m in ours.message_type:
+        if m.name not in their_messages:
+            out.append(f"{m.name}: not in tritonclient's protocol")
+        else:
+            compare(m, their_messages[m.name], m.name, out)
+    their_methods = {m.name: m for m in theirs.service[0].method}
+    for method in ours.service[0].method:
+        t = their_methods.get(method.name)
+        if t is None or (t.input_type, t.output_type) != (method.input_type, method.output_type):
+            out.append(f"rpc {method.name}: differs from tritonclient's")
+    return out
+
+
+def load_inputs(model, input_dir):
+    rows = int(open(os.path.join(input_dir, f"{model}.rows")).read())
+    return {
+        name: np.fromfile(os.path.join(input_dir, f"{model}.{name}.f32"), dtype="<f4").reshape(
+            (rows,) + shape
+        )
+        for name, shape in MODELS[model]
+    }
+
+
+def main():
+    _, address, fds_path, input_dir = sys.argv
+    client = tc.InferenceServerClient(url=address)
+    out = {
+        "live": client.is_server_live(),
+        "ready": client.is_server_ready(),
+        "server": client.get_server_metadata(as_json=True)["name"],
+        "descriptor_mismatches": descriptor_mismatches(fds_path),
+        "models": {},
+    }
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+    for model in MODELS:
+        meta = client.get_model_metadata(model, as_json=True)
+        data = load_inputs(model, input_dir)
+        # Raw contents: what tritonclient sends.
+        inputs = []
+        for name, array in data.items():
+            i = tc.InferInput(name, list(array.shape), "FP32")
+            i.set_data_from_numpy(array)
+            inputs.append(i)
+        outputs = [tc.InferRequestedOutput("probabilities"), tc.InferRequestedOutput("logits")]
+        raw = client.infer(model, inputs, outputs=outputs).as_numpy("probabilities")
+        # Typed contents through the generated stub.
+        req = service_pb2.ModelInferRequest(model_name=model)
+        for name, array in data.items():
+            t = req.inputs.add(name=name, datatype="FP32", shape=list(array.shape))
+            t.contents.fp32_contents.extend(array.ravel().tolist())
+        typed_resp = stub.ModelInfer(req)
+        typed = next(o for o in typed_resp.outputs if o.name == "probabilities")
+        # A wrong shape is refused naming the input.
+        name, array = next(iter(data.items()))
+        wrong = tc.InferInput(name, [array.shape[0], 7], "FP32")
+        wrong.set_data_from_numpy(np.zeros((array.shape[0], 7), dtype=np.float32))
+        try:
+            client.infer(model, [wrong])
+            refused = "accepted"
+        except InferenceServerException as e:
+            refused = f"{e.status()} {e.message()}"
+        out["models"][model] = {
+            "ready": client.is_model_ready(model),
+            "versions": meta["versions"],
+            "inputs": [[i["name"], i["datatype"], [int(d) for d in i["shape"]]] for i in meta["inputs"]],
+            "outputs": [o["name"] for o in meta["outputs"]],
+            "raw": raw.ravel().tolist(),
+            "typed": list(typed.contents.fp32_contents),
+            "wrong_shape": refused,
+        }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
