@@ -522,6 +522,14 @@ async fn tritons_python_client_works_unmodified() {
     assert_eq!(v["ready"], true);
     assert_eq!(v["server"], "osteoserve");
     assert_eq!(
+        v["repository"],
+        serde_json::json!([
+            ["osteo-fused-v1", "READY"],
+            ["osteo-image-v1", "READY"],
+            ["osteo-tabular-v1", "READY"]
+        ])
+    );
+    assert_eq!(
         v["descriptor_mismatches"],
         serde_json::json!([]),
         "field numbers must match the published protocol"
@@ -545,10 +553,97 @@ async fn tritons_python_client_works_unmodified() {
                 );
             }
         }
+        assert_eq!(m["max_batch_size"], 32, "{name}");
+        assert_eq!(m["dynamic_batching"], true);
+        let dims: Vec<serde_json::Value> = m["config_inputs"]
+            .as_array()
+            .expect("inputs")
+            .iter()
+            .map(|i| i[2].clone())
+            .collect();
+        let want_dims = match *name {
+            "osteo-fused-v1" => serde_json::json!([[2, 128, 128], [13]]),
+            "osteo-image-v1" => serde_json::json!([[2, 128, 128]]),
+            _ => serde_json::json!([[13]]),
+        };
+        assert_eq!(serde_json::Value::Array(dims), want_dims, "{name}");
+        assert!(
+            m["config_inputs"]
+                .as_array()
+                .expect("inputs")
+                .iter()
+                .all(|i| i[1] == "TYPE_FP32")
+        );
+        assert_eq!(m["stream_errors"], serde_json::json!([]), "{name}");
+        let streamed = m["streamed"].as_array().expect("streamed");
+        assert_eq!(streamed.len(), 2, "{name}: {m}");
+        for answer in streamed {
+            assert_eq!(
+                answer, &m["raw"],
+                "{name}: a stream answers like ModelInfer"
+            );
+        }
+        // 1 raw + 1 typed + 2 streamed requests of 2 rows each succeeded before the stats call.
+        assert!(m["success_count"].as_u64().unwrap_or(0) >= 4, "{name}: {m}");
+        assert!(
+            m["inference_count"].as_u64().unwrap_or(0) >= 8,
+            "{name}: {m}"
+        );
+        assert!(
+            m["execution_count"].as_u64().unwrap_or(0) >= 1,
+            "{name}: {m}"
+        );
         let refused = m["wrong_shape"].as_str().unwrap_or_default();
         assert!(
             refused.contains("INVALID_ARGUMENT") && refused.contains("must have shape"),
             "{name}: {refused}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_answers_every_request_in_order_and_goes_on_after_a_bad_one() {
+    let server = InProc::start("", &MODELS[2..], registry()).await;
+    let mut c = client(&server).await;
+    let good = request("osteo-tabular-v1", &rows("osteo-tabular-v1", 1), false);
+    let mut bad = good.clone();
+    bad.inputs[0].datatype = "INT64".into();
+    let mut answers = c
+        .model_stream_infer(tokio_stream::iter(vec![good.clone(), bad, good]))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(answer) = answers.message().await.expect("answer") {
+        got.push(answer);
+    }
+    assert_eq!(got.len(), 3);
+    assert!(got[0].error_message.is_empty() && got[0].infer_response.is_some());
+    assert!(
+        got[1].error_message.contains("\"tabular\" must be FP32")
+            && got[1].infer_response.is_none(),
+        "{:?}",
+        got[1]
+    );
+    assert_eq!(got[2].infer_response, got[0].infer_response);
+    let index = c
+        .repository_index(v2::RepositoryIndexRequest::default())
+        .await
+        .expect("index")
+        .into_inner();
+    assert_eq!(index.models.len(), 1);
+    assert_eq!(index.models[0].state, "READY");
+    let stats = c
+        .model_statistics(v2::ModelStatisticsRequest {
+            name: "osteo-tabular-v1".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("statistics")
+        .into_inner();
+    let s = &stats.model_stats[0];
+    let infer = s.inference_stats.as_ref().expect("stats");
+    assert_eq!(infer.success.as_ref().map(|d| d.count), Some(2));
+    assert_eq!(infer.fail.as_ref().map(|d| d.count), Some(1));
+    assert_eq!(s.inference_count, 2);
 }

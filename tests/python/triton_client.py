@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc as tc
 from google.protobuf import descriptor_pb2
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 MODELS = {
@@ -56,8 +56,18 @@ def descriptor_mismatches(fds_path):
     ours = next(f for f in fds.file if f.package == "inference")
     theirs = descriptor_pb2.FileDescriptorProto()
     service_pb2.DESCRIPTOR.CopyToProto(theirs)
-    their_messages = {m.name: m for m in theirs.message_type}
+    config = descriptor_pb2.FileDescriptorProto()
+    model_config_pb2.DESCRIPTOR.CopyToProto(config)
+    their_messages = {m.name: m for m in list(theirs.message_type) + list(config.message_type)}
+    their_enums = {e.name: e for e in list(theirs.enum_type) + list(config.enum_type)}
     out = []
+    for e in ours.enum_type:
+        t = their_enums.get(e.name)
+        mine = {v.name: v.number for v in e.value}
+        other = {v.name: v.number for v in t.value} if t else {}
+        for name, number in mine.items():
+            if other.get(name) != number:
+                out.append(f"enum {e.name}.{name} = {number}: tritonclient has {other.get(name)}")
     for m in ours.message_type:
         if m.name not in their_messages:
             out.append(f"{m.name}: not in tritonclient's protocol")
@@ -92,6 +102,8 @@ def main():
         "models": {},
     }
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+    index = client.get_model_repository_index(as_json=True)
+    out["repository"] = sorted((m["name"], m.get("state", "")) for m in index.get("models", []))
     for model in MODELS:
         meta = client.get_model_metadata(model, as_json=True)
         data = load_inputs(model, input_dir)
@@ -119,7 +131,24 @@ def main():
             refused = "accepted"
         except InferenceServerException as e:
             refused = f"{e.status()} {e.message()}"
+        # Streaming: two requests on one stream, answered in order.
+        answers = []
+        client.start_stream(callback=lambda result, error: answers.append((result, error)))
+        for _ in range(2):
+            client.async_stream_infer(model, inputs, outputs=outputs)
+        client.stop_stream()
+        streamed = [r.as_numpy("probabilities").ravel().tolist() for r, e in answers if e is None]
+        config = client.get_model_config(model, as_json=True)["config"]
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
         out["models"][model] = {
+            "max_batch_size": config.get("max_batch_size"),
+            "config_inputs": [[i["name"], i["data_type"], [int(d) for d in i["dims"]]] for i in config["input"]],
+            "dynamic_batching": "dynamic_batching" in config,
+            "streamed": streamed,
+            "stream_errors": [str(e) for r, e in answers if e is not None],
+            "inference_count": int(stats.get("inference_count", 0)),
+            "execution_count": int(stats.get("execution_count", 0)),
+            "success_count": int(stats["inference_stats"]["success"].get("count", 0)),
             "ready": client.is_model_ready(model),
             "versions": meta["versions"],
             "inputs": [[i["name"], i["datatype"], [int(d) for d in i["shape"]]] for i in meta["inputs"]],

@@ -40,13 +40,17 @@ pub const METHODS: [&str; 7] = [
 pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
 
 /// The methods of `inference.GRPCInferenceService`, in the order of the proto.
-pub const INFERENCE_METHODS: [&str; 6] = [
+pub const INFERENCE_METHODS: [&str; 10] = [
     "ServerLive",
     "ServerReady",
     "ModelReady",
     "ServerMetadata",
     "ModelMetadata",
     "ModelInfer",
+    "ModelStreamInfer",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
 ];
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! FP32 `[-1, 3]` in class order normal, osteopenia, osteoporosis. A request of N rows is N
 //! samples in the model's dynamic batch, so v2 and osteo.v1 traffic batch together.
 
+use crate::auth::Principal;
 use crate::error::ServerError;
 use crate::models::ServedModel;
 use crate::service::{Labels, Service, lock_labels, resolve, set_grade};
@@ -358,6 +359,70 @@ fn metadata(model: &ServedModel) -> v2::ModelMetadataResponse {
     }
 }
 
+/// Triton's model configuration of a served model.
+fn config(model: &ServedModel, settings: &crate::config::Settings) -> v2::ModelConfig {
+    let fp32 = v2::DataType::TypeFp32 as i32;
+    let classes = model.artifacts.manifest.arch.head.classes as i64;
+    v2::ModelConfig {
+        name: model.name().to_string(),
+        platform: String::new(),
+        backend: "osteoserve".to_string(),
+        max_batch_size: i32::try_from(settings.scheduler.max_batch).unwrap_or(i32::MAX),
+        input: inputs_of(model)
+            .iter()
+            .map(|s| v2::ModelInput {
+                name: s.name.to_string(),
+                data_type: fp32,
+                dims: s.dims.iter().map(|d| *d as i64).collect(),
+            })
+            .collect(),
+        output: [LOGITS, PROBABILITIES]
+            .iter()
+            .map(|name| v2::ModelOutput {
+                name: name.to_string(),
+                data_type: fp32,
+                dims: vec![classes],
+            })
+            .collect(),
+        dynamic_batching: Some(v2::ModelDynamicBatching {
+            preferred_batch_size: Vec::new(),
+            max_queue_delay_microseconds: settings.scheduler.max_delay_ms.saturating_mul(1000),
+        }),
+    }
+}
+
+/// Triton's statistics of a served model.
+fn statistics(model: &ServedModel) -> v2::ModelStatistics {
+    let s = &model.stats;
+    let duration = |t: &crate::stats::Tally| {
+        let (count, ns) = t.get();
+        Some(v2::StatisticDuration { count, ns })
+    };
+    let zero = || Some(v2::StatisticDuration::default());
+    v2::ModelStatistics {
+        name: model.name().to_string(),
+        version: model.artifacts.manifest.version.clone(),
+        last_inference: s
+            .last_inference_ms
+            .load(std::sync::atomic::Ordering::Relaxed),
+        inference_count: s.compute.get().0,
+        execution_count: s.executions.load(std::sync::atomic::Ordering::Relaxed),
+        inference_stats: Some(v2::InferStatistics {
+            success: duration(&s.success),
+            fail: duration(&s.fail),
+            queue: duration(&s.queue),
+            compute_input: zero(),
+            compute_infer: duration(&s.compute),
+            compute_output: zero(),
+        }),
+    }
+}
+
+/// The answers of a ModelStreamInfer stream.
+type InferStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<v2::ModelStreamInferResponse, Status>> + Send>,
+>;
+
 /// Labels a request with a model name it looked up (the served name, or `unknown`).
 fn label_model(labels: &Mutex<Labels>, name: &str) {
     lock_labels(labels).model = name.to_string();
@@ -445,5 +510,130 @@ impl GrpcInferenceService for Inference {
         request: Request<v2::ModelInferRequest>,
     ) -> Result<Response<v2::ModelInferResponse>, Status> {
         self.service.run("ModelInfer", request, infer).await
+    }
+
+    type ModelStreamInferStream = InferStream;
+
+    /// Each request of the stream runs as a ModelInfer of the stream's principal (admitted,
+    /// counted and audited one by one), answered in order; a failed request is answered with
+    /// its error message and the stream goes on.
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<v2::ModelInferRequest>>,
+    ) -> Result<Response<InferStream>, Status> {
+        let principal = request.extensions().get::<Principal>().cloned();
+        let tcp = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .cloned();
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let service = self.service.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let mut one = Request::new(message);
+                if let Some(p) = &principal {
+                    one.extensions_mut().insert(p.clone());
+                }
+                if let Some(t) = &tcp {
+                    one.extensions_mut().insert(t.clone());
+                }
+                let answer = match service.run("ModelStreamInfer", one, infer).await {
+                    Ok(r) => v2::ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(r.into_inner()),
+                    },
+                    Err(status) => v2::ModelStreamInferResponse {
+                        error_message: status.message().to_string(),
+                        infer_response: None,
+                    },
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<v2::ModelConfigRequest>,
+    ) -> Result<Response<v2::ModelConfigResponse>, Status> {
+        self.service
+            .run("ModelConfig", request, |state, labels, req| async move {
+                let model = state.models()?.get(&req.name).inspect_err(|_| {
+                    label_model(&labels, "unknown");
+                })?;
+                label_model(&labels, model.name());
+                check_version(model, &req.version)?;
+                Ok(v2::ModelConfigResponse {
+                    config: Some(config(model, &state.settings)),
+                })
+            })
+            .await
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<v2::ModelStatisticsRequest>,
+    ) -> Result<Response<v2::ModelStatisticsResponse>, Status> {
+        self.service
+            .run(
+                "ModelStatistics",
+                request,
+                |state, labels, req| async move {
+                    let models = state.models()?;
+                    let model_stats = if req.name.is_empty() {
+                        models.all().iter().map(statistics).collect()
+                    } else {
+                        let model = models.get(&req.name).inspect_err(|_| {
+                            label_model(&labels, "unknown");
+                        })?;
+                        label_model(&labels, model.name());
+                        check_version(model, &req.version)?;
+                        vec![statistics(model)]
+                    };
+                    Ok(v2::ModelStatisticsResponse { model_stats })
+                },
+            )
+            .await
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<v2::RepositoryIndexRequest>,
+    ) -> Result<Response<v2::RepositoryIndexResponse>, Status> {
+        self.service
+            .run("RepositoryIndex", request, |state, _, req| async move {
+                let models = state
+                    .models()?
+                    .all()
+                    .iter()
+                    .filter(|m| !req.ready || m.is_up())
+                    .map(|m| v2::repository_index_response::ModelIndex {
+                        name: m.name().to_string(),
+                        version: m.artifacts.manifest.version.clone(),
+                        state: if m.is_up() { "READY" } else { "UNAVAILABLE" }.to_string(),
+                        reason: if m.is_up() {
+                            String::new()
+                        } else {
+                            "a backend is being reloaded after repeated failures".to_string()
+                        },
+                    })
+                    .collect();
+                Ok(v2::RepositoryIndexResponse { models })
+            })
+            .await
     }
 }

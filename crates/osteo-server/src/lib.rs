@@ -19,6 +19,7 @@ pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod service;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod text;

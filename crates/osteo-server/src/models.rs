@@ -4,6 +4,7 @@ use crate::config::Settings;
 use crate::error::ServerError;
 use crate::registry::Registry;
 use crate::scheduler::{BatchConfig, Worker};
+use crate::stats::ModelStats;
 use osteo_core::{Device, ModelArtifacts};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -19,6 +20,8 @@ pub struct ServedModel {
     pub default_backend: String,
     /// Device the backends run on.
     pub device: Device,
+    /// Inference statistics (Triton's ModelStatistics).
+    pub stats: Arc<ModelStats>,
 }
 
 impl ServedModel {
@@ -90,6 +93,7 @@ impl ModelSet {
                 .parse()
                 .map_err(|e| ServerError::Config(format!("models[{i}].device: {e}")))?;
             let mut workers = Vec::new();
+            let stats = Arc::new(ModelStats::default());
             for backend in &m.backends {
                 let loader = registry.get(backend).ok_or_else(|| {
                     ServerError::Config(format!(
@@ -98,13 +102,20 @@ impl ModelSet {
                         registry.names().join(", ")
                     ))
                 })?;
-                let worker = Worker::spawn(&artifacts, device, loader, config, changed.clone())
-                    .map_err(|e| match e {
-                        ServerError::Config(m) => {
-                            ServerError::Config(format!("models[{i}], backend {backend}: {m}"))
-                        }
-                        other => other,
-                    })?;
+                let worker = Worker::spawn(
+                    &artifacts,
+                    device,
+                    loader,
+                    config,
+                    changed.clone(),
+                    stats.clone(),
+                )
+                .map_err(|e| match e {
+                    ServerError::Config(m) => {
+                        ServerError::Config(format!("models[{i}], backend {backend}: {m}"))
+                    }
+                    other => other,
+                })?;
                 let info = worker.info();
                 metrics::gauge!(
                     "osteo_backend_info",
@@ -126,6 +137,7 @@ impl ModelSet {
                 workers,
                 default_backend,
                 device,
+                stats,
             });
         }
         let default = if settings.server.default_model.is_empty() {

@@ -15,6 +15,7 @@
 
 use crate::error::ServerError;
 use crate::registry::Loader;
+use crate::stats::ModelStats;
 use osteo_core::{
     ArchSpec, Backend, BackendError, BackendInfo, Batch, Device, Explanation, ModelArtifacts,
     Sample,
@@ -75,13 +76,15 @@ pub struct Worker {
 impl Worker {
     /// Starts the thread, loads the model with `loader` on it and waits until it is ready.
     /// Blocking: call it from a blocking context.
-    /// `changed` is notified whenever the worker goes down or comes back up.
+    /// `changed` is notified whenever the worker goes down or comes back up; `stats` counts
+    /// its queue waits and executions.
     pub fn spawn(
         artifacts: &ModelArtifacts,
         device: Device,
         loader: Loader,
         config: BatchConfig,
         changed: Arc<Notify>,
+        stats: Arc<ModelStats>,
     ) -> Result<Self, ServerError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(config.queue_capacity);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -111,6 +114,7 @@ impl Worker {
                         up: up_worker,
                         changed,
                         labels,
+                        stats,
                     };
                     supervisor.run(rx, &arch, config);
                 }
@@ -277,6 +281,7 @@ struct Supervisor {
     up: Arc<AtomicBool>,
     changed: Arc<Notify>,
     labels: [(&'static str, String); 2],
+    stats: Arc<ModelStats>,
 }
 
 impl Supervisor {
@@ -386,11 +391,13 @@ impl Supervisor {
                     }
                     metrics::histogram!("osteo_queue_seconds", &labels)
                         .record(enqueued.elapsed().as_secs_f64());
+                    self.stats.queued(enqueued.elapsed());
                     let start = Instant::now();
                     let out =
                         Batch::stack(arch, &[&input]).and_then(|b| guarded(|| backend.explain(&b)));
                     metrics::histogram!("osteo_inference_seconds", &labels)
                         .record(start.elapsed().as_secs_f64());
+                    self.stats.executed(1, start.elapsed());
                     self.record(&out);
                     let _ = reply.send(out);
                     continue;
@@ -436,12 +443,14 @@ impl Supervisor {
             for (_, enqueued, _) in &jobs {
                 metrics::histogram!("osteo_queue_seconds", &labels)
                     .record(started.duration_since(*enqueued).as_secs_f64());
+                self.stats.queued(started.duration_since(*enqueued));
             }
             let inputs: Vec<&Sample> = jobs.iter().map(|(i, _, _)| i).collect();
             let result = predict_rows(backend.as_mut(), arch, &inputs);
             metrics::histogram!("osteo_batch_size", &labels).record(jobs.len() as f64);
             metrics::histogram!("osteo_inference_seconds", &labels)
                 .record(started.elapsed().as_secs_f64());
+            self.stats.executed(jobs.len(), started.elapsed());
             self.record(&result);
             match result {
                 Ok(rows) => {
@@ -577,6 +586,7 @@ mod tests {
                 loader,
                 config,
                 Arc::new(Notify::new()),
+                Arc::new(ModelStats::default()),
             )
             .expect("worker");
             Self {

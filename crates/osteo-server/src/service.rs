@@ -333,6 +333,7 @@ impl Service {
         };
         let code = result.as_ref().map_or_else(ServerError::code, |_| Code::Ok);
         let seconds = start.elapsed().as_secs_f64();
+        self.count_inference(rpc, &labels, result.is_ok(), start.elapsed());
         let record = {
             let l = lock_labels(&labels);
             let study = if l.study.is_empty() || is_handle(&l.study) {
@@ -378,6 +379,30 @@ impl Service {
             }
         }
         result.map(Response::new).map_err(Status::from)
+    }
+
+    /// Adds an inference request's outcome to its model's statistics (requests that never
+    /// reached a served model are not counted).
+    fn count_inference(
+        &self,
+        rpc: &str,
+        labels: &std::sync::Mutex<Labels>,
+        ok: bool,
+        took: Duration,
+    ) {
+        if !matches!(
+            rpc,
+            "Classify" | "Explain" | "CompareBackends" | "ModelInfer" | "ModelStreamInfer"
+        ) {
+            return;
+        }
+        let name = lock_labels(labels).model.clone();
+        if name.is_empty() || name == "unknown" {
+            return;
+        }
+        if let Ok(model) = self.state.models().and_then(|m| m.get(&name)) {
+            model.stats.finished(ok, took);
+        }
     }
 
     /// Resolves the study reference, builds the model's view and encodes the clinical variables.
