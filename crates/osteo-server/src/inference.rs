@@ -423,9 +423,22 @@ type InferStream = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<v2::ModelStreamInferResponse, Status>> + Send>,
 >;
 
-/// Labels a request with a model name it looked up (the served name, or `unknown`).
-fn label_model(labels: &Mutex<Labels>, name: &str) {
-    lock_labels(labels).model = name.to_string();
+/// The served model `name` at `version` ("" = the served one), labelling the request with the
+/// served name (or `unknown`).
+fn lookup<'a>(
+    state: &'a crate::service::State,
+    labels: &Mutex<Labels>,
+    name: &str,
+    version: &str,
+) -> Result<&'a ServedModel, ServerError> {
+    let label = |name: &str| lock_labels(labels).model = name.to_string();
+    let model = state
+        .models()?
+        .get(name)
+        .inspect_err(|_| label("unknown"))?;
+    label(model.name());
+    check_version(model, version)?;
+    Ok(model)
 }
 
 #[tonic::async_trait]
@@ -462,11 +475,7 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<v2::ModelReadyResponse>, Status> {
         self.service
             .run("ModelReady", request, |state, labels, req| async move {
-                let model = state.models()?.get(&req.name).inspect_err(|_| {
-                    label_model(&labels, "unknown");
-                })?;
-                label_model(&labels, model.name());
-                check_version(model, &req.version)?;
+                let model = lookup(&state, &labels, &req.name, &req.version)?;
                 Ok(v2::ModelReadyResponse {
                     ready: model.is_up(),
                 })
@@ -495,11 +504,7 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<v2::ModelMetadataResponse>, Status> {
         self.service
             .run("ModelMetadata", request, |state, labels, req| async move {
-                let model = state.models()?.get(&req.name).inspect_err(|_| {
-                    label_model(&labels, "unknown");
-                })?;
-                label_model(&labels, model.name());
-                check_version(model, &req.version)?;
+                let model = lookup(&state, &labels, &req.name, &req.version)?;
                 Ok(metadata(model))
             })
             .await
@@ -572,11 +577,7 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<v2::ModelConfigResponse>, Status> {
         self.service
             .run("ModelConfig", request, |state, labels, req| async move {
-                let model = state.models()?.get(&req.name).inspect_err(|_| {
-                    label_model(&labels, "unknown");
-                })?;
-                label_model(&labels, model.name());
-                check_version(model, &req.version)?;
+                let model = lookup(&state, &labels, &req.name, &req.version)?;
                 Ok(v2::ModelConfigResponse {
                     config: Some(config(model, &state.settings)),
                 })
@@ -597,11 +598,7 @@ impl GrpcInferenceService for Inference {
                     let model_stats = if req.name.is_empty() {
                         models.all().iter().map(statistics).collect()
                     } else {
-                        let model = models.get(&req.name).inspect_err(|_| {
-                            label_model(&labels, "unknown");
-                        })?;
-                        label_model(&labels, model.name());
-                        check_version(model, &req.version)?;
+                        let model = lookup(&state, &labels, &req.name, &req.version)?;
                         vec![statistics(model)]
                     };
                     Ok(v2::ModelStatisticsResponse { model_stats })
