@@ -450,7 +450,12 @@ impl Service {
                         m.name, m.kind
                     ))
                 })?;
-                Some(blocking(move || s.view(&spec)).await?)
+                // A view already built for this study is taken here; building one is blocking
+                // work and runs off the async threads.
+                match s.cached_view(&spec) {
+                    Some(v) => Some(v),
+                    None => Some(blocking(move || s.view(&spec)).await?),
+                }
             }
         };
         let tabular = match &m.tabular {

@@ -66,10 +66,18 @@ impl Study {
         }
     }
 
+    /// The model view of this study for `spec`, if it was built already.
+    pub fn cached_view(&self, spec: &ViewSpec) -> Option<Arc<View>> {
+        lock(&self.views)
+            .iter()
+            .find(|(s, _)| s == spec)
+            .map(|(_, v)| v.clone())
+    }
+
     /// The model view of this study, computed on first use.
     pub fn view(&self, spec: &ViewSpec) -> Result<Arc<View>, ServerError> {
-        if let Some((_, v)) = lock(&self.views).iter().find(|(s, _)| s == spec) {
-            return Ok(v.clone());
+        if let Some(v) = self.cached_view(spec) {
+            return Ok(v);
         }
         let view = Arc::new(coronal_slab(&self.volume, spec)?);
         lock(&self.views).push((*spec, view.clone()));
