@@ -154,7 +154,11 @@ fn grpcurl_lists_describes_and_calls_every_method_through_reflection() {
     };
 
     let services = check(&call(&[&address, "list"], None), "list");
-    for s in ["osteo.v1.OsteoService", "grpc.health.v1.Health"] {
+    for s in [
+        "osteo.v1.OsteoService",
+        "grpc.health.v1.Health",
+        "inference.GRPCInferenceService",
+    ] {
         assert!(services.contains(s), "{s} listed: {services}");
     }
     let methods = check(

@@ -91,11 +91,16 @@ mod tests {
     fn every_message_field_enum_value_and_rpc_is_documented() {
         let fds =
             prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("decodes");
-        let file = fds
-            .file
-            .iter()
-            .find(|f| f.package() == "osteo.v1")
-            .expect("osteo.v1 present");
+        let mut missing = Vec::new();
+        for file in &fds.file {
+            missing.extend(undocumented(file));
+        }
+        assert!(missing.is_empty(), "undocumented: {missing:?}");
+    }
+
+    /// The messages, fields, oneofs, enums, values, services and methods of `file` without a
+    /// leading comment.
+    fn undocumented(file: &prost_types::FileDescriptorProto) -> Vec<String> {
         let info = file
             .source_code_info
             .as_ref()
@@ -148,7 +153,7 @@ mod tests {
                 );
             }
         }
-        assert!(missing.is_empty(), "undocumented: {missing:?}");
+        missing
     }
 
     #[test]
