@@ -196,14 +196,12 @@ impl Authenticator {
 
     /// The authenticator of `auth.mode`.
     pub fn from_settings(a: &crate::config::AuthSettings) -> Result<Self, ServerError> {
-        let tokens = matches!(a.mode.as_str(), "token" | "token_or_mtls");
-        let mtls = matches!(a.mode.as_str(), "mtls" | "token_or_mtls");
-        let auth = if tokens {
+        let auth = if a.uses_tokens() {
             Self::from_tokens_file(Path::new(&a.tokens_file))?
         } else {
             Self::none()
         };
-        Ok(if mtls {
+        Ok(if a.uses_certificates() {
             auth.with_certificates(a.mtls_admins.iter().cloned())
         } else {
             auth
@@ -243,18 +241,12 @@ fn read_tokens(path: &Path) -> Result<HashMap<String, Principal>, ServerError> {
     Ok(by_digest)
 }
 
-/// Why a request was refused, as a metric label.
-fn refusal(status: &tonic::Status) -> &'static str {
-    let m = status.message();
-    if m.starts_with("no credentials") {
-        "missing"
-    } else if m.contains("certificate") {
-        "certificate"
-    } else if m.starts_with("the authorization") {
-        "malformed"
-    } else {
-        "invalid_token"
-    }
+/// A refused request: the metric label of the reason and the status it is answered with.
+type Refusal = (&'static str, tonic::Status);
+
+/// A refusal with reason `reason` and message `message`.
+fn refuse(reason: &'static str, message: &'static str) -> Refusal {
+    (reason, tonic::Status::unauthenticated(message))
 }
 
 impl Authenticator {
@@ -280,6 +272,11 @@ impl Authenticator {
         headers: &http::HeaderMap,
         cert: &PeerCert,
     ) -> Result<Principal, tonic::Status> {
+        self.check(headers, cert).map_err(|(_, status)| status)
+    }
+
+    /// [`Authenticator::authenticate`], with the reason of a refusal as a metric label.
+    fn check(&self, headers: &http::HeaderMap, cert: &PeerCert) -> Result<Principal, Refusal> {
         if self.tokens.is_none() && self.certificates.is_none() {
             return Ok(Principal::anonymous());
         }
@@ -293,13 +290,14 @@ impl Authenticator {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| {
-                    tonic::Status::unauthenticated(
+                    refuse(
+                        "malformed",
                         "the authorization metadata must read `Bearer <token>`",
                     )
                 })?;
             return tokens
                 .get(&token_digest(token))
-                .ok_or_else(|| tonic::Status::unauthenticated("the token is not valid"));
+                .ok_or_else(|| refuse("invalid_token", "the token is not valid"));
         }
         if let Some(admins) = &self.certificates {
             match cert {
@@ -315,7 +313,8 @@ impl Authenticator {
                     });
                 }
                 PeerCert::Unnamed => {
-                    return Err(tonic::Status::unauthenticated(
+                    return Err(refuse(
+                        "certificate",
                         "the client certificate names no usable principal: its subject CN (or \
                          first DNS or e-mail SAN) must be 1 to 64 letters, digits or ._@-",
                     ));
@@ -323,7 +322,7 @@ impl Authenticator {
                 PeerCert::Absent => {}
             }
         }
-        Err(tonic::Status::unauthenticated(self.wanted()))
+        Err(refuse("missing", self.wanted()))
     }
 }
 
@@ -427,13 +426,12 @@ where
         if !req.uri().path().starts_with(HEALTH) {
             let conn = req.extensions().get::<ConnInfo>();
             let cert = conn.map_or(&PeerCert::Absent, ConnInfo::peer_cert);
-            match self.auth.authenticate(req.headers(), cert) {
+            match self.auth.check(req.headers(), cert) {
                 Ok(p) => {
                     req.extensions_mut().insert(p);
                 }
-                Err(status) => {
-                    metrics::counter!("osteo_auth_failures_total", "reason" => refusal(&status))
-                        .increment(1);
+                Err((reason, status)) => {
+                    metrics::counter!("osteo_auth_failures_total", "reason" => reason).increment(1);
                     let rpc = rpc_of(req.uri().path());
                     let peer = conn
                         .and_then(ConnInfo::remote_addr)

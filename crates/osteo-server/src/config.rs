@@ -183,6 +183,18 @@ pub struct AuthSettings {
     pub mtls_admins: Vec<String>,
 }
 
+impl AuthSettings {
+    /// Whether `mode` accepts bearer tokens.
+    pub fn uses_tokens(&self) -> bool {
+        matches!(self.mode.as_str(), "token" | "token_or_mtls")
+    }
+
+    /// Whether `mode` accepts client certificates.
+    pub fn uses_certificates(&self) -> bool {
+        matches!(self.mode.as_str(), "mtls" | "token_or_mtls")
+    }
+}
+
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
@@ -618,8 +630,7 @@ impl Settings {
     /// Checks `[auth]` against `[server.tls]`.
     fn validate_auth(&self) -> Result<(), ServerError> {
         let a = &self.auth;
-        let tokens = matches!(a.mode.as_str(), "token" | "token_or_mtls");
-        let mtls = matches!(a.mode.as_str(), "mtls" | "token_or_mtls");
+        let (tokens, mtls) = (a.uses_tokens(), a.uses_certificates());
         if !tokens && !mtls && a.mode != "none" {
             return Err(invalid(
                 "auth.mode",

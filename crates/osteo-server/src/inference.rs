@@ -11,7 +11,7 @@ use crate::error::ServerError;
 use crate::models::ServedModel;
 use crate::service::{Labels, Service, lock_labels, resolve, set_grade};
 use crate::text::client_text;
-use osteo_core::{Grade, Sample};
+use osteo_core::Sample;
 use osteo_proto::inference as v2;
 use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use std::sync::Mutex;
@@ -291,15 +291,8 @@ async fn infer(
         .iter()
         .map(|l| osteo_core::backend::softmax(l))
         .collect();
-    if let [p] = probabilities.as_slice() {
-        set_grade(
-            &labels,
-            Grade::most_probable(&[
-                p.first().copied().unwrap_or(0.0),
-                p.get(1).copied().unwrap_or(0.0),
-                p.get(2).copied().unwrap_or(0.0),
-            ]),
-        );
+    if let [one] = logits.as_slice() {
+        set_grade(&labels, crate::convert::probabilities(one).0);
     }
     let classes = logits.first().map_or(3, Vec::len);
     let mut response = v2::ModelInferResponse {

@@ -163,16 +163,33 @@ impl Worker {
         })
     }
 
+    /// Queues a job built around its reply channel; returns where its answer will arrive.
+    fn queue<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, BackendError>>) -> Job,
+    ) -> Result<oneshot::Receiver<Result<T, BackendError>>, ServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(job(reply))?;
+        Ok(rx)
+    }
+
+    /// Waits for a queued job's answer.
+    async fn answer<T>(
+        &self,
+        rx: oneshot::Receiver<Result<T, BackendError>>,
+    ) -> Result<T, ServerError> {
+        rx.await
+            .map_err(|_| self.stopped())?
+            .map_err(ServerError::from)
+    }
+
     /// Queues a job built around its reply channel and waits for the answer.
     async fn call<T>(
         &self,
         job: impl FnOnce(oneshot::Sender<Result<T, BackendError>>) -> Job,
     ) -> Result<T, ServerError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(job(reply))?;
-        rx.await
-            .map_err(|_| self.stopped())?
-            .map_err(ServerError::from)
+        let rx = self.queue(job)?;
+        self.answer(rx).await
     }
 
     /// Queues one sample and waits for its logits (class order).
@@ -191,17 +208,15 @@ impl Worker {
     pub async fn predict_many(&self, inputs: Vec<Sample>) -> Result<Vec<Vec<f32>>, ServerError> {
         let mut answers = Vec::with_capacity(inputs.len());
         for input in inputs {
-            let (reply, rx) = oneshot::channel();
-            self.submit(Job::Predict {
+            answers.push(self.queue(|reply| Job::Predict {
                 input,
                 enqueued: Instant::now(),
                 reply,
-            })?;
-            answers.push(rx);
+            })?);
         }
         let mut rows = Vec::with_capacity(answers.len());
         for rx in answers {
-            rows.push(rx.await.map_err(|_| self.stopped())??);
+            rows.push(self.answer(rx).await?);
         }
         Ok(rows)
     }

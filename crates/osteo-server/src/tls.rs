@@ -218,9 +218,9 @@ impl TlsSource {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if loaded.checked.elapsed() >= RELOAD_CHECK {
             loaded.checked = Instant::now();
-            match Contents::read(&self.files) {
-                Ok(c) if c.digest() != loaded.digest => {
-                    loaded.digest = c.digest();
+            match Contents::read(&self.files).map(|c| (c.digest(), c)) {
+                Ok((digest, c)) if digest != loaded.digest => {
+                    loaded.digest = digest;
                     match server_config(&self.files, &c) {
                         Ok(config) => {
                             loaded.acceptor = TlsAcceptor::from(Arc::new(config));
