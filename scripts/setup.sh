@@ -18,7 +18,7 @@ cache="$root/.cache"
 mkdir -p "$cache"
 
 need_apt=()
-for pair in cmake:cmake dcmdump:dcmtk dciodvfy:dicom3tools gdcmconv:libgdcm-tools; do
+for pair in cmake:cmake curl:curl dcmdump:dcmtk dciodvfy:dicom3tools gdcmconv:libgdcm-tools; do
   bin=${pair%%:*}; pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -43,10 +43,10 @@ fi
 # Triton's own client in its own environment: tritonclient pins protobuf, which must not move
 # the reference environment's grpcio-tools.
 triton="$cache/triton-venv"
-if [ ! -x "$triton/bin/python" ] || ! "$triton/bin/python" -c 'import tritonclient.grpc, numpy' 2>/dev/null; then
+if [ ! -x "$triton/bin/python" ] || ! "$triton/bin/python" -c 'import tritonclient.grpc, tritonclient.http, numpy' 2>/dev/null; then
   echo "setup: creating the Triton client environment in $triton"
   [ -x "$triton/bin/python" ] || python3 -m venv "$triton"
-  "$triton/bin/pip" install -q --disable-pip-version-check "tritonclient[grpc]==2.73.0" "numpy<2.6"
+  "$triton/bin/pip" install -q --disable-pip-version-check "tritonclient[grpc,http]==2.73.0" "numpy<2.6"
 fi
 
 grpcurl="$cache/bin/grpcurl"

@@ -288,7 +288,15 @@ fn a_missing_onnx_runtime_library_is_a_clear_error() {
 
     // The server refuses to start, naming the model entry and the backend.
     let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--http-listen",
+            "",
+        ])
         .env("ORT_DYLIB_PATH", missing)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

@@ -462,12 +462,9 @@ async fn the_inference_service_needs_credentials_like_osteo_v1() {
     assert!(c.server_live(live).await.expect("live").into_inner().live);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tritons_python_client_works_unmodified() {
-    let server = InProc::start("", MODELS, registry()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fds = dir.path().join("descriptors.bin");
-    std::fs::write(&fds, osteo_proto::FILE_DESCRIPTOR_SET).expect("write");
+/// Writes the inputs of 2 rows of every model into `dir` (as tests/python/triton_client.py
+/// reads them) and returns the probabilities ONNX Runtime gives on them, called directly.
+fn write_inputs(dir: &Path) -> std::collections::BTreeMap<&'static str, Vec<f32>> {
     let mut expected = std::collections::BTreeMap::new();
     for name in ["osteo-fused-v1", "osteo-image-v1", "osteo-tabular-v1"] {
         let samples = rows(name, 2);
@@ -479,13 +476,12 @@ async fn tritons_python_client_works_unmodified() {
                 .flat_map(|v| v.to_le_bytes())
                 .collect();
             if !bytes.is_empty() {
-                std::fs::write(dir.path().join(format!("{name}.{input}.f32")), bytes)
-                    .expect("write");
+                std::fs::write(dir.join(format!("{name}.{input}.f32")), bytes).expect("write");
             }
         };
         write("images", &|s| s.image.as_ref());
         write("tabular", &|s| s.tabular.as_ref());
-        std::fs::write(dir.path().join(format!("{name}.rows")), "2").expect("write");
+        std::fs::write(dir.join(format!("{name}.rows")), "2").expect("write");
         let mut direct = OrtBackend::load(&artifacts(name), osteo_core::Device::Cpu).expect("ort");
         let logits = direct
             .predict(&Batch::stack(&artifacts(name).manifest.arch, &samples).expect("batch"))
@@ -497,27 +493,65 @@ async fn tritons_python_client_works_unmodified() {
             .collect();
         expected.insert(name, probabilities);
     }
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/triton-venv/bin/python");
+    expected
+}
+
+/// Runs `script` (in tests/python) with the Triton client environment's Python and `args`,
+/// and returns the one JSON object it prints.
+async fn triton_python(script: &str, args: Vec<std::ffi::OsString>) -> serde_json::Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".cache/triton-venv/bin/python");
     assert!(
         python.exists(),
         "{} missing: run scripts/setup.sh",
         python.display()
     );
     let mut cmd = std::process::Command::new(python);
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/triton_client.py"))
-        .arg(server.addr.to_string())
-        .arg(&fds)
-        .arg(dir.path());
+    cmd.arg(root.join("tests/python").join(script)).args(args);
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("python"))
         .await
         .expect("join");
     assert!(
         out.status.success(),
-        "tritonclient failed:\n{}",
+        "{script} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("one JSON object from the client");
+    serde_json::from_slice(&out.stdout).expect("one JSON object from the client")
+}
+
+/// Asserts that `got` (JSON numbers) equals `want` within 1e-5.
+fn assert_close(got: &serde_json::Value, want: &[f32], what: &str) {
+    let got: Vec<f64> = got
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: {got}"))
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - f64::from(*w)).abs() <= 1e-5,
+            "{what}: {got:?} vs {want:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritons_python_client_works_unmodified() {
+    let server = InProc::start("", MODELS, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fds = dir.path().join("descriptors.bin");
+    std::fs::write(&fds, osteo_proto::FILE_DESCRIPTOR_SET).expect("write");
+    let expected = write_inputs(dir.path());
+    let v = triton_python(
+        "triton_client.py",
+        vec![
+            server.addr.to_string().into(),
+            fds.into(),
+            dir.path().into(),
+        ],
+    )
+    .await;
     assert_eq!(v["live"], true);
     assert_eq!(v["ready"], true);
     assert_eq!(v["server"], "osteoserve");
@@ -539,19 +573,7 @@ async fn tritons_python_client_works_unmodified() {
         assert_eq!(m["ready"], true, "{name}");
         assert_eq!(m["outputs"], serde_json::json!(["logits", "probabilities"]));
         for form in ["raw", "typed"] {
-            let got: Vec<f64> = m[form]
-                .as_array()
-                .unwrap_or_else(|| panic!("{name} {form}: {m}"))
-                .iter()
-                .filter_map(serde_json::Value::as_f64)
-                .collect();
-            assert_eq!(got.len(), want.len(), "{name} {form}");
-            for (g, w) in got.iter().zip(want) {
-                assert!(
-                    (g - f64::from(*w)).abs() <= 1e-5,
-                    "{name} {form}: {got:?} vs {want:?}"
-                );
-            }
+            assert_close(&m[form], want, &format!("{name} {form}"));
         }
         assert_eq!(m["max_batch_size"], 32, "{name}");
         assert_eq!(m["dynamic_batching"], true);
@@ -599,6 +621,289 @@ async fn tritons_python_client_works_unmodified() {
             "{name}: {refused}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritons_http_client_works_unmodified_with_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    let audit = dir.path().join("audit.jsonl");
+    let token = new_token(&tokens, "kserve", "client");
+    let server = InProc::start(
+        &format!(
+            "[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n[audit]\npath = \"{}\"\n",
+            tokens.display(),
+            audit.display()
+        ),
+        MODELS,
+        registry(),
+    )
+    .await;
+    let expected = write_inputs(dir.path());
+    let v = triton_python(
+        "triton_http_client.py",
+        vec![
+            server.http.to_string().into(),
+            dir.path().into(),
+            token.into(),
+        ],
+    )
+    .await;
+    assert_eq!(v["live"], true);
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["server"]["name"], "osteoserve");
+    assert!(
+        v["server"]["extensions"]
+            .as_array()
+            .is_some_and(|e| e.contains(&serde_json::json!("binary_tensor_data")))
+    );
+    assert_eq!(
+        v["repository"],
+        serde_json::json!([
+            ["osteo-fused-v1", "READY"],
+            ["osteo-image-v1", "READY"],
+            ["osteo-tabular-v1", "READY"]
+        ])
+    );
+    let refused = v["without_token"].as_str().unwrap_or_default();
+    assert!(refused.starts_with("401"), "{refused}");
+    for (name, want) in &expected {
+        let m = &v["models"][name];
+        assert_eq!(m["ready"], true, "{name}");
+        assert_eq!(m["versioned_ready"], true, "{name}");
+        assert_eq!(m["versions"], serde_json::json!(["1"]));
+        for form in ["binary", "json"] {
+            assert_close(&m[form], want, &format!("{name} {form}"));
+            assert_eq!(m[format!("{form}_logits_shape")], serde_json::json!([2, 3]));
+            assert_eq!(m[format!("{form}_id")], "r-1");
+        }
+        assert_eq!(m["max_batch_size"], 32);
+        assert!(
+            m["config_inputs"]
+                .as_array()
+                .expect("inputs")
+                .iter()
+                .all(|i| i[1] == "TYPE_FP32")
+        );
+        assert!(m["success_count"].as_u64().unwrap_or(0) >= 2, "{name}: {m}");
+        let wrong = m["wrong_shape"].as_str().unwrap_or_default();
+        assert!(
+            wrong.starts_with("400") && wrong.contains("must have shape"),
+            "{name}: {wrong}"
+        );
+        let unknown = m["unknown_input"].as_str().unwrap_or_default();
+        assert!(
+            unknown.starts_with("400") && unknown.contains("\"height\" is not an input"),
+            "{name}: {unknown}"
+        );
+    }
+    let unknown = v["unknown_model"].as_str().unwrap_or_default();
+    assert!(
+        unknown.starts_with("404") && unknown.contains("nope"),
+        "{unknown}"
+    );
+    let version = v["unknown_version"].as_str().unwrap_or_default();
+    assert!(version.starts_with("404"), "{version}");
+    // REST calls are audited as the gRPC method they run, under the token's principal; the
+    // refused one too.
+    let text = std::fs::read_to_string(&audit).expect("audit");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert!(records.iter().any(|r| r["rpc"] == "ModelInfer"
+        && r["principal"] == "kserve"
+        && r["model"] == "osteo-fused-v1"
+        && r["code"] == "Ok"));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["rpc"] == "ServerMetadata" && r["code"] == "Unauthenticated")
+    );
+}
+
+/// Runs curl with `args`; returns the HTTP status and the body.
+async fn curl(args: Vec<String>) -> (u16, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .expect("curl (scripts/setup.sh installs it)")
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reaches_the_rest_endpoints_and_bad_requests_get_json_errors() {
+    let server = InProc::start("", &MODELS[2..], registry()).await;
+    let base = format!("http://{}", server.http);
+    let get = |path: &str| vec![format!("{base}{path}")];
+    let post = |path: &str, body: &str| {
+        vec![
+            "-X".into(),
+            "POST".into(),
+            "-H".into(),
+            "content-type: application/json".into(),
+            "--data-binary".into(),
+            body.to_string(),
+            format!("{base}{path}"),
+        ]
+    };
+    let (code, body) = curl(get("/v2/health/live")).await;
+    assert_eq!((code, body.as_str()), (200, "{\"live\":true}"));
+    assert_eq!(curl(get("/v2/health/ready")).await.0, 200);
+    assert_eq!(curl(get("/v2/models/osteo-tabular-v1/ready")).await.0, 200);
+    let (code, body) = curl(get("/v2/models/osteo-tabular-v1")).await;
+    assert_eq!(code, 200, "{body}");
+    let meta: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(meta["inputs"][0]["shape"], serde_json::json!([-1, 13]));
+
+    // JSON tensors, nested rows, equal to ONNX Runtime called directly.
+    let samples = rows("osteo-tabular-v1", 2);
+    let data: Vec<&Vec<f32>> = samples.iter().filter_map(|s| s.tabular.as_ref()).collect();
+    let request = serde_json::json!({
+        "id": "curl-1",
+        "inputs": [{"name": "tabular", "shape": [2, 13], "datatype": "FP32", "data": data}],
+        "outputs": [{"name": "probabilities"}],
+    });
+    let (code, body) = curl(post(
+        "/v2/models/osteo-tabular-v1/versions/1/infer",
+        &request.to_string(),
+    ))
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(r["id"], "curl-1");
+    assert_eq!(r["outputs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(r["outputs"][0]["shape"], serde_json::json!([2, 3]));
+    let mut direct =
+        OrtBackend::load(&artifacts("osteo-tabular-v1"), osteo_core::Device::Cpu).expect("ort");
+    let want: Vec<f32> = direct
+        .predict(
+            &Batch::stack(&artifacts("osteo-tabular-v1").manifest.arch, &samples).expect("batch"),
+        )
+        .expect("predict")
+        .data()
+        .chunks(3)
+        .flat_map(osteo_core::backend::softmax)
+        .collect();
+    assert_close(&r["outputs"][0]["data"], &want, "curl JSON infer");
+
+    // Bad requests: the protocol's {"error": ...} body with a status that says whose fault.
+    let refusals = [
+        (
+            "/v2/models/osteo-tabular-v1/infer",
+            "{\"inputs\": [",
+            400,
+            "ends early",
+        ),
+        (
+            "/v2/models/osteo-tabular-v1/infer",
+            r#"{"inputs":[{"name":"tabular","shape":[1,13],"datatype":"FP32","data":[1,2]}]}"#,
+            400,
+            "holds 2 values",
+        ),
+        (
+            "/v2/models/osteo-tabular-v1/infer",
+            r#"{"inputs":[{"name":"tabular","shape":[1,13],"datatype":"INT8","data":[1]}]}"#,
+            400,
+            "must be FP32",
+        ),
+        (
+            "/v2/models/nope/infer",
+            r#"{"inputs":[{"name":"tabular","shape":[1,13],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,0,0,0,0]}]}"#,
+            404,
+            "not served",
+        ),
+    ];
+    for (path, body, want_code, want_text) in refusals {
+        let (code, text) = curl(post(path, body)).await;
+        assert_eq!(code, want_code, "{path}: {text}");
+        let e: serde_json::Value = serde_json::from_str(&text).expect("JSON error body");
+        assert!(
+            e["error"].as_str().is_some_and(|m| m.contains(want_text)),
+            "{text}"
+        );
+    }
+    let (code, text) = curl(get("/v3/anything")).await;
+    assert_eq!(code, 404, "{text}");
+    // A body over server.max_message_bytes is refused before it is read.
+    let big = vec![b'1'; 70 << 20];
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), &big).expect("write");
+    let (code, text) = curl(vec![
+        "-X".into(),
+        "POST".into(),
+        "--data-binary".into(),
+        format!("@{}", file.path().display()),
+        format!("{base}/v2/models/osteo-tabular-v1/infer"),
+    ])
+    .await;
+    assert_eq!(code, 429, "{text}");
+    assert!(text.contains("server.max_message_bytes"), "{text}");
+    // The server still answers.
+    assert_eq!(curl(get("/v2/health/ready")).await.0, 200);
+}
+
+/// Batches of exactly two samples of osteo-tabular-v1 in `osteo_batch_size`.
+fn batches_of_two(scraped: &str) -> f64 {
+    let bucket = |le: &str| {
+        metric(
+            scraped,
+            "osteo_batch_size_bucket",
+            &["model=\"osteo-tabular-v1\"", &format!("le=\"{le}\"")],
+        )
+    };
+    bucket("2") - bucket("1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_and_osteo_v1_requests_run_in_one_batch() {
+    // A long window and a batch of two: the batch runs as soon as both requests are queued.
+    let server = InProc::start(
+        "[scheduler]\nmax_batch = 2\nmax_delay_ms = 5000\n",
+        &MODELS[2..],
+        registry(),
+    )
+    .await;
+    let mut v2c = client(&server).await;
+    let mut osteo = server.client().await;
+    let samples = rows("osteo-tabular-v1", 1);
+    // Batches of exactly two rows recorded so far (the recorder is shared by this binary's
+    // servers).
+    let before = batches_of_two(&server.scrape().await);
+    let infer = v2c.model_infer(request("osteo-tabular-v1", &samples, true));
+    let classify = osteo.classify(osteo_proto::v1::ClassifyRequest {
+        clinical: Some(clinical()),
+        model: "osteo-tabular-v1".into(),
+        ..Default::default()
+    });
+    let (a, b) = tokio::join!(infer, classify);
+    a.expect("infer");
+    b.expect("classify");
+    let stats = v2c
+        .model_statistics(v2::ModelStatisticsRequest {
+            name: "osteo-tabular-v1".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let s = &stats.model_stats[0];
+    assert_eq!(
+        (s.inference_count, s.execution_count),
+        (2, 1),
+        "one backend execution ran both requests' rows"
+    );
+    assert!(
+        batches_of_two(&server.scrape().await) - before >= 1.0,
+        "osteo_batch_size records the batch of two"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -360,3 +360,51 @@ async fn the_cli_speaks_tls_with_a_token_or_a_client_certificate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("https://"), "{err}");
 }
+
+/// curl's HTTP status for `args` (plus `-s -o /dev/null -w %{http_code}`); 0 when no HTTP
+/// answer came (a refused handshake).
+fn curl_status(args: &[&str]) -> u16 {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl (scripts/setup.sh installs it)");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_endpoints_have_the_same_tls_and_client_certificates_as_grpc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new(dir.path(), "hospital");
+    let clients = Ca::new(dir.path(), "clients");
+    let config = format!(
+        "{}[auth]\nmode = \"mtls\"\n",
+        tls_toml(&ca.server(), Some(&clients), "optional")
+    );
+    let server = InProc::start(&config, TABULAR, registry()).await;
+    let alice = clients.client("alice");
+    let base = format!("https://{}", server.http);
+    let owned = |p: &std::path::Path| p.display().to_string();
+    let (ca_file, cert, key) = (owned(&ca.cert), owned(&alice.cert), owned(&alice.key));
+    let status = tokio::task::spawn_blocking(move || {
+        let health = format!("{base}/v2/health/ready");
+        let metadata = format!("{base}/v2/models/osteo-tabular-v1");
+        [
+            // Health needs no client certificate; metadata does.
+            curl_status(&["--cacert", &ca_file, &health]),
+            curl_status(&["--cacert", &ca_file, &metadata]),
+            curl_status(&[
+                "--cacert", &ca_file, "--cert", &cert, "--key", &key, &metadata,
+            ]),
+            // Plaintext HTTP on the TLS port gets no answer; nor does an unknown server CA.
+            curl_status(&[&health.replace("https://", "http://")]),
+            curl_status(&[&health]),
+        ]
+    })
+    .await
+    .expect("join");
+    assert_eq!(status, [200, 401, 200, 0, 0]);
+}

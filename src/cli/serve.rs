@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// Prometheus /metrics listen address, e.g. 0.0.0.0:9464 (server.metrics_listen).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Open Inference Protocol HTTP/REST listen address, e.g. 0.0.0.0:8000; "" turns it off
+    /// (server.http_listen).
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
     /// Only validate the configuration, print the effective settings as JSON and exit.
     #[arg(long)]
     check: bool,
@@ -103,6 +107,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = args.metrics_listen {
         overrides.push(("server.metrics_listen", m));
+    }
+    if let Some(h) = args.http_listen {
+        overrides.push(("server.http_listen", h));
     }
     let settings = osteo_server::config::load(args.config.as_deref(), &overrides)?;
     if args.check {

@@ -38,6 +38,8 @@ pub struct InProc {
     pub metrics: SocketAddr,
     /// Plaintext health-only address.
     pub health_addr: SocketAddr,
+    /// Open Inference Protocol REST address (TLS when the server has TLS).
+    pub http: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
     _dir: tempfile::TempDir,
@@ -81,6 +83,10 @@ impl InProc {
         let health = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http_addr = http.local_addr().expect("addr");
         let addr = listener.local_addr().expect("addr");
         let metrics_addr = metrics.local_addr().expect("addr");
         let health_addr = health.local_addr().expect("addr");
@@ -94,6 +100,7 @@ impl InProc {
             grpc: listener,
             metrics: Some(metrics),
             health: Some(health),
+            http: Some(http),
         };
         let task = tokio::spawn(osteo_server::server::serve_on(
             listeners,
@@ -108,6 +115,7 @@ impl InProc {
             addr,
             metrics: metrics_addr,
             health_addr,
+            http: http_addr,
             stop: Some(stop),
             task: Some(task),
             _dir: tempfile::tempdir().expect("tempdir"),

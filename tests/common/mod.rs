@@ -69,6 +69,8 @@ pub struct Server {
     /// gRPC URL.
     pub url: String,
     metrics: String,
+    /// Base URL of the Open Inference Protocol REST endpoints.
+    pub rest: String,
     output: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
 }
@@ -109,7 +111,7 @@ impl Server {
         };
         let mut config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-             default_model = \"osteo-fused-v1\"\n{server_keys}\n{rest}\n"
+             http_listen = \"127.0.0.1:0\"\ndefault_model = \"osteo-fused-v1\"\n{server_keys}\n{rest}\n"
         );
         config.push_str(&models_toml(models));
         let file = dir.path().join("osteo.toml");
@@ -153,6 +155,7 @@ impl Server {
             child,
             url: String::new(),
             metrics: String::new(),
+            rest: String::new(),
             output,
             _dir: dir,
         };
@@ -169,6 +172,7 @@ impl Server {
         };
         server.url = format!("http://{}", after("listening on http://"));
         server.metrics = format!("http://{}/metrics", after("metrics at http://"));
+        server.rest = format!("http://{}", after("REST at http://"));
         server.wait_until("SERVING");
         server
     }

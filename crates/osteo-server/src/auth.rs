@@ -341,14 +341,48 @@ impl AuthLayer {
     }
 }
 
+impl AuthLayer {
+    /// The principal of a request to `rpc` (an audit-log RPC name) with `headers` on `conn`. A
+    /// refusal is counted (`osteo_auth_failures_total`) and logged at once, and comes with a
+    /// future that writes its audit record: answer the refusal once it completes.
+    pub(crate) fn admit(
+        &self,
+        headers: &http::HeaderMap,
+        conn: Option<&ConnInfo>,
+        rpc: &'static str,
+    ) -> Result<Principal, (tonic::Status, BoxFuture<()>)> {
+        let cert = conn.map_or(&PeerCert::Absent, ConnInfo::peer_cert);
+        let (reason, status) = match self.auth.check(headers, cert) {
+            Ok(p) => return Ok(p),
+            Err(refusal) => refusal,
+        };
+        metrics::counter!("osteo_auth_failures_total", "reason" => reason).increment(1);
+        let peer = conn
+            .and_then(ConnInfo::remote_addr)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(rpc, %peer, "request refused: {}", status.message());
+        let audit = self.audit.clone();
+        let recorded: BoxFuture<()> = Box::pin(async move {
+            if let Some(log) = audit {
+                let record = refused_record(rpc, peer);
+                let written = tokio::task::spawn_blocking(move || log.append(record)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::error!("the audit record of a refused request was not written");
+                }
+            }
+        });
+        Err((status, recorded))
+    }
+}
+
 impl<S> tower_layer::Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Auth<S> {
         Auth {
             inner,
-            auth: self.auth.clone(),
-            audit: self.audit.clone(),
+            gate: self.clone(),
         }
     }
 }
@@ -357,8 +391,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Auth<S> {
     inner: S,
-    auth: Authenticator,
-    audit: Option<Arc<AuditLog>>,
+    gate: AuthLayer,
 }
 
 /// The RPC of a request path for the audit log: the method of a known service, or `unknown`
@@ -424,33 +457,16 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if !req.uri().path().starts_with(HEALTH) {
+            let rpc = rpc_of(req.uri().path());
             let conn = req.extensions().get::<ConnInfo>();
-            let cert = conn.map_or(&PeerCert::Absent, ConnInfo::peer_cert);
-            match self.auth.check(req.headers(), cert) {
+            match self.gate.admit(req.headers(), conn, rpc) {
                 Ok(p) => {
                     req.extensions_mut().insert(p);
                 }
-                Err((reason, status)) => {
-                    metrics::counter!("osteo_auth_failures_total", "reason" => reason).increment(1);
-                    let rpc = rpc_of(req.uri().path());
-                    let peer = conn
-                        .and_then(ConnInfo::remote_addr)
-                        .map(|a| a.to_string())
-                        .unwrap_or_default();
-                    tracing::info!(rpc, %peer, "request refused: {}", status.message());
-                    let audit = self.audit.clone();
+                Err((status, recorded)) => {
                     let resp = status.into_http::<RB>();
                     return Box::pin(async move {
-                        if let Some(log) = audit {
-                            let record = refused_record(rpc, peer);
-                            let written =
-                                tokio::task::spawn_blocking(move || log.append(record)).await;
-                            if !matches!(written, Ok(Ok(()))) {
-                                tracing::error!(
-                                    "the audit record of a refused request was not written"
-                                );
-                            }
-                        }
+                        recorded.await;
                         Ok(resp)
                     });
                 }

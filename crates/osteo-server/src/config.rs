@@ -67,6 +67,9 @@ pub struct ServerSettings {
     /// Plaintext listener serving only grpc.health.v1, for probes that cannot speak TLS
     /// (empty = none).
     pub health_listen: String,
+    /// Open Inference Protocol HTTP/REST listen address (empty = none); same TLS and
+    /// authentication as `listen`.
+    pub http_listen: String,
     /// `[server.tls]`: TLS termination.
     pub tls: TlsSettings,
 }
@@ -294,6 +297,7 @@ impl Default for ServerSettings {
             keepalive_timeout_s: 20,
             allow_insecure: false,
             health_listen: String::new(),
+            http_listen: "127.0.0.1:8000".into(),
             tls: TlsSettings::default(),
         }
     }
@@ -437,16 +441,18 @@ impl Settings {
         self.listen_addr()?;
         self.validate_tls()?;
         self.validate_auth()?;
-        require(
-            !self.insecure_listener()? || s.allow_insecure,
-            "server.listen",
-            &s.listen,
-            "is reachable from other hosts without both TLS (server.tls) and authentication \
-             (auth.mode): patient data would cross the network in plaintext or reach anyone who \
-             can connect. Configure both, listen on 127.0.0.1 behind a TLS-terminating proxy, \
-             or set server.allow_insecure = true to accept the risk (e.g. on a private pod \
-             network restricted by a NetworkPolicy)",
-        )?;
+        for (key, addr) in self.protected_listeners()? {
+            require(
+                !self.exposed(addr) || s.allow_insecure,
+                key,
+                addr,
+                "is reachable from other hosts without both TLS (server.tls) and authentication \
+                 (auth.mode): patient data would cross the network in plaintext or reach anyone \
+                 who can connect. Configure both, listen on 127.0.0.1 behind a TLS-terminating \
+                 proxy, or set server.allow_insecure = true to accept the risk (e.g. on a private \
+                 pod network restricted by a NetworkPolicy)",
+            )?;
+        }
         self.metrics_addr()?;
         if let Some(h) = self.health_addr()? {
             require(
@@ -454,6 +460,14 @@ impl Settings {
                 "server.health_listen",
                 h,
                 "must differ from server.listen",
+            )?;
+        }
+        if let Some(h) = self.http_addr()? {
+            require(
+                h != self.listen_addr()? && Some(h) != self.health_addr()?,
+                "server.http_listen",
+                h,
+                "must differ from server.listen and server.health_listen",
             )?;
         }
         require(
@@ -671,11 +685,38 @@ impl Settings {
         parse_addr("server.listen", &self.server.listen)
     }
 
-    /// Whether the gRPC listener is reachable from other hosts without both TLS and
-    /// authentication (allowed only with `server.allow_insecure`).
-    pub fn insecure_listener(&self) -> Result<bool, ServerError> {
+    /// The listeners that carry patient data, by setting key: gRPC and the HTTP/REST one.
+    fn protected_listeners(&self) -> Result<Vec<(&'static str, SocketAddr)>, ServerError> {
+        let mut out = vec![("server.listen", self.listen_addr()?)];
+        if let Some(h) = self.http_addr()? {
+            out.push(("server.http_listen", h));
+        }
+        Ok(out)
+    }
+
+    /// Whether `addr` is reachable from other hosts without both TLS and authentication.
+    fn exposed(&self, addr: SocketAddr) -> bool {
         let protected = self.server.tls.enabled() && self.auth.mode != "none";
-        Ok(!protected && !self.listen_addr()?.ip().is_loopback())
+        !protected && !addr.ip().is_loopback()
+    }
+
+    /// Whether a listener carrying patient data (gRPC or HTTP/REST) is reachable from other
+    /// hosts without both TLS and authentication (allowed only with `server.allow_insecure`).
+    pub fn insecure_listener(&self) -> Result<bool, ServerError> {
+        Ok(self
+            .protected_listeners()?
+            .into_iter()
+            .any(|(_, addr)| self.exposed(addr)))
+    }
+
+    /// The Open Inference Protocol HTTP/REST listen address, if any.
+    pub fn http_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
+        let h = &self.server.http_listen;
+        if h.is_empty() {
+            Ok(None)
+        } else {
+            parse_addr("server.http_listen", h).map(Some)
+        }
     }
 
     /// The plaintext health-only listen address, if any.
@@ -824,5 +865,13 @@ mod tests {
         assert!(!s.insecure_listener().expect("address"));
         let e = err(&[("OSTEO__SERVER__HEALTH_LISTEN", "127.0.0.1:50051")]);
         assert!(e.contains("server.health_listen"), "{e}");
+        // The HTTP/REST listener carries patient data too.
+        let e = err(&[("OSTEO__SERVER__HTTP_LISTEN", "0.0.0.0:8000")]);
+        assert!(
+            e.contains("server.http_listen") && e.contains("server.allow_insecure"),
+            "{e}"
+        );
+        let e = err(&[("OSTEO__SERVER__HTTP_LISTEN", "127.0.0.1:50051")]);
+        assert!(e.contains("server.http_listen"), "{e}");
     }
 }

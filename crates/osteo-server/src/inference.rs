@@ -26,6 +26,14 @@ const LOGITS: &str = osteo_onnx::names::LOGITS;
 /// Name of the output holding the softmax probabilities.
 const PROBABILITIES: &str = "probabilities";
 
+/// The protocol extensions served (ServerMetadata), by Triton's names.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "parameters",
+];
+
 /// The v2 service over the osteo.v1 service's state.
 #[derive(Clone)]
 pub struct Inference {
@@ -485,7 +493,7 @@ impl GrpcInferenceService for Inference {
                 Ok(v2::ServerMetadataResponse {
                     name: "osteoserve".to_string(),
                     version: env!("CARGO_PKG_VERSION").to_string(),
-                    extensions: Vec::new(),
+                    extensions: EXTENSIONS.iter().map(ToString::to_string).collect(),
                 })
             })
             .await

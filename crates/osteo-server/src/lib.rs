@@ -16,6 +16,8 @@ pub mod inference;
 pub mod metrics_http;
 pub mod models;
 pub mod registry;
+pub mod rest;
+pub mod rest_json;
 pub mod scheduler;
 pub mod server;
 pub mod service;

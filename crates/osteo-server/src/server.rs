@@ -9,7 +9,7 @@ use crate::inference::Inference;
 use crate::models::ModelSet;
 use crate::registry::Registry;
 use crate::service::{Service, State};
-use crate::tls::TlsSource;
+use crate::tls::{Alpn, TlsSource};
 use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use osteo_proto::v1::osteo_service_server::OsteoServiceServer;
 use std::future::Future;
@@ -107,6 +107,8 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
     /// Plaintext grpc.health.v1 only.
     pub health: Option<TcpListener>,
+    /// The Open Inference Protocol over HTTP/REST (TLS when `server.tls` is set).
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -121,16 +123,22 @@ impl Listeners {
             Some(addr) => Some(bind(addr, "server.health_listen").await?),
             None => None,
         };
+        let http = match settings.http_addr()? {
+            Some(addr) => Some(bind(addr, "server.http_listen").await?),
+            None => None,
+        };
         Ok(Self {
             grpc,
             metrics,
             health,
+            http,
         })
     }
 }
 
 /// Serves on `server.listen` (and the metrics on `server.metrics_listen`, health on
-/// `server.health_listen`) until `shutdown` completes; see [`serve_on`].
+/// `server.health_listen`, HTTP/REST on `server.http_listen`) until `shutdown` completes; see
+/// [`serve_on`].
 pub async fn serve(
     settings: Settings,
     registry: Registry,
@@ -156,9 +164,17 @@ pub async fn serve_on(
         grpc: listener,
         metrics,
         health: health_listener,
+        http: http_listener,
     } = listeners;
-    let tls = match settings.server.tls.files() {
-        Some(files) => Some(Arc::new(TlsSource::load(files)?)),
+    let tls_for = |alpn| -> Result<Option<Arc<TlsSource>>, ServerError> {
+        match settings.server.tls.files() {
+            Some(files) => Ok(Some(Arc::new(TlsSource::load(files, alpn)?))),
+            None => Ok(None),
+        }
+    };
+    let tls = tls_for(Alpn::H2)?;
+    let http_tls = match &http_listener {
+        Some(_) => tls_for(Alpn::Http11)?,
         None => None,
     };
     let local = listener
@@ -208,15 +224,31 @@ pub async fn serve_on(
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);
     let state = Arc::new(State::new(settings.clone())?);
     let auth = Authenticator::from_settings(&settings.auth)?;
+    let gate = AuthLayer::new(auth, state.audit_log());
     let auth_mode = settings.auth.mode.clone();
     let insecure = settings.insecure_listener()?;
     let osteo = OsteoServiceServer::new(Service::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     // The Open Inference Protocol (KServe v2) on the same port, over the same state.
-    let inference = GrpcInferenceServiceServer::new(Inference::new(Service::new(state.clone())))
+    let v2 = Inference::new(Service::new(state.clone()));
+    let inference = GrpcInferenceServiceServer::new(v2.clone())
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    if let Some(h) = http_listener {
+        let addr = h
+            .local_addr()
+            .map_err(|e| ServerError::Internal(format!("HTTP listener address: {e}")))?;
+        // An HTTP/1 request line is at least 16 bytes ("GET / HTTP/1.1\r\n").
+        let http_limits = ConnLimits {
+            handshake_bytes: 16,
+            ..limits
+        };
+        let scheme = if http_tls.is_some() { "https" } else { "http" };
+        let router = crate::rest::router(v2, state.clone(), gate.clone(), max_message);
+        crate::rest::serve(h, http_limits, http_tls, router, stop_rx.clone());
+        tracing::info!(http_addr = %addr, "Open Inference Protocol REST at {scheme}://{addr}/v2");
+    }
 
     // Models load on blocking threads while health already answers NOT_SERVING.
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<ServerError>();
@@ -282,7 +314,7 @@ pub async fn serve_on(
         .http2_keepalive_timeout(Some(Duration::from_secs(sv.keepalive_timeout_s)))
         .max_concurrent_streams(sv.max_concurrent_streams)
         .layer(ActivityLayer)
-        .layer(AuthLayer::new(auth, state.audit_log()))
+        .layer(gate)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -62,7 +62,27 @@ struct Loaded {
 /// TLS configuration that follows its files.
 pub struct TlsSource {
     files: TlsFiles,
+    alpn: Alpn,
     loaded: Mutex<Loaded>,
+}
+
+/// The application protocol a TLS listener offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/2 (gRPC).
+    H2,
+    /// HTTP/1.1 (the REST endpoints).
+    Http11,
+}
+
+impl Alpn {
+    /// The protocol's ALPN identifier.
+    fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http11 => b"http/1.1",
+        }
+    }
 }
 
 impl std::fmt::Debug for TlsSource {
@@ -142,7 +162,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Builds the rustls server configuration (TLS 1.2 and 1.3, ALPN h2) from file contents.
-fn server_config(files: &TlsFiles, c: &Contents) -> Result<ServerConfig, ServerError> {
+fn server_config(files: &TlsFiles, c: &Contents, alpn: Alpn) -> Result<ServerConfig, ServerError> {
     let certs = certificates("server.tls.cert_file", &files.cert, &c.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&c.key).map_err(|e| {
         ServerError::Config(format!(
@@ -192,15 +212,15 @@ fn server_config(files: &TlsFiles, c: &Contents) -> Result<ServerConfig, ServerE
             files.key.display()
         ))
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.id().to_vec()];
     Ok(config)
 }
 
 impl TlsSource {
     /// Loads the files; errors name the key and the problem.
-    pub fn load(files: TlsFiles) -> Result<Self, ServerError> {
+    pub fn load(files: TlsFiles, alpn: Alpn) -> Result<Self, ServerError> {
         let contents = Contents::read(&files)?;
-        let config = server_config(&files, &contents)?;
+        let config = server_config(&files, &contents, alpn)?;
         log_validity(&contents.cert);
         Ok(Self {
             loaded: Mutex::new(Loaded {
@@ -209,6 +229,7 @@ impl TlsSource {
                 checked: Instant::now(),
             }),
             files,
+            alpn,
         })
     }
 
@@ -221,7 +242,7 @@ impl TlsSource {
             match Contents::read(&self.files).map(|c| (c.digest(), c)) {
                 Ok((digest, c)) if digest != loaded.digest => {
                     loaded.digest = digest;
-                    match server_config(&self.files, &c) {
+                    match server_config(&self.files, &c, self.alpn) {
                         Ok(config) => {
                             loaded.acceptor = TlsAcceptor::from(Arc::new(config));
                             log_validity(&c.cert);
@@ -360,17 +381,17 @@ mod tests {
             client_ca: ca,
             client_auth: auth,
         };
-        let e = TlsSource::load(files(None, ClientAuth::None)).expect_err("bad key");
+        let e = TlsSource::load(files(None, ClientAuth::None), Alpn::H2).expect_err("bad key");
         assert!(e.to_string().contains("server.tls.key_file"), "{e}");
         std::fs::write(&key, k.serialize_pem()).expect("write");
-        TlsSource::load(files(None, ClientAuth::None)).expect("loads");
-        let e = TlsSource::load(files(None, ClientAuth::Required)).expect_err("no CA");
+        TlsSource::load(files(None, ClientAuth::None), Alpn::H2).expect("loads");
+        let e = TlsSource::load(files(None, ClientAuth::Required), Alpn::H2).expect_err("no CA");
         assert!(e.to_string().contains("server.tls.client_ca_file"), "{e}");
-        let e = TlsSource::load(files(Some(key.clone()), ClientAuth::Required))
+        let e = TlsSource::load(files(Some(key.clone()), ClientAuth::Required), Alpn::H2)
             .expect_err("a key is no CA");
         assert!(e.to_string().contains("server.tls.client_ca_file"), "{e}");
         std::fs::write(&cert, "").expect("write");
-        let e = TlsSource::load(files(None, ClientAuth::None)).expect_err("empty cert");
+        let e = TlsSource::load(files(None, ClientAuth::None), Alpn::H2).expect_err("empty cert");
         assert!(e.to_string().contains("server.tls.cert_file"), "{e}");
     }
 }

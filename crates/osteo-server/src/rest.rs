@@ -1,0 +1,596 @@
+//! The Open Inference Protocol (KServe v2) over HTTP/REST on `server.http_listen`: health,
+//! server and model metadata, readiness, infer (JSON tensors and Triton's binary tensor data
+//! extension) and Triton's model configuration, statistics and repository index. Each request
+//! runs the gRPC service's method, so admission, batching, metrics and audit records are the
+//! same; TLS, connection limits and authentication are those of the gRPC listener.
+
+use crate::auth::{AuthLayer, Principal};
+use crate::connection::{ActivityLayer, ConnInfo, ConnLimits, accept_loop};
+use crate::error::ServerError;
+use crate::inference::Inference;
+use crate::rest_json::{self, HEADER_LENGTH};
+use crate::service::State as ServerState;
+use crate::tls::TlsSource;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::{HeaderValue, StatusCode, header};
+use osteo_proto::inference as v2;
+use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpConnectInfo;
+use tower_layer::Layer;
+
+/// What the handlers share.
+#[derive(Clone)]
+struct App {
+    inference: Inference,
+    state: Arc<ServerState>,
+    max_body: usize,
+}
+
+/// The HTTP status of a gRPC status code.
+fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code as C;
+    match code {
+        C::Ok => StatusCode::OK,
+        C::InvalidArgument | C::FailedPrecondition | C::OutOfRange => StatusCode::BAD_REQUEST,
+        C::NotFound => StatusCode::NOT_FOUND,
+        C::Unauthenticated => StatusCode::UNAUTHORIZED,
+        C::PermissionDenied => StatusCode::FORBIDDEN,
+        C::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        C::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A JSON body with `status`.
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut r = Response::new(Body::from(serde_json::to_vec(body).unwrap_or_default()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The protocol's error body, `{"error": message}`, with the status of `status`'s code.
+fn error_response(status: &tonic::Status) -> Response {
+    let mut r = json_response(
+        http_status(status.code()),
+        &json!({ "error": status.message() }),
+    );
+    if status.code() == tonic::Code::Unauthenticated {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// A refused request's response (boxed: responses are large).
+struct Refusal(Box<Response>);
+
+impl From<Response> for Refusal {
+    fn from(r: Response) -> Self {
+        Refusal(Box::new(r))
+    }
+}
+
+impl axum::response::IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+/// A handler's answer.
+type Answer = Result<Response, Refusal>;
+
+/// The caller of a request as the authentication layer and the connection left it.
+struct Caller {
+    principal: Option<Principal>,
+    tcp: Option<TcpConnectInfo>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Infallible> {
+        Ok(Caller {
+            principal: parts.extensions.get::<Principal>().cloned(),
+            tcp: parts.extensions.get::<TcpConnectInfo>().cloned(),
+        })
+    }
+}
+
+impl Caller {
+    /// The gRPC request of this caller carrying `message`.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(p) = &self.principal {
+            r.extensions_mut().insert(p.clone());
+        }
+        if let Some(t) = &self.tcp {
+            r.extensions_mut().insert(t.clone());
+        }
+        r
+    }
+}
+
+/// The gRPC method's answer as JSON made by `to_json`, or the error.
+fn answer<T>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    to_json: impl FnOnce(T) -> Value,
+) -> Answer {
+    match result {
+        Ok(r) => Ok(json_response(StatusCode::OK, &to_json(r.into_inner()))),
+        Err(s) => Err(error_response(&s).into()),
+    }
+}
+
+/// Model name and version of a route ("" = the served version).
+#[derive(serde::Deserialize)]
+struct ModelPath {
+    model: String,
+    #[serde(default)]
+    version: String,
+}
+
+/// `GET /v2/health/live`: 200 while the process serves.
+async fn live() -> Response {
+    json_response(StatusCode::OK, &json!({ "live": true }))
+}
+
+/// `GET /v2/health/ready`: 200 when every model is loaded and up, else 503.
+async fn ready(State(app): State<App>) -> Response {
+    let up = app
+        .state
+        .models()
+        .map(|m| m.all().iter().all(crate::models::ServedModel::is_up))
+        .unwrap_or(false);
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &json!({ "ready": up }))
+}
+
+/// `GET /v2`: server metadata.
+async fn server_metadata(State(app): State<App>, caller: Caller) -> Answer {
+    let r = app
+        .inference
+        .server_metadata(caller.request(v2::ServerMetadataRequest {}))
+        .await;
+    answer(
+        r,
+        |m| json!({ "name": m.name, "version": m.version, "extensions": m.extensions }),
+    )
+}
+
+/// `GET /v2/models/{model}[/versions/{version}]`: model metadata.
+async fn model_metadata(
+    State(app): State<App>,
+    Path(p): Path<ModelPath>,
+    caller: Caller,
+) -> Answer {
+    let r = app
+        .inference
+        .model_metadata(caller.request(v2::ModelMetadataRequest {
+            name: p.model,
+            version: p.version,
+        }))
+        .await;
+    let tensors = |ts: Vec<v2::model_metadata_response::TensorMetadata>| -> Vec<Value> {
+        ts.into_iter()
+            .map(|t| json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape }))
+            .collect()
+    };
+    answer(r, |m| {
+        json!({
+            "name": m.name,
+            "versions": m.versions,
+            "platform": m.platform,
+            "inputs": tensors(m.inputs),
+            "outputs": tensors(m.outputs),
+        })
+    })
+}
+
+/// `GET /v2/models/{model}[/versions/{version}]/ready`: 200 when the model is up, else 503.
+async fn model_ready(State(app): State<App>, Path(p): Path<ModelPath>, caller: Caller) -> Answer {
+    let r = app
+        .inference
+        .model_ready(caller.request(v2::ModelReadyRequest {
+            name: p.model.clone(),
+            version: p.version,
+        }))
+        .await
+        .map_err(|s| error_response(&s))?
+        .into_inner();
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(json_response(
+        status,
+        &json!({ "name": p.model, "ready": r.ready }),
+    ))
+}
+
+/// The refusal of a body over `limit` bytes.
+fn too_large(limit: usize) -> Response {
+    error_response(&tonic::Status::resource_exhausted(format!(
+        "the request body is larger than server.max_message_bytes ({limit} bytes) or ended \
+         early; send fewer rows per request"
+    )))
+}
+
+/// Reads a body of at most `limit` bytes, stopping as soon as it is over.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(limit).into())
+}
+
+/// `POST /v2/models/{model}[/versions/{version}]/infer`.
+async fn infer(
+    State(app): State<App>,
+    Path(p): Path<ModelPath>,
+    caller: Caller,
+    request: Request,
+) -> Answer {
+    let (parts, body) = request.into_parts();
+    let bad = |m: String| error_response(&ServerError::InvalidArgument(m).into());
+    if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
+        && enc.as_bytes() != b"identity"
+    {
+        return Err(
+            bad("Content-Encoding is not supported: send the request uncompressed".into()).into(),
+        );
+    }
+    let header_length = match parts.headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| bad(format!("{HEADER_LENGTH} must be a byte count")))?,
+        ),
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > app.max_body) {
+        // Refused on its Content-Length, before a byte of it is read.
+        return Err(too_large(app.max_body).into());
+    }
+    let body = read_body(body, app.max_body).await?;
+    let mut parsed = rest_json::parse(&p.model, &p.version, &body, header_length)
+        .map_err(|e| error_response(&e.into()))?;
+    drop(body);
+    let message = std::mem::take(&mut parsed.message);
+    let response = app
+        .inference
+        .model_infer(caller.request(message))
+        .await
+        .map_err(|s| error_response(&s))?
+        .into_inner();
+    let out = rest_json::respond(&parsed, &response);
+    let mut r = Response::new(Body::from(out.bytes));
+    let content_type = match out.header_length {
+        Some(n) => {
+            r.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
+            "application/octet-stream"
+        }
+        None => "application/json",
+    };
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(r)
+}
+
+/// `GET /v2/models/{model}[/versions/{version}]/config`: Triton's model configuration.
+async fn model_config(State(app): State<App>, Path(p): Path<ModelPath>, caller: Caller) -> Answer {
+    let r = app
+        .inference
+        .model_config(caller.request(v2::ModelConfigRequest {
+            name: p.model,
+            version: p.version,
+        }))
+        .await;
+    let data_type = |t: i32| {
+        v2::DataType::try_from(t)
+            .map(|d| d.as_str_name())
+            .unwrap_or("TYPE_INVALID")
+    };
+    answer(r, |c| {
+        let c = c.config.unwrap_or_default();
+        let tensor = |name: &str, t: i32, dims: &[i64]| json!({ "name": name, "data_type": data_type(t), "dims": dims });
+        json!({
+            "name": c.name,
+            "platform": c.platform,
+            "backend": c.backend,
+            "max_batch_size": c.max_batch_size,
+            "input": c.input.iter().map(|i| tensor(&i.name, i.data_type, &i.dims)).collect::<Vec<_>>(),
+            "output": c.output.iter().map(|o| tensor(&o.name, o.data_type, &o.dims)).collect::<Vec<_>>(),
+            "dynamic_batching": c.dynamic_batching.map(|d| json!({
+                "preferred_batch_size": d.preferred_batch_size,
+                "max_queue_delay_microseconds": d.max_queue_delay_microseconds,
+            })),
+        })
+    })
+}
+
+/// The JSON of one model's statistics (Triton's field names).
+fn statistics_json(s: v2::ModelStatistics) -> Value {
+    let duration = |d: Option<v2::StatisticDuration>| {
+        let d = d.unwrap_or_default();
+        json!({ "count": d.count, "ns": d.ns })
+    };
+    let i = s.inference_stats.unwrap_or_default();
+    json!({
+        "name": s.name,
+        "version": s.version,
+        "last_inference": s.last_inference,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": {
+            "success": duration(i.success),
+            "fail": duration(i.fail),
+            "queue": duration(i.queue),
+            "compute_input": duration(i.compute_input),
+            "compute_infer": duration(i.compute_infer),
+            "compute_output": duration(i.compute_output),
+        },
+    })
+}
+
+/// Triton's statistics of the model `name` at `version` (all models when `name` is empty).
+async fn statistics(app: App, caller: Caller, name: String, version: String) -> Answer {
+    let r = app
+        .inference
+        .model_statistics(caller.request(v2::ModelStatisticsRequest { name, version }))
+        .await;
+    answer(
+        r,
+        |s| json!({ "model_stats": s.model_stats.into_iter().map(statistics_json).collect::<Vec<_>>() }),
+    )
+}
+
+/// `GET /v2/models/{model}[/versions/{version}]/stats`: Triton's statistics of one model.
+async fn model_statistics(
+    State(app): State<App>,
+    Path(p): Path<ModelPath>,
+    caller: Caller,
+) -> Answer {
+    statistics(app, caller, p.model, p.version).await
+}
+
+/// `GET /v2/models/stats`: Triton's statistics of every model.
+async fn all_statistics(State(app): State<App>, caller: Caller) -> Answer {
+    statistics(app, caller, String::new(), String::new()).await
+}
+
+/// `POST /v2/repository/index`: the served models (body `{"ready": true}` for ready ones).
+async fn repository_index(State(app): State<App>, caller: Caller, body: Body) -> Answer {
+    let body = read_body(body, 4096).await?;
+    let ready = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("ready").map(|r| r.as_bool()))
+            .unwrap_or(Some(false))
+            .ok_or_else(|| {
+                error_response(&tonic::Status::invalid_argument(
+                    "the body must be {} or {\"ready\": true|false}",
+                ))
+            })?
+    };
+    let r = app
+        .inference
+        .repository_index(caller.request(v2::RepositoryIndexRequest {
+            repository_name: String::new(),
+            ready,
+        }))
+        .await;
+    answer(r, |idx| {
+        Value::Array(
+            idx.models
+                .into_iter()
+                .map(|m| {
+                    json!({ "name": m.name, "version": m.version, "state": m.state, "reason": m.reason })
+                })
+                .collect(),
+        )
+    })
+}
+
+/// Anything else: 404 with the protocol's error body.
+async fn not_found() -> Response {
+    error_response(&tonic::Status::not_found(
+        "no such endpoint: the Open Inference Protocol is under /v2 (health/live, health/ready, \
+         models/{model}[/versions/{version}][/ready|/infer|/config|/stats], repository/index)",
+    ))
+}
+
+/// The audit-log RPC of a REST path, as the gRPC method it runs.
+fn rpc_of(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').splitn(8, '/').collect();
+    match segments.as_slice() {
+        ["v2"] => "ServerMetadata",
+        ["v2", "repository", "index"] => "RepositoryIndex",
+        ["v2", "models", "stats"] => "ModelStatistics",
+        ["v2", "models", rest @ ..] => match rest.last() {
+            Some(&"infer") => "ModelInfer",
+            Some(&"ready") => "ModelReady",
+            Some(&"config") => "ModelConfig",
+            Some(&"stats") => "ModelStatistics",
+            _ => "ModelMetadata",
+        },
+        _ => "unknown",
+    }
+}
+
+/// Authenticates every request but the health endpoints, as the gRPC listener does.
+async fn authenticate(State(gate): State<AuthLayer>, mut req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/v2/health/") {
+        return next.run(req).await;
+    }
+    let rpc = rpc_of(req.uri().path());
+    let conn = req.extensions().get::<ConnInfo>();
+    match gate.admit(req.headers(), conn, rpc) {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err((status, recorded)) => {
+            recorded.await;
+            error_response(&status)
+        }
+    }
+}
+
+/// The REST routes over `inference`, authenticated by `gate`, with request bodies of at most
+/// `max_body` bytes.
+pub fn router(
+    inference: Inference,
+    state: Arc<ServerState>,
+    gate: AuthLayer,
+    max_body: usize,
+) -> Router {
+    let app = App {
+        inference,
+        state,
+        max_body,
+    };
+    let model = |suffix: &str| {
+        [
+            format!("/v2/models/{{model}}{suffix}"),
+            format!("/v2/models/{{model}}/versions/{{version}}{suffix}"),
+        ]
+    };
+    let mut r = Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(all_statistics))
+        .route("/v2/repository/index", post(repository_index));
+    for path in model("") {
+        r = r.route(&path, get(model_metadata));
+    }
+    for path in model("/ready") {
+        r = r.route(&path, get(model_ready));
+    }
+    for path in model("/infer") {
+        r = r.route(&path, post(infer));
+    }
+    for path in model("/config") {
+        r = r.route(&path, get(model_config));
+    }
+    for path in model("/stats") {
+        r = r.route(&path, get(model_statistics));
+    }
+    r.fallback(not_found)
+        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(gate, authenticate))
+}
+
+/// Serves `router` over HTTP/1.1 on `listener` (TLS with `tls`) under `limits` until `stop`;
+/// at shutdown each connection finishes its request in flight and closes.
+pub fn serve(
+    listener: TcpListener,
+    limits: ConnLimits,
+    tls: Option<Arc<TlsSource>>,
+    router: Router,
+    stop: watch::Receiver<bool>,
+) {
+    let mut conns = accept_loop(listener, limits, tls, stop.clone(), "http");
+    let service = ActivityLayer.layer(router);
+    tokio::spawn(async move {
+        let mut until = stop.clone();
+        loop {
+            let conn = tokio::select! {
+                c = conns.recv() => match c { Some(c) => c, None => return },
+                _ = until.wait_for(|s| *s) => return,
+            };
+            let info = tonic::transport::server::Connected::connect_info(&conn);
+            let service = service.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let per_request = hyper::service::service_fn(move |mut req: http::Request<_>| {
+                    req.extensions_mut().insert(info.clone());
+                    let mut service = service.clone();
+                    tower_service::Service::call(&mut service, req)
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(hyper_util::rt::TokioIo::new(conn), per_request);
+                tokio::pin!(served);
+                let stopping = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                let result = tokio::select! {
+                    r = served.as_mut() => r,
+                    () = stopping => {
+                        served.as_mut().graceful_shutdown();
+                        served.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_paths_are_audited_as_the_grpc_method_they_run() {
+        assert_eq!(rpc_of("/v2"), "ServerMetadata");
+        assert_eq!(rpc_of("/v2/models/m/infer"), "ModelInfer");
+        assert_eq!(rpc_of("/v2/models/m/versions/1/infer"), "ModelInfer");
+        assert_eq!(rpc_of("/v2/models/m/versions/1"), "ModelMetadata");
+        assert_eq!(rpc_of("/v2/models/stats"), "ModelStatistics");
+        assert_eq!(rpc_of("/v2/repository/index"), "RepositoryIndex");
+        assert_eq!(rpc_of("/etc/passwd"), "unknown");
+    }
+
+    #[test]
+    fn grpc_codes_map_to_http_statuses() {
+        assert_eq!(
+            http_status(tonic::Code::InvalidArgument),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(http_status(tonic::Code::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(
+            http_status(tonic::Code::ResourceExhausted),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            http_status(tonic::Code::Unauthenticated),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
