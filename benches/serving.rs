@@ -105,6 +105,7 @@ fn benches(c: &mut Criterion) {
     let mut settings = osteo_server::Settings::default();
     settings.server.listen = format!("127.0.0.1:{port}");
     settings.server.metrics_listen = String::new();
+    settings.server.http_listen = String::new();
     settings
         .models
         .retain(|m| m.path.ends_with("osteo-fused-v1"));
