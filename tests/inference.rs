@@ -850,6 +850,122 @@ async fn curl_reaches_the_rest_endpoints_and_bad_requests_get_json_errors() {
     assert_eq!(curl(get("/v2/health/ready")).await.0, 200);
 }
 
+/// Runs Triton's perf_analyzer (scripts/setup.sh extracts it) with `args`; returns its CSV
+/// report's rows (header -> value) and its output.
+async fn perf_analyzer(
+    args: Vec<String>,
+) -> (Vec<std::collections::HashMap<String, String>>, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/perf-analyzer");
+    let bin = root.join("perf_analyzer");
+    assert!(
+        bin.exists(),
+        "{} missing: run scripts/setup.sh",
+        bin.display()
+    );
+    let report = tempfile::NamedTempFile::new().expect("tmp");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("LD_LIBRARY_PATH", root.join("lib"))
+        .args(args)
+        .arg("-f")
+        .arg(report.path());
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("perf_analyzer"))
+        .await
+        .expect("join");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "perf_analyzer failed:\n{text}");
+    let csv = std::fs::read_to_string(report.path()).expect("report");
+    let mut lines = csv.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let rows = lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(str::to_string))
+                .collect()
+        })
+        .collect();
+    (rows, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_analyzer_measures_the_tabular_and_fused_models_without_errors() {
+    let server = InProc::start("", MODELS, registry()).await;
+    for (model, protocol, url) in [
+        ("osteo-tabular-v1", "grpc", server.addr.to_string()),
+        ("osteo-fused-v1", "grpc", server.addr.to_string()),
+        ("osteo-tabular-v1", "http", server.http.to_string()),
+    ] {
+        // A bounded measurement: 2 concurrent clients sending batches of 4, three windows of
+        // 500 ms (stability is not what is tested: any spread is accepted). Over gRPC the
+        // requests name ONNX Runtime in the `backend` parameter (perf_analyzer sends request
+        // parameters over gRPC only).
+        let mut args: Vec<String> = [
+            "-m",
+            model,
+            "-u",
+            &url,
+            "-i",
+            protocol,
+            "-b",
+            "4",
+            "--concurrency-range",
+            "2",
+            "-p",
+            "500",
+            "-r",
+            "10",
+            "-s",
+            "1000",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        if protocol == "grpc" {
+            args.extend(["--request-parameter".into(), "backend:ort:string".into()]);
+        }
+        let (rows, text) = perf_analyzer(args).await;
+        let what = format!("{model} over {protocol}");
+        assert!(!text.to_lowercase().contains("error"), "{what}:\n{text}");
+        let row = rows
+            .first()
+            .unwrap_or_else(|| panic!("{what}: no report\n{text}"));
+        let throughput: f64 = row
+            .get("Inferences/Second")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(throughput > 0.0, "{what}: {row:?}");
+        assert_eq!(
+            row.get("Concurrency").map(String::as_str),
+            Some("2"),
+            "{what}"
+        );
+    }
+    // Every request perf_analyzer sent succeeded, as the server counts them.
+    let mut c = client(&server).await;
+    let stats = c
+        .model_statistics(v2::ModelStatisticsRequest::default())
+        .await
+        .expect("stats")
+        .into_inner();
+    for s in &stats.model_stats {
+        let i = s.inference_stats.unwrap_or_default();
+        assert_eq!(i.fail.unwrap_or_default().count, 0, "{}", s.name);
+        if s.name != "osteo-image-v1" {
+            assert!(i.success.unwrap_or_default().count > 0, "{}", s.name);
+        }
+    }
+}
+
 /// Batches of exactly two samples of osteo-tabular-v1 in `osteo_batch_size`.
 fn batches_of_two(scraped: &str) -> f64 {
     let bucket = |le: &str| {

@@ -399,7 +399,15 @@ fn statistics(model: &ServedModel) -> v2::ModelStatistics {
         let (count, ns) = t.get();
         Some(v2::StatisticDuration { count, ns })
     };
-    let zero = || Some(v2::StatisticDuration::default());
+    // Stacking the batch and splitting its rows happen inside the timed backend call: their
+    // time is in compute_infer, and they are counted with it (Triton's tools require the three
+    // compute counts to be equal).
+    let within_compute = || {
+        Some(v2::StatisticDuration {
+            count: s.compute.get().0,
+            ns: 0,
+        })
+    };
     v2::ModelStatistics {
         name: model.name().to_string(),
         version: model.artifacts.manifest.version.clone(),
@@ -412,9 +420,9 @@ fn statistics(model: &ServedModel) -> v2::ModelStatistics {
             success: duration(&s.success),
             fail: duration(&s.fail),
             queue: duration(&s.queue),
-            compute_input: zero(),
+            compute_input: within_compute(),
             compute_infer: duration(&s.compute),
-            compute_output: zero(),
+            compute_output: within_compute(),
         }),
     }
 }
