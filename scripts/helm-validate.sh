@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Validates the Helm chart and the Dockerfiles (run by scripts/test.sh, so by CI):
-#   helm lint --strict, helm template with the default, GPU, A/B and secure (tokens + audit) values,
-#   kubernetes-validate --strict on every rendered manifest (bundled schemas, Kubernetes 1.37),
+#   helm lint --strict, helm template with the default, GPU, A/B, secure (tokens + audit) and
+#   KServe values, kubernetes-validate --strict on every rendered manifest (bundled schemas,
+#   Kubernetes 1.37) except KServe's, which scripts/kserve-validate.py checks against the KServe
+#   SDK's OpenAPI-generated models (their containers, volumes and metadata as a Pod, through
+#   kubernetes-validate),
 #   checkov on the rendered manifests (no failed check; skips are justified in the chart),
 #   the rendered osteo.toml through `osteo serve --check` (the server's own validation),
 #   hadolint on docker/Dockerfile.*.
@@ -49,12 +52,34 @@ osteo=${OSTEO_BIN:-$root/target/debug/osteo}
 chart="$root/helm/osteoserve"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for variant in default gpu ab secure; do
+# The KServe SDK wheel: its models are generated from KServe's OpenAPI document and stand in for
+# the CRD schemas kubernetes-validate does not bundle (scripts/kserve-validate.py).
+kserve_whl="$tools/kserve-0.21.0-py3-none-any.whl"
+if [ ! -f "$kserve_whl" ]; then
+  echo "helm-validate: downloading the KServe SDK wheel (its OpenAPI-generated models)"
+  python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$tools" "kserve==0.21.0"
+  echo "df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b  $kserve_whl" | sha256sum -c --quiet
+fi
+
+for variant in default gpu ab secure kserve; do
   args=()
   [ "$variant" != default ] && args=(-f "$chart/ci/values-$variant.yaml")
   "$helm" lint --strict "$chart" "${args[@]}" >/dev/null
   "$helm" template osteoserve "$chart" --namespace osteoserve "${args[@]}" > "$out/$variant.yaml"
-  "$venv/bin/kubernetes-validate" --strict --quiet --no-warn "$out/$variant.yaml"
+  # KServe's objects against the SDK's models (their Kubernetes parts as a Pod), the rest
+  # against the bundled Kubernetes schemas.
+  "$venv/bin/python" - "$out/$variant.yaml" "$out/$variant.core.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+core = [d for d in docs if not d["apiVersion"].startswith("serving.kserve.io/")]
+yaml.safe_dump_all(core, open(sys.argv[2], "w"))
+PY
+  "$venv/bin/kubernetes-validate" --strict --quiet --no-warn "$out/$variant.core.yaml"
+  if [ "$variant" = kserve ]; then
+    "$venv/bin/python" "$root/scripts/kserve-validate.py" "$kserve_whl" "$out/$variant.yaml" "$out/$variant.pods.yaml"
+    "$venv/bin/kubernetes-validate" --strict --quiet --no-warn "$out/$variant.pods.yaml"
+  fi
   # Offline: no guideline download, no telemetry.
   BC_SKIP_MAPPING=TRUE CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false \
     "$venv/bin/checkov" -f "$out/$variant.yaml" --framework kubernetes --quiet --compact \
