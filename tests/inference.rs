@@ -722,6 +722,80 @@ async fn tritons_http_client_works_unmodified_with_a_token() {
     );
 }
 
+/// Sends `head` (an HTTP/1.1 request head and part of its body) on a new connection to `addr`
+/// and returns what the server answers before closing.
+async fn raw_http(addr: std::net::SocketAddr, head: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    // A guard against a server that never answers, not a measurement.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tcp.read_to_end(&mut answer),
+    );
+    read.await.expect("the server answers").expect("read");
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_bodies_are_bounded_in_bytes_and_time_before_they_are_read() {
+    let server = InProc::start(
+        "[server]\nrequest_timeout_s = 1\n[store]\nmax_inflight_upload_bytes = 4096\nmax_upload_bytes = 4096\n",
+        &MODELS[2..],
+        registry(),
+    )
+    .await;
+    let path = "/v2/models/osteo-tabular-v1/infer";
+    // A declared body larger than the bytes left for bodies in flight: refused at once.
+    let answer = raw_http(
+        server.http,
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n{{"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("store.max_inflight_upload_bytes"),
+        "{answer}"
+    );
+    // A body that stops arriving: 408 after server.request_timeout_s, connection closed.
+    let answer = raw_http(
+        server.http,
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{\"inputs\""),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.request_timeout_s"), "{answer}");
+    // A chunked body with no declared length is counted as it arrives.
+    let chunk = "x".repeat(3000);
+    let answer = raw_http(
+        server.http,
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+             {len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+            len = chunk.len()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    // Nothing stays reserved: a normal request still fits.
+    let samples = rows("osteo-tabular-v1", 1);
+    let data: Vec<&Vec<f32>> = samples.iter().filter_map(|s| s.tabular.as_ref()).collect();
+    let body = serde_json::json!({
+        "inputs": [{"name": "tabular", "shape": [1, 13], "datatype": "FP32", "data": data}],
+    })
+    .to_string();
+    let answer = raw_http(
+        server.http,
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 /// Runs curl with `args`; returns the HTTP status and the body.
 async fn curl(args: Vec<String>) -> (u16, String) {
     let out = tokio::task::spawn_blocking(move || {

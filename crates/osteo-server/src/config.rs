@@ -130,7 +130,7 @@ pub struct StoreSettings {
     pub max_study_bytes: u64,
     /// Largest upload (sum of DICOM file sizes) in bytes.
     pub max_upload_bytes: u64,
-    /// Upload bytes buffered at once across every upload stream.
+    /// Upload bytes (and REST request body bytes) buffered at once across every stream.
     pub max_inflight_upload_bytes: u64,
     /// Upload streams open at once.
     pub max_concurrent_uploads: usize,

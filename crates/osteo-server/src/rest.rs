@@ -37,6 +37,13 @@ struct App {
     max_body: usize,
 }
 
+impl App {
+    /// Time a request body may take to arrive (the server's request timeout).
+    fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.state.settings.server.request_timeout_s)
+    }
+}
+
 /// The HTTP status of a gRPC status code.
 fn http_status(code: tonic::Code) -> StatusCode {
     use tonic::Code as C;
@@ -247,6 +254,71 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
         .map_err(|_| too_large(limit).into())
 }
 
+/// Reads an infer request's body: at most `app.max_body` bytes (refused on its Content-Length
+/// before a byte is read), each byte reserved from `store.max_inflight_upload_bytes` before it
+/// is buffered (the declared length at once), within the request timeout. The reservation
+/// stays held while the body is.
+async fn read_infer_body(
+    app: &App,
+    body: Body,
+    declared: Option<usize>,
+) -> Result<(bytes::Bytes, crate::budget::Reservation), Refusal> {
+    use http_body_util::BodyExt;
+    let refuse = |e: ServerError| Refusal::from(error_response(&e.into()));
+    if declared.is_some_and(|n| n > app.max_body) {
+        return Err(closing(too_large(app.max_body).into()));
+    }
+    let what = "the request body";
+    let mut held = app
+        .state
+        .upload_bytes()
+        .reserve(declared.unwrap_or(0) as u64, what)
+        .map_err(|e| closing(refuse(e)))?;
+    let read = async {
+        let mut body = body;
+        let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                refuse(ServerError::InvalidArgument(
+                    "the request body could not be read to its end".into(),
+                ))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let total = buf.len() + data.len();
+            if total > app.max_body {
+                return Err(too_large(app.max_body).into());
+            }
+            if total as u64 > held.bytes() {
+                held.resize(total as u64, what).map_err(refuse)?;
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf.freeze())
+    };
+    let result = match tokio::time::timeout(app.body_timeout(), read).await {
+        Ok(r) => r,
+        Err(_) => Err(json_response(
+            StatusCode::REQUEST_TIMEOUT,
+            &json!({ "error": format!(
+                "the request body did not arrive within server.request_timeout_s ({} s)",
+                app.body_timeout().as_secs()
+            ) }),
+        )
+        .into()),
+    };
+    result.map(|bytes| (bytes, held)).map_err(closing)
+}
+
+/// A refusal of a body that was not read to its end: it is not drained, the connection closes
+/// after the answer.
+fn closing(Refusal(mut r): Refusal) -> Refusal {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Refusal(r)
+}
+
 /// `POST /v2/models/{model}[/versions/{version}]/infer`.
 async fn infer(
     State(app): State<App>,
@@ -276,14 +348,12 @@ async fn infer(
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > app.max_body) {
-        // Refused on its Content-Length, before a byte of it is read.
-        return Err(too_large(app.max_body).into());
-    }
-    let body = read_body(body, app.max_body).await?;
+    let (body, held) = read_infer_body(&app, body, declared).await?;
     let mut parsed = rest_json::parse(&p.model, &p.version, &body, header_length)
         .map_err(|e| error_response(&e.into()))?;
+    // The reservation stays held until the answer: the parsed tensors are what it covers now.
     drop(body);
+    let _held = held;
     let message = std::mem::take(&mut parsed.message);
     let response = app
         .inference

@@ -40,6 +40,12 @@ pub struct State {
 }
 
 impl State {
+    /// Bytes of uploads and REST request bodies buffered at once
+    /// (`store.max_inflight_upload_bytes`).
+    pub(crate) fn upload_bytes(&self) -> &Arc<Budget> {
+        &self.upload_bytes
+    }
+
     /// State with an empty store and models not yet loaded; opens the audit log.
     pub fn new(settings: Settings) -> Result<Self, ServerError> {
         let st = &settings.store;
