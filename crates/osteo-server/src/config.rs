@@ -454,9 +454,11 @@ impl Settings {
             )?;
         }
         self.metrics_addr()?;
+        // Port 0 (any free port) never clashes.
+        let clash = |a: SocketAddr, b: Option<SocketAddr>| a.port() != 0 && Some(a) == b;
         if let Some(h) = self.health_addr()? {
             require(
-                h != self.listen_addr()?,
+                !clash(h, Some(self.listen_addr()?)),
                 "server.health_listen",
                 h,
                 "must differ from server.listen",
@@ -464,7 +466,7 @@ impl Settings {
         }
         if let Some(h) = self.http_addr()? {
             require(
-                h != self.listen_addr()? && Some(h) != self.health_addr()?,
+                !clash(h, Some(self.listen_addr()?)) && !clash(h, self.health_addr()?),
                 "server.http_listen",
                 h,
                 "must differ from server.listen and server.health_listen",
