@@ -836,6 +836,11 @@ async fn curl_reaches_the_rest_endpoints_and_bad_requests_get_json_errors() {
     assert_eq!(code, 200, "{body}");
     let meta: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(meta["inputs"][0]["shape"], serde_json::json!([-1, 13]));
+    // The encoding of the clinical features, as model.toml states it.
+    let features = &meta["inputs"][0]["parameters"]["features"];
+    assert_eq!(features.as_array().map(Vec::len), Some(13), "{meta}");
+    assert_eq!(features[0]["name"], "age_years");
+    assert!(features[0]["std"].as_f64().is_some_and(|s| s > 0.0));
 
     // JSON tensors, nested rows, equal to ONNX Runtime called directly.
     let samples = rows("osteo-tabular-v1", 2);

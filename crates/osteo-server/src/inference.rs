@@ -337,6 +337,48 @@ async fn infer(
     Ok(response)
 }
 
+/// What each input of a served model holds (input name, JSON description): the REST model
+/// metadata's tensor `parameters`, so a client can build the tensors without this project's
+/// code. The gRPC protocol has no field for it.
+pub(crate) fn input_encodings(model: &ServedModel) -> Vec<(&'static str, serde_json::Value)> {
+    let m = &model.artifacts.manifest;
+    let mut out = Vec::new();
+    if let Some(v) = &m.view {
+        out.push((
+            osteo_onnx::names::IMAGES,
+            serde_json::json!({
+                "encoding": format!(
+                    "coronal slab view of the axial CT: {}x{} pixels of {} mm, the {} mm slab \
+                     centred on the spine; HU windowed from {} to {} onto [0, 1]; channel 0 the \
+                     slab mean, channel 1 the slab maximum",
+                    v.height, v.width, v.pixel_mm, v.slab_mm, v.window_hu[0], v.window_hu[1]
+                ),
+            }),
+        ));
+    }
+    if let Some(t) = &m.tabular {
+        let features: Vec<serde_json::Value> = t
+            .features
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name, "unit": f.unit, "min": f.min, "max": f.max,
+                    "mean": f.mean, "std": f.std,
+                })
+            })
+            .collect();
+        out.push((
+            osteo_onnx::names::TABULAR,
+            serde_json::json!({
+                "encoding": "element i = (raw_i - mean_i) / std_i of feature i below, raw_i \
+                             within [min_i, max_i]",
+                "features": features,
+            }),
+        ));
+    }
+    out
+}
+
 /// The model and its metadata.
 fn metadata(model: &ServedModel) -> v2::ModelMetadataResponse {
     let tensor = |name: &str, dims: &[usize]| v2::model_metadata_response::TensorMetadata {

@@ -201,9 +201,25 @@ async fn model_metadata(
             version: p.version,
         }))
         .await;
+    // The inputs' encodings as tensor parameters (REST only: the gRPC message has no field).
+    let encodings = match &r {
+        Ok(m) => app
+            .state
+            .models()
+            .and_then(|models| models.get(&m.get_ref().name))
+            .map(crate::inference::input_encodings)
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
     let tensors = |ts: Vec<v2::model_metadata_response::TensorMetadata>| -> Vec<Value> {
         ts.into_iter()
-            .map(|t| json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape }))
+            .map(|t| {
+                let mut v = json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape });
+                if let Some((_, p)) = encodings.iter().find(|(n, _)| *n == t.name) {
+                    v["parameters"] = p.clone();
+                }
+                v
+            })
             .collect()
     };
     answer(r, |m| {
