@@ -163,6 +163,7 @@ fn benches(c: &mut Criterion) {
             }),
             model: String::new(),
             backend: String::new(),
+            clinical_from_dicom: false,
         };
         (client, request)
     });

@@ -86,6 +86,7 @@ async fn python_grpcio_client_generated_from_the_proto_calls_every_rpc() {
             clinical: Some(clinical()),
             model: String::new(),
             backend: String::new(),
+            clinical_from_dicom: false,
         })
         .await
         .expect("classify")

@@ -89,6 +89,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         clinical: Some(clinical()),
         model: String::new(),
         backend: backend.into(),
+        clinical_from_dicom: false,
     };
     let by_default = client
         .classify(classify(""))
@@ -121,6 +122,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
             clinical: Some(clinical()),
             model: String::new(),
             backends: Vec::new(),
+            clinical_from_dicom: false,
         })
         .await
         .expect("compare")
@@ -163,6 +165,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
                 clinical: Some(clinical()),
                 model: model.into(),
                 backends: backends.iter().map(|s| s.to_string()).collect(),
+                clinical_from_dicom: false,
             })
             .await
             .expect_err("unknown backend");
@@ -177,6 +180,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         model: String::new(),
         backend: backend.into(),
         target: pb::Grade::Osteoporosis as i32,
+        clinical_from_dicom: false,
     };
     let mut maps = Vec::new();
     for backend in ["candle", "ort"] {
@@ -353,6 +357,7 @@ async fn three_backends_agree_on_one_server() {
                 clinical: Some(clinical()),
                 model: model.into(),
                 backends: Vec::new(),
+                clinical_from_dicom: false,
             })
             .await
             .expect("compare")
@@ -368,6 +373,7 @@ async fn three_backends_agree_on_one_server() {
             model: String::new(),
             backend: "tch".into(),
             target: pb::Grade::Unspecified as i32,
+            clinical_from_dicom: false,
         })
         .await
         .expect("explain on tch")

@@ -43,6 +43,7 @@ async fn upload_classify_explain_and_manage_a_study() {
         clinical: Some(clinical()),
         model: String::new(),
         backend: String::new(),
+        clinical_from_dicom: false,
     };
     let classified = client
         .classify(request(by_handle(&handle)))
@@ -94,6 +95,7 @@ async fn upload_classify_explain_and_manage_a_study() {
             model: String::new(),
             backend: String::new(),
             target: pb::Grade::Osteoporosis as i32,
+            clinical_from_dicom: false,
         })
         .await
         .expect("explain")
@@ -122,6 +124,7 @@ async fn upload_classify_explain_and_manage_a_study() {
             model: String::new(),
             backend: String::new(),
             target: pb::Grade::Unspecified as i32,
+            clinical_from_dicom: false,
         })
         .await
         .expect("explain the prediction")
@@ -259,6 +262,7 @@ async fn every_documented_error_code_is_returned_with_an_actionable_message() {
         clinical,
         model: model.to_string(),
         backend: String::new(),
+        clinical_from_dicom: false,
     };
 
     // INVALID_ARGUMENT: bytes that are not DICOM, out-of-range clinical values.
@@ -327,6 +331,7 @@ async fn every_documented_error_code_is_returned_with_an_actionable_message() {
                 model: "osteo-tabular-v1".into(),
                 backend: String::new(),
                 target: 0,
+                clinical_from_dicom: false,
             })
             .await,
     );
@@ -389,6 +394,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
                         clinical: Some(clinical()),
                         model: String::new(),
                         backend: String::new(),
+                        clinical_from_dicom: false,
                     })
                     .await;
                 codes.push(r.map(|r| r.into_inner().logits).map_err(|s| s.code()));
@@ -443,6 +449,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
                 clinical: Some(clinical()),
                 model: String::new(),
                 backend: String::new(),
+                clinical_from_dicom: false,
             })
             .await
             .map(|_| ())
@@ -476,6 +483,7 @@ async fn shutdown_finishes_in_flight_requests() {
         model: String::new(),
         backend: String::new(),
         target: 0,
+        clinical_from_dicom: false,
     };
     let in_flight = tokio::spawn(async move { client.explain(inline).await });
     // Once the request has reached the server, ask it to stop.
@@ -538,6 +546,7 @@ async fn client_text_can_neither_forge_nor_flood_a_log_line() {
                             model: model.to_string(),
                             backend: backend.to_string(),
                             study: by_handle(text),
+                            clinical_from_dicom: false,
                         })
                         .await,
                 );

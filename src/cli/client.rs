@@ -378,6 +378,7 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
                 clinical: Some(t.input.clinical.message()),
                 model: t.endpoint.model(),
                 backend: t.endpoint.backend(),
+                clinical_from_dicom: t.input.clinical.reads_header(),
             })
             .await;
         cleanup(&mut client, handle).await;
@@ -404,6 +405,7 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
                 model: t.endpoint.model(),
                 backend: t.endpoint.backend(),
                 target: pb::Grade::Unspecified as i32,
+                clinical_from_dicom: t.input.clinical.reads_header(),
             })
             .await;
         cleanup(&mut client, handle).await;
@@ -480,6 +482,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 clinical: Some(args.input.clinical.message()),
                 model: args.model.clone().unwrap_or_default(),
                 backends: args.backends.clone(),
+                clinical_from_dicom: args.input.clinical.reads_header(),
             })
             .await;
         cleanup(&mut client, handle).await;

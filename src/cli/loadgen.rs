@@ -92,6 +92,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             clinical: Some(args.clinical.message()),
             model: args.endpoint.model(),
             backend: args.endpoint.backend(),
+            clinical_from_dicom: args.clinical.reads_header(),
         };
         // Warm-up: one request, not counted.
         first

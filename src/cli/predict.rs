@@ -37,18 +37,25 @@ pub fn local_input(
     dicom: Option<&Path>,
     clinical: &ClinicalArgs,
 ) -> anyhow::Result<(Option<View>, Batch)> {
-    let clinical = ClinicalVariables::validate(clinical.input())?;
-    let view = match &m.view {
-        Some(spec) => {
-            let path =
-                dicom.with_context(|| format!("model {} reads CT: pass --dicom PATH", m.name))?;
-            let ingested = osteo_dicom::ingest(
-                DicomSource::Path(path.to_path_buf()),
-                &IngestOptions::default(),
-            )?;
-            Some(osteo_dicom::coronal_slab(&ingested.volume, spec)?)
-        }
-        None => None,
+    // The study is read when the model reads CT, or when its header supplies the clinical
+    // variables.
+    let ingested = if m.view.is_some() || clinical.reads_header() {
+        let path = dicom.with_context(|| match &m.view {
+            Some(_) => format!("model {} reads CT: pass --dicom PATH", m.name),
+            None => "--clinical-from-dicom reads the study's header: pass --dicom PATH".into(),
+        })?;
+        Some(osteo_dicom::ingest(
+            DicomSource::Path(path.to_path_buf()),
+            &IngestOptions::default(),
+        )?)
+    } else {
+        None
+    };
+    let clinical =
+        ClinicalVariables::validate(clinical.input(ingested.as_ref().map(|i| &i.demographics))?)?;
+    let view = match (&m.view, &ingested) {
+        (Some(spec), Some(ingested)) => Some(osteo_dicom::coronal_slab(&ingested.volume, spec)?),
+        _ => None,
     };
     let sample = Sample {
         image: view.as_ref().map(|v| v.data.clone()),

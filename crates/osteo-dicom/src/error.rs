@@ -21,6 +21,18 @@ pub enum DicomError {
         /// What the parser reported.
         message: String,
     },
+    /// A clinical variable asked of the header is missing or implausible there.
+    #[error(
+        "clinical variables from the DICOM header: {attribute} {reason}; send {field} explicitly"
+    )]
+    Demographic {
+        /// Attribute keyword(s) and tag(s).
+        attribute: String,
+        /// Why it cannot be used (never the value).
+        reason: String,
+        /// The clinical variable a caller may send instead, e.g. `clinical.height_cm`.
+        field: &'static str,
+    },
     /// A required attribute is absent.
     #[error("{file}: missing required attribute {attribute}")]
     MissingAttribute {

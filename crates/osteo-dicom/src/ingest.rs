@@ -1,6 +1,7 @@
 //! The ingest pipeline: read, parse, group, select, order, decode, assemble.
 
 use crate::attrs::{self, Parsed};
+use crate::demographics::Demographics;
 use crate::error::DicomError;
 use crate::frames::{self, FileHeader};
 use crate::limits::IngestLimits;
@@ -26,6 +27,9 @@ pub struct IngestOptions {
 pub struct Ingested {
     /// The selected series as a HU volume.
     pub volume: Volume,
+    /// The patient's demographic attributes in the selected series' header (patient data:
+    /// never logged).
+    pub demographics: Demographics,
     /// Every series in the input (UIDs included: for selection, not for logs).
     pub series: Vec<SeriesInfo>,
 }
@@ -167,6 +171,11 @@ impl Planned {
         } else {
             as_f32()?
         };
+        let demographics = self
+            .files
+            .first()
+            .map(|&f| Demographics::read(&self.parsed[f].obj))
+            .unwrap_or_default();
         let Planned {
             headers,
             series,
@@ -198,7 +207,11 @@ impl Planned {
                 message: "decoded voxel count does not match the series dimensions".into(),
             })?;
         volume.summary.series_count = series.len();
-        Ok(Ingested { volume, series })
+        Ok(Ingested {
+            volume,
+            demographics,
+            series,
+        })
     }
 }
 

@@ -9,6 +9,7 @@
 #![deny(rust_2018_idioms, missing_docs)]
 
 mod attrs;
+pub mod demographics;
 pub mod error;
 mod frames;
 pub mod ingest;
@@ -20,6 +21,7 @@ pub mod source;
 pub mod view;
 pub mod volume;
 
+pub use demographics::{Completed, Demographics, Explicit, HeaderSex, HeaderValue};
 pub use error::DicomError;
 pub use ingest::{IngestOptions, Planned, ingest, plan};
 pub use limits::IngestLimits;

@@ -35,6 +35,35 @@ pub fn clinical(p: &pb::ClinicalVariables) -> Result<ClinicalVariables, ServerEr
     .map_err(|e| ServerError::InvalidArgument(format!("clinical variables: {e}")))
 }
 
+/// The clinical variables of a request whose unset age, sex, height and weight come from the
+/// study's header `d` (values sent win; the risk flags and BMI come from `given` only).
+pub fn clinical_from_header(
+    given: Option<&pb::ClinicalVariables>,
+    d: &osteo_dicom::Demographics,
+) -> Result<ClinicalVariables, ServerError> {
+    let mut g = given.cloned().unwrap_or_default();
+    let set = |v: f64| (v != 0.0).then_some(v);
+    let explicit = osteo_dicom::Explicit {
+        age_years: set(g.age_years),
+        sex: match pb::Sex::try_from(g.sex) {
+            Ok(pb::Sex::Female) => Some(Sex::Female),
+            Ok(pb::Sex::Male) => Some(Sex::Male),
+            _ => None,
+        },
+        height_cm: set(g.height_cm),
+        weight_kg: set(g.weight_kg),
+    };
+    let c = d.complete(explicit)?;
+    g.age_years = c.age_years;
+    g.sex = match c.sex {
+        Sex::Female => pb::Sex::Female as i32,
+        Sex::Male => pb::Sex::Male as i32,
+    };
+    g.height_cm = c.height_cm;
+    g.weight_kg = c.weight_kg;
+    clinical(&g)
+}
+
 /// The wire value of a grade.
 pub fn grade(g: Grade) -> i32 {
     match g {

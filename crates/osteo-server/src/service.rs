@@ -135,7 +135,12 @@ impl State {
             // Integral HU the headers could not prove in range may still fit i16: keep only
             // what the volume takes.
             held.resize(ingested.volume.hu.byte_len())?;
-            Ok(Study::new(ingested.volume, held, &owner))
+            Ok(Study::new(
+                ingested.volume,
+                ingested.demographics,
+                held,
+                &owner,
+            ))
         })
         .await
     }
@@ -418,6 +423,7 @@ impl Service {
         model: &ServedModel,
         study: Option<&pb::StudyRef>,
         clinical: Option<&pb::ClinicalVariables>,
+        clinical_from_dicom: bool,
     ) -> Result<Prepared, ServerError> {
         set_study_ref(labels, study);
         let start = Instant::now();
@@ -467,14 +473,26 @@ impl Service {
         let tabular = match &m.tabular {
             None => None,
             Some(spec) => {
-                let c = clinical.ok_or_else(|| {
-                    ServerError::FailedPrecondition(format!(
-                        "model {} ({}) reads clinical variables: set clinical (age, sex, height, \
-                         weight)",
-                        m.name, m.kind
-                    ))
-                })?;
-                let c = convert::clinical(c)?;
+                let c = if clinical_from_dicom {
+                    let s = study.as_ref().ok_or_else(|| {
+                        ServerError::FailedPrecondition(
+                            "clinical_from_dicom reads the study's DICOM header: set study to a \
+                             handle from UploadStudy or to inline DICOM files"
+                                .into(),
+                        )
+                    })?;
+                    convert::clinical_from_header(clinical, &s.demographics)?
+                } else {
+                    let c = clinical.ok_or_else(|| {
+                        ServerError::FailedPrecondition(format!(
+                            "model {} ({}) reads clinical variables: set clinical (age, sex, \
+                             height, weight), or clinical_from_dicom to read them from the \
+                             study's header",
+                            m.name, m.kind
+                        ))
+                    })?;
+                    convert::clinical(c)?
+                };
                 Some(spec.encode(&c).map_err(|e| {
                     ServerError::InvalidArgument(format!("clinical variables: {e}"))
                 })?)
@@ -758,6 +776,7 @@ impl OsteoService for Service {
                 model,
                 req.study.as_ref(),
                 req.clinical.as_ref(),
+                req.clinical_from_dicom,
             )
             .await?;
             let (response, grade) =
@@ -792,6 +811,7 @@ impl OsteoService for Service {
                 model,
                 req.study.as_ref(),
                 req.clinical.as_ref(),
+                req.clinical_from_dicom,
             )
             .await?;
             // One backend call gives the prediction and the Grad-CAM parts of every class.
@@ -856,6 +876,7 @@ impl OsteoService for Service {
                     model,
                     req.study.as_ref(),
                     req.clinical.as_ref(),
+                    req.clinical_from_dicom,
                 )
                 .await?;
                 let mut graded = Vec::new();

@@ -10,7 +10,7 @@ use crate::budget::{Budget, Reservation};
 use crate::error::ServerError;
 use crate::text::client_text;
 use osteo_core::ViewSpec;
-use osteo_dicom::{View, Volume, coronal_slab};
+use osteo_dicom::{Demographics, View, Volume, coronal_slab};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ pub struct Study {
     pub volume: Volume,
     /// Bytes the study holds in the store.
     pub stored_bytes: u64,
+    /// Age, sex, height and weight as the header states them (patient data: never logged).
+    pub demographics: Demographics,
     /// The principal that uploaded it; only it (and admins, for reading and deleting) sees it.
     pub owner: String,
     views: Mutex<Vec<(ViewSpec, Arc<View>)>>,
@@ -55,10 +57,11 @@ impl Held {
 
 impl Study {
     /// A study of `owner` with a fresh handle, holding the bytes reserved for its volume.
-    pub fn new(volume: Volume, held: Held, owner: &str) -> Self {
+    pub fn new(volume: Volume, demographics: Demographics, held: Held, owner: &str) -> Self {
         Self {
             handle: new_handle(),
             volume,
+            demographics,
             stored_bytes: held.bytes(),
             owner: owner.to_string(),
             views: Mutex::new(Vec::new()),
@@ -272,7 +275,12 @@ mod tests {
     fn owned(store: &StudyStore, slices: usize, owner: &str) -> Result<Study, ServerError> {
         let v = volume(slices);
         let bytes = (v.hu.len() * 4) as u64;
-        Ok(Study::new(v, store.reserve(bytes, owner)?, owner))
+        Ok(Study::new(
+            v,
+            Demographics::default(),
+            store.reserve(bytes, owner)?,
+            owner,
+        ))
     }
 
     #[test]
