@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: the OsteoServe gRPC server with the shipped models on the candle and ONNX
-# Runtime backends (osteo-fused-v1 on candle by default), on 127.0.0.1:50051 with Prometheus
+# The main job: the OsteoServe gRPC server with the shipped models on the ONNX Runtime and
+# candle backends (ONNX Runtime answers by default), on 127.0.0.1:50051 with Prometheus
 # metrics on 127.0.0.1:9464. Fetches the ONNX Runtime library once (scripts/fetch-onnxruntime.sh),
 # builds the release binary, writes a synthetic demo study to classify, prints how to call the
 # server, then serves in the foreground until Ctrl-C (in-flight requests finish first).

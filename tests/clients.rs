@@ -68,10 +68,10 @@ async fn python_grpcio_client_generated_from_the_proto_calls_every_rpc() {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(v["slices"].as_u64(), Some(files.len() as u64));
     assert_eq!(v["model"], "osteo-fused-v1");
-    assert_eq!(v["backend"], "candle");
+    assert_eq!(v["backend"], "ort");
     assert_eq!(v["gradcam_values"], 128 * 128);
     assert_eq!(v["overlay_is_png"], true);
-    assert_eq!(v["compare_backends"], serde_json::json!(["candle", "ort"]));
+    assert_eq!(v["compare_backends"], serde_json::json!(["ort", "candle"]));
     assert_eq!(v["grades_agree"], true);
     assert_eq!(v["get_study"], v["handle"]);
     assert_eq!(v["freed_bytes"], v["stored_bytes"]);

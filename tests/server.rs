@@ -149,7 +149,7 @@ async fn upload_classify_explain_and_manage_a_study() {
     assert_eq!(models.default_model, "osteo-fused-v1");
     assert_eq!(models.models.len(), 2);
     let fused = &models.models[0];
-    assert_eq!(fused.backends[0].name, "candle");
+    assert_eq!(fused.backends[0].name, "ort");
     assert_eq!(fused.backends[0].device, "cpu");
     assert!(fused.metrics.contains_key("auc_macro"));
 
@@ -205,7 +205,7 @@ async fn upload_classify_explain_and_manage_a_study() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(v["model"], "osteo-fused-v1");
-    assert_eq!(v["backend"], "candle");
+    assert_eq!(v["backend"], "ort");
     assert_eq!(
         v["grade"].as_str(),
         Some(local["grade"].as_str().expect("grade"))

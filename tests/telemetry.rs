@@ -79,7 +79,7 @@ async fn spans_reach_an_otlp_receiver_and_logs_are_json_without_patient_data() {
     assert_eq!(classify["name"], "rpc");
     assert_eq!(classify["attributes"]["study"], handle.as_str());
     assert_eq!(classify["attributes"]["model"], "osteo-fused-v1");
-    assert_eq!(classify["attributes"]["backend"], "candle");
+    assert_eq!(classify["attributes"]["backend"], "ort");
     assert!(
         spans
             .iter()

@@ -35,7 +35,7 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
     /// Also time the same input through the backend in this process (a model directory; the
-    /// --backend named, else candle), one call at a time, for the serving overhead ratio.
+    /// --backend named, else ort), one call at a time, for the serving overhead ratio.
     #[arg(long, value_name = "MODEL_DIR")]
     direct: Option<PathBuf>,
     /// Print one JSON object instead of text.
@@ -63,7 +63,7 @@ fn direct(
     let m = &artifacts.manifest;
     let (_, batch) = local_input(m, Some(&args.dicom), &args.clinical)?;
     let name = match args.endpoint.backend() {
-        b if b.is_empty() => "candle".to_string(),
+        b if b.is_empty() => "ort".to_string(),
         b => b,
     };
     let mut backend = super::serve::load_backend(&name, &artifacts, Device::Cpu)?;

@@ -20,7 +20,7 @@ pub struct PredictArgs {
     #[command(flatten)]
     clinical: ClinicalArgs,
     /// Backend to run the model on: candle or ort.
-    #[arg(long, default_value = "candle")]
+    #[arg(long, default_value = "ort")]
     backend: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
