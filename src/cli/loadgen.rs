@@ -61,7 +61,7 @@ fn direct(
 ) -> anyhow::Result<serde_json::Value> {
     let artifacts = ModelArtifacts::open(model_dir)?;
     let m = &artifacts.manifest;
-    let (_, batch) = local_input(m, Some(&args.dicom), &args.clinical)?;
+    let batch = local_input(m, Some(&args.dicom), &args.clinical, false)?.batch;
     let name = match args.endpoint.backend() {
         b if b.is_empty() => "ort".to_string(),
         b => b,

@@ -28,6 +28,19 @@ pub struct PredictArgs {
     /// Also write the Grad-CAM overlay of the predicted grade as PNG (image and fused models).
     #[arg(long, value_name = "FILE")]
     explain_png: Option<PathBuf>,
+    /// Also write the result as a DICOM Comprehensive SR in the study (needs --dicom).
+    #[arg(long, value_name = "FILE")]
+    sr_out: Option<PathBuf>,
+}
+
+/// A study's model input, read locally.
+pub struct LocalInput {
+    /// The model's view of the study (image and fused models).
+    pub view: Option<View>,
+    /// The one-sample batch.
+    pub batch: Batch,
+    /// The study the input came from, when one was read.
+    pub source: Option<osteo_dicom::SourceStudy>,
 }
 
 /// The one-sample model input of a study (ingested and viewed when the model reads CT) and the
@@ -36,13 +49,17 @@ pub fn local_input(
     m: &ModelManifest,
     dicom: Option<&Path>,
     clinical: &ClinicalArgs,
-) -> anyhow::Result<(Option<View>, Batch)> {
-    // The study is read when the model reads CT, or when its header supplies the clinical
-    // variables.
-    let ingested = if m.view.is_some() || clinical.reads_header() {
+    wants_study: bool,
+) -> anyhow::Result<LocalInput> {
+    // The study is read when the model reads CT, when its header supplies the clinical
+    // variables, or when the caller wants it.
+    let ingested = if m.view.is_some() || clinical.reads_header() || wants_study {
         let path = dicom.with_context(|| match &m.view {
             Some(_) => format!("model {} reads CT: pass --dicom PATH", m.name),
-            None => "--clinical-from-dicom reads the study's header: pass --dicom PATH".into(),
+            None if clinical.reads_header() => {
+                "--clinical-from-dicom reads the study's header: pass --dicom PATH".into()
+            }
+            None => "--sr-out writes the result into the study: pass --dicom PATH".into(),
         })?;
         Some(osteo_dicom::ingest(
             DicomSource::Path(path.to_path_buf()),
@@ -66,14 +83,27 @@ pub fn local_input(
             .transpose()?,
     };
     let batch = Batch::stack(&m.arch, &[sample])?;
-    Ok((view, batch))
+    Ok(LocalInput {
+        view,
+        batch,
+        source: ingested.map(|i| i.source),
+    })
 }
 
 /// Runs `osteo predict`.
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let artifacts = ModelArtifacts::open(&args.model)?;
     let m = artifacts.manifest.clone();
-    let (view, batch) = local_input(&m, args.dicom.as_deref(), &args.clinical)?;
+    let LocalInput {
+        view,
+        batch,
+        source,
+    } = local_input(
+        &m,
+        args.dicom.as_deref(),
+        &args.clinical,
+        args.sr_out.is_some(),
+    )?;
     let mut backend = super::serve::load_backend(&args.backend, &artifacts, Device::Cpu)?;
     let explain = match &args.explain_png {
         Some(png) => Some((
@@ -100,6 +130,19 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         let map = osteo_core::gradcam::assemble(&parts, v.spec.height, v.spec.width)?;
         let bytes = osteo_dicom::render::overlay_png(v, &map.values, 4)?;
         std::fs::write(png, bytes).with_context(|| format!("cannot write {}", png.display()))?;
+    }
+    if let (Some(path), Some(source)) = (&args.sr_out, &source) {
+        let finding = osteo_dicom::sr::Finding {
+            grade: grade.index(),
+            probabilities: [probs[0], probs[1], probs[2]],
+            model: m.name.clone(),
+            version: m.version.clone(),
+            backend: args.backend.clone(),
+            synthetic: m.trained_on_synthetic(),
+            series_number: 9901,
+        };
+        let bytes = osteo_dicom::sr::structured_report(source, &finding)?;
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
         let out = json!({

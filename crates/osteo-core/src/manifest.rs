@@ -56,6 +56,16 @@ pub struct ModelManifest {
     pub weights_blake3: String,
 }
 
+impl ModelManifest {
+    /// Whether the model was trained on synthetic data (its results must say so).
+    pub fn trained_on_synthetic(&self) -> bool {
+        self.provenance
+            .data
+            .to_ascii_lowercase()
+            .contains("synthetic")
+    }
+}
+
 /// Hex BLAKE3 digest of a weights file's bytes.
 pub fn weights_digest(weights: &[u8]) -> String {
     blake3::hash(weights).to_hex().to_string()

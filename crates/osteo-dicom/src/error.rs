@@ -120,6 +120,9 @@ pub enum DicomError {
     /// Writing an image failed.
     #[error("cannot encode PNG: {0}")]
     Png(String),
+    /// Writing a DICOM object failed.
+    #[error("cannot encode DICOM: {0}")]
+    Encode(String),
 }
 
 impl DicomError {

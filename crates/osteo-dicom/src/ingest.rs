@@ -7,6 +7,7 @@ use crate::frames::{self, FileHeader};
 use crate::limits::IngestLimits;
 use crate::series::{self, SeriesInfo};
 use crate::source::DicomSource;
+use crate::source_study::SourceStudy;
 use crate::volume::{Volume, VolumeGeometry, Voxels};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
@@ -30,6 +31,9 @@ pub struct Ingested {
     /// The patient's demographic attributes in the selected series' header (patient data:
     /// never logged).
     pub demographics: Demographics,
+    /// The study and series the volume comes from, for results written as DICOM (patient
+    /// data: never logged).
+    pub source: SourceStudy,
     /// Every series in the input (UIDs included: for selection, not for logs).
     pub series: Vec<SeriesInfo>,
 }
@@ -176,6 +180,17 @@ impl Planned {
             .first()
             .map(|&f| Demographics::read(&self.parsed[f].obj))
             .unwrap_or_default();
+        let source = self
+            .files
+            .first()
+            .map(|&f| {
+                SourceStudy::read(
+                    &self.parsed[f].obj,
+                    self.files.iter().map(|&i| &*self.parsed[i].obj),
+                    &self.headers[f].series_uid,
+                )
+            })
+            .unwrap_or_default();
         let Planned {
             headers,
             series,
@@ -210,6 +225,7 @@ impl Planned {
         Ok(Ingested {
             volume,
             demographics,
+            source,
             series,
         })
     }

@@ -18,6 +18,8 @@ mod prescan;
 pub mod render;
 pub mod series;
 pub mod source;
+pub mod source_study;
+pub mod sr;
 pub mod view;
 pub mod volume;
 
@@ -26,5 +28,6 @@ pub use error::DicomError;
 pub use ingest::{IngestOptions, Planned, ingest, plan};
 pub use limits::IngestLimits;
 pub use source::{DicomSource, SourceFile};
+pub use source_study::SourceStudy;
 pub use view::{View, ViewGeometry, ViewSpec, coronal_slab};
 pub use volume::{Volume, VolumeGeometry, VolumeSummary, Voxels};

@@ -1,0 +1,434 @@
+//! The grade of a study as a DICOM Comprehensive SR in the source study: a new series, the
+//! patient and study attributes copied from the source, and a TID 1500-style measurement report
+//! (Imaging Measurement Report > Imaging Measurements > Measurement Group) holding the grade as
+//! a coded finding, the three probabilities as numeric measurements, the algorithm
+//! identification (model name, version, backend), the graded series as evidence, and, for a
+//! model trained on synthetic data, a statement that the result is not for diagnosis.
+//!
+//! Codes: DCM and SNOMED CT where they exist — Osteoporosis (disorder) SCT 64859006, Osteopenia
+//! (disorder) SCT 312894000, Computerized tomography SCT 77477000 — and the private scheme
+//! `99OSTEO` (documented in the README) for the normal-bone-density finding, whose SNOMED CT
+//! code could not be verified offline, and for the three probability measurements.
+
+use crate::error::DicomError;
+use crate::source_study::SourceStudy;
+use dicom_core::header::Header;
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::InMemDicomObject;
+use dicom_object::meta::FileMetaTableBuilder;
+
+/// Implementation class UID of files OsteoServe writes.
+const IMPLEMENTATION_CLASS_UID: &str = "2.25.230442815271392436104758106281904853351";
+
+/// The private coding scheme for concepts with no standard code.
+pub const PRIVATE_SCHEME: &str = "99OSTEO";
+
+/// A coded concept: value, scheme, meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Code(pub &'static str, pub &'static str, pub &'static str);
+
+/// The finding code of each grade, in class order normal, osteopenia, osteoporosis.
+pub const GRADE_CODES: [Code; 3] = [
+    Code("BMD-NORMAL", PRIVATE_SCHEME, "Normal bone density"),
+    Code("312894000", "SCT", "Osteopenia"),
+    Code("64859006", "SCT", "Osteoporosis"),
+];
+
+/// The measurement code of each grade's probability, in class order.
+pub const PROBABILITY_CODES: [Code; 3] = [
+    Code(
+        "P-NORMAL",
+        PRIVATE_SCHEME,
+        "Probability of normal bone density",
+    ),
+    Code("P-OSTEOPENIA", PRIVATE_SCHEME, "Probability of osteopenia"),
+    Code(
+        "P-OSTEOPOROSIS",
+        PRIVATE_SCHEME,
+        "Probability of osteoporosis",
+    ),
+];
+
+/// What the report states.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Index of the grade in class order (0 normal, 1 osteopenia, 2 osteoporosis).
+    pub grade: usize,
+    /// Probabilities in class order.
+    pub probabilities: [f32; 3],
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// Backend that ran the model.
+    pub backend: String,
+    /// Whether the model was trained on synthetic data (adds the not-for-diagnosis statement).
+    pub synthetic: bool,
+    /// SeriesNumber of the new series.
+    pub series_number: u32,
+}
+
+/// A new UID (2.25 form, from 128 random bits).
+pub fn new_uid() -> String {
+    format!("2.25.{}", rand::random::<u128>() >> 1)
+}
+
+fn text(tag: Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, PrimitiveValue::from(v))
+}
+
+fn empty(tag: Tag, vr: VR) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, PrimitiveValue::Empty)
+}
+
+fn sequence(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+}
+
+/// A code sequence item.
+fn code_item(c: Code) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter([
+        text(tags::CODE_VALUE, VR::SH, c.0),
+        text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, c.1),
+        text(tags::CODE_MEANING, VR::LO, c.2),
+    ])
+}
+
+/// The value of a content item.
+enum Value {
+    Container(Vec<InMemDicomObject>),
+    Code(Code),
+    Text(String),
+    Uid(String),
+    Num(f64, Code),
+    Image(String, String),
+}
+
+/// A content item with relationship `rel` (empty for the root), concept `name` and `value`.
+fn item(rel: &str, name: Option<Code>, value: Value) -> InMemDicomObject {
+    let mut e = Vec::new();
+    if !rel.is_empty() {
+        e.push(text(tags::RELATIONSHIP_TYPE, VR::CS, rel));
+    }
+    let value_type = match &value {
+        Value::Container(_) => "CONTAINER",
+        Value::Code(_) => "CODE",
+        Value::Text(_) => "TEXT",
+        Value::Uid(_) => "UIDREF",
+        Value::Num(..) => "NUM",
+        Value::Image(..) => "IMAGE",
+    };
+    e.push(text(tags::VALUE_TYPE, VR::CS, value_type));
+    if let Some(n) = name {
+        e.push(sequence(
+            tags::CONCEPT_NAME_CODE_SEQUENCE,
+            vec![code_item(n)],
+        ));
+    }
+    match value {
+        Value::Container(children) => {
+            e.push(text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"));
+            if !children.is_empty() {
+                e.push(sequence(tags::CONTENT_SEQUENCE, children));
+            }
+        }
+        Value::Code(c) => e.push(sequence(tags::CONCEPT_CODE_SEQUENCE, vec![code_item(c)])),
+        Value::Text(t) => e.push(text(tags::TEXT_VALUE, VR::UT, &t)),
+        Value::Uid(u) => e.push(text(tags::UID, VR::UI, &u)),
+        Value::Num(v, unit) => {
+            let measured = InMemDicomObject::from_element_iter([
+                sequence(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code_item(unit)]),
+                text(tags::NUMERIC_VALUE, VR::DS, &format!("{v:.6}")),
+            ]);
+            e.push(sequence(tags::MEASURED_VALUE_SEQUENCE, vec![measured]));
+        }
+        Value::Image(class, instance) => {
+            let reference = InMemDicomObject::from_element_iter([
+                text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &class),
+                text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &instance),
+            ]);
+            e.push(sequence(tags::REFERENCED_SOP_SEQUENCE, vec![reference]));
+        }
+    }
+    InMemDicomObject::from_element_iter(e)
+}
+
+const DCM: &str = "DCM";
+
+/// The content tree of the report.
+fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDicomObject> {
+    let mut root = vec![
+        item(
+            "HAS CONCEPT MOD",
+            Some(Code(
+                "121049",
+                DCM,
+                "Language of Content Item and Descendants",
+            )),
+            Value::Code(Code("en-US", "RFC5646", "English (United States)")),
+        ),
+        item(
+            "HAS OBS CONTEXT",
+            Some(Code("121005", DCM, "Observer Type")),
+            Value::Code(Code("121007", DCM, "Device")),
+        ),
+        item(
+            "HAS OBS CONTEXT",
+            Some(Code("121012", DCM, "Device Observer UID")),
+            Value::Uid(device_uid.to_string()),
+        ),
+        item(
+            "HAS OBS CONTEXT",
+            Some(Code("121013", DCM, "Device Observer Name")),
+            Value::Text("OsteoServe".into()),
+        ),
+        item(
+            "HAS CONCEPT MOD",
+            Some(Code("121058", DCM, "Procedure reported")),
+            Value::Code(Code("77477000", "SCT", "Computerized tomography")),
+        ),
+    ];
+    let images: Vec<InMemDicomObject> = source
+        .instances
+        .iter()
+        .map(|(class, instance)| {
+            item(
+                "CONTAINS",
+                None,
+                Value::Image(class.clone(), instance.clone()),
+            )
+        })
+        .collect();
+    root.push(item(
+        "CONTAINS",
+        Some(Code("111028", DCM, "Image Library")),
+        Value::Container(vec![item(
+            "CONTAINS",
+            Some(Code("126200", DCM, "Image Library Group")),
+            Value::Container(images),
+        )]),
+    ));
+    let mut group = vec![
+        item(
+            "HAS OBS CONTEXT",
+            Some(Code("112039", DCM, "Tracking Identifier")),
+            Value::Text("Osteoporosis grade from CT".into()),
+        ),
+        item(
+            "HAS OBS CONTEXT",
+            Some(Code("112040", DCM, "Tracking Unique Identifier")),
+            Value::Uid(new_uid()),
+        ),
+        item(
+            "CONTAINS",
+            Some(Code("121071", DCM, "Finding")),
+            Value::Code(GRADE_CODES[f.grade.min(2)]),
+        ),
+    ];
+    for (p, code) in f.probabilities.iter().zip(PROBABILITY_CODES) {
+        group.push(item(
+            "CONTAINS",
+            Some(code),
+            Value::Num(f64::from(*p), Code("1", "UCUM", "no units")),
+        ));
+    }
+    group.extend([
+        item(
+            "HAS CONCEPT MOD",
+            Some(Code("111001", DCM, "Algorithm Name")),
+            Value::Text(f.model.clone()),
+        ),
+        item(
+            "HAS CONCEPT MOD",
+            Some(Code("111003", DCM, "Algorithm Version")),
+            Value::Text(f.version.clone()),
+        ),
+        item(
+            "HAS CONCEPT MOD",
+            Some(Code("111002", DCM, "Algorithm Parameters")),
+            Value::Text(format!("backend={}", f.backend)),
+        ),
+    ]);
+    root.push(item(
+        "CONTAINS",
+        Some(Code("126010", DCM, "Imaging Measurements")),
+        Value::Container(vec![item(
+            "CONTAINS",
+            Some(Code("125007", DCM, "Measurement Group")),
+            Value::Container(group),
+        )]),
+    ));
+    if f.synthetic {
+        root.push(item(
+            "CONTAINS",
+            Some(Code("121106", DCM, "Comment")),
+            Value::Text(
+                "This result comes from a model trained on synthetic data. It is not for \
+                 diagnosis."
+                    .into(),
+            ),
+        ));
+    }
+    root
+}
+
+/// Now as DICOM date and time (UTC).
+fn now() -> (String, String) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}{m:02}{d:02}"),
+        format!("{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+    )
+}
+
+/// The Comprehensive SR of `finding` on `source`, as DICOM Part-10 bytes.
+pub fn structured_report(source: &SourceStudy, finding: &Finding) -> Result<Vec<u8>, DicomError> {
+    let sop_uid = new_uid();
+    let (date, time) = now();
+    let mut e = vec![
+        text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
+        text(tags::SOP_CLASS_UID, VR::UI, uids::COMPREHENSIVE_SR_STORAGE),
+        text(tags::SOP_INSTANCE_UID, VR::UI, &sop_uid),
+        text(tags::INSTANCE_CREATION_DATE, VR::DA, &date),
+        text(tags::INSTANCE_CREATION_TIME, VR::TM, &time),
+        text(tags::MODALITY, VR::CS, "SR"),
+        text(tags::SERIES_INSTANCE_UID, VR::UI, &new_uid()),
+        text(
+            tags::SERIES_NUMBER,
+            VR::IS,
+            &finding.series_number.to_string(),
+        ),
+        text(
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            "OsteoServe osteoporosis grade",
+        ),
+        sequence(
+            tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
+            Vec::new(),
+        ),
+        text(tags::MANUFACTURER, VR::LO, "OsteoServe"),
+        text(tags::MANUFACTURER_MODEL_NAME, VR::LO, &finding.model),
+        text(
+            tags::SOFTWARE_VERSIONS,
+            VR::LO,
+            concat!("osteoserve ", env!("CARGO_PKG_VERSION")),
+        ),
+        text(tags::INSTANCE_NUMBER, VR::IS, "1"),
+        text(tags::COMPLETION_FLAG, VR::CS, "COMPLETE"),
+        text(tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
+        text(tags::CONTENT_DATE, VR::DA, &date),
+        text(tags::CONTENT_TIME, VR::TM, &time),
+        sequence(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, Vec::new()),
+    ];
+    // Patient and study: copied from the source; the type 2 ones present even when it lacks them.
+    e.extend(source.elements.iter().cloned());
+    let type2 = [
+        (tags::PATIENT_NAME, VR::PN),
+        (tags::PATIENT_ID, VR::LO),
+        (tags::PATIENT_BIRTH_DATE, VR::DA),
+        (tags::PATIENT_SEX, VR::CS),
+        (tags::STUDY_DATE, VR::DA),
+        (tags::STUDY_TIME, VR::TM),
+        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
+        (tags::STUDY_ID, VR::SH),
+        (tags::ACCESSION_NUMBER, VR::SH),
+    ];
+    for (tag, vr) in type2 {
+        if !source.elements.iter().any(|x| x.tag() == tag) {
+            e.push(empty(tag, vr));
+        }
+    }
+    let study_uid = if source.study_uid.is_empty() {
+        let uid = new_uid();
+        e.retain(|x| x.tag() != tags::STUDY_INSTANCE_UID);
+        e.push(text(tags::STUDY_INSTANCE_UID, VR::UI, &uid));
+        uid
+    } else {
+        source.study_uid.clone()
+    };
+    if !source.instances.is_empty() {
+        let referenced: Vec<InMemDicomObject> = source
+            .instances
+            .iter()
+            .map(|(class, instance)| {
+                InMemDicomObject::from_element_iter([
+                    text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
+                    text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance),
+                ])
+            })
+            .collect();
+        let series = InMemDicomObject::from_element_iter([
+            text(tags::SERIES_INSTANCE_UID, VR::UI, &source.series_uid),
+            sequence(tags::REFERENCED_SOP_SEQUENCE, referenced),
+        ]);
+        let evidence = InMemDicomObject::from_element_iter([
+            text(tags::STUDY_INSTANCE_UID, VR::UI, &study_uid),
+            sequence(tags::REFERENCED_SERIES_SEQUENCE, vec![series]),
+        ]);
+        e.push(sequence(
+            tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+            vec![evidence],
+        ));
+    }
+    // The document content: the root container.
+    let template = InMemDicomObject::from_element_iter([
+        text(tags::MAPPING_RESOURCE, VR::CS, "DCMR"),
+        text(tags::TEMPLATE_IDENTIFIER, VR::CS, "1500"),
+    ]);
+    let root = item(
+        "",
+        Some(Code("126000", DCM, "Imaging Measurement Report")),
+        Value::Container(content(source, finding, &new_uid())),
+    );
+    e.extend(root.into_iter());
+    e.push(sequence(tags::CONTENT_TEMPLATE_SEQUENCE, vec![template]));
+    // The private coding scheme, declared.
+    let scheme = InMemDicomObject::from_element_iter([
+        text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, PRIVATE_SCHEME),
+        text(
+            tags::CODING_SCHEME_NAME,
+            VR::ST,
+            "OsteoServe codes for concepts without a standard code",
+        ),
+        text(
+            tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION,
+            VR::ST,
+            "OsteoServe",
+        ),
+    ]);
+    e.push(sequence(
+        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
+        vec![scheme],
+    ));
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(uids::COMPREHENSIVE_SR_STORAGE)
+        .media_storage_sop_instance_uid(sop_uid.as_str())
+        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name("OSTEOSERVE_01");
+    let obj = InMemDicomObject::from_element_iter(e)
+        .with_meta(meta)
+        .map_err(|e| DicomError::Encode(format!("structured report: {e}")))?;
+    let mut out = Vec::new();
+    obj.write_all(&mut out)
+        .map_err(|e| DicomError::Encode(format!("structured report: {e}")))?;
+    Ok(out)
+}
