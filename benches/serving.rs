@@ -164,6 +164,7 @@ fn benches(c: &mut Criterion) {
             model: String::new(),
             backend: String::new(),
             clinical_from_dicom: false,
+            dicom_outputs: false,
         };
         (client, request)
     });

@@ -69,6 +69,7 @@ async fn classify(
         model: model.into(),
         backend: String::new(),
         clinical_from_dicom: from_dicom,
+        dicom_outputs: false,
     })
     .await
     .map(tonic::Response::into_inner)

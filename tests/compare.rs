@@ -90,6 +90,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         model: String::new(),
         backend: backend.into(),
         clinical_from_dicom: false,
+        dicom_outputs: false,
     };
     let by_default = client
         .classify(classify(""))
@@ -181,6 +182,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         backend: backend.into(),
         target: pb::Grade::Osteoporosis as i32,
         clinical_from_dicom: false,
+        dicom_outputs: false,
     };
     let mut maps = Vec::new();
     for backend in ["candle", "ort"] {
@@ -374,6 +376,7 @@ async fn three_backends_agree_on_one_server() {
             backend: "tch".into(),
             target: pb::Grade::Unspecified as i32,
             clinical_from_dicom: false,
+            dicom_outputs: false,
         })
         .await
         .expect("explain on tch")

@@ -4,8 +4,11 @@
 
 mod common;
 
+use common::inproc::{InProc, registry};
+use osteo_proto::v1 as pb;
 use std::path::Path;
 use std::process::Command;
+use tonic::Code;
 
 /// Runs a command and returns (success, stdout + stderr).
 fn run(cmd: &mut Command) -> (bool, String) {
@@ -118,4 +121,136 @@ print(json.dumps({
         assert_eq!(v[key], true, "{key}: {v}");
     }
     assert_eq!(v["template"], "1500");
+}
+
+/// dciodvfy's verdict on a file: the IOD it recognised must appear and no error.
+fn assert_valid(file: &Path, iod: &str) {
+    let (_, report) = run(Command::new("dciodvfy").arg(file));
+    assert!(report.contains(iod), "{report}");
+    assert!(!report.contains("Error"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classify_and_explain_return_the_sr_and_the_grad_cam_secondary_capture() {
+    let server = InProc::start(
+        "",
+        &[
+            ("osteo-fused-v1", "backends = [\"ort\"]"),
+            ("osteo-tabular-v1", "backends = [\"ort\"]"),
+        ],
+        registry(),
+    )
+    .await;
+    let mut c = server.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::study(&dir.path().join("study"));
+    let handle = common::upload(&mut c, &common::read_all(&files), 256 << 10).await;
+    let study = || {
+        Some(pb::StudyRef {
+            source: Some(pb::study_ref::Source::Study(handle.clone())),
+        })
+    };
+    let classified = c
+        .classify(pb::ClassifyRequest {
+            study: study(),
+            clinical: Some(common::clinical()),
+            dicom_outputs: true,
+            ..Default::default()
+        })
+        .await
+        .expect("classify")
+        .into_inner();
+    let explained = c
+        .explain(pb::ExplainRequest {
+            study: study(),
+            clinical: Some(common::clinical()),
+            dicom_outputs: true,
+            ..Default::default()
+        })
+        .await
+        .expect("explain")
+        .into_inner();
+    let sr = dir.path().join("sr.dcm");
+    let explain_sr = dir.path().join("explain-sr.dcm");
+    let sc = dir.path().join("sc.dcm");
+    std::fs::write(&sr, &classified.dicom_sr).expect("write");
+    let e = explained.classification.clone().expect("classification");
+    std::fs::write(&explain_sr, &e.dicom_sr).expect("write");
+    std::fs::write(&sc, &explained.dicom_secondary_capture).expect("write");
+    assert_valid(&sr, "ComprehensiveSR");
+    assert_valid(&explain_sr, "ComprehensiveSR");
+    assert_valid(&sc, "SCImage");
+
+    // The SC's pixels are the overlay PNG's; both results belong to the source study, in new
+    // series of their own.
+    let decoder = png::Decoder::new(std::io::Cursor::new(
+        explained.gradcam.clone().expect("gradcam").overlay_png,
+    ));
+    let mut reader = decoder.read_info().expect("png");
+    let mut png_pixels = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut png_pixels).expect("frame");
+    png_pixels.truncate(info.buffer_size());
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    let (ok, read) = run(Command::new(python)
+        .arg("-c")
+        .arg(
+            r#"
+import json, sys, pydicom
+sr, sc, src = (pydicom.dcmread(f) for f in sys.argv[1:4])
+print(json.dumps({
+  "rows": sc.Rows, "columns": sc.Columns, "samples": sc.SamplesPerPixel,
+  "photometric": sc.PhotometricInterpretation, "modality": sc.Modality,
+  "pixels": sc.PixelData.hex(),
+  "same_study": sc.StudyInstanceUID == sr.StudyInstanceUID == src.StudyInstanceUID,
+  "series_differ": len({sc.SeriesInstanceUID, sr.SeriesInstanceUID, src.SeriesInstanceUID}) == 3,
+  "sources": len(sc.SourceImageSequence),
+  "patient": sc.PatientID == src.PatientID,
+  "description": sc.DerivationDescription,
+}))
+"#,
+        )
+        .arg(&sr)
+        .arg(&sc)
+        .arg(&files[0]));
+    assert!(ok, "{read}");
+    let v: serde_json::Value = serde_json::from_str(read.trim()).expect("JSON");
+    assert_eq!(
+        (v["rows"].as_u64(), v["columns"].as_u64()),
+        (Some(256), Some(256))
+    );
+    assert_eq!(v["samples"], 3);
+    assert_eq!(v["photometric"], "RGB");
+    assert_eq!(v["modality"], "OT");
+    assert_eq!(
+        v["pixels"].as_str().map(str::len),
+        Some(png_pixels.len() * 2)
+    );
+    let hex: String = png_pixels.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        v["pixels"] == hex.as_str(),
+        "the SC's pixels are the overlay PNG's"
+    );
+    assert_eq!(v["same_study"], true);
+    assert_eq!(v["series_differ"], true);
+    assert_eq!(v["sources"].as_u64(), Some(files.len() as u64));
+    assert_eq!(v["patient"], true);
+    assert!(
+        v["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("not for diagnosis")),
+        "{v}"
+    );
+
+    // Without a study there is nothing to write into.
+    let e = c
+        .classify(pb::ClassifyRequest {
+            clinical: Some(common::clinical()),
+            model: "osteo-tabular-v1".into(),
+            dicom_outputs: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no study");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("dicom_outputs"), "{}", e.message());
 }

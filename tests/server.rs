@@ -44,6 +44,7 @@ async fn upload_classify_explain_and_manage_a_study() {
         model: String::new(),
         backend: String::new(),
         clinical_from_dicom: false,
+        dicom_outputs: false,
     };
     let classified = client
         .classify(request(by_handle(&handle)))
@@ -96,6 +97,7 @@ async fn upload_classify_explain_and_manage_a_study() {
             backend: String::new(),
             target: pb::Grade::Osteoporosis as i32,
             clinical_from_dicom: false,
+            dicom_outputs: false,
         })
         .await
         .expect("explain")
@@ -125,6 +127,7 @@ async fn upload_classify_explain_and_manage_a_study() {
             backend: String::new(),
             target: pb::Grade::Unspecified as i32,
             clinical_from_dicom: false,
+            dicom_outputs: false,
         })
         .await
         .expect("explain the prediction")
@@ -263,6 +266,7 @@ async fn every_documented_error_code_is_returned_with_an_actionable_message() {
         model: model.to_string(),
         backend: String::new(),
         clinical_from_dicom: false,
+        dicom_outputs: false,
     };
 
     // INVALID_ARGUMENT: bytes that are not DICOM, out-of-range clinical values.
@@ -332,6 +336,7 @@ async fn every_documented_error_code_is_returned_with_an_actionable_message() {
                 backend: String::new(),
                 target: 0,
                 clinical_from_dicom: false,
+                dicom_outputs: false,
             })
             .await,
     );
@@ -395,6 +400,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
                         model: String::new(),
                         backend: String::new(),
                         clinical_from_dicom: false,
+                        dicom_outputs: false,
                     })
                     .await;
                 codes.push(r.map(|r| r.into_inner().logits).map_err(|s| s.code()));
@@ -450,6 +456,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
                 model: String::new(),
                 backend: String::new(),
                 clinical_from_dicom: false,
+                dicom_outputs: false,
             })
             .await
             .map(|_| ())
@@ -484,6 +491,7 @@ async fn shutdown_finishes_in_flight_requests() {
         backend: String::new(),
         target: 0,
         clinical_from_dicom: false,
+        dicom_outputs: false,
     };
     let in_flight = tokio::spawn(async move { client.explain(inline).await });
     // Once the request has reached the server, ask it to stop.
@@ -547,6 +555,7 @@ async fn client_text_can_neither_forge_nor_flood_a_log_line() {
                             backend: backend.to_string(),
                             study: by_handle(text),
                             clinical_from_dicom: false,
+                            dicom_outputs: false,
                         })
                         .await,
                 );

@@ -167,6 +167,9 @@ pub struct ClassifyArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write the result as a DICOM Comprehensive SR in the study.
+    #[arg(long, value_name = "FILE")]
+    sr_out: Option<PathBuf>,
 }
 
 /// Arguments of `osteo explain`.
@@ -180,6 +183,23 @@ pub struct ExplainArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write the result as a DICOM Comprehensive SR in the study.
+    #[arg(long, value_name = "FILE")]
+    sr_out: Option<PathBuf>,
+    /// Also write the Grad-CAM overlay as a DICOM RGB Secondary Capture in the study.
+    #[arg(long, value_name = "FILE")]
+    dicom_out: Option<PathBuf>,
+}
+
+/// Writes `bytes` to `path` when a path was given.
+fn write_output(path: Option<&PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        if bytes.is_empty() {
+            anyhow::bail!("the server returned no DICOM output for {}", p.display());
+        }
+        std::fs::write(p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// The canonical name of a gRPC status code (as in the gRPC specification).
@@ -379,10 +399,12 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
                 model: t.endpoint.model(),
                 backend: t.endpoint.backend(),
                 clinical_from_dicom: t.input.clinical.reads_header(),
+                dicom_outputs: args.sr_out.is_some(),
             })
             .await;
         cleanup(&mut client, handle).await;
         let r = result.map_err(status)?.into_inner();
+        write_output(args.sr_out.as_ref(), &r.dicom_sr)?;
         if args.json {
             println!("{}", serde_json::to_string(&classification_json(&r))?);
         } else {
@@ -406,6 +428,7 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
                 backend: t.endpoint.backend(),
                 target: pb::Grade::Unspecified as i32,
                 clinical_from_dicom: t.input.clinical.reads_header(),
+                dicom_outputs: args.sr_out.is_some() || args.dicom_out.is_some(),
             })
             .await;
         cleanup(&mut client, handle).await;
@@ -417,6 +440,8 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         std::fs::write(&args.out, &map.overlay_png)
             .with_context(|| format!("cannot write {}", args.out.display()))?;
         let c = r.classification.clone().unwrap_or_default();
+        write_output(args.sr_out.as_ref(), &c.dicom_sr)?;
+        write_output(args.dicom_out.as_ref(), &r.dicom_secondary_capture)?;
         if args.json {
             let mut v = classification_json(&c);
             if let Some(o) = v.as_object_mut() {

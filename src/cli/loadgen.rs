@@ -93,6 +93,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             model: args.endpoint.model(),
             backend: args.endpoint.backend(),
             clinical_from_dicom: args.clinical.reads_header(),
+            dicom_outputs: false,
         };
         // Warm-up: one request, not counted.
         first

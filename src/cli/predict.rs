@@ -139,6 +139,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             version: m.version.clone(),
             backend: args.backend.clone(),
             synthetic: m.trained_on_synthetic(),
+            series_uid: osteo_dicom::sr::new_uid(),
             series_number: 9901,
         };
         let bytes = osteo_dicom::sr::structured_report(source, &finding)?;

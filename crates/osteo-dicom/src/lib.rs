@@ -16,12 +16,14 @@ pub mod ingest;
 pub mod limits;
 mod prescan;
 pub mod render;
+pub mod secondary_capture;
 pub mod series;
 pub mod source;
 pub mod source_study;
 pub mod sr;
 pub mod view;
 pub mod volume;
+mod write;
 
 pub use demographics::{Completed, Demographics, Explicit, HeaderSex, HeaderValue};
 pub use error::DicomError;

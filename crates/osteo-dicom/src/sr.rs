@@ -12,15 +12,11 @@
 
 use crate::error::DicomError;
 use crate::source_study::SourceStudy;
-use dicom_core::header::Header;
-use dicom_core::value::DataSetSequence;
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+pub use crate::write::new_uid;
+use crate::write::{instance_references, now, part10, patient_and_study, sequence, text};
+use dicom_core::VR;
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
-use dicom_object::meta::FileMetaTableBuilder;
-
-/// Implementation class UID of files OsteoServe writes.
-const IMPLEMENTATION_CLASS_UID: &str = "2.25.230442815271392436104758106281904853351";
 
 /// The private coding scheme for concepts with no standard code.
 pub const PRIVATE_SCHEME: &str = "99OSTEO";
@@ -66,25 +62,10 @@ pub struct Finding {
     pub backend: String,
     /// Whether the model was trained on synthetic data (adds the not-for-diagnosis statement).
     pub synthetic: bool,
+    /// SeriesInstanceUID of the new series ([`new_uid`]).
+    pub series_uid: String,
     /// SeriesNumber of the new series.
     pub series_number: u32,
-}
-
-/// A new UID (2.25 form, from 128 random bits).
-pub fn new_uid() -> String {
-    format!("2.25.{}", rand::random::<u128>() >> 1)
-}
-
-fn text(tag: Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, PrimitiveValue::from(v))
-}
-
-fn empty(tag: Tag, vr: VR) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, PrimitiveValue::Empty)
-}
-
-fn sequence(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
 /// A code sequence item.
@@ -274,30 +255,6 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
     root
 }
 
-/// Now as DICOM date and time (UTC).
-fn now() -> (String, String) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        format!("{y:04}{m:02}{d:02}"),
-        format!("{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
-    )
-}
-
 /// The Comprehensive SR of `finding` on `source`, as DICOM Part-10 bytes.
 pub fn structured_report(source: &SourceStudy, finding: &Finding) -> Result<Vec<u8>, DicomError> {
     let sop_uid = new_uid();
@@ -309,7 +266,7 @@ pub fn structured_report(source: &SourceStudy, finding: &Finding) -> Result<Vec<
         text(tags::INSTANCE_CREATION_DATE, VR::DA, &date),
         text(tags::INSTANCE_CREATION_TIME, VR::TM, &time),
         text(tags::MODALITY, VR::CS, "SR"),
-        text(tags::SERIES_INSTANCE_UID, VR::UI, &new_uid()),
+        text(tags::SERIES_INSTANCE_UID, VR::UI, &finding.series_uid),
         text(
             tags::SERIES_NUMBER,
             VR::IS,
@@ -338,43 +295,10 @@ pub fn structured_report(source: &SourceStudy, finding: &Finding) -> Result<Vec<
         text(tags::CONTENT_TIME, VR::TM, &time),
         sequence(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, Vec::new()),
     ];
-    // Patient and study: copied from the source; the type 2 ones present even when it lacks them.
-    e.extend(source.elements.iter().cloned());
-    let type2 = [
-        (tags::PATIENT_NAME, VR::PN),
-        (tags::PATIENT_ID, VR::LO),
-        (tags::PATIENT_BIRTH_DATE, VR::DA),
-        (tags::PATIENT_SEX, VR::CS),
-        (tags::STUDY_DATE, VR::DA),
-        (tags::STUDY_TIME, VR::TM),
-        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-        (tags::STUDY_ID, VR::SH),
-        (tags::ACCESSION_NUMBER, VR::SH),
-    ];
-    for (tag, vr) in type2 {
-        if !source.elements.iter().any(|x| x.tag() == tag) {
-            e.push(empty(tag, vr));
-        }
-    }
-    let study_uid = if source.study_uid.is_empty() {
-        let uid = new_uid();
-        e.retain(|x| x.tag() != tags::STUDY_INSTANCE_UID);
-        e.push(text(tags::STUDY_INSTANCE_UID, VR::UI, &uid));
-        uid
-    } else {
-        source.study_uid.clone()
-    };
+    let (copied, study_uid) = patient_and_study(source);
+    e.extend(copied);
     if !source.instances.is_empty() {
-        let referenced: Vec<InMemDicomObject> = source
-            .instances
-            .iter()
-            .map(|(class, instance)| {
-                InMemDicomObject::from_element_iter([
-                    text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
-                    text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance),
-                ])
-            })
-            .collect();
+        let referenced = instance_references(source);
         let series = InMemDicomObject::from_element_iter([
             text(tags::SERIES_INSTANCE_UID, VR::UI, &source.series_uid),
             sequence(tags::REFERENCED_SOP_SEQUENCE, referenced),
@@ -398,7 +322,7 @@ pub fn structured_report(source: &SourceStudy, finding: &Finding) -> Result<Vec<
         Some(Code("126000", DCM, "Imaging Measurement Report")),
         Value::Container(content(source, finding, &new_uid())),
     );
-    e.extend(root.into_iter());
+    e.extend(root);
     e.push(sequence(tags::CONTENT_TEMPLATE_SEQUENCE, vec![template]));
     // The private coding scheme, declared.
     let scheme = InMemDicomObject::from_element_iter([
@@ -418,17 +342,10 @@ pub fn structured_report(source: &SourceStudy, finding: &Finding) -> Result<Vec<
         tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
         vec![scheme],
     ));
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(uids::COMPREHENSIVE_SR_STORAGE)
-        .media_storage_sop_instance_uid(sop_uid.as_str())
-        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name("OSTEOSERVE_01");
-    let obj = InMemDicomObject::from_element_iter(e)
-        .with_meta(meta)
-        .map_err(|e| DicomError::Encode(format!("structured report: {e}")))?;
-    let mut out = Vec::new();
-    obj.write_all(&mut out)
-        .map_err(|e| DicomError::Encode(format!("structured report: {e}")))?;
-    Ok(out)
+    part10(
+        e,
+        uids::COMPREHENSIVE_SR_STORAGE,
+        &sop_uid,
+        "structured report",
+    )
 }

@@ -174,6 +174,7 @@ mod tests {
             model: "osteo-fused-v1".into(),
             backend: String::new(),
             clinical_from_dicom: false,
+            dicom_outputs: false,
         };
         let back = v1::ClassifyRequest::decode(req.encode_to_vec().as_slice()).expect("decodes");
         assert_eq!(back, req);

@@ -138,6 +138,7 @@ impl State {
             Ok(Study::new(
                 ingested.volume,
                 ingested.demographics,
+                ingested.source,
                 held,
                 &owner,
             ))
@@ -550,6 +551,7 @@ impl Service {
             probabilities: Some(g.probabilities),
             logits: g.logits,
             latency_ms: start.elapsed().as_secs_f64() * 1e3,
+            dicom_sr: Vec::new(),
         };
         (response, g.grade)
     }
@@ -779,9 +781,14 @@ impl OsteoService for Service {
                 req.clinical_from_dicom,
             )
             .await?;
-            let (response, grade) =
+            let (mut response, grade) =
                 Self::classify_prepared(model, backend, &prepared, start).await?;
             set_grade(&labels, grade);
+            if req.dicom_outputs {
+                let study = crate::results_dicom::study(prepared.study.as_ref())?;
+                response.dicom_sr =
+                    crate::results_dicom::structured_report(model, study, &response, grade)?;
+            }
             Ok(response)
         })
         .await
@@ -841,12 +848,40 @@ impl OsteoService for Service {
                 })
             })
             .await?;
+            let mut dicom_secondary_capture = Vec::new();
+            if req.dicom_outputs {
+                let study = crate::results_dicom::study(prepared.study.as_ref())?;
+                classification.dicom_sr = crate::results_dicom::structured_report(
+                    model,
+                    study,
+                    &classification,
+                    predicted,
+                )?;
+                let view = prepared
+                    .view
+                    .as_ref()
+                    .ok_or_else(|| ServerError::Internal("an image model without a view".into()))?;
+                let backend_name = classification
+                    .backend
+                    .as_ref()
+                    .map(|b| b.name.clone())
+                    .unwrap_or_default();
+                dicom_secondary_capture = crate::results_dicom::secondary_capture(
+                    model,
+                    study,
+                    view,
+                    &gradcam.values,
+                    target,
+                    &backend_name,
+                )?;
+            }
             classification.latency_ms = start.elapsed().as_secs_f64() * 1e3;
             Ok(pb::ExplainResponse {
                 classification: Some(classification),
                 target: convert::grade(target),
                 gradcam: Some(gradcam),
                 features: Vec::new(),
+                dicom_secondary_capture,
             })
         })
         .await

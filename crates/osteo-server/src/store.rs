@@ -10,7 +10,7 @@ use crate::budget::{Budget, Reservation};
 use crate::error::ServerError;
 use crate::text::client_text;
 use osteo_core::ViewSpec;
-use osteo_dicom::{Demographics, View, Volume, coronal_slab};
+use osteo_dicom::{Demographics, SourceStudy, View, Volume, coronal_slab};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub struct Study {
     pub stored_bytes: u64,
     /// Age, sex, height and weight as the header states them (patient data: never logged).
     pub demographics: Demographics,
+    /// The study and series it came from, for results written as DICOM (patient data).
+    pub source: SourceStudy,
     /// The principal that uploaded it; only it (and admins, for reading and deleting) sees it.
     pub owner: String,
     views: Mutex<Vec<(ViewSpec, Arc<View>)>>,
@@ -57,11 +59,18 @@ impl Held {
 
 impl Study {
     /// A study of `owner` with a fresh handle, holding the bytes reserved for its volume.
-    pub fn new(volume: Volume, demographics: Demographics, held: Held, owner: &str) -> Self {
+    pub fn new(
+        volume: Volume,
+        demographics: Demographics,
+        source: SourceStudy,
+        held: Held,
+        owner: &str,
+    ) -> Self {
         Self {
             handle: new_handle(),
             volume,
             demographics,
+            source,
             stored_bytes: held.bytes(),
             owner: owner.to_string(),
             views: Mutex::new(Vec::new()),
@@ -278,6 +287,7 @@ mod tests {
         Ok(Study::new(
             v,
             Demographics::default(),
+            SourceStudy::default(),
             store.reserve(bytes, owner)?,
             owner,
         ))
