@@ -1045,6 +1045,19 @@ async fn perf_analyzer_measures_the_tabular_and_fused_models_without_errors() {
     }
 }
 
+/// The ModelStatistics of osteo-tabular-v1.
+async fn tabular_statistics(c: &mut GrpcInferenceServiceClient<Channel>) -> v2::ModelStatistics {
+    c.model_statistics(v2::ModelStatisticsRequest {
+        name: "osteo-tabular-v1".into(),
+        version: String::new(),
+    })
+    .await
+    .expect("statistics")
+    .into_inner()
+    .model_stats
+    .remove(0)
+}
+
 /// Batches of exactly two samples of osteo-tabular-v1 in `osteo_batch_size`.
 fn batches_of_two(scraped: &str) -> f64 {
     let bucket = |le: &str| {
@@ -1081,15 +1094,7 @@ async fn v2_and_osteo_v1_requests_run_in_one_batch() {
     let (a, b) = tokio::join!(infer, classify);
     a.expect("infer");
     b.expect("classify");
-    let stats = v2c
-        .model_statistics(v2::ModelStatisticsRequest {
-            name: "osteo-tabular-v1".into(),
-            version: String::new(),
-        })
-        .await
-        .expect("stats")
-        .into_inner();
-    let s = &stats.model_stats[0];
+    let s = tabular_statistics(&mut v2c).await;
     assert_eq!(
         (s.inference_count, s.execution_count),
         (2, 1),
@@ -1133,15 +1138,7 @@ async fn a_stream_answers_every_request_in_order_and_goes_on_after_a_bad_one() {
         .into_inner();
     assert_eq!(index.models.len(), 1);
     assert_eq!(index.models[0].state, "READY");
-    let stats = c
-        .model_statistics(v2::ModelStatisticsRequest {
-            name: "osteo-tabular-v1".into(),
-            version: String::new(),
-        })
-        .await
-        .expect("statistics")
-        .into_inner();
-    let s = &stats.model_stats[0];
+    let s = tabular_statistics(&mut c).await;
     let infer = s.inference_stats.as_ref().expect("stats");
     assert_eq!(infer.success.as_ref().map(|d| d.count), Some(2));
     assert_eq!(infer.fail.as_ref().map(|d| d.count), Some(1));

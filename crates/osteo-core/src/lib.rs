@@ -13,6 +13,7 @@ pub mod gradcam;
 pub mod grade;
 pub mod manifest;
 pub mod tensor;
+pub mod utc;
 pub mod view_spec;
 
 pub use arch::{ArchSpec, ModelKind};
