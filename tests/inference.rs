@@ -507,7 +507,9 @@ async fn triton_python(script: &str, args: Vec<std::ffi::OsString>) -> serde_jso
         python.display()
     );
     let mut cmd = std::process::Command::new(python);
-    cmd.arg(root.join("tests/python").join(script)).args(args);
+    cmd.arg(root.join("tests/python").join(script))
+        .args(args)
+        .env("OSTEO_MODELS_DIR", root.join("models"));
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("python"))
         .await
         .expect("join");
@@ -572,8 +574,21 @@ async fn tritons_python_client_works_unmodified() {
         let m = &v["models"][name];
         assert_eq!(m["ready"], true, "{name}");
         assert_eq!(m["outputs"], serde_json::json!(["logits", "probabilities"]));
+        // The same as ONNX Runtime in Python on model.onnx, and in this process.
+        let python: Vec<f32> = m["onnxruntime"]
+            .as_array()
+            .expect("onnxruntime")
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .map(|v| v as f32)
+            .collect();
+        assert_close(
+            &m["onnxruntime"],
+            want,
+            &format!("{name}: Python vs Rust ONNX Runtime"),
+        );
         for form in ["raw", "typed"] {
-            assert_close(&m[form], want, &format!("{name} {form}"));
+            assert_close(&m[form], &python, &format!("{name} {form}"));
         }
         assert_eq!(m["max_batch_size"], 32, "{name}");
         assert_eq!(m["dynamic_batching"], true);
@@ -672,8 +687,20 @@ async fn tritons_http_client_works_unmodified_with_a_token() {
         assert_eq!(m["ready"], true, "{name}");
         assert_eq!(m["versioned_ready"], true, "{name}");
         assert_eq!(m["versions"], serde_json::json!(["1"]));
+        let python: Vec<f32> = m["onnxruntime"]
+            .as_array()
+            .expect("onnxruntime")
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .map(|v| v as f32)
+            .collect();
+        assert_close(
+            &m["onnxruntime"],
+            want,
+            &format!("{name}: Python vs Rust ONNX Runtime"),
+        );
         for form in ["binary", "json"] {
-            assert_close(&m[form], want, &format!("{name} {form}"));
+            assert_close(&m[form], &python, &format!("{name} {form}"));
             assert_eq!(m[format!("{form}_logits_shape")], serde_json::json!([2, 3]));
             assert_eq!(m[format!("{form}_id")], "r-1");
         }

@@ -81,6 +81,17 @@ def descriptor_mismatches(fds_path):
     return out
 
 
+def onnx_probabilities(model, data):
+    """Probabilities of ONNX Runtime in Python on the model's model.onnx (OSTEO_MODELS_DIR)."""
+    import onnxruntime as ort
+
+    path = os.path.join(os.environ["OSTEO_MODELS_DIR"], model, "model.onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {k: v.astype(np.float32) for k, v in data.items()})
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).ravel().tolist()
+
+
 def load_inputs(model, input_dir):
     rows = int(open(os.path.join(input_dir, f"{model}.rows")).read())
     return {
@@ -154,6 +165,7 @@ def main():
             "inputs": [[i["name"], i["datatype"], [int(d) for d in i["shape"]]] for i in meta["inputs"]],
             "outputs": [o["name"] for o in meta["outputs"]],
             "raw": raw.ravel().tolist(),
+            "onnxruntime": onnx_probabilities(model, data),
             "typed": list(typed.contents.fp32_contents),
             "wrong_shape": refused,
         }

@@ -15,7 +15,7 @@ import numpy as np
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from triton_client import MODELS, load_inputs
+from triton_client import MODELS, load_inputs, onnx_probabilities
 
 
 def refusal(call):
@@ -73,6 +73,7 @@ def main():
         stats = client.get_inference_statistics(model, headers=headers())["model_stats"][0]
         out["models"][model] = {
             **results,
+            "onnxruntime": onnx_probabilities(model, data),
             "ready": client.is_model_ready(model, headers=headers()),
             "versioned_ready": client.is_model_ready(model, "1", headers=headers()),
             "versions": meta["versions"],
