@@ -132,8 +132,9 @@ fn assert_valid(file: &Path, iod: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classify_and_explain_return_the_sr_and_the_grad_cam_secondary_capture() {
+    // One ingest thread: uploads still work (ingest.threads bounds the pool).
     let server = InProc::start(
-        "",
+        "[ingest]\nthreads = 1\n",
         &[
             ("osteo-fused-v1", "backends = [\"ort\"]"),
             ("osteo-tabular-v1", "backends = [\"ort\"]"),

@@ -17,6 +17,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// The study store.
     pub store: StoreSettings,
+    /// DICOM ingest.
+    pub ingest: IngestSettings,
     /// Dynamic batching.
     pub scheduler: SchedulerSettings,
     /// Logs, traces and metrics.
@@ -142,6 +144,15 @@ pub struct StoreSettings {
     pub max_slices: u64,
     /// Most pixels (rows x columns) per slice.
     pub max_pixels_per_slice: u64,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Threads that parse and decode DICOM files, shared by every ingest at once (0 = one per
+    /// core); fewer leave cores to the backends while studies arrive.
+    pub threads: usize,
 }
 
 /// `[scheduler]`.
@@ -355,6 +366,7 @@ impl Default for Settings {
         Self {
             server: ServerSettings::default(),
             store: StoreSettings::default(),
+            ingest: IngestSettings::default(),
             scheduler: SchedulerSettings::default(),
             telemetry: TelemetrySettings::default(),
             backends: BackendSettings::default(),
@@ -533,6 +545,12 @@ impl Settings {
             "server.keepalive_timeout_s",
             s.keepalive_timeout_s,
             "must be positive when server.keepalive_interval_s is set",
+        )?;
+        require(
+            self.ingest.threads <= 1024,
+            "ingest.threads",
+            self.ingest.threads,
+            "must be at most 1024 (0 = one per core)",
         )?;
         let sc = &self.scheduler;
         require(
@@ -802,6 +820,7 @@ mod tests {
                 .to_string()
         };
         assert!(err(&[("OSTEO__SCHEDULER__MAX_BATCH", "0")]).contains("scheduler.max_batch"));
+        assert!(err(&[("OSTEO__INGEST__THREADS", "5000")]).contains("ingest.threads"));
         assert!(err(&[("OSTEO__SCHEDULER__MAX_BATCH", "many")]).contains("max_batch"));
         assert!(err(&[("OSTEO__SERVER__LISTEN", "nowhere")]).contains("server.listen"));
         assert!(err(&[("OSTEO__TELEMETRY__LOG_FORMAT", "xml")]).contains("telemetry.log_format"));

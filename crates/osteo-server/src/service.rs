@@ -37,6 +37,8 @@ pub struct State {
     upload_bytes: Arc<Budget>,
     /// The audit log, when `audit.path` is set.
     audit: Option<Arc<AuditLog>>,
+    /// The threads that parse and decode DICOM (`ingest.threads`).
+    ingest_pool: Arc<rayon::ThreadPool>,
 }
 
 impl State {
@@ -61,6 +63,12 @@ impl State {
         );
         let uploads = Arc::new(Semaphore::new(st.max_concurrent_uploads));
         let requests = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
+        let ingest_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(settings.ingest.threads)
+            .thread_name(|i| format!("ingest-{i}"))
+            .build()
+            .map(Arc::new)
+            .map_err(|e| ServerError::Config(format!("ingest.threads: cannot start: {e}")))?;
         let a = &settings.audit;
         let audit = if a.path.is_empty() {
             None
@@ -77,6 +85,7 @@ impl State {
             uploads,
             upload_bytes,
             audit,
+            ingest_pool,
         })
     }
 
@@ -129,9 +138,12 @@ impl State {
                 series_uid,
                 limits: state.limits(),
             };
-            let planned = osteo_dicom::plan(DicomSource::Buffers(files), &options)?;
+            // Parsing and decoding run on the ingest pool (bounded by ingest.threads).
+            let pool = state.ingest_pool.clone();
+            let planned =
+                pool.install(|| osteo_dicom::plan(DicomSource::Buffers(files), &options))?;
             let mut held = state.store.reserve(planned.decoded_bytes(), &owner)?;
-            let ingested = planned.decode()?;
+            let ingested = pool.install(|| planned.decode())?;
             // Integral HU the headers could not prove in range may still fit i16: keep only
             // what the volume takes.
             held.resize(ingested.volume.hu.byte_len())?;
