@@ -179,6 +179,7 @@ fn check_model(name: &str, cases: &[Case]) {
     let spec = artifacts.manifest.view.expect("view");
     for (backend, engine) in rest.iter_mut() {
         let (mut worst_a, mut worst_alpha, mut worst_corr) = (0f32, 0f32, 1f64);
+        let mut worst_tab = 0f32;
         for case in cases {
             let one = batch(&artifacts, &[case]);
             let re = reference.1.explain(&one).expect("candle explain");
@@ -190,6 +191,25 @@ fn check_model(name: &str, cases: &[Case]) {
                 drift <= 1e-4 * max_abs(predicted.data()).max(1.0),
                 "{name}: {backend} explain logits differ from its predict by {drift:e}"
             );
+            // The clinical features' gradients (fused models): the same on every backend.
+            assert_eq!(
+                oe.tabular_gradients.len(),
+                re.tabular_gradients.len(),
+                "{name}: {backend} tabular gradients"
+            );
+            for (o, r) in oe.tabular_gradients.iter().zip(&re.tabular_gradients) {
+                assert!(
+                    max_abs(r) > 0.0,
+                    "{name}: candle's tabular gradient is all zero"
+                );
+                let rel = max_diff(o, r) / max_abs(r).max(f32::MIN_POSITIVE);
+                assert!(
+                    rel <= PARTS_REL,
+                    "{name}, {}: {backend} tabular gradient differs by {rel:e} relative",
+                    case.label
+                );
+                worst_tab = worst_tab.max(rel);
+            }
             for class in Grade::ALL {
                 let r = re.parts(class).expect("candle Grad-CAM");
                 let o = oe.parts(class).expect("Grad-CAM");
@@ -228,7 +248,8 @@ fn check_model(name: &str, cases: &[Case]) {
         }
         eprintln!(
             "{name}: {backend} vs candle, Grad-CAM over {} studies x 3 classes: A rel {worst_a:.2e}, \
-             alpha rel {worst_alpha:.2e}, map correlation >= {worst_corr:.6}",
+             alpha rel {worst_alpha:.2e}, map correlation >= {worst_corr:.6}, tabular gradient \
+             rel {worst_tab:.2e}",
             cases.len()
         );
     }

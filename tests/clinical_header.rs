@@ -281,3 +281,58 @@ fn predict_reads_the_clinical_variables_from_the_header_too() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--age"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_attributes_the_grade_to_each_clinical_feature_alike_on_every_backend() {
+    let server = InProc::start(
+        "",
+        &[("osteo-fused-v1", "backends = [\"ort\", \"candle\"]")],
+        registry(),
+    )
+    .await;
+    let mut c = server.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (files, patient) = phantom(dir.path(), 21);
+    let handle = upload(&mut c, &read_all(&files), 256 << 10).await;
+    let mut by_backend = Vec::new();
+    for backend in ["ort", "candle"] {
+        let r = c
+            .explain(pb::ExplainRequest {
+                study: Some(pb::StudyRef {
+                    source: Some(pb::study_ref::Source::Study(handle.clone())),
+                }),
+                clinical: Some(explicit(&patient)),
+                backend: backend.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("explain")
+            .into_inner();
+        by_backend.push(r.features);
+    }
+    let spec = osteo_core::ModelArtifacts::open(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/osteo-fused-v1"),
+    )
+    .expect("model")
+    .manifest
+    .tabular
+    .expect("tabular");
+    let names: Vec<&str> = spec.features.iter().map(|f| f.name.as_str()).collect();
+    for features in &by_backend {
+        let got: Vec<&str> = features.iter().map(|f| f.feature.as_str()).collect();
+        assert_eq!(
+            got, names,
+            "one attribution per feature, in the model's order"
+        );
+        assert!(features.iter().any(|f| f.attribution.abs() > 1e-4));
+    }
+    for (o, c) in by_backend[0].iter().zip(&by_backend[1]) {
+        assert!(
+            (o.attribution - c.attribution).abs() <= 1e-4 * c.attribution.abs().max(1.0),
+            "{}: ort {} vs candle {}",
+            o.feature,
+            o.attribution,
+            c.attribution
+        );
+    }
+}

@@ -129,13 +129,19 @@ impl Backend for CandleBackend {
             .map_err(runtime)?
             .detach();
         let var = Var::from_tensor(&activation).map_err(runtime)?;
+        let tab_var = tabular
+            .as_ref()
+            .map(|t| Var::from_tensor(&t.detach()))
+            .transpose()
+            .map_err(runtime)?;
         let logits = self
             .network
-            .head_from(Some(var.as_tensor()), tabular.as_ref())
+            .head_from(Some(var.as_tensor()), tab_var.as_ref().map(Var::as_tensor))
             .map_err(runtime)?;
         // One backward pass through the head per class: the convolutions ran once.
         let classes = logits.dim(1).map_err(runtime)?;
         let mut alphas = Vec::with_capacity(classes);
+        let mut tabular_gradients = Vec::new();
         for c in 0..classes {
             let grads = logits
                 .i((0, c))
@@ -149,6 +155,12 @@ impl Backend for CandleBackend {
                     .and_then(|g| g.mean(D::Minus1)?.mean(D::Minus1)?.to_vec1::<f32>())
                     .map_err(runtime)?,
             );
+            if let Some(t) = &tab_var {
+                let g = grads.get(t.as_tensor()).ok_or_else(|| {
+                    BackendError::Runtime("no gradient reached the tabular input".into())
+                })?;
+                tabular_gradients.push(g.i(0).and_then(|g| g.to_vec1::<f32>()).map_err(runtime)?);
+            }
         }
         let row = logits
             .i(0)
@@ -166,6 +178,7 @@ impl Backend for CandleBackend {
             logits: row,
             activation,
             alphas,
+            tabular_gradients,
         })
     }
 }

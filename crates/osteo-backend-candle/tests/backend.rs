@@ -236,6 +236,61 @@ fn gradcam_alpha_matches_finite_differences() {
 }
 
 #[test]
+fn tabular_gradients_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    saved_model(ModelKind::Fused, dir.path(), &mut rng);
+    let mut backend = CandleBackend::load(
+        &ModelArtifacts::open(dir.path()).expect("artifacts"),
+        Device::Cpu,
+    )
+    .expect("load");
+    let sample = batch(ModelKind::Fused, 1, &mut rng);
+    let explanation = backend.explain(&sample).expect("explain");
+    let tabular = sample.tabular.clone().expect("tabular");
+    let features = tabular.data().len();
+    assert_eq!(explanation.tabular_gradients.len(), 3);
+    let logit = |backend: &mut CandleBackend, x: Vec<f32>, class: usize| -> f32 {
+        let mut b = sample.clone();
+        b.tabular = Some(osteo_core::Tensor::new(vec![1, features], x).expect("tensor"));
+        backend.predict(&b).expect("predict").data()[class]
+    };
+    let eps = 1e-3f32;
+    let mut checked = 0;
+    for class in 0..3 {
+        let grad = &explanation.tabular_gradients[class];
+        assert_eq!(grad.len(), features);
+        for i in 0..features {
+            let mut plus = tabular.data().to_vec();
+            plus[i] += eps;
+            let mut minus = tabular.data().to_vec();
+            minus[i] -= eps;
+            let centre = logit(&mut backend, tabular.data().to_vec(), class);
+            let (p, m) = (
+                logit(&mut backend, plus, class),
+                logit(&mut backend, minus, class),
+            );
+            // A step across a ReLU kink has no derivative to compare with: skip it.
+            let (right, left) = ((p - centre) / eps, (centre - m) / eps);
+            if (right - left).abs() > 1e-2 * right.abs().max(left.abs()) + 1e-3 {
+                continue;
+            }
+            checked += 1;
+            let fd = (p - m) / (2.0 * eps);
+            assert!(
+                (fd - grad[i]).abs() <= 1e-3 + 1e-2 * grad[i].abs(),
+                "class {class} feature {i}: gradient {} vs finite difference {fd}",
+                grad[i]
+            );
+        }
+    }
+    assert!(
+        checked * 2 >= 3 * features,
+        "only {checked} features away from a kink"
+    );
+}
+
+#[test]
 fn bad_weights_and_bad_input_are_clear_errors() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -195,7 +195,26 @@ impl Backend for OrtBackend {
         sample.check_gradcam(&self.arch)?;
         let k = self.arch.image.as_ref().map_or(0, |img| img.embedding());
         let classes = self.arch.head.classes;
-        let mut out = self.run(sample, &[names::LOGITS, names::ACTIVATION, names::ALPHA])?;
+        let features = self.arch.tabular.as_ref().map(|t| t.in_features);
+        let mut wanted = vec![names::LOGITS, names::ACTIVATION, names::ALPHA];
+        if features.is_some() {
+            wanted.push(names::TABULAR_GRADIENT);
+        }
+        let mut out = self.run(sample, &wanted)?;
+        let tabular_gradients = match features {
+            Some(f) => {
+                let t = out.remove(3);
+                if t.shape() != [1, classes, f] {
+                    return Err(runtime(format!(
+                        "unexpected tabular gradient shape {:?}; re-export model.onnx with \
+                         osteo export-onnx",
+                        t.shape()
+                    )));
+                }
+                t.data().chunks(f.max(1)).map(<[f32]>::to_vec).collect()
+            }
+            None => Vec::new(),
+        };
         let alpha = out.remove(2);
         let a = out.remove(1);
         let logits = out.remove(0);
@@ -216,6 +235,7 @@ impl Backend for OrtBackend {
             logits: logits.into_data(),
             activation,
             alphas: alpha.data().chunks(k.max(1)).map(<[f32]>::to_vec).collect(),
+            tabular_gradients,
         })
     }
 }

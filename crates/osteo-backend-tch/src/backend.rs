@@ -154,37 +154,56 @@ impl Backend for TchBackend {
         let (images, tabular) = self.inputs(sample)?;
         let images =
             images.ok_or_else(|| BackendError::InvalidInput("Grad-CAM needs an image".into()))?;
-        let run = || -> Result<(Tensor, Tensor, Vec<Tensor>), TchError> {
+        type Parts = (Tensor, Tensor, Vec<Tensor>, Vec<Tensor>);
+        let run = || -> Result<Parts, TchError> {
             let activation = tch::no_grad(|| self.network.activation(&images))?
                 .f_detach()?
                 .f_set_requires_grad(true)?;
-            let logits = self.network.head(Some(&activation), tabular.as_ref())?;
+            let tab = match &tabular {
+                Some(t) => Some(t.f_detach()?.f_set_requires_grad(true)?),
+                None => None,
+            };
+            let logits = self.network.head(Some(&activation), tab.as_ref())?;
             // One backward pass through the head per class, keeping the graph between them.
             let classes = logits.size().get(1).copied().unwrap_or(0);
             let mut alphas = Vec::with_capacity(classes as usize);
+            let mut tab_grads = Vec::new();
+            let mut wrt = vec![&activation];
+            if let Some(t) = &tab {
+                wrt.push(t);
+            }
             for c in 0..classes {
                 let target = logits.f_get(0)?.f_get(c)?;
-                for grad in Tensor::f_run_backward(&[&target], &[&activation], true, false)? {
+                let grads = Tensor::f_run_backward(&[&target], &wrt, true, false)?;
+                if let Some(grad) = grads.first() {
                     alphas.push(grad.f_get(0)?.f_mean_dim(
                         [1i64, 2].as_slice(),
                         false,
                         Kind::Float,
                     )?);
                 }
+                if let Some(grad) = grads.get(1) {
+                    tab_grads.push(grad.f_get(0)?);
+                }
             }
             Ok((
                 activation.f_detach()?.f_get(0)?,
                 logits.f_detach()?.f_get(0)?,
                 alphas,
+                tab_grads,
             ))
         };
-        let (a, logits, alphas) = run().map_err(runtime)?;
+        let (a, logits, alphas, tab_grads) = run().map_err(runtime)?;
         Ok(Explanation {
             logits: to_core(&logits)?.into_data(),
             activation: to_core(&a)?,
             alphas: alphas
                 .iter()
                 .map(|alpha| to_core(alpha).map(osteo_core::Tensor::into_data))
+                .collect::<Result<_, _>>()?,
+            tabular_gradients: tab_grads
+                .iter()
+                .map(|g| to_core(g).map(osteo_core::Tensor::into_data))
                 .collect::<Result<_, _>>()?,
         })
     }

@@ -24,6 +24,9 @@ pub struct Explanation {
     pub activation: Tensor,
     /// Channel weights of each class, in class order, `K` each.
     pub alphas: Vec<Vec<f32>>,
+    /// Gradient of each class's logit with respect to the tabular input, in class order, `F`
+    /// each (empty for models without clinical features).
+    pub tabular_gradients: Vec<Vec<f32>>,
 }
 
 impl Explanation {

@@ -9,7 +9,9 @@
 //! the logits with respect to the head input is `W_out · D_L · W_L ··· D_1 · W_1` (D_l = diag of
 //! z_l > 0), built per sample as `[N, classes, in]` by Mul with the ReLU masks and MatMul with
 //! the weights. Its first K columns divided by h·w are `gradcam_alpha [N, classes, K]`: the
-//! spatial mean of d logit_c / d A for every class c.
+//! spatial mean of d logit_c / d A for every class c. In fused models its tabular columns,
+//! carried back through the tabular layers the same way, are `tabular_gradient [N, classes, F]`
+//! (d logit_c / d tabular input, for gradient x input attributions of the clinical features).
 
 use crate::graph::{GraphBuilder, float, float_value, int, ints};
 use crate::proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto, ValueInfoProto};
@@ -143,6 +145,8 @@ pub fn export(manifest: &ModelManifest, weights: &[u8]) -> Result<Vec<u8>, OnnxE
         grid = Some((img.embedding(), h * wd));
     }
 
+    // (pre-activation, weight) of every tabular layer, for the tabular gradient.
+    let mut tabular_layers = Vec::new();
     if let Some(tab) = &arch.tabular {
         inputs.push(float_value(
             names::TABULAR,
@@ -154,8 +158,9 @@ pub fn export(manifest: &ModelManifest, weights: &[u8]) -> Result<Vec<u8>, OnnxE
             let p = format!("tabular.fc{k}");
             let fw = w(&mut g, &format!("{p}.weight"))?;
             let fb = w(&mut g, &format!("{p}.bias"))?;
-            x = g.node("Gemm", &[&x, &fw, &fb], vec![int("transB", 1)], &p);
-            x = g.node("Relu", &[&x], vec![], &format!("{p}.relu"));
+            let z = g.node("Gemm", &[&x, &fw, &fb], vec![int("transB", 1)], &p);
+            x = g.node("Relu", &[&z], vec![], &format!("{p}.relu"));
+            tabular_layers.push((z, fw));
         }
         embeddings.push(x);
     }
@@ -187,7 +192,7 @@ pub fn export(manifest: &ModelManifest, weights: &[u8]) -> Result<Vec<u8>, OnnxE
     );
 
     if let Some((k, cells)) = grid {
-        gradient(
+        let jac = gradient(
             &mut g,
             &out_w,
             &hidden,
@@ -201,6 +206,14 @@ pub fn export(manifest: &ModelManifest, weights: &[u8]) -> Result<Vec<u8>, OnnxE
             &[None, Some(arch.head.classes), Some(k)],
             "Grad-CAM channel weights: spatial mean of d logit_c / d activation, per class c",
         ));
+        if let Some(tab) = &arch.tabular {
+            tabular_gradient(&mut g, &jac, &tabular_layers, k, arch.head_input());
+            outputs.push(float_value(
+                names::TABULAR_GRADIENT,
+                &[None, Some(arch.head.classes), Some(tab.in_features)],
+                "d logit_c / d tabular input, per class c (gradient x input attributions)",
+            ));
+        }
     }
 
     let model = ModelProto {
@@ -235,7 +248,55 @@ fn entry(key: &str, value: &str) -> StringStringEntryProto {
     }
 }
 
-/// Appends the analytic `gradcam_alpha` computation (see the module documentation).
+/// Appends the analytic `tabular_gradient`: the head Jacobian's tabular columns (`start..end`)
+/// carried back through the tabular layers (ReLU masks, then each layer's weight).
+fn tabular_gradient(
+    g: &mut GraphBuilder,
+    jac: &str,
+    layers: &[(String, String)],
+    start: usize,
+    end: usize,
+) {
+    let axis1 = g.const_i64("tabgrad.axes1", &[1]);
+    let (s, e, axis2) = (
+        g.const_i64("tabgrad.start", &[start as i64]),
+        g.const_i64("tabgrad.end", &[end as i64]),
+        g.const_i64("tabgrad.axes2", &[2]),
+    );
+    let mut j = g.node("Slice", &[jac, &s, &e, &axis2], vec![], "tabgrad.embedding");
+    for (l, (z, weight)) in layers.iter().enumerate().rev() {
+        let zero = g.const_f32(&format!("tabgrad.zero{l}"), &[], &[0.0]);
+        let on = g.node(
+            "Greater",
+            &[z, &zero],
+            vec![],
+            &format!("tabgrad.active{l}"),
+        );
+        let mask = g.node(
+            "Cast",
+            &[&on],
+            vec![int("to", 1)],
+            &format!("tabgrad.mask{l}"),
+        );
+        let mask = g.node(
+            "Unsqueeze",
+            &[&mask, &axis1],
+            vec![],
+            &format!("tabgrad.mask{l}"),
+        );
+        let masked = g.node("Mul", &[&j, &mask], vec![], &format!("tabgrad.masked{l}"));
+        j = g.node(
+            "MatMul",
+            &[&masked, weight],
+            vec![],
+            &format!("tabgrad.jacobian{l}"),
+        );
+    }
+    g.node_to("Identity", &[&j], vec![], names::TABULAR_GRADIENT);
+}
+
+/// Appends the analytic `gradcam_alpha` computation (see the module documentation); returns the
+/// head Jacobian `[N, classes, head input]`.
 fn gradient(
     g: &mut GraphBuilder,
     out_w: &str,
@@ -244,7 +305,7 @@ fn gradient(
     head_input: usize,
     k: usize,
     cells: usize,
-) {
+) -> String {
     let axis1 = g.const_i64("grad.axes1", &[1]);
     let mut jac = out_w.to_string();
     for (l, (z, weight)) in hidden.iter().enumerate().rev() {
@@ -291,6 +352,7 @@ fn gradient(
     let image = g.node("Slice", &[&jac, &start, &end, &axis2], vec![], "grad.image");
     let scale = g.const_f32("grad.cells", &[], &[1.0 / cells as f32]);
     g.node_to("Mul", &[&image, &scale], vec![], names::ALPHA);
+    jac
 }
 
 /// The graph inputs and outputs a file declares, by name.

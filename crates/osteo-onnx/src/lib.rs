@@ -28,6 +28,8 @@ pub mod names {
     pub const ACTIVATION: &str = "activation";
     /// Output: Grad-CAM channel weights for every class `[N, classes, K]`.
     pub const ALPHA: &str = "gradcam_alpha";
+    /// Output (fused models): d logit_c / d tabular for every class `[N, classes, F]`.
+    pub const TABULAR_GRADIENT: &str = "tabular_gradient";
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, OnnxError> {

@@ -64,6 +64,28 @@ pub fn clinical_from_header(
     clinical(&g)
 }
 
+/// Gradient x input attribution of each clinical feature of `m` to the explained logit: the
+/// encoded input `x` times the logit's gradient `g` with respect to it (empty for a model without
+/// clinical features).
+pub fn attributions(
+    m: &osteo_core::ModelManifest,
+    x: Option<&[f32]>,
+    g: Option<&Vec<f32>>,
+) -> Vec<pb::FeatureAttribution> {
+    match (&m.tabular, x, g) {
+        (Some(spec), Some(x), Some(g)) => spec
+            .features
+            .iter()
+            .zip(x.iter().zip(g))
+            .map(|(f, (x, g))| pb::FeatureAttribution {
+                feature: f.name.clone(),
+                attribution: x * g,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The wire value of a grade.
 pub fn grade(g: Grade) -> i32 {
     match g {

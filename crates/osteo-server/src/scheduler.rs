@@ -557,6 +557,7 @@ mod tests {
                 activation: Tensor::new(vec![1, 1, 1], vec![first])
                     .map_err(|e| BackendError::Runtime(e.to_string()))?,
                 alphas: vec![vec![first]; 3],
+                tabular_gradients: Vec::new(),
             })
         }
     }

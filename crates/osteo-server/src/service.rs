@@ -843,6 +843,11 @@ impl OsteoService for Service {
             let parts = explanation
                 .parts(target)
                 .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
+            let features = convert::attributions(
+                m,
+                prepared.input.tabular.as_deref(),
+                explanation.tabular_gradients.get(target.index()),
+            );
             let view = prepared
                 .view
                 .clone()
@@ -892,7 +897,7 @@ impl OsteoService for Service {
                 classification: Some(classification),
                 target: convert::grade(target),
                 gradcam: Some(gradcam),
-                features: Vec::new(),
+                features,
                 dicom_secondary_capture,
             })
         })
