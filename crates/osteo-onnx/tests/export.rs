@@ -25,7 +25,12 @@ fn exports_are_deterministic_and_carry_every_weight_unchanged() {
         (
             "osteo-fused-v1",
             vec![names::IMAGES, names::TABULAR],
-            vec![names::LOGITS, names::ACTIVATION, names::ALPHA],
+            vec![
+                names::LOGITS,
+                names::ACTIVATION,
+                names::ALPHA,
+                names::TABULAR_GRADIENT,
+            ],
         ),
         (
             "osteo-image-v1",
