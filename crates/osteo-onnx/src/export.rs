@@ -263,36 +263,54 @@ fn tabular_gradient(
         g.const_i64("tabgrad.end", &[end as i64]),
         g.const_i64("tabgrad.axes2", &[2]),
     );
-    let mut j = g.node("Slice", &[jac, &s, &e, &axis2], vec![], "tabgrad.embedding");
+    let j = g.node("Slice", &[jac, &s, &e, &axis2], vec![], "tabgrad.embedding");
+    let j = back_through(g, j, layers, "tabgrad", &axis1);
+    g.node_to("Identity", &[&j], vec![], names::TABULAR_GRADIENT);
+}
+
+/// Carries a Jacobian `[N, classes, out]` back through ReLU layers (pre-activation, weight),
+/// last layer first: times each layer's ReLU mask, then its weight. Nodes are named `prefix.*`.
+fn back_through(
+    g: &mut GraphBuilder,
+    mut jac: String,
+    layers: &[(String, String)],
+    prefix: &str,
+    axis1: &str,
+) -> String {
     for (l, (z, weight)) in layers.iter().enumerate().rev() {
-        let zero = g.const_f32(&format!("tabgrad.zero{l}"), &[], &[0.0]);
+        let zero = g.const_f32(&format!("{prefix}.zero{l}"), &[], &[0.0]);
         let on = g.node(
             "Greater",
             &[z, &zero],
             vec![],
-            &format!("tabgrad.active{l}"),
+            &format!("{prefix}.active{l}"),
         );
         let mask = g.node(
             "Cast",
             &[&on],
             vec![int("to", 1)],
-            &format!("tabgrad.mask{l}"),
+            &format!("{prefix}.mask{l}"),
         );
         let mask = g.node(
             "Unsqueeze",
-            &[&mask, &axis1],
+            &[&mask, axis1],
             vec![],
-            &format!("tabgrad.mask{l}"),
+            &format!("{prefix}.mask{l}"),
         );
-        let masked = g.node("Mul", &[&j, &mask], vec![], &format!("tabgrad.masked{l}"));
-        j = g.node(
+        let masked = g.node(
+            "Mul",
+            &[&jac, &mask],
+            vec![],
+            &format!("{prefix}.masked{l}"),
+        );
+        jac = g.node(
             "MatMul",
             &[&masked, weight],
             vec![],
-            &format!("tabgrad.jacobian{l}"),
+            &format!("{prefix}.jacobian{l}"),
         );
     }
-    g.node_to("Identity", &[&j], vec![], names::TABULAR_GRADIENT);
+    jac
 }
 
 /// Appends the analytic `gradcam_alpha` computation (see the module documentation); returns the
@@ -307,25 +325,7 @@ fn gradient(
     cells: usize,
 ) -> String {
     let axis1 = g.const_i64("grad.axes1", &[1]);
-    let mut jac = out_w.to_string();
-    for (l, (z, weight)) in hidden.iter().enumerate().rev() {
-        let zero = g.const_f32(&format!("grad.zero{l}"), &[], &[0.0]);
-        let on = g.node("Greater", &[z, &zero], vec![], &format!("grad.active{l}"));
-        let mask = g.node("Cast", &[&on], vec![int("to", 1)], &format!("grad.mask{l}"));
-        let mask = g.node(
-            "Unsqueeze",
-            &[&mask, &axis1],
-            vec![],
-            &format!("grad.mask{l}"),
-        );
-        let masked = g.node("Mul", &[&jac, &mask], vec![], &format!("grad.masked{l}"));
-        jac = g.node(
-            "MatMul",
-            &[&masked, weight],
-            vec![],
-            &format!("grad.jacobian{l}"),
-        );
-    }
+    let mut jac = back_through(g, out_w.to_string(), hidden, "grad", &axis1);
     if hidden.is_empty() {
         // No hidden layer: the Jacobian is the output weight itself, repeated per sample.
         let shape = g.node("Shape", &[names::LOGITS], vec![], "grad.logits_shape");
