@@ -67,11 +67,6 @@ impl std::fmt::Debug for Demographics {
     }
 }
 
-/// The attribute name of a demographic tag, for messages.
-pub fn attribute(tag: Tag) -> String {
-    attr_name(tag)
-}
-
 /// A DICOM date (DA, `YYYYMMDD`) as (year, month, day).
 fn date(s: &str) -> Option<(i32, u32, u32)> {
     let s = s.trim();

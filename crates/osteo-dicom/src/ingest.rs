@@ -175,22 +175,18 @@ impl Planned {
         } else {
             as_f32()?
         };
-        let demographics = self
-            .files
-            .first()
-            .map(|&f| Demographics::read(&self.parsed[f].obj))
-            .unwrap_or_default();
-        let source = self
-            .files
-            .first()
-            .map(|&f| {
+        // What results need from the header, read from the series' first file.
+        let (demographics, source) = match self.files.first() {
+            Some(&f) => (
+                Demographics::read(&self.parsed[f].obj),
                 SourceStudy::read(
                     &self.parsed[f].obj,
                     self.files.iter().map(|&i| &*self.parsed[i].obj),
                     &self.headers[f].series_uid,
-                )
-            })
-            .unwrap_or_default();
+                ),
+            ),
+            None => Default::default(),
+        };
         let Planned {
             headers,
             series,

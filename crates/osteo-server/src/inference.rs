@@ -511,11 +511,9 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<v2::ServerReadyResponse>, Status> {
         self.service
             .run("ServerReady", request, |state, _, _| async move {
-                let ready = state
-                    .models()
-                    .map(|m| m.all().iter().all(ServedModel::is_up))
-                    .unwrap_or(false);
-                Ok(v2::ServerReadyResponse { ready })
+                Ok(v2::ServerReadyResponse {
+                    ready: state.all_models_up(),
+                })
             })
             .await
     }

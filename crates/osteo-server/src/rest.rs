@@ -163,11 +163,7 @@ async fn live() -> Response {
 
 /// `GET /v2/health/ready`: 200 when every model is loaded and up, else 503.
 async fn ready(State(app): State<App>) -> Response {
-    let up = app
-        .state
-        .models()
-        .map(|m| m.all().iter().all(crate::models::ServedModel::is_up))
-        .unwrap_or(false);
+    let up = app.state.all_models_up();
     let status = if up {
         StatusCode::OK
     } else {

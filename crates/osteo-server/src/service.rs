@@ -158,6 +158,13 @@ impl State {
         .await
     }
 
+    /// Whether every model is loaded and all its backends are up (v2 server readiness).
+    pub(crate) fn all_models_up(&self) -> bool {
+        self.models
+            .get()
+            .is_some_and(|m| m.all().iter().all(crate::models::ServedModel::is_up))
+    }
+
     pub(crate) fn models(&self) -> Result<&ModelSet, ServerError> {
         self.models.get().ok_or_else(|| {
             ServerError::Unavailable(
