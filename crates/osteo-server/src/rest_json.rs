@@ -69,14 +69,88 @@ impl<'de> Deserialize<'de> for Elements {
     }
 }
 
+/// A JSON array or object of at most `N` entries, refused as it is read: a request cannot make
+/// the server build thousands of entries before the count is checked.
+#[derive(Debug)]
+struct Bounded<T, const N: usize>(T);
+
+impl<T, const N: usize> Default for Bounded<T, N>
+where
+    T: Default,
+{
+    fn default() -> Self {
+        Bounded(T::default())
+    }
+}
+
+/// Visits a sequence into a vector of at most `N` elements.
+struct SeqAtMost<T, const N: usize>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for SeqAtMost<T, N> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an array of at most {N} entries")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element()? {
+            if out.len() == N {
+                return Err(serde::de::Error::invalid_length(N + 1, &self));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<Vec<T>, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_seq(SeqAtMost::<T, N>(std::marker::PhantomData))
+            .map(Bounded)
+    }
+}
+
+/// Visits a map into a JSON object of at most `N` entries.
+struct MapAtMost<const N: usize>;
+
+impl<'de, const N: usize> Visitor<'de> for MapAtMost<N> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an object of at most {N} entries")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some((k, v)) = map.next_entry::<String, Value>()? {
+            if out.len() == N {
+                return Err(serde::de::Error::invalid_length(N + 1, &self));
+            }
+            out.insert(k, v);
+        }
+        Ok(out)
+    }
+}
+
+impl<'de, const N: usize> Deserialize<'de> for Bounded<Map<String, Value>, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(MapAtMost::<N>).map(Bounded)
+    }
+}
+
+/// Parameters of a request, an input or an output (the protocol's few keys, and some slack).
+type Parameters = Bounded<Map<String, Value>, 16>;
+
 /// One input tensor of a JSON request.
 #[derive(Debug, Deserialize)]
 struct Input {
     name: String,
-    shape: Vec<i64>,
+    shape: Bounded<Vec<i64>, 8>,
     datatype: String,
     #[serde(default)]
-    parameters: Map<String, Value>,
+    parameters: Parameters,
     data: Option<Elements>,
 }
 
@@ -85,7 +159,7 @@ struct Input {
 struct Output {
     name: String,
     #[serde(default)]
-    parameters: Map<String, Value>,
+    parameters: Parameters,
 }
 
 /// The JSON part of an infer request.
@@ -94,10 +168,10 @@ struct Request {
     #[serde(default)]
     id: String,
     #[serde(default)]
-    parameters: Map<String, Value>,
-    inputs: Vec<Input>,
+    parameters: Parameters,
+    inputs: Bounded<Vec<Input>, 2>,
     #[serde(default)]
-    outputs: Vec<Output>,
+    outputs: Bounded<Vec<Output>, 2>,
 }
 
 /// A parsed infer request: the gRPC message, and per output name whether it goes back as
@@ -122,8 +196,9 @@ fn json_error(e: &serde_json::Error) -> ServerError {
         Category::Io | Category::Eof => "ends early",
         Category::Syntax => "is not valid JSON",
         Category::Data => {
-            "does not have the inference request's fields and types (inputs: [{name, shape, \
-             datatype, data}], data numbers)"
+            "does not have the inference request's fields, types and sizes (inputs: at most 2 \
+             of {name, shape of at most 8 dimensions, datatype, data}, outputs: at most 2, \
+             parameters: at most 16 each, data numbers)"
         }
     };
     bad(format!(
@@ -189,7 +264,7 @@ pub fn parse(
         id: req.id,
         ..Default::default()
     };
-    for (key, value) in &req.parameters {
+    for (key, value) in &req.parameters.0 {
         if key == "binary_data_output" {
             continue;
         }
@@ -197,19 +272,11 @@ pub fn parse(
             message.parameters.insert(key.clone(), p);
         }
     }
-    // Repeated fields are bounded before any loop over them: the model reads at most 2 inputs
-    // and has 2 outputs; the gRPC checks name the details.
-    if req.inputs.len() > 2 || req.outputs.len() > 2 {
-        return Err(bad(format!(
-            "{} inputs and {} outputs sent; the models read at most 2 inputs (images, tabular) \
-             and have 2 outputs (logits, probabilities)",
-            req.inputs.len(),
-            req.outputs.len()
-        )));
-    }
-    for input in req.inputs {
+    // Repeated fields were bounded while the JSON was read (`Bounded`).
+    for input in req.inputs.0 {
         let owner = format!("input \"{}\"", crate::text::client_text(&input.name));
-        let binary_size = match input.parameters.get("binary_data_size") {
+        let shape = input.shape.0;
+        let binary_size = match input.parameters.0.get("binary_data_size") {
             None => None,
             Some(v) => Some(
                 v.as_u64()
@@ -248,25 +315,25 @@ pub fn parse(
                 }
                 let (this, rest) = binary.split_at(size);
                 binary = rest;
-                if let Some(n) = elements_of(&input.shape)
+                if let Some(n) = elements_of(&shape)
                     && n.checked_mul(4) != Some(size)
                 {
                     return Err(bad(format!(
                         "{owner}: binary_data_size is {size} bytes, shape {:?} FP32 needs {}",
-                        &input.shape[..input.shape.len().min(8)],
+                        &shape[..shape.len().min(8)],
                         n.saturating_mul(4)
                     )));
                 }
                 this.to_vec()
             }
             (None, Some(Elements(values))) => {
-                if let Some(n) = elements_of(&input.shape)
+                if let Some(n) = elements_of(&shape)
                     && n != values.len()
                 {
                     return Err(bad(format!(
                         "{owner}: \"data\" holds {} values, shape {:?} needs {n}",
                         values.len(),
-                        &input.shape[..input.shape.len().min(8)]
+                        &shape[..shape.len().min(8)]
                     )));
                 }
                 values.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -278,7 +345,7 @@ pub fn parse(
             .push(v2::model_infer_request::InferInputTensor {
                 name: input.name,
                 datatype: input.datatype,
-                shape: input.shape,
+                shape,
                 ..Default::default()
             });
     }
@@ -290,17 +357,18 @@ pub fn parse(
         )));
     }
     let binary_by_default =
-        flag(&req.parameters, "binary_data_output", "the request")?.unwrap_or(false);
+        flag(&req.parameters.0, "binary_data_output", "the request")?.unwrap_or(false);
     let mut binary_outputs = HashMap::new();
-    for output in req.outputs {
+    for output in req.outputs.0 {
         let owner = format!("output \"{}\"", crate::text::client_text(&output.name));
-        if output.parameters.contains_key("classification") {
+        let parameters = output.parameters.0;
+        if parameters.contains_key("classification") {
             return Err(bad(format!(
                 "{owner}: the classification extension is not supported; read the \
                  probabilities output"
             )));
         }
-        if let Some(b) = flag(&output.parameters, "binary_data", &owner)? {
+        if let Some(b) = flag(&parameters, "binary_data", &owner)? {
             binary_outputs.insert(output.name.clone(), b);
         }
         message
@@ -455,6 +523,14 @@ mod tests {
         )
         .expect_err("dtype");
         assert!(e.to_string().contains("must be FP32"), "{e}");
+        // Repeated fields are refused while read, past their bound.
+        let input = r#"{"name":"t","shape":[1],"datatype":"FP32","data":[1]}"#;
+        let three = format!(r#"{{"inputs":[{input},{input},{input}]}}"#);
+        let e = parse("m", "", three.as_bytes(), None).expect_err("three inputs");
+        assert!(e.to_string().contains("at most 2"), "{e}");
+        let deep = br#"{"inputs":[{"name":"t","shape":[1,1,1,1,1,1,1,1,1],"datatype":"FP32","data":[1]}]}"#;
+        let e = parse("m", "", deep, None).expect_err("nine dimensions");
+        assert!(e.to_string().contains("at most 8 dimensions"), "{e}");
     }
 
     #[test]
