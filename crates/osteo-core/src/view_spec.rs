@@ -2,6 +2,7 @@
 //! model manifests can carry it without depending on DICOM code.
 
 use crate::error::CoreError;
+use crate::gate_spec::GateSpec;
 use serde::{Deserialize, Serialize};
 
 /// Parameters of the `coronal_slab` view (stored in model manifests).
@@ -21,6 +22,10 @@ pub struct ViewSpec {
     pub bone_threshold_hu: f32,
     /// Width in mm of the left-right band, centred on the body, searched for the spine.
     pub spine_band_mm: f64,
+    /// What a study must satisfy before the view is built from it (`[view.gate]`; manifests
+    /// without one get the defaults).
+    #[serde(default)]
+    pub gate: GateSpec,
 }
 
 impl Default for ViewSpec {
@@ -33,6 +38,7 @@ impl Default for ViewSpec {
             window_hu: [-200.0, 1200.0],
             bone_threshold_hu: 180.0,
             spine_band_mm: 60.0,
+            gate: GateSpec::default(),
         }
     }
 }
@@ -68,6 +74,6 @@ impl ViewSpec {
         if !(self.spine_band_mm.is_finite() && self.spine_band_mm > 0.0) {
             return bad("spine_band_mm must be positive".into());
         }
-        Ok(())
+        self.gate.validate()
     }
 }

@@ -33,6 +33,13 @@ pub enum DicomError {
         /// The clinical variable a caller may send instead, e.g. `clinical.height_cm`.
         field: &'static str,
     },
+    /// The study fails the model's input quality gate (the findings in words, with the measured
+    /// values; no header values).
+    #[error("the study cannot be graded: {findings}")]
+    QualityGate {
+        /// Every failed check's finding.
+        findings: String,
+    },
     /// A required attribute is absent.
     #[error("{file}: missing required attribute {attribute}")]
     MissingAttribute {

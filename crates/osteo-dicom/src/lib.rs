@@ -12,6 +12,7 @@ mod attrs;
 pub mod demographics;
 pub mod error;
 mod frames;
+pub mod gate;
 pub mod ingest;
 pub mod limits;
 mod prescan;
@@ -27,6 +28,7 @@ mod write;
 
 pub use demographics::{Completed, Demographics, Explicit, HeaderSex, HeaderValue};
 pub use error::DicomError;
+pub use gate::{Assessment, GateCheck, assess};
 pub use ingest::{IngestOptions, Planned, ingest, plan};
 pub use limits::IngestLimits;
 pub use source::{DicomSource, SourceFile};

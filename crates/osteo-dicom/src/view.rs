@@ -12,7 +12,7 @@ pub use osteo_core::ViewSpec;
 use serde::{Deserialize, Serialize};
 
 /// HU below which a voxel is outside the body.
-const BODY_MIN_HU: f32 = -300.0;
+pub(crate) const BODY_MIN_HU: f32 = -300.0;
 /// Smallest |cosine| accepted between volume axes and patient axes.
 const AXIS_MIN_COS: f64 = 0.9;
 

@@ -4,8 +4,9 @@ use crate::error::ServerError;
 use crate::models::ServedModel;
 use crate::store::Study;
 use osteo_core::{BackendInfo, ClinicalInput, ClinicalVariables, Grade, ModelKind, RiskFlags, Sex};
-use osteo_dicom::View;
+use osteo_dicom::{Assessment, View};
 use osteo_proto::v1 as pb;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Validated clinical variables from the request message.
@@ -164,8 +165,33 @@ pub fn model(m: &ServedModel) -> pb::ModelDescriptor {
     }
 }
 
-/// The de-identified summary of a study.
-pub fn summary(study: &Study, expires_in: Option<Duration>) -> pb::StudySummary {
+/// One model's quality gate on a study.
+pub fn quality(model: &str, a: &Assessment) -> pb::QualityAssessment {
+    pb::QualityAssessment {
+        model: model.to_string(),
+        passed: a.passed(),
+        checks: a
+            .checks
+            .iter()
+            .map(|c| pb::QualityCheck {
+                name: c.name.to_string(),
+                passed: c.passed,
+                value: c.value,
+                min: c.accepted[0],
+                max: c.accepted[1],
+                unit: c.unit.to_string(),
+                finding: c.message.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The de-identified summary of a study, with the quality gate of each model that reads CT.
+pub fn summary(
+    study: &Study,
+    expires_in: Option<Duration>,
+    gates: &[(String, Arc<Assessment>)],
+) -> pb::StudySummary {
     let v = &study.volume;
     let s = &v.summary;
     pb::StudySummary {
@@ -186,6 +212,7 @@ pub fn summary(study: &Study, expires_in: Option<Duration>) -> pb::StudySummary 
         hu_mean: s.hu_mean,
         stored_bytes: expires_in.map_or(0, |_| study.stored_bytes),
         expires_in_s: expires_in.map_or(0, |d| d.as_secs()),
+        quality: gates.iter().map(|(m, a)| quality(m, a)).collect(),
     }
 }
 

@@ -101,7 +101,8 @@ impl From<osteo_dicom::DicomError> for ServerError {
             osteo_dicom::DicomError::TooLarge { .. } => {
                 ServerError::ResourceExhausted(e.to_string())
             }
-            osteo_dicom::DicomError::Demographic { .. } => {
+            osteo_dicom::DicomError::Demographic { .. }
+            | osteo_dicom::DicomError::QualityGate { .. } => {
                 ServerError::FailedPrecondition(e.to_string())
             }
             _ => ServerError::InvalidArgument(e.to_string()),

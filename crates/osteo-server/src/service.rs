@@ -11,8 +11,8 @@ use crate::scheduler::Worker;
 use crate::store::{Study, StudyStore};
 use crate::text::{client_text, is_handle};
 use crate::upload::{Framer, FramingLimits};
-use osteo_core::{Grade, Sample};
-use osteo_dicom::{DicomSource, IngestLimits, IngestOptions, View};
+use osteo_core::{Grade, Sample, ViewSpec};
+use osteo_dicom::{Assessment, DicomSource, IngestLimits, IngestOptions, View};
 use osteo_proto::v1 as pb;
 use osteo_proto::v1::osteo_service_server::OsteoService;
 use std::sync::{Arc, OnceLock};
@@ -154,6 +154,37 @@ impl State {
                 held,
                 &owner,
             ))
+        })
+        .await
+    }
+
+    /// The quality gate of every loaded model that reads CT on `study`, in model order; computed
+    /// once per view spec on the ingest threads and cached in the study.
+    async fn gates(
+        self: &Arc<Self>,
+        study: &Arc<Study>,
+    ) -> Result<Vec<(String, Arc<Assessment>)>, ServerError> {
+        let specs: Vec<(String, ViewSpec)> = self
+            .models
+            .get()
+            .map(|set| {
+                set.all()
+                    .iter()
+                    .filter_map(|m| {
+                        let spec = m.artifacts.manifest.view?;
+                        Some((m.name().to_string(), spec))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (pool, study) = (self.ingest_pool.clone(), study.clone());
+        blocking(move || {
+            Ok(pool.install(|| {
+                specs
+                    .into_iter()
+                    .map(|(name, spec)| (name, study.assessment(&spec)))
+                    .collect()
+            }))
         })
         .await
     }
@@ -484,9 +515,13 @@ impl Service {
                 })?;
                 // A view already built for this study is taken here; building one is blocking
                 // work and runs off the async threads.
+                // The quality gate runs first (cached with the study) on the ingest threads.
                 match s.cached_view(&spec) {
                     Some(v) => Some(v),
-                    None => Some(blocking(move || s.view(&spec)).await?),
+                    None => {
+                        let pool = state.ingest_pool.clone();
+                        Some(blocking(move || pool.install(|| s.view(&spec))).await?)
+                    }
                 }
             }
         };
@@ -775,8 +810,9 @@ impl OsteoService for Service {
                 drop((_bytes, _slot));
                 let (study, ttl) = state.store.insert(study);
                 set_study(&labels, &study);
+                let gates = state.gates(&study).await?;
                 Ok(pb::UploadStudyResponse {
-                    summary: Some(convert::summary(&study, Some(ttl))),
+                    summary: Some(convert::summary(&study, Some(ttl), &gates)),
                 })
             },
         )
@@ -1012,8 +1048,9 @@ impl OsteoService for Service {
             let (study, left) = state
                 .store
                 .get(&req.study, owner_filter(&principal, true))?;
+            let gates = state.gates(&study).await?;
             Ok(pb::GetStudyResponse {
-                summary: Some(convert::summary(&study, Some(left))),
+                summary: Some(convert::summary(&study, Some(left), &gates)),
             })
         })
         .await

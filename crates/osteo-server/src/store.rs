@@ -10,7 +10,7 @@ use crate::budget::{Budget, Reservation};
 use crate::error::ServerError;
 use crate::text::client_text;
 use osteo_core::ViewSpec;
-use osteo_dicom::{Demographics, SourceStudy, View, Volume, coronal_slab};
+use osteo_dicom::{Assessment, Demographics, SourceStudy, View, Volume, assess, coronal_slab};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ pub struct Study {
     /// The principal that uploaded it; only it (and admins, for reading and deleting) sees it.
     pub owner: String,
     views: Mutex<Vec<(ViewSpec, Arc<View>)>>,
+    gates: Mutex<Vec<(ViewSpec, Arc<Assessment>)>>,
     _held: Held,
 }
 
@@ -74,6 +75,7 @@ impl Study {
             stored_bytes: held.bytes(),
             owner: owner.to_string(),
             views: Mutex::new(Vec::new()),
+            gates: Mutex::new(Vec::new()),
             _held: held,
         }
     }
@@ -86,11 +88,26 @@ impl Study {
             .map(|(_, v)| v.clone())
     }
 
-    /// The model view of this study, computed on first use.
+    /// The quality gate of `spec` on this study, computed on first use.
+    pub fn assessment(&self, spec: &ViewSpec) -> Arc<Assessment> {
+        let cached = lock(&self.gates)
+            .iter()
+            .find(|(s, _)| s == spec)
+            .map(|(_, a)| a.clone());
+        cached.unwrap_or_else(|| {
+            let a = Arc::new(assess(&self.volume, spec));
+            lock(&self.gates).push((*spec, a.clone()));
+            a
+        })
+    }
+
+    /// The model view of this study, computed on first use; FAILED_PRECONDITION when the study
+    /// fails the spec's quality gate.
     pub fn view(&self, spec: &ViewSpec) -> Result<Arc<View>, ServerError> {
         if let Some(v) = self.cached_view(spec) {
             return Ok(v);
         }
+        self.assessment(spec).check()?;
         let view = Arc::new(coronal_slab(&self.volume, spec)?);
         lock(&self.views).push((*spec, view.clone()));
         Ok(view)
