@@ -26,8 +26,11 @@ const AIR_MAX_HU: f32 = -400.0;
 const BIN_HU: f32 = 5.0;
 /// Range of the soft-tissue histogram, HU (wider than any accepted peak, narrower than fat).
 const SOFT_RANGE_HU: [f32; 2] = [-60.0, 200.0];
-/// Grid step of the body masks, mm (finer pixels are subsampled).
-const MASK_STEP_MM: f64 = 1.5;
+/// Grid step of the body masks, mm (finer pixels are subsampled: trunks, necks and lungs are
+/// centimetres across).
+const MASK_STEP_MM: f64 = 3.0;
+/// Slices closer than this are subsampled for the anatomy check, mm (vertebrae are 25 mm tall).
+const SLICE_STEP_MM: f64 = 2.5;
 
 /// One check of the gate with its measured value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -158,7 +161,8 @@ pub fn assess(v: &Volume, spec: &ViewSpec) -> Assessment {
         |x| format!("pixels of {x:.2} mm"),
         "the model accepts",
     ));
-    let facts = slice_facts(v, spec);
+    let stride = slice_stride(v);
+    let facts = slice_facts(v, spec, stride);
     let air = merged(facts.iter().map(|f| &f.air));
     let air_hu = median(&air).map_or(f64::NAN, |b| {
         f64::from(PADDING_HU + (b as f32 + 0.5) * BIN_HU)
@@ -205,7 +209,7 @@ pub fn assess(v: &Volume, spec: &ViewSpec) -> Assessment {
             "a calibrated scanner gives",
         )
     });
-    checks.push(spine_check(v, g, &facts));
+    checks.push(spine_check(v.spacing_mm[0] * stride as f64, g, &facts));
     Assessment { checks }
 }
 
@@ -243,9 +247,18 @@ fn tilt_deg(v: &Volume) -> f64 {
     cos.acos().to_degrees()
 }
 
-/// The lumbar-spine check: the longest column of lumbar slices.
-fn spine_check(v: &Volume, g: &GateSpec, facts: &[SliceFacts]) -> GateCheck {
+/// Every how many slices the anatomy is looked at.
+fn slice_stride(v: &Volume) -> usize {
     let dz = v.spacing_mm[0];
+    if dz > 0.0 {
+        ((SLICE_STEP_MM / dz).floor() as usize).max(1)
+    } else {
+        1
+    }
+}
+
+/// The lumbar-spine check: the longest column of lumbar slices, `dz` mm apart.
+fn spine_check(dz: f64, g: &GateSpec, facts: &[SliceFacts]) -> GateCheck {
     let max_step = if dz > 0.0 {
         ((g.max_gap_mm / dz).floor() as usize).max(1)
     } else {
@@ -356,11 +369,11 @@ fn bin(hu: f32, lo: f32, bins: usize) -> Option<usize> {
     (b >= 0.0 && (b as usize) < bins).then_some(b as usize)
 }
 
-/// Every slice's facts, computed in parallel.
-fn slice_facts(v: &Volume, spec: &ViewSpec) -> Vec<SliceFacts> {
-    (0..v.dims[0])
+/// The facts of every `stride`-th slice, computed in parallel.
+fn slice_facts(v: &Volume, spec: &ViewSpec, stride: usize) -> Vec<SliceFacts> {
+    (0..v.dims[0].div_ceil(stride))
         .into_par_iter()
-        .map(|z| slice(v, spec, z))
+        .map(|k| slice(v, spec, k * stride))
         .collect()
 }
 
