@@ -284,9 +284,10 @@ fn predict_reads_the_clinical_variables_from_the_header_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_attributes_the_grade_to_each_clinical_feature_alike_on_every_backend() {
+    let backends = "backends = [\"ort\", \"candle\"]";
     let server = InProc::start(
         "",
-        &[("osteo-fused-v1", "backends = [\"ort\", \"candle\"]")],
+        &[("osteo-fused-v1", backends), ("osteo-tabular-v1", backends)],
         registry(),
     )
     .await;
@@ -294,45 +295,61 @@ async fn explain_attributes_the_grade_to_each_clinical_feature_alike_on_every_ba
     let dir = tempfile::tempdir().expect("tempdir");
     let (files, patient) = phantom(dir.path(), 21);
     let handle = upload(&mut c, &read_all(&files), 256 << 10).await;
-    let mut by_backend = Vec::new();
-    for backend in ["ort", "candle"] {
-        let r = c
-            .explain(pb::ExplainRequest {
-                study: Some(pb::StudyRef {
-                    source: Some(pb::study_ref::Source::Study(handle.clone())),
-                }),
-                clinical: Some(explicit(&patient)),
-                backend: backend.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("explain")
-            .into_inner();
-        by_backend.push(r.features);
-    }
-    let spec = osteo_core::ModelArtifacts::open(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/osteo-fused-v1"),
-    )
-    .expect("model")
-    .manifest
-    .tabular
-    .expect("tabular");
-    let names: Vec<&str> = spec.features.iter().map(|f| f.name.as_str()).collect();
-    for features in &by_backend {
-        let got: Vec<&str> = features.iter().map(|f| f.feature.as_str()).collect();
-        assert_eq!(
-            got, names,
-            "one attribution per feature, in the model's order"
-        );
-        assert!(features.iter().any(|f| f.attribution.abs() > 1e-4));
-    }
-    for (o, c) in by_backend[0].iter().zip(&by_backend[1]) {
-        assert!(
-            (o.attribution - c.attribution).abs() <= 1e-4 * c.attribution.abs().max(1.0),
-            "{}: ort {} vs candle {}",
-            o.feature,
-            o.attribution,
-            c.attribution
-        );
+    // The fused model explains the image and the features; the tabular model, given no study,
+    // only the features.
+    for (model, study) in [
+        ("osteo-fused-v1", by_handle(&handle)),
+        ("osteo-tabular-v1", None),
+    ] {
+        let mut by_backend = Vec::new();
+        for backend in ["ort", "candle"] {
+            let r = c
+                .explain(pb::ExplainRequest {
+                    study: study.clone(),
+                    clinical: Some(explicit(&patient)),
+                    model: model.into(),
+                    backend: backend.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{model} on {backend}: {e:?}"))
+                .into_inner();
+            assert_eq!(
+                r.gradcam.is_some(),
+                model == "osteo-fused-v1",
+                "{model}: a Grad-CAM map only for the model that reads CT"
+            );
+            by_backend.push(r.features);
+        }
+        let spec = osteo_core::ModelArtifacts::open(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models")
+                .join(model),
+        )
+        .expect("model")
+        .manifest
+        .tabular
+        .expect("tabular");
+        let names: Vec<&str> = spec.features.iter().map(|f| f.name.as_str()).collect();
+        for features in &by_backend {
+            let got: Vec<&str> = features.iter().map(|f| f.feature.as_str()).collect();
+            assert_eq!(
+                got, names,
+                "{model}: one attribution per feature, in the model's order"
+            );
+            assert!(
+                features.iter().any(|f| f.attribution.abs() > 1e-4),
+                "{model}"
+            );
+        }
+        for (o, c) in by_backend[0].iter().zip(&by_backend[1]) {
+            assert!(
+                (o.attribution - c.attribution).abs() <= 1e-4 * c.attribution.abs().max(1.0),
+                "{model}, {}: ort {} vs candle {}",
+                o.feature,
+                o.attribution,
+                c.attribution
+            );
+        }
     }
 }

@@ -323,24 +323,23 @@ async fn every_documented_error_code_is_returned_with_an_actionable_message() {
     assert_eq!(code, Code::ResourceExhausted);
     assert!(msg.contains("store.max_upload_bytes"), "{msg}");
 
-    // FAILED_PRECONDITION: an image model without a study; Grad-CAM of a tabular model.
+    // FAILED_PRECONDITION: an image model without a study (Classify and Explain); DICOM outputs
+    // of a tabular model's explanation without a study to write them into.
     let (code, msg) = code_of(client.classify(classify(None, "", Some(clinical()))).await);
     assert_eq!(code, Code::FailedPrecondition);
     assert!(msg.contains("reads CT"), "{msg}");
-    let (code, _) = code_of(
-        client
-            .explain(pb::ExplainRequest {
-                study: None,
-                clinical: Some(clinical()),
-                model: "osteo-tabular-v1".into(),
-                backend: String::new(),
-                target: 0,
-                clinical_from_dicom: false,
-                dicom_outputs: false,
-            })
-            .await,
-    );
+    let explain = |model: &str, dicom_outputs: bool| pb::ExplainRequest {
+        study: None,
+        clinical: Some(clinical()),
+        model: model.into(),
+        dicom_outputs,
+        ..Default::default()
+    };
+    let (code, msg) = code_of(client.explain(explain("", false)).await);
     assert_eq!(code, Code::FailedPrecondition);
+    assert!(msg.contains("reads CT"), "{msg}");
+    let (code, msg) = code_of(client.explain(explain("osteo-tabular-v1", true)).await);
+    assert_eq!(code, Code::FailedPrecondition, "{msg}");
 
     // An upload that stops inside a file stores nothing.
     let mut cut = upload_messages(&files[..2], 4096);

@@ -177,9 +177,9 @@ pub struct ClassifyArgs {
 pub struct ExplainArgs {
     #[command(flatten)]
     target: Target,
-    /// Where to write the Grad-CAM overlay PNG.
+    /// Where to write the Grad-CAM overlay PNG (models that read CT).
     #[arg(long, value_name = "PNG")]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -433,12 +433,18 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
             .await;
         cleanup(&mut client, handle).await;
         let r = result.map_err(status)?.into_inner();
-        let map = r
-            .gradcam
-            .as_ref()
-            .ok_or_else(|| anyhow!("the server returned no Grad-CAM map"))?;
-        std::fs::write(&args.out, &map.overlay_png)
-            .with_context(|| format!("cannot write {}", args.out.display()))?;
+        let overlay = match (&r.gradcam, &args.out) {
+            (Some(map), Some(out)) => {
+                std::fs::write(out, &map.overlay_png)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                Some((map, out))
+            }
+            (None, Some(out)) => anyhow::bail!(
+                "the model reads no CT, so there is no Grad-CAM overlay for {}",
+                out.display()
+            ),
+            _ => None,
+        };
         let c = r.classification.clone().unwrap_or_default();
         write_output(args.sr_out.as_ref(), &c.dicom_sr)?;
         write_output(args.dicom_out.as_ref(), &r.dicom_secondary_capture)?;
@@ -446,18 +452,37 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
             let mut v = classification_json(&c);
             if let Some(o) = v.as_object_mut() {
                 o.insert("target".into(), json!(grade_name(r.target)));
-                o.insert("overlay_png".into(), json!(args.out.display().to_string()));
+                if let Some((_, out)) = overlay {
+                    o.insert("overlay_png".into(), json!(out.display().to_string()));
+                }
+                let features: serde_json::Map<String, serde_json::Value> = r
+                    .features
+                    .iter()
+                    .map(|f| (f.feature.clone(), json!(f.attribution)))
+                    .collect();
+                o.insert("features".into(), json!(features));
             }
             println!("{}", serde_json::to_string(&v)?);
         } else {
             print_text(&c);
-            println!(
-                "  Grad-CAM of {} ({}x{}) written to {}",
-                grade_name(r.target),
-                map.height,
-                map.width,
-                args.out.display()
-            );
+            if let Some((map, out)) = overlay {
+                println!(
+                    "  Grad-CAM of {} ({}x{}) written to {}",
+                    grade_name(r.target),
+                    map.height,
+                    map.width,
+                    out.display()
+                );
+            }
+            if !r.features.is_empty() {
+                println!(
+                    "  clinical features (gradient x input for {}):",
+                    grade_name(r.target)
+                );
+                for f in &r.features {
+                    println!("    {:<24} {:+.4}", f.feature, f.attribution);
+                }
+            }
         }
         Ok(())
     })

@@ -119,16 +119,17 @@ impl Backend for CandleBackend {
     }
 
     fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError> {
-        sample.check_gradcam(self.network.arch())?;
+        sample.check_explain(self.network.arch())?;
         let (images, tabular) = self.inputs(sample)?;
-        let images =
-            images.ok_or_else(|| BackendError::InvalidInput("Grad-CAM needs an image".into()))?;
-        let activation = self
-            .network
-            .image_activation(&images, false)
-            .map_err(runtime)?
-            .detach();
-        let var = Var::from_tensor(&activation).map_err(runtime)?;
+        let activation = images
+            .map(|x| self.network.image_activation(&x, false).map(|a| a.detach()))
+            .transpose()
+            .map_err(runtime)?;
+        let var = activation
+            .as_ref()
+            .map(Var::from_tensor)
+            .transpose()
+            .map_err(runtime)?;
         let tab_var = tabular
             .as_ref()
             .map(|t| Var::from_tensor(&t.detach()))
@@ -136,7 +137,10 @@ impl Backend for CandleBackend {
             .map_err(runtime)?;
         let logits = self
             .network
-            .head_from(Some(var.as_tensor()), tab_var.as_ref().map(Var::as_tensor))
+            .head_from(
+                var.as_ref().map(Var::as_tensor),
+                tab_var.as_ref().map(Var::as_tensor),
+            )
             .map_err(runtime)?;
         // One backward pass through the head per class: the convolutions ran once.
         let classes = logits.dim(1).map_err(runtime)?;
@@ -147,14 +151,16 @@ impl Backend for CandleBackend {
                 .i((0, c))
                 .and_then(|t| t.backward())
                 .map_err(runtime)?;
-            let grad = grads.get(var.as_tensor()).ok_or_else(|| {
-                BackendError::Runtime("no gradient reached the activation".into())
-            })?;
-            alphas.push(
-                grad.i(0)
-                    .and_then(|g| g.mean(D::Minus1)?.mean(D::Minus1)?.to_vec1::<f32>())
-                    .map_err(runtime)?,
-            );
+            if let Some(v) = &var {
+                let grad = grads.get(v.as_tensor()).ok_or_else(|| {
+                    BackendError::Runtime("no gradient reached the activation".into())
+                })?;
+                alphas.push(
+                    grad.i(0)
+                        .and_then(|g| g.mean(D::Minus1)?.mean(D::Minus1)?.to_vec1::<f32>())
+                        .map_err(runtime)?,
+                );
+            }
             if let Some(t) = &tab_var {
                 let g = grads.get(t.as_tensor()).ok_or_else(|| {
                     BackendError::Runtime("no gradient reached the tabular input".into())
@@ -166,14 +172,18 @@ impl Backend for CandleBackend {
             .i(0)
             .and_then(|l| l.to_vec1::<f32>())
             .map_err(runtime)?;
-        let a = activation.i(0).map_err(runtime)?;
-        let shape = a.dims().to_vec();
-        let data = a
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(runtime)?;
-        let activation = osteo_core::Tensor::new(shape, data)
-            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+        let activation = activation
+            .map(|activation| {
+                let a = activation.i(0).map_err(runtime)?;
+                let shape = a.dims().to_vec();
+                let data = a
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(runtime)?;
+                osteo_core::Tensor::new(shape, data)
+                    .map_err(|e| BackendError::Runtime(e.to_string()))
+            })
+            .transpose()?;
         Ok(Explanation {
             logits: row,
             activation,

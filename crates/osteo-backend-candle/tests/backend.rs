@@ -237,15 +237,21 @@ fn gradcam_alpha_matches_finite_differences() {
 
 #[test]
 fn tabular_gradients_match_finite_differences() {
+    for kind in [ModelKind::Fused, ModelKind::Tabular] {
+        tabular_gradients_of(kind);
+    }
+}
+
+fn tabular_gradients_of(kind: ModelKind) {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let dir = tempfile::tempdir().expect("tempdir");
-    saved_model(ModelKind::Fused, dir.path(), &mut rng);
+    saved_model(kind, dir.path(), &mut rng);
     let mut backend = CandleBackend::load(
         &ModelArtifacts::open(dir.path()).expect("artifacts"),
         Device::Cpu,
     )
     .expect("load");
-    let sample = batch(ModelKind::Fused, 1, &mut rng);
+    let sample = batch(kind, 1, &mut rng);
     let explanation = backend.explain(&sample).expect("explain");
     let tabular = sample.tabular.clone().expect("tabular");
     let features = tabular.data().len();
@@ -286,7 +292,12 @@ fn tabular_gradients_match_finite_differences() {
     }
     assert!(
         checked * 2 >= 3 * features,
-        "only {checked} features away from a kink"
+        "{kind}: only {checked} features away from a kink"
+    );
+    assert_eq!(
+        explanation.activation.is_some(),
+        kind == ModelKind::Fused,
+        "{kind}: a Grad-CAM activation only with an image"
     );
 }
 
@@ -324,9 +335,12 @@ fn bad_weights_and_bad_input_are_clear_errors() {
     )
     .expect("load");
     let err = backend
-        .explain(&batch(ModelKind::Tabular, 1, &mut rng))
-        .expect_err("tabular");
-    assert!(matches!(err, BackendError::Unsupported(_)), "{err}");
+        .explain(&batch(ModelKind::Tabular, 2, &mut rng))
+        .expect_err("two samples");
+    assert!(
+        matches!(&err, BackendError::InvalidInput(m) if m.contains("one sample")),
+        "{err}"
+    );
     let wrong = Batch {
         images: None,
         tabular: Some(random(&[2, F + 1], &mut rng)),

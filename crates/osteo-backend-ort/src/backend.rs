@@ -192,18 +192,23 @@ impl Backend for OrtBackend {
     }
 
     fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError> {
-        sample.check_gradcam(&self.arch)?;
-        let k = self.arch.image.as_ref().map_or(0, |img| img.embedding());
+        sample.check_explain(&self.arch)?;
+        let k = self.arch.image.as_ref().map(|img| img.embedding());
         let classes = self.arch.head.classes;
         let features = self.arch.tabular.as_ref().map(|t| t.in_features);
-        let mut wanted = vec![names::LOGITS, names::ACTIVATION, names::ALPHA];
+        let mut wanted = vec![names::LOGITS];
+        if k.is_some() {
+            wanted.extend([names::ACTIVATION, names::ALPHA]);
+        }
         if features.is_some() {
             wanted.push(names::TABULAR_GRADIENT);
         }
         let mut out = self.run(sample, &wanted)?;
         let tabular_gradients = match features {
             Some(f) => {
-                let t = out.remove(3);
+                let t = out
+                    .pop()
+                    .ok_or_else(|| runtime("no tabular gradient output"))?;
                 if t.shape() != [1, classes, f] {
                     return Err(runtime(format!(
                         "unexpected tabular gradient shape {:?}; re-export model.onnx with \
@@ -215,26 +220,35 @@ impl Backend for OrtBackend {
             }
             None => Vec::new(),
         };
-        let alpha = out.remove(2);
-        let a = out.remove(1);
+        let (activation, alphas) = match k {
+            Some(k) => {
+                let alpha = out.remove(2);
+                let a = out.remove(1);
+                if alpha.shape() != [1, classes, k] || a.shape().len() != 4 {
+                    return Err(runtime(format!(
+                        "unexpected Grad-CAM outputs: activation {:?}, alpha {:?}",
+                        a.shape(),
+                        alpha.shape()
+                    )));
+                }
+                let shape = a.shape()[1..].to_vec();
+                let activation = osteo_core::Tensor::new(shape, a.into_data()).map_err(runtime)?;
+                let alphas = alpha.data().chunks(k.max(1)).map(<[f32]>::to_vec).collect();
+                (Some(activation), alphas)
+            }
+            None => (None, Vec::new()),
+        };
         let logits = out.remove(0);
-        if alpha.shape() != [1, classes, k]
-            || logits.shape() != [1, classes]
-            || a.shape().len() != 4
-        {
+        if logits.shape() != [1, classes] {
             return Err(runtime(format!(
-                "unexpected Grad-CAM outputs: logits {:?}, activation {:?}, alpha {:?}",
-                logits.shape(),
-                a.shape(),
-                alpha.shape()
+                "unexpected logits shape {:?}",
+                logits.shape()
             )));
         }
-        let shape = a.shape()[1..].to_vec();
-        let activation = osteo_core::Tensor::new(shape, a.into_data()).map_err(runtime)?;
         Ok(Explanation {
             logits: logits.into_data(),
             activation,
-            alphas: alpha.data().chunks(k.max(1)).map(<[f32]>::to_vec).collect(),
+            alphas,
             tabular_gradients,
         })
     }

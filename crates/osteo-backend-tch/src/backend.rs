@@ -150,44 +150,50 @@ impl Backend for TchBackend {
     }
 
     fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError> {
-        sample.check_gradcam(self.network.arch())?;
+        sample.check_explain(self.network.arch())?;
         let (images, tabular) = self.inputs(sample)?;
-        let images =
-            images.ok_or_else(|| BackendError::InvalidInput("Grad-CAM needs an image".into()))?;
-        type Parts = (Tensor, Tensor, Vec<Tensor>, Vec<Tensor>);
+        type Parts = (Option<Tensor>, Tensor, Vec<Tensor>, Vec<Tensor>);
         let run = || -> Result<Parts, TchError> {
-            let activation = tch::no_grad(|| self.network.activation(&images))?
-                .f_detach()?
-                .f_set_requires_grad(true)?;
+            let activation = match &images {
+                Some(x) => Some(
+                    tch::no_grad(|| self.network.activation(x))?
+                        .f_detach()?
+                        .f_set_requires_grad(true)?,
+                ),
+                None => None,
+            };
             let tab = match &tabular {
                 Some(t) => Some(t.f_detach()?.f_set_requires_grad(true)?),
                 None => None,
             };
-            let logits = self.network.head(Some(&activation), tab.as_ref())?;
+            let logits = self.network.head(activation.as_ref(), tab.as_ref())?;
             // One backward pass through the head per class, keeping the graph between them.
             let classes = logits.size().get(1).copied().unwrap_or(0);
             let mut alphas = Vec::with_capacity(classes as usize);
             let mut tab_grads = Vec::new();
-            let mut wrt = vec![&activation];
-            if let Some(t) = &tab {
-                wrt.push(t);
-            }
+            let wrt: Vec<&Tensor> = activation.iter().chain(tab.iter()).collect();
             for c in 0..classes {
                 let target = logits.f_get(0)?.f_get(c)?;
                 let grads = Tensor::f_run_backward(&[&target], &wrt, true, false)?;
-                if let Some(grad) = grads.first() {
+                let mut grads = grads.iter();
+                if activation.is_some()
+                    && let Some(grad) = grads.next()
+                {
                     alphas.push(grad.f_get(0)?.f_mean_dim(
                         [1i64, 2].as_slice(),
                         false,
                         Kind::Float,
                     )?);
                 }
-                if let Some(grad) = grads.get(1) {
+                if let Some(grad) = grads.next() {
                     tab_grads.push(grad.f_get(0)?);
                 }
             }
             Ok((
-                activation.f_detach()?.f_get(0)?,
+                match &activation {
+                    Some(a) => Some(a.f_detach()?.f_get(0)?),
+                    None => None,
+                },
                 logits.f_detach()?.f_get(0)?,
                 alphas,
                 tab_grads,
@@ -196,7 +202,7 @@ impl Backend for TchBackend {
         let (a, logits, alphas, tab_grads) = run().map_err(runtime)?;
         Ok(Explanation {
             logits: to_core(&logits)?.into_data(),
-            activation: to_core(&a)?,
+            activation: a.as_ref().map(to_core).transpose()?,
             alphas: alphas
                 .iter()
                 .map(|alpha| to_core(alpha).map(osteo_core::Tensor::into_data))

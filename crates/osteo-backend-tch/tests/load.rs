@@ -34,8 +34,17 @@ fn bad_input_gets_the_right_error_kind() {
     ));
     assert!(matches!(
         tabular.explain(&ok),
-        Err(BackendError::Unsupported(_))
+        Err(BackendError::InvalidInput(m)) if m.contains("one sample")
     ));
+    // One sample: the clinical features' gradients of every class, no Grad-CAM parts.
+    let one = Batch {
+        images: None,
+        tabular: Some(Tensor::new(vec![1, 13], vec![0.1; 13]).expect("tensor")),
+    };
+    let e = tabular.explain(&one).expect("explain");
+    assert!(e.activation.is_none() && e.alphas.is_empty());
+    assert_eq!(e.tabular_gradients.len(), 3);
+    assert!(e.tabular_gradients.iter().all(|g| g.len() == 13));
 
     let mut image = TchBackend::load(&shipped("osteo-image-v1"), Device::Cpu).expect("load");
     let two = Batch {

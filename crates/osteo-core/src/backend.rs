@@ -175,17 +175,11 @@ impl Batch {
         n.ok_or_else(|| BackendError::InvalidInput("the model reads no input".into()))
     }
 
-    /// [`Batch::check`] for Grad-CAM: the model must read CT and the batch hold one sample.
-    pub fn check_gradcam(&self, arch: &ArchSpec) -> Result<(), BackendError> {
-        if arch.image.is_none() {
-            return Err(BackendError::Unsupported(format!(
-                "Grad-CAM needs an image branch; this is a {} model",
-                arch.kind
-            )));
-        }
+    /// [`Batch::check`] for explanations: the batch must hold one sample.
+    pub fn check_explain(&self, arch: &ArchSpec) -> Result<(), BackendError> {
         if self.check(arch)? != 1 {
             return Err(BackendError::InvalidInput(
-                "Grad-CAM takes one sample at a time".into(),
+                "explanations take one sample at a time".into(),
             ));
         }
         Ok(())
@@ -234,8 +228,9 @@ pub trait Backend: Send {
     /// Logits `[N, 3]` for a batch, in class order normal, osteopenia, osteoporosis.
     fn predict(&mut self, batch: &Batch) -> Result<Tensor, BackendError>;
 
-    /// One sample's logits and the Grad-CAM parts of every class, in one pass (Explain's
-    /// prediction and map come from the same backend call).
+    /// One sample's logits, the Grad-CAM parts of every class (image models) and the gradient
+    /// of every class's logit with respect to the clinical features (models with them), in one
+    /// pass (Explain's prediction, map and attributions come from the same backend call).
     fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError>;
 }
 

@@ -14,15 +14,16 @@ pub struct GradCamParts {
     pub alpha: Vec<f32>,
 }
 
-/// What a backend returns for one sample in one pass: its logits and the Grad-CAM parts of every
-/// class (the activation is shared; the channel weights differ per class).
+/// What a backend returns for one sample in one pass: its logits, the Grad-CAM parts of every
+/// class (image models; the activation is shared, the channel weights differ per class) and the
+/// clinical features' gradients (models with clinical features).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
     /// Logits in class order (normal, osteopenia, osteoporosis).
     pub logits: Vec<f32>,
-    /// Activation of the last conv block, `[K, h, w]`.
-    pub activation: Tensor,
-    /// Channel weights of each class, in class order, `K` each.
+    /// Activation of the last conv block, `[K, h, w]` (`None` for models without an image).
+    pub activation: Option<Tensor>,
+    /// Channel weights of each class, in class order, `K` each (empty without an image).
     pub alphas: Vec<Vec<f32>>,
     /// Gradient of each class's logit with respect to the tabular input, in class order, `F`
     /// each (empty for models without clinical features).
@@ -32,6 +33,13 @@ pub struct Explanation {
 impl Explanation {
     /// The Grad-CAM parts of `class`.
     pub fn parts(&self, class: crate::Grade) -> Result<GradCamParts, CoreError> {
+        let activation = self
+            .activation
+            .clone()
+            .ok_or_else(|| CoreError::InvalidSpec {
+                what: "Grad-CAM input",
+                reason: "the model has no image branch to explain".into(),
+            })?;
         let alpha = self
             .alphas
             .get(class.index())
@@ -44,7 +52,7 @@ impl Explanation {
                 ),
             })?;
         Ok(GradCamParts {
-            activation: self.activation.clone(),
+            activation,
             alpha: alpha.clone(),
         })
     }

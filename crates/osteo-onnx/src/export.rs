@@ -9,7 +9,7 @@
 //! the logits with respect to the head input is `W_out · D_L · W_L ··· D_1 · W_1` (D_l = diag of
 //! z_l > 0), built per sample as `[N, classes, in]` by Mul with the ReLU masks and MatMul with
 //! the weights. Its first K columns divided by h·w are `gradcam_alpha [N, classes, K]`: the
-//! spatial mean of d logit_c / d A for every class c. In fused models its tabular columns,
+//! spatial mean of d logit_c / d A for every class c. In tabular and fused models its tabular columns,
 //! carried back through the tabular layers the same way, are `tabular_gradient [N, classes, F]`
 //! (d logit_c / d tabular input, for gradient x input attributions of the clinical features).
 
@@ -191,29 +191,37 @@ pub fn export(manifest: &ModelManifest, weights: &[u8]) -> Result<Vec<u8>, OnnxE
         names::LOGITS,
     );
 
+    // The head Jacobian, then the image columns (Grad-CAM weights) and the tabular columns
+    // (clinical-feature gradients) of it.
+    let jac = head_jacobian(
+        &mut g,
+        &out_w,
+        &hidden,
+        arch.head.classes,
+        arch.head_input(),
+    );
+    let image_width = grid.map_or(0, |(k, _)| k);
     if let Some((k, cells)) = grid {
-        let jac = gradient(
-            &mut g,
-            &out_w,
-            &hidden,
-            arch.head.classes,
-            arch.head_input(),
-            k,
-            cells,
-        );
+        gradcam_alpha(&mut g, &jac, k, cells);
         outputs.push(float_value(
             names::ALPHA,
             &[None, Some(arch.head.classes), Some(k)],
             "Grad-CAM channel weights: spatial mean of d logit_c / d activation, per class c",
         ));
-        if let Some(tab) = &arch.tabular {
-            tabular_gradient(&mut g, &jac, &tabular_layers, k, arch.head_input());
-            outputs.push(float_value(
-                names::TABULAR_GRADIENT,
-                &[None, Some(arch.head.classes), Some(tab.in_features)],
-                "d logit_c / d tabular input, per class c (gradient x input attributions)",
-            ));
-        }
+    }
+    if let Some(tab) = &arch.tabular {
+        tabular_gradient(
+            &mut g,
+            &jac,
+            &tabular_layers,
+            image_width,
+            arch.head_input(),
+        );
+        outputs.push(float_value(
+            names::TABULAR_GRADIENT,
+            &[None, Some(arch.head.classes), Some(tab.in_features)],
+            "d logit_c / d tabular input, per class c (gradient x input attributions)",
+        ));
     }
 
     let model = ModelProto {
@@ -313,16 +321,13 @@ fn back_through(
     jac
 }
 
-/// Appends the analytic `gradcam_alpha` computation (see the module documentation); returns the
-/// head Jacobian `[N, classes, head input]`.
-fn gradient(
+/// Appends the head Jacobian `[N, classes, head input]` (see the module documentation).
+fn head_jacobian(
     g: &mut GraphBuilder,
     out_w: &str,
     hidden: &[(String, String)],
     classes: usize,
     head_input: usize,
-    k: usize,
-    cells: usize,
 ) -> String {
     let axis1 = g.const_i64("grad.axes1", &[1]);
     let mut jac = back_through(g, out_w.to_string(), hidden, "grad", &axis1);
@@ -344,15 +349,19 @@ fn gradient(
         let full = g.node("Concat", &[&n, &rest], vec![int("axis", 0)], "grad.shape");
         jac = g.node("Expand", &[&jac, &full], vec![], "grad.jacobian");
     }
+    jac
+}
+
+/// Appends `gradcam_alpha`: the Jacobian's first `k` columns over the `cells` of the grid.
+fn gradcam_alpha(g: &mut GraphBuilder, jac: &str, k: usize, cells: usize) {
     let (start, end, axis2) = (
         g.const_i64("grad.image_start", &[0]),
         g.const_i64("grad.image_end", &[k as i64]),
         g.const_i64("grad.axes2", &[2]),
     );
-    let image = g.node("Slice", &[&jac, &start, &end, &axis2], vec![], "grad.image");
+    let image = g.node("Slice", &[jac, &start, &end, &axis2], vec![], "grad.image");
     let scale = g.const_f32("grad.cells", &[], &[1.0 / cells as f32]);
     g.node_to("Mul", &[&image, &scale], vec![], names::ALPHA);
-    jac
 }
 
 /// The graph inputs and outputs a file declares, by name.

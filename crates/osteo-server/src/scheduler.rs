@@ -554,8 +554,10 @@ mod tests {
             let first = batch.tabular.as_ref().expect("tabular").data()[0];
             Ok(Explanation {
                 logits: vec![first, 0.0, 0.0],
-                activation: Tensor::new(vec![1, 1, 1], vec![first])
-                    .map_err(|e| BackendError::Runtime(e.to_string()))?,
+                activation: Some(
+                    Tensor::new(vec![1, 1, 1], vec![first])
+                        .map_err(|e| BackendError::Runtime(e.to_string()))?,
+                ),
                 alphas: vec![vec![first]; 3],
                 tabular_gradients: Vec::new(),
             })

@@ -858,13 +858,6 @@ impl OsteoService for Service {
             let _permit = state.admit()?;
             let (model, backend) = resolve(&state, &labels, &req.model, &req.backend)?;
             let m = &model.artifacts.manifest;
-            if m.view.is_none() {
-                return Err(ServerError::FailedPrecondition(format!(
-                    "model {} ({}) reads no CT image and Grad-CAM explains images: use an image \
-                     or fused model",
-                    m.name, m.kind
-                )));
-            }
             let requested = convert::grade_from(req.target)?;
             let (_, worker) = model.worker(backend)?;
             let prepared = Self::prepare(
@@ -883,31 +876,39 @@ impl OsteoService for Service {
                 Self::classification(model, &prepared, graded, start);
             set_grade(&labels, predicted);
             let target = requested.unwrap_or(predicted);
-            let parts = explanation
-                .parts(target)
-                .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
             let features = convert::attributions(
                 m,
                 prepared.input.tabular.as_deref(),
                 explanation.tabular_gradients.get(target.index()),
             );
-            let view = prepared
-                .view
-                .clone()
-                .ok_or_else(|| ServerError::Internal("an image model without a view".into()))?;
-            let gradcam = blocking(move || {
-                let map = osteo_core::gradcam::assemble(&parts, view.spec.height, view.spec.width)
-                    .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
-                let png = osteo_dicom::render::overlay_png(&view, &map.values, 2)?;
-                Ok(pb::GradCamMap {
-                    height: map.height as u32,
-                    width: map.width as u32,
-                    values: map.values,
-                    overlay_png: png,
-                    geometry: Some(convert::view_geometry(&view)),
-                })
-            })
-            .await?;
+            // Models that read CT get the Grad-CAM map; a tabular model only its attributions.
+            let gradcam = match prepared.view.clone() {
+                None => None,
+                Some(view) => {
+                    let parts = explanation
+                        .parts(target)
+                        .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
+                    Some(
+                        blocking(move || {
+                            let map = osteo_core::gradcam::assemble(
+                                &parts,
+                                view.spec.height,
+                                view.spec.width,
+                            )
+                            .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
+                            let png = osteo_dicom::render::overlay_png(&view, &map.values, 2)?;
+                            Ok(pb::GradCamMap {
+                                height: map.height as u32,
+                                width: map.width as u32,
+                                values: map.values,
+                                overlay_png: png,
+                                geometry: Some(convert::view_geometry(&view)),
+                            })
+                        })
+                        .await?,
+                    )
+                }
+            };
             let mut dicom_secondary_capture = Vec::new();
             if req.dicom_outputs {
                 let study = crate::results_dicom::study(prepared.study.as_ref())?;
@@ -917,29 +918,28 @@ impl OsteoService for Service {
                     &classification,
                     predicted,
                 )?;
-                let view = prepared
-                    .view
-                    .as_ref()
-                    .ok_or_else(|| ServerError::Internal("an image model without a view".into()))?;
-                let backend_name = classification
-                    .backend
-                    .as_ref()
-                    .map(|b| b.name.clone())
-                    .unwrap_or_default();
-                dicom_secondary_capture = crate::results_dicom::secondary_capture(
-                    model,
-                    study,
-                    view,
-                    &gradcam.values,
-                    target,
-                    &backend_name,
-                )?;
+                // The overlay as a Secondary Capture, when there is one (models that read CT).
+                if let (Some(view), Some(map)) = (prepared.view.as_ref(), gradcam.as_ref()) {
+                    let backend_name = classification
+                        .backend
+                        .as_ref()
+                        .map(|b| b.name.clone())
+                        .unwrap_or_default();
+                    dicom_secondary_capture = crate::results_dicom::secondary_capture(
+                        model,
+                        study,
+                        view,
+                        &map.values,
+                        target,
+                        &backend_name,
+                    )?;
+                }
             }
             classification.latency_ms = start.elapsed().as_secs_f64() * 1e3;
             Ok(pb::ExplainResponse {
                 classification: Some(classification),
                 target: convert::grade(target),
-                gradcam: Some(gradcam),
+                gradcam,
                 features,
                 dicom_secondary_capture,
             })
