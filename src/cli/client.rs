@@ -480,7 +480,7 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
                     grade_name(r.target)
                 );
                 for f in &r.features {
-                    println!("    {:<24} {:+.4}", f.feature, f.attribution);
+                    println!("    {:<34} {:+.4}", f.feature, f.attribution);
                 }
             }
         }
