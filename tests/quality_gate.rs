@@ -109,6 +109,14 @@ fn real_head_and_neck_ct_is_refused_for_its_anatomy() {
         let refusal = a.refusal().expect("refused");
         assert!(refusal.contains("no lumbar spine"), "{refusal}");
     }
+    // A neck slice with pixels finer than the model accepts: refused for both.
+    let a = assess(
+        &stacked(&testdata("data_store/data/bad_sequence.dcm")),
+        &spec,
+    );
+    show("neck, JPEG lossless, 0.29 mm pixels", &a);
+    assert!(!check(&a, "pixel_spacing").passed);
+    assert!(!check(&a, "lumbar_spine").passed);
     // The neck slice with the arms and shoulders cut away: the band now centres on the cervical
     // spine, which is wide and deep enough; the neck around it is not a trunk.
     let v = stacked(&testdata("dicompyler/ct.0.dcm"));

@@ -40,7 +40,7 @@ fn exports_are_deterministic_and_carry_every_weight_unchanged() {
         (
             "osteo-tabular-v1",
             vec![names::TABULAR],
-            vec![names::LOGITS],
+            vec![names::LOGITS, names::TABULAR_GRADIENT],
         ),
     ] {
         let (artifacts, weights) = shipped(name);
