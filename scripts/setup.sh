@@ -2,7 +2,7 @@
 # Idempotent setup for OsteoServe development and tests.
 #
 # Installs the Debian tools the build and tests need (cmake for CharLS, dcmtk, dicom3tools,
-# gdcm tools); creates a Python virtual environment with pydicom + pylibjpeg (the independent
+# gdcm tools, Orthanc with its DICOMweb plugin as a real PACS); creates a Python virtual environment with pydicom + pylibjpeg (the independent
 # reference decoder), grpcio + grpcio-tools (the independent gRPC client) and
 # opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test) and onnx (the
 # official checker for the exported model.onnx files); a second one with Triton's tritonclient
@@ -23,6 +23,9 @@ for pair in cmake:cmake curl:curl dcmdump:dcmtk dciodvfy:dicom3tools gdcmconv:li
   bin=${pair%%:*}; pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# A real PACS for the DICOMweb tests: Orthanc and its DICOMweb plugin.
+[ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from apt"
   sudo_cmd=""

@@ -1,0 +1,386 @@
+//! The DICOMweb client: one base URL (the service root, e.g. `http://pacs/dicom-web`), an
+//! optional bearer token, and limits on every answer.
+
+use crate::error::DicomWebError;
+use crate::multipart;
+use bytes::Bytes;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// QIDO-RS results asked for per page.
+const PAGE: usize = 500;
+/// StudyInstanceUID (0020,000D) in DICOM JSON.
+const STUDY_UID_TAG: &str = "0020000D";
+
+/// Size and time limits of DICOMweb answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest QIDO-RS answer page, bytes.
+    pub max_search_bytes: u64,
+    /// Largest WADO-RS answer (one whole study), bytes.
+    pub max_study_bytes: u64,
+    /// Most studies one search may return.
+    pub max_matches: usize,
+    /// Time one call may take.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_search_bytes: 32 << 20,
+            max_study_bytes: 2 << 30,
+            max_matches: 1_000_000,
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A DICOMweb service.
+#[derive(Clone)]
+pub struct DicomWeb {
+    base: String,
+    token: Option<String>,
+    limits: Limits,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for DicomWeb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of debug output.
+        f.debug_struct("DicomWeb")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl DicomWeb {
+    /// A client of the service at `base_url` (`http://host:port/path`), sending `token` as a
+    /// bearer token when given.
+    pub fn new(
+        base_url: &str,
+        token: Option<String>,
+        limits: Limits,
+    ) -> Result<Self, DicomWebError> {
+        let uri: http::Uri = base_url
+            .parse()
+            .map_err(|_| DicomWebError::Url("not a URL".into()))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(DicomWebError::Url(
+                    "https is not supported yet: reach the PACS over http on a trusted network \
+                     or through a local TLS-terminating proxy"
+                        .into(),
+                ));
+            }
+            _ => return Err(DicomWebError::Url("needs an http:// URL".into())),
+        }
+        if uri.query().is_some() || uri.host().is_none() {
+            return Err(DicomWebError::Url(
+                "needs a host and no query string".into(),
+            ));
+        }
+        Ok(Self {
+            base: base_url.trim_end_matches('/').to_string(),
+            token,
+            limits,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    /// QIDO-RS: the StudyInstanceUIDs of the studies matching `query` (attribute keyword or
+    /// tag = value pairs such as `ModalitiesInStudy=CT`), in the server's order, every page.
+    pub async fn search_studies(
+        &self,
+        query: &[(String, String)],
+    ) -> Result<Vec<String>, DicomWebError> {
+        const REQUEST: &str = "QIDO-RS search";
+        for (key, _) in query {
+            if key.is_empty() || key.len() > 64 || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(DicomWebError::Protocol {
+                    request: REQUEST,
+                    message: "a query key must be an attribute keyword or tag".into(),
+                });
+            }
+        }
+        let mut uids = Vec::new();
+        loop {
+            let mut q: Vec<String> = query
+                .iter()
+                .map(|(k, v)| format!("{k}={}", encode(v)))
+                .collect();
+            q.push(format!("limit={PAGE}"));
+            q.push(format!("offset={}", uids.len()));
+            q.push(format!("includefield={STUDY_UID_TAG}"));
+            let path = format!("/studies?{}", q.join("&"));
+            let (status, _, body) = self
+                .call(
+                    REQUEST,
+                    Method::GET,
+                    &path,
+                    "application/dicom+json",
+                    None,
+                    self.limits.max_search_bytes,
+                )
+                .await?;
+            let page = if status == 204 || body.is_empty() {
+                Vec::new()
+            } else {
+                study_uids(&body).map_err(|message| DicomWebError::Protocol {
+                    request: REQUEST,
+                    message,
+                })?
+            };
+            let n = page.len();
+            uids.extend(page);
+            if uids.len() > self.limits.max_matches {
+                return Err(DicomWebError::TooLarge {
+                    request: REQUEST,
+                    limit: self.limits.max_matches as u64,
+                });
+            }
+            if n < PAGE {
+                return Ok(uids);
+            }
+        }
+    }
+
+    /// WADO-RS: every instance of a study as DICOM Part-10 bytes.
+    pub async fn retrieve_study(&self, study_uid: &str) -> Result<Vec<Vec<u8>>, DicomWebError> {
+        const REQUEST: &str = "WADO-RS retrieve";
+        check_uid(REQUEST, study_uid)?;
+        let (_, content_type, body) = self
+            .call(
+                REQUEST,
+                Method::GET,
+                &format!("/studies/{study_uid}"),
+                "multipart/related; type=\"application/dicom\"",
+                None,
+                self.limits.max_study_bytes,
+            )
+            .await?;
+        let protocol = |message: &str| DicomWebError::Protocol {
+            request: REQUEST,
+            message: message.into(),
+        };
+        let boundary = multipart::boundary(&content_type)
+            .ok_or_else(|| protocol("the answer is not multipart/related with a boundary"))?;
+        let parts = multipart::split(&body, &boundary)
+            .ok_or_else(|| protocol("the multipart answer is malformed"))?;
+        Ok(parts.into_iter().map(<[u8]>::to_vec).collect())
+    }
+
+    /// STOW-RS: stores DICOM Part-10 instances; every one must be accepted.
+    pub async fn store(&self, instances: &[Vec<u8>]) -> Result<(), DicomWebError> {
+        const REQUEST: &str = "STOW-RS store";
+        let (body, content_type) = multipart::dicom_body(instances);
+        let (status, _, answer) = self
+            .call(
+                REQUEST,
+                Method::POST,
+                "/studies",
+                "application/dicom+json",
+                Some((body, content_type)),
+                self.limits.max_search_bytes,
+            )
+            .await?;
+        // 200: all stored. The answer's FailedSOPSequence (0008,1198) lists refused instances.
+        let failed = serde_json::from_slice::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| v.get("00081198")?.get("Value")?.as_array().map(Vec::len))
+            .unwrap_or(0);
+        if status != 200 || failed > 0 {
+            return Err(DicomWebError::Protocol {
+                request: REQUEST,
+                message: format!(
+                    "the server refused {failed} of {} instance(s) (HTTP {status})",
+                    instances.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// One HTTP exchange within the time limit; the body is read up to `limit` bytes.
+    async fn call(
+        &self,
+        request: &'static str,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<(Vec<u8>, String)>,
+        limit: u64,
+    ) -> Result<(u16, String, Bytes), DicomWebError> {
+        let transport = |message: String| DicomWebError::Transport { request, message };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::ACCEPT, accept);
+        if let Some(token) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let content = match body {
+            Some((bytes, content_type)) => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                Bytes::from(bytes)
+            }
+            None => Bytes::new(),
+        };
+        let req = builder
+            .body(Full::new(content))
+            .map_err(|e| transport(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| transport(error_chain(&e)))?;
+            let status = response.status().as_u16();
+            if !(200..300).contains(&status) {
+                return Err(DicomWebError::Status { request, status });
+            }
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            if let Some(length) = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                && length > limit
+            {
+                return Err(DicomWebError::TooLarge { request, limit });
+            }
+            let body = Limited::new(response.into_body(), limit as usize)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        DicomWebError::TooLarge { request, limit }
+                    } else {
+                        transport(e.to_string())
+                    }
+                })?
+                .to_bytes();
+            Ok((status, content_type, body))
+        };
+        tokio::time::timeout(self.limits.timeout, exchange)
+            .await
+            .map_err(|_| transport(format!("no answer within {:?}", self.limits.timeout)))?
+    }
+}
+
+/// The StudyInstanceUIDs of a QIDO-RS JSON answer.
+fn study_uids(body: &[u8]) -> Result<Vec<String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "the answer is not DICOM JSON".to_string())?;
+    let items = v
+        .as_array()
+        .ok_or_else(|| "the answer is not a JSON array".to_string())?;
+    items
+        .iter()
+        .map(|item| {
+            item.get(STUDY_UID_TAG)
+                .and_then(|a| a.get("Value")?.get(0)?.as_str())
+                .filter(|uid| valid_uid(uid))
+                .map(str::to_string)
+                .ok_or_else(|| "a match has no valid StudyInstanceUID (0020,000D)".to_string())
+        })
+        .collect()
+}
+
+/// Whether `uid` is a DICOM UID: digits and dots, at most 64 characters.
+pub fn valid_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && !uid.starts_with('.')
+        && !uid.ends_with('.')
+}
+
+fn check_uid(request: &'static str, uid: &str) -> Result<(), DicomWebError> {
+    if valid_uid(uid) {
+        Ok(())
+    } else {
+        Err(DicomWebError::Protocol {
+            request,
+            message: "the StudyInstanceUID is not a valid UID (digits and dots, at most 64)".into(),
+        })
+    }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_uids_and_query_values_are_checked() {
+        assert!(DicomWeb::new("http://127.0.0.1:8042/dicom-web", None, Limits::default()).is_ok());
+        for bad in [
+            "ftp://x/",
+            "https://pacs/dicom-web",
+            "not a url",
+            "http://h/p?x=1",
+        ] {
+            assert!(
+                DicomWeb::new(bad, None, Limits::default()).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(valid_uid("1.2.840.10008.1.2"));
+        for bad in ["", "1..2/../x", "1.2.", "a.b", &"1".repeat(65)] {
+            assert!(!valid_uid(bad), "{bad}");
+        }
+        assert_eq!(encode("20240101-20241231"), "20240101-20241231");
+        assert_eq!(encode("A B&c=d"), "A%20B%26c%3Dd");
+    }
+
+    #[test]
+    fn qido_answers_are_parsed_or_refused() {
+        let ok = br#"[{"0020000D":{"vr":"UI","Value":["1.2.3"]}},{"0020000D":{"vr":"UI","Value":["1.2.4"]}}]"#;
+        assert_eq!(study_uids(ok).expect("uids"), ["1.2.3", "1.2.4"]);
+        assert!(study_uids(b"{}").is_err());
+        assert!(study_uids(br#"[{"0020000D":{"vr":"UI","Value":["../x"]}}]"#).is_err());
+    }
+
+    #[test]
+    fn transient_errors_are_told_apart() {
+        let status = |status| DicomWebError::Status {
+            request: "x",
+            status,
+        };
+        assert!(status(503).is_transient() && status(429).is_transient());
+        assert!(!status(404).is_transient() && !status(400).is_transient());
+    }
+}
