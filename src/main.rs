@@ -1,7 +1,8 @@
 //! `osteo`: the OsteoServe command-line tool.
 //!
 //! Inspect and render DICOM studies, and synthesise phantom cohorts. Errors print one
-//! `error: ...` line on stderr and exit with code 2.
+//! `error: ...` line on stderr and exit with code 2 (`osteo screen` exits 1 when some studies
+//! ended in error).
 
 mod cli;
 
@@ -18,6 +19,11 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(failed) = e.downcast_ref::<cli::StudiesFailed>() {
+                // Some studies ended in error; the others' results were written.
+                eprintln!("error: {failed}");
+                return ExitCode::from(1);
+            }
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {msg}");
             ExitCode::from(2)

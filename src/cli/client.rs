@@ -227,7 +227,7 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// A gRPC status as an error line: `CODE: message`.
-fn status(s: tonic::Status) -> anyhow::Error {
+pub fn status(s: tonic::Status) -> anyhow::Error {
     anyhow!("{}: {}", code_name(s.code()), s.message())
 }
 
@@ -271,7 +271,16 @@ pub async fn connect(url: &str, credentials: &Credentials) -> anyhow::Result<Cli
 /// Uploads the study's files as a stream of chunks; returns the study handle.
 pub async fn upload(client: &mut Client, path: &std::path::Path) -> anyhow::Result<String> {
     let files = DicomSource::Path(path.to_path_buf()).read(&IngestLimits::default())?;
-    let total: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
+    let bytes: Vec<&[u8]> = files.iter().map(|f| f.bytes.as_slice()).collect();
+    Ok(upload_bytes(client, &bytes).await?.study)
+}
+
+/// Uploads DICOM files held in memory; returns the study's summary (handle, quality gate).
+pub async fn upload_bytes(
+    client: &mut Client,
+    files: &[&[u8]],
+) -> Result<pb::StudySummary, tonic::Status> {
+    let total: u64 = files.iter().map(|f| f.len() as u64).sum();
     let mut messages = vec![pb::UploadStudyRequest {
         part: Some(pb::upload_study_request::Part::Header(pb::UploadHeader {
             expected_files: files.len() as u32,
@@ -280,10 +289,10 @@ pub async fn upload(client: &mut Client, path: &std::path::Path) -> anyhow::Resu
         })),
     }];
     for (i, f) in files.iter().enumerate() {
-        let chunks: Vec<&[u8]> = if f.bytes.is_empty() {
+        let chunks: Vec<&[u8]> = if f.is_empty() {
             vec![&[]]
         } else {
-            f.bytes.chunks(CHUNK).collect()
+            f.chunks(CHUNK).collect()
         };
         let last = chunks.len() - 1;
         for (k, c) in chunks.into_iter().enumerate() {
@@ -296,18 +305,15 @@ pub async fn upload(client: &mut Client, path: &std::path::Path) -> anyhow::Resu
             });
         }
     }
-    let response = client
+    client
         .upload_study(tokio_stream::iter(messages))
-        .await
-        .map_err(status)?
-        .into_inner();
-    response
+        .await?
+        .into_inner()
         .summary
-        .map(|s| s.study)
-        .ok_or_else(|| anyhow!("the server returned no study summary"))
+        .ok_or_else(|| tonic::Status::internal("the server returned no study summary"))
 }
 
-fn grade_name(g: i32) -> &'static str {
+pub fn grade_name(g: i32) -> &'static str {
     match pb::Grade::try_from(g) {
         Ok(pb::Grade::Normal) => "normal",
         Ok(pb::Grade::Osteopenia) => "osteopenia",
@@ -380,7 +386,7 @@ async fn cleanup(client: &mut Client, handle: Option<String>) {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)

@@ -8,6 +8,9 @@ mod dicom;
 mod loadgen;
 mod onnx;
 mod predict;
+mod screen;
+
+pub use screen::StudiesFailed;
 mod serve;
 mod synth;
 mod token;
@@ -56,6 +59,9 @@ enum Command {
     Classify(client::ClassifyArgs),
     /// Grade and explain a study on a server; writes the Grad-CAM overlay PNG.
     Explain(client::ExplainArgs),
+    /// Screen studies from a PACS: find them (QIDO-RS), grade them on a server, store the SR and
+    /// the Grad-CAM secondary capture back (STOW-RS); exit 1 when a study ended in error.
+    Screen(screen::ScreenArgs),
     /// Run the same study through several backends of a server and compare the results.
     Compare(client::CompareArgs),
     /// Time predict (per batch size) and Grad-CAM on several backends in this process.
@@ -81,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token::run(cmd),
         Command::Classify(args) => client::classify(args),
         Command::Explain(args) => client::explain(args),
+        Command::Screen(args) => screen::run(args),
         Command::Compare(args) => client::compare(args),
         Command::Bench(args) => bench::run(args),
         Command::Loadgen(args) => loadgen::run(args),

@@ -255,6 +255,13 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
     root
 }
 
+/// The SeriesDescription of the SR series of a model version (at most 64 characters): what a
+/// screening run searches for to skip a study that was already graded by that version.
+pub fn series_description(model: &str, version: &str) -> String {
+    let d = format!("OsteoServe osteoporosis grade, {model} v{version}");
+    d.chars().take(64).collect()
+}
+
 /// The Comprehensive SR of `finding` on `source`, as DICOM Part-10 bytes.
 pub fn structured_report(source: &SourceStudy, finding: &Finding) -> Result<Vec<u8>, DicomError> {
     let sop_uid = new_uid();
@@ -275,7 +282,7 @@ pub fn structured_report(source: &SourceStudy, finding: &Finding) -> Result<Vec<
         text(
             tags::SERIES_DESCRIPTION,
             VR::LO,
-            "OsteoServe osteoporosis grade",
+            &series_description(&finding.model, &finding.version),
         ),
         sequence(
             tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,

@@ -100,14 +100,7 @@ impl DicomWeb {
         query: &[(String, String)],
     ) -> Result<Vec<String>, DicomWebError> {
         const REQUEST: &str = "QIDO-RS search";
-        for (key, _) in query {
-            if key.is_empty() || key.len() > 64 || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
-                return Err(DicomWebError::Protocol {
-                    request: REQUEST,
-                    message: "a query key must be an attribute keyword or tag".into(),
-                });
-            }
-        }
+        check_keys(REQUEST, query)?;
         let mut uids = Vec::new();
         loop {
             let mut q: Vec<String> = query
@@ -150,22 +143,85 @@ impl DicomWeb {
         }
     }
 
-    /// WADO-RS: every instance of a study as DICOM Part-10 bytes.
-    pub async fn retrieve_study(&self, study_uid: &str) -> Result<Vec<Vec<u8>>, DicomWebError> {
-        const REQUEST: &str = "WADO-RS retrieve";
+    /// QIDO-RS: the series of a study matching `query` (for example `Modality=CT`), each as its
+    /// DICOM JSON object, with the attributes in `include` (keywords or tags) asked for too.
+    pub async fn search_series(
+        &self,
+        study_uid: &str,
+        query: &[(String, String)],
+        include: &[&str],
+    ) -> Result<Vec<serde_json::Value>, DicomWebError> {
+        const REQUEST: &str = "QIDO-RS series search";
         check_uid(REQUEST, study_uid)?;
-        let (_, content_type, body) = self
+        check_keys(REQUEST, query)?;
+        let mut q: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        q.extend(
+            include
+                .iter()
+                .map(|f| format!("includefield={}", encode(f))),
+        );
+        let (status, _, body) = self
             .call(
                 REQUEST,
                 Method::GET,
-                &format!("/studies/{study_uid}"),
+                &format!("/studies/{study_uid}/series?{}", q.join("&")),
+                "application/dicom+json",
+                None,
+                self.limits.max_search_bytes,
+            )
+            .await?;
+        if status == 204 || body.is_empty() {
+            return Ok(Vec::new());
+        }
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Array(items)) => Ok(items),
+            _ => Err(DicomWebError::Protocol {
+                request: REQUEST,
+                message: "the answer is not a DICOM JSON array".into(),
+            }),
+        }
+    }
+
+    /// WADO-RS: every instance of one series as DICOM Part-10 bytes.
+    pub async fn retrieve_series(
+        &self,
+        study_uid: &str,
+        series_uid: &str,
+    ) -> Result<Vec<Vec<u8>>, DicomWebError> {
+        const REQUEST: &str = "WADO-RS retrieve";
+        check_uid(REQUEST, series_uid)?;
+        self.retrieve(REQUEST, study_uid, &format!("/series/{series_uid}"))
+            .await
+    }
+
+    /// WADO-RS: every instance of a study as DICOM Part-10 bytes.
+    pub async fn retrieve_study(&self, study_uid: &str) -> Result<Vec<Vec<u8>>, DicomWebError> {
+        self.retrieve("WADO-RS retrieve", study_uid, "").await
+    }
+
+    /// WADO-RS of `/studies/{study_uid}{rest}`: the instances of the multipart answer.
+    async fn retrieve(
+        &self,
+        request: &'static str,
+        study_uid: &str,
+        rest: &str,
+    ) -> Result<Vec<Vec<u8>>, DicomWebError> {
+        check_uid(request, study_uid)?;
+        let (_, content_type, body) = self
+            .call(
+                request,
+                Method::GET,
+                &format!("/studies/{study_uid}{rest}"),
                 "multipart/related; type=\"application/dicom\"",
                 None,
                 self.limits.max_study_bytes,
             )
             .await?;
         let protocol = |message: &str| DicomWebError::Protocol {
-            request: REQUEST,
+            request,
             message: message.into(),
         };
         let boundary = multipart::boundary(&content_type)
@@ -277,6 +333,11 @@ impl DicomWeb {
     }
 }
 
+/// The first value of attribute `tag` (8 hex digits) of a DICOM JSON object, as text.
+pub fn attribute<'a>(object: &'a serde_json::Value, tag: &str) -> Option<&'a str> {
+    object.get(tag)?.get("Value")?.get(0)?.as_str()
+}
+
 /// The StudyInstanceUIDs of a QIDO-RS JSON answer.
 fn study_uids(body: &[u8]) -> Result<Vec<String>, String> {
     let v: serde_json::Value =
@@ -303,6 +364,19 @@ pub fn valid_uid(uid: &str) -> bool {
         && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
         && !uid.starts_with('.')
         && !uid.ends_with('.')
+}
+
+/// Query keys must be attribute keywords or tags.
+fn check_keys(request: &'static str, query: &[(String, String)]) -> Result<(), DicomWebError> {
+    for (key, _) in query {
+        if key.is_empty() || key.len() > 64 || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(DicomWebError::Protocol {
+                request,
+                message: "a query key must be an attribute keyword or tag".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_uid(request: &'static str, uid: &str) -> Result<(), DicomWebError> {

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod error;
 pub mod multipart;
+pub mod orthanc;
 
-pub use client::{DicomWeb, Limits};
+pub use client::{DicomWeb, Limits, attribute, valid_uid};
 pub use error::DicomWebError;

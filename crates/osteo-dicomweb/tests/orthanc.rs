@@ -3,82 +3,10 @@
 //! throw-away storage folder. Phantom studies are stored with STOW-RS, found with QIDO-RS and
 //! retrieved with WADO-RS byte for byte.
 
+use osteo_dicomweb::orthanc::Orthanc;
 use osteo_dicomweb::{DicomWeb, DicomWebError, Limits};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A running Orthanc, killed on drop.
-struct Orthanc {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Orthanc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn binary() -> PathBuf {
-    ["/usr/sbin/Orthanc", "/usr/bin/Orthanc"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("Orthanc is not installed: run scripts/setup.sh")
-}
-
-impl Orthanc {
-    fn start() -> Orthanc {
-        let plugin = Path::new("/usr/share/orthanc/plugins/libOrthancDicomWeb.so");
-        assert!(
-            plugin.exists(),
-            "orthanc-dicomweb is not installed: run scripts/setup.sh"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (http, dicom) = (free_port(), free_port());
-        let config = serde_json::json!({
-            "Name": "osteo-test",
-            "StorageDirectory": dir.path().join("db"),
-            "IndexDirectory": dir.path().join("db"),
-            "HttpPort": http,
-            "DicomPort": dicom,
-            "RemoteAccessAllowed": false,
-            "AuthenticationEnabled": false,
-            "Plugins": [plugin],
-            "DicomWeb": {"Enable": true, "Root": "/dicom-web/"}
-        });
-        let file = dir.path().join("orthanc.json");
-        std::fs::write(&file, config.to_string()).expect("config");
-        let child = Command::new(binary())
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start Orthanc");
-        let orthanc = Orthanc {
-            child,
-            url: format!("http://127.0.0.1:{http}/dicom-web"),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-            assert!(Instant::now() < deadline, "Orthanc did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        orthanc
-    }
-}
+use std::path::Path;
 
 /// A phantom study: its StudyInstanceUID and its files' bytes.
 fn phantom(dir: &Path, index: u64) -> (String, Vec<Vec<u8>>) {
@@ -95,7 +23,7 @@ fn phantom(dir: &Path, index: u64) -> (String, Vec<Vec<u8>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_search_and_retrieve_against_orthanc() {
-    let orthanc = Orthanc::start();
+    let orthanc = Orthanc::start().expect("Orthanc");
     let pacs = DicomWeb::new(&orthanc.url, None, Limits::default()).expect("client");
     let dir = tempfile::tempdir().expect("tempdir");
     let (a_uid, a) = phantom(&dir.path().join("a"), 0);

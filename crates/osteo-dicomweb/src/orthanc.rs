@@ -1,0 +1,84 @@
+//! A throw-away Orthanc PACS with its DICOMweb plugin (Debian `orthanc`, `orthanc-dicomweb`) on
+//! loopback ports and a temporary storage folder, for tests and benchmarks of DICOMweb clients.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian installs the DICOMweb plugin.
+const PLUGIN: &str = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so";
+
+/// A running Orthanc, killed (and its storage removed) on drop.
+pub struct Orthanc {
+    child: Child,
+    /// The DICOMweb service root, `http://127.0.0.1:PORT/dicom-web`.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn binary() -> Option<PathBuf> {
+    ["/usr/sbin/Orthanc", "/usr/bin/Orthanc"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+impl Orthanc {
+    /// Starts Orthanc and waits (up to a minute) until it accepts connections.
+    pub fn start() -> Result<Orthanc, String> {
+        let binary = binary().ok_or("Orthanc is not installed: run scripts/setup.sh")?;
+        if !Path::new(PLUGIN).exists() {
+            return Err("orthanc-dicomweb is not installed: run scripts/setup.sh".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (http, dicom) = (
+            free_port().map_err(|e| e.to_string())?,
+            free_port().map_err(|e| e.to_string())?,
+        );
+        let config = serde_json::json!({
+            "Name": "osteo-test",
+            "StorageDirectory": dir.path().join("db"),
+            "IndexDirectory": dir.path().join("db"),
+            "HttpPort": http,
+            "DicomPort": dicom,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "Plugins": [PLUGIN],
+            "DicomWeb": {"Enable": true, "Root": "/dicom-web/"}
+        });
+        let file = dir.path().join("orthanc.json");
+        std::fs::write(&file, config.to_string()).map_err(|e| e.to_string())?;
+        let child = Command::new(binary)
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start Orthanc: {e}"))?;
+        let orthanc = Orthanc {
+            child,
+            url: format!("http://127.0.0.1:{http}/dicom-web"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+            if Instant::now() > deadline {
+                return Err("Orthanc did not start within a minute".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(orthanc)
+    }
+}
