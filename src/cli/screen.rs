@@ -12,7 +12,8 @@ use osteo_proto::v1 as pb;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Attempts of a call that fails transiently.
@@ -228,15 +229,34 @@ where
 }
 
 /// What every study's screening needs.
+/// Where screening time goes: the stages, summed over studies.
+const STAGES: [&str; 5] = [
+    "PACS search",
+    "PACS retrieval",
+    "upload + ingest + gate",
+    "grading + DICOM outputs",
+    "PACS store",
+];
+
 struct Job {
     pacs: DicomWeb,
     server: client::Client,
     model: String,
     backend: String,
     description: String,
+    /// Nanoseconds spent in each of [`STAGES`], over all studies.
+    spent: [AtomicU64; 5],
 }
 
 impl Job {
+    /// Runs `f`, adding its time to stage `i`.
+    async fn timed<T>(&self, i: usize, f: impl std::future::Future<Output = T>) -> T {
+        let start = Instant::now();
+        let out = f.await;
+        self.spent[i].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
+    }
+
     /// Screens one study.
     async fn screen(&self, uid: &str) -> Row {
         match self.run(uid).await {
@@ -250,10 +270,14 @@ impl Job {
         // Already screened by this model version: an SR series with its description. The
         // description is compared here, not in the query: PACS differ in how they match text.
         let sr = [("Modality".to_string(), "SR".to_string())];
-        let srs = retry(web, || {
-            self.pacs.search_series(uid, &sr, &[SERIES_DESCRIPTION])
-        })
-        .await?;
+        let srs = self
+            .timed(
+                0,
+                retry(web, || {
+                    self.pacs.search_series(uid, &sr, &[SERIES_DESCRIPTION])
+                }),
+            )
+            .await?;
         if srs
             .iter()
             .any(|s| attribute(s, SERIES_DESCRIPTION) == Some(self.description.as_str()))
@@ -266,25 +290,34 @@ impl Job {
         }
         // Only the CT series go to the server (not earlier results or other modalities).
         let ct = [("Modality".to_string(), "CT".to_string())];
-        let series = retry(web, || self.pacs.search_series(uid, &ct, &[])).await?;
+        let series = self
+            .timed(0, retry(web, || self.pacs.search_series(uid, &ct, &[])))
+            .await?;
         let mut files = Vec::new();
         for s in &series {
             let series_uid = attribute(s, SERIES_UID)
                 .ok_or_else(|| anyhow!("a CT series of the study has no SeriesInstanceUID"))?;
-            files.extend(retry(web, || self.pacs.retrieve_series(uid, series_uid)).await?);
+            files.extend(
+                self.timed(1, retry(web, || self.pacs.retrieve_series(uid, series_uid)))
+                    .await?,
+            );
         }
         if files.is_empty() {
             return Ok(Row::ended(uid, "refused", "the study has no CT series"));
         }
         let bytes: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
         let mut server = self.server.clone();
-        let summary = retry(transient_status, || {
-            let mut c = server.clone();
-            let b = bytes.clone();
-            async move { client::upload_bytes(&mut c, &b).await }
-        })
-        .await
-        .map_err(client::status)?;
+        let summary = self
+            .timed(
+                2,
+                retry(transient_status, || {
+                    let mut c = server.clone();
+                    let b = bytes.clone();
+                    async move { client::upload_bytes(&mut c, &b).await }
+                }),
+            )
+            .await
+            .map_err(client::status)?;
         drop(files);
         let handle = summary.study.clone();
         let row = self.grade(&mut server, uid, &summary).await;
@@ -325,12 +358,16 @@ impl Job {
             dicom_outputs: true,
             ..Default::default()
         };
-        let explained = retry(transient_status, || {
-            let mut c = server.clone();
-            let r = request.clone();
-            async move { c.explain(r).await }
-        })
-        .await;
+        let explained = self
+            .timed(
+                3,
+                retry(transient_status, || {
+                    let mut c = server.clone();
+                    let r = request.clone();
+                    async move { c.explain(r).await }
+                }),
+            )
+            .await;
         let explained = match explained {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -346,7 +383,11 @@ impl Job {
         if results[0].is_empty() {
             anyhow::bail!("the server returned no SR");
         }
-        retry(DicomWebError::is_transient, || self.pacs.store(&results)).await?;
+        self.timed(
+            4,
+            retry(DicomWebError::is_transient, || self.pacs.store(&results)),
+        )
+        .await?;
         let p = c.probabilities.unwrap_or_default();
         Ok(Row {
             study_uid: uid.to_string(),
@@ -432,7 +473,9 @@ pub fn run(args: ScreenArgs) -> anyhow::Result<()> {
             model: model.name.clone(),
             backend: args.endpoint.backend(),
             description: osteo_dicom::sr::series_description(&model.name, &model.version),
+            spent: Default::default(),
         });
+        let started = Instant::now();
         let bar = ProgressBar::new(uids.len() as u64);
         bar.set_style(
             ProgressStyle::with_template(
@@ -469,6 +512,20 @@ pub fn run(args: ScreenArgs) -> anyhow::Result<()> {
             bar.set_message(format!("{errors} error(s)"));
         }
         bar.finish();
+        // Throughput and where the time went (stages overlap across studies in flight).
+        let wall = started.elapsed().as_secs_f64();
+        let screened = bar.position();
+        let stages: Vec<String> = STAGES
+            .iter()
+            .zip(&job.spent)
+            .map(|(name, ns)| format!("{name} {:.1} s", ns.load(Ordering::Relaxed) as f64 / 1e9))
+            .collect();
+        eprintln!(
+            "screened {screened} studies in {wall:.1} s ({:.0} studies/hour); time summed over \
+             studies: {}",
+            screened as f64 / wall.max(1e-9) * 3600.0,
+            stages.join(", ")
+        );
         if errors > 0 {
             return Err(StudiesFailed(errors).into());
         }
