@@ -149,26 +149,33 @@ async fn concurrent_uploads_are_bounded_by_the_in_flight_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_beyond_the_concurrency_limit_are_refused_at_once() {
     let server = InProc::start("[store]\nmax_concurrent_uploads = 1\n", TABULAR, registry()).await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadStudyRequest>(4);
-    tx.send(pb::UploadStudyRequest {
-        part: Some(pb::upload_study_request::Part::Header(
-            pb::UploadHeader::default(),
-        )),
-    })
-    .await
-    .expect("header");
-    let mut first = server.client().await;
-    let open = tokio::spawn(async move {
-        first
-            .upload_study(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
-    // The first stream holds the only slot until it ends; a second is refused.
+    // The first stream sends its header and stays open, holding the only slot; a second upload
+    // is then refused. A probe can reach the server before the first stream does and take the
+    // slot for a moment, which refuses the first stream instead: it is then opened again.
+    type Open =
+        tokio::task::JoinHandle<Result<tonic::Response<pb::UploadStudyResponse>, tonic::Status>>;
+    let mut first: Option<(tokio::sync::mpsc::Sender<pb::UploadStudyRequest>, Open)> = None;
     let mut second = server.client().await;
-    // Polled for up to 30 s: under a loaded CI machine the first stream can take seconds to
-    // reach the server (it once took over 5 s while this binary's memory test ran).
     let mut refused = None;
     for _ in 0..3000 {
+        if first.as_ref().is_none_or(|(_, open)| open.is_finished()) {
+            let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadStudyRequest>(4);
+            tx.send(pb::UploadStudyRequest {
+                part: Some(pb::upload_study_request::Part::Header(
+                    pb::UploadHeader::default(),
+                )),
+            })
+            .await
+            .expect("header");
+            let mut client = server.client().await;
+            let open = tokio::spawn(async move {
+                client
+                    .upload_study(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+            });
+            first = Some((tx, open));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let (c, msg) = code(
             second
                 .upload_study(tokio_stream::iter(upload_messages(&[vec![1u8; 10]], 10)))
@@ -182,6 +189,7 @@ async fn uploads_beyond_the_concurrency_limit_are_refused_at_once() {
     }
     let msg = refused.expect("the second upload was refused while the first was open");
     assert!(msg.contains("store.max_concurrent_uploads"), "{msg}");
+    let (tx, open) = first.expect("first stream");
     drop(tx);
     let (c, _) = code(open.await.expect("task"));
     assert_eq!(
