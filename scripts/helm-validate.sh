@@ -62,7 +62,7 @@ if [ ! -f "$kserve_whl" ]; then
   echo "df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b  $kserve_whl" | sha256sum -c --quiet
 fi
 
-for variant in default gpu ab secure kserve; do
+for variant in default gpu ab secure kserve screening; do
   args=()
   [ "$variant" != default ] && args=(-f "$chart/ci/values-$variant.yaml")
   "$helm" lint --strict "$chart" "${args[@]}" >/dev/null
