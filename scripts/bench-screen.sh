@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Measures `osteo screen` throughput against a real PACS on this machine (not part of CI):
 # starts a throw-away Orthanc with its DICOMweb plugin and an `osteo serve` with the shipped
-# models on loopback ports, loads N phantom studies (osteo synth: 192x192, about 150 slices each)
+# models on loopback ports, loads N phantom studies (osteo synth: MATRIX x MATRIX, about 130 slices)
 # into Orthanc through its REST API, screens them with `osteo screen --query
 # ModalitiesInStudy=CT`, and prints studies per hour, where the time went (the stage totals
 # `osteo screen` reports) and the server's busy share (inference and preprocessing seconds from
 # /metrics over the wall time).
 #
-#   scripts/bench-screen.sh [STUDIES=24] [CONCURRENCY=4]
+#   scripts/bench-screen.sh [STUDIES=24] [CONCURRENCY=4] [MATRIX=192]   (512: clinical-size slices)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 studies=${1:-24}
 concurrency=${2:-4}
+matrix=${3:-192}
 scripts/setup.sh >/dev/null
 cargo build --release --locked >/dev/null
 osteo=target/release/osteo
@@ -34,7 +35,7 @@ OSTEO__SERVER__HTTP_LISTEN="" "$osteo" serve --listen "127.0.0.1:$grpc" \
   --metrics-listen "127.0.0.1:$metrics" >"$work/serve.log" 2>&1 & pids+=($!)
 until curl -sf "http://127.0.0.1:$http/system" >/dev/null; do sleep 0.2; done
 until grep -q SERVING "$work/serve.log"; do sleep 0.2; done
-"$osteo" synth --patients "$studies" --seed 77 --dicom --out "$work/cohort" >/dev/null
+"$osteo" synth --patients "$studies" --seed 77 --dicom --matrix "$matrix" --out "$work/cohort" >/dev/null
 for f in "$work"/cohort/studies/*/*.dcm; do
   curl -sf -X POST "http://127.0.0.1:$http/instances" --data-binary @"$f" >/dev/null
 done

@@ -26,6 +26,9 @@ pub struct SynthArgs {
     /// Also write one DICOM CT series per patient under OUT/studies/<patient_id>/.
     #[arg(long)]
     dicom: bool,
+    /// Rows and columns of each CT slice (512 gives clinical-size series).
+    #[arg(long, default_value_t = 192, value_parser = clap::value_parser!(u16).range(64..=1024))]
+    matrix: u16,
 }
 
 /// Runs `osteo synth`.
@@ -43,7 +46,10 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         }
     };
     if args.dicom {
-        let spec = PhantomSpec::default();
+        let spec = PhantomSpec {
+            matrix: usize::from(args.matrix),
+            ..PhantomSpec::default()
+        };
         let done = AtomicUsize::new(0);
         let start = Instant::now();
         patients
