@@ -52,12 +52,7 @@ fn rebuilt(v: &Volume, hu: Vec<f32>, slices: usize, spacing_z: f64) -> Volume {
 
 /// One real slice repeated over 300 mm at its own thickness (5 mm when the file states none).
 fn stacked(file: &Path) -> Volume {
-    let v = ingest(
-        DicomSource::Path(file.to_path_buf()),
-        &IngestOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-    .volume;
+    let v = single(file);
     let dz = if v.spacing_mm[0] > 0.0 {
         v.spacing_mm[0]
     } else {
@@ -72,6 +67,7 @@ fn stacked(file: &Path) -> Volume {
     rebuilt(&v, hu, n, dz)
 }
 
+/// A real file as it is ingested.
 fn single(file: &Path) -> Volume {
     ingest(
         DicomSource::Path(file.to_path_buf()),

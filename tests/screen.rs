@@ -42,6 +42,16 @@ fn results(path: &Path) -> BTreeMap<String, (String, String, String)> {
     rows
 }
 
+/// Asserts that a run exited 0, showing its stderr and results file otherwise.
+fn succeeded(out: &Output, results: &Path) {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(results).unwrap_or_default()
+    );
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -122,12 +132,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
     // First run: the query finds all three studies.
     let first = dir.path().join("first.csv");
     let out = screen(with(base(&first), &["--query", "ModalitiesInStudy=CT"])).await;
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&first).unwrap_or_default()
-    );
+    succeeded(&out, &first);
     let rows = results(&first);
     assert_eq!(rows.len(), 3, "{rows:?}");
     let (status, grade, reason) = &rows[&head];
@@ -203,12 +208,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
     // Second run into a new file: the graded studies are skipped (their SR is in the PACS).
     let second = dir.path().join("second.csv");
     let out = screen(with(base(&second), &["--query", "ModalitiesInStudy=CT"])).await;
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&second).unwrap_or_default()
-    );
+    succeeded(&out, &second);
     let rows = results(&second);
     for (uid, _) in &phantoms {
         assert_eq!(rows[uid].0, "skipped", "{rows:?}");
@@ -217,7 +217,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
     // Resuming into the first file: nothing to do, no duplicates.
     let before = std::fs::read_to_string(&first).expect("read");
     let out = screen(with(base(&first), &["--query", "ModalitiesInStudy=CT"])).await;
-    assert!(out.status.success());
+    succeeded(&out, &first);
     assert_eq!(results(&first).len(), 3);
     assert_eq!(
         std::fs::read_to_string(&first)
@@ -247,11 +247,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
             ],
         ))
         .await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out, &file);
         for uid in results(&file).into_keys() {
             assert!(union.insert(uid), "a study in two shards");
         }
@@ -284,11 +280,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
     let _ = child.kill();
     let _ = child.wait();
     let out = screen(args).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out, &killed);
     assert_eq!(
         results(&killed).len(),
         3,

@@ -20,6 +20,8 @@ use tokio::sync::Semaphore;
 const ATTEMPTS: u32 = 4;
 /// The first retry's wait; each further retry waits twice as long.
 const BACKOFF: Duration = Duration::from_millis(500);
+/// Modality (0008,0060) in DICOM JSON.
+const MODALITY: &str = "00080060";
 /// SeriesDescription (0008,103E) in DICOM JSON.
 const SERIES_DESCRIPTION: &str = "0008103E";
 /// SeriesInstanceUID (0020,000E) in DICOM JSON.
@@ -267,32 +269,30 @@ impl Job {
 
     async fn run(&self, uid: &str) -> anyhow::Result<Row> {
         let web = DicomWebError::is_transient;
-        // Already screened by this model version: an SR series with its description. The
-        // description is compared here, not in the query: PACS differ in how they match text.
-        let sr = [("Modality".to_string(), "SR".to_string())];
-        let srs = self
+        // One series search: an SR series of this model version (by its description, compared
+        // here, not in the query: PACS differ in how they match text) means already screened;
+        // otherwise only the CT series go to the server (not earlier results or other
+        // modalities).
+        let series = self
             .timed(
                 0,
                 retry(web, || {
-                    self.pacs.search_series(uid, &sr, &[SERIES_DESCRIPTION])
+                    self.pacs
+                        .search_series(uid, &[], &[MODALITY, SERIES_DESCRIPTION])
                 }),
             )
             .await?;
-        if srs
-            .iter()
-            .any(|s| attribute(s, SERIES_DESCRIPTION) == Some(self.description.as_str()))
-        {
+        let modality = |s: &serde_json::Value, m: &str| attribute(s, MODALITY) == Some(m);
+        if series.iter().any(|s| {
+            modality(s, "SR") && attribute(s, SERIES_DESCRIPTION) == Some(self.description.as_str())
+        }) {
             return Ok(Row::ended(
                 uid,
                 "skipped",
                 "the PACS already holds an SR of this model version",
             ));
         }
-        // Only the CT series go to the server (not earlier results or other modalities).
-        let ct = [("Modality".to_string(), "CT".to_string())];
-        let series = self
-            .timed(0, retry(web, || self.pacs.search_series(uid, &ct, &[])))
-            .await?;
+        let series: Vec<&serde_json::Value> = series.iter().filter(|s| modality(s, "CT")).collect();
         let mut files = Vec::new();
         for s in &series {
             let series_uid = attribute(s, SERIES_UID)

@@ -422,7 +422,6 @@ fn flood(
 
 /// What slice `z` shows.
 fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
-    let g = &spec.gate;
     let [_, ny, nx] = v.dims;
     let (py, px) = (v.spacing_mm[1], v.spacing_mm[2]);
     // The body masks on a grid of about MASK_STEP_MM.
@@ -447,11 +446,35 @@ fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
             }
         }
     }
-    let facts = |level| SliceFacts {
-        level,
-        air: air.clone(),
-        soft: soft.clone(),
-    };
+    let mask = Mask { body, h, w, sy, sx };
+    SliceFacts {
+        level: level(v, spec, z, &mask),
+        air,
+        soft,
+    }
+}
+
+/// A slice's body mask (voxels above [`BODY_MIN_HU`]) on a grid of `sy` x `sx` voxels.
+struct Mask {
+    body: Vec<bool>,
+    h: usize,
+    w: usize,
+    sy: usize,
+    sx: usize,
+}
+
+/// Whether slice `z`, with body `mask`, is at lumbar level, and if not, why.
+fn level(v: &Volume, spec: &ViewSpec, z: usize, mask: &Mask) -> Level {
+    let g = &spec.gate;
+    let [_, ny, nx] = v.dims;
+    let (py, px) = (v.spacing_mm[1], v.spacing_mm[2]);
+    let &Mask {
+        ref body,
+        h,
+        w,
+        sy,
+        sx,
+    } = mask;
     // Air reachable from the image border is outside; the rest of the non-body cells are
     // cavities (lungs, bowel gas).
     let mut outside = vec![0u32; h * w];
@@ -474,16 +497,16 @@ fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
         }
     }
     if largest.is_empty() {
-        return facts(Level::NoBody);
+        return Level::NoBody;
     }
     let cell_mm2 = (sy as f64 * py) * (sx as f64 * px);
     let area = largest.len() as f64 * cell_mm2;
     if area < g.min_trunk_area_mm2 {
-        return facts(Level::SmallBody);
+        return Level::SmallBody;
     }
     let cavities = largest.iter().filter(|&&i| !body[i]).count();
     if cavities as f64 / largest.len() as f64 > g.max_enclosed_air_fraction {
-        return facts(Level::Lungs);
+        return Level::Lungs;
     }
     let part_id = labels[largest[0]];
     let centre_gx = (largest.iter().map(|&i| (i % w) as f64).sum::<f64>() / largest.len() as f64)
@@ -493,7 +516,7 @@ fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
         .filter(|&gy| labels[gy * w + centre_gx] == part_id)
         .collect();
     let (Some(&first), Some(&last)) = (column.first(), column.last()) else {
-        return facts(Level::NoVertebra);
+        return Level::NoVertebra;
     };
     let (top, bottom) = (first * sy, (last * sy + sy - 1).min(ny - 1));
     let cx = centre_gx * sx;
@@ -537,7 +560,7 @@ fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
                 let centre = (r + y - 1) as f64 / 2.0;
                 if centre - top as f64 >= depth && bottom as f64 - centre >= depth {
                     if width_at(centre.round() as usize) >= g.min_trunk_width_mm {
-                        return facts(Level::Lumbar);
+                        return Level::Lumbar;
                     }
                     narrow = true;
                 }
@@ -546,9 +569,9 @@ fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
             _ => {}
         }
     }
-    facts(if narrow {
+    if narrow {
         Level::Narrow
     } else {
         Level::NoVertebra
-    })
+    }
 }

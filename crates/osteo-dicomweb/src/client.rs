@@ -103,10 +103,7 @@ impl DicomWeb {
         check_keys(REQUEST, query)?;
         let mut uids = Vec::new();
         loop {
-            let mut q: Vec<String> = query
-                .iter()
-                .map(|(k, v)| format!("{k}={}", encode(v)))
-                .collect();
+            let mut q = pairs(query);
             q.push(format!("limit={PAGE}"));
             q.push(format!("offset={}", uids.len()));
             q.push(format!("includefield={STUDY_UID_TAG}"));
@@ -154,10 +151,7 @@ impl DicomWeb {
         const REQUEST: &str = "QIDO-RS series search";
         check_uid(REQUEST, study_uid)?;
         check_keys(REQUEST, query)?;
-        let mut q: Vec<String> = query
-            .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect();
+        let mut q = pairs(query);
         q.extend(
             include
                 .iter()
@@ -388,6 +382,14 @@ fn check_uid(request: &'static str, uid: &str) -> Result<(), DicomWebError> {
             message: "the StudyInstanceUID is not a valid UID (digits and dots, at most 64)".into(),
         })
     }
+}
+
+/// `key=value` query parameters, values percent-encoded.
+fn pairs(query: &[(String, String)]) -> Vec<String> {
+    query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect()
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
