@@ -26,6 +26,8 @@ done
 # A real PACS for the DICOMweb tests: Orthanc and its DICOMweb plugin.
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+# TLS in front of it, as sites publish Orthanc (the https:// screening test).
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from apt"
   sudo_cmd=""

@@ -9,7 +9,7 @@ mod common;
 use common::inproc::{InProc, registry};
 use dicom_dictionary_std::tags;
 use osteo_dicomweb::orthanc::Orthanc;
-use osteo_dicomweb::{DicomWeb, Limits};
+use osteo_dicomweb::{DicomWeb, Limits, TlsOptions};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -83,7 +83,13 @@ fn study_uid(file: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screen_grades_the_pacs_and_stores_the_results_back() {
     let orthanc = Orthanc::start().expect("Orthanc");
-    let pacs = DicomWeb::new(&orthanc.url, None, Limits::default()).expect("client");
+    let pacs = DicomWeb::new(
+        &orthanc.url,
+        None,
+        &TlsOptions::default(),
+        Limits::default(),
+    )
+    .expect("client");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut phantoms = Vec::new();
     for i in 0..2 {
@@ -310,5 +316,191 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(results(&gone)[&head].0, "error");
+    server.stop().await.expect("stop");
+}
+
+/// `osteo screen` against a PACS published over https the way sites do it: nginx terminating
+/// TLS in front of Orthanc, verifying client certificates and requiring a bearer token. The
+/// DICOMweb client tells an untrusted certificate (not retried), a missing client certificate
+/// and a wrong token apart; a study over --max-study-mib is an error; the screen stores its SR
+/// through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screen_reaches_a_pacs_over_tls_with_client_certificates() {
+    use common::pki::Ca;
+    use osteo_dicomweb::DicomWebError;
+    use osteo_dicomweb::nginx::{ProxyAuth, TlsProxy};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let orthanc = Orthanc::start().expect("Orthanc");
+    let pacs_ca = Ca::new(dir.path(), "pacs");
+    let clients = Ca::new(dir.path(), "clients");
+    let (site, screener) = (pacs_ca.server(), clients.client("screening"));
+    let token = "pacsToken42";
+    let proxy = TlsProxy::start(
+        orthanc.http_port,
+        &site.cert,
+        &site.key,
+        &ProxyAuth {
+            client_ca: Some(clients.cert.clone()),
+            token: Some(token.into()),
+        },
+    )
+    .expect("nginx");
+    let read = |p: &Path| std::fs::read(p).expect("read PEM");
+    let trusted = TlsOptions {
+        ca_pem: Some(read(&pacs_ca.cert)),
+        identity: Some((read(&screener.cert), read(&screener.key))),
+    };
+    let client = |token: Option<&str>, tls: &TlsOptions| {
+        DicomWeb::new(&proxy.url, token.map(String::from), tls, Limits::default()).expect("client")
+    };
+    let pacs = client(Some(token), &trusted);
+
+    // Through the proxy: store a phantom study and find it.
+    let patient = TScoreModel::default().patient(17, 0);
+    let (_, volume) = phantom_volume(&patient, &PhantomSpec::default());
+    let identity = SeriesIdentity::for_patient(&patient);
+    let files = write_series(&volume, &identity, &dir.path().join("p")).expect("write");
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    pacs.store(&bytes).await.expect("store over TLS");
+    let uid = identity.study_uid;
+    let by_uid = [("StudyInstanceUID".to_string(), uid.clone())];
+    assert_eq!(
+        pacs.search_studies(&by_uid).await.expect("search"),
+        std::slice::from_ref(&uid)
+    );
+
+    // Refusals, each told apart.
+    let system_roots = TlsOptions {
+        ca_pem: None,
+        identity: trusted.identity.clone(),
+    };
+    match DicomWeb::new(
+        &proxy.url,
+        Some(token.into()),
+        &system_roots,
+        Limits::default(),
+    ) {
+        // No system roots at all: refused before connecting.
+        Err(e) => assert!(matches!(e, DicomWebError::TlsConfig(_)), "{e}"),
+        Ok(untrusting) => {
+            let e = untrusting
+                .search_studies(&by_uid)
+                .await
+                .expect_err("untrusted");
+            assert!(matches!(e, DicomWebError::Handshake { .. }), "{e}");
+            assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+            assert!(!e.is_transient());
+        }
+    }
+    let anonymous = TlsOptions {
+        ca_pem: trusted.ca_pem.clone(),
+        identity: None,
+    };
+    let e = client(Some(token), &anonymous)
+        .search_studies(&by_uid)
+        .await
+        .expect_err("no client certificate");
+    assert!(
+        matches!(e, DicomWebError::Status { status: 400, .. }),
+        "{e}"
+    );
+    let e = client(Some("wrong"), &trusted)
+        .search_studies(&by_uid)
+        .await
+        .expect_err("wrong token");
+    assert!(
+        matches!(e, DicomWebError::Status { status: 401, .. }),
+        "{e}"
+    );
+    assert!(!e.is_transient());
+
+    let server = InProc::start(
+        "",
+        &[("osteo-fused-v1", "backends = [\"ort\"]")],
+        registry(),
+    )
+    .await;
+    let tls_args = |results: &Path, ca: &Path| -> Vec<String> {
+        [
+            "--dicomweb",
+            &proxy.url,
+            "--dicomweb-token",
+            token,
+            "--dicomweb-ca-cert",
+            ca.to_str().expect("utf-8"),
+            "--dicomweb-client-cert",
+            screener.cert.to_str().expect("utf-8"),
+            "--dicomweb-client-key",
+            screener.key.to_str().expect("utf-8"),
+            "--server",
+            &server.url,
+            "--results",
+            results.to_str().expect("utf-8"),
+            "--study",
+            &uid,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // The wrong CA: an error row naming the handshake, exit 1, nothing stored.
+    let wrong = dir.path().join("wrong-ca.csv");
+    let out = screen(tls_args(&wrong, &clients.cert)).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _, reason) = &results(&wrong)[&uid];
+    assert_eq!(status, "error");
+    assert!(reason.contains("TLS handshake failed"), "{reason}");
+    // A study over --max-study-mib: an error row naming the flag, nothing stored.
+    let small = dir.path().join("small.csv");
+    let mut args = tls_args(&small, &pacs_ca.cert);
+    args.extend(["--max-study-mib".to_string(), "1".to_string()]);
+    let out = screen(args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _, reason) = &results(&small)[&uid];
+    assert_eq!(status, "error");
+    assert!(
+        reason.contains("exceed --max-study-mib (1 MiB)"),
+        "{reason}"
+    );
+    // The right CA: graded, and the SR is in the PACS (read back through the proxy).
+    let good = dir.path().join("tls.csv");
+    let out = screen(tls_args(&good, &pacs_ca.cert)).await;
+    succeeded(&out, &good);
+    assert_eq!(results(&good)[&uid].0, "classified");
+    let sr = [("Modality".to_string(), "SR".to_string())];
+    assert_eq!(
+        pacs.search_series(&uid, &sr, &[])
+            .await
+            .expect("series")
+            .len(),
+        1
+    );
+
+    // TLS files on an http:// URL are bad arguments.
+    let mut plain = tls_args(&dir.path().join("plain.csv"), &pacs_ca.cert);
+    plain[1] = orthanc.url.clone();
+    let out = screen(plain).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs an https:// URL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     server.stop().await.expect("stop");
 }

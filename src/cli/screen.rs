@@ -7,7 +7,7 @@ use super::client::{self, Endpoint, grade_name};
 use anyhow::{Context, anyhow};
 use clap::{ArgGroup, Args};
 use indicatif::{ProgressBar, ProgressStyle};
-use osteo_dicomweb::{DicomWeb, DicomWebError, Limits, attribute, valid_uid};
+use osteo_dicomweb::{DicomWeb, DicomWebError, Limits, TlsOptions, attribute, valid_uid};
 use osteo_proto::v1 as pb;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -52,6 +52,17 @@ pub struct ScreenArgs {
         value_name = "TOKEN"
     )]
     dicomweb_token: Option<String>,
+    /// PEM CA bundle that signs the PACS's certificate (https:// only; default: the system's
+    /// trusted roots).
+    #[arg(long, value_name = "FILE")]
+    dicomweb_ca_cert: Option<PathBuf>,
+    /// PEM client certificate chain for a PACS that authenticates clients by certificate (with
+    /// --dicomweb-client-key).
+    #[arg(long, value_name = "FILE", requires = "dicomweb_client_key")]
+    dicomweb_client_cert: Option<PathBuf>,
+    /// PEM private key of --dicomweb-client-cert.
+    #[arg(long, value_name = "FILE", requires = "dicomweb_client_cert")]
+    dicomweb_client_key: Option<PathBuf>,
     #[command(flatten)]
     endpoint: Endpoint,
     /// A study to screen (StudyInstanceUID); repeat for several.
@@ -68,6 +79,10 @@ pub struct ScreenArgs {
     /// rows already there with a final status are kept and their studies not screened again.
     #[arg(long, value_name = "CSV")]
     results: PathBuf,
+    /// Most bytes of one study's CT series retrieved from the PACS (MiB); a larger study ends
+    /// in error. Memory use is about --concurrency times this.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_study_mib: u64,
     /// Studies in flight at once (retrieval, upload, grading and store overlap).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
@@ -75,6 +90,29 @@ pub struct ScreenArgs {
     /// query result deterministically and disjointly.
     #[arg(long, value_name = "K/N")]
     shard: Option<String>,
+}
+
+impl ScreenArgs {
+    /// The TLS options of the PACS connection from the files named on the command line.
+    fn pacs_tls(&self) -> anyhow::Result<TlsOptions> {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+        };
+        Ok(TlsOptions {
+            ca_pem: self
+                .dicomweb_ca_cert
+                .as_deref()
+                .map(|p| read("--dicomweb-ca-cert", p))
+                .transpose()?,
+            identity: match (&self.dicomweb_client_cert, &self.dicomweb_client_key) {
+                (Some(cert), Some(key)) => Some((
+                    read("--dicomweb-client-cert", cert)?,
+                    read("--dicomweb-client-key", key)?,
+                )),
+                _ => None,
+            },
+        })
+    }
 }
 
 /// How one study ended.
@@ -246,6 +284,8 @@ struct Job {
     model: String,
     backend: String,
     description: String,
+    /// Most bytes retrieved for one study.
+    max_study_bytes: u64,
     /// Nanoseconds spent in each of [`STAGES`], over all studies.
     spent: [AtomicU64; 5],
 }
@@ -293,17 +333,34 @@ impl Job {
             ));
         }
         let series: Vec<&serde_json::Value> = series.iter().filter(|s| modality(s, "CT")).collect();
-        let mut files = Vec::new();
+        // The study's CT series together stay within --max-study-mib.
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        let mut left = self.max_study_bytes;
         for s in &series {
             let series_uid = attribute(s, SERIES_UID)
                 .ok_or_else(|| anyhow!("a CT series of the study has no SeriesInstanceUID"))?;
-            files.extend(
-                self.timed(1, retry(web, || self.pacs.retrieve_series(uid, series_uid)))
-                    .await?,
-            );
+            let got = self
+                .timed(
+                    1,
+                    retry(web, || self.pacs.retrieve_series(uid, series_uid, left)),
+                )
+                .await
+                .map_err(|e| match e {
+                    DicomWebError::TooLarge { .. } => anyhow!(
+                        "the study's CT series exceed --max-study-mib ({} MiB)",
+                        self.max_study_bytes >> 20
+                    ),
+                    e => e.into(),
+                })?;
+            left = left.saturating_sub(got.iter().map(|f| f.len() as u64).sum());
+            files.extend(got);
         }
         if files.is_empty() {
-            return Ok(Row::ended(uid, "refused", "the study has no CT series"));
+            return Ok(Row::ended(
+                uid,
+                "refused",
+                "the PACS holds no CT series of the study",
+            ));
         }
         let bytes: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
         let mut server = self.server.clone();
@@ -405,9 +462,13 @@ pub fn run(args: ScreenArgs) -> anyhow::Result<()> {
     let pacs = DicomWeb::new(
         &args.dicomweb,
         args.dicomweb_token.clone(),
+        &args.pacs_tls()?,
         Limits::default(),
     )
     .map_err(|e| anyhow!("--dicomweb: {e}"))?;
+    if args.dicomweb_token.is_some() && args.dicomweb.starts_with("http://") {
+        eprintln!("warning: the DICOMweb token is sent unencrypted over http://");
+    }
     let query: Vec<(String, String)> = args
         .query
         .iter()
@@ -473,6 +534,7 @@ pub fn run(args: ScreenArgs) -> anyhow::Result<()> {
             model: model.name.clone(),
             backend: args.endpoint.backend(),
             description: osteo_dicom::sr::series_description(&model.name, &model.version),
+            max_study_bytes: args.max_study_mib << 20,
             spent: Default::default(),
         });
         let started = Instant::now();

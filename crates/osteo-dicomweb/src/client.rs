@@ -1,11 +1,13 @@
-//! The DICOMweb client: one base URL (the service root, e.g. `http://pacs/dicom-web`), an
-//! optional bearer token, and limits on every answer.
+//! The DICOMweb client: one base URL (the service root, e.g. `https://pacs/dicom-web`), TLS
+//! options for `https://`, an optional bearer token, and limits on every answer.
 
 use crate::error::DicomWebError;
 use crate::multipart;
+use crate::tls::{self, TlsOptions};
 use bytes::Bytes;
 use http::{Method, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -46,7 +48,7 @@ pub struct DicomWeb {
     base: String,
     token: Option<String>,
     limits: Limits,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for DicomWeb {
@@ -59,37 +61,52 @@ impl std::fmt::Debug for DicomWeb {
 }
 
 impl DicomWeb {
-    /// A client of the service at `base_url` (`http://host:port/path`), sending `token` as a
-    /// bearer token when given.
+    /// A client of the service at `base_url` (`http://` or `https://host:port/path`), sending
+    /// `token` as a bearer token when given; `tls` applies to `https://` only.
     pub fn new(
         base_url: &str,
         token: Option<String>,
+        tls: &TlsOptions,
         limits: Limits,
     ) -> Result<Self, DicomWebError> {
         let uri: http::Uri = base_url
             .parse()
             .map_err(|_| DicomWebError::Url("not a URL".into()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
                 return Err(DicomWebError::Url(
-                    "https is not supported yet: reach the PACS over http on a trusted network \
-                     or through a local TLS-terminating proxy"
-                        .into(),
+                    "needs an http:// or https:// URL".into(),
                 ));
             }
-            _ => return Err(DicomWebError::Url("needs an http:// URL".into())),
-        }
+        };
         if uri.query().is_some() || uri.host().is_none() {
             return Err(DicomWebError::Url(
                 "needs a host and no query string".into(),
             ));
         }
+        if !https && tls.is_set() {
+            return Err(DicomWebError::Url(
+                "a CA or client certificate needs an https:// URL".into(),
+            ));
+        }
+        // A plain-http client never uses its TLS configuration: no roots are loaded for it.
+        let config = if https {
+            tls::client_config(tls)?
+        } else {
+            tls::unused_config()?
+        };
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
         Ok(Self {
             base: base_url.trim_end_matches('/').to_string(),
             token,
             limits,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
         })
     }
 
@@ -179,21 +196,29 @@ impl DicomWeb {
         }
     }
 
-    /// WADO-RS: every instance of one series as DICOM Part-10 bytes.
+    /// WADO-RS: every instance of one series as DICOM Part-10 bytes, the answer at most
+    /// `max_bytes` (and within the client's `max_study_bytes`).
     pub async fn retrieve_series(
         &self,
         study_uid: &str,
         series_uid: &str,
+        max_bytes: u64,
     ) -> Result<Vec<Vec<u8>>, DicomWebError> {
         const REQUEST: &str = "WADO-RS retrieve";
         check_uid(REQUEST, series_uid)?;
-        self.retrieve(REQUEST, study_uid, &format!("/series/{series_uid}"))
-            .await
+        self.retrieve(
+            REQUEST,
+            study_uid,
+            &format!("/series/{series_uid}"),
+            max_bytes,
+        )
+        .await
     }
 
     /// WADO-RS: every instance of a study as DICOM Part-10 bytes.
     pub async fn retrieve_study(&self, study_uid: &str) -> Result<Vec<Vec<u8>>, DicomWebError> {
-        self.retrieve("WADO-RS retrieve", study_uid, "").await
+        self.retrieve("WADO-RS retrieve", study_uid, "", u64::MAX)
+            .await
     }
 
     /// WADO-RS of `/studies/{study_uid}{rest}`: the instances of the multipart answer.
@@ -202,6 +227,7 @@ impl DicomWeb {
         request: &'static str,
         study_uid: &str,
         rest: &str,
+        max_bytes: u64,
     ) -> Result<Vec<Vec<u8>>, DicomWebError> {
         check_uid(request, study_uid)?;
         let (_, content_type, body) = self
@@ -211,7 +237,7 @@ impl DicomWeb {
                 &format!("/studies/{study_uid}{rest}"),
                 "multipart/related; type=\"application/dicom\"",
                 None,
-                self.limits.max_study_bytes,
+                max_bytes.min(self.limits.max_study_bytes),
             )
             .await?;
         let protocol = |message: &str| DicomWebError::Protocol {
@@ -285,11 +311,14 @@ impl DicomWeb {
             .body(Full::new(content))
             .map_err(|e| transport(e.to_string()))?;
         let exchange = async {
-            let response = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| transport(error_chain(&e)))?;
+            let response =
+                self.client
+                    .request(req)
+                    .await
+                    .map_err(|e| match tls::tls_failure(&e) {
+                        Some(message) => DicomWebError::Handshake { request, message },
+                        None => transport(error_chain(&e)),
+                    })?;
             let status = response.status().as_u16();
             if !(200..300).contains(&status) {
                 return Err(DicomWebError::Status { request, status });
@@ -422,18 +451,18 @@ mod tests {
 
     #[test]
     fn urls_uids_and_query_values_are_checked() {
-        assert!(DicomWeb::new("http://127.0.0.1:8042/dicom-web", None, Limits::default()).is_ok());
-        for bad in [
-            "ftp://x/",
-            "https://pacs/dicom-web",
-            "not a url",
-            "http://h/p?x=1",
-        ] {
-            assert!(
-                DicomWeb::new(bad, None, Limits::default()).is_err(),
-                "{bad}"
-            );
+        let new = |url: &str, tls: &TlsOptions| DicomWeb::new(url, None, tls, Limits::default());
+        let plain = TlsOptions::default();
+        assert!(new("http://127.0.0.1:8042/dicom-web", &plain).is_ok());
+        for bad in ["ftp://x/", "not a url", "http://h/p?x=1"] {
+            assert!(new(bad, &plain).is_err(), "{bad}");
         }
+        let ca = TlsOptions {
+            ca_pem: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            identity: None,
+        };
+        let e = new("http://pacs/dicom-web", &ca).expect_err("TLS options on http");
+        assert!(e.to_string().contains("needs an https:// URL"), "{e}");
         assert!(valid_uid("1.2.840.10008.1.2"));
         for bad in ["", "1..2/../x", "1.2.", "a.b", &"1".repeat(65)] {
             assert!(!valid_uid(bad), "{bad}");

@@ -8,6 +8,18 @@ pub enum DicomWebError {
     /// The base URL cannot be used.
     #[error("DICOMweb URL: {0}")]
     Url(String),
+    /// The TLS options cannot be used (a CA file, client certificate or key).
+    #[error("DICOMweb TLS: {0}")]
+    TlsConfig(String),
+    /// The TLS handshake with the server failed (an untrusted or wrong certificate, a client
+    /// certificate refused); retrying does not help.
+    #[error("DICOMweb {request}: the TLS handshake failed: {message}")]
+    Handshake {
+        /// What was asked.
+        request: &'static str,
+        /// What TLS reported.
+        message: String,
+    },
     /// The server could not be reached or the connection broke.
     #[error("DICOMweb {request}: {message}")]
     Transport {

@@ -13,6 +13,8 @@ pub struct Orthanc {
     child: Child,
     /// The DICOMweb service root, `http://127.0.0.1:PORT/dicom-web`.
     pub url: String,
+    /// Orthanc's HTTP port on 127.0.0.1.
+    pub http_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -23,7 +25,8 @@ impl Drop for Orthanc {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port free at the moment of asking.
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -67,18 +70,28 @@ impl Orthanc {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start Orthanc: {e}"))?;
-        let orthanc = Orthanc {
+        let mut orthanc = Orthanc {
             child,
             url: format!("http://127.0.0.1:{http}/dicom-web"),
+            http_port: http,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-            if Instant::now() > deadline {
-                return Err("Orthanc did not start within a minute".into());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port("Orthanc", http, &mut orthanc.child)?;
         Ok(orthanc)
     }
+}
+
+/// Waits up to a minute until `child` accepts connections on loopback `port`.
+pub(crate) fn wait_for_port(what: &str, port: u16, child: &mut Child) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited at start ({status})"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not start within a minute"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //! retrieved with WADO-RS byte for byte.
 
 use osteo_dicomweb::orthanc::Orthanc;
-use osteo_dicomweb::{DicomWeb, DicomWebError, Limits};
+use osteo_dicomweb::{DicomWeb, DicomWebError, Limits, TlsOptions};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
 use std::path::Path;
 
@@ -24,7 +24,13 @@ fn phantom(dir: &Path, index: u64) -> (String, Vec<Vec<u8>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_search_and_retrieve_against_orthanc() {
     let orthanc = Orthanc::start().expect("Orthanc");
-    let pacs = DicomWeb::new(&orthanc.url, None, Limits::default()).expect("client");
+    let pacs = DicomWeb::new(
+        &orthanc.url,
+        None,
+        &TlsOptions::default(),
+        Limits::default(),
+    )
+    .expect("client");
     let dir = tempfile::tempdir().expect("tempdir");
     let (a_uid, a) = phantom(&dir.path().join("a"), 0);
     let (b_uid, b) = phantom(&dir.path().join("b"), 1);
@@ -87,6 +93,7 @@ async fn store_search_and_retrieve_against_orthanc() {
     let small = DicomWeb::new(
         &orthanc.url,
         None,
+        &TlsOptions::default(),
         Limits {
             max_study_bytes: 1 << 20,
             ..Limits::default()

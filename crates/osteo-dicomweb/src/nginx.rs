@@ -1,0 +1,126 @@
+//! A throw-away nginx (Debian `nginx`) terminating TLS in front of a local PACS, the way sites
+//! publish Orthanc: its certificate, optionally client certificates verified against a CA and a
+//! required bearer token. For tests and benchmarks of `https://` DICOMweb clients.
+
+use crate::orthanc::{free_port, wait_for_port};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// What the proxy asks of its clients.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyAuth {
+    /// PEM CA file: clients must present a certificate it signed.
+    pub client_ca: Option<PathBuf>,
+    /// Requests must carry `Authorization: Bearer <token>` (letters and digits only).
+    pub token: Option<String>,
+}
+
+/// A running nginx, stopped (and its folder removed) on drop.
+pub struct TlsProxy {
+    child: Child,
+    /// The DICOMweb service root through the proxy, `https://127.0.0.1:PORT/dicom-web`.
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+impl TlsProxy {
+    /// Starts nginx on a loopback port with the server certificate `cert` and key `key`,
+    /// forwarding everything to `http://127.0.0.1:{upstream_port}`.
+    pub fn start(
+        upstream_port: u16,
+        cert: &Path,
+        key: &Path,
+        auth: &ProxyAuth,
+    ) -> Result<TlsProxy, String> {
+        let binary = binary().ok_or("nginx is not installed: run scripts/setup.sh")?;
+        if let Some(token) = &auth.token
+            && !token.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err("the proxy's token must be letters and digits".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = free_port().map_err(|e| e.to_string())?;
+        let d = dir.path().display();
+        let client = match &auth.client_ca {
+            Some(ca) => format!(
+                "ssl_client_certificate {};\n    ssl_verify_client on;",
+                ca.display()
+            ),
+            None => String::new(),
+        };
+        let token = match &auth.token {
+            Some(t) => format!("if ($http_authorization != \"Bearer {t}\") {{ return 401; }}"),
+            None => String::new(),
+        };
+        // One process, no user switch; bodies streamed both ways (no temporary files).
+        let config = format!(
+            "daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    {client}
+    client_max_body_size 0;
+    {token}
+    location / {{
+      proxy_pass http://127.0.0.1:{upstream_port};
+      proxy_http_version 1.1;
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }}
+  }}
+}}
+",
+            cert = cert.display(),
+            key = key.display(),
+        );
+        let file = dir.path().join("nginx.conf");
+        std::fs::write(&file, config).map_err(|e| e.to_string())?;
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start nginx: {e}"))?;
+        let mut proxy = TlsProxy {
+            child,
+            url: format!("https://127.0.0.1:{port}/dicom-web"),
+            dir,
+        };
+        wait_for_port("nginx", port, &mut proxy.child).map_err(|e| {
+            let log = std::fs::read_to_string(proxy.dir.path().join("error.log"));
+            format!("{e}: {}", log.unwrap_or_default().trim())
+        })?;
+        Ok(proxy)
+    }
+}
