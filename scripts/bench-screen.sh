@@ -4,8 +4,8 @@
 # models on loopback ports, loads N phantom studies (osteo synth: MATRIX x MATRIX, about 130 slices)
 # into Orthanc through its REST API, screens them with `osteo screen --query
 # ModalitiesInStudy=CT`, and prints studies per hour, where the time went (the stage totals
-# `osteo screen` reports) and the server's busy share (inference and preprocessing seconds from
-# /metrics over the wall time).
+# `osteo screen` reports) and the server's busy share (ingest, preprocessing and inference
+# seconds from /metrics over the wall time).
 #
 #   scripts/bench-screen.sh [STUDIES=24] [CONCURRENCY=4] [MATRIX=192]   (512: clinical-size slices)
 set -euo pipefail
@@ -55,7 +55,9 @@ wall = end - start
 status = collections.Counter(r["status"] for r in csv.DictReader(open(results)))
 def total(name):
     return sum(float(l.split()[-1]) for l in scrape.splitlines() if l.startswith(name + "_sum"))
-busy = total("osteo_inference_seconds") + total("osteo_preprocess_seconds")
+ingest = total("osteo_ingest_seconds")
+model = total("osteo_inference_seconds") + total("osteo_preprocess_seconds")
+busy = ingest + model
 print(f"{n} studies ({nbytes / n / 1e6:.1f} MB each) in {wall:.1f} s: {n / wall * 3600:.0f} studies/hour; {dict(status)}")
-print(f"server busy (preprocess + inference): {busy:.2f} s = {100 * busy / wall:.1f}% of the wall time")
+print(f"server busy: ingest (decode + gate) {ingest:.2f} s + preprocess + inference {model:.2f} s = {busy:.2f} s = {100 * busy / wall:.1f}% of the wall time")
 PY

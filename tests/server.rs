@@ -233,6 +233,13 @@ async fn upload_classify_explain_and_manage_a_study() {
         0.0,
         "nothing left behind"
     );
+    // The upload was decoded and gated once, each timed.
+    for stage in ["stage=\"decode\"", "stage=\"gate\""] {
+        assert!(
+            metric(&metrics, "osteo_ingest_seconds_count", &[stage]) >= 1.0,
+            "{stage}"
+        );
+    }
     let output = server.output();
     for secret in [PATIENT_NAME, PATIENT_ID, "JANE", "QUIETLY"] {
         assert!(

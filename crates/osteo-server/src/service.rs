@@ -134,6 +134,7 @@ impl State {
     ) -> Result<Study, ServerError> {
         let state = self.clone();
         blocking(move || {
+            let started = std::time::Instant::now();
             let options = IngestOptions {
                 series_uid,
                 limits: state.limits(),
@@ -147,6 +148,8 @@ impl State {
             // Integral HU the headers could not prove in range may still fit i16: keep only
             // what the volume takes.
             held.resize(ingested.volume.hu.byte_len())?;
+            metrics::histogram!("osteo_ingest_seconds", "stage" => "decode")
+                .record(started.elapsed().as_secs_f64());
             Ok(Study::new(
                 ingested.volume,
                 ingested.demographics,
@@ -179,12 +182,16 @@ impl State {
             .unwrap_or_default();
         let (pool, study) = (self.ingest_pool.clone(), study.clone());
         blocking(move || {
-            Ok(pool.install(|| {
+            let started = std::time::Instant::now();
+            let gates = pool.install(|| {
                 specs
                     .into_iter()
                     .map(|(name, spec)| (name, study.assessment(&spec)))
                     .collect()
-            }))
+            });
+            metrics::histogram!("osteo_ingest_seconds", "stage" => "gate")
+                .record(started.elapsed().as_secs_f64());
+            Ok(gates)
         })
         .await
     }
