@@ -1,5 +1,6 @@
 //! `CandleBackend`: loads `weights.safetensors` and serves predict and Grad-CAM.
 
+use crate::folded::Folded;
 use crate::network::Network;
 use candle_core::{D, DType, IndexOp, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -33,16 +34,24 @@ fn runtime(e: candle_core::Error) -> BackendError {
 #[derive(Debug)]
 pub struct CandleBackend {
     network: Network,
+    /// The CPU inference path (batch-norm folded, channels last); `None` on GPUs.
+    folded: Option<Folded>,
     device: Device,
     candle_device: candle_core::Device,
 }
 
 impl CandleBackend {
     /// Wraps an already built network (e.g. straight from training).
+    /// Predictions use the network's weights as they are now (folded once, here).
     pub fn from_network(network: Network, device: Device) -> Result<Self, BackendError> {
         let candle_device = to_candle_device(device)?;
+        let folded = match device {
+            Device::Cpu => Some(Folded::new(&network).map_err(runtime)?),
+            Device::Cuda(_) => None,
+        };
         Ok(Self {
             network,
+            folded,
             device,
             candle_device,
         })
@@ -87,11 +96,7 @@ impl LoadBackend for CandleBackend {
             .map_err(runtime)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &candle_device);
         let network = Network::new(arch, vb).map_err(|e| BackendError::Load(e.to_string()))?;
-        Ok(Self {
-            network,
-            device,
-            candle_device,
-        })
+        Self::from_network(network, device)
     }
 }
 
@@ -105,6 +110,21 @@ impl Backend for CandleBackend {
     }
 
     fn predict(&mut self, batch: &Batch) -> Result<osteo_core::Tensor, BackendError> {
+        if let Some(folded) = &self.folded {
+            let arch = self.network.arch();
+            let n = batch.check(arch)?;
+            let images = arch.image.as_ref().and(batch.images.as_ref());
+            let tabular = arch.tabular.as_ref().and(batch.tabular.as_ref());
+            let logits = folded
+                .forward(
+                    n,
+                    images.map(osteo_core::Tensor::data),
+                    tabular.map(osteo_core::Tensor::data),
+                )
+                .map_err(runtime)?;
+            return osteo_core::Tensor::new(vec![n, arch.head.classes], logits)
+                .map_err(|e| BackendError::Runtime(e.to_string()));
+        }
         let (images, tabular) = self.inputs(batch)?;
         let logits = self
             .network
@@ -121,10 +141,17 @@ impl Backend for CandleBackend {
     fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError> {
         sample.check_explain(self.network.arch())?;
         let (images, tabular) = self.inputs(sample)?;
-        let activation = images
-            .map(|x| self.network.image_activation(&x, false).map(|a| a.detach()))
-            .transpose()
-            .map_err(runtime)?;
+        // The convolutions need no gradient: on the CPU they run on the folded path.
+        let activation = match (&self.folded, sample.images.as_ref(), images) {
+            (Some(folded), Some(view), Some(_)) => {
+                let (act, (k, h, w)) = folded.activation(view.data()).map_err(runtime)?;
+                Some(Tensor::from_vec(act, (1, k, h, w), &self.candle_device).map_err(runtime)?)
+            }
+            (_, _, images) => images
+                .map(|x| self.network.image_activation(&x, false).map(|a| a.detach()))
+                .transpose()
+                .map_err(runtime)?,
+        };
         let var = activation
             .as_ref()
             .map(Var::from_tensor)

@@ -6,9 +6,9 @@ use osteo_core::ArchSpec;
 
 /// One conv block: conv3x3 -> batch-norm -> ReLU -> max-pool 2x2.
 #[derive(Debug, Clone)]
-struct ConvBlock {
-    conv: Conv2d,
-    bn: BatchNorm,
+pub(crate) struct ConvBlock {
+    pub(crate) conv: Conv2d,
+    pub(crate) bn: BatchNorm,
 }
 
 /// Linear layers with ReLU between them (and after the last when `relu_last`).
@@ -109,6 +109,23 @@ impl Network {
     /// The spec the network was built from.
     pub fn arch(&self) -> &ArchSpec {
         &self.arch
+    }
+
+    /// The conv blocks, input first.
+    pub(crate) fn blocks(&self) -> &[ConvBlock] {
+        &self.blocks
+    }
+
+    /// The clinical-feature MLP's layers (none without one) and whether its last has a ReLU.
+    pub(crate) fn tabular_layers(&self) -> (&[Linear], bool) {
+        self.tabular
+            .as_ref()
+            .map_or((&[], false), |m| (&m.layers, m.relu_last))
+    }
+
+    /// The head's layers (ReLU between them, none after the last).
+    pub(crate) fn head_layers(&self) -> &[Linear] {
+        &self.head.layers
     }
 
     /// The last conv block's activation `A [N, K, h, w]` for views `[N, C, H, W]`.

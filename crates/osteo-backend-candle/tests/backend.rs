@@ -184,11 +184,13 @@ fn gradcam_alpha_matches_finite_differences() {
     let (_, k, h, w) = a.dims4().expect("4d");
     let explanation = backend.explain(&sample).expect("explain");
     let predicted = backend.predict(&sample).expect("predict");
-    assert_eq!(
-        explanation.logits,
-        predicted.data(),
-        "one pass gives the prediction too"
-    );
+    // Explain runs the autograd graph, predict the folded CPU path: equal within rounding.
+    for (e, p) in explanation.logits.iter().zip(predicted.data()) {
+        assert!(
+            (e - p).abs() <= 1e-5 * (1.0 + p.abs()),
+            "one pass gives the prediction too: {e} vs {p}"
+        );
+    }
     for class in Grade::ALL {
         let parts = explanation.parts(class).expect("parts");
         assert_eq!(parts.activation.shape(), &[k, h, w]);
