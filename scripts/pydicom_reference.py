@@ -8,11 +8,12 @@ Usage:
                                            OUT/manifest.json with shapes and transfer syntaxes
   pydicom_reference.py series OUT FILE...  like dump, but the files form one series: writes
                                            OUT/series.f32 with slices sorted along the normal
-  pydicom_reference.py make-series SRC OUT N
+  pydicom_reference.py make-series SRC OUT N [STEP]
                                            derive an N-slice series from one real CT slice: each
                                            slice's pixels are the source's rolled by 7 columns per
                                            slice (so slices differ), IPP 2.5 mm apart, files named
-                                           in shuffled order
+                                           in shuffled order; STEP > 1 keeps every STEP-th
+                                           row and column (512 -> 256 with 2)
 
 Rescale follows DICOM: RescaleSlope/Intercept at the top level, else the per-frame or shared
 PixelValueTransformationSequence (Enhanced CT). Frames are sorted by the projection of
@@ -72,13 +73,13 @@ def hu_frames(ds):
     return out
 
 
-def make_series(src, out, n):
+def make_series(src, out, n, step=1):
     from pydicom.uid import generate_uid
     import random
     os.makedirs(out, exist_ok=True)
     base = pydicom.dcmread(src)
     base.decompress() if base.file_meta.TransferSyntaxUID.is_compressed else None
-    pixels = base.pixel_array
+    pixels = base.pixel_array[::step, ::step]
     series_uid = generate_uid(entropy_srcs=[src, "series", str(n)])
     order = list(range(n))
     random.Random(n).shuffle(order)
@@ -87,6 +88,8 @@ def make_series(src, out, n):
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress()
         ds.PixelData = np.roll(pixels, 7 * k, axis=1).astype(pixels.dtype).tobytes()
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PixelSpacing = [float(v) * step for v in ds.PixelSpacing]
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[src, str(n), str(k)])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -112,7 +115,7 @@ def main():
                     print(path)
         return
     if cmd == "make-series":
-        make_series(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        make_series(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 1)
         return
     out = sys.argv[2]
     files = sys.argv[3:]

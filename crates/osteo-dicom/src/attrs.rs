@@ -7,13 +7,14 @@
 
 use crate::error::DicomError;
 use crate::limits::IngestLimits;
+use crate::native::NativePixels;
 use crate::prescan;
 use crate::source::SourceFile;
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::header::{HasLength, Header};
 use dicom_core::value::{C, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
-use dicom_dictionary_std::StandardDataDictionary;
+use dicom_dictionary_std::{StandardDataDictionary, tags};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_encoding::transfer_syntax::Endianness;
 use dicom_object::file::ReadPreamble;
@@ -23,7 +24,17 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 /// A parsed file with its label.
 pub(crate) struct Parsed {
     pub label: String,
+    /// The data set; without Pixel Data when `native` holds it.
     pub obj: DefaultDicomObject,
+    /// Native 16-bit pixels read in place from the file's bytes.
+    pub native: Option<NativePixels>,
+}
+
+impl Parsed {
+    /// Whether the file has a Pixel Data element.
+    pub fn has_pixel_data(&self) -> bool {
+        self.native.is_some() || self.obj.get(tags::PIXEL_DATA).is_some()
+    }
 }
 
 /// Parses a file's bytes (with or without the 128-byte preamble) and repairs VR-UN elements.
@@ -44,25 +55,51 @@ pub(crate) fn parse(file: SourceFile, limits: &IngestLimits) -> Result<Parsed, D
         });
     }
     let body_start = if has_preamble { 132 } else { 4 };
-    prescan::check_lengths(&bytes, body_start, &label, limits.max_file_bytes)?;
+    let pixels = prescan::check_lengths(&bytes, body_start, &label, limits.max_file_bytes)?;
     let preamble = if has_preamble {
         ReadPreamble::Always
     } else {
         ReadPreamble::Never
     };
-    let mut obj = OpenFileOptions::new()
-        .read_preamble(preamble)
-        .from_reader(bytes.as_slice())
-        .map_err(|e| DicomError::Parse {
+    let read = |bytes: &[u8], until_pixels: bool| {
+        let mut options = OpenFileOptions::new().read_preamble(preamble);
+        if until_pixels {
+            options = options.read_until(tags::PIXEL_DATA);
+        }
+        let mut obj = options.from_reader(bytes).map_err(|e| DicomError::Parse {
             file: label.clone(),
             message: error_chain(&e),
         })?;
-    let endianness = TransferSyntaxRegistry
-        .get(obj.meta().transfer_syntax())
-        .map(|ts| ts.endianness())
-        .unwrap_or(Endianness::Little);
-    repair_un_elements(&mut obj, endianness);
-    Ok(Parsed { label, obj })
+        let endianness = TransferSyntaxRegistry
+            .get(obj.meta().transfer_syntax())
+            .map(|ts| ts.endianness())
+            .unwrap_or(Endianness::Little);
+        repair_un_elements(&mut obj, endianness);
+        Ok::<_, DicomError>(obj)
+    };
+    // Native pixels: parse the header only and read the pixels in place later.
+    let bytes = match pixels {
+        Some(range) => {
+            let obj = read(&bytes, true)?;
+            match NativePixels::qualify(&obj, &label, bytes, range) {
+                Ok(native) => {
+                    return Ok(Parsed {
+                        label,
+                        obj,
+                        native: Some(native),
+                    });
+                }
+                Err(bytes) => bytes,
+            }
+        }
+        None => bytes,
+    };
+    let obj = read(&bytes, false)?;
+    Ok(Parsed {
+        label,
+        obj,
+        native: None,
+    })
 }
 
 /// Joins an error and its sources into one line.

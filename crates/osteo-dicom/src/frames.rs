@@ -126,7 +126,7 @@ pub(crate) fn read_header(p: &Parsed, limits: &IngestLimits) -> Result<FileHeade
     let modality = text(obj, tags::MODALITY).unwrap_or_default();
     let series_uid = text(obj, tags::SERIES_INSTANCE_UID)
         .ok_or_else(|| DicomError::missing(file, &attr_name(tags::SERIES_INSTANCE_UID)))?;
-    let has_pixel_data = obj.get(tags::PIXEL_DATA).is_some();
+    let has_pixel_data = p.has_pixel_data();
     if !has_pixel_data {
         return Ok(FileHeader {
             label: p.label.clone(),
@@ -271,11 +271,12 @@ fn check_native_length(
     frames: u32,
     bits: u32,
 ) -> Result<(), DicomError> {
-    let Some(e) = p.obj.get(tags::PIXEL_DATA) else {
-        return Ok(());
+    let have = match (&p.native, p.obj.get(tags::PIXEL_DATA).map(|e| e.value())) {
+        (Some(native), _) => Some(native.len() as u64),
+        (None, Some(dicom_core::DicomValue::Primitive(v))) => Some(v.calculate_byte_len() as u64),
+        _ => None,
     };
-    if let dicom_core::DicomValue::Primitive(v) = e.value() {
-        let have = v.calculate_byte_len() as u64;
+    if let Some(have) = have {
         let need = u64::from(rows) * u64::from(columns) * u64::from(frames) * u64::from(bits / 8);
         if have < need {
             return Err(DicomError::invalid(

@@ -139,7 +139,11 @@ impl Planned {
         let slice_len = self.ordered.rows as usize * self.ordered.columns as usize;
         let n = self.ordered.slices.len();
         let decode = |dst: &mut [f32], s: &series::SliceRef| {
-            decode_frame_into(&self.parsed[s.file], &self.headers[s.file], s.frame, dst)
+            let p = &self.parsed[s.file];
+            match &p.native {
+                Some(native) if s.frame == 0 && native.to_f32(dst) => Ok(()),
+                _ => decode_frame_into(p, &self.headers[s.file], s.frame, dst),
+            }
         };
         let as_f32 = || -> Result<Voxels, DicomError> {
             let mut hu = vec![0f32; n * slice_len];
@@ -158,9 +162,13 @@ impl Planned {
                     .zip(self.ordered.slices.par_iter())
                     .map_init(
                         || vec![0f32; slice_len],
-                        |frame, (dst, s)| {
-                            decode(frame, s)?;
-                            Ok(narrow(frame, dst))
+                        |frame, (dst, s)| match &self.parsed[s.file].native {
+                            // Native samples go straight to i16.
+                            Some(native) if s.frame == 0 => Ok(native.to_i16(dst)),
+                            _ => {
+                                decode(frame, s)?;
+                                Ok(narrow(frame, dst))
+                            }
                         },
                     )
                     .collect(),

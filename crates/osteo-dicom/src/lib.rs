@@ -15,6 +15,7 @@ mod frames;
 pub mod gate;
 pub mod ingest;
 pub mod limits;
+mod native;
 mod prescan;
 pub mod render;
 pub mod secondary_capture;

@@ -12,9 +12,11 @@ use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 use std::io::Read;
+use std::ops::Range;
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 
@@ -79,8 +81,9 @@ fn is_sequence_in_dictionary(tag: Tag) -> bool {
 
 /// Outcome of walking one data set.
 enum Walk {
-    /// Every length fits (or the walk stopped on something it leaves to the parser).
-    Fine,
+    /// Every length fits (or the walk stopped on something it leaves to the parser), with the
+    /// value bytes of a top-level, defined-length Pixel Data element when the walk completed.
+    Fine(Option<Range<usize>>),
     /// Meta group ended at this offset (only when walking the meta group).
     MetaEnd(usize, Option<String>),
 }
@@ -114,12 +117,13 @@ fn walk(
     let mut pos = start;
     let mut open: Vec<Open> = Vec::new();
     let mut ts: Option<String> = None;
+    let mut pixels: Option<Range<usize>> = None;
     while pos + 8 <= data.len() {
         let (Some(group), Some(elem)) = (
             u16_at(data, pos, enc.little),
             u16_at(data, pos + 2, enc.little),
         ) else {
-            return Ok(Walk::Fine);
+            return Ok(Walk::Fine(None));
         };
         let tag = Tag(group, elem);
         if meta_only && group != 0x0002 {
@@ -127,7 +131,7 @@ fn walk(
         }
         if group == 0xFFFE {
             let Some(len) = u32_at(data, pos + 4, enc.little) else {
-                return Ok(Walk::Fine);
+                return Ok(Walk::Fine(None));
             };
             pos += 8;
             let in_fragments = matches!(open.last(), Some(Open::Fragments));
@@ -152,18 +156,18 @@ fn walk(
             let vr = VR::from_binary([data[pos + 4], data[pos + 5]]).unwrap_or(VR::UN);
             if short_length_vr(vr) {
                 let Some(len) = u16_at(data, pos + 6, enc.little) else {
-                    return Ok(Walk::Fine);
+                    return Ok(Walk::Fine(None));
                 };
                 (Some(vr), u32::from(len), 8)
             } else {
                 let Some(len) = u32_at(data, pos + 8, enc.little) else {
-                    return Ok(Walk::Fine);
+                    return Ok(Walk::Fine(None));
                 };
                 (Some(vr), len, 12)
             }
         } else {
             let Some(len) = u32_at(data, pos + 4, enc.little) else {
-                return Ok(Walk::Fine);
+                return Ok(Walk::Fine(None));
             };
             (None, len, 8)
         };
@@ -193,6 +197,9 @@ fn walk(
         if is_sq {
             continue; // descend: its items follow
         }
+        if !meta_only && open.is_empty() && tag == Tag(0x7FE0, 0x0010) {
+            pixels = Some(pos..pos + len as usize);
+        }
         if meta_only && tag == Tag(0x0002, 0x0010) {
             let raw = &data[pos..pos + len as usize];
             ts = Some(
@@ -206,25 +213,31 @@ fn walk(
     Ok(if meta_only {
         Walk::MetaEnd(pos, ts)
     } else {
-        Walk::Fine
+        Walk::Fine(pixels)
     })
 }
 
-/// Checks every declared element length against the bytes that remain.
+/// Checks every declared element length against the bytes that remain. For the two native
+/// little-endian transfer syntaxes, also returns where the top-level Pixel Data value lies in
+/// `bytes` (defined length), so it can be read in place instead of copied by the parser.
 pub(crate) fn check_lengths(
     bytes: &[u8],
     start: usize,
     file: &str,
     max_inflated: u64,
-) -> Result<(), DicomError> {
+) -> Result<Option<Range<usize>>, DicomError> {
     let meta = Encoding {
         explicit: true,
         little: true,
     };
     let Walk::MetaEnd(body, ts) = walk(bytes, start, meta, file, true)? else {
-        return Ok(());
+        return Ok(None);
     };
     let ts = ts.unwrap_or_default();
+    let pixels = |walked: Walk| match walked {
+        Walk::Fine(pixels) => pixels,
+        Walk::MetaEnd(..) => None,
+    };
     match ts.as_str() {
         IMPLICIT_LE => walk(
             bytes,
@@ -236,7 +249,7 @@ pub(crate) fn check_lengths(
             file,
             false,
         )
-        .map(|_| ()),
+        .map(pixels),
         EXPLICIT_BE => walk(
             bytes,
             body,
@@ -247,7 +260,7 @@ pub(crate) fn check_lengths(
             file,
             false,
         )
-        .map(|_| ()),
+        .map(|_| None),
         DEFLATED => {
             let mut inflated = Vec::new();
             let reader = flate2::read::DeflateDecoder::new(&bytes[body..]);
@@ -256,7 +269,7 @@ pub(crate) fn check_lengths(
                 .read_to_end(&mut inflated)
                 .is_err()
             {
-                return Ok(()); // corrupt stream: the parser reports it
+                return Ok(None); // corrupt stream: the parser reports it
             }
             if inflated.len() as u64 > max_inflated {
                 return Err(DicomError::TooLarge {
@@ -276,9 +289,9 @@ pub(crate) fn check_lengths(
                 file,
                 false,
             )
-            .map(|_| ())
+            .map(|_| None)
         }
-        _ => walk(
+        other => walk(
             bytes,
             body,
             Encoding {
@@ -288,6 +301,7 @@ pub(crate) fn check_lengths(
             file,
             false,
         )
-        .map(|_| ()),
+        // Encapsulated syntaxes share this encoding; only explicit VR LE pixels are native.
+        .map(|w| pixels(w).filter(|_| other == EXPLICIT_LE)),
     }
 }
