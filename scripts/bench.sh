@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark of BENCHMARKS.md in one run (not part of CI; takes about 15 minutes on 2 cores):
 # the machine, the backend table (scripts/bench_backends.py), ingest against pydicom + numpy
-# (scripts/bench_ingest.py), OsteoServe against MLServer with Triton's perf_analyzer
+# (scripts/bench_ingest.py), end to end against pydicom + numpy + onnxruntime
+# (scripts/bench_e2e.py, its environment in .cache/bench-venv), OsteoServe against MLServer with Triton's perf_analyzer
 # (scripts/bench-oip.sh), screening from Orthanc (scripts/bench-screen.sh) and, where an NVIDIA
 # GPU is present, scripts/gpu-check.sh. The tables go to stdout and to
 # target/bench/BENCHMARKS.generated.md; BENCHMARKS.md takes its tables from there.
@@ -13,6 +14,11 @@ cd "$root"
 runs=${1:-5}
 scripts/setup.sh >/dev/null
 cargo build --release --locked --bin osteo >/dev/null 2>&1
+# The Python reference pipeline: pydicom + numpy + onnxruntime (the versions the tests use).
+if [ ! -x .cache/bench-venv/bin/python ] || ! .cache/bench-venv/bin/python -c 'import pydicom, numpy, onnxruntime' 2>/dev/null; then
+  python3 -m venv .cache/bench-venv
+  .cache/bench-venv/bin/pip install -q --disable-pip-version-check pydicom==3.0.2 numpy==2.4.6 onnxruntime==1.31.1
+fi
 out=target/bench/BENCHMARKS.generated.md
 mkdir -p "$(dirname "$out")"
 {
@@ -28,6 +34,12 @@ mkdir -p "$(dirname "$out")"
   echo
   echo '```'
   .cache/venv/bin/python scripts/bench_ingest.py "$runs"
+  echo '```'
+  echo
+  echo "## End to end against pydicom + numpy + onnxruntime"
+  echo
+  echo '```'
+  .cache/bench-venv/bin/python scripts/bench_e2e.py "$runs"
   echo '```'
   echo
   echo "## Open Inference Protocol against MLServer (perf_analyzer)"

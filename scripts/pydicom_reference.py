@@ -8,12 +8,13 @@ Usage:
                                            OUT/manifest.json with shapes and transfer syntaxes
   pydicom_reference.py series OUT FILE...  like dump, but the files form one series: writes
                                            OUT/series.f32 with slices sorted along the normal
-  pydicom_reference.py make-series SRC OUT N [STEP]
+  pydicom_reference.py make-series SRC OUT N [STEP [ROLL]]
                                            derive an N-slice series from one real CT slice: each
                                            slice's pixels are the source's rolled by 7 columns per
                                            slice (so slices differ), IPP 2.5 mm apart, files named
                                            in shuffled order; STEP > 1 keeps every STEP-th
-                                           row and column (512 -> 256 with 2)
+                                           row and column (512 -> 256 with 2); ROLL columns
+                                           per slice instead of 7 (0: identical slices)
 
 Rescale follows DICOM: RescaleSlope/Intercept at the top level, else the per-frame or shared
 PixelValueTransformationSequence (Enhanced CT). Frames are sorted by the projection of
@@ -73,7 +74,7 @@ def hu_frames(ds):
     return out
 
 
-def make_series(src, out, n, step=1):
+def make_series(src, out, n, step=1, roll=7):
     from pydicom.uid import generate_uid
     import random
     os.makedirs(out, exist_ok=True)
@@ -87,7 +88,7 @@ def make_series(src, out, n, step=1):
         ds = pydicom.dcmread(src)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress()
-        ds.PixelData = np.roll(pixels, 7 * k, axis=1).astype(pixels.dtype).tobytes()
+        ds.PixelData = np.roll(pixels, roll * k, axis=1).astype(pixels.dtype).tobytes()
         ds.Rows, ds.Columns = pixels.shape
         ds.PixelSpacing = [float(v) * step for v in ds.PixelSpacing]
         ds.SeriesInstanceUID = series_uid
@@ -95,7 +96,7 @@ def make_series(src, out, n, step=1):
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [-120.0, -120.0, -100.0 + 2.5 * k]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImageOrientationPatient = ds.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])
         ds.SliceThickness = 2.5
         ds.save_as(os.path.join(out, f"slice_{order[k]:04d}.dcm"), enforce_file_format=True)
 
@@ -115,7 +116,9 @@ def main():
                     print(path)
         return
     if cmd == "make-series":
-        make_series(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 1)
+        make_series(sys.argv[2], sys.argv[3], int(sys.argv[4]),
+                    int(sys.argv[5]) if len(sys.argv) > 5 else 1,
+                    int(sys.argv[6]) if len(sys.argv) > 6 else 7)
         return
     out = sys.argv[2]
     files = sys.argv[3:]

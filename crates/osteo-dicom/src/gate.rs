@@ -425,7 +425,7 @@ fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
     let [_, ny, nx] = v.dims;
     let (py, px) = (v.spacing_mm[1], v.spacing_mm[2]);
     // The body masks on a grid of about MASK_STEP_MM.
-    let step = |p: f64| ((MASK_STEP_MM / p).floor() as usize).max(1);
+    let step = |p: f64| ((MASK_STEP_MM / p).round() as usize).max(1);
     let (sy, sx) = (step(py), step(px));
     let (h, w) = (ny.div_ceil(sy), nx.div_ceil(sx));
     let air_bins = ((AIR_MAX_HU - PADDING_HU) / BIN_HU) as usize;
