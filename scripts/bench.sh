@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark of BENCHMARKS.md in one run (not part of CI; takes about 15 minutes on 2 cores):
-# the machine, the backend table (scripts/bench_backends.py), ingest against pydicom + numpy
+# the machine, the backend table (scripts/bench_backends.py), Classify against the direct
+# backend call and memory per stored study (scripts/bench_serving.py), ingest against pydicom + numpy
 # (scripts/bench_ingest.py), end to end against pydicom + numpy + onnxruntime
 # (scripts/bench_e2e.py, its environment in .cache/bench-venv), OsteoServe against MLServer with Triton's perf_analyzer
 # (scripts/bench-oip.sh), screening from Orthanc (scripts/bench-screen.sh) and, where an NVIDIA
@@ -35,6 +36,10 @@ mkdir -p "$(dirname "$out")"
   echo '```'
   .cache/venv/bin/python scripts/bench_ingest.py "$runs"
   echo '```'
+  echo
+  echo "## Serving: Classify against the direct backend call, memory"
+  echo
+  .cache/venv/bin/python scripts/bench_serving.py "$runs"
   echo
   echo "## End to end against pydicom + numpy + onnxruntime"
   echo

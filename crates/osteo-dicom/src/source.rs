@@ -2,6 +2,8 @@
 
 use crate::error::DicomError;
 use crate::limits::IngestLimits;
+use rayon::prelude::*;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A DICOM input set.
@@ -89,18 +91,36 @@ impl DicomSource {
             DicomSource::Paths(ps) => ps,
         };
         check_count(paths.len(), limits)?;
+        // Every size is checked before any file is read; then the files are read in parallel
+        // (the kernel's work of providing fresh pages for them is most of the cost).
         let mut total = 0u64;
-        let mut out = Vec::with_capacity(paths.len());
+        let mut sized = Vec::with_capacity(paths.len());
         for path in paths {
-            let label = path.display().to_string();
             let len = std::fs::metadata(&path)
                 .map_err(|e| io_err(&path, e))?
                 .len();
             total += len;
-            check_bytes(&label, len, total, limits)?;
-            let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
-            out.push(SourceFile { label, bytes });
+            check_bytes(&path.display().to_string(), len, total, limits)?;
+            sized.push((path, len));
         }
+        let out = sized
+            .into_par_iter()
+            .map(|(path, len)| {
+                // A file that grew since its size was checked is read no further than the limit.
+                let mut bytes = Vec::with_capacity(len as usize);
+                std::fs::File::open(&path)
+                    .and_then(|f| {
+                        f.take(limits.max_file_bytes.saturating_add(1))
+                            .read_to_end(&mut bytes)
+                    })
+                    .map_err(|e| io_err(&path, e))?;
+                check_bytes(&path.display().to_string(), bytes.len() as u64, 0, limits)?;
+                Ok(SourceFile {
+                    label: path.display().to_string(),
+                    bytes,
+                })
+            })
+            .collect::<Result<Vec<_>, DicomError>>()?;
         if out.is_empty() {
             return Err(DicomError::NoCtImages {
                 details: "the input holds no files".into(),
