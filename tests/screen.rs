@@ -52,6 +52,19 @@ fn succeeded(out: &Output, results: &Path) {
     );
 }
 
+/// Asserts that a run exited 1 with `uid` in error in `results`; returns the reason.
+fn ended_in_error(out: Output, results_file: &Path, uid: &str) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _, reason) = results(results_file).remove(uid).expect("a row");
+    assert_eq!(status, "error");
+    reason
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -83,13 +96,7 @@ fn study_uid(file: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screen_grades_the_pacs_and_stores_the_results_back() {
     let orthanc = Orthanc::start().expect("Orthanc");
-    let pacs = DicomWeb::new(
-        &orthanc.url,
-        None,
-        &TlsOptions::default(),
-        Limits::default(),
-    )
-    .expect("client");
+    let pacs = orthanc.client().expect("client");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut phantoms = Vec::new();
     for i in 0..2 {
@@ -446,29 +453,13 @@ async fn screen_reaches_a_pacs_over_tls_with_client_certificates() {
     };
     // The wrong CA: an error row naming the handshake, exit 1, nothing stored.
     let wrong = dir.path().join("wrong-ca.csv");
-    let out = screen(tls_args(&wrong, &clients.cert)).await;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (status, _, reason) = &results(&wrong)[&uid];
-    assert_eq!(status, "error");
+    let reason = ended_in_error(screen(tls_args(&wrong, &clients.cert)).await, &wrong, &uid);
     assert!(reason.contains("TLS handshake failed"), "{reason}");
     // A study over --max-study-mib: an error row naming the flag, nothing stored.
     let small = dir.path().join("small.csv");
     let mut args = tls_args(&small, &pacs_ca.cert);
     args.extend(["--max-study-mib".to_string(), "1".to_string()]);
-    let out = screen(args).await;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (status, _, reason) = &results(&small)[&uid];
-    assert_eq!(status, "error");
+    let reason = ended_in_error(screen(args).await, &small, &uid);
     assert!(
         reason.contains("exceed --max-study-mib (1 MiB)"),
         "{reason}"

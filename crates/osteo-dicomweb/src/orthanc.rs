@@ -40,6 +40,16 @@ fn binary() -> Option<PathBuf> {
 }
 
 impl Orthanc {
+    /// A DICOMweb client of this Orthanc: plain http, no token, default limits.
+    pub fn client(&self) -> Result<crate::DicomWeb, crate::DicomWebError> {
+        crate::DicomWeb::new(
+            &self.url,
+            None,
+            &crate::TlsOptions::default(),
+            crate::Limits::default(),
+        )
+    }
+
     /// Starts Orthanc and waits (up to a minute) until it accepts connections.
     pub fn start() -> Result<Orthanc, String> {
         let binary = binary().ok_or("Orthanc is not installed: run scripts/setup.sh")?;

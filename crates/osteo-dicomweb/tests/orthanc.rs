@@ -24,13 +24,7 @@ fn phantom(dir: &Path, index: u64) -> (String, Vec<Vec<u8>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_search_and_retrieve_against_orthanc() {
     let orthanc = Orthanc::start().expect("Orthanc");
-    let pacs = DicomWeb::new(
-        &orthanc.url,
-        None,
-        &TlsOptions::default(),
-        Limits::default(),
-    )
-    .expect("client");
+    let pacs = orthanc.client().expect("client");
     let dir = tempfile::tempdir().expect("tempdir");
     let (a_uid, a) = phantom(&dir.path().join("a"), 0);
     let (b_uid, b) = phantom(&dir.path().join("b"), 1);
