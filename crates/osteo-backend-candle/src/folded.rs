@@ -162,7 +162,7 @@ impl Folded {
     ) -> Result<Vec<f32>> {
         let mut features = Vec::new();
         if let Some(x) = image {
-            let (act, (_, h, w), c) = self.activation_hwc(x, parallel)?;
+            let (act, (c, h, w)) = self.activation_hwc(x, parallel)?;
             let mut mean = vec![0f32; c];
             for pixel in act.chunks_exact(c) {
                 for (m, v) in mean.iter_mut().zip(pixel) {
@@ -192,13 +192,12 @@ impl Folded {
 
 impl Folded {
     /// The last conv block's activation of one view `[C, H, W]`, channels last `[h, w, K]`,
-    /// with `(K, h, w)` and `K`.
-    #[allow(clippy::type_complexity)]
+    /// with `(K, h, w)`.
     fn activation_hwc(
         &self,
         x: &[f32],
         parallel: bool,
-    ) -> Result<(Vec<f32>, (usize, usize, usize), usize)> {
+    ) -> Result<(Vec<f32>, (usize, usize, usize))> {
         let Some((c, h, w)) = self.image else {
             bail!("the model reads no image");
         };
@@ -216,13 +215,13 @@ impl Folded {
             (act, h, w) = block.run(&act, h, w, parallel)?;
         }
         let k = self.blocks.last().map_or(c, |b| b.c_out);
-        Ok((act, (k, h, w), k))
+        Ok((act, (k, h, w)))
     }
 
     /// The last conv block's activation of one view `[C, H, W]` as `[K, h, w]` (channels
     /// first, as the graph has it) and its shape.
     pub(crate) fn activation(&self, x: &[f32]) -> Result<(Vec<f32>, (usize, usize, usize))> {
-        let (act, (k, h, w), _) = self.activation_hwc(x, true)?;
+        let (act, (k, h, w)) = self.activation_hwc(x, true)?;
         let mut chw = vec![0f32; act.len()];
         for (p, pixel) in act.chunks_exact(k).enumerate() {
             for (ch, v) in pixel.iter().enumerate() {
