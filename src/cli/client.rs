@@ -51,23 +51,24 @@ impl Credentials {
             }
             return Ok(None);
         }
-        let read = |flag: &str, path: &PathBuf| {
-            std::fs::read(path)
-                .with_context(|| format!("INVALID_ARGUMENT: {flag} {}", path.display()))
-        };
         let mut tls = ClientTlsConfig::new();
         tls = match &self.ca_cert {
-            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?)),
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read_flag_file("--ca-cert", ca)?)),
             None => tls.with_native_roots(),
         };
         if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
             tls = tls.identity(Identity::from_pem(
-                read("--client-cert", cert)?,
-                read("--client-key", key)?,
+                read_flag_file("--client-cert", cert)?,
+                read_flag_file("--client-key", key)?,
             ));
         }
         Ok(Some(tls))
     }
+}
+
+/// The bytes of the file a command-line flag names; the error names the flag and the path.
+pub(super) fn read_flag_file(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("INVALID_ARGUMENT: {flag} {}", path.display()))
 }
 
 /// A client of the osteo.v1 service that sends the credentials with every call.

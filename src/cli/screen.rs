@@ -95,9 +95,7 @@ pub struct ScreenArgs {
 impl ScreenArgs {
     /// The TLS options of the PACS connection from the files named on the command line.
     fn pacs_tls(&self) -> anyhow::Result<TlsOptions> {
-        let read = |flag: &str, path: &Path| {
-            std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
-        };
+        let read = client::read_flag_file;
         Ok(TlsOptions {
             ca_pem: self
                 .dicomweb_ca_cert

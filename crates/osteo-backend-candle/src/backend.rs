@@ -139,18 +139,22 @@ impl Backend for CandleBackend {
     }
 
     fn explain(&mut self, sample: &Batch) -> Result<Explanation, BackendError> {
-        sample.check_explain(self.network.arch())?;
-        let (images, tabular) = self.inputs(sample)?;
+        let arch = self.network.arch();
+        sample.check_explain(arch)?;
+        let view = arch.image.as_ref().and(sample.images.as_ref());
+        let tabular = self.tensor(arch.tabular.as_ref().and(sample.tabular.as_ref()))?;
         // The convolutions need no gradient: on the CPU they run on the folded path.
-        let activation = match (&self.folded, sample.images.as_ref(), images) {
-            (Some(folded), Some(view), Some(_)) => {
+        let activation = match (view, &self.folded) {
+            (Some(view), Some(folded)) => {
                 let (act, (k, h, w)) = folded.activation(view.data()).map_err(runtime)?;
                 Some(Tensor::from_vec(act, (1, k, h, w), &self.candle_device).map_err(runtime)?)
             }
-            (_, _, images) => images
+            (view, None) => self
+                .tensor(view)?
                 .map(|x| self.network.image_activation(&x, false).map(|a| a.detach()))
                 .transpose()
                 .map_err(runtime)?,
+            (None, Some(_)) => None,
         };
         let var = activation
             .as_ref()

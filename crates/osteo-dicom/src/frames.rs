@@ -55,7 +55,10 @@ fn group_item<'a>(
 }
 
 /// The rescale of `obj` (slope, intercept) where it states one, validated.
-fn rescale(obj: &InMemDicomObject, file: &str) -> Result<Option<(f64, f64)>, DicomError> {
+pub(crate) fn rescale(
+    obj: &InMemDicomObject,
+    file: &str,
+) -> Result<Option<(f64, f64)>, DicomError> {
     let slope = floats(obj, file, tags::RESCALE_SLOPE)?.map(|v| v[0]);
     let intercept = floats(obj, file, tags::RESCALE_INTERCEPT)?.map(|v| v[0]);
     if let Some(s) = slope
@@ -85,7 +88,7 @@ fn rescale(obj: &InMemDicomObject, file: &str) -> Result<Option<(f64, f64)>, Dic
 }
 
 /// Whether a rescale maps integers to integers.
-fn integral((slope, intercept): (f64, f64)) -> bool {
+pub(crate) fn integral((slope, intercept): (f64, f64)) -> bool {
     slope.fract() == 0.0 && intercept.fract() == 0.0
 }
 

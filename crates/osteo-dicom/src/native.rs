@@ -6,7 +6,8 @@
 //! (other widths, multi-frame, functional groups, a Modality LUT Sequence) takes the library's
 //! decoder.
 
-use crate::attrs::{floats, text, uint};
+use crate::attrs::{text, uint};
+use crate::frames::{integral, rescale};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use std::ops::Range;
@@ -30,11 +31,10 @@ impl NativePixels {
         bytes: Vec<u8>,
         range: Range<usize>,
     ) -> Result<Self, Vec<u8>> {
-        let uint = |tag| uint(obj, label, tag).ok().flatten();
-        let first = |tag| floats(obj, label, tag).ok().flatten().map(|v| v[0]);
-        let plain = uint(tags::BITS_ALLOCATED) == Some(16)
-            && uint(tags::SAMPLES_PER_PIXEL).unwrap_or(1) == 1
-            && uint(tags::NUMBER_OF_FRAMES).unwrap_or(1) <= 1
+        let number = |tag| uint(obj, label, tag).ok().flatten();
+        let plain = number(tags::BITS_ALLOCATED) == Some(16)
+            && number(tags::SAMPLES_PER_PIXEL).unwrap_or(1) == 1
+            && number(tags::NUMBER_OF_FRAMES).unwrap_or(1) <= 1
             && matches!(
                 text(obj, tags::PHOTOMETRIC_INTERPRETATION).as_deref(),
                 Some("MONOCHROME1" | "MONOCHROME2")
@@ -46,22 +46,24 @@ impl NativePixels {
             ]
             .iter()
             .all(|&t| obj.get(t).is_none());
-        let bits_stored = uint(tags::BITS_STORED).unwrap_or(16);
-        let representation = uint(tags::PIXEL_REPRESENTATION).unwrap_or(0);
-        // Unreadable rescale attributes: the library path reports them.
-        let rescale_ok = [tags::RESCALE_SLOPE, tags::RESCALE_INTERCEPT]
-            .iter()
-            .all(|&t| obj.get(t).is_none() || first(t).is_some());
-        if !plain || !(1..=16).contains(&bits_stored) || representation > 1 || !rescale_ok {
+        let bits_stored = number(tags::BITS_STORED).unwrap_or(16);
+        let representation = number(tags::PIXEL_REPRESENTATION).unwrap_or(0);
+        // The header's validated rescale; an unreadable or implausible one takes the library
+        // path, whose header check reports it.
+        let Ok(rescale) = rescale(obj, label) else {
+            return Err(bytes);
+        };
+        if !plain || !(1..=16).contains(&bits_stored) || representation > 1 {
             return Err(bytes);
         }
+        let (slope, intercept) = rescale.unwrap_or((1.0, 0.0));
         Ok(Self {
             bytes,
             range,
             bits_stored,
             signed: representation == 1,
-            slope: first(tags::RESCALE_SLOPE).unwrap_or(1.0),
-            intercept: first(tags::RESCALE_INTERCEPT).unwrap_or(0.0),
+            slope,
+            intercept,
         })
     }
 
@@ -103,15 +105,12 @@ impl NativePixels {
     /// HU of every pixel into `dst` as integers; false when the rescale is not integral, a
     /// value falls outside `i16` or the value holds too few samples.
     pub(crate) fn to_i16(&self, dst: &mut [i16]) -> bool {
-        let (slope, intercept) = (self.slope, self.intercept);
-        if slope.fract() != 0.0
-            || intercept.fract() != 0.0
-            || slope.abs() > 1000.0
-            || intercept.abs() > 65536.0
-        {
+        // The rescale was bounded when the header was read (|slope| <= 1000, |intercept| <=
+        // 65536), so the products below stay far inside i64.
+        if !integral((self.slope, self.intercept)) {
             return false;
         }
-        let (slope, intercept) = (slope as i64, intercept as i64);
+        let (slope, intercept) = (self.slope as i64, self.intercept as i64);
         let Some(samples) = self.samples(dst.len()) else {
             return false;
         };

@@ -6,6 +6,7 @@
 #![deny(rust_2018_idioms, missing_docs)]
 
 pub mod client;
+mod daemon;
 pub mod error;
 pub mod multipart;
 pub mod nginx;

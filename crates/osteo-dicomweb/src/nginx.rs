@@ -2,9 +2,9 @@
 //! publish Orthanc: its certificate, optionally client certificates verified against a CA and a
 //! required bearer token. For tests and benchmarks of `https://` DICOMweb clients.
 
-use crate::orthanc::{free_port, wait_for_port};
+use crate::daemon::{Daemon, find, free_port};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 /// What the proxy asks of its clients.
 #[derive(Debug, Clone, Default)]
@@ -17,24 +17,9 @@ pub struct ProxyAuth {
 
 /// A running nginx, stopped (and its folder removed) on drop.
 pub struct TlsProxy {
-    child: Child,
     /// The DICOMweb service root through the proxy, `https://127.0.0.1:PORT/dicom-web`.
     pub url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for TlsProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary() -> Option<PathBuf> {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    _daemon: Daemon,
 }
 
 impl TlsProxy {
@@ -46,14 +31,15 @@ impl TlsProxy {
         key: &Path,
         auth: &ProxyAuth,
     ) -> Result<TlsProxy, String> {
-        let binary = binary().ok_or("nginx is not installed: run scripts/setup.sh")?;
+        let binary = find(&["/usr/sbin/nginx", "/usr/bin/nginx"])
+            .ok_or("nginx is not installed: run scripts/setup.sh")?;
         if let Some(token) = &auth.token
             && !token.chars().all(|c| c.is_ascii_alphanumeric())
         {
             return Err("the proxy's token must be letters and digits".into());
         }
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let port = free_port().map_err(|e| e.to_string())?;
+        let port = free_port()?;
         let d = dir.path().display();
         let client = match &auth.client_ca {
             Some(ca) => format!(
@@ -101,26 +87,17 @@ http {{
         );
         let file = dir.path().join("nginx.conf");
         std::fs::write(&file, config).map_err(|e| e.to_string())?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
             .arg(dir.path().join("error.log"))
             .arg("-c")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start nginx: {e}"))?;
-        let mut proxy = TlsProxy {
-            child,
+            .arg(&file);
+        Ok(TlsProxy {
             url: format!("https://127.0.0.1:{port}/dicom-web"),
-            dir,
-        };
-        wait_for_port("nginx", port, &mut proxy.child).map_err(|e| {
-            let log = std::fs::read_to_string(proxy.dir.path().join("error.log"));
-            format!("{e}: {}", log.unwrap_or_default().trim())
-        })?;
-        Ok(proxy)
+            _daemon: Daemon::start("nginx", command, dir, port, Some("error.log"))?,
+        })
     }
 }
