@@ -5,11 +5,12 @@
 //! bytes (the "VR-UN quirk"). [`parse`] re-types such elements from the dictionary before any
 //! other code, including dicom-pixeldata's modality LUT, looks at them.
 
+use crate::disk::{self, DiskRange};
 use crate::error::DicomError;
 use crate::limits::IngestLimits;
-use crate::native::NativePixels;
-use crate::prescan;
-use crate::source::SourceFile;
+use crate::native::{Layout, NativePixels, PixelBytes};
+use crate::prescan::{self, Lengths};
+use crate::source::{Input, SourceFile};
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::header::{HasLength, Header};
 use dicom_core::value::{C, PrimitiveValue};
@@ -37,64 +38,114 @@ impl Parsed {
     }
 }
 
-/// Parses a file's bytes (with or without the 128-byte preamble) and repairs VR-UN elements.
-pub(crate) fn parse(file: SourceFile, limits: &IngestLimits) -> Result<Parsed, DicomError> {
-    let SourceFile { label, bytes } = file;
+/// Parses one input file and repairs VR-UN elements. A file on disk is read whole only when its
+/// pixels need the library's decoder; native pixels stay on disk until they are decoded.
+pub(crate) fn parse(input: Input, limits: &IngestLimits) -> Result<Parsed, DicomError> {
+    let path = match input {
+        Input::Memory(SourceFile { label, bytes }) => return parse_bytes(label, bytes, limits),
+        Input::Disk(path) => path,
+    };
+    let label = path.display().to_string();
+    let (head, stamp) = disk::read_head(&path, limits)?;
+    if head.len() as u64 == stamp.len() {
+        return parse_bytes(label, head, limits);
+    }
+    let body_start = body_start(&head, &label)?;
+    let total = usize::try_from(stamp.len()).unwrap_or(usize::MAX);
+    if let Lengths::Checked(Some(range)) =
+        prescan::check_lengths(&head, total, body_start, &label, limits.max_file_bytes)?
+    {
+        let obj = read_object(&head, &label, has_preamble(&head), true)?;
+        if let Some(layout) = Layout::of(&obj, &label) {
+            let range = range.start as u64..range.end as u64;
+            let bytes = PixelBytes::Disk(DiskRange::new(path, range, stamp));
+            return Ok(Parsed {
+                label,
+                obj,
+                native: Some(NativePixels::new(bytes, layout)),
+            });
+        }
+    }
+    drop(head);
+    parse_bytes(label, disk::read_whole(&path, limits)?, limits)
+}
+
+fn has_preamble(bytes: &[u8]) -> bool {
+    bytes.len() >= 132 && &bytes[128..132] == b"DICM"
+}
+
+/// Where the data set starts after the magic code: a clear error when there is none.
+fn body_start(bytes: &[u8], label: &str) -> Result<usize, DicomError> {
     if bytes.is_empty() {
         return Err(DicomError::Parse {
-            file: label,
+            file: label.to_string(),
             message: "the file is empty (0 bytes)".into(),
         });
     }
-    let has_preamble = bytes.len() >= 132 && &bytes[128..132] == b"DICM";
-    let starts_with_magic = bytes.len() >= 4 && &bytes[..4] == b"DICM";
-    if !has_preamble && !starts_with_magic {
-        return Err(DicomError::Parse {
-            file: label,
+    if has_preamble(bytes) {
+        Ok(132)
+    } else if bytes.len() >= 4 && &bytes[..4] == b"DICM" {
+        Ok(4)
+    } else {
+        Err(DicomError::Parse {
+            file: label.to_string(),
             message: "no DICM magic code at byte 128 (or 0): not a DICOM Part-10 file".into(),
-        });
+        })
     }
-    let body_start = if has_preamble { 132 } else { 4 };
-    let pixels = prescan::check_lengths(&bytes, body_start, &label, limits.max_file_bytes)?;
-    let preamble = if has_preamble {
+}
+
+/// Parses a data set from `bytes` (up to Pixel Data with `until_pixels`) and repairs VR-UN
+/// elements.
+fn read_object(
+    bytes: &[u8],
+    label: &str,
+    preamble: bool,
+    until_pixels: bool,
+) -> Result<DefaultDicomObject, DicomError> {
+    let preamble = if preamble {
         ReadPreamble::Always
     } else {
         ReadPreamble::Never
     };
-    let read = |bytes: &[u8], until_pixels: bool| {
-        let mut options = OpenFileOptions::new().read_preamble(preamble);
-        if until_pixels {
-            options = options.read_until(tags::PIXEL_DATA);
-        }
-        let mut obj = options.from_reader(bytes).map_err(|e| DicomError::Parse {
-            file: label.clone(),
-            message: error_chain(&e),
-        })?;
-        let endianness = TransferSyntaxRegistry
-            .get(obj.meta().transfer_syntax())
-            .map(|ts| ts.endianness())
-            .unwrap_or(Endianness::Little);
-        repair_un_elements(&mut obj, endianness);
-        Ok::<_, DicomError>(obj)
-    };
+    let mut options = OpenFileOptions::new().read_preamble(preamble);
+    if until_pixels {
+        options = options.read_until(tags::PIXEL_DATA);
+    }
+    let mut obj = options.from_reader(bytes).map_err(|e| DicomError::Parse {
+        file: label.to_string(),
+        message: error_chain(&e),
+    })?;
+    let endianness = TransferSyntaxRegistry
+        .get(obj.meta().transfer_syntax())
+        .map(|ts| ts.endianness())
+        .unwrap_or(Endianness::Little);
+    repair_un_elements(&mut obj, endianness);
+    Ok(obj)
+}
+
+/// Parses a whole file's bytes (with or without the 128-byte preamble).
+fn parse_bytes(label: String, bytes: Vec<u8>, limits: &IngestLimits) -> Result<Parsed, DicomError> {
+    let body_start = body_start(&bytes, &label)?;
+    let preamble = has_preamble(&bytes);
+    let lengths = prescan::check_lengths(
+        &bytes,
+        bytes.len(),
+        body_start,
+        &label,
+        limits.max_file_bytes,
+    )?;
     // Native pixels: parse the header only and read the pixels in place later.
-    let bytes = match pixels {
-        Some(range) => {
-            let obj = read(&bytes, true)?;
-            match NativePixels::qualify(&obj, &label, bytes, range) {
-                Ok(native) => {
-                    return Ok(Parsed {
-                        label,
-                        obj,
-                        native: Some(native),
-                    });
-                }
-                Err(bytes) => bytes,
-            }
+    if let Lengths::Checked(Some(range)) = lengths {
+        let obj = read_object(&bytes, &label, preamble, true)?;
+        if let Some(layout) = Layout::of(&obj, &label) {
+            return Ok(Parsed {
+                label,
+                obj,
+                native: Some(NativePixels::new(PixelBytes::Memory(bytes, range), layout)),
+            });
         }
-        None => bytes,
-    };
-    let obj = read(&bytes, false)?;
+    }
+    let obj = read_object(&bytes, &label, preamble, false)?;
     Ok(Parsed {
         label,
         obj,

@@ -275,7 +275,7 @@ fn check_native_length(
     bits: u32,
 ) -> Result<(), DicomError> {
     let have = match (&p.native, p.obj.get(tags::PIXEL_DATA).map(|e| e.value())) {
-        (Some(native), _) => Some(native.len() as u64),
+        (Some(native), _) => Some(native.len()),
         (None, Some(dicom_core::DicomValue::Primitive(v))) => Some(v.calculate_byte_len() as u64),
         _ => None,
     };

@@ -13,7 +13,7 @@
 
 use crate::error::DicomError;
 use crate::view::BODY_MIN_HU;
-use crate::volume::Volume;
+use crate::volume::{Hu, Plane, Volume};
 use osteo_core::{GateSpec, ViewSpec};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -365,7 +365,8 @@ fn smoothed_mode(hist: &[u64]) -> Option<usize> {
 
 /// Histogram bin of `hu` over `[lo, lo + bins * BIN_HU)`.
 fn bin(hu: f32, lo: f32, bins: usize) -> Option<usize> {
-    let b = ((hu - lo) / BIN_HU).floor();
+    // Truncation is the floor for the non-negative quotients kept.
+    let b = (hu - lo) / BIN_HU;
     (b >= 0.0 && (b as usize) < bins).then_some(b as usize)
 }
 
@@ -388,33 +389,34 @@ fn flood(
     id: u32,
 ) -> Vec<usize> {
     let mut reached = Vec::new();
-    let mut stack: Vec<usize> = Vec::new();
+    // Cells with their column, so no step divides.
+    let mut stack: Vec<(usize, usize)> = Vec::new();
     for &s in seeds {
         if mark[s] == 0 && open(s) {
             mark[s] = id;
-            stack.push(s);
+            stack.push((s, s % w));
         }
     }
-    while let Some(i) = stack.pop() {
+    let cells = w * h;
+    while let Some((i, x)) = stack.pop() {
         reached.push(i);
-        let (x, y) = (i % w, i / w);
-        let mut visit = |j: usize| {
+        let mut visit = |j: usize, x: usize| {
             if mark[j] == 0 && open(j) {
                 mark[j] = id;
-                stack.push(j);
+                stack.push((j, x));
             }
         };
         if x > 0 {
-            visit(i - 1);
+            visit(i - 1, x - 1);
         }
         if x + 1 < w {
-            visit(i + 1);
+            visit(i + 1, x + 1);
         }
-        if y > 0 {
-            visit(i - w);
+        if i >= w {
+            visit(i - w, x);
         }
-        if y + 1 < h {
-            visit(i + w);
+        if i + w < cells {
+            visit(i + w, x);
         }
     }
     reached
@@ -422,6 +424,14 @@ fn flood(
 
 /// What slice `z` shows.
 fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
+    match v.plane(z) {
+        Plane::I16(plane) => slice_of(v, spec, plane),
+        Plane::F32(plane) => slice_of(v, spec, plane),
+    }
+}
+
+/// What a slice of `v` with voxels `plane` shows.
+fn slice_of<T: Hu>(v: &Volume, spec: &ViewSpec, plane: &[T]) -> SliceFacts {
     let [_, ny, nx] = v.dims;
     let (py, px) = (v.spacing_mm[1], v.spacing_mm[2]);
     // The body masks on a grid of about MASK_STEP_MM.
@@ -433,9 +443,9 @@ fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
     let mut air = vec![0u64; air_bins];
     let mut soft = vec![0u64; soft_bins];
     let mut body = vec![false; h * w];
-    for gy in 0..h {
-        for gx in 0..w {
-            let hu = v.at(z, gy * sy, gx * sx);
+    for (gy, row) in plane.chunks_exact(nx).step_by(sy).enumerate() {
+        for (gx, &voxel) in row.iter().step_by(sx).enumerate() {
+            let hu = voxel.hu();
             if hu > BODY_MIN_HU {
                 body[gy * w + gx] = true;
                 if let Some(b) = bin(hu, SOFT_RANGE_HU[0], soft_bins) {
@@ -448,7 +458,7 @@ fn slice(v: &Volume, spec: &ViewSpec, z: usize) -> SliceFacts {
     }
     let mask = Mask { body, h, w, sy, sx };
     SliceFacts {
-        level: level(v, spec, z, &mask),
+        level: level(v, spec, plane, &mask),
         air,
         soft,
     }
@@ -463,8 +473,9 @@ struct Mask {
     sx: usize,
 }
 
-/// Whether slice `z`, with body `mask`, is at lumbar level, and if not, why.
-fn level(v: &Volume, spec: &ViewSpec, z: usize, mask: &Mask) -> Level {
+/// Whether a slice of `v` with voxels `plane` and body `mask` is at lumbar level, and if not,
+/// why.
+fn level<T: Hu>(v: &Volume, spec: &ViewSpec, plane: &[T], mask: &Mask) -> Level {
     let g = &spec.gate;
     let [_, ny, nx] = v.dims;
     let (py, px) = (v.spacing_mm[1], v.spacing_mm[2]);
@@ -522,7 +533,7 @@ fn level(v: &Volume, spec: &ViewSpec, z: usize, mask: &Mask) -> Level {
     let cx = centre_gx * sx;
     let half = (spec.spine_band_mm / 2.0 / px).round() as usize;
     let (x0, x1) = (cx.saturating_sub(half), (cx + half).min(nx - 1));
-    let bone = |y: usize, x: usize| v.at(z, y, x) > spec.bone_threshold_hu;
+    let bone = |y: usize, x: usize| plane[y * nx + x].hu() > spec.bone_threshold_hu;
     // Bone with a bone neighbour (noise alone rarely pairs), as its left-right span per row.
     let span = |y: usize| -> f64 {
         let supported = |x: usize| {

@@ -63,7 +63,7 @@ pub struct Planned {
 /// limits, without decoding any pixel.
 pub fn plan(source: DicomSource, options: &IngestOptions) -> Result<Planned, DicomError> {
     let limits = &options.limits;
-    let files = source.read(limits)?;
+    let files = source.inputs(limits)?;
     let parsed: Vec<Parsed> = in_order(
         files
             .into_par_iter()
@@ -141,7 +141,7 @@ impl Planned {
         let decode = |dst: &mut [f32], s: &series::SliceRef| {
             let p = &self.parsed[s.file];
             match &p.native {
-                Some(native) if s.frame == 0 && native.to_f32(dst) => Ok(()),
+                Some(native) if s.frame == 0 && native.to_f32(dst)? => Ok(()),
                 _ => decode_frame_into(p, &self.headers[s.file], s.frame, dst),
             }
         };
@@ -164,7 +164,7 @@ impl Planned {
                         || vec![0f32; slice_len],
                         |frame, (dst, s)| match &self.parsed[s.file].native {
                             // Native samples go straight to i16.
-                            Some(native) if s.frame == 0 => Ok(native.to_i16(dst)),
+                            Some(native) if s.frame == 0 => native.to_i16(dst),
                             _ => {
                                 decode(frame, s)?;
                                 Ok(narrow(frame, dst))

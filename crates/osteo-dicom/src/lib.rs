@@ -10,6 +10,7 @@
 
 mod attrs;
 pub mod demographics;
+mod disk;
 pub mod error;
 mod frames;
 pub mod gate;

@@ -86,6 +86,8 @@ enum Walk {
     Fine(Option<Range<usize>>),
     /// Meta group ended at this offset (only when walking the meta group).
     MetaEnd(usize, Option<String>),
+    /// The walk needs bytes beyond the head it was given.
+    Short,
 }
 
 /// An open undefined-length container, closed by a sequence delimiter.
@@ -106,14 +108,20 @@ fn too_long(file: &str, tag: Tag, declared: u32, remaining: usize) -> DicomError
     )
 }
 
-/// Walks elements from `start`; with `meta_only` it stops at the first non-0002 group.
+/// Walks elements from `start`; with `meta_only` it stops at the first non-0002 group. `data`
+/// is the file's first bytes and `total` its length: when `data` is only a head, the walk stops
+/// at a top-level Pixel Data element (nothing after it is parsed) and answers [`Walk::Short`]
+/// when it needs bytes beyond the head.
 fn walk(
     data: &[u8],
+    total: usize,
     start: usize,
     mut enc: Encoding,
     file: &str,
     meta_only: bool,
 ) -> Result<Walk, DicomError> {
+    let head = data.len() < total;
+    let ran_out = if head { Walk::Short } else { Walk::Fine(None) };
     let mut pos = start;
     let mut open: Vec<Open> = Vec::new();
     let mut ts: Option<String> = None;
@@ -123,7 +131,7 @@ fn walk(
             u16_at(data, pos, enc.little),
             u16_at(data, pos + 2, enc.little),
         ) else {
-            return Ok(Walk::Fine(None));
+            return Ok(ran_out);
         };
         let tag = Tag(group, elem);
         if meta_only && group != 0x0002 {
@@ -131,14 +139,14 @@ fn walk(
         }
         if group == 0xFFFE {
             let Some(len) = u32_at(data, pos + 4, enc.little) else {
-                return Ok(Walk::Fine(None));
+                return Ok(ran_out);
             };
             pos += 8;
             let in_fragments = matches!(open.last(), Some(Open::Fragments));
             match elem {
                 0xE000 if len != UNDEFINED => {
-                    if len as usize > data.len() - pos {
-                        return Err(too_long(file, tag, len, data.len() - pos));
+                    if len as usize > total - pos {
+                        return Err(too_long(file, tag, len, total - pos));
                     }
                     if in_fragments {
                         pos += len as usize;
@@ -156,18 +164,18 @@ fn walk(
             let vr = VR::from_binary([data[pos + 4], data[pos + 5]]).unwrap_or(VR::UN);
             if short_length_vr(vr) {
                 let Some(len) = u16_at(data, pos + 6, enc.little) else {
-                    return Ok(Walk::Fine(None));
+                    return Ok(ran_out);
                 };
                 (Some(vr), u32::from(len), 8)
             } else {
                 let Some(len) = u32_at(data, pos + 8, enc.little) else {
-                    return Ok(Walk::Fine(None));
+                    return Ok(ran_out);
                 };
                 (Some(vr), len, 12)
             }
         } else {
             let Some(len) = u32_at(data, pos + 4, enc.little) else {
-                return Ok(Walk::Fine(None));
+                return Ok(ran_out);
             };
             (None, len, 8)
         };
@@ -191,14 +199,20 @@ fn walk(
             }
             continue;
         }
-        if len as usize > data.len() - pos {
-            return Err(too_long(file, tag, len, data.len() - pos));
+        if len as usize > total - pos {
+            return Err(too_long(file, tag, len, total - pos));
         }
         if is_sq {
             continue; // descend: its items follow
         }
         if !meta_only && open.is_empty() && tag == Tag(0x7FE0, 0x0010) {
             pixels = Some(pos..pos + len as usize);
+            if head {
+                return Ok(Walk::Fine(pixels));
+            }
+        }
+        if head && len as usize > data.len() - pos {
+            return Ok(Walk::Short);
         }
         if meta_only && tag == Tag(0x0002, 0x0010) {
             let raw = &data[pos..pos + len as usize];
@@ -210,37 +224,58 @@ fn walk(
         }
         pos += len as usize;
     }
-    Ok(if meta_only {
+    Ok(if head {
+        Walk::Short
+    } else if meta_only {
         Walk::MetaEnd(pos, ts)
     } else {
         Walk::Fine(pixels)
     })
 }
 
+/// What the pre-scan found.
+pub(crate) enum Lengths {
+    /// Every length fits; for native little-endian pixels, where the Pixel Data value lies.
+    Checked(Option<Range<usize>>),
+    /// The head given is not enough: scan the whole file.
+    Short,
+}
+
 /// Checks every declared element length against the bytes that remain. For the two native
 /// little-endian transfer syntaxes, also returns where the top-level Pixel Data value lies in
 /// `bytes` (defined length), so it can be read in place instead of copied by the parser.
+/// `bytes` may be only the head of a file of `total` bytes: then the scan stops at Pixel Data
+/// and answers [`Lengths::Short`] for anything but native little-endian pixels.
 pub(crate) fn check_lengths(
     bytes: &[u8],
+    total: usize,
     start: usize,
     file: &str,
     max_inflated: u64,
-) -> Result<Option<Range<usize>>, DicomError> {
+) -> Result<Lengths, DicomError> {
     let meta = Encoding {
         explicit: true,
         little: true,
     };
-    let Walk::MetaEnd(body, ts) = walk(bytes, start, meta, file, true)? else {
-        return Ok(None);
+    let (body, ts) = match walk(bytes, total, start, meta, file, true)? {
+        Walk::MetaEnd(body, ts) => (body, ts.unwrap_or_default()),
+        Walk::Short => return Ok(Lengths::Short),
+        Walk::Fine(_) => return Ok(Lengths::Checked(None)),
     };
-    let ts = ts.unwrap_or_default();
+    let head = bytes.len() < total;
+    if head && ts != IMPLICIT_LE && ts != EXPLICIT_LE {
+        return Ok(Lengths::Short);
+    }
     let pixels = |walked: Walk| match walked {
-        Walk::Fine(pixels) => pixels,
-        Walk::MetaEnd(..) => None,
+        Walk::Fine(pixels) => Lengths::Checked(pixels),
+        Walk::MetaEnd(..) => Lengths::Checked(None),
+        Walk::Short => Lengths::Short,
     };
+    let checked = |_: Walk| Lengths::Checked(None);
     match ts.as_str() {
         IMPLICIT_LE => walk(
             bytes,
+            total,
             body,
             Encoding {
                 explicit: false,
@@ -252,6 +287,7 @@ pub(crate) fn check_lengths(
         .map(pixels),
         EXPLICIT_BE => walk(
             bytes,
+            total,
             body,
             Encoding {
                 explicit: true,
@@ -260,7 +296,7 @@ pub(crate) fn check_lengths(
             file,
             false,
         )
-        .map(|_| None),
+        .map(checked),
         DEFLATED => {
             let mut inflated = Vec::new();
             let reader = flate2::read::DeflateDecoder::new(&bytes[body..]);
@@ -269,7 +305,7 @@ pub(crate) fn check_lengths(
                 .read_to_end(&mut inflated)
                 .is_err()
             {
-                return Ok(None); // corrupt stream: the parser reports it
+                return Ok(Lengths::Checked(None)); // corrupt stream: the parser reports it
             }
             if inflated.len() as u64 > max_inflated {
                 return Err(DicomError::TooLarge {
@@ -281,6 +317,7 @@ pub(crate) fn check_lengths(
             }
             walk(
                 &inflated,
+                inflated.len(),
                 0,
                 Encoding {
                     explicit: true,
@@ -289,10 +326,11 @@ pub(crate) fn check_lengths(
                 file,
                 false,
             )
-            .map(|_| None)
+            .map(checked)
         }
         other => walk(
             bytes,
+            total,
             body,
             Encoding {
                 explicit: true,
@@ -302,6 +340,9 @@ pub(crate) fn check_lengths(
             false,
         )
         // Encapsulated syntaxes share this encoding; only explicit VR LE pixels are native.
-        .map(|w| pixels(w).filter(|_| other == EXPLICIT_LE)),
+        .map(|w| match pixels(w) {
+            Lengths::Checked(p) => Lengths::Checked(p.filter(|_| other == EXPLICIT_LE)),
+            Lengths::Short => Lengths::Short,
+        }),
     }
 }

@@ -1,9 +1,9 @@
 //! Where DICOM input comes from: a directory, a list of paths, or in-memory buffers.
 
+use crate::disk::{check_bytes, io_err, read_whole};
 use crate::error::DicomError;
 use crate::limits::IngestLimits;
 use rayon::prelude::*;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A DICOM input set.
@@ -24,13 +24,6 @@ pub struct SourceFile {
     pub label: String,
     /// Complete Part-10 bytes.
     pub bytes: Vec<u8>,
-}
-
-fn io_err(path: &Path, e: impl std::fmt::Display) -> DicomError {
-    DicomError::Io {
-        file: path.display().to_string(),
-        message: e.to_string(),
-    }
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DicomError> {
@@ -63,10 +56,18 @@ fn check_count(n: usize, limits: &IngestLimits) -> Result<(), DicomError> {
     Ok(())
 }
 
+/// One file of an ingest: its bytes, or a file on disk whose size was checked.
+pub(crate) enum Input {
+    /// In-memory bytes.
+    Memory(SourceFile),
+    /// A file on disk, read when it is parsed.
+    Disk(PathBuf),
+}
+
 impl DicomSource {
-    /// Reads every file of the source into memory, enforcing the file count and byte limits
-    /// before reading each file.
-    pub fn read(self, limits: &IngestLimits) -> Result<Vec<SourceFile>, DicomError> {
+    /// Lists the source's files, enforcing the file count and byte limits (for files on disk,
+    /// on their sizes) before any file is read.
+    pub(crate) fn inputs(self, limits: &IngestLimits) -> Result<Vec<Input>, DicomError> {
         let paths = match self {
             DicomSource::Buffers(buffers) => {
                 check_count(buffers.len(), limits)?;
@@ -76,7 +77,7 @@ impl DicomSource {
                     let label = format!("upload file #{i}");
                     total += bytes.len() as u64;
                     check_bytes(&label, bytes.len() as u64, total, limits)?;
-                    out.push(SourceFile { label, bytes });
+                    out.push(Input::Memory(SourceFile { label, bytes }));
                 }
                 return Ok(out);
             }
@@ -91,61 +92,37 @@ impl DicomSource {
             DicomSource::Paths(ps) => ps,
         };
         check_count(paths.len(), limits)?;
-        // Every size is checked before any file is read; then the files are read in parallel
-        // (the kernel's work of providing fresh pages for them is most of the cost).
         let mut total = 0u64;
-        let mut sized = Vec::with_capacity(paths.len());
-        for path in paths {
-            let len = std::fs::metadata(&path)
-                .map_err(|e| io_err(&path, e))?
-                .len();
+        for path in &paths {
+            let len = std::fs::metadata(path).map_err(|e| io_err(path, e))?.len();
             total += len;
             check_bytes(&path.display().to_string(), len, total, limits)?;
-            sized.push((path, len));
         }
-        let out = sized
+        non_empty(paths.into_iter().map(Input::Disk).collect())
+    }
+
+    /// Reads every file of the source into memory, enforcing the file count and byte limits
+    /// before reading each file.
+    pub fn read(self, limits: &IngestLimits) -> Result<Vec<SourceFile>, DicomError> {
+        // Every size is checked before any file is read; then the files are read in parallel.
+        self.inputs(limits)?
             .into_par_iter()
-            .map(|(path, len)| {
-                // A file that grew since its size was checked is read no further than the limit.
-                let mut bytes = Vec::with_capacity(len as usize);
-                std::fs::File::open(&path)
-                    .and_then(|f| {
-                        f.take(limits.max_file_bytes.saturating_add(1))
-                            .read_to_end(&mut bytes)
-                    })
-                    .map_err(|e| io_err(&path, e))?;
-                check_bytes(&path.display().to_string(), bytes.len() as u64, 0, limits)?;
-                Ok(SourceFile {
+            .map(|input| match input {
+                Input::Memory(file) => Ok(file),
+                Input::Disk(path) => Ok(SourceFile {
+                    bytes: read_whole(&path, limits)?,
                     label: path.display().to_string(),
-                    bytes,
-                })
+                }),
             })
-            .collect::<Result<Vec<_>, DicomError>>()?;
-        if out.is_empty() {
-            return Err(DicomError::NoCtImages {
-                details: "the input holds no files".into(),
-            });
-        }
-        Ok(out)
+            .collect()
     }
 }
 
-fn check_bytes(label: &str, len: u64, total: u64, limits: &IngestLimits) -> Result<(), DicomError> {
-    if len > limits.max_file_bytes {
-        return Err(DicomError::TooLarge {
-            file: label.to_string(),
-            what: "file size in bytes".into(),
-            value: len,
-            limit: limits.max_file_bytes,
+fn non_empty<T>(files: Vec<T>) -> Result<Vec<T>, DicomError> {
+    if files.is_empty() {
+        return Err(DicomError::NoCtImages {
+            details: "the input holds no files".into(),
         });
     }
-    if total > limits.max_total_bytes {
-        return Err(DicomError::TooLarge {
-            file: label.to_string(),
-            what: "total study size in bytes".into(),
-            value: total,
-            limit: limits.max_total_bytes,
-        });
-    }
-    Ok(())
+    Ok(files)
 }

@@ -7,8 +7,9 @@
 //! the image's left (radiological convention). The geometry maps every pixel back to patient mm.
 
 use crate::error::DicomError;
-use crate::volume::Volume;
+use crate::volume::{Hu, Plane, Volume};
 pub use osteo_core::ViewSpec;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// HU below which a voxel is outside the body.
@@ -89,25 +90,45 @@ fn axes(v: &Volume) -> Result<Axes, DicomError> {
     })
 }
 
+/// The body voxels (above [`BODY_MIN_HU`]) of every other row of a slice: their number and the
+/// sum of their column indices.
+fn body_columns<T: Hu>(plane: &[T], nx: usize) -> (u64, u64) {
+    let (mut sum, mut count) = (0u64, 0u64);
+    for row in plane.chunks_exact(nx).step_by(2) {
+        for (x, &voxel) in row.iter().enumerate() {
+            let body = voxel.hu() > BODY_MIN_HU;
+            sum += u64::from(body) * x as u64;
+            count += u64::from(body);
+        }
+    }
+    (sum, count)
+}
+
+/// The bone voxels (above `threshold`) of each row of a slice among the columns `band`.
+fn band_bone<T: Hu>(plane: &[T], nx: usize, band: &[usize], threshold: f32) -> Vec<usize> {
+    plane
+        .chunks_exact(nx)
+        .map(|row| band.iter().filter(|&&x| row[x].hu() > threshold).count())
+        .collect()
+}
+
 /// Body left-right centre (patient x, mm) and spine antero-posterior position (patient y, mm).
 fn locate_spine(v: &Volume, spec: &ViewSpec, ax: &Axes) -> (f64, f64) {
     let [nz, ny, nx] = v.dims;
     let x_of = |ix: usize| v.origin_mm[0] + ax.sx * ix as f64 * v.spacing_mm[2];
     let y_of = |iy: usize| v.origin_mm[1] + ax.sy * iy as f64 * v.spacing_mm[1];
-    let (mut sum_x, mut count) = (0f64, 0u64);
     let z_step = (nz / 64).max(1);
-    for z in (0..nz).step_by(z_step) {
-        for y in (0..ny).step_by(2) {
-            for x in 0..nx {
-                if v.at(z, y, x) > BODY_MIN_HU {
-                    sum_x += x_of(x);
-                    count += 1;
-                }
-            }
-        }
-    }
+    let slices: Vec<usize> = (0..nz).step_by(z_step).collect();
+    // Body voxels of every other row: how many, and the sum of their column indices.
+    let (index_sum, count) = slices
+        .par_iter()
+        .map(|&z| match v.plane(z) {
+            Plane::I16(p) => body_columns(p, nx),
+            Plane::F32(p) => body_columns(p, nx),
+        })
+        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let centre_x = if count > 0 {
-        sum_x / count as f64
+        v.origin_mm[0] + ax.sx * v.spacing_mm[2] * (index_sum as f64 / count as f64)
     } else {
         (x_of(0) + x_of(nx - 1)) / 2.0
     };
@@ -115,15 +136,23 @@ fn locate_spine(v: &Volume, spec: &ViewSpec, ax: &Axes) -> (f64, f64) {
     let band: Vec<usize> = (0..nx)
         .filter(|&x| (x_of(x) - centre_x).abs() <= spec.spine_band_mm / 2.0)
         .collect();
+    // Bone voxels in the band, per row, summed over the slices.
+    let per_row = slices
+        .par_iter()
+        .map(|&z| match v.plane(z) {
+            Plane::I16(p) => band_bone(p, nx, &band, spec.bone_threshold_hu),
+            Plane::F32(p) => band_bone(p, nx, &band, spec.bone_threshold_hu),
+        })
+        .reduce(
+            || vec![0usize; ny],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
     let mut ys: Vec<f64> = Vec::new();
-    for z in (0..nz).step_by(z_step) {
-        for y in 0..ny {
-            let bone = band
-                .iter()
-                .filter(|&&x| v.at(z, y, x) > spec.bone_threshold_hu)
-                .count();
-            ys.extend(std::iter::repeat_n(y_of(y), bone));
-        }
+    for (y, &bone) in per_row.iter().enumerate() {
+        ys.extend(std::iter::repeat_n(y_of(y), bone));
     }
     let spine_y = if ys.is_empty() {
         y_of(ny / 2)

@@ -150,6 +150,36 @@ fn stats_f32(block: &[f32]) -> Partial {
     )
 }
 
+/// A voxel type a volume stores, read as HU.
+pub trait Hu: Copy + Send + Sync {
+    /// The value in HU.
+    fn hu(self) -> f32;
+}
+
+impl Hu for i16 {
+    #[inline]
+    fn hu(self) -> f32 {
+        f32::from(self)
+    }
+}
+
+impl Hu for f32 {
+    #[inline]
+    fn hu(self) -> f32 {
+        self
+    }
+}
+
+/// One slice's voxels in their stored type, row-major: loops over a slice match the type once
+/// instead of once per voxel.
+#[derive(Debug, Clone, Copy)]
+pub enum Plane<'a> {
+    /// Integral HU.
+    I16(&'a [i16]),
+    /// Any HU.
+    F32(&'a [f32]),
+}
+
 impl From<Vec<f32>> for Voxels {
     fn from(v: Vec<f32>) -> Self {
         Voxels::F32(v)
@@ -209,6 +239,16 @@ impl Volume {
     /// Index into `hu` of voxel `(z, y, x)`.
     pub fn index(&self, z: usize, y: usize, x: usize) -> usize {
         (z * self.dims[1] + y) * self.dims[2] + x
+    }
+
+    /// The voxels of slice `z`; panics only if `z` is outside `dims` (a caller bug).
+    pub fn plane(&self, z: usize) -> Plane<'_> {
+        let n = self.dims[1] * self.dims[2];
+        let range = z * n..(z + 1) * n;
+        match &self.hu {
+            Voxels::I16(v) => Plane::I16(&v[range]),
+            Voxels::F32(v) => Plane::F32(&v[range]),
+        }
     }
 
     /// HU at voxel `(z, y, x)`; panics only if the index is outside `dims` (a caller bug).

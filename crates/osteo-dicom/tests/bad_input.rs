@@ -354,3 +354,72 @@ fn no_attribute_value_reaches_an_error_message() {
     let err = ingest(DicomSource::Buffers(vec![bytes_of(&ct_small())]), &opts).expect_err("series");
     assert!(!err.to_string().contains("DOE"), "{err}");
 }
+
+/// A 256 x 256 slice at `z` (pixels past the 64 KiB the reader takes first), with varied values.
+fn large_slice(z: f64) -> DefaultDicomObject {
+    let mut o = slice("1.2.3.6", z);
+    o.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(256u16),
+    ));
+    o.put(DataElement::new(
+        tags::COLUMNS,
+        VR::US,
+        PrimitiveValue::from(256u16),
+    ));
+    let pixels: Vec<u16> = (0..256 * 256u32)
+        .map(|i| ((i * 7 + z as u32 * 131) % 4000) as u16)
+        .collect();
+    o.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(pixels.into()),
+    ));
+    o
+}
+
+#[test]
+fn files_on_disk_decode_like_uploads_and_a_file_changed_mid_ingest_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut paths = Vec::new();
+    for (i, z) in [0.0, 5.0, 10.0].iter().enumerate() {
+        paths.push(write(&large_slice(*z), dir.path(), &format!("s{i}.dcm")));
+    }
+    // A header longer than the first read: a 70 kB private value before the pixels.
+    let mut long = large_slice(15.0);
+    long.put(DataElement::new(
+        dicom_core::Tag(0x0009, 0x0010),
+        VR::LO,
+        PrimitiveValue::from("OSTEO TEST"),
+    ));
+    long.put(DataElement::new(
+        dicom_core::Tag(0x0009, 0x1001),
+        VR::OB,
+        PrimitiveValue::U8(vec![7u8; 70_000].into()),
+    ));
+    paths.push(write(&long, dir.path(), "s3.dcm"));
+    let from_disk = run(DicomSource::Path(dir.path().into())).expect("from disk");
+    let buffers = paths
+        .iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect();
+    let uploaded = run(DicomSource::Buffers(buffers)).expect("uploaded");
+    assert_eq!(from_disk.volume.dims, [4, 256, 256]);
+    assert_eq!(from_disk.volume.hu, uploaded.volume.hu);
+    assert!(matches!(from_disk.volume.hu, osteo_dicom::Voxels::I16(_)));
+
+    // Headers read, pixels not yet: a file replaced in between is refused, not mixed in.
+    let planned =
+        osteo_dicom::plan(DicomSource::Path(dir.path().into()), &Default::default()).expect("plan");
+    let mut grown = std::fs::read(&paths[1]).expect("read");
+    grown.extend_from_slice(&[0, 0]);
+    std::fs::write(&paths[1], grown).expect("rewrite");
+    let err = planned.decode().expect_err("changed file");
+    assert!(
+        matches!(err, DicomError::Io { .. })
+            && err.to_string().contains("s1.dcm")
+            && err.to_string().contains("changed while the study was read"),
+        "{err}"
+    );
+}
