@@ -378,48 +378,57 @@ fn slice_facts(v: &Volume, spec: &ViewSpec, stride: usize) -> Vec<SliceFacts> {
         .collect()
 }
 
-/// Flood-fills `mark` from the seeds over cells where `open` holds (4-connected); returns the
-/// cells reached.
-fn flood(
-    w: usize,
-    h: usize,
-    open: impl Fn(usize) -> bool,
-    seeds: &[usize],
-    mark: &mut [u32],
-    id: u32,
-) -> Vec<usize> {
-    let mut reached = Vec::new();
-    // Cells with their column, so no step divides.
-    let mut stack: Vec<(usize, usize)> = Vec::new();
-    for &s in seeds {
-        if mark[s] == 0 && open(s) {
-            mark[s] = id;
-            stack.push((s, s % w));
+/// Label of the cells outside every component in [`components`].
+const CLOSED: u32 = u32::MAX;
+
+/// The 4-connected components of the cells of a `w` x `h` grid where `open` holds, by union-find
+/// in one row-major pass: each open cell is labelled with its component's first cell (in
+/// row-major order), each closed cell with [`CLOSED`].
+fn components(w: usize, h: usize, open: impl Fn(usize) -> bool) -> Vec<u32> {
+    fn find(parent: &mut [u32], mut i: u32) -> u32 {
+        while parent[i as usize] != i {
+            let up = parent[parent[i as usize] as usize];
+            parent[i as usize] = up; // path halving
+            i = up;
         }
+        i
     }
-    let cells = w * h;
-    while let Some((i, x)) = stack.pop() {
-        reached.push(i);
-        let mut visit = |j: usize, x: usize| {
-            if mark[j] == 0 && open(j) {
-                mark[j] = id;
-                stack.push((j, x));
+    fn union(parent: &mut [u32], a: u32, b: u32) {
+        let (ra, rb) = (find(parent, a), find(parent, b));
+        // The smaller index stays the root: the component's first cell.
+        parent[ra.max(rb) as usize] = ra.min(rb);
+    }
+    // Every parent has a smaller index than its child, and a set's root is its smallest index.
+    let mut parent = vec![CLOSED; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            if !open(i) {
+                continue;
             }
-        };
-        if x > 0 {
-            visit(i - 1, x - 1);
-        }
-        if x + 1 < w {
-            visit(i + 1, x + 1);
-        }
-        if i >= w {
-            visit(i - w, x);
-        }
-        if i + w < cells {
-            visit(i + w, x);
+            // Join the left neighbour's set (its root stays the smallest index), else start one.
+            let p = if x > 0 && parent[i - 1] != CLOSED {
+                parent[i - 1]
+            } else {
+                i as u32
+            };
+            parent[i] = p;
+            if y > 0 {
+                let up = parent[i - w];
+                if up != CLOSED && up != p {
+                    union(&mut parent, p, up);
+                }
+            }
         }
     }
-    reached
+    // Parents precede their children, so one forward pass resolves every cell to its root.
+    for i in 0..w * h {
+        let p = parent[i];
+        if p != CLOSED {
+            parent[i] = parent[p as usize];
+        }
+    }
+    parent
 }
 
 /// What slice `z` shows.
@@ -488,40 +497,54 @@ fn level<T: Hu>(v: &Volume, spec: &ViewSpec, plane: &[T], mask: &Mask) -> Level 
     } = mask;
     // Air reachable from the image border is outside; the rest of the non-body cells are
     // cavities (lungs, bowel gas).
-    let mut outside = vec![0u32; h * w];
-    let border: Vec<usize> = (0..w)
-        .flat_map(|x| [x, (h - 1) * w + x])
-        .chain((0..h).flat_map(|y| [y * w, y * w + w - 1]))
-        .collect();
-    flood(w, h, |i| !body[i], &border, &mut outside, 1);
-    // The largest connected part of body plus cavities.
-    let mut labels = vec![0u32; h * w];
-    let mut largest: Vec<usize> = Vec::new();
-    let mut id = 0;
-    for i in 0..h * w {
-        if labels[i] == 0 && outside[i] == 0 {
-            id += 1;
-            let part = flood(w, h, |j| outside[j] == 0, &[i], &mut labels, id);
-            if part.len() > largest.len() {
-                largest = part;
-            }
+    let air = components(w, h, |i| !body[i]);
+    let mut reaches_border = vec![false; h * w];
+    for i in (0..w).flat_map(|x| [x, (h - 1) * w + x]) {
+        if air[i] != CLOSED {
+            reaches_border[air[i] as usize] = true;
         }
     }
-    if largest.is_empty() {
-        return Level::NoBody;
+    for i in (0..h).flat_map(|y| [y * w, y * w + w - 1]) {
+        if air[i] != CLOSED {
+            reaches_border[air[i] as usize] = true;
+        }
     }
+    let outside = |i: usize| air[i] != CLOSED && reaches_border[air[i] as usize];
+    // The largest connected part of body plus cavities (the first in row-major order of the
+    // largest ones).
+    let labels = components(w, h, |i| !outside(i));
+    let mut size = vec![0u32; h * w];
+    for &l in &labels {
+        if l != CLOSED {
+            size[l as usize] += 1;
+        }
+    }
+    let Some(part_id) = (0..h * w)
+        .filter(|&i| size[i] > 0)
+        .max_by_key(|&i| (size[i], std::cmp::Reverse(i)))
+    else {
+        return Level::NoBody;
+    };
+    let part_id = part_id as u32;
+    let cells = size[part_id as usize] as usize;
     let cell_mm2 = (sy as f64 * py) * (sx as f64 * px);
-    let area = largest.len() as f64 * cell_mm2;
+    let area = cells as f64 * cell_mm2;
     if area < g.min_trunk_area_mm2 {
         return Level::SmallBody;
     }
-    let cavities = largest.iter().filter(|&&i| !body[i]).count();
-    if cavities as f64 / largest.len() as f64 > g.max_enclosed_air_fraction {
+    let (mut cavities, mut x_sum) = (0usize, 0usize);
+    for (row, row_labels) in labels.chunks_exact(w).enumerate() {
+        for (x, &l) in row_labels.iter().enumerate() {
+            if l == part_id {
+                cavities += usize::from(!body[row * w + x]);
+                x_sum += x;
+            }
+        }
+    }
+    if cavities as f64 / cells as f64 > g.max_enclosed_air_fraction {
         return Level::Lungs;
     }
-    let part_id = labels[largest[0]];
-    let centre_gx = (largest.iter().map(|&i| (i % w) as f64).sum::<f64>() / largest.len() as f64)
-        .round() as usize;
+    let centre_gx = (x_sum as f64 / cells as f64).round() as usize;
     // The part's front and back along its centre column, in full-resolution rows.
     let column: Vec<usize> = (0..h)
         .filter(|&gy| labels[gy * w + centre_gx] == part_id)
@@ -584,5 +607,73 @@ fn level<T: Hu>(v: &Volume, spec: &ViewSpec, plane: &[T], mask: &Mask) -> Level 
         Level::Narrow
     } else {
         Level::NoVertebra
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Labels by depth-first search from each unlabelled open cell in row-major order.
+    fn reference(w: usize, h: usize, open: &[bool]) -> Vec<u32> {
+        let mut label = vec![CLOSED; w * h];
+        for start in 0..w * h {
+            if !open[start] || label[start] != CLOSED {
+                continue;
+            }
+            let mut stack = vec![start];
+            label[start] = start as u32;
+            while let Some(i) = stack.pop() {
+                let (x, y) = (i % w, i / w);
+                let mut next = Vec::new();
+                if x > 0 {
+                    next.push(i - 1);
+                }
+                if x + 1 < w {
+                    next.push(i + 1);
+                }
+                if y > 0 {
+                    next.push(i - w);
+                }
+                if y + 1 < h {
+                    next.push(i + w);
+                }
+                for j in next {
+                    if open[j] && label[j] == CLOSED {
+                        label[j] = start as u32;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        label
+    }
+
+    #[test]
+    fn components_match_a_flood_fill_on_random_grids() {
+        let mut state = 0x853c_49e6_748f_ea9bu64;
+        for (w, h, density) in [
+            (1, 1, 50),
+            (7, 1, 50),
+            (1, 9, 50),
+            (17, 13, 45),
+            (64, 48, 60),
+        ] {
+            for _ in 0..20 {
+                let open: Vec<bool> = (0..w * h)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        (state >> 33) % 100 < density
+                    })
+                    .collect();
+                assert_eq!(
+                    components(w, h, |i| open[i]),
+                    reference(w, h, &open),
+                    "{w} x {h}"
+                );
+            }
+        }
     }
 }
