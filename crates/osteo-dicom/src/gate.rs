@@ -499,12 +499,10 @@ fn level<T: Hu>(v: &Volume, spec: &ViewSpec, plane: &[T], mask: &Mask) -> Level 
     // cavities (lungs, bowel gas).
     let air = components(w, h, |i| !body[i]);
     let mut reaches_border = vec![false; h * w];
-    for i in (0..w).flat_map(|x| [x, (h - 1) * w + x]) {
-        if air[i] != CLOSED {
-            reaches_border[air[i] as usize] = true;
-        }
-    }
-    for i in (0..h).flat_map(|y| [y * w, y * w + w - 1]) {
+    let border = (0..w)
+        .flat_map(|x| [x, (h - 1) * w + x])
+        .chain((0..h).flat_map(|y| [y * w, y * w + w - 1]));
+    for i in border {
         if air[i] != CLOSED {
             reaches_border[air[i] as usize] = true;
         }
