@@ -98,17 +98,29 @@ pub fn local_input(
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let artifacts = ModelArtifacts::open(&args.model)?;
     let m = artifacts.manifest.clone();
+    // The backend loads (ONNX Runtime's library and session: tens of milliseconds) while the
+    // study is read; a bad study is reported before a backend problem.
+    let (input, backend) = std::thread::scope(|scope| {
+        let loading =
+            scope.spawn(|| super::serve::load_backend(&args.backend, &artifacts, Device::Cpu));
+        let input = local_input(
+            &m,
+            args.dicom.as_deref(),
+            &args.clinical,
+            args.sr_out.is_some(),
+        );
+        let backend = loading.join();
+        (input, backend)
+    });
     let LocalInput {
         view,
         batch,
         source,
-    } = local_input(
-        &m,
-        args.dicom.as_deref(),
-        &args.clinical,
-        args.sr_out.is_some(),
-    )?;
-    let mut backend = super::serve::load_backend(&args.backend, &artifacts, Device::Cpu)?;
+    } = input?;
+    let mut backend = match backend {
+        Ok(loaded) => loaded?,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
     let explain = match &args.explain_png {
         Some(png) => Some((
             png,
