@@ -38,6 +38,7 @@ pub fn registry(settings: &BackendSettings) -> Registry {
     r.register::<CandleBackend>("candle");
     let ort = OrtOptions {
         intra_threads: settings.ort.intra_threads,
+        spinning: settings.ort.spinning,
     };
     r.register_loader(
         "ort",
