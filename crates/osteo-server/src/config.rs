@@ -257,23 +257,15 @@ pub struct TchSettings {
 }
 
 /// `[backends.ort]`: ONNX Runtime.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OrtSettings {
     /// Threads inside one operator, per loaded model (0 = ONNX Runtime's default, one per
     /// physical core).
     pub intra_threads: usize,
-    /// Let the operator threads spin for a moment after each call before they sleep.
+    /// Let the operator threads spin for a moment after each call before they sleep (off by
+    /// default: a server's concurrent requests need those cores).
     pub spinning: bool,
-}
-
-impl Default for OrtSettings {
-    fn default() -> Self {
-        Self {
-            intra_threads: 0,
-            spinning: true,
-        }
-    }
 }
 
 /// One `[[models]]` entry.
