@@ -53,8 +53,10 @@ done
 
 # MLServer: the same model.onnx files, their metadata and Triton configuration taken from
 # OsteoServe (so perf_analyzer sends both the same tensors).
-mkdir -p "$work/mlmodels"
-printf '{"http_port": 18100, "grpc_port": 18101, "metrics_port": 18102}\n' > "$work/mlmodels/settings.json"
+mkdir -p "$work/mlmodels" "$work/metrics"
+# Its Prometheus files go to the work directory, not to bench/mlserver (its working directory).
+printf '{"http_port": 18100, "grpc_port": 18101, "metrics_port": 18102, "metrics_dir": "%s"}\n' \
+  "$work/metrics" > "$work/mlmodels/settings.json"
 configs="{}"
 for m in "${models[@]}"; do
   mkdir -p "$work/mlmodels/$m"
