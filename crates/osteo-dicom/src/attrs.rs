@@ -55,7 +55,7 @@ pub(crate) fn parse(input: Input, limits: &IngestLimits) -> Result<Parsed, Dicom
     if let Lengths::Checked(Some(range)) =
         prescan::check_lengths(&head, total, body_start, &label, limits.max_file_bytes)?
     {
-        let obj = read_object(&head, &label, has_preamble(&head), true)?;
+        let obj = read_object(&head, &label, body_start, true)?;
         if let Some(layout) = Layout::of(&obj, &label) {
             let range = range.start as u64..range.end as u64;
             let bytes = PixelBytes::Disk(DiskRange::new(path, range, stamp));
@@ -70,11 +70,8 @@ pub(crate) fn parse(input: Input, limits: &IngestLimits) -> Result<Parsed, Dicom
     parse_bytes(label, disk::read_whole(&path, limits)?, limits)
 }
 
-fn has_preamble(bytes: &[u8]) -> bool {
-    bytes.len() >= 132 && &bytes[128..132] == b"DICM"
-}
-
-/// Where the data set starts after the magic code: a clear error when there is none.
+/// Where the data set starts: after the 128-byte preamble and the magic code (132), or after a
+/// magic code at the start (4); a clear error when there is none.
 fn body_start(bytes: &[u8], label: &str) -> Result<usize, DicomError> {
     if bytes.is_empty() {
         return Err(DicomError::Parse {
@@ -82,7 +79,7 @@ fn body_start(bytes: &[u8], label: &str) -> Result<usize, DicomError> {
             message: "the file is empty (0 bytes)".into(),
         });
     }
-    if has_preamble(bytes) {
+    if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
         Ok(132)
     } else if bytes.len() >= 4 && &bytes[..4] == b"DICM" {
         Ok(4)
@@ -94,15 +91,15 @@ fn body_start(bytes: &[u8], label: &str) -> Result<usize, DicomError> {
     }
 }
 
-/// Parses a data set from `bytes` (up to Pixel Data with `until_pixels`) and repairs VR-UN
-/// elements.
+/// Parses a data set from `bytes`, whose data set starts at `body_start` (see [`body_start`]),
+/// up to Pixel Data with `until_pixels`, and repairs VR-UN elements.
 fn read_object(
     bytes: &[u8],
     label: &str,
-    preamble: bool,
+    body_start: usize,
     until_pixels: bool,
 ) -> Result<DefaultDicomObject, DicomError> {
-    let preamble = if preamble {
+    let preamble = if body_start == 132 {
         ReadPreamble::Always
     } else {
         ReadPreamble::Never
@@ -126,7 +123,6 @@ fn read_object(
 /// Parses a whole file's bytes (with or without the 128-byte preamble).
 fn parse_bytes(label: String, bytes: Vec<u8>, limits: &IngestLimits) -> Result<Parsed, DicomError> {
     let body_start = body_start(&bytes, &label)?;
-    let preamble = has_preamble(&bytes);
     let lengths = prescan::check_lengths(
         &bytes,
         bytes.len(),
@@ -136,7 +132,7 @@ fn parse_bytes(label: String, bytes: Vec<u8>, limits: &IngestLimits) -> Result<P
     )?;
     // Native pixels: parse the header only and read the pixels in place later.
     if let Lengths::Checked(Some(range)) = lengths {
-        let obj = read_object(&bytes, &label, preamble, true)?;
+        let obj = read_object(&bytes, &label, body_start, true)?;
         if let Some(layout) = Layout::of(&obj, &label) {
             return Ok(Parsed {
                 label,
@@ -145,7 +141,7 @@ fn parse_bytes(label: String, bytes: Vec<u8>, limits: &IngestLimits) -> Result<P
             });
         }
     }
-    let obj = read_object(&bytes, &label, preamble, false)?;
+    let obj = read_object(&bytes, &label, body_start, false)?;
     Ok(Parsed {
         label,
         obj,
