@@ -672,3 +672,96 @@ async fn a_connection_without_requests_is_closed_after_the_idle_timeout() {
         "closed for being idle"
     );
 }
+
+/// An upload header announcing `expected_bytes`, then one chunk of `sent` bytes of file #0,
+/// its last when `last`.
+fn upload_start(expected_bytes: u64, sent: usize, last: bool) -> Vec<pb::UploadStudyRequest> {
+    vec![
+        pb::UploadStudyRequest {
+            part: Some(pb::upload_study_request::Part::Header(pb::UploadHeader {
+                expected_files: 1,
+                expected_bytes,
+                series_instance_uid: String::new(),
+            })),
+        },
+        pb::UploadStudyRequest {
+            part: Some(pb::upload_study_request::Part::Chunk(pb::FileChunk {
+                file_index: 0,
+                data: vec![0x55; sent],
+                last,
+            })),
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_hold_only_what_they_sent_and_one_principal_keeps_to_its_share() {
+    use common::auth::{code_of, connect_as, new_token};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    let alice = new_token(&tokens, "alice", "client");
+    let bob = new_token(&tokens, "bob", "client");
+    let config = format!(
+        "[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n[store]\nmax_upload_bytes = {}\n\
+         max_inflight_upload_bytes = {}\nmax_inflight_upload_bytes_per_principal = {}\n",
+        tokens.display(),
+        2 * MIB,
+        4 * MIB,
+        2 * MIB
+    );
+    let server = InProc::start(&config, TABULAR, registry()).await;
+    // alice opens two uploads that each announce the largest upload (together the whole
+    // in-flight budget, which used to be reserved at once) and send 768 KiB, then stall.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for m in upload_start(2 * MIB, 768 << 10, false) {
+            tx.send(m).await.expect("send");
+        }
+        let mut c = connect_as(&server.url, None, Some(&alice)).await;
+        let call = tokio::spawn(async move {
+            code_of(
+                c.upload_study(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await,
+            )
+        });
+        stalled.push((tx, call));
+    }
+    // A complete upload of 1 MiB that is not DICOM: refused as such when its bytes fit, or
+    // RESOURCE_EXHAUSTED when they do not.
+    let probe = |token: String| {
+        let url = server.url.clone();
+        async move {
+            let mut c = connect_as(&url, None, Some(&token)).await;
+            code_of(
+                c.upload_study(tokio_stream::iter(upload_start(MIB, MIB as usize, true)))
+                    .await,
+            )
+        }
+    };
+    // Once alice's stalled streams hold their 1.5 MiB, her third upload passes her share...
+    let mut refused = None;
+    for _ in 0..500 {
+        let (code, msg) = probe(alice.clone()).await;
+        if code == Code::ResourceExhausted {
+            refused = Some(msg);
+            break;
+        }
+        assert_eq!(code, Code::InvalidArgument, "{msg}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let msg = refused.expect("alice's share is enforced");
+    assert!(
+        msg.contains("store.max_inflight_upload_bytes_per_principal"),
+        "{msg}"
+    );
+    // ... while bob's upload is read and judged on its content: alice's announced sizes hold
+    // nothing, and her share leaves room for others.
+    let (code, msg) = probe(bob).await;
+    assert_eq!(code, Code::InvalidArgument, "bob is not starved: {msg}");
+    for (tx, call) in stalled {
+        drop(tx);
+        let (code, msg) = call.await.expect("join");
+        assert_ne!(code, Code::Ok, "{msg}");
+    }
+}

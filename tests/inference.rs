@@ -766,35 +766,60 @@ async fn raw_http(addr: std::net::SocketAddr, head: String) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rest_bodies_are_bounded_in_bytes_and_time_before_they_are_read() {
+async fn rest_bodies_are_reserved_as_they_arrive_bounded_in_time_and_every_refusal_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
     let server = InProc::start(
-        "[server]\nrequest_timeout_s = 1\n[store]\nmax_inflight_upload_bytes = 4096\nmax_upload_bytes = 4096\n",
+        &format!(
+            "[server]\nrequest_timeout_s = 2\n[store]\nmax_inflight_upload_bytes = 65536\n\
+             max_upload_bytes = 65536\n[audit]\npath = \"{}\"\n",
+            audit.display()
+        ),
         &MODELS[2..],
         registry(),
     )
     .await;
     let path = "/v2/models/osteo-tabular-v1/infer";
-    // A declared body larger than the bytes left for bodies in flight: refused at once.
+    let post = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let samples = rows("osteo-tabular-v1", 1);
+    let data: Vec<&Vec<f32>> = samples.iter().filter_map(|s| s.tabular.as_ref()).collect();
+    let good = serde_json::json!({
+        "inputs": [{"name": "tabular", "shape": [1, 13], "datatype": "FP32", "data": data}],
+    })
+    .to_string();
+    // Eight bodies that each declare nearly the whole in-flight budget and send one byte (the
+    // denial of service of issue Hardening, second round): only what arrived is reserved, so
+    // another request is served while they trickle, and they end 408 after the timeout.
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(raw_http(
+                server.http,
+                format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 60000\r\n\r\n{{"),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let answer = raw_http(server.http, post(path, &good)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for s in slow {
+        let answer = s.await.expect("join");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("server.request_timeout_s"), "{answer}");
+    }
+    // Every REST route reads its body under the same timeout.
     let answer = raw_http(
         server.http,
-        format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n{{"),
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
-    assert!(
-        answer.contains("store.max_inflight_upload_bytes"),
-        "{answer}"
-    );
-    // A body that stops arriving: 408 after server.request_timeout_s, connection closed.
-    let answer = raw_http(
-        server.http,
-        format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{{\"inputs\""),
+        "POST /v2/repository/index HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{".into(),
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("server.request_timeout_s"), "{answer}");
     // A chunked body with no declared length is counted as it arrives.
-    let chunk = "x".repeat(3000);
+    let chunk = "x".repeat(40_000);
     let answer = raw_http(
         server.http,
         format!(
@@ -805,22 +830,108 @@ async fn rest_bodies_are_bounded_in_bytes_and_time_before_they_are_read() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
-    // Nothing stays reserved: a normal request still fits.
-    let samples = rows("osteo-tabular-v1", 1);
-    let data: Vec<&Vec<f32>> = samples.iter().filter_map(|s| s.tabular.as_ref()).collect();
-    let body = serde_json::json!({
-        "inputs": [{"name": "tabular", "shape": [1, 13], "datatype": "FP32", "data": data}],
+    assert!(
+        answer.contains("store.max_inflight_upload_bytes"),
+        "{answer}"
+    );
+    // More values than any model takes in one request are refused while the JSON is read,
+    // before they are decoded any further (32 rows of 13 features at most).
+    let zeros = vec![0.0f32; 33 * 13];
+    let many = serde_json::json!({
+        "inputs": [{"name": "tabular", "shape": [33, 13], "datatype": "FP32", "data": zeros}],
     })
     .to_string();
+    let answer = raw_http(server.http, post(path, &many)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("more than 416 values"), "{answer}");
+    // A number beyond FP32's range is infinite: refused naming the input, never graded.
+    let mut big: Vec<f64> = data[0].iter().map(|v| f64::from(*v)).collect();
+    big[0] = 1e39;
+    let huge = serde_json::json!({
+        "inputs": [{"name": "tabular", "shape": [1, 13], "datatype": "FP32", "data": [big]}],
+    })
+    .to_string();
+    let answer = raw_http(server.http, post(path, &huge)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("\\\"tabular\\\"") && answer.contains("finite"),
+        "{answer}"
+    );
+    // Content-Encoding is refused before the body.
     let answer = raw_http(
         server.http,
-        format!(
-            "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        ),
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-encoding: gzip\r\ncontent-length: 4\r\n\r\nabcd"),
     )
     .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Nothing stays reserved: the normal request still fits.
+    let answer = raw_http(server.http, post(path, &good)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Every refusal is audited and counted like a gRPC one, as the method it would have run.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .expect("audit")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let count = |rpc: &str, code: &str| {
+        records
+            .iter()
+            .filter(|r| r["rpc"] == rpc && r["code"] == code)
+            .count()
+    };
+    assert_eq!(count("ModelInfer", "DeadlineExceeded"), 8, "{records:?}");
+    assert_eq!(count("RepositoryIndex", "DeadlineExceeded"), 1);
+    assert_eq!(count("ModelInfer", "ResourceExhausted"), 1);
+    assert_eq!(count("ModelInfer", "InvalidArgument"), 3);
+    assert_eq!(count("ModelInfer", "Ok"), 2);
+    let text = server.scrape().await;
+    let requests = |code: &str| {
+        metric(
+            &text,
+            "osteo_requests_total",
+            &["rpc=\"ModelInfer\"", &format!("code=\"{code}\"")],
+        )
+    };
+    // The metrics are the process's: other tests of this binary add to them.
+    assert!(requests("DeadlineExceeded") >= 8.0, "{text}");
+    assert!(requests("InvalidArgument") >= 3.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_inputs_are_refused_naming_the_input_and_never_graded() {
+    let server = InProc::start("", MODELS, registry()).await;
+    let mut c = client(&server).await;
+    let cases = [
+        ("osteo-tabular-v1", false, f32::NAN, "tabular"),
+        ("osteo-tabular-v1", true, f32::INFINITY, "tabular"),
+        ("osteo-fused-v1", true, f32::NAN, "images"),
+        ("osteo-fused-v1", false, f32::NEG_INFINITY, "tabular"),
+    ];
+    for (model, raw, value, input) in cases {
+        let mut req = request(model, &rows(model, 2), raw);
+        let k = req
+            .inputs
+            .iter()
+            .position(|t| t.name == input)
+            .expect("input");
+        if raw {
+            req.raw_input_contents[k][4..8].copy_from_slice(&value.to_le_bytes());
+        } else if let Some(c) = req.inputs[k].contents.as_mut() {
+            c.fp32_contents[1] = value;
+        }
+        let status = c.model_infer(req).await.expect_err("refused");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{model} {input}: {status:?}"
+        );
+        assert!(
+            status.message().contains(&format!("\"{input}\""))
+                && status.message().contains("finite"),
+            "{status:?}"
+        );
+    }
 }
 
 /// Runs curl with `args`; returns the HTTP status and the body.

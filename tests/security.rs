@@ -451,16 +451,111 @@ async fn tokens_are_added_and_revoked_without_a_restart() {
     let before = std::fs::read_to_string(&tokens).expect("read");
     let bob = new_token(&tokens, "bob", "client");
     eventually(bob.clone(), Code::Ok).await;
-    // A broken file keeps the tokens in force.
+    // A broken file fails closed: no token is valid until the file is valid again, so a
+    // revocation can never be undone by a typo. So does a deleted file.
+    let good = std::fs::read_to_string(&tokens).expect("read");
     std::fs::write(&tokens, "[[tokens]]\nprincipal = \n").expect("write");
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(
-        list(alice.clone()).await,
-        Code::Ok,
-        "a broken file revokes nothing"
-    );
+    eventually(alice.clone(), Code::Unauthenticated).await;
+    std::fs::write(&tokens, &good).expect("write");
+    eventually(alice.clone(), Code::Ok).await;
+    std::fs::remove_file(&tokens).expect("rm");
+    eventually(alice.clone(), Code::Unauthenticated).await;
+    std::fs::write(&tokens, &good).expect("write");
+    eventually(alice.clone(), Code::Ok).await;
+    let text = server.scrape().await;
+    assert_eq!(metric(&text, "osteo_auth_tokens_file_valid", &[]), 1.0);
     // Bob's entry removed: his token stops working, Alice's keeps working.
     std::fs::write(&tokens, before).expect("write");
     eventually(bob, Code::Unauthenticated).await;
     assert_eq!(list(alice).await, Code::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_ends_when_its_token_is_revoked_and_at_its_lifetime_limit() {
+    use osteo_proto::inference as v2;
+    use osteo_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.toml");
+    let before = std::fs::read_to_string(&tokens).unwrap_or_default();
+    let alice = new_token(&tokens, "alice", "client");
+    let config = format!(
+        "[server]\nmax_stream_s = 600\n[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n",
+        tokens.display()
+    );
+    let server = InProc::start(
+        &config,
+        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
+        registry(),
+    )
+    .await;
+    let channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut c = GrpcInferenceServiceClient::with_interceptor(channel, Bearer(Some(alice)));
+    let request = v2::ModelInferRequest {
+        model_name: "osteo-tabular-v1".into(),
+        inputs: vec![v2::model_infer_request::InferInputTensor {
+            name: "tabular".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 13],
+            contents: Some(v2::InferTensorContents {
+                fp32_contents: vec![0.0; 13],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = c
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    tx.send(request.clone()).await.expect("send");
+    let first = answers.message().await.expect("answer").expect("one");
+    assert!(first.error_message.is_empty(), "{first:?}");
+    // alice revoked while her stream is open and idle: the server ends it on its own.
+    std::fs::write(&tokens, before).expect("write");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), answers.message())
+        .await
+        .expect("the stream ends (guard, not a measurement)");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    drop(tx);
+
+    // A stream lives at most server.max_stream_s.
+    let short = InProc::start(
+        "[server]\nmax_stream_s = 1\n",
+        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
+        registry(),
+    )
+    .await;
+    let mut c = GrpcInferenceServiceClient::connect(short.url.clone())
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = c
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    tx.send(request).await.expect("send");
+    let mut ended = None;
+    while ended.is_none() {
+        match answers.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ends with a status"),
+            Err(status) => ended = Some(status),
+        }
+    }
+    let status = ended.expect("status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("server.max_stream_s"),
+        "{status:?}"
+    );
 }

@@ -221,7 +221,9 @@ async fn required_client_certificates_name_the_principal_and_isolate_studies() {
         .collect();
     assert_eq!(
         principals,
-        ["alice", "bob", "pacs-admin"].into_iter().collect(),
+        ["cert:alice", "cert:bob", "cert:pacs-admin"]
+            .into_iter()
+            .collect(),
         "{records:?}"
     );
     let raw = std::fs::read_to_string(&audit).expect("audit");
@@ -255,7 +257,7 @@ async fn optional_client_certificates_or_tokens() {
         .iter()
         .map(|r| r["principal"].as_str().unwrap_or("?").to_string())
         .collect();
-    assert_eq!(principals, ["ris-gateway", "modality-ct1", "", ""]);
+    assert_eq!(principals, ["ris-gateway", "cert:modality-ct1", "", ""]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,7 +140,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     };
     let latency_ms = start.elapsed().as_secs_f64() * 1e3;
     let probs = osteo_core::backend::softmax(&logits);
-    let grade = Grade::most_probable(&[probs[0], probs[1], probs[2]]);
+    let grade = Grade::most_probable(&[probs[0], probs[1], probs[2]])
+        .context("the model's output for this study is not a number")?;
     if let (Some((png, v)), Some(e)) = (explain, &explanation) {
         let parts = e.parts(grade)?;
         let map = osteo_core::gradcam::assemble(&parts, v.spec.height, v.spec.width)?;

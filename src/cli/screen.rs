@@ -80,8 +80,9 @@ pub struct ScreenArgs {
     #[arg(long, value_name = "CSV")]
     results: PathBuf,
     /// Most bytes of one study's CT series retrieved from the PACS (MiB); a larger study ends
-    /// in error. Memory use is about --concurrency times this.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    /// in error. The default is what the server accepts by default (store.max_upload_bytes).
+    /// Memory use is up to about twice --concurrency times this.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_study_mib: u64,
     /// Studies in flight at once (retrieval, upload, grading and store overlap).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -499,7 +500,7 @@ pub fn run(args: ScreenArgs) -> anyhow::Result<()> {
         } else if let Some(path) = &args.worklist {
             worklist(path)?
         } else {
-            pacs.search_studies(&query)
+            retry(DicomWebError::is_transient, || pacs.search_studies(&query))
                 .await
                 .map_err(|e| anyhow!("{e}"))?
         };

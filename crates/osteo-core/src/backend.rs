@@ -170,6 +170,12 @@ impl Batch {
                     "images and clinical features differ in batch size".into(),
                 ));
             }
+            if let Some(at) = first_non_finite(t.data()) {
+                return Err(BackendError::InvalidInput(format!(
+                    "{what} hold a value that is not a finite number (NaN or infinity) at \
+                     element {at}; send finite values"
+                )));
+            }
             n = Some(shape[0]);
         }
         n.ok_or_else(|| BackendError::InvalidInput("the model reads no input".into()))
@@ -184,6 +190,11 @@ impl Batch {
         }
         Ok(())
     }
+}
+
+/// The index of the first value that is NaN or infinite.
+pub fn first_non_finite(values: &[f32]) -> Option<usize> {
+    values.iter().position(|v| !v.is_finite())
 }
 
 /// Why a backend call failed. `Clone`, so one failure can be sent to every request of a batch.

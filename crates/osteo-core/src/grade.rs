@@ -95,10 +95,13 @@ impl Grade {
     }
 
     /// The grade with the largest of three class scores (probabilities or logits, class order);
-    /// the first wins a tie.
-    pub fn most_probable<T: PartialOrd + Copy>(scores: &[T; 3]) -> Grade {
+    /// the first wins a tie. Scores that are not comparable (NaN) have no grade: None.
+    pub fn most_probable<T: PartialOrd + Copy>(scores: &[T; 3]) -> Option<Grade> {
+        if scores.iter().any(|s| s.partial_cmp(s).is_none()) {
+            return None;
+        }
         let best = (1..3).fold(0, |b, k| if scores[k] > scores[b] { k } else { b });
-        Grade::ALL[best]
+        Some(Grade::ALL[best])
     }
 
     /// The lowercase name used in APIs, files and reports.
@@ -178,12 +181,17 @@ mod tests {
 
     #[test]
     fn most_probable_picks_the_largest_score_and_the_first_on_ties() {
-        assert_eq!(Grade::most_probable(&[0.2, 0.5, 0.3]), Grade::Osteopenia);
+        assert_eq!(
+            Grade::most_probable(&[0.2, 0.5, 0.3]),
+            Some(Grade::Osteopenia)
+        );
         assert_eq!(
             Grade::most_probable(&[1.0f32, -2.0, 3.0]),
-            Grade::Osteoporosis
+            Some(Grade::Osteoporosis)
         );
-        assert_eq!(Grade::most_probable(&[0.4, 0.4, 0.2]), Grade::Normal);
+        assert_eq!(Grade::most_probable(&[0.4, 0.4, 0.2]), Some(Grade::Normal));
+        assert_eq!(Grade::most_probable(&[f32::NAN, 0.1, 0.2]), None);
+        assert_eq!(Grade::most_probable(&[0.1, 0.2, f64::NAN]), None);
     }
 
     #[test]

@@ -144,9 +144,22 @@ impl DicomWeb {
                 })?
             };
             let n = page.len();
+            // A PACS that ignores `offset` answers the first page again and again: a full page
+            // of studies already listed ends the search instead of looping to the match limit.
+            let previous = &uids[uids.len().saturating_sub(PAGE)..];
+            if n == PAGE && !previous.is_empty() && page.iter().all(|u| previous.contains(u)) {
+                return Err(DicomWebError::Protocol {
+                    request: REQUEST,
+                    message: format!(
+                        "the server answered offset={} with studies it had already listed: it \
+                         ignores QIDO-RS paging; narrow the query to fewer than {PAGE} matches",
+                        uids.len()
+                    ),
+                });
+            }
             uids.extend(page);
             if uids.len() > self.limits.max_matches {
-                return Err(DicomWebError::TooLarge {
+                return Err(DicomWebError::TooMany {
                     request: REQUEST,
                     limit: self.limits.max_matches as u64,
                 });

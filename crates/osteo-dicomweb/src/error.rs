@@ -44,6 +44,14 @@ pub enum DicomWebError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// A search matched more than the limit for it.
+    #[error("DICOMweb {request}: more than {limit} matches")]
+    TooMany {
+        /// What was asked.
+        request: &'static str,
+        /// The most matches taken.
+        limit: u64,
+    },
     /// The answer is not what the standard says it should be.
     #[error("DICOMweb {request}: {message}")]
     Protocol {

@@ -6,7 +6,9 @@
 //! refusal, and hands the [`Principal`] to the services in the request's extensions; the
 //! osteo.v1 service then checks the principal's roles for the RPC. The tokens file is re-read
 //! when it changes (checked at most once a second), so tokens are added and revoked without a
-//! restart; a changed file that does not parse keeps the tokens in force and is logged.
+//! restart. The file fails closed: once it is deleted or no longer parses, every token is
+//! refused (logged as an error, `osteo_auth_tokens_file_valid` 0) until it is valid again; open
+//! streams re-check their token against it (see [`Credential`]).
 
 use crate::audit::{AuditLog, Record};
 use crate::connection::{BoxFuture, ConnInfo};
@@ -14,7 +16,7 @@ use crate::error::ServerError;
 use crate::tls::PeerCert;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -109,8 +111,33 @@ pub struct Tokens {
 #[derive(Debug)]
 struct TokensState {
     by_digest: HashMap<String, Principal>,
-    modified: Option<SystemTime>,
+    stamp: Option<FileStamp>,
     checked: Instant,
+}
+
+/// What tells a changed tokens file from the one read: modification time, size and inode (a
+/// file rewritten within the clock's resolution, or replaced by a rename, still differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path`; None when it cannot be read (deleted).
+    fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(Self {
+            modified: m.modified().ok(),
+            len: m.len(),
+            inode,
+        })
+    }
 }
 
 /// How often the tokens file is looked at for changes.
@@ -136,22 +163,58 @@ impl Tokens {
             return;
         }
         state.checked = Instant::now();
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if modified == state.modified {
+        let stamp = FileStamp::of(&self.path);
+        if stamp == state.stamp {
             return;
         }
-        match read_tokens(&self.path) {
+        state.stamp = stamp;
+        // The file fails closed: once it is deleted or no longer parses, no token is valid
+        // until a valid file is in place again (a revocation can never be undone by a typo).
+        let read = match stamp {
+            None => Err(ServerError::Config(format!(
+                "auth.tokens_file {}: the file is gone",
+                self.path.display()
+            ))),
+            Some(_) => read_tokens(&self.path),
+        };
+        match read {
             Ok(by_digest) => {
                 tracing::info!(tokens = by_digest.len(), "tokens file changed; reloaded");
+                metrics::gauge!("osteo_auth_tokens_file_valid").set(1.0);
                 state.by_digest = by_digest;
-                state.modified = modified;
             }
             Err(e) => {
-                tracing::error!(error = %e, "tokens file changed but is invalid; keeping the tokens in force");
-                state.modified = modified;
+                tracing::error!(
+                    error = %e,
+                    "tokens file changed and cannot be used: every token is refused until it is \
+                     valid again"
+                );
+                metrics::gauge!("osteo_auth_tokens_file_valid").set(0.0);
+                state.by_digest.clear();
             }
+        }
+    }
+}
+
+/// A bearer token as a request presented it, for a stream to re-check while it is open: a
+/// token revoked (or given other roles) in the tokens file ends the streams it opened.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    tokens: Arc<Tokens>,
+    digest: String,
+    principal: Principal,
+}
+
+impl Credential {
+    /// Ok while the token still names the same principal with the same roles (the tokens file
+    /// is looked at at most once a second); UNAUTHENTICATED once it is revoked or changed.
+    pub fn recheck(&self) -> Result<(), tonic::Status> {
+        match self.tokens.get(&self.digest) {
+            Some(p) if p == self.principal => Ok(()),
+            _ => Err(tonic::Status::unauthenticated(
+                "the token this stream was opened with has been revoked or its roles changed; \
+                 open a new stream with a valid token",
+            )),
         }
     }
 }
@@ -161,8 +224,45 @@ impl Tokens {
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     tokens: Option<Arc<Tokens>>,
-    certificates: Option<Arc<BTreeSet<String>>>,
+    certificates: Option<Arc<Certificates>>,
 }
+
+/// How client certificates name principals.
+#[derive(Debug, Default)]
+struct Certificates {
+    /// Certificate names with the admin role.
+    admins: BTreeSet<String>,
+    /// Whether the first SAN names a certificate without a valid CN.
+    san_identity: bool,
+    /// Certificate names mapped to the principal they act as.
+    mapped: BTreeMap<String, String>,
+}
+
+impl Certificates {
+    /// The principal of a verified certificate with these names, if one names it.
+    fn principal(&self, cn: Option<&String>, san: Option<&String>) -> Option<Principal> {
+        let name = cn.or(san.filter(|_| self.san_identity))?;
+        let role = if self.admins.contains(name) {
+            Role::Admin
+        } else {
+            Role::Client
+        };
+        // Certificate principals live apart from token principals unless mapped: a
+        // certificate with CN "alice" is not the token principal "alice".
+        let principal = self
+            .mapped
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| format!("{CERT_PREFIX}{name}"));
+        Some(Principal {
+            name: principal,
+            roles: [role].into_iter().collect(),
+        })
+    }
+}
+
+/// What an unmapped certificate principal's name starts with.
+pub const CERT_PREFIX: &str = "cert:";
 
 impl Authenticator {
     /// No authentication: everyone is [`Principal::anonymous`].
@@ -172,14 +272,15 @@ impl Authenticator {
 
     /// Bearer tokens from a tokens file; errors name the file and the entry.
     pub fn from_tokens_file(path: &Path) -> Result<Self, ServerError> {
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let stamp = FileStamp::of(path);
         let by_digest = read_tokens(path)?;
+        metrics::gauge!("osteo_auth_tokens_file_valid").set(1.0);
         Ok(Self {
             tokens: Some(Arc::new(Tokens {
                 path: path.to_path_buf(),
                 state: RwLock::new(TokensState {
                     by_digest,
-                    modified,
+                    stamp,
                     checked: Instant::now(),
                 }),
             })),
@@ -187,10 +288,27 @@ impl Authenticator {
         })
     }
 
-    /// Also accepts client certificates; the principals in `admins` have the admin role, every
-    /// other certificate principal the client role.
-    pub fn with_certificates(mut self, admins: impl IntoIterator<Item = String>) -> Self {
-        self.certificates = Some(Arc::new(admins.into_iter().collect()));
+    /// Also accepts client certificates, named by their CN as `cert:<CN>`; the certificate
+    /// names in `admins` have the admin role, every other certificate principal the client
+    /// role.
+    pub fn with_certificates(self, admins: impl IntoIterator<Item = String>) -> Self {
+        self.with_certificate_names(admins, false, BTreeMap::new())
+    }
+
+    /// [`Authenticator::with_certificates`], naming a certificate without a valid CN by its
+    /// first SAN when `san_identity`, and mapping the certificate names in `mapped` to the
+    /// principals they act as.
+    pub fn with_certificate_names(
+        mut self,
+        admins: impl IntoIterator<Item = String>,
+        san_identity: bool,
+        mapped: BTreeMap<String, String>,
+    ) -> Self {
+        self.certificates = Some(Arc::new(Certificates {
+            admins: admins.into_iter().collect(),
+            san_identity,
+            mapped,
+        }));
         self
     }
 
@@ -202,7 +320,11 @@ impl Authenticator {
             Self::none()
         };
         Ok(if a.uses_certificates() {
-            auth.with_certificates(a.mtls_admins.iter().cloned())
+            auth.with_certificate_names(
+                a.mtls_admins.iter().cloned(),
+                a.mtls_san_identity,
+                a.mtls_principals.clone(),
+            )
         } else {
             auth
         })
@@ -272,13 +394,20 @@ impl Authenticator {
         headers: &http::HeaderMap,
         cert: &PeerCert,
     ) -> Result<Principal, tonic::Status> {
-        self.check(headers, cert).map_err(|(_, status)| status)
+        self.check(headers, cert)
+            .map(|(p, _)| p)
+            .map_err(|(_, status)| status)
     }
 
-    /// [`Authenticator::authenticate`], with the reason of a refusal as a metric label.
-    fn check(&self, headers: &http::HeaderMap, cert: &PeerCert) -> Result<Principal, Refusal> {
+    /// [`Authenticator::authenticate`], with the token credential a stream re-checks, and the
+    /// reason of a refusal as a metric label.
+    fn check(
+        &self,
+        headers: &http::HeaderMap,
+        cert: &PeerCert,
+    ) -> Result<(Principal, Option<Credential>), Refusal> {
         if self.tokens.is_none() && self.certificates.is_none() {
-            return Ok(Principal::anonymous());
+            return Ok((Principal::anonymous(), None));
         }
         if let (Some(tokens), Some(value)) =
             (&self.tokens, headers.get(http::header::AUTHORIZATION))
@@ -295,32 +424,31 @@ impl Authenticator {
                         "the authorization metadata must read `Bearer <token>`",
                     )
                 })?;
-            return tokens
-                .get(&token_digest(token))
-                .ok_or_else(|| refuse("invalid_token", "the token is not valid"));
+            let digest = token_digest(token);
+            let principal = tokens
+                .get(&digest)
+                .ok_or_else(|| refuse("invalid_token", "the token is not valid"))?;
+            let credential = Credential {
+                tokens: tokens.clone(),
+                digest,
+                principal: principal.clone(),
+            };
+            return Ok((principal, Some(credential)));
         }
-        if let Some(admins) = &self.certificates {
-            match cert {
-                PeerCert::Named(name) => {
-                    let role = if admins.contains(name) {
-                        Role::Admin
-                    } else {
-                        Role::Client
-                    };
-                    return Ok(Principal {
-                        name: name.clone(),
-                        roles: [role].into_iter().collect(),
-                    });
-                }
-                PeerCert::Unnamed => {
-                    return Err(refuse(
+        if let Some(certificates) = &self.certificates
+            && let PeerCert::Verified { cn, san } = cert
+        {
+            return certificates
+                .principal(cn.as_ref(), san.as_ref())
+                .map(|p| (p, None))
+                .ok_or_else(|| {
+                    refuse(
                         "certificate",
-                        "the client certificate names no usable principal: its subject CN (or \
-                         first DNS or e-mail SAN) must be 1 to 64 letters, digits or ._@-",
-                    ));
-                }
-                PeerCert::Absent => {}
-            }
+                        "the client certificate names no usable principal: its subject CN must \
+                         be 1 to 64 letters, digits or ._@- (or its first DNS or e-mail SAN, \
+                         where auth.mtls_san_identity is on)",
+                    )
+                });
         }
         Err(refuse("missing", self.wanted()))
     }
@@ -350,10 +478,10 @@ impl AuthLayer {
         headers: &http::HeaderMap,
         conn: Option<&ConnInfo>,
         rpc: &'static str,
-    ) -> Result<Principal, (tonic::Status, BoxFuture<()>)> {
+    ) -> Result<(Principal, Option<Credential>), (tonic::Status, BoxFuture<()>)> {
         let cert = conn.map_or(&PeerCert::Absent, ConnInfo::peer_cert);
         let (reason, status) = match self.auth.check(headers, cert) {
-            Ok(p) => return Ok(p),
+            Ok(admitted) => return Ok(admitted),
             Err(refusal) => refusal,
         };
         metrics::counter!("osteo_auth_failures_total", "reason" => reason).increment(1);
@@ -460,8 +588,11 @@ where
             let rpc = rpc_of(req.uri().path());
             let conn = req.extensions().get::<ConnInfo>();
             match self.gate.admit(req.headers(), conn, rpc) {
-                Ok(p) => {
+                Ok((p, credential)) => {
                     req.extensions_mut().insert(p);
+                    if let Some(c) = credential {
+                        req.extensions_mut().insert(c);
+                    }
                 }
                 Err((status, recorded)) => {
                     let resp = status.into_http::<RB>();
@@ -480,6 +611,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn named(cn: &str) -> PeerCert {
+        PeerCert::Verified {
+            cn: Some(cn.into()),
+            san: None,
+        }
+    }
 
     fn headers(auth: Option<&str>) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
@@ -514,7 +652,7 @@ mod tests {
             Some("Bearer "),
         ] {
             let s = auth
-                .authenticate(&headers(bad), &PeerCert::Named("alice".into()))
+                .authenticate(&headers(bad), &named("alice"))
                 .expect_err("refused: a certificate is no credential in token mode");
             assert_eq!(s.code(), tonic::Code::Unauthenticated);
             assert!(
@@ -545,17 +683,32 @@ mod tests {
         let either = Authenticator::from_tokens_file(&file)
             .expect("tokens")
             .with_certificates(Vec::new());
-        let cert = PeerCert::Named("pacs-gw".into());
+        let cert = named("pacs-gw");
         let p = mtls.authenticate(&headers(None), &cert).expect("cert");
-        assert_eq!(p.name, "pacs-gw");
+        assert_eq!(p.name, "cert:pacs-gw");
         assert!(p.has(Role::Client) && !p.has(Role::Admin));
         let ops = mtls
-            .authenticate(&headers(None), &PeerCert::Named("ops".into()))
+            .authenticate(&headers(None), &named("ops"))
             .expect("cert");
         assert!(ops.has(Role::Admin));
         for (auth, h, c) in [
             (&mtls, None, PeerCert::Absent),
-            (&mtls, None, PeerCert::Unnamed),
+            (
+                &mtls,
+                None,
+                PeerCert::Verified {
+                    cn: None,
+                    san: None,
+                },
+            ),
+            (
+                &mtls,
+                None,
+                PeerCert::Verified {
+                    cn: None,
+                    san: Some("pacs-admin".into()),
+                },
+            ),
             (&mtls, Some("Bearer bobs-token"), PeerCert::Absent),
             (&either, None, PeerCert::Absent),
             (&either, Some("Bearer wrong"), cert.clone()),
@@ -575,8 +728,89 @@ mod tests {
                 .authenticate(&headers(None), &cert)
                 .expect("cert")
                 .name,
-            "pacs-gw"
+            "cert:pacs-gw"
         );
+    }
+
+    #[test]
+    fn certificate_principals_are_apart_from_token_principals_unless_mapped() {
+        let alice = named("alice");
+        let plain = Authenticator::none().with_certificates(Vec::new());
+        let p = plain.authenticate(&headers(None), &alice).expect("cert");
+        assert_eq!(p.name, "cert:alice", "not the token principal alice");
+        let san_only = PeerCert::Verified {
+            cn: None,
+            san: Some("pacs-admin".into()),
+        };
+        let with_san = Authenticator::none().with_certificate_names(
+            ["pacs-admin".to_string()],
+            true,
+            [("alice".to_string(), "alice".to_string())].into(),
+        );
+        let admin = with_san
+            .authenticate(&headers(None), &san_only)
+            .expect("SAN identity configured");
+        assert_eq!(admin.name, "cert:pacs-admin");
+        assert!(admin.has(Role::Admin));
+        let mapped = with_san.authenticate(&headers(None), &alice).expect("cert");
+        assert_eq!(mapped.name, "alice", "explicitly mapped");
+    }
+
+    #[test]
+    fn the_tokens_file_fails_closed_and_open_credentials_see_revocation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tokens.toml");
+        let entry = |who: &str, token: &str| {
+            format!(
+                "[[tokens]]\nprincipal = \"{who}\"\nsha256 = \"{}\"\nroles = [\"client\"]\n",
+                token_digest(token)
+            )
+        };
+        std::fs::write(
+            &file,
+            entry("alice", "alice-token") + &entry("bob", "bob-token"),
+        )
+        .expect("write");
+        let auth = Authenticator::from_tokens_file(&file).expect("tokens");
+        let tokens = auth.tokens.clone().expect("token mode");
+        let open = |t: &str| {
+            auth.check(&headers(Some(&format!("Bearer {t}"))), &PeerCert::Absent)
+                .expect("valid")
+                .1
+                .expect("a token credential")
+        };
+        let alices_stream = open("alice-token");
+        let force_check = || {
+            tokens
+                .state
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .checked -= RELOAD_CHECK;
+        };
+        // alice revoked: her open credential fails its next check, bob's holds.
+        std::fs::write(&file, entry("bob", "bob-token")).expect("write");
+        force_check();
+        let e = alices_stream.recheck().expect_err("revoked");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        open("bob-token").recheck().expect("bob still valid");
+        // A file that no longer parses refuses every token (loudly, in the log).
+        std::fs::write(&file, "[[tokens]\nbroken").expect("write");
+        force_check();
+        assert!(
+            auth.authenticate(&headers(Some("Bearer bob-token")), &PeerCert::Absent)
+                .is_err()
+        );
+        // So does a deleted one; a valid file in place again is served again.
+        std::fs::remove_file(&file).expect("rm");
+        force_check();
+        assert!(
+            auth.authenticate(&headers(Some("Bearer bob-token")), &PeerCert::Absent)
+                .is_err()
+        );
+        std::fs::write(&file, entry("bob", "bob-token")).expect("write");
+        force_check();
+        auth.authenticate(&headers(Some("Bearer bob-token")), &PeerCert::Absent)
+            .expect("valid again");
     }
 
     #[test]

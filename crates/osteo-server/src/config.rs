@@ -60,6 +60,12 @@ pub struct ServerSettings {
     pub handshake_timeout_s: u64,
     /// Seconds a connection with no request in flight stays open.
     pub idle_timeout_s: u64,
+    /// Seconds a ModelStreamInfer stream may stay open; it is then ended with
+    /// DEADLINE_EXCEEDED and the client opens a new one (credentials are checked anew).
+    pub max_stream_s: u64,
+    /// What start-up does when the open-file limit cannot hold every listener's
+    /// `max_connections`: "error" (refuse to start) or "warn" (log and serve).
+    pub fd_limit: String,
     /// Seconds between HTTP/2 keepalive pings (0 = none).
     pub keepalive_interval_s: u64,
     /// Seconds to wait for a ping's acknowledgement before closing the connection.
@@ -134,6 +140,9 @@ pub struct StoreSettings {
     pub max_upload_bytes: u64,
     /// Upload bytes (and REST request body bytes) buffered at once across every stream.
     pub max_inflight_upload_bytes: u64,
+    /// Of those, the most one principal (without authentication: one peer address) may have
+    /// buffered at once (0, or more than `max_inflight_upload_bytes` = no cap beyond it).
+    pub max_inflight_upload_bytes_per_principal: u64,
     /// Upload streams open at once.
     pub max_concurrent_uploads: usize,
     /// Bytes of decoded studies one principal may hold (0 = no limit beyond `max_bytes`).
@@ -193,8 +202,15 @@ pub struct AuthSettings {
     pub mode: String,
     /// TOML file of `[[tokens]]` with `principal`, `sha256` (of the token) and `roles`.
     pub tokens_file: String,
-    /// Certificate principals that have the admin role (every other one is a client).
+    /// Certificate names that have the admin role (every other one is a client).
     pub mtls_admins: Vec<String>,
+    /// Whether a certificate without a valid subject CN is named by its first DNS or e-mail
+    /// SAN (off: only the CN names a certificate principal).
+    pub mtls_san_identity: bool,
+    /// Certificate names mapped to the principal they act as (e.g. a token principal's name);
+    /// an unmapped certificate is the principal `cert:<name>`, apart from every token
+    /// principal.
+    pub mtls_principals: std::collections::BTreeMap<String, String>,
 }
 
 impl AuthSettings {
@@ -215,6 +231,8 @@ impl Default for AuthSettings {
             mode: "none".into(),
             tokens_file: String::new(),
             mtls_admins: Vec::new(),
+            mtls_san_identity: false,
+            mtls_principals: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -309,6 +327,8 @@ impl Default for ServerSettings {
             max_concurrent_streams: 128,
             handshake_timeout_s: 10,
             idle_timeout_s: 300,
+            max_stream_s: 3600,
+            fd_limit: "error".into(),
             keepalive_interval_s: 60,
             keepalive_timeout_s: 20,
             allow_insecure: false,
@@ -326,7 +346,8 @@ impl Default for StoreSettings {
             max_study_bytes: 1 << 30,
             ttl_s: 3600,
             max_upload_bytes: 512 << 20,
-            max_inflight_upload_bytes: 512 << 20,
+            max_inflight_upload_bytes: 1 << 30,
+            max_inflight_upload_bytes_per_principal: 512 << 20,
             max_concurrent_uploads: 16,
             max_bytes_per_principal: 0,
             max_files: 4096,
@@ -512,6 +533,26 @@ impl Settings {
             "limits must be positive",
         )?;
         require(st.ttl_s > 0, "store.ttl_s", 0, "must be positive")?;
+        for (cert, principal) in &self.auth.mtls_principals {
+            require(
+                crate::auth::valid_principal(cert) && crate::auth::valid_principal(principal),
+                "auth.mtls_principals",
+                crate::text::client_text(cert),
+                "maps certificate names to principals, each 1 to 64 letters, digits or ._@-",
+            )?;
+        }
+        require(
+            self.server.max_stream_s > 0,
+            "server.max_stream_s",
+            0,
+            "must be positive",
+        )?;
+        require(
+            matches!(self.server.fd_limit.as_str(), "error" | "warn"),
+            "server.fd_limit",
+            crate::text::client_text(&self.server.fd_limit),
+            "must be \"error\" or \"warn\"",
+        )?;
         require(
             st.max_study_bytes > 0 && st.max_study_bytes <= st.max_bytes,
             "store.max_study_bytes",
@@ -524,6 +565,14 @@ impl Settings {
             st.max_upload_bytes,
             "must be at most store.max_inflight_upload_bytes (a larger upload could never be \
              buffered)",
+        )?;
+        require(
+            st.max_inflight_upload_bytes_per_principal == 0
+                || st.max_inflight_upload_bytes_per_principal >= st.max_upload_bytes,
+            "store.max_inflight_upload_bytes_per_principal",
+            st.max_inflight_upload_bytes_per_principal,
+            "must be 0 (no cap) or at least store.max_upload_bytes (a smaller share could never \
+             buffer the largest upload)",
         )?;
         require(
             st.max_concurrent_uploads > 0,

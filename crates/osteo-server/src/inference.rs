@@ -6,7 +6,7 @@
 //! FP32 `[-1, 3]` in class order normal, osteopenia, osteoporosis. A request of N rows is N
 //! samples in the model's dynamic batch, so v2 and osteo.v1 traffic batch together.
 
-use crate::auth::Principal;
+use crate::auth::{Credential, Principal};
 use crate::error::ServerError;
 use crate::models::ServedModel;
 use crate::service::{Labels, Service, lock_labels, resolve, set_grade};
@@ -15,6 +15,7 @@ use osteo_core::Sample;
 use osteo_proto::inference as v2;
 use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use std::sync::Mutex;
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// The element type every input and output uses.
@@ -76,6 +77,24 @@ fn inputs_of(model: &ServedModel) -> Vec<InputSpec> {
         });
     }
     out
+}
+
+/// The most FP32 values one infer request may carry for any served model: `max_batch` rows of
+/// every input of the model with the largest inputs. A REST body is refused as soon as its
+/// tensors hold more, before they are decoded any further.
+pub(crate) fn max_request_elements(models: &crate::models::ModelSet, max_batch: usize) -> usize {
+    models
+        .all()
+        .iter()
+        .map(|m| {
+            inputs_of(m)
+                .iter()
+                .map(InputSpec::per_sample)
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0)
+        .saturating_mul(max_batch)
 }
 
 /// Shape with a variable batch dimension.
@@ -218,6 +237,12 @@ fn samples(
             }
             c.map(|c| c.fp32_contents.clone()).unwrap_or_default()
         };
+        if let Some(i) = osteo_core::backend::first_non_finite(&values) {
+            return Err(bad(format!(
+                "input \"{name}\" holds a value that is not a finite number (NaN or infinity, \
+                 or beyond FP32's range) at element {i}; send finite values"
+            )));
+        }
         columns[at] = Some(values);
     }
     for (spec, column) in specs.iter().zip(&columns) {
@@ -300,7 +325,7 @@ async fn infer(
         .map(|l| osteo_core::backend::softmax(l))
         .collect();
     if let [one] = logits.as_slice() {
-        set_grade(&labels, crate::convert::probabilities(one).0);
+        set_grade(&labels, crate::convert::probabilities(one)?.0);
     }
     let classes = logits.first().map_or(3, Vec::len);
     let mut response = v2::ModelInferResponse {
@@ -570,22 +595,49 @@ impl GrpcInferenceService for Inference {
 
     /// Each request of the stream runs as a ModelInfer of the stream's principal (admitted,
     /// counted and audited one by one), answered in order; a failed request is answered with
-    /// its error message and the stream goes on.
+    /// its error message and the stream goes on. A stream opened with a bearer token re-checks
+    /// it every second and before every request: revoked, the stream ends UNAUTHENTICATED. A
+    /// stream ends DEADLINE_EXCEEDED after `server.max_stream_s`.
     async fn model_stream_infer(
         &self,
         request: Request<tonic::Streaming<v2::ModelInferRequest>>,
     ) -> Result<Response<InferStream>, Status> {
         let principal = request.extensions().get::<Principal>().cloned();
+        let credential = request.extensions().get::<Credential>().cloned();
         let tcp = request
             .extensions()
             .get::<tonic::transport::server::TcpConnectInfo>()
             .cloned();
+        let lifetime = Duration::from_secs(self.service.state().settings.server.max_stream_s);
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let service = self.service.clone();
         tokio::spawn(async move {
+            let ends = tokio::time::Instant::now() + lifetime;
+            let mut recheck = tokio::time::interval(Duration::from_secs(1));
+            let still_valid = || credential.as_ref().map_or(Ok(()), Credential::recheck);
             loop {
-                let message = match inbound.message().await {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = recheck.tick() => match still_valid() {
+                        Ok(()) => continue,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    },
+                    () = tokio::time::sleep_until(ends) => {
+                        let _ = tx
+                            .send(Err(Status::deadline_exceeded(format!(
+                                "the stream reached its lifetime limit (server.max_stream_s, \
+                                 {} s); open a new stream",
+                                lifetime.as_secs()
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                let message = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => return,
                     Err(status) => {
@@ -593,6 +645,10 @@ impl GrpcInferenceService for Inference {
                         return;
                     }
                 };
+                if let Err(status) = still_valid() {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 let mut one = Request::new(message);
                 if let Some(p) = &principal {
                     one.extensions_mut().insert(p.clone());

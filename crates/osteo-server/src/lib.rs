@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod convert;
 pub mod error;
+pub mod fdlimit;
 pub mod inference;
 pub mod metrics_http;
 pub mod models;

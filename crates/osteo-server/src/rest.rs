@@ -5,6 +5,7 @@
 //! same; TLS, connection limits and authentication are those of the gRPC listener.
 
 use crate::auth::{AuthLayer, Principal};
+use crate::budget::Reservation;
 use crate::connection::{ActivityLayer, ConnInfo, ConnLimits, accept_loop};
 use crate::error::ServerError;
 use crate::inference::Inference;
@@ -23,7 +24,7 @@ use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpConnectInfo;
@@ -124,6 +125,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 }
 
 impl Caller {
+    /// The peer's address.
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.as_ref().and_then(TcpConnectInfo::remote_addr)
+    }
+
     /// The gRPC request of this caller carrying `message`.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
@@ -251,84 +257,210 @@ async fn model_ready(State(app): State<App>, Path(p): Path<ModelPath>, caller: C
     ))
 }
 
-/// The refusal of a body over `limit` bytes.
-fn too_large(limit: usize) -> Response {
-    error_response(&tonic::Status::resource_exhausted(format!(
-        "the request body is larger than server.max_message_bytes ({limit} bytes) or ended \
-         early; send fewer rows per request"
-    )))
+/// A request the REST layer refused before it reached a method: the status it is audited and
+/// counted with, the HTTP status it is answered with, and whether its connection closes after
+/// the answer (a body left unread is not drained).
+struct Early {
+    status: tonic::Status,
+    http: StatusCode,
+    close: bool,
 }
 
-/// Reads a body of at most `limit` bytes, stopping as soon as it is over.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(limit).into())
-}
-
-/// Reads an infer request's body: at most `app.max_body` bytes (refused on its Content-Length
-/// before a byte is read), each byte reserved from `store.max_inflight_upload_bytes` before it
-/// is buffered (the declared length at once), within the request timeout. The reservation
-/// stays held while the body is.
-async fn read_infer_body(
-    app: &App,
-    body: Body,
-    declared: Option<usize>,
-) -> Result<(bytes::Bytes, crate::budget::Reservation), Refusal> {
-    use http_body_util::BodyExt;
-    let refuse = |e: ServerError| Refusal::from(error_response(&e.into()));
-    if declared.is_some_and(|n| n > app.max_body) {
-        return Err(closing(too_large(app.max_body).into()));
-    }
-    let what = "the request body";
-    let mut held = app
-        .state
-        .upload_bytes()
-        .reserve(declared.unwrap_or(0) as u64, what)
-        .map_err(|e| closing(refuse(e)))?;
-    let read = async {
-        let mut body = body;
-        let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| {
-                refuse(ServerError::InvalidArgument(
-                    "the request body could not be read to its end".into(),
-                ))
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let total = buf.len() + data.len();
-            if total > app.max_body {
-                return Err(too_large(app.max_body).into());
-            }
-            if total as u64 > held.bytes() {
-                held.resize(total as u64, what).map_err(refuse)?;
-            }
-            buf.extend_from_slice(&data);
+impl Early {
+    /// A refusal answered with the HTTP status of its code.
+    fn new(status: tonic::Status) -> Self {
+        Self {
+            http: http_status(status.code()),
+            status,
+            close: false,
         }
-        Ok(buf.freeze())
-    };
-    let result = match tokio::time::timeout(app.body_timeout(), read).await {
-        Ok(r) => r,
-        Err(_) => Err(json_response(
-            StatusCode::REQUEST_TIMEOUT,
-            &json!({ "error": format!(
-                "the request body did not arrive within server.request_timeout_s ({} s)",
-                app.body_timeout().as_secs()
-            ) }),
-        )
-        .into()),
-    };
-    result.map(|bytes| (bytes, held)).map_err(closing)
+    }
+
+    /// The same refusal, closing the connection after its answer.
+    fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// The refusal of a body over `limit` bytes.
+    fn too_large(limit: usize) -> Self {
+        Self::new(tonic::Status::resource_exhausted(format!(
+            "the request body is larger than {limit} bytes (server.max_message_bytes for infer) \
+             or ended early; send fewer rows per request"
+        )))
+        .closing()
+    }
 }
 
-/// A refusal of a body that was not read to its end: it is not drained, the connection closes
-/// after the answer.
-fn closing(Refusal(mut r): Refusal) -> Refusal {
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    Refusal(r)
+impl From<ServerError> for Early {
+    fn from(e: ServerError) -> Self {
+        Self::new(e.into())
+    }
+}
+
+impl App {
+    /// Answers a request refused before its method: counted in `osteo_requests_total`, audited
+    /// and logged as the gRPC method it would have run, like every other outcome.
+    async fn refused(
+        &self,
+        rpc: &'static str,
+        caller: &Caller,
+        early: Early,
+        started: Instant,
+    ) -> Refusal {
+        let code = early.status.code();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let record = crate::audit::Record {
+            seq: 0,
+            time: String::new(),
+            principal: caller
+                .principal
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            peer: caller.peer().map(|a| a.to_string()).unwrap_or_default(),
+            rpc: rpc.into(),
+            study: String::new(),
+            model: String::new(),
+            backend: String::new(),
+            grade: String::new(),
+            code: format!("{code:?}"),
+            latency_ms: ms,
+            prev: String::new(),
+        };
+        if self.state.account(rpc, record).await.is_err() {
+            tracing::error!(
+                rpc,
+                "the audit record of a refused REST request was not written"
+            );
+        }
+        tracing::warn!(rpc, code = ?code, ms, error = %crate::text::one_line(early.status.message()), "request refused");
+        let mut r = error_response(&early.status);
+        *r.status_mut() = early.http;
+        if early.close {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r.into()
+    }
+
+    /// Reads a request body of at most `limit` bytes (refused on its Content-Length,
+    /// `declared`, before a byte is read) within the request timeout. Each byte is reserved
+    /// from `store.max_inflight_upload_bytes`, within the caller's share, before it is
+    /// buffered: as it arrives, never on the declared length, so a slow body holds only what
+    /// it sent. The reservation stays held while the body is.
+    async fn read_body(
+        &self,
+        caller: &Caller,
+        body: Body,
+        declared: Option<usize>,
+        limit: usize,
+    ) -> Result<(bytes::Bytes, Reservation), Early> {
+        use http_body_util::BodyExt;
+        if declared.is_some_and(|n| n > limit) {
+            return Err(Early::too_large(limit));
+        }
+        let what = "the request body";
+        let holder = self.state.budget_holder(
+            caller.principal.as_ref().unwrap_or(&Principal::anonymous()),
+            caller.peer(),
+        );
+        let mut held = self
+            .state
+            .upload_bytes()
+            .reserve_for(&holder, 0, what)
+            .map_err(|e| Early::from(e).closing())?;
+        let read = async {
+            let mut body = body;
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| {
+                    Early::from(ServerError::InvalidArgument(
+                        "the request body could not be read to its end".into(),
+                    ))
+                })?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let total = buf.len() + data.len();
+                if total > limit {
+                    return Err(Early::too_large(limit));
+                }
+                if total > buf.capacity() {
+                    // While the buffer moves to a larger block both blocks exist: reserve that
+                    // peak first, then settle on the new block.
+                    let grown = total.max(buf.capacity() * 2).min(limit);
+                    held.resize((buf.capacity() + grown) as u64, what)?;
+                    buf.reserve_exact(grown - buf.len());
+                    held.resize(buf.capacity() as u64, what)?;
+                }
+                buf.extend_from_slice(&data);
+            }
+            Ok(bytes::Bytes::from(buf))
+        };
+        let timeout = self.body_timeout();
+        let outcome = tokio::time::timeout(timeout, read).await;
+        match outcome {
+            Ok(Ok(bytes)) => Ok((bytes, held)),
+            Ok(Err(e)) => Err(e.closing()),
+            Err(_) => Err(Early {
+                status: tonic::Status::deadline_exceeded(format!(
+                    "the request body did not arrive within server.request_timeout_s ({} s)",
+                    timeout.as_secs()
+                )),
+                http: StatusCode::REQUEST_TIMEOUT,
+                close: true,
+            }),
+        }
+    }
+
+    /// Checks an infer request's headers, reads its body and parses it into the gRPC message.
+    /// The tensors decoded from the body are reserved before they are decoded (at most the
+    /// values any served model takes in one request), and held with the body's bytes.
+    async fn prepare_infer(
+        &self,
+        p: &ModelPath,
+        caller: &Caller,
+        headers: &http::HeaderMap,
+        body: Body,
+    ) -> Result<(rest_json::Parsed, Reservation), Early> {
+        let bad = |m: String| Early::from(ServerError::InvalidArgument(m)).closing();
+        if let Some(enc) = headers.get(header::CONTENT_ENCODING)
+            && enc.as_bytes() != b"identity"
+        {
+            return Err(bad(
+                "Content-Encoding is not supported: send the request uncompressed".into(),
+            ));
+        }
+        let header_length = match headers.get(HEADER_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .ok_or_else(|| bad(format!("{HEADER_LENGTH} must be a byte count")))?,
+            ),
+        };
+        let max_values = crate::inference::max_request_elements(
+            self.state.models().map_err(Early::from)?,
+            self.state.settings.scheduler.max_batch,
+        );
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let (body, mut held) = self
+            .read_body(caller, body, declared, self.max_body)
+            .await?;
+        // Decoding keeps at most one vector of the values (growing by doubling) and their raw
+        // bytes besides the body.
+        let decoded = max_values.saturating_mul(4 * 3) as u64;
+        held.grow(decoded, "the request's decoded tensors")?;
+        let parsed = rest_json::parse(&p.model, &p.version, &body, header_length, max_values)?;
+        drop(body);
+        let raw: usize = parsed.message.raw_input_contents.iter().map(Vec::len).sum();
+        held.resize(raw as u64, "the request's decoded tensors")?;
+        Ok((parsed, held))
+    }
 }
 
 /// `POST /v2/models/{model}[/versions/{version}]/infer`.
@@ -338,33 +470,13 @@ async fn infer(
     caller: Caller,
     request: Request,
 ) -> Answer {
+    let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let bad = |m: String| error_response(&ServerError::InvalidArgument(m).into());
-    if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING)
-        && enc.as_bytes() != b"identity"
-    {
-        return Err(
-            bad("Content-Encoding is not supported: send the request uncompressed".into()).into(),
-        );
-    }
-    let header_length = match parts.headers.get(HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| bad(format!("{HEADER_LENGTH} must be a byte count")))?,
-        ),
+    let (mut parsed, held) = match app.prepare_infer(&p, &caller, &parts.headers, body).await {
+        Ok(prepared) => prepared,
+        Err(early) => return Err(app.refused("ModelInfer", &caller, early, started).await),
     };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let (body, held) = read_infer_body(&app, body, declared).await?;
-    let mut parsed = rest_json::parse(&p.model, &p.version, &body, header_length)
-        .map_err(|e| error_response(&e.into()))?;
     // The reservation stays held until the answer: the parsed tensors are what it covers now.
-    drop(body);
     let _held = held;
     let message = std::mem::take(&mut parsed.message);
     let response = app
@@ -469,21 +581,39 @@ async fn all_statistics(State(app): State<App>, caller: Caller) -> Answer {
     statistics(app, caller, String::new(), String::new()).await
 }
 
+/// The largest body of `POST /v2/repository/index`.
+const INDEX_BODY: usize = 4096;
+
 /// `POST /v2/repository/index`: the served models (body `{"ready": true}` for ready ones).
-async fn repository_index(State(app): State<App>, caller: Caller, body: Body) -> Answer {
-    let body = read_body(body, 4096).await?;
-    let ready = if body.iter().all(u8::is_ascii_whitespace) {
-        false
-    } else {
+async fn repository_index(State(app): State<App>, caller: Caller, request: Request) -> Answer {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let parsed = async {
+        let (body, _held) = app.read_body(&caller, body, declared, INDEX_BODY).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(false);
+        }
         serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("ready").map(|r| r.as_bool()))
             .unwrap_or(Some(false))
             .ok_or_else(|| {
-                error_response(&tonic::Status::invalid_argument(
+                Early::new(tonic::Status::invalid_argument(
                     "the body must be {} or {\"ready\": true|false}",
                 ))
-            })?
+            })
+    };
+    let ready = match parsed.await {
+        Ok(ready) => ready,
+        Err(early) => {
+            return Err(app
+                .refused("RepositoryIndex", &caller, early, started)
+                .await);
+        }
     };
     let r = app
         .inference
@@ -538,7 +668,7 @@ async fn authenticate(State(gate): State<AuthLayer>, mut req: Request, next: Nex
     let rpc = rpc_of(req.uri().path());
     let conn = req.extensions().get::<ConnInfo>();
     match gate.admit(req.headers(), conn, rpc) {
-        Ok(p) => {
+        Ok((p, _)) => {
             req.extensions_mut().insert(p);
             next.run(req).await
         }

@@ -22,8 +22,41 @@ const FP32: &str = "FP32";
 #[derive(Debug, Default)]
 struct Elements(Vec<f32>);
 
+thread_local! {
+    /// Values the request being parsed on this thread may still carry (see [`parse`]).
+    static VALUES_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Takes `n` values from the request's allowance; false when it does not hold them.
+fn take_values(n: usize) -> bool {
+    VALUES_LEFT.with(|left| match left.get().checked_sub(n) {
+        Some(rest) => {
+            left.set(rest);
+            true
+        }
+        None => {
+            left.set(0);
+            false
+        }
+    })
+}
+
+/// The message of a serde error raised when the allowance ran out.
+const TOO_MANY_VALUES: &str = "too many values";
+
 /// Appends the numbers of a (nested) array to a vector.
 struct Flatten<'a>(&'a mut Vec<f32>);
+
+impl Flatten<'_> {
+    /// Appends one value, if the request's allowance holds it.
+    fn push<E: serde::de::Error>(&mut self, v: f32) -> Result<(), E> {
+        if !take_values(1) {
+            return Err(E::custom(TOO_MANY_VALUES));
+        }
+        self.0.push(v);
+        Ok(())
+    }
+}
 
 impl<'de> Visitor<'de> for Flatten<'_> {
     type Value = ();
@@ -32,19 +65,16 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         f.write_str("a number or an array of numbers")
     }
 
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.0.push(v as f32);
-        Ok(())
+    fn visit_f64<E: serde::de::Error>(mut self, v: f64) -> Result<(), E> {
+        self.push(v as f32)
     }
 
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.0.push(v as f32);
-        Ok(())
+    fn visit_i64<E: serde::de::Error>(mut self, v: i64) -> Result<(), E> {
+        self.push(v as f32)
     }
 
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        self.0.push(v as f32);
-        Ok(())
+    fn visit_u64<E: serde::de::Error>(mut self, v: u64) -> Result<(), E> {
+        self.push(v as f32)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -241,14 +271,40 @@ fn elements_of(shape: &[i64]) -> Option<usize> {
     })
 }
 
+/// Sets the values the request parsed on this thread may carry, and lifts the cap on drop.
+struct ValueCap;
+
+impl ValueCap {
+    fn set(max: usize) -> Self {
+        VALUES_LEFT.with(|left| left.set(max));
+        ValueCap
+    }
+}
+
+impl Drop for ValueCap {
+    fn drop(&mut self) {
+        VALUES_LEFT.with(|left| left.set(usize::MAX));
+    }
+}
+
 /// Parses an infer request for `model`/`version` from `body`, whose first `header_length`
-/// bytes are JSON (all of it when None) and the rest the binary inputs.
+/// bytes are JSON (all of it when None) and the rest the binary inputs. Its inputs may carry
+/// at most `max_values` FP32 values in all (JSON numbers and binary data): the parse stops at
+/// the first value beyond, so a body cannot make the server decode more than that.
 pub fn parse(
     model: &str,
     version: &str,
     body: &[u8],
     header_length: Option<usize>,
+    max_values: usize,
 ) -> Result<Parsed, ServerError> {
+    let _cap = ValueCap::set(max_values);
+    let too_many = || {
+        bad(format!(
+            "the request's inputs hold more than {max_values} values, more than any served \
+             model's inputs take in one request (scheduler.max_batch rows); send fewer rows"
+        ))
+    };
     let split = header_length.unwrap_or(body.len());
     if split > body.len() {
         return Err(bad(format!(
@@ -257,7 +313,13 @@ pub fn parse(
         )));
     }
     let (head, mut binary) = body.split_at(split);
-    let req: Request = serde_json::from_slice(head).map_err(|e| json_error(&e))?;
+    let req: Request = serde_json::from_slice(head).map_err(|e| {
+        if VALUES_LEFT.with(std::cell::Cell::get) == 0 && e.to_string().contains(TOO_MANY_VALUES) {
+            too_many()
+        } else {
+            json_error(&e)
+        }
+    })?;
     let mut message = v2::ModelInferRequest {
         model_name: model.to_string(),
         model_version: version.to_string(),
@@ -312,6 +374,9 @@ pub fn parse(
                          are left in the body",
                         binary.len()
                     )));
+                }
+                if !take_values(size.div_ceil(4)) {
+                    return Err(too_many());
                 }
                 let (this, rest) = binary.split_at(size);
                 binary = rest;
@@ -464,8 +529,8 @@ mod tests {
     fn nested_and_flat_data_become_the_same_raw_contents() {
         let flat = br#"{"inputs":[{"name":"tabular","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6.5]}]}"#;
         let nested = br#"{"inputs":[{"name":"tabular","shape":[2,3],"datatype":"FP32","data":[[1,2,3],[4,5,6.5]]}]}"#;
-        let a = parse("m", "", flat, None).expect("flat");
-        let b = parse("m", "", nested, None).expect("nested");
+        let a = parse("m", "", flat, None, usize::MAX).expect("flat");
+        let b = parse("m", "", nested, None, usize::MAX).expect("nested");
         assert_eq!(a.message.raw_input_contents, b.message.raw_input_contents);
         assert_eq!(
             f32s(&a.message.raw_input_contents[0]),
@@ -480,30 +545,38 @@ mod tests {
         let mut body = head.to_vec();
         body.extend_from_slice(&1.5f32.to_le_bytes());
         body.extend_from_slice(&(-2.0f32).to_le_bytes());
-        let p = parse("m", "1", &body, Some(head.len())).expect("binary");
+        let p = parse("m", "1", &body, Some(head.len()), usize::MAX).expect("binary");
         assert_eq!(f32s(&p.message.raw_input_contents[0]), vec![1.5, -2.0]);
         assert_eq!(p.message.model_version, "1");
         assert_eq!(p.binary_outputs.get("logits"), Some(&true));
         // A byte too many, a byte too few, a size that disagrees with the shape.
         let mut extra = body.clone();
         extra.push(0);
-        let e = parse("m", "", &extra, Some(head.len())).expect_err("extra");
+        let e = parse("m", "", &extra, Some(head.len()), usize::MAX).expect_err("extra");
         assert!(e.to_string().contains("binary_data_size accounts"), "{e}");
-        let e = parse("m", "", &body[..body.len() - 1], Some(head.len())).expect_err("short");
+        let e = parse(
+            "m",
+            "",
+            &body[..body.len() - 1],
+            Some(head.len()),
+            usize::MAX,
+        )
+        .expect_err("short");
         assert!(e.to_string().contains("binary_data_size is 8"), "{e}");
-        let e = parse("m", "", &body, Some(body.len() + 1)).expect_err("header length");
+        let e = parse("m", "", &body, Some(body.len() + 1), usize::MAX).expect_err("header length");
         assert!(e.to_string().contains(HEADER_LENGTH), "{e}");
     }
 
     #[test]
     fn bad_bodies_name_the_problem_without_quoting_values() {
-        let e = parse("m", "", b"{\"inputs\": [", None).expect_err("eof");
+        let e = parse("m", "", b"{\"inputs\": [", None, usize::MAX).expect_err("eof");
         assert!(e.to_string().contains("ends early"), "{e}");
         let e = parse(
             "m",
             "",
             br#"{"inputs":[{"name":"t","shape":[1],"datatype":"FP32","data":["secret-value"]}]}"#,
             None,
+            usize::MAX,
         )
         .expect_err("strings");
         assert!(!e.to_string().contains("secret-value"), "{e}");
@@ -512,6 +585,7 @@ mod tests {
             "",
             br#"{"inputs":[{"name":"t","shape":[1,3],"datatype":"FP32","data":[1,2]}]}"#,
             None,
+            usize::MAX,
         )
         .expect_err("count");
         assert!(e.to_string().contains("holds 2 values"), "{e}");
@@ -520,17 +594,34 @@ mod tests {
             "",
             br#"{"inputs":[{"name":"t","shape":[1],"datatype":"INT64","data":[1]}]}"#,
             None,
+            usize::MAX,
         )
         .expect_err("dtype");
         assert!(e.to_string().contains("must be FP32"), "{e}");
         // Repeated fields are refused while read, past their bound.
         let input = r#"{"name":"t","shape":[1],"datatype":"FP32","data":[1]}"#;
         let three = format!(r#"{{"inputs":[{input},{input},{input}]}}"#);
-        let e = parse("m", "", three.as_bytes(), None).expect_err("three inputs");
+        let e = parse("m", "", three.as_bytes(), None, usize::MAX).expect_err("three inputs");
         assert!(e.to_string().contains("at most 2"), "{e}");
         let deep = br#"{"inputs":[{"name":"t","shape":[1,1,1,1,1,1,1,1,1],"datatype":"FP32","data":[1]}]}"#;
-        let e = parse("m", "", deep, None).expect_err("nine dimensions");
+        let e = parse("m", "", deep, None, usize::MAX).expect_err("nine dimensions");
         assert!(e.to_string().contains("at most 8 dimensions"), "{e}");
+    }
+
+    #[test]
+    fn the_values_of_a_request_are_capped_while_read() {
+        let json = br#"{"inputs":[{"name":"t","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#;
+        parse("m", "", json, None, 3).expect("exactly the cap");
+        let e = parse("m", "", json, None, 2).expect_err("one value over");
+        assert!(e.to_string().contains("more than 2 values"), "{e}");
+        let head = br#"{"inputs":[{"name":"t","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12}}]}"#;
+        let mut body = head.to_vec();
+        body.extend_from_slice(&[0; 12]);
+        parse("m", "", &body, Some(head.len()), 3).expect("binary at the cap");
+        let e = parse("m", "", &body, Some(head.len()), 2).expect_err("binary over");
+        assert!(e.to_string().contains("more than 2 values"), "{e}");
+        // The cap is the parse's own: the next parse on this thread starts afresh.
+        parse("m", "", json, None, 3).expect("a fresh allowance");
     }
 
     #[test]
@@ -540,6 +631,7 @@ mod tests {
             "",
             br#"{"inputs":[{"name":"t","shape":[1,1],"datatype":"FP32","data":[1]}],"outputs":[{"name":"probabilities","parameters":{"binary_data":true}},{"name":"logits"}]}"#,
             None,
+            usize::MAX,
         )
         .expect("parse");
         let raw = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();

@@ -194,12 +194,15 @@ impl Worker {
 
     /// Queues one sample and waits for its logits (class order).
     pub async fn predict(&self, input: Sample) -> Result<Vec<f32>, ServerError> {
-        self.call(|reply| Job::Predict {
-            input,
-            enqueued: Instant::now(),
-            reply,
-        })
-        .await
+        let logits = self
+            .call(|reply| Job::Predict {
+                input,
+                enqueued: Instant::now(),
+                reply,
+            })
+            .await?;
+        finite_logits(&logits)?;
+        Ok(logits)
     }
 
     /// Queues every sample before waiting for any, so they can share batches (with each other
@@ -216,7 +219,9 @@ impl Worker {
         }
         let mut rows = Vec::with_capacity(answers.len());
         for rx in answers {
-            rows.push(self.answer(rx).await?);
+            let logits = self.answer(rx).await?;
+            finite_logits(&logits)?;
+            rows.push(logits);
         }
         Ok(rows)
     }
@@ -224,12 +229,15 @@ impl Worker {
     /// Queues one sample's explanation (logits and the Grad-CAM parts of every class, one
     /// backend call) and waits for it.
     pub async fn explain(&self, input: Sample) -> Result<Explanation, ServerError> {
-        self.call(|reply| Job::Explain {
-            input,
-            enqueued: Instant::now(),
-            reply,
-        })
-        .await
+        let explanation = self
+            .call(|reply| Job::Explain {
+                input,
+                enqueued: Instant::now(),
+                reply,
+            })
+            .await?;
+        finite_logits(&explanation.logits)?;
+        Ok(explanation)
     }
 
     fn stopped(&self) -> ServerError {
@@ -238,6 +246,19 @@ impl Worker {
             self.info.name, self.model
         ))
     }
+}
+
+/// Refuses logits that are not all finite: finite inputs far outside the training range can
+/// overflow the network, and such an answer must never be graded.
+fn finite_logits(logits: &[f32]) -> Result<(), ServerError> {
+    if osteo_core::backend::first_non_finite(logits).is_some() {
+        return Err(ServerError::InvalidArgument(
+            "the model's output for this input is not a finite number: the input values are far \
+             outside the range the model was trained on; check their units and scaling"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `f`, turning a panic into a runtime error (INTERNAL) that names no input.

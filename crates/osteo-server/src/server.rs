@@ -166,6 +166,18 @@ pub async fn serve_on(
         health: health_listener,
         http: http_listener,
     } = listeners;
+    let bound = 1 + [
+        metrics.is_some(),
+        health_listener.is_some(),
+        http_listener.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    crate::fdlimit::ensure(
+        crate::fdlimit::needed(bound, settings.server.max_connections),
+        &settings.server.fd_limit,
+    )?;
     let tls_for = |alpn| -> Result<Option<Arc<TlsSource>>, ServerError> {
         match settings.server.tls.files() {
             Some(files) => Ok(Some(Arc::new(TlsSource::load(files, alpn)?))),

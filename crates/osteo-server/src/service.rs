@@ -48,6 +48,22 @@ impl State {
         &self.upload_bytes
     }
 
+    /// Who a request's buffered bytes are counted against in the in-flight budget's
+    /// per-principal share: the principal, or without authentication the peer's address (every
+    /// caller is then the one principal "anonymous").
+    pub(crate) fn budget_holder(
+        &self,
+        principal: &Principal,
+        peer: Option<std::net::SocketAddr>,
+    ) -> String {
+        let a = &self.settings.auth;
+        if a.uses_tokens() || a.uses_certificates() {
+            principal.name.clone()
+        } else {
+            peer.map_or_else(|| "peer".to_string(), |p| format!("peer {}", p.ip()))
+        }
+    }
+
     /// State with an empty store and models not yet loaded; opens the audit log.
     pub fn new(settings: Settings) -> Result<Self, ServerError> {
         let st = &settings.store;
@@ -57,9 +73,11 @@ impl State {
             Duration::from_secs(st.ttl_s),
         )
         .with_quota_per_principal(st.max_bytes_per_principal);
-        let upload_bytes = Budget::new(
+        let upload_bytes = Budget::shared(
             "store.max_inflight_upload_bytes",
             st.max_inflight_upload_bytes,
+            "store.max_inflight_upload_bytes_per_principal",
+            st.max_inflight_upload_bytes_per_principal,
         );
         let uploads = Arc::new(Semaphore::new(st.max_concurrent_uploads));
         let requests = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
@@ -111,6 +129,26 @@ impl State {
                         .into(),
                 )
             })
+    }
+
+    /// Counts a finished request (`osteo_requests_total` by rpc, model, backend and code;
+    /// `osteo_request_seconds`) and appends its audit record: every front door's requests,
+    /// answered or refused, go through here.
+    pub(crate) async fn account(
+        &self,
+        rpc: &'static str,
+        record: crate::audit::Record,
+    ) -> Result<(), ServerError> {
+        metrics::counter!(
+            "osteo_requests_total",
+            "rpc" => rpc,
+            "model" => record.model.clone(),
+            "backend" => record.backend.clone(),
+            "code" => record.code.clone()
+        )
+        .increment(1);
+        metrics::histogram!("osteo_request_seconds", "rpc" => rpc).record(record.latency_ms / 1e3);
+        self.audit(record).await
     }
 
     /// A permit for one inference request, taken before any ingest or view work.
@@ -235,6 +273,11 @@ impl Service {
     pub fn new(state: Arc<State>) -> Self {
         Self { state }
     }
+
+    /// The shared state.
+    pub(crate) fn state(&self) -> &Arc<State> {
+        &self.state
+    }
 }
 
 /// Labels of one request for metrics and logs: no patient data, only the study handle. Model
@@ -242,6 +285,8 @@ impl Service {
 /// the server does not serve, never the client's string.
 pub(crate) struct Labels {
     principal: Principal,
+    /// The peer's address (for the in-flight budget's share; never a label).
+    peer: Option<std::net::SocketAddr>,
     pub(crate) model: String,
     backend: String,
     study: String,
@@ -249,9 +294,10 @@ pub(crate) struct Labels {
 }
 
 impl Labels {
-    fn new(principal: Principal) -> Self {
+    fn new(principal: Principal, peer: Option<std::net::SocketAddr>) -> Self {
         Self {
             principal,
+            peer,
             model: String::new(),
             backend: String::new(),
             study: String::new(),
@@ -357,6 +403,7 @@ impl Service {
         let principal = principal_of(&request);
         let labels = Arc::new(std::sync::Mutex::new(Labels::new(
             principal.clone().unwrap_or_else(|_| Principal::anonymous()),
+            request.remote_addr(),
         )));
         let peer = request
             .remote_addr()
@@ -428,18 +475,9 @@ impl Service {
         span.record("study", record.study.as_str());
         span.record("model", record.model.as_str());
         span.record("backend", record.backend.as_str());
-        metrics::counter!(
-            "osteo_requests_total",
-            "rpc" => rpc,
-            "model" => record.model.clone(),
-            "backend" => record.backend.clone(),
-            "code" => record.code.clone()
-        )
-        .increment(1);
-        metrics::histogram!("osteo_request_seconds", "rpc" => rpc).record(seconds);
         let code_name = record.code.clone();
         // A request whose audit record cannot be written is not answered with its result.
-        let result = self.state.audit(record).await.and(result);
+        let result = self.state.account(rpc, record).await.and(result);
         let _enter = span.enter();
         match &result {
             Ok(_) => tracing::info!(code = %code_name, ms = seconds * 1e3, "request served"),
@@ -583,7 +621,7 @@ impl Service {
     ) -> Result<Graded, ServerError> {
         let (_, worker) = model.worker(backend)?;
         let logits = worker.predict(prepared.input.clone()).await?;
-        Ok(Graded::new(worker, logits))
+        Graded::new(worker, logits)
     }
 
     /// The Classify answer for a prepared input on one backend, and its grade.
@@ -628,14 +666,14 @@ struct Graded {
 
 impl Graded {
     /// The grade and probabilities of `logits` from `worker`.
-    fn new(worker: &Worker, logits: Vec<f32>) -> Self {
-        let (grade, probabilities) = convert::probabilities(&logits);
-        Self {
+    fn new(worker: &Worker, logits: Vec<f32>) -> Result<Self, ServerError> {
+        let (grade, probabilities) = convert::probabilities(&logits)?;
+        Ok(Self {
             backend: convert::backend(worker.info()),
             grade,
             probabilities,
             logits,
-        }
+        })
     }
 }
 
@@ -726,9 +764,12 @@ struct Upload {
 
 /// Reads an upload stream into complete files, enforcing the limits as bytes arrive: a slot
 /// among `store.max_concurrent_uploads` first, then every byte reserved from
-/// `store.max_inflight_upload_bytes` before it is buffered (all of a declared size at once).
+/// `store.max_inflight_upload_bytes` (within `holder`'s share) before it is buffered. A declared
+/// size is checked against the limits at once but reserved only as its bytes arrive, so a slow
+/// stream holds only what it sent.
 async fn read_upload(
     state: &State,
+    holder: &str,
     stream: &mut Streaming<pb::UploadStudyRequest>,
 ) -> Result<Upload, ServerError> {
     let slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
@@ -764,9 +805,7 @@ async fn read_upload(
         header.expected_files,
         header.expected_bytes,
     )?;
-    let mut held = state
-        .upload_bytes
-        .reserve(header.expected_bytes, "the upload")?;
+    let mut held = state.upload_bytes.reserve_for(holder, 0, "the upload")?;
     while let Some(msg) = stream.message().await.map_err(|s| {
         ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
     })? {
@@ -783,9 +822,7 @@ async fn read_upload(
                 ));
             }
         };
-        // The declared size stays reserved; buffers beyond it are accounted as they grow.
-        let floor = header.expected_bytes;
-        let mut account = |bytes: u64| held.resize(bytes.max(floor), "the upload");
+        let mut account = |bytes: u64| held.resize(bytes, "the upload");
         framer.push(chunk.file_index, &chunk.data, chunk.last, &mut account)?;
     }
     Ok(Upload {
@@ -806,13 +843,19 @@ impl OsteoService for Service {
             "UploadStudy",
             request,
             |state, labels, mut stream| async move {
+                let (owner, holder) = {
+                    let l = lock_labels(&labels);
+                    (
+                        l.principal.name.clone(),
+                        state.budget_holder(&l.principal, l.peer),
+                    )
+                };
                 let Upload {
                     files,
                     series_uid,
                     _bytes,
                     _slot,
-                } = read_upload(&state, &mut stream).await?;
-                let owner = lock_labels(&labels).principal.name.clone();
+                } = read_upload(&state, &holder, &mut stream).await?;
                 let study = state.ingest(files, series_uid, owner).await?;
                 drop((_bytes, _slot));
                 let (study, ttl) = state.store.insert(study);
@@ -878,7 +921,7 @@ impl OsteoService for Service {
             .await?;
             // One backend call gives the prediction and the Grad-CAM parts of every class.
             let explanation = worker.explain(prepared.input.clone()).await?;
-            let graded = Graded::new(worker, explanation.logits.clone());
+            let graded = Graded::new(worker, explanation.logits.clone())?;
             let (mut classification, predicted) =
                 Self::classification(model, &prepared, graded, start);
             set_grade(&labels, predicted);

@@ -3,7 +3,7 @@
 //! rotate them in place), so a rotated certificate is served to the next connection without a
 //! restart. A file that changed but does not load keeps the configuration in force and is
 //! logged. With client authentication, the client certificate's subject CN (or its first DNS or
-//! e-mail SAN) names the principal for `auth.mode = "mtls"`.
+//! e-mail SAN, when `auth.mtls_san_identity` allows) names the principal for `auth.mode = "mtls"`.
 
 use crate::auth::valid_principal;
 use crate::error::ServerError;
@@ -292,40 +292,49 @@ fn log_validity(pem: &[u8]) {
 pub enum PeerCert {
     /// No TLS, or no certificate presented.
     Absent,
-    /// A verified certificate naming a valid principal.
-    Named(String),
-    /// A verified certificate whose CN and SANs name no valid principal.
-    Unnamed,
+    /// A verified certificate: its subject CN and its first DNS or e-mail SAN, each only when
+    /// it is a valid principal name. Which of them names the principal is the authenticator's
+    /// choice (`auth.mtls_san_identity`).
+    Verified {
+        /// The subject CN.
+        cn: Option<String>,
+        /// The first DNS or e-mail subject alternative name.
+        san: Option<String>,
+    },
 }
 
 impl PeerCert {
-    /// The identity in a verified client certificate chain (leaf first): its subject CN, else
-    /// its first DNS or e-mail SAN, when that is a valid principal name.
+    /// The names in a verified client certificate chain (leaf first).
     pub fn of(chain: Option<&[CertificateDer<'_>]>) -> Self {
         let Some(leaf) = chain.and_then(|c| c.first()) else {
             return Self::Absent;
         };
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
-            return Self::Unnamed;
+            return Self::Verified {
+                cn: None,
+                san: None,
+            };
         };
         let cn = cert
             .subject()
             .iter_common_name()
             .next()
             .and_then(|cn| cn.as_str().ok())
-            .map(str::to_string);
-        let san = || {
-            let ext = cert.subject_alternative_name().ok().flatten()?;
-            ext.value.general_names.iter().find_map(|n| match n {
-                x509_parser::extensions::GeneralName::DNSName(s)
-                | x509_parser::extensions::GeneralName::RFC822Name(s) => Some(s.to_string()),
-                _ => None,
+            .map(str::to_string)
+            .filter(|n| valid_principal(n));
+        let san = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|ext| {
+                ext.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(s)
+                    | x509_parser::extensions::GeneralName::RFC822Name(s) => Some(s.to_string()),
+                    _ => None,
+                })
             })
-        };
-        match cn.or_else(san) {
-            Some(name) if valid_principal(&name) => Self::Named(name),
-            _ => Self::Unnamed,
-        }
+            .filter(|n| valid_principal(n));
+        Self::Verified { cn, san }
     }
 }
 
@@ -348,18 +357,22 @@ mod tests {
     }
 
     #[test]
-    fn the_principal_is_the_cn_else_the_first_san() {
-        let named = |c: CertificateDer<'static>| PeerCert::of(Some(&[c]));
+    fn the_certificate_names_are_its_cn_and_first_san_when_valid() {
+        let names = |c: CertificateDer<'static>| PeerCert::of(Some(&[c]));
+        let v = |cn: Option<&str>, san: Option<&str>| PeerCert::Verified {
+            cn: cn.map(str::to_string),
+            san: san.map(str::to_string),
+        };
         assert_eq!(
-            named(cert_with(Some("pacs-gateway"), &["other.example"])),
-            PeerCert::Named("pacs-gateway".into())
+            names(cert_with(Some("pacs-gateway"), &["other.example"])),
+            v(Some("pacs-gateway"), Some("other.example"))
         );
         assert_eq!(
-            named(cert_with(None, &["ris.hospital.example"])),
-            PeerCert::Named("ris.hospital.example".into())
+            names(cert_with(None, &["ris.hospital.example"])),
+            v(None, Some("ris.hospital.example"))
         );
-        assert_eq!(named(cert_with(Some("has space"), &[])), PeerCert::Unnamed);
-        assert_eq!(named(cert_with(None, &[])), PeerCert::Unnamed);
+        assert_eq!(names(cert_with(Some("has space"), &[])), v(None, None));
+        assert_eq!(names(cert_with(None, &[])), v(None, None));
         assert_eq!(PeerCert::of(None), PeerCert::Absent);
     }
 

@@ -110,7 +110,10 @@ pub fn evaluate(probs: &[[f64; K]], truth: &[Grade]) -> Evaluation {
     let n = probs.len().min(truth.len());
     let mut confusion = [[0usize; K]; K];
     for (p, t) in probs.iter().zip(truth) {
-        confusion[t.index()][Grade::most_probable(p).index()] += 1;
+        // A row that is not numbers (a diverged model) has no predicted grade to count.
+        if let Some(g) = Grade::most_probable(p) {
+            confusion[t.index()][g.index()] += 1;
+        }
     }
     let auc: [Option<f64>; K] = std::array::from_fn(|k| {
         let scores: Vec<f64> = probs[..n].iter().map(|p| p[k]).collect();

@@ -334,22 +334,26 @@ fn cam_tiles(
     let predicted = |n: usize| Grade::most_probable(&probs[n]);
     let best = |keep: &dyn Fn(usize) -> bool| {
         (0..test.len()).filter(|&n| keep(n)).max_by(|&a, &b| {
-            let conf = |n: usize| probs[n][predicted(n).index()];
+            let conf = |n: usize| predicted(n).map_or(f64::NEG_INFINITY, |g| probs[n][g.index()]);
             conf(a).total_cmp(&conf(b))
         })
     };
     let mut chosen: Vec<usize> = Grade::ALL
         .iter()
-        .filter_map(|&g| best(&|n| samples[test[n]].grade == g && predicted(n) == g))
+        .filter_map(|&g| best(&|n| samples[test[n]].grade == g && predicted(n) == Some(g)))
         .collect();
-    chosen.extend(best(&|n| samples[test[n]].grade != predicted(n)));
+    chosen.extend(best(&|n| {
+        predicted(n).is_some_and(|p| p != samples[test[n]].grade)
+    }));
     let inputs = crate::train::Inputs::new(samples, &m.arch, m.view, m.tabular.as_ref())?;
     let (h, w) = (view.height, view.width);
     let mut tiles = Vec::new();
     for n in chosen {
         let sample = &samples[test[n]];
         let batch: Batch = inputs.batch(&[test[n]], None)?;
-        let grade = predicted(n);
+        let Some(grade) = predicted(n) else {
+            continue;
+        };
         let parts = backend
             .explain(&batch)
             .map_err(|e| TrainError::Engine(format!("Grad-CAM: {e}")))?
