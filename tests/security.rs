@@ -26,6 +26,21 @@ fn verify(path: &std::path::Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// A server with `auth.mode = "token"` on the tokens file `tokens` (and the TOML `extra`)
+/// serving the tabular model on candle.
+async fn token_server(tokens: &std::path::Path, extra: &str) -> InProc {
+    let config = format!(
+        "{extra}[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n",
+        tokens.display()
+    );
+    InProc::start(
+        &config,
+        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
+        registry(),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_audited_without_patient_data_and_the_chain_verifies() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -291,16 +306,7 @@ async fn the_cli_clients_send_their_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = dir.path().join("tokens.toml");
     let token = new_token(&tokens, "ris-gateway", "client");
-    let config = format!(
-        "[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n",
-        tokens.display()
-    );
-    let server = InProc::start(
-        &config,
-        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
-        registry(),
-    )
-    .await;
+    let server = token_server(&tokens, "").await;
     let classify = |token: Option<&str>, env: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_osteo"));
         cmd.args([
@@ -419,16 +425,7 @@ async fn tokens_are_added_and_revoked_without_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = dir.path().join("tokens.toml");
     let alice = new_token(&tokens, "alice", "client");
-    let config = format!(
-        "[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n",
-        tokens.display()
-    );
-    let server = InProc::start(
-        &config,
-        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
-        registry(),
-    )
-    .await;
+    let server = token_server(&tokens, "").await;
     let list = |token: String| {
         let server = &server;
         async move {
@@ -478,16 +475,7 @@ async fn an_open_stream_ends_when_its_token_is_revoked_and_at_its_lifetime_limit
     let tokens = dir.path().join("tokens.toml");
     let before = std::fs::read_to_string(&tokens).unwrap_or_default();
     let alice = new_token(&tokens, "alice", "client");
-    let config = format!(
-        "[server]\nmax_stream_s = 600\n[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n",
-        tokens.display()
-    );
-    let server = InProc::start(
-        &config,
-        &[("osteo-tabular-v1", "backends = [\"candle\"]")],
-        registry(),
-    )
-    .await;
+    let server = token_server(&tokens, "[server]\nmax_stream_s = 600\n").await;
     let channel = tonic::transport::Channel::from_shared(server.url.clone())
         .expect("url")
         .connect()
