@@ -179,7 +179,7 @@ impl DicomWeb {
         include: &[&str],
     ) -> Result<Vec<serde_json::Value>, DicomWebError> {
         const REQUEST: &str = "QIDO-RS series search";
-        check_uid(REQUEST, study_uid)?;
+        check_uid(REQUEST, "StudyInstanceUID", study_uid)?;
         check_keys(REQUEST, query)?;
         let mut q = pairs(query);
         q.extend(
@@ -218,7 +218,7 @@ impl DicomWeb {
         max_bytes: u64,
     ) -> Result<Vec<Vec<u8>>, DicomWebError> {
         const REQUEST: &str = "WADO-RS retrieve";
-        check_uid(REQUEST, series_uid)?;
+        check_uid(REQUEST, "SeriesInstanceUID", series_uid)?;
         self.retrieve(
             REQUEST,
             study_uid,
@@ -242,7 +242,7 @@ impl DicomWeb {
         rest: &str,
         max_bytes: u64,
     ) -> Result<Vec<Vec<u8>>, DicomWebError> {
-        check_uid(request, study_uid)?;
+        check_uid(request, "StudyInstanceUID", study_uid)?;
         let (_, content_type, body) = self
             .call(
                 request,
@@ -415,13 +415,13 @@ fn check_keys(request: &'static str, query: &[(String, String)]) -> Result<(), D
     Ok(())
 }
 
-fn check_uid(request: &'static str, uid: &str) -> Result<(), DicomWebError> {
+fn check_uid(request: &'static str, attribute: &str, uid: &str) -> Result<(), DicomWebError> {
     if valid_uid(uid) {
         Ok(())
     } else {
         Err(DicomWebError::Protocol {
             request,
-            message: "the StudyInstanceUID is not a valid UID (digits and dots, at most 64)".into(),
+            message: format!("the {attribute} is not a valid UID (digits and dots, at most 64)"),
         })
     }
 }
