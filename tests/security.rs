@@ -476,12 +476,22 @@ async fn an_open_stream_ends_when_its_token_is_revoked_and_at_its_lifetime_limit
     let before = std::fs::read_to_string(&tokens).unwrap_or_default();
     let alice = new_token(&tokens, "alice", "client");
     let server = token_server(&tokens, "[server]\nmax_stream_s = 600\n").await;
-    let channel = tonic::transport::Channel::from_shared(server.url.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let mut c = GrpcInferenceServiceClient::with_interceptor(channel, Bearer(Some(alice)));
+    // A ModelStreamInfer stream on `url` opened with `token`: where to send, what comes back.
+    let open = |url: String, token: Option<String>| async move {
+        let channel = tonic::transport::Channel::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut c = GrpcInferenceServiceClient::with_interceptor(channel, Bearer(token));
+        let (tx, rx) = tokio::sync::mpsc::channel::<v2::ModelInferRequest>(4);
+        let answers = c
+            .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        (tx, answers)
+    };
     let request = v2::ModelInferRequest {
         model_name: "osteo-tabular-v1".into(),
         inputs: vec![v2::model_infer_request::InferInputTensor {
@@ -496,12 +506,7 @@ async fn an_open_stream_ends_when_its_token_is_revoked_and_at_its_lifetime_limit
         }],
         ..Default::default()
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut answers = c
-        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut answers) = open(server.url.clone(), Some(alice)).await;
     tx.send(request.clone()).await.expect("send");
     let first = answers.message().await.expect("answer").expect("one");
     assert!(first.error_message.is_empty(), "{first:?}");
@@ -522,15 +527,7 @@ async fn an_open_stream_ends_when_its_token_is_revoked_and_at_its_lifetime_limit
         registry(),
     )
     .await;
-    let mut c = GrpcInferenceServiceClient::connect(short.url.clone())
-        .await
-        .expect("connect");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut answers = c
-        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut answers) = open(short.url.clone(), None).await;
     tx.send(request).await.expect("send");
     let mut ended = None;
     while ended.is_none() {

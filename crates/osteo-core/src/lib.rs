@@ -9,6 +9,7 @@ pub mod backend;
 pub mod clinical;
 pub mod error;
 pub mod features;
+pub mod file_stamp;
 pub mod gate_spec;
 pub mod gradcam;
 pub mod grade;
@@ -22,6 +23,7 @@ pub use backend::{Backend, BackendError, BackendInfo, Batch, Device, LoadBackend
 pub use clinical::{ClinicalInput, ClinicalVariables, RiskFlags, Sex};
 pub use error::CoreError;
 pub use features::TabularSpec;
+pub use file_stamp::FileStamp;
 pub use gate_spec::GateSpec;
 pub use gradcam::{Explanation, GradCamMap, GradCamParts};
 pub use grade::{Grade, TScore};

@@ -4,11 +4,11 @@
 
 use crate::error::DicomError;
 use crate::limits::IngestLimits;
-use std::fs::{File, Metadata};
+use osteo_core::FileStamp;
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// Bytes read first from a file on disk: enough for the header of nearly every CT slice.
 pub(crate) const HEAD_BYTES: u64 = 64 << 10;
@@ -18,33 +18,6 @@ pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> DicomError {
     DicomError::Io {
         file: path.display().to_string(),
         message: e.to_string(),
-    }
-}
-
-/// What identifies one version of a file: its size and modification time (and inode on Unix).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-impl Stamp {
-    fn of(meta: &Metadata) -> Self {
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(meta);
-        #[cfg(not(unix))]
-        let inode = 0;
-        Self {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            inode,
-        }
-    }
-
-    /// The file's size in bytes.
-    pub(crate) fn len(&self) -> u64 {
-        self.len
     }
 }
 
@@ -93,11 +66,11 @@ pub(crate) fn read_whole(path: &Path, limits: &IngestLimits) -> Result<Vec<u8>, 
 pub(crate) fn read_head(
     path: &Path,
     limits: &IngestLimits,
-) -> Result<(Vec<u8>, Stamp), DicomError> {
+) -> Result<(Vec<u8>, FileStamp), DicomError> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
-    let stamp = Stamp::of(&file.metadata().map_err(|e| io_err(path, e))?);
-    check_bytes(&path.display().to_string(), stamp.len, 0, limits)?;
-    let mut head = Vec::with_capacity(stamp.len.min(HEAD_BYTES) as usize);
+    let stamp = FileStamp::of(&file.metadata().map_err(|e| io_err(path, e))?);
+    check_bytes(&path.display().to_string(), stamp.len(), 0, limits)?;
+    let mut head = Vec::with_capacity(stamp.len().min(HEAD_BYTES) as usize);
     file.take(HEAD_BYTES)
         .read_to_end(&mut head)
         .map_err(|e| io_err(path, e))?;
@@ -109,12 +82,12 @@ pub(crate) fn read_head(
 pub(crate) struct DiskRange {
     path: PathBuf,
     range: Range<u64>,
-    stamp: Stamp,
+    stamp: FileStamp,
 }
 
 impl DiskRange {
     /// The range `range` of the file at `path`, as it was when `stamp` was taken.
-    pub(crate) fn new(path: PathBuf, range: Range<u64>, stamp: Stamp) -> Self {
+    pub(crate) fn new(path: PathBuf, range: Range<u64>, stamp: FileStamp) -> Self {
         Self { path, range, stamp }
     }
 
@@ -128,7 +101,7 @@ impl DiskRange {
     pub(crate) fn read_into(&self, buf: &mut Vec<u8>) -> Result<(), DicomError> {
         let path = &self.path;
         let mut file = File::open(path).map_err(|e| io_err(path, e))?;
-        let now = Stamp::of(&file.metadata().map_err(|e| io_err(path, e))?);
+        let now = FileStamp::of(&file.metadata().map_err(|e| io_err(path, e))?);
         if now != self.stamp {
             return Err(io_err(path, "the file changed while the study was read"));
         }

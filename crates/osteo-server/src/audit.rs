@@ -47,6 +47,34 @@ pub struct Record {
     pub prev: String,
 }
 
+impl Record {
+    /// The record of a request to `rpc` by `principal` ("" when none was authenticated) from
+    /// `peer` that ended with `code` after `latency_ms`; study, model, backend and grade are
+    /// empty until the caller sets what it knows, and the log fills in `seq`, `time` and `prev`.
+    pub fn new(
+        rpc: &str,
+        principal: &str,
+        peer: String,
+        code: tonic::Code,
+        latency_ms: f64,
+    ) -> Self {
+        Self {
+            seq: 0,
+            time: String::new(),
+            principal: principal.into(),
+            peer,
+            rpc: rpc.into(),
+            study: String::new(),
+            model: String::new(),
+            backend: String::new(),
+            grade: String::new(),
+            code: format!("{code:?}"),
+            latency_ms,
+            prev: String::new(),
+        }
+    }
+}
+
 /// Why the audit log cannot be written or does not verify.
 #[derive(Debug, Error)]
 pub enum AuditError {
@@ -280,20 +308,7 @@ mod tests {
     use super::*;
 
     fn record(rpc: &str) -> Record {
-        Record {
-            seq: 0,
-            time: String::new(),
-            principal: "anonymous".into(),
-            peer: "127.0.0.1:1".into(),
-            rpc: rpc.into(),
-            study: String::new(),
-            model: String::new(),
-            backend: String::new(),
-            grade: String::new(),
-            code: "Ok".into(),
-            latency_ms: 1.0,
-            prev: String::new(),
-        }
+        Record::new(rpc, "anonymous", "127.0.0.1:1".into(), tonic::Code::Ok, 1.0)
     }
 
     fn lines(path: &Path) -> Vec<String> {

@@ -14,6 +14,7 @@ use crate::audit::{AuditLog, Record};
 use crate::connection::{BoxFuture, ConnInfo};
 use crate::error::ServerError;
 use crate::tls::PeerCert;
+use osteo_core::FileStamp;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,7 +22,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -115,31 +116,6 @@ struct TokensState {
     checked: Instant,
 }
 
-/// What tells a changed tokens file from the one read: modification time, size and inode (a
-/// file rewritten within the clock's resolution, or replaced by a rename, still differs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-impl FileStamp {
-    /// The stamp of the file at `path`; None when it cannot be read (deleted).
-    fn of(path: &Path) -> Option<Self> {
-        let m = std::fs::metadata(path).ok()?;
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(&m);
-        #[cfg(not(unix))]
-        let inode = 0;
-        Some(Self {
-            modified: m.modified().ok(),
-            len: m.len(),
-            inode,
-        })
-    }
-}
-
 /// How often the tokens file is looked at for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
@@ -163,7 +139,7 @@ impl Tokens {
             return;
         }
         state.checked = Instant::now();
-        let stamp = FileStamp::of(&self.path);
+        let stamp = FileStamp::of_path(&self.path);
         if stamp == state.stamp {
             return;
         }
@@ -272,7 +248,7 @@ impl Authenticator {
 
     /// Bearer tokens from a tokens file; errors name the file and the entry.
     pub fn from_tokens_file(path: &Path) -> Result<Self, ServerError> {
-        let stamp = FileStamp::of(path);
+        let stamp = FileStamp::of_path(path);
         let by_digest = read_tokens(path)?;
         metrics::gauge!("osteo_auth_tokens_file_valid").set(1.0);
         Ok(Self {
@@ -493,7 +469,7 @@ impl AuthLayer {
         let audit = self.audit.clone();
         let recorded: BoxFuture<()> = Box::pin(async move {
             if let Some(log) = audit {
-                let record = refused_record(rpc, peer);
+                let record = Record::new(rpc, "", peer, tonic::Code::Unauthenticated, 0.0);
                 let written = tokio::task::spawn_blocking(move || log.append(record)).await;
                 if !matches!(written, Ok(Ok(()))) {
                     tracing::error!("the audit record of a refused request was not written");
@@ -544,24 +520,6 @@ fn rpc_of(path: &str) -> &'static str {
             "ServerReflectionInfo"
         }
         _ => "unknown",
-    }
-}
-
-/// The audit record of a refused request.
-fn refused_record(rpc: &str, peer: String) -> Record {
-    Record {
-        seq: 0,
-        time: String::new(),
-        principal: String::new(),
-        peer,
-        rpc: rpc.into(),
-        study: String::new(),
-        model: String::new(),
-        backend: String::new(),
-        grade: String::new(),
-        code: format!("{:?}", tonic::Code::Unauthenticated),
-        latency_ms: 0.0,
-        prev: String::new(),
     }
 }
 

@@ -44,25 +44,24 @@ pub fn ensure(needed: u64, policy: &str) -> Result<Option<u64>, ServerError> {
 /// Raises the soft limit to the hard limit; the soft limit in force after.
 #[cfg(unix)]
 fn raise() -> Option<u64> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let current = getrlimit(Resource::Nofile);
-    let soft = current.current;
-    if current.maximum != soft {
-        let raised = rustix::process::Rlimit {
-            current: current.maximum,
-            maximum: current.maximum,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    if current != maximum {
+        let raised = Rlimit {
+            current: maximum,
+            maximum,
         };
         if let Err(e) = setrlimit(Resource::Nofile, raised) {
             tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit");
-            return Some(soft.unwrap_or(u64::MAX));
+            return Some(current.unwrap_or(u64::MAX));
         }
         tracing::debug!(
-            from = soft.unwrap_or(u64::MAX),
-            to = current.maximum.unwrap_or(u64::MAX),
+            from = current.unwrap_or(u64::MAX),
+            to = maximum.unwrap_or(u64::MAX),
             "raised the open-file limit to its hard limit"
         );
     }
-    Some(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+    Some(maximum.unwrap_or(u64::MAX))
 }
 
 /// No limit to raise off Unix.

@@ -299,6 +299,21 @@ impl From<ServerError> for Early {
 }
 
 impl App {
+    /// Runs what a request to `rpc` does before its method (`before`: headers, body, parsing);
+    /// a refusal there is answered through [`App::refused`].
+    async fn before_method<T>(
+        &self,
+        rpc: &'static str,
+        caller: &Caller,
+        before: impl std::future::Future<Output = Result<T, Early>>,
+    ) -> Result<T, Refusal> {
+        let started = Instant::now();
+        match before.await {
+            Ok(done) => Ok(done),
+            Err(early) => Err(self.refused(rpc, caller, early, started).await),
+        }
+    }
+
     /// Answers a request refused before its method: counted in `osteo_requests_total`, audited
     /// and logged as the gRPC method it would have run, like every other outcome.
     async fn refused(
@@ -310,24 +325,13 @@ impl App {
     ) -> Refusal {
         let code = early.status.code();
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        let record = crate::audit::Record {
-            seq: 0,
-            time: String::new(),
-            principal: caller
-                .principal
-                .as_ref()
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-            peer: caller.peer().map(|a| a.to_string()).unwrap_or_default(),
-            rpc: rpc.into(),
-            study: String::new(),
-            model: String::new(),
-            backend: String::new(),
-            grade: String::new(),
-            code: format!("{code:?}"),
-            latency_ms: ms,
-            prev: String::new(),
-        };
+        let record = crate::audit::Record::new(
+            rpc,
+            caller.principal.as_ref().map_or("", |p| p.name.as_str()),
+            caller.peer().map(|a| a.to_string()).unwrap_or_default(),
+            code,
+            ms,
+        );
         if self.state.account(rpc, record).await.is_err() {
             tracing::error!(
                 rpc,
@@ -344,27 +348,29 @@ impl App {
         r.into()
     }
 
-    /// Reads a request body of at most `limit` bytes (refused on its Content-Length,
-    /// `declared`, before a byte is read) within the request timeout. Each byte is reserved
+    /// Reads a request body of at most `limit` bytes (refused on its Content-Length before a
+    /// byte is read) within the request timeout. Each byte is reserved
     /// from `store.max_inflight_upload_bytes`, within the caller's share, before it is
     /// buffered: as it arrives, never on the declared length, so a slow body holds only what
     /// it sent. The reservation stays held while the body is.
     async fn read_body(
         &self,
         caller: &Caller,
+        headers: &http::HeaderMap,
         body: Body,
-        declared: Option<usize>,
         limit: usize,
     ) -> Result<(bytes::Bytes, Reservation), Early> {
         use http_body_util::BodyExt;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Err(Early::too_large(limit));
         }
         let what = "the request body";
-        let holder = self.state.budget_holder(
-            caller.principal.as_ref().unwrap_or(&Principal::anonymous()),
-            caller.peer(),
-        );
+        let holder = self
+            .state
+            .budget_holder(caller.principal.as_ref(), caller.peer());
         let mut held = self
             .state
             .upload_bytes()
@@ -445,12 +451,7 @@ impl App {
             self.state.models().map_err(Early::from)?,
             self.state.settings.scheduler.max_batch,
         );
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        let (body, mut held) = self
-            .read_body(caller, body, declared, self.max_body)
-            .await?;
+        let (body, mut held) = self.read_body(caller, headers, body, self.max_body).await?;
         // Decoding keeps at most one vector of the values (growing by doubling) and their raw
         // bytes besides the body.
         let decoded = max_values.saturating_mul(4 * 3) as u64;
@@ -470,12 +471,9 @@ async fn infer(
     caller: Caller,
     request: Request,
 ) -> Answer {
-    let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let (mut parsed, held) = match app.prepare_infer(&p, &caller, &parts.headers, body).await {
-        Ok(prepared) => prepared,
-        Err(early) => return Err(app.refused("ModelInfer", &caller, early, started).await),
-    };
+    let prepare = app.prepare_infer(&p, &caller, &parts.headers, body);
+    let (mut parsed, held) = app.before_method("ModelInfer", &caller, prepare).await?;
     // The reservation stays held until the answer: the parsed tensors are what it covers now.
     let _held = held;
     let message = std::mem::take(&mut parsed.message);
@@ -586,14 +584,11 @@ const INDEX_BODY: usize = 4096;
 
 /// `POST /v2/repository/index`: the served models (body `{"ready": true}` for ready ones).
 async fn repository_index(State(app): State<App>, caller: Caller, request: Request) -> Answer {
-    let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let parsed = async {
-        let (body, _held) = app.read_body(&caller, body, declared, INDEX_BODY).await?;
+    let parse = async {
+        let (body, _held) = app
+            .read_body(&caller, &parts.headers, body, INDEX_BODY)
+            .await?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(false);
         }
@@ -607,14 +602,7 @@ async fn repository_index(State(app): State<App>, caller: Caller, request: Reque
                 ))
             })
     };
-    let ready = match parsed.await {
-        Ok(ready) => ready,
-        Err(early) => {
-            return Err(app
-                .refused("RepositoryIndex", &caller, early, started)
-                .await);
-        }
-    };
+    let ready = app.before_method("RepositoryIndex", &caller, parse).await?;
     let r = app
         .inference
         .repository_index(caller.request(v2::RepositoryIndexRequest {

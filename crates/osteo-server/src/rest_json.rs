@@ -23,26 +23,20 @@ const FP32: &str = "FP32";
 struct Elements(Vec<f32>);
 
 thread_local! {
-    /// Values the request being parsed on this thread may still carry (see [`parse`]).
-    static VALUES_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    /// Values the request being parsed on this thread may still carry (see [`parse`]); None
+    /// once it asked for more.
+    static VALUES_LEFT: std::cell::Cell<Option<usize>> =
+        const { std::cell::Cell::new(Some(usize::MAX)) };
 }
 
-/// Takes `n` values from the request's allowance; false when it does not hold them.
+/// Takes `n` values from the request's allowance; false (and the allowance spent for good)
+/// when it does not hold them.
 fn take_values(n: usize) -> bool {
-    VALUES_LEFT.with(|left| match left.get().checked_sub(n) {
-        Some(rest) => {
-            left.set(rest);
-            true
-        }
-        None => {
-            left.set(0);
-            false
-        }
+    VALUES_LEFT.with(|left| {
+        left.set(left.get().and_then(|l| l.checked_sub(n)));
+        left.get().is_some()
     })
 }
-
-/// The message of a serde error raised when the allowance ran out.
-const TOO_MANY_VALUES: &str = "too many values";
 
 /// Appends the numbers of a (nested) array to a vector.
 struct Flatten<'a>(&'a mut Vec<f32>);
@@ -51,7 +45,7 @@ impl Flatten<'_> {
     /// Appends one value, if the request's allowance holds it.
     fn push<E: serde::de::Error>(&mut self, v: f32) -> Result<(), E> {
         if !take_values(1) {
-            return Err(E::custom(TOO_MANY_VALUES));
+            return Err(E::custom("too many values"));
         }
         self.0.push(v);
         Ok(())
@@ -276,14 +270,19 @@ struct ValueCap;
 
 impl ValueCap {
     fn set(max: usize) -> Self {
-        VALUES_LEFT.with(|left| left.set(max));
+        VALUES_LEFT.with(|left| left.set(Some(max)));
         ValueCap
+    }
+
+    /// Whether the request asked for more values than it may carry.
+    fn exceeded(&self) -> bool {
+        VALUES_LEFT.with(|left| left.get().is_none())
     }
 }
 
 impl Drop for ValueCap {
     fn drop(&mut self) {
-        VALUES_LEFT.with(|left| left.set(usize::MAX));
+        VALUES_LEFT.with(|left| left.set(Some(usize::MAX)));
     }
 }
 
@@ -298,7 +297,7 @@ pub fn parse(
     header_length: Option<usize>,
     max_values: usize,
 ) -> Result<Parsed, ServerError> {
-    let _cap = ValueCap::set(max_values);
+    let cap = ValueCap::set(max_values);
     let too_many = || {
         bad(format!(
             "the request's inputs hold more than {max_values} values, more than any served \
@@ -314,7 +313,7 @@ pub fn parse(
     }
     let (head, mut binary) = body.split_at(split);
     let req: Request = serde_json::from_slice(head).map_err(|e| {
-        if VALUES_LEFT.with(std::cell::Cell::get) == 0 && e.to_string().contains(TOO_MANY_VALUES) {
+        if cap.exceeded() {
             too_many()
         } else {
             json_error(&e)

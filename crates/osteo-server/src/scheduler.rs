@@ -173,18 +173,29 @@ impl Worker {
         Ok(rx)
     }
 
-    /// Waits for a queued job's answer.
-    async fn answer<T>(
+    /// Waits for a queued job's answer; logits that are not all finite are refused (finite
+    /// inputs far outside the training range can overflow the network, and such an answer must
+    /// never be graded).
+    async fn answer<T: Logits>(
         &self,
         rx: oneshot::Receiver<Result<T, BackendError>>,
     ) -> Result<T, ServerError> {
-        rx.await
+        let answer = rx
+            .await
             .map_err(|_| self.stopped())?
-            .map_err(ServerError::from)
+            .map_err(ServerError::from)?;
+        if osteo_core::backend::first_non_finite(answer.logits()).is_some() {
+            return Err(ServerError::InvalidArgument(
+                "the model's output for this input is not a finite number: the input values are \
+                 far outside the range the model was trained on; check their units and scaling"
+                    .into(),
+            ));
+        }
+        Ok(answer)
     }
 
     /// Queues a job built around its reply channel and waits for the answer.
-    async fn call<T>(
+    async fn call<T: Logits>(
         &self,
         job: impl FnOnce(oneshot::Sender<Result<T, BackendError>>) -> Job,
     ) -> Result<T, ServerError> {
@@ -194,15 +205,12 @@ impl Worker {
 
     /// Queues one sample and waits for its logits (class order).
     pub async fn predict(&self, input: Sample) -> Result<Vec<f32>, ServerError> {
-        let logits = self
-            .call(|reply| Job::Predict {
-                input,
-                enqueued: Instant::now(),
-                reply,
-            })
-            .await?;
-        finite_logits(&logits)?;
-        Ok(logits)
+        self.call(|reply| Job::Predict {
+            input,
+            enqueued: Instant::now(),
+            reply,
+        })
+        .await
     }
 
     /// Queues every sample before waiting for any, so they can share batches (with each other
@@ -219,9 +227,7 @@ impl Worker {
         }
         let mut rows = Vec::with_capacity(answers.len());
         for rx in answers {
-            let logits = self.answer(rx).await?;
-            finite_logits(&logits)?;
-            rows.push(logits);
+            rows.push(self.answer(rx).await?);
         }
         Ok(rows)
     }
@@ -229,15 +235,12 @@ impl Worker {
     /// Queues one sample's explanation (logits and the Grad-CAM parts of every class, one
     /// backend call) and waits for it.
     pub async fn explain(&self, input: Sample) -> Result<Explanation, ServerError> {
-        let explanation = self
-            .call(|reply| Job::Explain {
-                input,
-                enqueued: Instant::now(),
-                reply,
-            })
-            .await?;
-        finite_logits(&explanation.logits)?;
-        Ok(explanation)
+        self.call(|reply| Job::Explain {
+            input,
+            enqueued: Instant::now(),
+            reply,
+        })
+        .await
     }
 
     fn stopped(&self) -> ServerError {
@@ -248,17 +251,22 @@ impl Worker {
     }
 }
 
-/// Refuses logits that are not all finite: finite inputs far outside the training range can
-/// overflow the network, and such an answer must never be graded.
-fn finite_logits(logits: &[f32]) -> Result<(), ServerError> {
-    if osteo_core::backend::first_non_finite(logits).is_some() {
-        return Err(ServerError::InvalidArgument(
-            "the model's output for this input is not a finite number: the input values are far \
-             outside the range the model was trained on; check their units and scaling"
-                .into(),
-        ));
+/// A backend answer that carries logits (checked before any is handed out).
+trait Logits {
+    /// The logits, class order.
+    fn logits(&self) -> &[f32];
+}
+
+impl Logits for Vec<f32> {
+    fn logits(&self) -> &[f32] {
+        self
     }
-    Ok(())
+}
+
+impl Logits for Explanation {
+    fn logits(&self) -> &[f32] {
+        &self.logits
+    }
 }
 
 /// Runs `f`, turning a panic into a runtime error (INTERNAL) that names no input.

@@ -112,6 +112,18 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// How many listeners are bound.
+    pub fn count(&self) -> usize {
+        1 + [
+            self.metrics.is_some(),
+            self.health.is_some(),
+            self.http.is_some(),
+        ]
+        .into_iter()
+        .filter(|bound| *bound)
+        .count()
+    }
+
     /// Binds the addresses of `settings`.
     pub async fn bind(settings: &Settings) -> Result<Self, ServerError> {
         let grpc = bind(settings.listen_addr()?, "server.listen").await?;
@@ -160,24 +172,17 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     settings.validate()?;
+    crate::fdlimit::ensure(
+        crate::fdlimit::needed(listeners.count(), settings.server.max_connections),
+        &settings.server.fd_limit,
+    )?;
     let Listeners {
         grpc: listener,
         metrics,
         health: health_listener,
         http: http_listener,
     } = listeners;
-    let bound = 1 + [
-        metrics.is_some(),
-        health_listener.is_some(),
-        http_listener.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    crate::fdlimit::ensure(
-        crate::fdlimit::needed(bound, settings.server.max_connections),
-        &settings.server.fd_limit,
-    )?;
+
     let tls_for = |alpn| -> Result<Option<Arc<TlsSource>>, ServerError> {
         match settings.server.tls.files() {
             Some(files) => Ok(Some(Arc::new(TlsSource::load(files, alpn)?))),

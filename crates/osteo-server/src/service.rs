@@ -53,14 +53,13 @@ impl State {
     /// caller is then the one principal "anonymous").
     pub(crate) fn budget_holder(
         &self,
-        principal: &Principal,
+        principal: Option<&Principal>,
         peer: Option<std::net::SocketAddr>,
     ) -> String {
         let a = &self.settings.auth;
-        if a.uses_tokens() || a.uses_certificates() {
-            principal.name.clone()
-        } else {
-            peer.map_or_else(|| "peer".to_string(), |p| format!("peer {}", p.ip()))
+        match principal {
+            Some(p) if a.uses_tokens() || a.uses_certificates() => p.name.clone(),
+            _ => peer.map_or_else(|| "peer".to_string(), |p| format!("peer {}", p.ip())),
         }
     }
 
@@ -401,14 +400,12 @@ impl Service {
             Duration::from_secs(self.state.settings.server.request_timeout_s),
         );
         let principal = principal_of(&request);
+        let remote = request.remote_addr();
         let labels = Arc::new(std::sync::Mutex::new(Labels::new(
             principal.clone().unwrap_or_else(|_| Principal::anonymous()),
-            request.remote_addr(),
+            remote,
         )));
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = remote.map(|a| a.to_string()).unwrap_or_default();
         let span = tracing::info_span!(
             "rpc",
             rpc,
@@ -458,18 +455,11 @@ impl Service {
                 "invalid".to_string()
             };
             crate::audit::Record {
-                seq: 0,
-                time: String::new(),
-                principal: l.principal.name.clone(),
-                peer,
-                rpc: rpc.into(),
                 study,
                 model: l.model.clone(),
                 backend: l.backend.clone(),
                 grade: l.grade.clone(),
-                code: format!("{code:?}"),
-                latency_ms: seconds * 1e3,
-                prev: String::new(),
+                ..crate::audit::Record::new(rpc, &l.principal.name, peer, code, seconds * 1e3)
             }
         };
         span.record("study", record.study.as_str());
@@ -847,7 +837,7 @@ impl OsteoService for Service {
                     let l = lock_labels(&labels);
                     (
                         l.principal.name.clone(),
-                        state.budget_holder(&l.principal, l.peer),
+                        state.budget_holder(Some(&l.principal), l.peer),
                     )
                 };
                 let Upload {
