@@ -4,25 +4,19 @@
 //! grpc.health.v1 (Kubernetes probes carry no credentials) refuses a request without valid
 //! credentials with UNAUTHENTICATED — before its message is read — counts and audits the
 //! refusal, and hands the [`Principal`] to the services in the request's extensions; the
-//! osteo.v1 service then checks the principal's roles for the RPC. The tokens file is re-read
-//! when it changes (checked at most once a second), so tokens are added and revoked without a
-//! restart. The file fails closed: once it is deleted or no longer parses, every token is
-//! refused (logged as an error, `osteo_auth_tokens_file_valid` 0) until it is valid again; open
-//! streams re-check their token against it (see [`Credential`]).
+//! osteo.v1 service then checks the principal's roles for the RPC. The tokens file, re-read
+//! when it changes and failing closed, is [`crate::tokens`].
 
 use crate::audit::{AuditLog, Record};
 use crate::connection::{BoxFuture, ConnInfo};
 use crate::error::ServerError;
 use crate::tls::PeerCert;
-use osteo_core::FileStamp;
+pub use crate::tokens::{Credential, Tokens, token_digest};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -68,131 +62,12 @@ impl Principal {
     }
 }
 
-/// One entry of the tokens file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenEntry {
-    principal: String,
-    sha256: String,
-    #[serde(default)]
-    roles: Vec<Role>,
-}
-
-/// The tokens file: `[[tokens]]` with `principal`, `sha256` and `roles`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokensFile {
-    #[serde(default)]
-    tokens: Vec<TokenEntry>,
-}
-
-/// Hex SHA-256 of a token.
-pub fn token_digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Whether `name` may be a principal: 1 to 64 letters, digits and `._@-`.
 pub fn valid_principal(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
-}
-
-/// The tokens in force and where they came from.
-#[derive(Debug)]
-pub struct Tokens {
-    path: PathBuf,
-    state: RwLock<TokensState>,
-}
-
-#[derive(Debug)]
-struct TokensState {
-    by_digest: HashMap<String, Principal>,
-    stamp: Option<FileStamp>,
-    checked: Instant,
-}
-
-/// How often the tokens file is looked at for changes.
-const RELOAD_CHECK: Duration = Duration::from_secs(1);
-
-impl Tokens {
-    /// The principal of a token digest, re-reading the file first if it changed.
-    fn get(&self, digest: &str) -> Option<Principal> {
-        self.reload_if_changed();
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        state.by_digest.get(digest).cloned()
-    }
-
-    fn reload_if_changed(&self) {
-        {
-            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-            if state.checked.elapsed() < RELOAD_CHECK {
-                return;
-            }
-        }
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if state.checked.elapsed() < RELOAD_CHECK {
-            return;
-        }
-        state.checked = Instant::now();
-        let stamp = FileStamp::of_path(&self.path);
-        if stamp == state.stamp {
-            return;
-        }
-        state.stamp = stamp;
-        // The file fails closed: once it is deleted or no longer parses, no token is valid
-        // until a valid file is in place again (a revocation can never be undone by a typo).
-        let read = match stamp {
-            None => Err(ServerError::Config(format!(
-                "auth.tokens_file {}: the file is gone",
-                self.path.display()
-            ))),
-            Some(_) => read_tokens(&self.path),
-        };
-        match read {
-            Ok(by_digest) => {
-                tracing::info!(tokens = by_digest.len(), "tokens file changed; reloaded");
-                metrics::gauge!("osteo_auth_tokens_file_valid").set(1.0);
-                state.by_digest = by_digest;
-            }
-            Err(e) => {
-                tracing::error!(
-                    error = %e,
-                    "tokens file changed and cannot be used: every token is refused until it is \
-                     valid again"
-                );
-                metrics::gauge!("osteo_auth_tokens_file_valid").set(0.0);
-                state.by_digest.clear();
-            }
-        }
-    }
-}
-
-/// A bearer token as a request presented it, for a stream to re-check while it is open: a
-/// token revoked (or given other roles) in the tokens file ends the streams it opened.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    tokens: Arc<Tokens>,
-    digest: String,
-    principal: Principal,
-}
-
-impl Credential {
-    /// Ok while the token still names the same principal with the same roles (the tokens file
-    /// is looked at at most once a second); UNAUTHENTICATED once it is revoked or changed.
-    pub fn recheck(&self) -> Result<(), tonic::Status> {
-        match self.tokens.get(&self.digest) {
-            Some(p) if p == self.principal => Ok(()),
-            _ => Err(tonic::Status::unauthenticated(
-                "the token this stream was opened with has been revoked or its roles changed; \
-                 open a new stream with a valid token",
-            )),
-        }
-    }
 }
 
 /// How requests are authenticated: by bearer token, by client certificate, or either; with
@@ -248,18 +123,8 @@ impl Authenticator {
 
     /// Bearer tokens from a tokens file; errors name the file and the entry.
     pub fn from_tokens_file(path: &Path) -> Result<Self, ServerError> {
-        let stamp = FileStamp::of_path(path);
-        let by_digest = read_tokens(path)?;
-        metrics::gauge!("osteo_auth_tokens_file_valid").set(1.0);
         Ok(Self {
-            tokens: Some(Arc::new(Tokens {
-                path: path.to_path_buf(),
-                state: RwLock::new(TokensState {
-                    by_digest,
-                    stamp,
-                    checked: Instant::now(),
-                }),
-            })),
+            tokens: Some(Arc::new(Tokens::load(path)?)),
             certificates: None,
         })
     }
@@ -305,38 +170,6 @@ impl Authenticator {
             auth
         })
     }
-}
-
-/// The entries of a tokens file by digest; errors name the file and the entry.
-fn read_tokens(path: &Path) -> Result<HashMap<String, Principal>, ServerError> {
-    let bad =
-        |why: String| ServerError::Config(format!("auth.tokens_file {}: {why}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let file: TokensFile = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let mut by_digest = HashMap::new();
-    for (i, t) in file.tokens.into_iter().enumerate() {
-        if !valid_principal(&t.principal) {
-            return Err(bad(format!(
-                "tokens[{i}].principal must be 1 to 64 letters, digits or ._@-"
-            )));
-        }
-        let digest = t.sha256.to_ascii_lowercase();
-        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad(format!(
-                "tokens[{i}].sha256 must be 64 hex digits (the SHA-256 of the token)"
-            )));
-        }
-        let principal = Principal {
-            name: t.principal,
-            roles: t.roles.into_iter().collect(),
-        };
-        if by_digest.insert(digest, principal).is_some() {
-            return Err(bad(format!(
-                "tokens[{i}] repeats the digest of an earlier token"
-            )));
-        }
-    }
-    Ok(by_digest)
 }
 
 /// A refused request: the metric label of the reason and the status it is answered with.
@@ -400,15 +233,9 @@ impl Authenticator {
                         "the authorization metadata must read `Bearer <token>`",
                     )
                 })?;
-            let digest = token_digest(token);
-            let principal = tokens
-                .get(&digest)
+            let (principal, credential) = tokens
+                .credential(token_digest(token))
                 .ok_or_else(|| refuse("invalid_token", "the token is not valid"))?;
-            let credential = Credential {
-                tokens: tokens.clone(),
-                digest,
-                principal: principal.clone(),
-            };
             return Ok((principal, Some(credential)));
         }
         if let Some(certificates) = &self.certificates
@@ -738,13 +565,7 @@ mod tests {
                 .expect("a token credential")
         };
         let alices_stream = open("alice-token");
-        let force_check = || {
-            tokens
-                .state
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .checked -= RELOAD_CHECK;
-        };
+        let force_check = || tokens.expire_check();
         // alice revoked: her open credential fails its next check, bob's holds.
         std::fs::write(&file, entry("bob", "bob-token")).expect("write");
         force_check();

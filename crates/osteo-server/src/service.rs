@@ -1,265 +1,25 @@
 //! The `osteo.v1.OsteoService` implementation.
 
-use crate::audit::AuditLog;
 use crate::auth::{Principal, Role};
-use crate::budget::{Budget, Reservation};
-use crate::config::Settings;
 use crate::convert;
 use crate::error::ServerError;
-use crate::models::{ModelSet, ServedModel};
+use crate::models::ServedModel;
 use crate::scheduler::Worker;
-use crate::store::{Study, StudyStore};
-use crate::text::{client_text, is_handle};
-use crate::upload::{Framer, FramingLimits};
-use osteo_core::{Grade, Sample, ViewSpec};
-use osteo_dicom::{Assessment, DicomSource, IngestLimits, IngestOptions, View};
+use crate::store::Study;
+use crate::text::client_text;
+use osteo_core::{Grade, Sample};
+use osteo_dicom::View;
 use osteo_proto::v1 as pb;
 use osteo_proto::v1::osteo_service_server::OsteoService;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{Code, Request, Response, Status, Streaming};
-use tracing::Instrument;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
 
-/// Shared server state.
-pub struct State {
-    /// The configuration.
-    pub settings: Settings,
-    /// Uploaded studies.
-    pub store: StudyStore,
-    /// The models, once loaded (UNAVAILABLE before).
-    pub models: OnceLock<ModelSet>,
-    /// Permits of inference requests (`server.max_concurrent_requests`).
-    requests: Arc<Semaphore>,
-    /// Permits of upload streams (`store.max_concurrent_uploads`).
-    uploads: Arc<Semaphore>,
-    /// Upload bytes buffered across all streams (`store.max_inflight_upload_bytes`).
-    upload_bytes: Arc<Budget>,
-    /// The audit log, when `audit.path` is set.
-    audit: Option<Arc<AuditLog>>,
-    /// The threads that parse and decode DICOM (`ingest.threads`).
-    ingest_pool: Arc<rayon::ThreadPool>,
-}
-
-impl State {
-    /// Bytes of uploads and REST request bodies buffered at once
-    /// (`store.max_inflight_upload_bytes`).
-    pub(crate) fn upload_bytes(&self) -> &Arc<Budget> {
-        &self.upload_bytes
-    }
-
-    /// Who a request's buffered bytes are counted against in the in-flight budget's
-    /// per-principal share: the principal, or without authentication the peer's address (every
-    /// caller is then the one principal "anonymous").
-    pub(crate) fn budget_holder(
-        &self,
-        principal: Option<&Principal>,
-        peer: Option<std::net::SocketAddr>,
-    ) -> String {
-        let a = &self.settings.auth;
-        match principal {
-            Some(p) if a.uses_tokens() || a.uses_certificates() => p.name.clone(),
-            _ => peer.map_or_else(|| "peer".to_string(), |p| format!("peer {}", p.ip())),
-        }
-    }
-
-    /// State with an empty store and models not yet loaded; opens the audit log.
-    pub fn new(settings: Settings) -> Result<Self, ServerError> {
-        let st = &settings.store;
-        let store = StudyStore::new(
-            st.max_bytes,
-            st.max_study_bytes,
-            Duration::from_secs(st.ttl_s),
-        )
-        .with_quota_per_principal(st.max_bytes_per_principal);
-        let upload_bytes = Budget::shared(
-            "store.max_inflight_upload_bytes",
-            st.max_inflight_upload_bytes,
-            "store.max_inflight_upload_bytes_per_principal",
-            st.max_inflight_upload_bytes_per_principal,
-        );
-        let uploads = Arc::new(Semaphore::new(st.max_concurrent_uploads));
-        let requests = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
-        let ingest_pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(settings.ingest.threads)
-            .thread_name(|i| format!("ingest-{i}"))
-            .build()
-            .map(Arc::new)
-            .map_err(|e| ServerError::Config(format!("ingest.threads: cannot start: {e}")))?;
-        let a = &settings.audit;
-        let audit = if a.path.is_empty() {
-            None
-        } else {
-            let log = AuditLog::open(std::path::Path::new(&a.path), a.fsync)
-                .map_err(|e| ServerError::Config(format!("audit.path: {e}")))?;
-            Some(Arc::new(log))
-        };
-        Ok(Self {
-            settings,
-            store,
-            models: OnceLock::new(),
-            requests,
-            uploads,
-            upload_bytes,
-            audit,
-            ingest_pool,
-        })
-    }
-
-    /// The audit log, when `audit.path` is set.
-    pub fn audit_log(&self) -> Option<Arc<AuditLog>> {
-        self.audit.clone()
-    }
-
-    /// Appends a request's audit record (off the async threads); INTERNAL when it cannot be
-    /// written, so no request is answered without its record.
-    async fn audit(&self, record: crate::audit::Record) -> Result<(), ServerError> {
-        let Some(log) = self.audit.clone() else {
-            return Ok(());
-        };
-        tokio::task::spawn_blocking(move || log.append(record))
-            .await
-            .map_err(|e| ServerError::Internal(format!("the audit task failed: {e}")))?
-            .map_err(|e| {
-                tracing::error!(error = %e, "audit record not written; request refused");
-                ServerError::Internal(
-                    "the request's audit record could not be written, so its result is withheld; \
-                     the server's operator must check audit.path"
-                        .into(),
-                )
-            })
-    }
-
-    /// Counts a finished request (`osteo_requests_total` by rpc, model, backend and code;
-    /// `osteo_request_seconds`) and appends its audit record: every front door's requests,
-    /// answered or refused, go through here.
-    pub(crate) async fn account(
-        &self,
-        rpc: &'static str,
-        record: crate::audit::Record,
-    ) -> Result<(), ServerError> {
-        metrics::counter!(
-            "osteo_requests_total",
-            "rpc" => rpc,
-            "model" => record.model.clone(),
-            "backend" => record.backend.clone(),
-            "code" => record.code.clone()
-        )
-        .increment(1);
-        metrics::histogram!("osteo_request_seconds", "rpc" => rpc).record(record.latency_ms / 1e3);
-        self.audit(record).await
-    }
-
-    /// A permit for one inference request, taken before any ingest or view work.
-    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, ServerError> {
-        self.requests.clone().try_acquire_owned().map_err(|_| {
-            ServerError::ResourceExhausted(format!(
-                "the server is already working on {} requests, its limit \
-                 (server.max_concurrent_requests); retry with backoff",
-                self.settings.server.max_concurrent_requests
-            ))
-        })
-    }
-
-    /// Reads the DICOM files of a study, reserves its decoded size in the store, then decodes
-    /// it. Nothing is decoded when the reservation fails.
-    async fn ingest(
-        self: &Arc<Self>,
-        files: Vec<Vec<u8>>,
-        series_uid: Option<String>,
-        owner: String,
-    ) -> Result<Study, ServerError> {
-        let state = self.clone();
-        blocking(move || {
-            let started = std::time::Instant::now();
-            let options = IngestOptions {
-                series_uid,
-                limits: state.limits(),
-            };
-            // Parsing and decoding run on the ingest pool (bounded by ingest.threads).
-            let pool = state.ingest_pool.clone();
-            let planned =
-                pool.install(|| osteo_dicom::plan(DicomSource::Buffers(files), &options))?;
-            let mut held = state.store.reserve(planned.decoded_bytes(), &owner)?;
-            let ingested = pool.install(|| planned.decode())?;
-            // Integral HU the headers could not prove in range may still fit i16: keep only
-            // what the volume takes.
-            held.resize(ingested.volume.hu.byte_len())?;
-            metrics::histogram!("osteo_ingest_seconds", "stage" => "decode")
-                .record(started.elapsed().as_secs_f64());
-            Ok(Study::new(
-                ingested.volume,
-                ingested.demographics,
-                ingested.source,
-                held,
-                &owner,
-            ))
-        })
-        .await
-    }
-
-    /// The quality gate of every loaded model that reads CT on `study`, in model order; computed
-    /// once per view spec on the ingest threads and cached in the study.
-    async fn gates(
-        self: &Arc<Self>,
-        study: &Arc<Study>,
-    ) -> Result<Vec<(String, Arc<Assessment>)>, ServerError> {
-        let specs: Vec<(String, ViewSpec)> = self
-            .models
-            .get()
-            .map(|set| {
-                set.all()
-                    .iter()
-                    .filter_map(|m| {
-                        let spec = m.artifacts.manifest.view?;
-                        Some((m.name().to_string(), spec))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let (pool, study) = (self.ingest_pool.clone(), study.clone());
-        blocking(move || {
-            let started = std::time::Instant::now();
-            let gates = pool.install(|| {
-                specs
-                    .into_iter()
-                    .map(|(name, spec)| (name, study.assessment(&spec)))
-                    .collect()
-            });
-            metrics::histogram!("osteo_ingest_seconds", "stage" => "gate")
-                .record(started.elapsed().as_secs_f64());
-            Ok(gates)
-        })
-        .await
-    }
-
-    /// Whether every model is loaded and all its backends are up (v2 server readiness).
-    pub(crate) fn all_models_up(&self) -> bool {
-        self.models
-            .get()
-            .is_some_and(|m| m.all().iter().all(crate::models::ServedModel::is_up))
-    }
-
-    pub(crate) fn models(&self) -> Result<&ModelSet, ServerError> {
-        self.models.get().ok_or_else(|| {
-            ServerError::Unavailable(
-                "the models are still loading; retry when grpc.health.v1 reports SERVING".into(),
-            )
-        })
-    }
-
-    fn limits(&self) -> IngestLimits {
-        let s = &self.settings.store;
-        IngestLimits {
-            max_file_bytes: s.max_upload_bytes,
-            max_total_bytes: s.max_upload_bytes,
-            max_files: s.max_files,
-            max_pixels_per_slice: s.max_pixels_per_slice,
-            max_slices: s.max_slices,
-            ..IngestLimits::default()
-        }
-    }
-}
+pub(crate) use crate::request::{Labels, lock_labels, set_grade};
+use crate::request::{set_study, set_study_ref};
+pub use crate::state::State;
+use crate::state::blocking;
+use crate::upload::{Upload, read_upload};
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -279,91 +39,9 @@ impl Service {
     }
 }
 
-/// Labels of one request for metrics and logs: no patient data, only the study handle. Model
-/// and backend are the server's own configured names, `unknown` when the request named one
-/// the server does not serve, never the client's string.
-pub(crate) struct Labels {
-    principal: Principal,
-    /// The peer's address (for the in-flight budget's share; never a label).
-    peer: Option<std::net::SocketAddr>,
-    pub(crate) model: String,
-    backend: String,
-    study: String,
-    grade: String,
-}
-
-impl Labels {
-    fn new(principal: Principal, peer: Option<std::net::SocketAddr>) -> Self {
-        Self {
-            principal,
-            peer,
-            model: String::new(),
-            backend: String::new(),
-            study: String::new(),
-            grade: String::new(),
-        }
-    }
-}
-
-/// Whether `p`'s roles allow `rpc`: clients may call everything (on their own studies), admins
-/// may list models and read or delete any study.
-fn allowed(rpc: &str, p: &Principal) -> bool {
-    match rpc {
-        "ListModels" | "GetStudy" | "DeleteStudy" => p.has(Role::Client) || p.has(Role::Admin),
-        _ => p.has(Role::Client),
-    }
-}
-
 /// The owner filter of a study lookup: admins reach any study for reading and deleting.
 fn owner_filter(p: &Principal, admin_may: bool) -> Option<&str> {
     (!(admin_may && p.has(Role::Admin))).then_some(p.name.as_str())
-}
-
-/// The principal of a request, put there by the authentication layer.
-fn principal_of<R>(request: &Request<R>) -> Result<Principal, ServerError> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| {
-            ServerError::Unauthenticated("the request carries no authenticated principal".into())
-        })
-}
-
-/// The time a request may take: the client's deadline (`grpc-timeout`) less a margin of 10% (at
-/// least 2 ms), so the server answers DEADLINE_EXCEEDED itself before tonic's own timer cancels
-/// the call; capped by the server's request timeout.
-fn budget<T>(req: &Request<T>, server_default: Duration) -> Duration {
-    let client = req
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-            let n: u64 = digits.parse().ok()?;
-            Some(match unit {
-                "H" => Duration::from_secs(n * 3600),
-                "M" => Duration::from_secs(n * 60),
-                "S" => Duration::from_secs(n),
-                "m" => Duration::from_millis(n),
-                "u" => Duration::from_micros(n),
-                "n" => Duration::from_nanos(n),
-                _ => return None,
-            })
-        });
-    client.map_or(server_default, |c| {
-        c.saturating_sub((c / 10).max(Duration::from_millis(2)))
-            .min(server_default)
-    })
-}
-
-/// Runs a blocking step (ingest, view building) off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
-) -> Result<T, ServerError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ServerError::Internal(format!("a preprocessing task failed: {e}")))?
 }
 
 /// A prepared request: the study (if any), its view (image models) and the model input.
@@ -384,124 +62,6 @@ impl Prepared {
 }
 
 impl Service {
-    /// Runs one RPC body under its deadline, with a span, metrics and one log line.
-    pub(crate) async fn run<R, T, F>(
-        &self,
-        rpc: &'static str,
-        request: Request<R>,
-        body: impl FnOnce(Arc<State>, Arc<std::sync::Mutex<Labels>>, R) -> F,
-    ) -> Result<Response<T>, Status>
-    where
-        F: std::future::Future<Output = Result<T, ServerError>>,
-    {
-        let start = Instant::now();
-        let budget = budget(
-            &request,
-            Duration::from_secs(self.state.settings.server.request_timeout_s),
-        );
-        let principal = principal_of(&request);
-        let remote = request.remote_addr();
-        let labels = Arc::new(std::sync::Mutex::new(Labels::new(
-            principal.clone().unwrap_or_else(|_| Principal::anonymous()),
-            remote,
-        )));
-        let peer = remote.map(|a| a.to_string()).unwrap_or_default();
-        let span = tracing::info_span!(
-            "rpc",
-            rpc,
-            study = tracing::field::Empty,
-            model = tracing::field::Empty,
-            backend = tracing::field::Empty
-        );
-        span.in_scope(|| tracing::debug!("request started"));
-        let permitted = principal.and_then(|p| {
-            if allowed(rpc, &p) {
-                Ok(())
-            } else {
-                let roles: Vec<&str> = p.roles.iter().map(|r| r.name()).collect();
-                Err(ServerError::PermissionDenied(format!(
-                    "principal {} (roles: {}) may not call {rpc}",
-                    p.name,
-                    if roles.is_empty() {
-                        "none".to_string()
-                    } else {
-                        roles.join(", ")
-                    }
-                )))
-            }
-        });
-        let result = match permitted {
-            Err(e) => Err(e),
-            Ok(()) => {
-                let fut = body(self.state.clone(), labels.clone(), request.into_inner());
-                match tokio::time::timeout(budget, fut.instrument(span.clone())).await {
-                    Ok(r) => r.map_err(ServerError::one_line),
-                    Err(_) => Err(ServerError::DeadlineExceeded(format!(
-                        "{rpc} did not finish within its deadline of {} ms (queue, \
-                         preprocessing and inference); retry later or allow more time",
-                        budget.as_millis()
-                    ))),
-                }
-            }
-        };
-        let code = result.as_ref().map_or_else(ServerError::code, |_| Code::Ok);
-        let seconds = start.elapsed().as_secs_f64();
-        self.count_inference(rpc, &labels, result.is_ok(), start.elapsed());
-        let record = {
-            let l = lock_labels(&labels);
-            let study = if l.study.is_empty() || is_handle(&l.study) {
-                l.study.clone()
-            } else {
-                "invalid".to_string()
-            };
-            crate::audit::Record {
-                study,
-                model: l.model.clone(),
-                backend: l.backend.clone(),
-                grade: l.grade.clone(),
-                ..crate::audit::Record::new(rpc, &l.principal.name, peer, code, seconds * 1e3)
-            }
-        };
-        span.record("study", record.study.as_str());
-        span.record("model", record.model.as_str());
-        span.record("backend", record.backend.as_str());
-        let code_name = record.code.clone();
-        // A request whose audit record cannot be written is not answered with its result.
-        let result = self.state.account(rpc, record).await.and(result);
-        let _enter = span.enter();
-        match &result {
-            Ok(_) => tracing::info!(code = %code_name, ms = seconds * 1e3, "request served"),
-            Err(e) => {
-                tracing::warn!(code = %code_name, ms = seconds * 1e3, error = %e, "request failed")
-            }
-        }
-        result.map(Response::new).map_err(Status::from)
-    }
-
-    /// Adds an inference request's outcome to its model's statistics (requests that never
-    /// reached a served model are not counted).
-    fn count_inference(
-        &self,
-        rpc: &str,
-        labels: &std::sync::Mutex<Labels>,
-        ok: bool,
-        took: Duration,
-    ) {
-        if !matches!(
-            rpc,
-            "Classify" | "Explain" | "CompareBackends" | "ModelInfer" | "ModelStreamInfer"
-        ) {
-            return;
-        }
-        let name = lock_labels(labels).model.clone();
-        if name.is_empty() || name == "unknown" {
-            return;
-        }
-        if let Ok(model) = self.state.models().and_then(|m| m.get(&name)) {
-            model.stats.finished(ok, took);
-        }
-    }
-
     /// Resolves the study reference, builds the model's view and encodes the clinical variables.
     async fn prepare(
         state: &Arc<State>,
@@ -667,13 +227,6 @@ impl Graded {
     }
 }
 
-/// Records the handle of a referenced study (checked for shape when logged).
-fn set_study_ref(labels: &std::sync::Mutex<Labels>, study: Option<&pb::StudyRef>) {
-    if let Some(pb::study_ref::Source::Study(handle)) = study.and_then(|s| s.source.as_ref()) {
-        lock_labels(labels).study = handle.clone();
-    }
-}
-
 /// Resolves the requested model and backend, labelling the request with the served names (or
 /// `unknown` for a name the server does not serve).
 pub(crate) fn resolve<'a>(
@@ -696,20 +249,6 @@ pub(crate) fn resolve<'a>(
         .inspect_err(|_| set(model.name(), "unknown"))?;
     set(model.name(), backend);
     Ok((model, backend))
-}
-
-/// The request's labels, locked.
-pub(crate) fn lock_labels(labels: &std::sync::Mutex<Labels>) -> std::sync::MutexGuard<'_, Labels> {
-    labels.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Records the grade answered (for the audit log).
-pub(crate) fn set_grade(labels: &std::sync::Mutex<Labels>, grade: Grade) {
-    lock_labels(labels).grade = grade.name().to_string();
-}
-
-fn set_study(labels: &std::sync::Mutex<Labels>, study: &Study) {
-    lock_labels(labels).study = study.handle.clone();
 }
 
 /// The backends a CompareBackends request names, checked before any work: each a backend
@@ -744,85 +283,6 @@ fn compare_backends(model: &ServedModel, requested: &[String]) -> Result<Vec<Str
     Ok(chosen)
 }
 
-/// The files of an upload and what they hold of the upload budgets until they are decoded.
-struct Upload {
-    files: Vec<Vec<u8>>,
-    series_uid: Option<String>,
-    _bytes: Reservation,
-    _slot: OwnedSemaphorePermit,
-}
-
-/// Reads an upload stream into complete files, enforcing the limits as bytes arrive: a slot
-/// among `store.max_concurrent_uploads` first, then every byte reserved from
-/// `store.max_inflight_upload_bytes` (within `holder`'s share) before it is buffered. A declared
-/// size is checked against the limits at once but reserved only as its bytes arrive, so a slow
-/// stream holds only what it sent.
-async fn read_upload(
-    state: &State,
-    holder: &str,
-    stream: &mut Streaming<pb::UploadStudyRequest>,
-) -> Result<Upload, ServerError> {
-    let slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
-        ServerError::ResourceExhausted(format!(
-            "{} uploads are already in progress, the limit (store.max_concurrent_uploads); retry \
-             with backoff",
-            state.settings.store.max_concurrent_uploads
-        ))
-    })?;
-    let first = stream
-        .message()
-        .await
-        .map_err(|s| {
-            ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
-        })?
-        .ok_or_else(|| {
-            ServerError::InvalidArgument("empty upload: send an UploadHeader first".into())
-        })?;
-    let header = match first.part {
-        Some(pb::upload_study_request::Part::Header(h)) => h,
-        _ => {
-            return Err(ServerError::InvalidArgument(
-                "the first upload message must be the header".into(),
-            ));
-        }
-    };
-    let limits = state.limits();
-    let mut framer = Framer::new(
-        FramingLimits {
-            max_files: limits.max_files,
-            max_total_bytes: limits.max_total_bytes,
-        },
-        header.expected_files,
-        header.expected_bytes,
-    )?;
-    let mut held = state.upload_bytes.reserve_for(holder, 0, "the upload")?;
-    while let Some(msg) = stream.message().await.map_err(|s| {
-        ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
-    })? {
-        let chunk = match msg.part {
-            Some(pb::upload_study_request::Part::Chunk(c)) => c,
-            Some(pb::upload_study_request::Part::Header(_)) => {
-                return Err(ServerError::InvalidArgument(
-                    "the upload header may appear only once, first".into(),
-                ));
-            }
-            None => {
-                return Err(ServerError::InvalidArgument(
-                    "an upload message carries neither header nor chunk".into(),
-                ));
-            }
-        };
-        let mut account = |bytes: u64| held.resize(bytes, "the upload");
-        framer.push(chunk.file_index, &chunk.data, chunk.last, &mut account)?;
-    }
-    Ok(Upload {
-        files: framer.finish()?,
-        series_uid: Some(header.series_instance_uid).filter(|s| !s.is_empty()),
-        _bytes: held,
-        _slot: slot,
-    })
-}
-
 #[tonic::async_trait]
 impl OsteoService for Service {
     async fn upload_study(
@@ -843,11 +303,11 @@ impl OsteoService for Service {
                 let Upload {
                     files,
                     series_uid,
-                    _bytes,
-                    _slot,
+                    held_bytes,
+                    slot,
                 } = read_upload(&state, &holder, &mut stream).await?;
                 let study = state.ingest(files, series_uid, owner).await?;
-                drop((_bytes, _slot));
+                drop((held_bytes, slot));
                 let (study, ttl) = state.store.insert(study);
                 set_study(&labels, &study);
                 let gates = state.gates(&study).await?;

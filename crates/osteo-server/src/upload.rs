@@ -5,8 +5,14 @@
 //! The memory the buffers really take is accounted, not just their contents: a file buffer
 //! grows by doubling, and while it moves to its larger block both blocks exist, so the framer
 //! asks for the peak (old and new block) before it grows and settles on the new capacity after.
+//! [`read_upload`] reads a stream through the framer under the upload budgets.
 
+use crate::budget::Reservation;
 use crate::error::ServerError;
+use crate::state::State;
+use osteo_proto::v1 as pb;
+use tokio::sync::OwnedSemaphorePermit;
+use tonic::Streaming;
 
 /// The limits an upload is framed under.
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +181,89 @@ impl Framer {
         }
         Ok(self.files)
     }
+}
+
+/// The files of an upload and what they hold of the upload budgets until they are decoded.
+pub(crate) struct Upload {
+    /// The whole files, in upload order.
+    pub(crate) files: Vec<Vec<u8>>,
+    /// The series the header asked for, if any.
+    pub(crate) series_uid: Option<String>,
+    /// The files' bytes in `store.max_inflight_upload_bytes`.
+    pub(crate) held_bytes: Reservation,
+    /// The stream's slot among `store.max_concurrent_uploads`.
+    pub(crate) slot: OwnedSemaphorePermit,
+}
+
+/// Reads an upload stream into complete files, enforcing the limits as bytes arrive: a slot
+/// among `store.max_concurrent_uploads` first, then every byte reserved from
+/// `store.max_inflight_upload_bytes` (within `holder`'s share) before it is buffered. A declared
+/// size is checked against the limits at once but reserved only as its bytes arrive, so a slow
+/// stream holds only what it sent.
+pub(crate) async fn read_upload(
+    state: &State,
+    holder: &str,
+    stream: &mut Streaming<pb::UploadStudyRequest>,
+) -> Result<Upload, ServerError> {
+    let slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
+        ServerError::ResourceExhausted(format!(
+            "{} uploads are already in progress, the limit (store.max_concurrent_uploads); retry \
+             with backoff",
+            state.settings.store.max_concurrent_uploads
+        ))
+    })?;
+    let first = stream
+        .message()
+        .await
+        .map_err(|s| {
+            ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
+        })?
+        .ok_or_else(|| {
+            ServerError::InvalidArgument("empty upload: send an UploadHeader first".into())
+        })?;
+    let header = match first.part {
+        Some(pb::upload_study_request::Part::Header(h)) => h,
+        _ => {
+            return Err(ServerError::InvalidArgument(
+                "the first upload message must be the header".into(),
+            ));
+        }
+    };
+    let limits = state.limits();
+    let mut framer = Framer::new(
+        FramingLimits {
+            max_files: limits.max_files,
+            max_total_bytes: limits.max_total_bytes,
+        },
+        header.expected_files,
+        header.expected_bytes,
+    )?;
+    let mut held = state.upload_bytes.reserve_for(holder, 0, "the upload")?;
+    while let Some(msg) = stream.message().await.map_err(|s| {
+        ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
+    })? {
+        let chunk = match msg.part {
+            Some(pb::upload_study_request::Part::Chunk(c)) => c,
+            Some(pb::upload_study_request::Part::Header(_)) => {
+                return Err(ServerError::InvalidArgument(
+                    "the upload header may appear only once, first".into(),
+                ));
+            }
+            None => {
+                return Err(ServerError::InvalidArgument(
+                    "an upload message carries neither header nor chunk".into(),
+                ));
+            }
+        };
+        let mut account = |bytes: u64| held.resize(bytes, "the upload");
+        framer.push(chunk.file_index, &chunk.data, chunk.last, &mut account)?;
+    }
+    Ok(Upload {
+        files: framer.finish()?,
+        series_uid: Some(header.series_instance_uid).filter(|s| !s.is_empty()),
+        held_bytes: held,
+        slot,
+    })
 }
 
 #[cfg(test)]

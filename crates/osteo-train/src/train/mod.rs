@@ -1,6 +1,15 @@
 //! The training loop: class-weighted cross-entropy, AdamW with a cosine learning-rate schedule,
 //! light augmentation, early stopping on validation macro AUC, all reproducible from the seed.
 
+mod inputs;
+mod weights;
+
+pub use inputs::Inputs;
+use inputs::to_candle;
+use weights::{
+    load_image_branch, restore, seeded_init, shift_output_bias, snapshot, trainable_vars,
+};
+
 use crate::cohort::Sample;
 use crate::error::TrainError;
 use crate::metrics::{Evaluation, evaluate};
@@ -11,9 +20,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use osteo_backend_candle::Network;
 use osteo_core::arch::{Head, ImageBranch, TabularBranch};
 use osteo_core::features::FEATURE_NAMES;
-use osteo_core::{ArchSpec, Batch, Grade, ModelKind, TabularSpec, ViewSpec};
+use osteo_core::{ArchSpec, Grade, ModelKind, TabularSpec, ViewSpec};
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -159,112 +168,6 @@ fn tabular_spec(samples: &[Sample], train: &[usize]) -> Result<TabularSpec, Trai
         .collect();
     TabularSpec::with_stats(&stats)
         .map_err(|e| TrainError::Setup(format!("tabular statistics: {e}")))
-}
-
-/// The model inputs of a cohort: views as stored, clinical features encoded once.
-pub struct Inputs<'a> {
-    samples: &'a [Sample],
-    arch: ArchSpec,
-    view: Option<ViewSpec>,
-    /// Encoded features per sample (tabular and fused models).
-    encoded: Option<(usize, Vec<Vec<f32>>)>,
-}
-
-impl<'a> Inputs<'a> {
-    /// Prepares the inputs a model of `arch` with this view (image models) and feature
-    /// specification (tabular models) reads; every sample's clinical variables are encoded
-    /// here, once.
-    pub fn new(
-        samples: &'a [Sample],
-        arch: &ArchSpec,
-        view: Option<ViewSpec>,
-        tabular: Option<&TabularSpec>,
-    ) -> Result<Self, TrainError> {
-        let encoded = match tabular {
-            Some(spec) => {
-                let rows = samples
-                    .iter()
-                    .map(|s| {
-                        spec.encode(&s.clinical).map_err(|e| TrainError::Input {
-                            patient: s.patient_id.clone(),
-                            message: e.to_string(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Some((spec.features.len(), rows))
-            }
-            None => None,
-        };
-        Ok(Self {
-            samples,
-            arch: arch.clone(),
-            view,
-            encoded,
-        })
-    }
-
-    /// The batch of samples `idx`, augmented when `rng` is given.
-    pub fn batch(&self, idx: &[usize], rng: Option<&mut ChaCha8Rng>) -> Result<Batch, TrainError> {
-        let mut rng = rng;
-        let mut samples = Vec::with_capacity(idx.len());
-        for &i in idx {
-            let s = &self.samples[i];
-            let image = match self.view {
-                Some(v) => {
-                    let view = s.view.as_ref().ok_or_else(|| TrainError::Input {
-                        patient: s.patient_id.clone(),
-                        message: "the sample has no view".into(),
-                    })?;
-                    Some(match rng.as_deref_mut() {
-                        Some(r) => augment(view, v.height, v.width, r),
-                        None => view.clone(),
-                    })
-                }
-                None => None,
-            };
-            samples.push(osteo_core::Sample {
-                image,
-                tabular: self.encoded.as_ref().map(|(_, rows)| rows[i].clone()),
-            });
-        }
-        Batch::stack(&self.arch, &samples).map_err(|e| TrainError::Engine(e.to_string()))
-    }
-}
-
-/// Candle tensors of a batch.
-fn to_candle(batch: &Batch) -> Result<(Option<Tensor>, Option<Tensor>), TrainError> {
-    let convert = |t: &Option<osteo_core::Tensor>| {
-        t.as_ref()
-            .map(|t| Tensor::from_slice(t.data(), t.shape(), &Device::Cpu))
-            .transpose()
-            .map_err(candle_err)
-    };
-    Ok((convert(&batch.images)?, convert(&batch.tabular)?))
-}
-
-/// A random shift of up to 4 pixels in each direction and a ±5% intensity scale.
-fn augment(view: &[f32], h: usize, w: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    let dy = rng.random_range(-4i64..=4);
-    let dx = rng.random_range(-4i64..=4);
-    let scale = rng.random_range(0.95f32..1.05);
-    let mut out = vec![0f32; view.len()];
-    for c in 0..2 {
-        for y in 0..h as i64 {
-            let sy = y - dy;
-            if sy < 0 || sy >= h as i64 {
-                continue;
-            }
-            for x in 0..w as i64 {
-                let sx = x - dx;
-                if sx < 0 || sx >= w as i64 {
-                    continue;
-                }
-                out[c * h * w + (y as usize) * w + x as usize] =
-                    (view[c * h * w + sy as usize * w + sx as usize] * scale).min(1.0);
-            }
-        }
-    }
-    out
 }
 
 /// Class probabilities of the network on samples `idx`, in eval mode.
@@ -475,57 +378,6 @@ pub fn train(
     })
 }
 
-/// Copies the image branch (`image.*`, batch-norm statistics included) of a trained model into
-/// `varmap`; the model must have been trained on the same view with the same CNN.
-fn load_image_branch(
-    varmap: &VarMap,
-    arch: &ArchSpec,
-    view: Option<&ViewSpec>,
-    dir: &std::path::Path,
-) -> Result<(), TrainError> {
-    let setup = |m: String| TrainError::Setup(format!("--image-from {}: {m}", dir.display()));
-    let artifacts = osteo_core::ModelArtifacts::open(dir).map_err(|e| setup(e.to_string()))?;
-    let m = &artifacts.manifest;
-    if m.arch.image != arch.image || m.view.as_ref() != view {
-        return Err(setup(format!(
-            "model {} has another CNN or view than the one being trained",
-            m.name
-        )));
-    }
-    let weights = candle_core::safetensors::load(artifacts.weights_path(), &Device::Cpu)
-        .map_err(|e| setup(e.to_string()))?;
-    let data = varmap.data().lock().map_err(|e| setup(e.to_string()))?;
-    let mut copied = 0;
-    for (name, var) in data.iter().filter(|(n, _)| n.starts_with("image.")) {
-        let w = weights
-            .get(name)
-            .ok_or_else(|| setup(format!("{name} is missing from its weights")))?;
-        var.set(w).map_err(|e| setup(format!("{name}: {e}")))?;
-        copied += 1;
-    }
-    if copied == 0 {
-        return Err(setup("the model being trained has no image branch".into()));
-    }
-    Ok(())
-}
-
-/// The variables the optimiser updates: all, or all but the frozen image branch.
-fn trainable_vars(
-    varmap: &VarMap,
-    frozen_image: bool,
-) -> candle_core::Result<Vec<candle_core::Var>> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let mut vars: Vec<(&String, &candle_core::Var)> = data
-        .iter()
-        .filter(|(n, _)| !(frozen_image && n.starts_with("image.")))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(b.0));
-    Ok(vars.into_iter().map(|(_, v)| v.clone()).collect())
-}
-
 /// The image branch's pooled activation `[K]` of every sample, in eval mode.
 fn pooled_features(
     network: &Network,
@@ -556,21 +408,6 @@ fn prior_corrected(p: &[f64; 3], shift: &[f64]) -> [f64; 3] {
     [q[0] / z, q[1] / z, q[2] / z]
 }
 
-/// Folds the prior correction into the output layer (`bias_k -= ln w_k`), so every backend serving
-/// the weights returns probabilities calibrated to the cohort's class frequencies.
-fn shift_output_bias(varmap: &VarMap, shift: &[f64]) -> candle_core::Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let bias = data
-        .get("head.out.bias")
-        .ok_or_else(|| candle_core::Error::Msg("the network has no head.out.bias".into()))?;
-    let delta: Vec<f32> = shift.iter().map(|&s| s as f32).collect();
-    let delta = Tensor::from_vec(delta, shift.len(), bias.device())?;
-    bias.set(&bias.as_tensor().sub(&delta)?)
-}
-
 /// Mean of per-sample negative log-likelihoods weighted by class: sum(w_y * nll) / sum(w_y).
 fn weighted_cross_entropy(
     logits: &Tensor,
@@ -581,70 +418,4 @@ fn weighted_cross_entropy(
     let nll = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     let w = class_w.index_select(targets, 0)?;
     (nll * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64
-}
-
-/// Re-initialises conv and linear parameters from the seed (candle's own initialisers draw from an
-/// unseeded generator): Kaiming-normal weights, uniform biases in ±1/sqrt(fan_in); batch-norm
-/// parameters keep their constant initialisation.
-fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let mut names: Vec<&String> = data.keys().filter(|k| !k.contains(".bn.")).collect();
-    names.sort();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1417);
-    let fan_in = |name: &str| -> usize {
-        let weight = name.replace(".bias", ".weight");
-        data.get(&weight).map_or(1, |w| {
-            w.as_tensor()
-                .dims()
-                .iter()
-                .skip(1)
-                .product::<usize>()
-                .max(1)
-        })
-    };
-    for name in names {
-        let var = &data[name];
-        let dims = var.as_tensor().dims().to_vec();
-        let n: usize = dims.iter().product();
-        let fan = fan_in(name) as f64;
-        let values: Vec<f32> = if name.ends_with(".weight") {
-            let std = (2.0 / fan).sqrt();
-            (0..n)
-                .map(|_| (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
-                .collect()
-        } else {
-            let bound = 1.0 / fan.sqrt();
-            (0..n)
-                .map(|_| rng.random_range(-bound..bound) as f32)
-                .collect()
-        };
-        var.set(&Tensor::from_vec(values, dims, &Device::Cpu)?)?;
-    }
-    Ok(())
-}
-
-fn snapshot(varmap: &VarMap) -> candle_core::Result<HashMap<String, Tensor>> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    data.iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
-        .collect()
-}
-
-fn restore(varmap: &VarMap, saved: &HashMap<String, Tensor>) -> candle_core::Result<()> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    for (k, v) in data.iter() {
-        if let Some(t) = saved.get(k) {
-            v.set(t)?;
-        }
-    }
-    Ok(())
 }
