@@ -712,21 +712,24 @@ async fn slow_uploads_hold_only_what_they_sent_and_one_principal_keeps_to_its_sh
     let server = InProc::start(&config, TABULAR, registry()).await;
     // alice opens two uploads that each announce the largest upload (together the whole
     // in-flight budget, which used to be reserved at once) and send 768 KiB, then stall.
-    let mut stalled = Vec::new();
-    for _ in 0..2 {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        for m in upload_start(2 * MIB, 768 << 10, false) {
-            tx.send(m).await.expect("send");
+    let stall = || {
+        let (url, alice) = (server.url.clone(), alice.clone());
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            for m in upload_start(2 * MIB, 768 << 10, false) {
+                tx.send(m).await.expect("send");
+            }
+            let mut c = connect_as(&url, None, Some(&alice)).await;
+            let call = tokio::spawn(async move {
+                code_of(
+                    c.upload_study(tokio_stream::wrappers::ReceiverStream::new(rx))
+                        .await,
+                )
+            });
+            (tx, call)
         }
-        let mut c = connect_as(&server.url, None, Some(&alice)).await;
-        let call = tokio::spawn(async move {
-            code_of(
-                c.upload_study(tokio_stream::wrappers::ReceiverStream::new(rx))
-                    .await,
-            )
-        });
-        stalled.push((tx, call));
-    }
+    };
+    let mut stalled = vec![stall().await, stall().await];
     // A complete upload of 1 MiB that is not DICOM: refused as such when its bytes fit, or
     // RESOURCE_EXHAUSTED when they do not.
     let probe = |token: String| {
@@ -742,6 +745,13 @@ async fn slow_uploads_hold_only_what_they_sent_and_one_principal_keeps_to_its_sh
     // Once alice's stalled streams hold their 1.5 MiB, her third upload passes her share...
     let mut refused = None;
     for _ in 0..500 {
+        // A probe still in flight when a stalled stream's bytes arrive takes the room they
+        // needed, and that stream is refused instead: open it again.
+        for s in stalled.iter_mut() {
+            if s.1.is_finished() {
+                *s = stall().await;
+            }
+        }
         let (code, msg) = probe(alice.clone()).await;
         if code == Code::ResourceExhausted {
             refused = Some(msg);
@@ -754,6 +764,10 @@ async fn slow_uploads_hold_only_what_they_sent_and_one_principal_keeps_to_its_sh
     assert!(
         msg.contains("store.max_inflight_upload_bytes_per_principal"),
         "{msg}"
+    );
+    assert!(
+        stalled.iter().all(|s| !s.1.is_finished()),
+        "both stalled uploads are held at once: each holds what it sent, not what it announced"
     );
     // ... while bob's upload is read and judged on its content: alice's announced sizes hold
     // nothing, and her share leaves room for others.
