@@ -66,7 +66,7 @@ async fn spans_reach_an_otlp_receiver_and_logs_are_json_without_patient_data() {
         let classify = spans.iter().any(|s| {
             s["attributes"]["rpc"] == "Classify" && s["attributes"]["study"] == handle.as_str()
         });
-        if classify {
+        if classify && spans.iter().any(|s| s["name"] == "batch") {
             break;
         }
     }
@@ -86,6 +86,13 @@ async fn spans_reach_an_otlp_receiver_and_logs_are_json_without_patient_data() {
             .iter()
             .any(|s| s["attributes"]["rpc"] == "UploadStudy"),
         "{spans:?}"
+    );
+    // The model ran on the worker thread inside the call's trace.
+    assert!(
+        spans.iter().any(|s| s["name"] == "batch"
+            && s["parent"] == classify["id"]
+            && s["trace"] == classify["trace"]),
+        "a batch span under the Classify span: {spans:?}"
     );
 
     let exported = serde_json::to_string(&spans).expect("JSON");

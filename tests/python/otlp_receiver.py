@@ -1,7 +1,7 @@
 """A minimal OTLP/gRPC trace receiver on loopback for the telemetry test.
 
 Prints `PORT <n>` once listening, then one JSON line per received span:
-{"service": ..., "name": ..., "attributes": {...}}.
+{"service": ..., "name": ..., "attributes": {...}, "trace": hex, "id": hex, "parent": hex}.
 """
 import json
 import sys
@@ -28,7 +28,14 @@ class Receiver(ts_grpc.TraceServiceServicer):
                     attributes = {a.key: value(a.value) for a in span.attributes}
                     print(
                         json.dumps(
-                            {"service": service, "name": span.name, "attributes": attributes}
+                            {
+                                "service": service,
+                                "name": span.name,
+                                "attributes": attributes,
+                                "trace": span.trace_id.hex(),
+                                "id": span.span_id.hex(),
+                                "parent": span.parent_span_id.hex(),
+                            }
                         ),
                         flush=True,
                     )

@@ -14,6 +14,7 @@ pub mod gate_spec;
 pub mod gradcam;
 pub mod grade;
 pub mod manifest;
+pub mod names;
 pub mod tensor;
 pub mod utc;
 pub mod view_spec;

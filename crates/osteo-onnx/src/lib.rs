@@ -16,21 +16,8 @@ pub use export::{IR_VERSION, OPSET, WEIGHTS_DIGEST_KEY, export, weights_digest};
 use osteo_core::ModelArtifacts;
 use std::path::Path;
 
-/// Graph input and output names.
-pub mod names {
-    /// Input: CT views `[N, C, H, W]`.
-    pub const IMAGES: &str = "images";
-    /// Input: encoded clinical features `[N, F]`.
-    pub const TABULAR: &str = "tabular";
-    /// Output: logits `[N, classes]`.
-    pub const LOGITS: &str = "logits";
-    /// Output: the last conv block's activation `[N, K, h, w]`.
-    pub const ACTIVATION: &str = "activation";
-    /// Output: Grad-CAM channel weights for every class `[N, classes, K]`.
-    pub const ALPHA: &str = "gradcam_alpha";
-    /// Output (fused models): d logit_c / d tabular for every class `[N, classes, F]`.
-    pub const TABULAR_GRADIENT: &str = "tabular_gradient";
-}
+/// Graph input and output names (defined with the domain types, shared by every backend).
+pub use osteo_core::names;
 
 fn read(path: &Path) -> Result<Vec<u8>, OnnxError> {
     std::fs::read(path).map_err(|e| OnnxError::Io {

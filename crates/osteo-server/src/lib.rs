@@ -1,7 +1,9 @@
-//! OsteoServe gRPC server: the `osteo.v1.OsteoService` over a study store and per-(model,
-//! backend) dynamic-batching workers, with grpc.health.v1, reflection, configuration, logging and
-//! Prometheus metrics. Backends are plugged in through a [`Registry`]; the server knows only the
-//! Backend trait.
+//! OsteoServe's server: one protocol-neutral [`engine`] (study store, models, admission, the
+//! operations, audit) behind three sibling front doors — osteo.v1 over gRPC ([`service`]), the
+//! Open Inference Protocol over gRPC ([`inference`]) and over REST ([`rest`]) — with
+//! per-(model, backend) dynamic-batching workers, grpc.health.v1, reflection, configuration,
+//! logging and Prometheus metrics. Backends are plugged in through a [`Registry`]; the server
+//! knows only the Backend trait.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
@@ -11,13 +13,14 @@ pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod convert;
+pub mod engine;
 pub mod error;
 pub mod fdlimit;
+mod grpc;
 pub mod inference;
 pub mod metrics_http;
 pub mod models;
 pub mod registry;
-mod request;
 pub mod rest;
 pub mod rest_json;
 mod results_dicom;

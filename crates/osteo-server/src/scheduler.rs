@@ -51,15 +51,32 @@ impl From<&crate::config::SchedulerSettings> for BatchConfig {
     }
 }
 
+/// When a sample was queued, and the span of the call that queued it (the worker thread runs
+/// the backend inside it, so a call's trace continues across the queue).
+struct Queued {
+    at: Instant,
+    span: tracing::Span,
+}
+
+impl Queued {
+    /// Queued now, by the current span's call.
+    fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            span: tracing::Span::current(),
+        }
+    }
+}
+
 enum Job {
     Predict {
         input: Sample,
-        enqueued: Instant,
+        enqueued: Queued,
         reply: oneshot::Sender<Result<Vec<f32>, BackendError>>,
     },
     Explain {
         input: Sample,
-        enqueued: Instant,
+        enqueued: Queued,
         reply: oneshot::Sender<Result<Explanation, BackendError>>,
     },
 }
@@ -207,7 +224,7 @@ impl Worker {
     pub async fn predict(&self, input: Sample) -> Result<Vec<f32>, ServerError> {
         self.call(|reply| Job::Predict {
             input,
-            enqueued: Instant::now(),
+            enqueued: Queued::now(),
             reply,
         })
         .await
@@ -221,7 +238,7 @@ impl Worker {
         for input in inputs {
             answers.push(self.queue(|reply| Job::Predict {
                 input,
-                enqueued: Instant::now(),
+                enqueued: Queued::now(),
                 reply,
             })?);
         }
@@ -237,7 +254,7 @@ impl Worker {
     pub async fn explain(&self, input: Sample) -> Result<Explanation, ServerError> {
         self.call(|reply| Job::Explain {
             input,
-            enqueued: Instant::now(),
+            enqueued: Queued::now(),
             reply,
         })
         .await
@@ -434,11 +451,14 @@ impl Supervisor {
                         continue;
                     }
                     metrics::histogram!("osteo_queue_seconds", &labels)
-                        .record(enqueued.elapsed().as_secs_f64());
-                    self.stats.queued(enqueued.elapsed());
+                        .record(enqueued.at.elapsed().as_secs_f64());
+                    self.stats.queued(enqueued.at.elapsed());
                     let start = Instant::now();
                     let out =
-                        Batch::stack(arch, &[&input]).and_then(|b| guarded(|| backend.explain(&b)));
+                        tracing::info_span!(parent: &enqueued.span, "explain").in_scope(|| {
+                            Batch::stack(arch, &[&input])
+                                .and_then(|b| guarded(|| backend.explain(&b)))
+                        });
                     metrics::histogram!("osteo_inference_seconds", &labels)
                         .record(start.elapsed().as_secs_f64());
                     self.stats.executed(1, start.elapsed());
@@ -452,7 +472,7 @@ impl Supervisor {
                     reply,
                 } => (input, enqueued, reply),
             };
-            let deadline = enqueued + config.max_delay;
+            let deadline = enqueued.at + config.max_delay;
             let mut jobs = vec![(input, enqueued, reply)];
             while jobs.len() < config.max_batch {
                 let now = Instant::now();
@@ -486,11 +506,19 @@ impl Supervisor {
             let started = Instant::now();
             for (_, enqueued, _) in &jobs {
                 metrics::histogram!("osteo_queue_seconds", &labels)
-                    .record(started.duration_since(*enqueued).as_secs_f64());
-                self.stats.queued(started.duration_since(*enqueued));
+                    .record(started.duration_since(enqueued.at).as_secs_f64());
+                self.stats.queued(started.duration_since(enqueued.at));
+            }
+            // The batch runs in the first call's trace and links to every other call's.
+            let span = match jobs.first() {
+                Some((_, q, _)) => tracing::info_span!(parent: &q.span, "batch", rows = jobs.len()),
+                None => tracing::Span::none(),
+            };
+            for (_, q, _) in jobs.iter().skip(1) {
+                span.follows_from(&q.span);
             }
             let inputs: Vec<&Sample> = jobs.iter().map(|(i, _, _)| i).collect();
-            let result = predict_rows(backend.as_mut(), arch, &inputs);
+            let result = span.in_scope(|| predict_rows(backend.as_mut(), arch, &inputs));
             metrics::histogram!("osteo_batch_size", &labels).record(jobs.len() as f64);
             metrics::histogram!("osteo_inference_seconds", &labels)
                 .record(started.elapsed().as_secs_f64());
@@ -657,7 +685,7 @@ mod tests {
             self.worker
                 .submit(Job::Predict {
                     input: self.input(v),
-                    enqueued: Instant::now(),
+                    enqueued: Queued::now(),
                     reply,
                 })
                 .expect("queued");
@@ -669,7 +697,7 @@ mod tests {
             self.worker
                 .submit(Job::Explain {
                     input: self.input(v),
-                    enqueued: Instant::now(),
+                    enqueued: Queued::now(),
                     reply,
                 })
                 .expect("queued");

@@ -4,11 +4,13 @@
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::Settings;
 use crate::connection::{ActivityLayer, ConnLimits, HTTP2_HANDSHAKE_BYTES, accept_loop};
+use crate::engine::Engine;
 use crate::error::ServerError;
 use crate::inference::Inference;
 use crate::models::ModelSet;
 use crate::registry::Registry;
-use crate::service::{Service, State};
+use crate::service::Service;
+use crate::state::State;
 use crate::tls::{Alpn, TlsSource};
 use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use osteo_proto::v1::osteo_service_server::OsteoServiceServer;
@@ -244,11 +246,12 @@ pub async fn serve_on(
     let gate = AuthLayer::new(auth, state.audit_log());
     let auth_mode = settings.auth.mode.clone();
     let insecure = settings.insecure_listener()?;
-    let osteo = OsteoServiceServer::new(Service::new(state.clone()))
+    let engine = Engine::new(state.clone());
+    let osteo = OsteoServiceServer::new(Service::new(engine.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     // The Open Inference Protocol (KServe v2) on the same port, over the same state.
-    let v2 = Inference::new(Service::new(state.clone()));
+    let v2 = Inference::new(engine.clone());
     let inference = GrpcInferenceServiceServer::new(v2.clone())
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -262,7 +265,7 @@ pub async fn serve_on(
             ..limits
         };
         let scheme = if http_tls.is_some() { "https" } else { "http" };
-        let router = crate::rest::router(v2, state.clone(), gate.clone(), max_message);
+        let router = crate::rest::router(engine.clone(), gate.clone(), max_message);
         crate::rest::serve(h, http_limits, http_tls, router, stop_rx.clone());
         tracing::info!(http_addr = %addr, "Open Inference Protocol REST at {scheme}://{addr}/v2");
     }

@@ -12,7 +12,7 @@ use crate::error::ServerError;
 use crate::state::State;
 use osteo_proto::v1 as pb;
 use tokio::sync::OwnedSemaphorePermit;
-use tonic::Streaming;
+use tokio_stream::{Stream, StreamExt};
 
 /// The limits an upload is framed under.
 #[derive(Debug, Clone, Copy)]
@@ -200,11 +200,14 @@ pub(crate) struct Upload {
 /// `store.max_inflight_upload_bytes` (within `holder`'s share) before it is buffered. A declared
 /// size is checked against the limits at once but reserved only as its bytes arrive, so a slow
 /// stream holds only what it sent.
-pub(crate) async fn read_upload(
+pub(crate) async fn read_upload<S>(
     state: &State,
     holder: &str,
-    stream: &mut Streaming<pb::UploadStudyRequest>,
-) -> Result<Upload, ServerError> {
+    stream: &mut S,
+) -> Result<Upload, ServerError>
+where
+    S: Stream<Item = Result<pb::UploadStudyRequest, ServerError>> + Unpin,
+{
     let slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
         ServerError::ResourceExhausted(format!(
             "{} uploads are already in progress, the limit (store.max_concurrent_uploads); retry \
@@ -212,15 +215,9 @@ pub(crate) async fn read_upload(
             state.settings.store.max_concurrent_uploads
         ))
     })?;
-    let first = stream
-        .message()
-        .await
-        .map_err(|s| {
-            ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
-        })?
-        .ok_or_else(|| {
-            ServerError::InvalidArgument("empty upload: send an UploadHeader first".into())
-        })?;
+    let first = stream.next().await.transpose()?.ok_or_else(|| {
+        ServerError::InvalidArgument("empty upload: send an UploadHeader first".into())
+    })?;
     let header = match first.part {
         Some(pb::upload_study_request::Part::Header(h)) => h,
         _ => {
@@ -239,9 +236,7 @@ pub(crate) async fn read_upload(
         header.expected_bytes,
     )?;
     let mut held = state.upload_bytes.reserve_for(holder, 0, "the upload")?;
-    while let Some(msg) = stream.message().await.map_err(|s| {
-        ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
-    })? {
+    while let Some(msg) = stream.next().await.transpose()? {
         let chunk = match msg.part {
             Some(pb::upload_study_request::Part::Chunk(c)) => c,
             Some(pb::upload_study_request::Part::Header(_)) => {

@@ -5,6 +5,7 @@
 
 use super::{App, Caller, ModelPath, Refusal, error_response, http_status};
 use crate::budget::Reservation;
+use crate::engine::Rpc;
 use crate::error::ServerError;
 use crate::rest_json::{self, HEADER_LENGTH};
 use axum::body::Body;
@@ -57,7 +58,7 @@ impl App {
     /// a refusal there is answered through [`App::refused`].
     pub(super) async fn before_method<T>(
         &self,
-        rpc: &'static str,
+        rpc: Rpc,
         caller: &Caller,
         before: impl std::future::Future<Output = Result<T, Early>>,
     ) -> Result<T, Refusal> {
@@ -70,29 +71,29 @@ impl App {
 
     /// Answers a request refused before its method: counted in `osteo_requests_total`, audited
     /// and logged as the gRPC method it would have run, like every other outcome.
-    async fn refused(
-        &self,
-        rpc: &'static str,
-        caller: &Caller,
-        early: Early,
-        started: Instant,
-    ) -> Refusal {
+    async fn refused(&self, rpc: Rpc, caller: &Caller, early: Early, started: Instant) -> Refusal {
         let code = early.status.code();
         let ms = started.elapsed().as_secs_f64() * 1e3;
         let record = crate::audit::Record::new(
-            rpc,
+            rpc.name(),
             caller.principal.as_ref().map_or("", |p| p.name.as_str()),
             caller.peer().map(|a| a.to_string()).unwrap_or_default(),
             code,
             ms,
         );
-        if self.state.account(rpc, record).await.is_err() {
+        if self
+            .engine
+            .state()
+            .account(rpc.name(), record)
+            .await
+            .is_err()
+        {
             tracing::error!(
-                rpc,
+                %rpc,
                 "the audit record of a refused REST request was not written"
             );
         }
-        tracing::warn!(rpc, code = ?code, ms, error = %crate::text::one_line(early.status.message()), "request refused");
+        tracing::warn!(%rpc, code = ?code, ms, error = %crate::text::one_line(early.status.message()), "request refused");
         let mut r = error_response(&early.status);
         *r.status_mut() = early.http;
         if early.close {
@@ -123,10 +124,12 @@ impl App {
         }
         let what = "the request body";
         let holder = self
-            .state
+            .engine
+            .state()
             .budget_holder(caller.principal.as_ref(), caller.peer());
         let mut held = self
-            .state
+            .engine
+            .state()
             .upload_bytes()
             .reserve_for(&holder, 0, what)
             .map_err(|e| Early::from(e).closing())?;
@@ -201,9 +204,10 @@ impl App {
                     .ok_or_else(|| bad(format!("{HEADER_LENGTH} must be a byte count")))?,
             ),
         };
-        let max_values = crate::inference::max_request_elements(
-            self.state.models().map_err(Early::from)?,
-            self.state.settings.scheduler.max_batch,
+        let state = self.engine.state();
+        let max_values = crate::engine::oip::max_request_elements(
+            state.models().map_err(Early::from)?,
+            state.settings.scheduler.max_batch,
         );
         let (body, mut held) = self.read_body(caller, headers, body, self.max_body).await?;
         // Decoding keeps at most one vector of the values (growing by doubling) and their raw

@@ -1,16 +1,16 @@
 //! The Open Inference Protocol (KServe v2) over HTTP/REST on `server.http_listen`: health,
 //! server and model metadata, readiness, infer (JSON tensors and Triton's binary tensor data
 //! extension) and Triton's model configuration, statistics and repository index. Each request
-//! runs the gRPC service's method, so admission, batching, metrics and audit records are the
-//! same; TLS, connection limits and authentication are those of the gRPC listener.
+//! is a call of the engine's OIP operations, a sibling of the gRPC front door, so admission,
+//! batching, metrics and audit records are the same; TLS, connection limits and
+//! authentication are those of the gRPC listener.
 
 mod intake;
 
 use crate::auth::{AuthLayer, Principal};
 use crate::connection::{ActivityLayer, ConnInfo, ConnLimits, accept_loop};
-use crate::inference::Inference;
+use crate::engine::{Call, Engine, Op, Rpc};
 use crate::rest_json::{self, HEADER_LENGTH};
-use crate::service::State as ServerState;
 use crate::tls::TlsSource;
 use axum::Router;
 use axum::body::Body;
@@ -21,7 +21,6 @@ use axum::routing::{get, post};
 use http::{HeaderValue, StatusCode, header};
 use intake::Early;
 use osteo_proto::inference as v2;
-use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,15 +33,32 @@ use tower_layer::Layer;
 /// What the handlers share.
 #[derive(Clone)]
 struct App {
-    inference: Inference,
-    state: Arc<ServerState>,
+    engine: Engine,
     max_body: usize,
 }
 
 impl App {
     /// Time a request body may take to arrive (the server's request timeout).
     fn body_timeout(&self) -> Duration {
-        Duration::from_secs(self.state.settings.server.request_timeout_s)
+        self.engine.request_timeout()
+    }
+
+    /// Runs `op` as a call to `rpc` by `caller` through the engine; an error is answered with
+    /// the protocol's error body.
+    async fn call<T, F>(&self, rpc: Rpc, caller: &Caller, op: F) -> Result<T, Refusal>
+    where
+        F: for<'c> FnOnce(&'c Engine, &'c mut Call) -> Op<'c, T>,
+    {
+        let call = Call::new(
+            rpc,
+            caller.principal.clone(),
+            caller.peer(),
+            self.engine.request_timeout(),
+        );
+        self.engine
+            .run(call, op)
+            .await
+            .map_err(|e| error_response(&e.into()).into())
     }
 }
 
@@ -130,29 +146,11 @@ impl Caller {
     fn peer(&self) -> Option<std::net::SocketAddr> {
         self.tcp.as_ref().and_then(TcpConnectInfo::remote_addr)
     }
-
-    /// The gRPC request of this caller carrying `message`.
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(message);
-        if let Some(p) = &self.principal {
-            r.extensions_mut().insert(p.clone());
-        }
-        if let Some(t) = &self.tcp {
-            r.extensions_mut().insert(t.clone());
-        }
-        r
-    }
 }
 
-/// The gRPC method's answer as JSON made by `to_json`, or the error.
-fn answer<T>(
-    result: Result<tonic::Response<T>, tonic::Status>,
-    to_json: impl FnOnce(T) -> Value,
-) -> Answer {
-    match result {
-        Ok(r) => Ok(json_response(StatusCode::OK, &to_json(r.into_inner()))),
-        Err(s) => Err(error_response(&s).into()),
-    }
+/// The engine's answer as JSON made by `to_json`, or the error.
+fn answer<T>(result: Result<T, Refusal>, to_json: impl FnOnce(T) -> Value) -> Answer {
+    result.map(|r| json_response(StatusCode::OK, &to_json(r)))
 }
 
 /// Model name and version of a route ("" = the served version).
@@ -170,7 +168,7 @@ async fn live() -> Response {
 
 /// `GET /v2/health/ready`: 200 when every model is loaded and up, else 503.
 async fn ready(State(app): State<App>) -> Response {
-    let up = app.state.all_models_up();
+    let up = app.engine.state().all_models_up();
     let status = if up {
         StatusCode::OK
     } else {
@@ -182,8 +180,9 @@ async fn ready(State(app): State<App>) -> Response {
 /// `GET /v2`: server metadata.
 async fn server_metadata(State(app): State<App>, caller: Caller) -> Answer {
     let r = app
-        .inference
-        .server_metadata(caller.request(v2::ServerMetadataRequest {}))
+        .call(Rpc::ServerMetadata, &caller, |e, _| {
+            Box::pin(async move { Ok(e.server_metadata()) })
+        })
         .await;
     answer(
         r,
@@ -198,19 +197,18 @@ async fn model_metadata(
     caller: Caller,
 ) -> Answer {
     let r = app
-        .inference
-        .model_metadata(caller.request(v2::ModelMetadataRequest {
-            name: p.model,
-            version: p.version,
-        }))
+        .call(Rpc::ModelMetadata, &caller, |e, c| {
+            Box::pin(async move { e.model_metadata(c, &p.model, &p.version) })
+        })
         .await;
     // The inputs' encodings as tensor parameters (REST only: the gRPC message has no field).
     let encodings = match &r {
         Ok(m) => app
-            .state
+            .engine
+            .state()
             .models()
-            .and_then(|models| models.get(&m.get_ref().name))
-            .map(crate::inference::input_encodings)
+            .and_then(|models| models.get(&m.name))
+            .map(crate::engine::oip::input_encodings)
             .unwrap_or_default(),
         Err(_) => Vec::new(),
     };
@@ -238,15 +236,12 @@ async fn model_metadata(
 
 /// `GET /v2/models/{model}[/versions/{version}]/ready`: 200 when the model is up, else 503.
 async fn model_ready(State(app): State<App>, Path(p): Path<ModelPath>, caller: Caller) -> Answer {
+    let name = p.model.clone();
     let r = app
-        .inference
-        .model_ready(caller.request(v2::ModelReadyRequest {
-            name: p.model.clone(),
-            version: p.version,
-        }))
-        .await
-        .map_err(|s| error_response(&s))?
-        .into_inner();
+        .call(Rpc::ModelReady, &caller, |e, c| {
+            Box::pin(async move { e.model_ready(c, &p.model, &p.version) })
+        })
+        .await?;
     let status = if r.ready {
         StatusCode::OK
     } else {
@@ -254,7 +249,7 @@ async fn model_ready(State(app): State<App>, Path(p): Path<ModelPath>, caller: C
     };
     Ok(json_response(
         status,
-        &json!({ "name": p.model, "ready": r.ready }),
+        &json!({ "name": name, "ready": r.ready }),
     ))
 }
 
@@ -267,16 +262,15 @@ async fn infer(
 ) -> Answer {
     let (parts, body) = request.into_parts();
     let prepare = app.prepare_infer(&p, &caller, &parts.headers, body);
-    let (mut parsed, held) = app.before_method("ModelInfer", &caller, prepare).await?;
+    let (mut parsed, held) = app.before_method(Rpc::ModelInfer, &caller, prepare).await?;
     // The reservation stays held until the answer: the parsed tensors are what it covers now.
     let _held = held;
     let message = std::mem::take(&mut parsed.message);
     let response = app
-        .inference
-        .model_infer(caller.request(message))
-        .await
-        .map_err(|s| error_response(&s))?
-        .into_inner();
+        .call(Rpc::ModelInfer, &caller, |e, c| {
+            Box::pin(e.model_infer(c, message))
+        })
+        .await?;
     let out = rest_json::respond(&parsed, &response);
     let mut r = Response::new(Body::from(out.bytes));
     let content_type = match out.header_length {
@@ -294,11 +288,9 @@ async fn infer(
 /// `GET /v2/models/{model}[/versions/{version}]/config`: Triton's model configuration.
 async fn model_config(State(app): State<App>, Path(p): Path<ModelPath>, caller: Caller) -> Answer {
     let r = app
-        .inference
-        .model_config(caller.request(v2::ModelConfigRequest {
-            name: p.model,
-            version: p.version,
-        }))
+        .call(Rpc::ModelConfig, &caller, |e, c| {
+            Box::pin(async move { e.model_config(c, &p.model, &p.version) })
+        })
         .await;
     let data_type = |t: i32| {
         v2::DataType::try_from(t)
@@ -350,8 +342,9 @@ fn statistics_json(s: v2::ModelStatistics) -> Value {
 /// Triton's statistics of the model `name` at `version` (all models when `name` is empty).
 async fn statistics(app: App, caller: Caller, name: String, version: String) -> Answer {
     let r = app
-        .inference
-        .model_statistics(caller.request(v2::ModelStatisticsRequest { name, version }))
+        .call(Rpc::ModelStatistics, &caller, |e, c| {
+            Box::pin(async move { e.model_statistics(c, &name, &version) })
+        })
         .await;
     answer(
         r,
@@ -396,13 +389,13 @@ async fn repository_index(State(app): State<App>, caller: Caller, request: Reque
                 ))
             })
     };
-    let ready = app.before_method("RepositoryIndex", &caller, parse).await?;
+    let ready = app
+        .before_method(Rpc::RepositoryIndex, &caller, parse)
+        .await?;
     let r = app
-        .inference
-        .repository_index(caller.request(v2::RepositoryIndexRequest {
-            repository_name: String::new(),
-            ready,
-        }))
+        .call(Rpc::RepositoryIndex, &caller, |e, _| {
+            Box::pin(async move { e.repository_index(ready) })
+        })
         .await;
     answer(r, |idx| {
         Value::Array(
@@ -424,30 +417,12 @@ async fn not_found() -> Response {
     ))
 }
 
-/// The audit-log RPC of a REST path, as the gRPC method it runs.
-fn rpc_of(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').splitn(8, '/').collect();
-    match segments.as_slice() {
-        ["v2"] => "ServerMetadata",
-        ["v2", "repository", "index"] => "RepositoryIndex",
-        ["v2", "models", "stats"] => "ModelStatistics",
-        ["v2", "models", rest @ ..] => match rest.last() {
-            Some(&"infer") => "ModelInfer",
-            Some(&"ready") => "ModelReady",
-            Some(&"config") => "ModelConfig",
-            Some(&"stats") => "ModelStatistics",
-            _ => "ModelMetadata",
-        },
-        _ => "unknown",
-    }
-}
-
 /// Authenticates every request but the health endpoints, as the gRPC listener does.
 async fn authenticate(State(gate): State<AuthLayer>, mut req: Request, next: Next) -> Response {
     if req.uri().path().starts_with("/v2/health/") {
         return next.run(req).await;
     }
-    let rpc = rpc_of(req.uri().path());
+    let rpc = Rpc::of_rest_path(req.uri().path());
     let conn = req.extensions().get::<ConnInfo>();
     match gate.admit(req.headers(), conn, rpc) {
         Ok((p, _)) => {
@@ -463,17 +438,8 @@ async fn authenticate(State(gate): State<AuthLayer>, mut req: Request, next: Nex
 
 /// The REST routes over `inference`, authenticated by `gate`, with request bodies of at most
 /// `max_body` bytes.
-pub fn router(
-    inference: Inference,
-    state: Arc<ServerState>,
-    gate: AuthLayer,
-    max_body: usize,
-) -> Router {
-    let app = App {
-        inference,
-        state,
-        max_body,
-    };
+pub fn router(engine: Engine, gate: AuthLayer, max_body: usize) -> Router {
+    let app = App { engine, max_body };
     let model = |suffix: &str| {
         [
             format!("/v2/models/{{model}}{suffix}"),
@@ -559,17 +525,6 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rest_paths_are_audited_as_the_grpc_method_they_run() {
-        assert_eq!(rpc_of("/v2"), "ServerMetadata");
-        assert_eq!(rpc_of("/v2/models/m/infer"), "ModelInfer");
-        assert_eq!(rpc_of("/v2/models/m/versions/1/infer"), "ModelInfer");
-        assert_eq!(rpc_of("/v2/models/m/versions/1"), "ModelMetadata");
-        assert_eq!(rpc_of("/v2/models/stats"), "ModelStatistics");
-        assert_eq!(rpc_of("/v2/repository/index"), "RepositoryIndex");
-        assert_eq!(rpc_of("/etc/passwd"), "unknown");
-    }
 
     #[test]
     fn grpc_codes_map_to_http_statuses() {

@@ -27,13 +27,13 @@ pub(super) fn inputs_of(model: &ServedModel) -> Vec<InputSpec> {
     let mut out = Vec::new();
     if let Some(i) = &arch.image {
         out.push(InputSpec {
-            name: osteo_onnx::names::IMAGES,
+            name: osteo_core::names::IMAGES,
             dims: vec![i.in_channels, i.height, i.width],
         });
     }
     if let Some(t) = &arch.tabular {
         out.push(InputSpec {
-            name: osteo_onnx::names::TABULAR,
+            name: osteo_core::names::TABULAR,
             dims: vec![t.in_features],
         });
     }
@@ -189,7 +189,7 @@ pub(super) fn samples(
             for (spec, column) in specs.iter().zip(&columns) {
                 let per = spec.per_sample();
                 let part = column.as_ref().map(|c| c[i * per..(i + 1) * per].to_vec());
-                if spec.name == osteo_onnx::names::IMAGES {
+                if spec.name == osteo_core::names::IMAGES {
                     sample.image = part;
                 } else {
                     sample.tabular = part;

@@ -14,7 +14,7 @@ pub(crate) fn input_encodings(model: &ServedModel) -> Vec<(&'static str, serde_j
     let mut out = Vec::new();
     if let Some(v) = &m.view {
         out.push((
-            osteo_onnx::names::IMAGES,
+            osteo_core::names::IMAGES,
             serde_json::json!({
                 "encoding": format!(
                     "coronal slab view of the axial CT: {}x{} pixels of {} mm, the {} mm slab \
@@ -37,7 +37,7 @@ pub(crate) fn input_encodings(model: &ServedModel) -> Vec<(&'static str, serde_j
             })
             .collect();
         out.push((
-            osteo_onnx::names::TABULAR,
+            osteo_core::names::TABULAR,
             serde_json::json!({
                 "encoding": "element i = (raw_i - mean_i) / std_i of feature i below, raw_i \
                              within [min_i, max_i]",

@@ -1,0 +1,411 @@
+//! Grading a study: the referenced or inline study resolved, the model's input prepared, the
+//! grade on one backend, the explanation, the comparison of backends, and the DICOM results.
+
+use super::{Call, Engine};
+use crate::convert;
+use crate::error::ServerError;
+use crate::models::ServedModel;
+use crate::scheduler::Worker;
+use crate::state::blocking;
+use crate::store::Study;
+use crate::text::client_text;
+use osteo_core::{Grade, Sample};
+use osteo_dicom::View;
+use osteo_proto::v1 as pb;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A prepared request: the study (if any), its view (image models) and the model input.
+struct Prepared {
+    study: Option<Arc<Study>>,
+    view: Option<Arc<View>>,
+    input: Sample,
+}
+
+impl Prepared {
+    /// The study handle ("" without a study).
+    fn handle(&self) -> String {
+        self.study
+            .as_ref()
+            .map(|s| s.handle.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// What a grading request names besides model and backend.
+struct Subject<'r> {
+    study: Option<&'r pb::StudyRef>,
+    clinical: Option<&'r pb::ClinicalVariables>,
+    clinical_from_dicom: bool,
+}
+
+/// One backend's answer on a prepared input.
+struct Graded {
+    backend: pb::BackendDescriptor,
+    grade: Grade,
+    probabilities: pb::GradeProbabilities,
+    logits: Vec<f32>,
+}
+
+impl Graded {
+    /// The grade and probabilities of `logits` from `worker`.
+    fn new(worker: &Worker, logits: Vec<f32>) -> Result<Self, ServerError> {
+        let (grade, probabilities) = convert::probabilities(&logits)?;
+        Ok(Self {
+            backend: convert::backend(worker.info()),
+            grade,
+            probabilities,
+            logits,
+        })
+    }
+}
+
+impl Engine {
+    /// The study a request refers to: a stored one by handle (the caller's own), or inline
+    /// files ingested for this request.
+    async fn study_of(
+        &self,
+        call: &mut Call,
+        study: Option<&pb::StudyRef>,
+    ) -> Result<Option<Arc<Study>>, ServerError> {
+        let owner = call.principal().name.clone();
+        match study.and_then(|s| s.source.as_ref()) {
+            None => Ok(None),
+            Some(pb::study_ref::Source::Study(handle)) => {
+                call.refers_to(handle);
+                if handle.is_empty() {
+                    return Err(ServerError::InvalidArgument(
+                        "study.study is empty: pass a handle from UploadStudy".into(),
+                    ));
+                }
+                Ok(Some(self.state.store.get(handle, Some(&owner))?.0))
+            }
+            Some(pb::study_ref::Source::Inline(inline)) => {
+                if inline.files.is_empty() {
+                    return Err(ServerError::InvalidArgument(
+                        "study.inline has no files: send the DICOM files of the series".into(),
+                    ));
+                }
+                let series = Some(inline.series_instance_uid.clone()).filter(|s| !s.is_empty());
+                let study = self
+                    .state
+                    .ingest(inline.files.clone(), series, owner)
+                    .await?;
+                Ok(Some(Arc::new(study)))
+            }
+        }
+    }
+
+    /// Resolves the study reference, builds the model's view and encodes the clinical variables.
+    async fn prepare(
+        &self,
+        call: &mut Call,
+        model: &ServedModel,
+        subject: Subject<'_>,
+    ) -> Result<Prepared, ServerError> {
+        let start = Instant::now();
+        let m = &model.artifacts.manifest;
+        let study = self.study_of(call, subject.study).await?;
+        let view = match m.view {
+            None => None,
+            Some(spec) => {
+                let s = study.clone().ok_or_else(|| {
+                    ServerError::FailedPrecondition(format!(
+                        "model {} ({}) reads CT: set study to a handle from UploadStudy or to \
+                         inline DICOM files",
+                        m.name, m.kind
+                    ))
+                })?;
+                // A view already built for this study is taken here; building one (the quality
+                // gate first, cached with the study) is blocking work for the ingest threads.
+                match s.cached_view(&spec) {
+                    Some(v) => Some(v),
+                    None => {
+                        let pool = self.state.ingest_pool.clone();
+                        Some(blocking(move || pool.install(|| s.view(&spec))).await?)
+                    }
+                }
+            }
+        };
+        let tabular = match &m.tabular {
+            None => None,
+            Some(spec) => {
+                let c = if subject.clinical_from_dicom {
+                    let s = study.as_ref().ok_or_else(|| {
+                        ServerError::FailedPrecondition(
+                            "clinical_from_dicom reads the study's DICOM header: set study to a \
+                             handle from UploadStudy or to inline DICOM files"
+                                .into(),
+                        )
+                    })?;
+                    convert::clinical_from_header(subject.clinical, &s.demographics)?
+                } else {
+                    let c = subject.clinical.ok_or_else(|| {
+                        ServerError::FailedPrecondition(format!(
+                            "model {} ({}) reads clinical variables: set clinical (age, sex, \
+                             height, weight), or clinical_from_dicom to read them from the \
+                             study's header",
+                            m.name, m.kind
+                        ))
+                    })?;
+                    convert::clinical(c)?
+                };
+                Some(spec.encode(&c).map_err(|e| {
+                    ServerError::InvalidArgument(format!("clinical variables: {e}"))
+                })?)
+            }
+        };
+        metrics::histogram!("osteo_preprocess_seconds", "model" => m.name.clone())
+            .record(start.elapsed().as_secs_f64());
+        if let Some(s) = &study {
+            call.study(s);
+        }
+        Ok(Prepared {
+            study,
+            input: Sample {
+                image: view.as_ref().map(|v| v.data.clone()),
+                tabular,
+            },
+            view,
+        })
+    }
+
+    /// Classify: the grade of a study and/or clinical variables on one model and backend, with
+    /// the DICOM SR when asked for.
+    pub async fn classify(
+        &self,
+        call: &mut Call,
+        req: pb::ClassifyRequest,
+    ) -> Result<pb::ClassifyResponse, ServerError> {
+        let start = Instant::now();
+        let _permit = self.state.admit()?;
+        let (model, backend) = self.resolve(call, &req.model, &req.backend)?;
+        let subject = Subject {
+            study: req.study.as_ref(),
+            clinical: req.clinical.as_ref(),
+            clinical_from_dicom: req.clinical_from_dicom,
+        };
+        let prepared = self.prepare(call, model, subject).await?;
+        let (_, worker) = model.worker(&backend)?;
+        let g = Graded::new(worker, worker.predict(prepared.input.clone()).await?)?;
+        let (mut response, grade) = classification(model, &prepared, g, start);
+        call.graded(grade);
+        if req.dicom_outputs {
+            let study = crate::results_dicom::study(prepared.study.as_ref())?;
+            response.dicom_sr =
+                crate::results_dicom::structured_report(model, study, &response, grade)?;
+        }
+        Ok(response)
+    }
+
+    /// Explain: the classification, the Grad-CAM map of a target class (models that read CT)
+    /// and the clinical variables' attributions, with the DICOM SR and secondary capture when
+    /// asked for.
+    pub async fn explain(
+        &self,
+        call: &mut Call,
+        req: pb::ExplainRequest,
+    ) -> Result<pb::ExplainResponse, ServerError> {
+        let start = Instant::now();
+        let _permit = self.state.admit()?;
+        let (model, backend) = self.resolve(call, &req.model, &req.backend)?;
+        let m = &model.artifacts.manifest;
+        let requested = convert::grade_from(req.target)?;
+        let (_, worker) = model.worker(&backend)?;
+        let subject = Subject {
+            study: req.study.as_ref(),
+            clinical: req.clinical.as_ref(),
+            clinical_from_dicom: req.clinical_from_dicom,
+        };
+        let prepared = self.prepare(call, model, subject).await?;
+        // One backend call gives the prediction and the Grad-CAM parts of every class.
+        let explanation = worker.explain(prepared.input.clone()).await?;
+        let graded = Graded::new(worker, explanation.logits.clone())?;
+        let (mut classification, predicted) = classification(model, &prepared, graded, start);
+        call.graded(predicted);
+        let target = requested.unwrap_or(predicted);
+        let features = convert::attributions(
+            m,
+            prepared.input.tabular.as_deref(),
+            explanation.tabular_gradients.get(target.index()),
+        );
+        // Models that read CT get the Grad-CAM map; a tabular model only its attributions.
+        let gradcam = match prepared.view.clone() {
+            None => None,
+            Some(view) => {
+                let parts = explanation
+                    .parts(target)
+                    .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
+                Some(
+                    blocking(move || {
+                        let map = osteo_core::gradcam::assemble(
+                            &parts,
+                            view.spec.height,
+                            view.spec.width,
+                        )
+                        .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
+                        let png = osteo_dicom::render::overlay_png(&view, &map.values, 2)?;
+                        Ok(pb::GradCamMap {
+                            height: map.height as u32,
+                            width: map.width as u32,
+                            values: map.values,
+                            overlay_png: png,
+                            geometry: Some(convert::view_geometry(&view)),
+                        })
+                    })
+                    .await?,
+                )
+            }
+        };
+        let mut dicom_secondary_capture = Vec::new();
+        if req.dicom_outputs {
+            let study = crate::results_dicom::study(prepared.study.as_ref())?;
+            classification.dicom_sr =
+                crate::results_dicom::structured_report(model, study, &classification, predicted)?;
+            // The overlay as a Secondary Capture, when there is one (models that read CT).
+            if let (Some(view), Some(map)) = (prepared.view.as_ref(), gradcam.as_ref()) {
+                let backend_name = classification
+                    .backend
+                    .as_ref()
+                    .map(|b| b.name.clone())
+                    .unwrap_or_default();
+                dicom_secondary_capture = crate::results_dicom::secondary_capture(
+                    model,
+                    study,
+                    view,
+                    &map.values,
+                    target,
+                    &backend_name,
+                )?;
+            }
+        }
+        classification.latency_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok(pb::ExplainResponse {
+            classification: Some(classification),
+            target: convert::grade(target),
+            gradcam,
+            features,
+            dicom_secondary_capture,
+        })
+    }
+
+    /// CompareBackends: one prepared input graded on several backends of a model, with their
+    /// largest probability difference and whether the grades agree.
+    pub async fn compare_backends(
+        &self,
+        call: &mut Call,
+        req: pb::CompareBackendsRequest,
+    ) -> Result<pb::CompareBackendsResponse, ServerError> {
+        let _permit = self.state.admit()?;
+        let (model, _) = self.resolve(call, &req.model, "")?;
+        let names = compare_backends(model, &req.backends)?;
+        // The label lists the backends in the model's order: a bounded set of values.
+        let label: Vec<String> = model
+            .backend_names()
+            .into_iter()
+            .filter(|b| names.contains(b))
+            .collect();
+        call.backends(label.join(","));
+        let subject = Subject {
+            study: req.study.as_ref(),
+            clinical: req.clinical.as_ref(),
+            clinical_from_dicom: req.clinical_from_dicom,
+        };
+        let prepared = self.prepare(call, model, subject).await?;
+        let mut graded = Vec::new();
+        for n in &names {
+            let start = Instant::now();
+            let (_, worker) = model.worker(n)?;
+            let g = Graded::new(worker, worker.predict(prepared.input.clone()).await?)?;
+            graded.push((g, start.elapsed().as_secs_f64() * 1e3));
+        }
+        let probs: Vec<[f32; 3]> = graded
+            .iter()
+            .map(|(g, _)| {
+                let p = &g.probabilities;
+                [p.normal, p.osteopenia, p.osteoporosis]
+            })
+            .collect();
+        let mut max_abs_diff = 0f64;
+        for a in &probs {
+            for b in &probs {
+                for k in 0..3 {
+                    max_abs_diff = max_abs_diff.max(f64::from((a[k] - b[k]).abs()));
+                }
+            }
+        }
+        let grades_agree = graded.windows(2).all(|w| w[0].0.grade == w[1].0.grade);
+        if let (true, Some((g, _))) = (grades_agree, graded.first()) {
+            call.graded(g.grade);
+        }
+        let results = graded
+            .into_iter()
+            .map(|(g, latency_ms)| pb::BackendResult {
+                backend: Some(g.backend),
+                grade: convert::grade(g.grade),
+                probabilities: Some(g.probabilities),
+                logits: g.logits,
+                latency_ms,
+            })
+            .collect();
+        Ok(pb::CompareBackendsResponse {
+            study: prepared.handle(),
+            model: Some(convert::model(model)),
+            results,
+            max_abs_diff,
+            grades_agree,
+        })
+    }
+}
+
+/// The Classify answer of a graded input, and its grade.
+fn classification(
+    model: &ServedModel,
+    prepared: &Prepared,
+    g: Graded,
+    start: Instant,
+) -> (pb::ClassifyResponse, Grade) {
+    let response = pb::ClassifyResponse {
+        study: prepared.handle(),
+        model: Some(convert::model(model)),
+        backend: Some(g.backend),
+        grade: convert::grade(g.grade),
+        probabilities: Some(g.probabilities),
+        logits: g.logits,
+        latency_ms: start.elapsed().as_secs_f64() * 1e3,
+        dicom_sr: Vec::new(),
+    };
+    (response, g.grade)
+}
+
+/// The backends a CompareBackends request names, checked before any work: each a backend
+/// serving the model, each at most once (so the list is never longer than the served list);
+/// every serving backend when the request names none. Returned in the requested order.
+fn compare_backends(model: &ServedModel, requested: &[String]) -> Result<Vec<String>, ServerError> {
+    let served = model.backend_names();
+    if requested.is_empty() {
+        return Ok(served);
+    }
+    if requested.len() > served.len() {
+        return Err(ServerError::InvalidArgument(format!(
+            "backends lists {} entries but model {} is served by {} backend(s) ({}): name each \
+             at most once",
+            requested.len(),
+            model.name(),
+            served.len(),
+            served.join(", ")
+        )));
+    }
+    let mut chosen = Vec::with_capacity(requested.len());
+    for name in requested {
+        let (canonical, _) = model.worker(name)?;
+        if chosen.iter().any(|c: &String| c == canonical) {
+            return Err(ServerError::InvalidArgument(format!(
+                "backends names \"{}\" twice: name each backend at most once",
+                client_text(name)
+            )));
+        }
+        chosen.push(canonical.to_string());
+    }
+    Ok(chosen)
+}

@@ -1,0 +1,191 @@
+//! The protocol-neutral engine: the study store, the models, admission, ingest, audit and the
+//! operations (upload, classify, explain, compare, studies, the Open Inference Protocol's
+//! infer and model queries) as plain functions over a [`Call`]. The front doors — osteo.v1
+//! over gRPC, the Open Inference Protocol over gRPC and over REST — are siblings that
+//! translate their protocol into a call and the typed answer back; none calls another.
+//! [`Engine::run`] is the one frame every call goes through: permission, deadline, span, one
+//! metrics sample, one audit record and one log line, read from the call's context and
+//! outcome.
+
+mod call;
+mod grading;
+pub mod oip;
+mod rpc;
+mod studies;
+
+pub use call::{Call, Outcome};
+pub use rpc::Rpc;
+
+use crate::error::ServerError;
+use crate::models::ServedModel;
+use crate::state::State;
+use crate::text::client_text;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// An operation's future, borrowing the engine and its call.
+pub type Op<'c, T> = Pin<Box<dyn Future<Output = Result<T, ServerError>> + Send + 'c>>;
+
+/// The engine every front door calls.
+#[derive(Clone)]
+pub struct Engine {
+    state: Arc<State>,
+}
+
+impl Engine {
+    /// An engine over shared state.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// The server's request timeout, the budget of a call whose client set none.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.state.settings.server.request_timeout_s)
+    }
+
+    /// Runs `op` as `call`: refused unless the caller may make it, cancelled at its budget,
+    /// inside its span; then counted (`osteo_requests_total`, `osteo_request_seconds`, the
+    /// model's statistics), audited and logged from its context and outcome. An answer whose
+    /// audit record cannot be written is withheld.
+    pub async fn run<T, F>(&self, mut call: Call, op: F) -> Result<T, ServerError>
+    where
+        F: for<'c> FnOnce(&'c Engine, &'c mut Call) -> Op<'c, T>,
+    {
+        let start = Instant::now();
+        let span = call.span().clone();
+        span.in_scope(|| tracing::debug!("request started"));
+        let result = match call.permitted() {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let (rpc, budget) = (call.rpc(), call.budget());
+                let fut = op(self, &mut call).instrument(span.clone());
+                match tokio::time::timeout(budget, fut).await {
+                    Ok(r) => r.map_err(ServerError::one_line),
+                    Err(_) => Err(ServerError::DeadlineExceeded(format!(
+                        "{rpc} did not finish within its deadline of {} ms (queue, \
+                         preprocessing and inference); retry later or allow more time",
+                        budget.as_millis()
+                    ))),
+                }
+            }
+        };
+        let code = result
+            .as_ref()
+            .map_or_else(ServerError::code, |_| tonic::Code::Ok);
+        let took = start.elapsed();
+        let ms = took.as_secs_f64() * 1e3;
+        self.count_in_model_statistics(&call, result.is_ok(), took);
+        let outcome = call.outcome();
+        let record = crate::audit::Record {
+            study: call.recorded_study(),
+            model: outcome.model.clone(),
+            backend: outcome.backend.clone(),
+            grade: outcome.grade.clone(),
+            ..crate::audit::Record::new(
+                call.rpc().name(),
+                &call.principal().name,
+                call.peer().map(|a| a.to_string()).unwrap_or_default(),
+                code,
+                ms,
+            )
+        };
+        span.record("study", record.study.as_str());
+        span.record("model", record.model.as_str());
+        span.record("backend", record.backend.as_str());
+        let code_name = record.code.clone();
+        let result = self
+            .state
+            .account(call.rpc().name(), record)
+            .await
+            .and(result);
+        let _enter = span.enter();
+        match &result {
+            Ok(_) => tracing::info!(code = %code_name, ms, "request served"),
+            Err(e) => tracing::warn!(code = %code_name, ms, error = %e, "request failed"),
+        }
+        result
+    }
+
+    /// Adds a model call's outcome to its model's statistics (calls that never reached a
+    /// served model are not counted).
+    fn count_in_model_statistics(&self, call: &Call, ok: bool, took: Duration) {
+        let name = &call.outcome().model;
+        if !call.rpc().runs_a_model() || name.is_empty() || name == "unknown" {
+            return;
+        }
+        if let Ok(model) = self.state.models().and_then(|m| m.get(name)) {
+            model.stats.finished(ok, took);
+        }
+    }
+
+    /// The requested model and backend, recording the served names in the call (or `unknown`
+    /// for a name the server does not serve).
+    pub(crate) fn resolve(
+        &self,
+        call: &mut Call,
+        model: &str,
+        backend: &str,
+    ) -> Result<(&ServedModel, String), ServerError> {
+        let model = match self.state.models()?.get(model) {
+            Ok(m) => m,
+            Err(e) => {
+                call.served_by("unknown", "");
+                return Err(e);
+            }
+        };
+        let backend = match model.worker(backend) {
+            Ok((b, _)) => b.to_string(),
+            Err(e) => {
+                call.served_by(model.name(), "unknown");
+                return Err(e);
+            }
+        };
+        call.served_by(model.name(), &backend);
+        Ok((model, backend))
+    }
+
+    /// The served model `name` at `version` ("" = the served one), recording its served name
+    /// in the call (or `unknown`).
+    pub(crate) fn lookup(
+        &self,
+        call: &mut Call,
+        name: &str,
+        version: &str,
+    ) -> Result<&ServedModel, ServerError> {
+        let model = match self.state.models()?.get(name) {
+            Ok(m) => m,
+            Err(e) => {
+                call.served_by("unknown", "");
+                return Err(e);
+            }
+        };
+        call.served_by(model.name(), "");
+        check_version(model, version)?;
+        Ok(model)
+    }
+}
+
+/// Checks a request's model version against the served one ("" = the served version).
+pub(crate) fn check_version(model: &ServedModel, version: &str) -> Result<(), ServerError> {
+    let served = &model.artifacts.manifest.version;
+    if version.is_empty() || version == served {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound(format!(
+            "model {} has no version \"{}\" (serving version {served})",
+            model.name(),
+            client_text(version)
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests;

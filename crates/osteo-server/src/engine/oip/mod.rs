@@ -1,0 +1,204 @@
+//! The Open Inference Protocol (KServe v2) operations of the engine, shared by its gRPC and
+//! REST front doors. Every served model is a v2 model under its own name and its model.toml
+//! version, with the inputs its model.onnx reads — `images` FP32 `[-1, C, H, W]` (the view)
+//! and/or `tabular` FP32 `[-1, F]` (the encoded clinical features) — and the outputs `logits`
+//! and `probabilities`, FP32 `[-1, 3]` in class order normal, osteopenia, osteoporosis. A
+//! request of N rows is N samples in the model's dynamic batch, so v2 and osteo.v1 traffic
+//! batch together.
+
+mod describe;
+mod tensors;
+
+pub(crate) use describe::input_encodings;
+pub(crate) use tensors::max_request_elements;
+use tensors::{inputs_of, requested_outputs, samples};
+
+use super::{Call, Engine};
+use crate::error::ServerError;
+use osteo_proto::inference as v2;
+
+/// The element type every input and output uses.
+const FP32: &str = "FP32";
+
+/// Name of the output holding the logits (as in model.onnx).
+const LOGITS: &str = osteo_core::names::LOGITS;
+
+/// Name of the output holding the softmax probabilities.
+const PROBABILITIES: &str = "probabilities";
+
+/// The protocol extensions served (ServerMetadata), by Triton's names.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "parameters",
+];
+
+/// The `backend` request parameter ("" = the model's default backend).
+fn backend_parameter(req: &v2::ModelInferRequest) -> Result<String, ServerError> {
+    match req
+        .parameters
+        .get("backend")
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(String::new()),
+        Some(v2::infer_parameter::ParameterChoice::StringParam(b)) => Ok(b.clone()),
+        Some(_) => Err(ServerError::InvalidArgument(
+            "parameter \"backend\" must be a string naming a serving backend".into(),
+        )),
+    }
+}
+
+impl Engine {
+    /// ModelInfer: admission, checks, the samples through the model's scheduler, the outputs
+    /// in the request's form (raw when its inputs were raw).
+    pub async fn model_infer(
+        &self,
+        call: &mut Call,
+        req: v2::ModelInferRequest,
+    ) -> Result<v2::ModelInferResponse, ServerError> {
+        let _permit = self.state.admit()?;
+        let backend = backend_parameter(&req)?;
+        let (model, backend) = self.resolve(call, &req.model_name, &backend)?;
+        super::check_version(model, &req.model_version)?;
+        let outputs = requested_outputs(&req)?;
+        let max_batch = self.state.settings.scheduler.max_batch;
+        let (samples, raw) = samples(&req, &inputs_of(model), max_batch)?;
+        let n = samples.len();
+        let (_, worker) = model.worker(&backend)?;
+        let logits = worker.predict_many(samples).await?;
+        let probabilities: Vec<Vec<f32>> = logits
+            .iter()
+            .map(|l| osteo_core::backend::softmax(l))
+            .collect();
+        if let [one] = logits.as_slice() {
+            call.graded(crate::convert::probabilities(one)?.0);
+        }
+        let classes = logits.first().map_or(3, Vec::len);
+        let mut response = v2::ModelInferResponse {
+            model_name: model.name().to_string(),
+            model_version: model.artifacts.manifest.version.clone(),
+            id: req.id.clone(),
+            ..Default::default()
+        };
+        for name in outputs {
+            let rows = if name == LOGITS {
+                &logits
+            } else {
+                &probabilities
+            };
+            let values: Vec<f32> = rows.iter().flatten().copied().collect();
+            let mut tensor = v2::model_infer_response::InferOutputTensor {
+                name: name.to_string(),
+                datatype: FP32.to_string(),
+                shape: vec![n as i64, classes as i64],
+                ..Default::default()
+            };
+            if raw {
+                response
+                    .raw_output_contents
+                    .push(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+            } else {
+                tensor.contents = Some(v2::InferTensorContents {
+                    fp32_contents: values,
+                    ..Default::default()
+                });
+            }
+            response.outputs.push(tensor);
+        }
+        Ok(response)
+    }
+
+    /// ServerReady: whether every model is loaded and up.
+    pub fn server_ready(&self) -> v2::ServerReadyResponse {
+        v2::ServerReadyResponse {
+            ready: self.state.all_models_up(),
+        }
+    }
+
+    /// ServerMetadata: the server's name, version and protocol extensions.
+    pub fn server_metadata(&self) -> v2::ServerMetadataResponse {
+        v2::ServerMetadataResponse {
+            name: "osteoserve".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            extensions: EXTENSIONS.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// ModelReady: whether the model `name` at `version` is up.
+    pub fn model_ready(
+        &self,
+        call: &mut Call,
+        name: &str,
+        version: &str,
+    ) -> Result<v2::ModelReadyResponse, ServerError> {
+        let model = self.lookup(call, name, version)?;
+        Ok(v2::ModelReadyResponse {
+            ready: model.is_up(),
+        })
+    }
+
+    /// ModelMetadata: the model's versions, platform, inputs and outputs.
+    pub fn model_metadata(
+        &self,
+        call: &mut Call,
+        name: &str,
+        version: &str,
+    ) -> Result<v2::ModelMetadataResponse, ServerError> {
+        Ok(describe::metadata(self.lookup(call, name, version)?))
+    }
+
+    /// ModelConfig: Triton's model configuration.
+    pub fn model_config(
+        &self,
+        call: &mut Call,
+        name: &str,
+        version: &str,
+    ) -> Result<v2::ModelConfigResponse, ServerError> {
+        let model = self.lookup(call, name, version)?;
+        Ok(v2::ModelConfigResponse {
+            config: Some(describe::config(model, &self.state.settings)),
+        })
+    }
+
+    /// ModelStatistics: Triton's statistics of one model, or of every model when `name` is "".
+    pub fn model_statistics(
+        &self,
+        call: &mut Call,
+        name: &str,
+        version: &str,
+    ) -> Result<v2::ModelStatisticsResponse, ServerError> {
+        let models = self.state.models()?;
+        let model_stats = if name.is_empty() {
+            models.all().iter().map(describe::statistics).collect()
+        } else {
+            vec![describe::statistics(self.lookup(call, name, version)?)]
+        };
+        Ok(v2::ModelStatisticsResponse { model_stats })
+    }
+
+    /// RepositoryIndex: the served models and their state (only ready ones when `ready`).
+    pub fn repository_index(
+        &self,
+        ready: bool,
+    ) -> Result<v2::RepositoryIndexResponse, ServerError> {
+        let models = self
+            .state
+            .models()?
+            .all()
+            .iter()
+            .filter(|m| !ready || m.is_up())
+            .map(|m| v2::repository_index_response::ModelIndex {
+                name: m.name().to_string(),
+                version: m.artifacts.manifest.version.clone(),
+                state: if m.is_up() { "READY" } else { "UNAVAILABLE" }.to_string(),
+                reason: if m.is_up() {
+                    String::new()
+                } else {
+                    "a backend is being reloaded after repeated failures".to_string()
+                },
+            })
+            .collect();
+        Ok(v2::RepositoryIndexResponse { models })
+    }
+}
