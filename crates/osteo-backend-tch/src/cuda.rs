@@ -13,6 +13,7 @@ static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Loads `libtorch_cuda.so` once per process, globally (its CUDA kernels register themselves
 /// with libtorch on load).
+#[allow(unsafe_code)] // dlopen and dlerror (SAFETY comments below)
 fn load_cuda_library() -> Result<(), String> {
     LOADED
         .get_or_init(|| {
