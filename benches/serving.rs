@@ -110,9 +110,7 @@ fn benches(c: &mut Criterion) {
         .models
         .retain(|m| m.path.ends_with("osteo-fused-v1"));
     settings.models[0].path = artifacts.dir.clone();
-    let mut registry = osteo_server::Registry::new();
-    registry.register::<CandleBackend>("candle");
-    registry.register::<OrtBackend>("ort");
+    let registry = osteo_backends::registry(&settings.backends);
     runtime.spawn(osteo_server::serve(
         settings,
         registry,

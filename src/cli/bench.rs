@@ -1,7 +1,6 @@
 //! `osteo bench`: backends side by side in this process: predict latency per batch size and
 //! Grad-CAM latency on one device, on a phantom study (latency does not depend on the content).
 
-use super::serve::load_backend;
 use anyhow::{Context, bail};
 use clap::Args;
 use osteo_core::{Batch, Device, ModelArtifacts, Sample};
@@ -95,7 +94,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let batch = |n: usize| -> anyhow::Result<Batch> { Ok(Batch::stack(&m.arch, &vec![&one; n])?) };
     let mut rows = Vec::new();
     for name in &args.backends {
-        let mut backend = load_backend(name, &artifacts, device)?;
+        let mut backend = osteo_backends::load(name, &artifacts, device)?;
         let library = backend.info().library_version;
         for &n in &args.batches {
             let input = batch(n)?;

@@ -66,7 +66,7 @@ fn direct(
         b if b.is_empty() => "ort".to_string(),
         b => b,
     };
-    let mut backend = super::serve::load_backend(&name, &artifacts, Device::Cpu)?;
+    let mut backend = osteo_backends::load(&name, &artifacts, Device::Cpu)?;
     let ms = super::bench::timings(1, n, || {
         backend.predict(&batch)?;
         Ok(())

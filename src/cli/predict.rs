@@ -101,8 +101,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     // The backend loads (ONNX Runtime's library and session: tens of milliseconds) while the
     // study is read; a bad study is reported before a backend problem.
     let (input, backend) = std::thread::scope(|scope| {
-        let loading =
-            scope.spawn(|| super::serve::load_backend(&args.backend, &artifacts, Device::Cpu));
+        let loading = scope.spawn(|| osteo_backends::load(&args.backend, &artifacts, Device::Cpu));
         let input = local_input(
             &m,
             args.dicom.as_deref(),

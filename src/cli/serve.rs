@@ -1,14 +1,7 @@
 //! `osteo serve`: the gRPC server with the backends built into this binary.
 
-use anyhow::Context;
 use clap::Args;
-use osteo_backend_candle::CandleBackend;
-use osteo_backend_ort::{OrtBackend, OrtOptions};
-use osteo_core::{Backend, Device, ModelArtifacts};
-use osteo_server::Registry;
-use osteo_server::config::BackendSettings;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Arguments of `osteo serve`.
 #[derive(Debug, Args)]
@@ -30,52 +23,6 @@ pub struct ServeArgs {
     /// Only validate the configuration, print the effective settings as JSON and exit.
     #[arg(long)]
     check: bool,
-}
-
-/// The backends compiled into this binary, with their configured engine options.
-pub fn registry(settings: &BackendSettings) -> Registry {
-    let mut r = Registry::new();
-    r.register::<CandleBackend>("candle");
-    let ort = OrtOptions {
-        intra_threads: settings.ort.intra_threads,
-        spinning: settings.ort.spinning,
-    };
-    r.register_loader(
-        "ort",
-        Arc::new(move |artifacts, device| {
-            OrtBackend::load_with(artifacts, device, ort).map(|b| Box::new(b) as Box<dyn Backend>)
-        }),
-    );
-    #[cfg(feature = "tch")]
-    {
-        let tch = osteo_backend_tch::TchOptions {
-            intra_threads: settings.tch.intra_threads,
-        };
-        r.register_loader(
-            "tch",
-            Arc::new(move |artifacts, device| {
-                osteo_backend_tch::TchBackend::load_with(artifacts, device, tch)
-                    .map(|b| Box::new(b) as Box<dyn Backend>)
-            }),
-        );
-    }
-    r
-}
-
-/// Loads a model in this process on a backend of this binary, by name, with default options.
-pub fn load_backend(
-    name: &str,
-    artifacts: &ModelArtifacts,
-    device: Device,
-) -> anyhow::Result<Box<dyn Backend>> {
-    let backends = registry(&BackendSettings::default());
-    let loader = backends.get(name).with_context(|| {
-        format!(
-            "backend {name:?} is not built into this binary (available: {})",
-            backends.names().join(", ")
-        )
-    })?;
-    Ok(loader(artifacts, device)?)
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -122,7 +69,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let telemetry = osteo_server::telemetry::init(&settings.telemetry)?;
-        let backends = registry(&settings.backends);
+        let backends = osteo_backends::registry(&settings.backends);
         let served = osteo_server::serve(settings, backends, shutdown_signal()).await;
         // Flushing the trace exporter blocks: keep it off the async threads.
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;

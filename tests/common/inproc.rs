@@ -1,31 +1,18 @@
 //! An in-process server (DESIGN §11, mini-redis style): `osteo_server::serve_on` on listeners
 //! bound to port 0 before it starts, so tests run without subprocesses or port races.
 
-use osteo_backend_candle::CandleBackend;
-use osteo_backend_ort::{OrtBackend, OrtOptions};
-use osteo_core::Backend;
 use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
 use osteo_server::{Registry, ServerError};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// The candle and ONNX Runtime backends, as `osteo serve` registers them.
+/// The backends of this build with default options, as `osteo serve` registers them.
 pub fn registry() -> Registry {
-    let mut r = Registry::new();
-    r.register::<CandleBackend>("candle");
-    r.register_loader(
-        "ort",
-        Arc::new(|artifacts, device| {
-            OrtBackend::load_with(artifacts, device, OrtOptions::default())
-                .map(|b| Box::new(b) as Box<dyn Backend>)
-        }),
-    );
-    r
+    osteo_backends::registry(&osteo_server::config::BackendSettings::default())
 }
 
 /// A server running inside the test process.
