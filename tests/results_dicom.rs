@@ -255,3 +255,102 @@ print(json.dumps({
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("dicom_outputs"), "{}", e.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predict_and_the_server_grade_a_study_alike_and_write_the_same_report() {
+    let server = InProc::start(
+        "",
+        &[("osteo-fused-v1", "backends = [\"ort\"]")],
+        registry(),
+    )
+    .await;
+    let mut c = server.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::study(&dir.path().join("study"));
+    let handle = common::upload(&mut c, &common::read_all(&files), 256 << 10).await;
+    let served = c
+        .classify(pb::ClassifyRequest {
+            study: Some(pb::StudyRef {
+                source: Some(pb::study_ref::Source::Study(handle)),
+            }),
+            // The values of common::CLINICAL_FLAGS.
+            clinical: Some(pb::ClinicalVariables {
+                smoker: None,
+                ..common::clinical()
+            }),
+            dicom_outputs: true,
+            ..Default::default()
+        })
+        .await
+        .expect("classify")
+        .into_inner();
+    let served_sr = dir.path().join("served.dcm");
+    std::fs::write(&served_sr, &served.dicom_sr).expect("write");
+
+    let local_sr = dir.path().join("local.dcm");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(["predict", "--json", "--backend", "ort", "--model"])
+        .arg(root.join("models/osteo-fused-v1"))
+        .arg("--dicom")
+        .arg(files[0].parent().expect("dir"))
+        .args(common::CLINICAL_FLAGS)
+        .arg("--sr-out")
+        .arg(&local_sr));
+    assert!(ok, "{out}");
+    let local: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+
+    // The same probabilities, to the last bit of an f32.
+    let p = served.probabilities.expect("probabilities");
+    for (key, value) in [
+        ("normal", p.normal),
+        ("osteopenia", p.osteopenia),
+        ("osteoporosis", p.osteoporosis),
+    ] {
+        let l = local["probabilities"][key].as_f64().expect("probability") as f32;
+        assert_eq!(l.to_bits(), value.to_bits(), "{key}: {l} vs {value}");
+    }
+    let grade = pb::Grade::try_from(served.grade).expect("grade");
+    let name = grade
+        .as_str_name()
+        .trim_start_matches("GRADE_")
+        .to_lowercase();
+    assert_eq!(local["grade"].as_str(), Some(name.as_str()));
+
+    // The same report, element by element, apart from generated UIDs and the times written.
+    let python = root.join(".cache/venv/bin/python");
+    let (ok, diff) = run(Command::new(python)
+        .arg("-c")
+        .arg(
+            r#"
+import json, sys, pydicom
+a, b = (pydicom.dcmread(f).to_json_dict() for f in sys.argv[1:3])
+SKIP = {"UI", "DA", "TM", "DT"}
+def compare(x, y, path, out):
+    for tag in sorted(set(x) | set(y)):
+        if tag not in x or tag not in y:
+            out.append(path + tag + " only in one")
+            continue
+        ex, ey = x[tag], y[tag]
+        if ex.get("vr") != ey.get("vr"):
+            out.append(path + tag + " VR differs")
+        elif ex.get("vr") in SKIP:
+            continue
+        elif ex.get("vr") == "SQ":
+            ix, iy = ex.get("Value", []), ey.get("Value", [])
+            if len(ix) != len(iy):
+                out.append(path + tag + " item count differs")
+            for k, (i, j) in enumerate(zip(ix, iy)):
+                compare(i, j, path + tag + "[%d]." % k, out)
+        elif ex.get("Value") != ey.get("Value"):
+            out.append(path + tag + ": %r vs %r" % (ex.get("Value"), ey.get("Value")))
+    return out
+print(json.dumps(compare(a, b, "", [])))
+"#,
+        )
+        .arg(&served_sr)
+        .arg(&local_sr));
+    assert!(ok, "{diff}");
+    let differences: Vec<String> = serde_json::from_str(diff.trim()).expect("JSON");
+    assert!(differences.is_empty(), "{differences:#?}");
+}

@@ -3,7 +3,7 @@
 use super::clinical::ClinicalArgs;
 use anyhow::Context;
 use clap::Args;
-use osteo_core::{Batch, ClinicalVariables, Device, Grade, ModelArtifacts, ModelManifest, Sample};
+use osteo_core::{Batch, ClinicalVariables, Device, Grade, ModelArtifacts, ModelManifest};
 use osteo_dicom::{DicomSource, IngestOptions, View};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -71,21 +71,15 @@ pub fn local_input(
     let clinical =
         ClinicalVariables::validate(clinical.input(ingested.as_ref().map(|i| &i.demographics))?)?;
     let view = match (&m.view, &ingested) {
-        (Some(spec), Some(ingested)) => {
-            // The model's quality gate first: a study it cannot grade is refused, not graded.
-            osteo_dicom::assess(&ingested.volume, spec).check()?;
-            Some(osteo_dicom::coronal_slab(&ingested.volume, spec)?)
-        }
+        // The model's quality gate first: a study it cannot grade is refused, not graded.
+        (Some(spec), Some(ingested)) => Some(osteo_pipeline::gated_view(
+            &osteo_dicom::assess(&ingested.volume, spec),
+            &ingested.volume,
+            spec,
+        )?),
         _ => None,
     };
-    let sample = Sample {
-        image: view.as_ref().map(|v| v.data.clone()),
-        tabular: m
-            .tabular
-            .as_ref()
-            .map(|spec| spec.encode(&clinical))
-            .transpose()?,
-    };
+    let sample = osteo_pipeline::input(m, view.as_ref(), Some(&clinical))?;
     let batch = Batch::stack(&m.arch, &[sample])?;
     Ok(LocalInput {
         view,
@@ -138,27 +132,20 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         None => (backend.predict(&batch)?.into_data(), None),
     };
     let latency_ms = start.elapsed().as_secs_f64() * 1e3;
-    let probs = osteo_core::backend::softmax(&logits);
-    let grade = Grade::most_probable(&[probs[0], probs[1], probs[2]])
-        .context("the model's output for this study is not a number")?;
+    let graded = osteo_pipeline::grade(&logits)?;
+    let (grade, probs) = (graded.grade, graded.probabilities);
     if let (Some((png, v)), Some(e)) = (explain, &explanation) {
-        let parts = e.parts(grade)?;
-        let map = osteo_core::gradcam::assemble(&parts, v.spec.height, v.spec.width)?;
+        let map = osteo_pipeline::gradcam(e, grade, v)?;
         let bytes = osteo_dicom::render::overlay_png(v, &map.values, 4)?;
         std::fs::write(png, bytes).with_context(|| format!("cannot write {}", png.display()))?;
     }
     if let (Some(path), Some(source)) = (&args.sr_out, &source) {
-        let finding = osteo_dicom::sr::Finding {
-            grade: grade.index(),
-            probabilities: [probs[0], probs[1], probs[2]],
-            model: m.name.clone(),
-            version: m.version.clone(),
-            backend: args.backend.clone(),
-            synthetic: m.trained_on_synthetic(),
-            series_uid: osteo_dicom::sr::new_uid(),
-            series_number: 9901,
+        let name = backend.info().name;
+        let by = osteo_pipeline::Producer {
+            manifest: &m,
+            backend: &name,
         };
-        let bytes = osteo_dicom::sr::structured_report(source, &finding)?;
+        let bytes = osteo_pipeline::structured_report(source, by, &graded)?;
         std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {

@@ -112,17 +112,14 @@ pub fn grade_from(value: i32) -> Result<Option<Grade>, ServerError> {
 /// Probabilities of the three grades from logits; INTERNAL when they are not numbers (the
 /// scheduler refuses non-finite logits before this, so a grade is never made of NaN).
 pub fn probabilities(logits: &[f32]) -> Result<(Grade, pb::GradeProbabilities), ServerError> {
-    let p = osteo_core::backend::softmax(logits);
-    let get = |k: usize| p.get(k).copied().unwrap_or(f32::NAN);
-    let grade = Grade::most_probable(&[get(0), get(1), get(2)]).ok_or_else(|| {
-        ServerError::Internal("the model's class probabilities are not numbers".into())
-    })?;
+    let g = osteo_pipeline::grade(logits)?;
+    let [normal, osteopenia, osteoporosis] = g.probabilities;
     Ok((
-        grade,
+        g.grade,
         pb::GradeProbabilities {
-            normal: get(0),
-            osteopenia: get(1),
-            osteoporosis: get(2),
+            normal,
+            osteopenia,
+            osteoporosis,
         },
     ))
 }

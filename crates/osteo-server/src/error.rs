@@ -110,6 +110,20 @@ impl From<osteo_dicom::DicomError> for ServerError {
     }
 }
 
+impl From<osteo_pipeline::PipelineError> for ServerError {
+    fn from(e: osteo_pipeline::PipelineError) -> Self {
+        use osteo_pipeline::PipelineError as P;
+        match e {
+            P::Dicom(d) => d.into(),
+            P::Core(_) => ServerError::InvalidArgument(e.to_string()),
+            P::NoView { .. } | P::NoClinical { .. } => {
+                ServerError::FailedPrecondition(e.to_string())
+            }
+            P::NotANumber | P::TooLarge(_) => ServerError::Internal(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,6 @@ pub mod models;
 pub mod registry;
 pub mod rest;
 pub mod rest_json;
-mod results_dicom;
 pub mod scheduler;
 pub mod server;
 pub mod service;

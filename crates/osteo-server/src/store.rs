@@ -10,7 +10,7 @@ use crate::budget::{Budget, Reservation};
 use crate::error::ServerError;
 use crate::text::client_text;
 use osteo_core::ViewSpec;
-use osteo_dicom::{Assessment, Demographics, SourceStudy, View, Volume, assess, coronal_slab};
+use osteo_dicom::{Assessment, Demographics, SourceStudy, View, Volume, assess};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -107,8 +107,11 @@ impl Study {
         if let Some(v) = self.cached_view(spec) {
             return Ok(v);
         }
-        self.assessment(spec).check()?;
-        let view = Arc::new(coronal_slab(&self.volume, spec)?);
+        let view = Arc::new(osteo_pipeline::gated_view(
+            &self.assessment(spec),
+            &self.volume,
+            spec,
+        )?);
         lock(&self.views).push((*spec, view.clone()));
         Ok(view)
     }

@@ -30,7 +30,10 @@ pub fn probabilities(
             let row = logits.row(i).ok_or_else(|| {
                 TrainError::Engine(format!("model {}: logits row {i} missing", manifest.name))
             })?;
-            let p = osteo_core::backend::softmax(row);
+            // The probabilities exactly as the server and `osteo predict` compute them.
+            let p = osteo_pipeline::grade(row)
+                .map_err(|e| TrainError::Engine(format!("model {}: {e}", manifest.name)))?
+                .probabilities;
             out.push([f64::from(p[0]), f64::from(p[1]), f64::from(p[2])]);
         }
     }

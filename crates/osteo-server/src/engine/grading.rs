@@ -127,9 +127,9 @@ impl Engine {
                 }
             }
         };
-        let tabular = match &m.tabular {
+        let clinical = match &m.tabular {
             None => None,
-            Some(spec) => {
+            Some(_) => {
                 let c = if subject.clinical_from_dicom {
                     let s = study.as_ref().ok_or_else(|| {
                         ServerError::FailedPrecondition(
@@ -150,24 +150,22 @@ impl Engine {
                     })?;
                     convert::clinical(c)?
                 };
-                Some(spec.encode(&c).map_err(|e| {
-                    ServerError::InvalidArgument(format!("clinical variables: {e}"))
-                })?)
+                Some(c)
             }
         };
+        let input =
+            osteo_pipeline::input(m, view.as_deref(), clinical.as_ref()).map_err(|e| match e {
+                osteo_pipeline::PipelineError::Core(e) => {
+                    ServerError::InvalidArgument(format!("clinical variables: {e}"))
+                }
+                e => e.into(),
+            })?;
         metrics::histogram!("osteo_preprocess_seconds", "model" => m.name.clone())
             .record(start.elapsed().as_secs_f64());
         if let Some(s) = &study {
             call.study(s);
         }
-        Ok(Prepared {
-            study,
-            input: Sample {
-                image: view.as_ref().map(|v| v.data.clone()),
-                tabular,
-            },
-            view,
-        })
+        Ok(Prepared { study, input, view })
     }
 
     /// Classify: the grade of a study and/or clinical variables on one model and backend, with
@@ -191,9 +189,7 @@ impl Engine {
         let (mut response, grade) = classification(model, &prepared, g, start);
         call.graded(grade);
         if req.dicom_outputs {
-            let study = crate::results_dicom::study(prepared.study.as_ref())?;
-            response.dicom_sr =
-                crate::results_dicom::structured_report(model, study, &response, grade)?;
+            response.dicom_sr = structured_report(model, &prepared, &response)?;
         }
         Ok(response)
     }
@@ -233,17 +229,10 @@ impl Engine {
         let gradcam = match prepared.view.clone() {
             None => None,
             Some(view) => {
-                let parts = explanation
-                    .parts(target)
+                let map = osteo_pipeline::gradcam(&explanation, target, &view)
                     .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
                 Some(
                     blocking(move || {
-                        let map = osteo_core::gradcam::assemble(
-                            &parts,
-                            view.spec.height,
-                            view.spec.width,
-                        )
-                        .map_err(|e| ServerError::Internal(format!("Grad-CAM: {e}")))?;
                         let png = osteo_dicom::render::overlay_png(&view, &map.values, 2)?;
                         Ok(pb::GradCamMap {
                             height: map.height as u32,
@@ -259,23 +248,19 @@ impl Engine {
         };
         let mut dicom_secondary_capture = Vec::new();
         if req.dicom_outputs {
-            let study = crate::results_dicom::study(prepared.study.as_ref())?;
-            classification.dicom_sr =
-                crate::results_dicom::structured_report(model, study, &classification, predicted)?;
+            classification.dicom_sr = structured_report(model, &prepared, &classification)?;
             // The overlay as a Secondary Capture, when there is one (models that read CT).
             if let (Some(view), Some(map)) = (prepared.view.as_ref(), gradcam.as_ref()) {
-                let backend_name = classification
-                    .backend
-                    .as_ref()
-                    .map(|b| b.name.clone())
-                    .unwrap_or_default();
-                dicom_secondary_capture = crate::results_dicom::secondary_capture(
-                    model,
-                    study,
+                let by = osteo_pipeline::Producer {
+                    manifest: m,
+                    backend: backend_name(&classification),
+                };
+                dicom_secondary_capture = osteo_pipeline::secondary_capture(
+                    &results_study(&prepared)?.source,
+                    by,
                     view,
                     &map.values,
                     target,
-                    &backend_name,
                 )?;
             }
         }
@@ -356,6 +341,41 @@ impl Engine {
             grades_agree,
         })
     }
+}
+
+/// The study a request with `dicom_outputs` writes its results into.
+fn results_study(prepared: &Prepared) -> Result<&Study, ServerError> {
+    prepared.study.as_deref().ok_or_else(|| {
+        ServerError::FailedPrecondition(
+            "dicom_outputs writes the result into the graded study: set study to a handle from \
+             UploadStudy or to inline DICOM files"
+                .into(),
+        )
+    })
+}
+
+/// The name of the backend that answered `c`.
+fn backend_name(c: &pb::ClassifyResponse) -> &str {
+    c.backend.as_ref().map_or("", |b| b.name.as_str())
+}
+
+/// The Comprehensive SR of classification `c` of the prepared study by `model`.
+fn structured_report(
+    model: &ServedModel,
+    prepared: &Prepared,
+    c: &pb::ClassifyResponse,
+) -> Result<Vec<u8>, ServerError> {
+    let study = results_study(prepared)?;
+    let graded = osteo_pipeline::grade(&c.logits)?;
+    let by = osteo_pipeline::Producer {
+        manifest: &model.artifacts.manifest,
+        backend: backend_name(c),
+    };
+    Ok(osteo_pipeline::structured_report(
+        &study.source,
+        by,
+        &graded,
+    )?)
 }
 
 /// The Classify answer of a graded input, and its grade.

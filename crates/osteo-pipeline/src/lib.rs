@@ -1,0 +1,215 @@
+//! The grading pipeline, one implementation for every place that grades a study: the
+//! server's engine, `osteo predict` and the trainer's evaluation. A study's volume passes the
+//! model's quality gate and becomes the model's view; the view and the clinical variables
+//! become the model input; the logits become a grade; an explanation becomes a Grad-CAM map;
+//! the result becomes a DICOM Comprehensive SR and the map a Secondary Capture, in series
+//! whose numbers only this crate knows. Running the model is the caller's (a local backend, or
+//! a server's scheduler).
+#![deny(missing_docs)]
+
+use osteo_core::{
+    ClinicalVariables, CoreError, Explanation, GradCamMap, Grade, ModelManifest, Sample,
+};
+use osteo_dicom::{Assessment, DicomError, SourceStudy, View, ViewSpec, Volume};
+
+/// SeriesNumber of the SR series OsteoServe adds to a study.
+pub const SR_SERIES_NUMBER: u32 = 9901;
+/// SeriesNumber of the Grad-CAM secondary capture series.
+pub const SC_SERIES_NUMBER: u32 = 9902;
+/// Upscaling of the model view in the secondary capture (128x128 views become 256x256).
+pub const SC_SCALE: usize = 2;
+
+/// Why a step of the pipeline failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The study failed the quality gate, or a DICOM step failed.
+    #[error(transparent)]
+    Dicom(#[from] DicomError),
+    /// Encoding, Grad-CAM assembly or another domain step failed.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The model reads CT and no view was given.
+    #[error("model {model} reads CT: it needs the study's view")]
+    NoView {
+        /// The model's name.
+        model: String,
+    },
+    /// The model reads clinical variables and none were given.
+    #[error("model {model} reads clinical variables (age, sex, height, weight)")]
+    NoClinical {
+        /// The model's name.
+        model: String,
+    },
+    /// The logits are not three finite numbers.
+    #[error("the model's class probabilities are not numbers")]
+    NotANumber,
+    /// A view too large to write as DICOM.
+    #[error("a view of {0} pixels is too large for a secondary capture")]
+    TooLarge(usize),
+}
+
+/// The model view of `volume` for `spec`, refused (with every finding) when `assessment`, the
+/// spec's quality gate on that volume, did not pass.
+pub fn gated_view(
+    assessment: &Assessment,
+    volume: &Volume,
+    spec: &ViewSpec,
+) -> Result<View, PipelineError> {
+    assessment.check()?;
+    Ok(osteo_dicom::coronal_slab(volume, spec)?)
+}
+
+/// The model input of one study: the view's channels (models that read CT) and the encoded
+/// clinical variables (models that read them).
+pub fn input(
+    manifest: &ModelManifest,
+    view: Option<&View>,
+    clinical: Option<&ClinicalVariables>,
+) -> Result<Sample, PipelineError> {
+    let image = match manifest.view {
+        None => None,
+        Some(_) => Some(
+            view.ok_or_else(|| PipelineError::NoView {
+                model: manifest.name.clone(),
+            })?
+            .data
+            .clone(),
+        ),
+    };
+    let tabular = match &manifest.tabular {
+        None => None,
+        Some(spec) => {
+            let c = clinical.ok_or_else(|| PipelineError::NoClinical {
+                model: manifest.name.clone(),
+            })?;
+            Some(spec.encode(c)?)
+        }
+    };
+    Ok(Sample { image, tabular })
+}
+
+/// A grade and its class probabilities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Graded {
+    /// The most probable grade.
+    pub grade: Grade,
+    /// Probabilities in class order (normal, osteopenia, osteoporosis).
+    pub probabilities: [f32; 3],
+}
+
+/// The grade of one sample's logits (class order); refused unless they are three finite
+/// numbers.
+pub fn grade(logits: &[f32]) -> Result<Graded, PipelineError> {
+    let [a, b, c] = logits else {
+        return Err(PipelineError::NotANumber);
+    };
+    let p = osteo_core::backend::softmax(&[*a, *b, *c]);
+    let probabilities = [p[0], p[1], p[2]];
+    let grade = Grade::most_probable(&probabilities).ok_or(PipelineError::NotANumber)?;
+    Ok(Graded {
+        grade,
+        probabilities,
+    })
+}
+
+/// The Grad-CAM map of `target` from `explanation`, at the resolution of `view`.
+pub fn gradcam(
+    explanation: &Explanation,
+    target: Grade,
+    view: &View,
+) -> Result<GradCamMap, PipelineError> {
+    let parts = explanation.parts(target)?;
+    Ok(osteo_core::gradcam::assemble(
+        &parts,
+        view.spec.height,
+        view.spec.width,
+    )?)
+}
+
+/// What produced a result: the model and the backend that ran it.
+#[derive(Debug, Clone, Copy)]
+pub struct Producer<'a> {
+    /// The model's manifest (name, version, training data).
+    pub manifest: &'a ModelManifest,
+    /// The backend's name.
+    pub backend: &'a str,
+}
+
+/// The result as a DICOM Comprehensive SR in `source`'s study, in a new series numbered
+/// [`SR_SERIES_NUMBER`].
+pub fn structured_report(
+    source: &SourceStudy,
+    by: Producer<'_>,
+    graded: &Graded,
+) -> Result<Vec<u8>, PipelineError> {
+    let m = by.manifest;
+    let finding = osteo_dicom::sr::Finding {
+        grade: graded.grade.index(),
+        probabilities: graded.probabilities,
+        model: m.name.clone(),
+        version: m.version.clone(),
+        backend: by.backend.to_string(),
+        synthetic: m.trained_on_synthetic(),
+        series_uid: osteo_dicom::sr::new_uid(),
+        series_number: SR_SERIES_NUMBER,
+    };
+    Ok(osteo_dicom::sr::structured_report(source, &finding)?)
+}
+
+/// The Grad-CAM overlay (`map` over `view`, explaining `grade`) as a DICOM Secondary Capture in
+/// `source`'s study, in a new series numbered [`SC_SERIES_NUMBER`].
+pub fn secondary_capture(
+    source: &SourceStudy,
+    by: Producer<'_>,
+    view: &View,
+    map: &[f32],
+    grade: Grade,
+) -> Result<Vec<u8>, PipelineError> {
+    let m = by.manifest;
+    let pixels = osteo_dicom::render::overlay_rgb(view.channel(1), map, view.spec.width, SC_SCALE)?;
+    let size = |n: usize| u16::try_from(n * SC_SCALE).map_err(|_| PipelineError::TooLarge(n));
+    let image = osteo_dicom::secondary_capture::RgbImage {
+        rows: size(view.spec.height)?,
+        columns: size(view.spec.width)?,
+        pixels,
+    };
+    let description = osteo_dicom::secondary_capture::Description {
+        model: m.name.clone(),
+        version: m.version.clone(),
+        backend: by.backend.to_string(),
+        grade: grade.name().to_string(),
+        synthetic: m.trained_on_synthetic(),
+        series_number: SC_SERIES_NUMBER,
+    };
+    Ok(osteo_dicom::secondary_capture::secondary_capture(
+        source,
+        &image,
+        &description,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logits_grade_by_the_most_probable_class() {
+        let g = grade(&[0.0, 2.0, 1.0]).expect("finite");
+        assert_eq!(g.grade, Grade::Osteopenia);
+        let sum: f32 = g.probabilities.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_finite_or_misshapen_logits_are_refused() {
+        assert!(matches!(
+            grade(&[f32::NAN, 0.0, 0.0]),
+            Err(PipelineError::NotANumber)
+        ));
+        assert!(matches!(
+            grade(&[f32::INFINITY, f32::INFINITY, 0.0]),
+            Err(PipelineError::NotANumber)
+        ));
+        assert!(matches!(grade(&[0.0, 1.0]), Err(PipelineError::NotANumber)));
+    }
+}
