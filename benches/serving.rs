@@ -124,20 +124,7 @@ fn benches(c: &mut Criterion) {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let mut messages = vec![pb::UploadStudyRequest {
-            part: Some(pb::upload_study_request::Part::Header(
-                pb::UploadHeader::default(),
-            )),
-        }];
-        for (i, f) in files.iter().enumerate() {
-            messages.push(pb::UploadStudyRequest {
-                part: Some(pb::upload_study_request::Part::Chunk(pb::FileChunk {
-                    file_index: i as u32,
-                    data: f.clone(),
-                    last: true,
-                })),
-            });
-        }
+        let messages = osteo_client::upload::messages(&files, osteo_client::upload::CHUNK);
         let handle = loop {
             match client
                 .upload_study(tokio_stream::iter(messages.clone()))

@@ -1,18 +1,14 @@
-//! gRPC client commands: `osteo classify`, `osteo explain` and `osteo compare`.
+//! `osteo classify`, `osteo explain` and `osteo compare`: their arguments mapped onto the
+//! client library (osteo-client), and the results printed.
 
 use super::clinical::ClinicalArgs;
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use clap::Args;
-use osteo_dicom::{DicomSource, IngestLimits};
+use osteo_client::Client;
+use osteo_client::grade::{Answer, Choice, Subject};
+use osteo_client::report::{self, grade_name};
 use osteo_proto::v1 as pb;
-use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
-use serde_json::json;
 use std::path::PathBuf;
-use tonic::service::{Interceptor, interceptor::InterceptedService};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-/// Bytes per upload chunk.
-const CHUNK: usize = 1 << 20;
 
 /// The credentials a client command presents, and the CA it trusts.
 #[derive(Debug, Clone, Args)]
@@ -39,54 +35,29 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// The TLS configuration of an https:// URL; an error for TLS flags on a plaintext URL.
-    fn tls(&self, url: &str) -> anyhow::Result<Option<ClientTlsConfig>> {
-        let https = url.starts_with("https://");
-        if !https {
-            if self.ca_cert.is_some() || self.client_cert.is_some() {
-                anyhow::bail!(
-                    "INVALID_ARGUMENT: --ca-cert, --client-cert and --client-key need an https:// \
-                     --server URL"
-                );
-            }
-            return Ok(None);
-        }
-        let mut tls = ClientTlsConfig::new();
-        tls = match &self.ca_cert {
-            Some(ca) => tls.ca_certificate(Certificate::from_pem(read_flag_file("--ca-cert", ca)?)),
-            None => tls.with_native_roots(),
-        };
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            tls = tls.identity(Identity::from_pem(
-                read_flag_file("--client-cert", cert)?,
-                read_flag_file("--client-key", key)?,
-            ));
-        }
-        Ok(Some(tls))
+    /// The library's credentials: the token and the PEM files the flags name, read now.
+    pub fn load(&self) -> anyhow::Result<osteo_client::Credentials> {
+        Ok(osteo_client::Credentials {
+            token: self.token.clone(),
+            ca_pem: self
+                .ca_cert
+                .as_deref()
+                .map(|p| read_flag_file("--ca-cert", p))
+                .transpose()?,
+            identity: match (&self.client_cert, &self.client_key) {
+                (Some(cert), Some(key)) => Some((
+                    read_flag_file("--client-cert", cert)?,
+                    read_flag_file("--client-key", key)?,
+                )),
+                _ => None,
+            },
+        })
     }
 }
 
 /// The bytes of the file a command-line flag names; the error names the flag and the path.
 pub(super) fn read_flag_file(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("INVALID_ARGUMENT: {flag} {}", path.display()))
-}
-
-/// A client of the osteo.v1 service that sends the credentials with every call.
-pub type Client = OsteoServiceClient<InterceptedService<Channel, Credentials>>;
-
-impl Interceptor for Credentials {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.token {
-            let value = format!("Bearer {token}").parse().map_err(|_| {
-                tonic::Status::invalid_argument("--token holds characters a header cannot carry")
-            })?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        Ok(request)
-    }
 }
 
 /// The server and the model and backend to ask for, shared by every client command.
@@ -106,14 +77,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The requested model name ("" = the server's default).
-    pub fn model(&self) -> String {
-        self.model.clone().unwrap_or_default()
+    /// The model and backend asked for ("" = the server's defaults).
+    pub fn choice(&self) -> Choice {
+        Choice {
+            model: self.model.clone().unwrap_or_default(),
+            backend: self.backend.clone().unwrap_or_default(),
+        }
     }
 
-    /// The requested backend name ("" = the model's configured backend).
-    pub fn backend(&self) -> String {
-        self.backend.clone().unwrap_or_default()
+    /// Connects to the server with the credentials the flags give.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(osteo_client::connect(&self.server, &self.credentials.load()?).await?)
     }
 }
 
@@ -125,6 +99,17 @@ pub struct Input {
     dicom: Option<PathBuf>,
     #[command(flatten)]
     clinical: ClinicalArgs,
+}
+
+impl Input {
+    /// What to grade.
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            dicom: self.dicom.as_deref(),
+            clinical: self.clinical.message(),
+            clinical_from_dicom: self.clinical.reads_header(),
+        }
+    }
 }
 
 /// Server, study and clinical variables of `classify` and `explain`.
@@ -203,142 +188,19 @@ fn write_output(path: Option<&PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The canonical name of a gRPC status code (as in the gRPC specification).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
+/// The response of an answer, after printing its warning.
+fn response<T>(answer: Answer<T>) -> T {
+    if let Some(w) = answer.warning {
+        eprintln!("warning: {w}");
     }
+    answer.response
 }
 
-/// A gRPC status as an error line: `CODE: message`.
-pub fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{}: {}", code_name(s.code()), s.message())
-}
-
-/// An error and its causes on one line (tonic's transport errors keep the reason in the chain).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// Connects to a server (TLS for https:// URLs), mapping failures to an UNAVAILABLE error
-/// line.
-pub async fn connect(url: &str, credentials: &Credentials) -> anyhow::Result<Client> {
-    let mut endpoint = Channel::from_shared(url.to_string()).with_context(|| {
-        format!("INVALID_ARGUMENT: --server {url} is not a URL (e.g. http://127.0.0.1:50051)")
-    })?;
-    if let Some(tls) = credentials.tls(url)? {
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| anyhow!("INVALID_ARGUMENT: TLS settings: {}", chain(&e)))?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| anyhow!("UNAVAILABLE: cannot connect to {url}: {}", chain(&e)))?;
-    Ok(
-        OsteoServiceClient::with_interceptor(channel, credentials.clone())
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20),
-    )
-}
-
-/// Uploads the study's files as a stream of chunks; returns the study handle.
-pub async fn upload(client: &mut Client, path: &std::path::Path) -> anyhow::Result<String> {
-    let files = DicomSource::Path(path.to_path_buf()).read(&IngestLimits::default())?;
-    let bytes: Vec<&[u8]> = files.iter().map(|f| f.bytes.as_slice()).collect();
-    Ok(upload_bytes(client, &bytes).await?.study)
-}
-
-/// Uploads DICOM files held in memory; returns the study's summary (handle, quality gate).
-pub async fn upload_bytes(
-    client: &mut Client,
-    files: &[&[u8]],
-) -> Result<pb::StudySummary, tonic::Status> {
-    let total: u64 = files.iter().map(|f| f.len() as u64).sum();
-    let mut messages = vec![pb::UploadStudyRequest {
-        part: Some(pb::upload_study_request::Part::Header(pb::UploadHeader {
-            expected_files: files.len() as u32,
-            expected_bytes: total,
-            series_instance_uid: String::new(),
-        })),
-    }];
-    for (i, f) in files.iter().enumerate() {
-        let chunks: Vec<&[u8]> = if f.is_empty() {
-            vec![&[]]
-        } else {
-            f.chunks(CHUNK).collect()
-        };
-        let last = chunks.len() - 1;
-        for (k, c) in chunks.into_iter().enumerate() {
-            messages.push(pb::UploadStudyRequest {
-                part: Some(pb::upload_study_request::Part::Chunk(pb::FileChunk {
-                    file_index: i as u32,
-                    data: c.to_vec(),
-                    last: k == last,
-                })),
-            });
-        }
-    }
-    client
-        .upload_study(tokio_stream::iter(messages))
-        .await?
-        .into_inner()
-        .summary
-        .ok_or_else(|| tonic::Status::internal("the server returned no study summary"))
-}
-
-pub fn grade_name(g: i32) -> &'static str {
-    match pb::Grade::try_from(g) {
-        Ok(pb::Grade::Normal) => "normal",
-        Ok(pb::Grade::Osteopenia) => "osteopenia",
-        Ok(pb::Grade::Osteoporosis) => "osteoporosis",
-        _ => "unspecified",
-    }
-}
-
-/// Probabilities as a JSON object keyed by grade.
-fn probabilities_json(p: Option<pb::GradeProbabilities>) -> serde_json::Value {
-    let p = p.unwrap_or_default();
-    json!({"normal": p.normal, "osteopenia": p.osteopenia, "osteoporosis": p.osteoporosis})
-}
-
-/// The classification as the documented JSON object.
-fn classification_json(r: &pb::ClassifyResponse) -> serde_json::Value {
-    json!({
-        "study": r.study,
-        "model": r.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
-        "backend": r.backend.as_ref().map(|b| b.name.clone()).unwrap_or_default(),
-        "grade": grade_name(r.grade),
-        "probabilities": probabilities_json(r.probabilities),
-        "latency_ms": r.latency_ms,
-    })
+/// A single-threaded runtime for one client command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn print_text(r: &pb::ClassifyResponse) {
@@ -355,65 +217,20 @@ fn print_text(r: &pb::ClassifyResponse) {
     println!("  server latency {:.1} ms", r.latency_ms);
 }
 
-/// Uploads the study (if any) and returns the reference, plus the handle to delete afterwards.
-async fn study_ref(
-    client: &mut Client,
-    input: &Input,
-) -> anyhow::Result<(Option<pb::StudyRef>, Option<String>)> {
-    match &input.dicom {
-        None => Ok((None, None)),
-        Some(p) => {
-            let handle = upload(client, p).await?;
-            Ok((
-                Some(pb::StudyRef {
-                    source: Some(pb::study_ref::Source::Study(handle.clone())),
-                }),
-                Some(handle),
-            ))
-        }
-    }
-}
-
-/// Deletes an uploaded study; failures only warn (the study expires anyway).
-async fn cleanup(client: &mut Client, handle: Option<String>) {
-    if let Some(study) = handle
-        && let Err(e) = client
-            .delete_study(pb::DeleteStudyRequest {
-                study: study.clone(),
-            })
-            .await
-    {
-        eprintln!("warning: could not delete study {study}: {}", e.message());
-    }
-}
-
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 /// Runs `osteo classify`.
 pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
-        let mut client = connect(&t.endpoint.server, &t.endpoint.credentials).await?;
-        let (study, handle) = study_ref(&mut client, &t.input).await?;
-        let result = client
-            .classify(pb::ClassifyRequest {
-                study,
-                clinical: Some(t.input.clinical.message()),
-                model: t.endpoint.model(),
-                backend: t.endpoint.backend(),
-                clinical_from_dicom: t.input.clinical.reads_header(),
-                dicom_outputs: args.sr_out.is_some(),
-            })
-            .await;
-        cleanup(&mut client, handle).await;
-        let r = result.map_err(status)?.into_inner();
+        let mut client = t.endpoint.connect().await?;
+        let choice = t.endpoint.choice();
+        let subject = t.input.subject();
+        let answer =
+            osteo_client::grade::classify(&mut client, &choice, &subject, args.sr_out.is_some())
+                .await?;
+        let r = response(answer);
         write_output(args.sr_out.as_ref(), &r.dicom_sr)?;
         if args.json {
-            println!("{}", serde_json::to_string(&classification_json(&r))?);
+            println!("{}", serde_json::to_string(&report::classification(&r))?);
         } else {
             print_text(&r);
         }
@@ -425,21 +242,12 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
 pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
-        let mut client = connect(&t.endpoint.server, &t.endpoint.credentials).await?;
-        let (study, handle) = study_ref(&mut client, &t.input).await?;
-        let result = client
-            .explain(pb::ExplainRequest {
-                study,
-                clinical: Some(t.input.clinical.message()),
-                model: t.endpoint.model(),
-                backend: t.endpoint.backend(),
-                target: pb::Grade::Unspecified as i32,
-                clinical_from_dicom: t.input.clinical.reads_header(),
-                dicom_outputs: args.sr_out.is_some() || args.dicom_out.is_some(),
-            })
-            .await;
-        cleanup(&mut client, handle).await;
-        let r = result.map_err(status)?.into_inner();
+        let mut client = t.endpoint.connect().await?;
+        let choice = t.endpoint.choice();
+        let subject = t.input.subject();
+        let outputs = args.sr_out.is_some() || args.dicom_out.is_some();
+        let answer = osteo_client::grade::explain(&mut client, &choice, &subject, outputs).await?;
+        let r = response(answer);
         let overlay = match (&r.gradcam, &args.out) {
             (Some(map), Some(out)) => {
                 std::fs::write(out, &map.overlay_png)
@@ -456,19 +264,8 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         write_output(args.sr_out.as_ref(), &c.dicom_sr)?;
         write_output(args.dicom_out.as_ref(), &r.dicom_secondary_capture)?;
         if args.json {
-            let mut v = classification_json(&c);
-            if let Some(o) = v.as_object_mut() {
-                o.insert("target".into(), json!(grade_name(r.target)));
-                if let Some((_, out)) = overlay {
-                    o.insert("overlay_png".into(), json!(out.display().to_string()));
-                }
-                let features: serde_json::Map<String, serde_json::Value> = r
-                    .features
-                    .iter()
-                    .map(|f| (f.feature.clone(), json!(f.attribution)))
-                    .collect();
-                o.insert("features".into(), json!(features));
-            }
+            let path = overlay.map(|(_, out)| out.display().to_string());
+            let v = report::explanation(&r, path.as_deref());
             println!("{}", serde_json::to_string(&v)?);
         } else {
             print_text(&c);
@@ -495,57 +292,17 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The comparison as the documented JSON object.
-fn comparison_json(r: &pb::CompareBackendsResponse) -> serde_json::Value {
-    let backends: serde_json::Map<String, serde_json::Value> = r
-        .results
-        .iter()
-        .map(|b| {
-            let name = b
-                .backend
-                .as_ref()
-                .map(|d| d.name.clone())
-                .unwrap_or_default();
-            let device = b
-                .backend
-                .as_ref()
-                .map(|d| d.device.clone())
-                .unwrap_or_default();
-            let entry = json!({
-                "grade": grade_name(b.grade),
-                "probabilities": probabilities_json(b.probabilities),
-                "latency_ms": b.latency_ms,
-                "device": device,
-            });
-            (name, entry)
-        })
-        .collect();
-    json!({
-        "model": r.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
-        "backends": backends,
-        "max_abs_diff": r.max_abs_diff,
-        "grades_agree": r.grades_agree,
-    })
-}
-
 /// Runs `osteo compare`.
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut client = connect(&args.server, &args.credentials).await?;
-        let (study, handle) = study_ref(&mut client, &args.input).await?;
-        let result = client
-            .compare_backends(pb::CompareBackendsRequest {
-                study,
-                clinical: Some(args.input.clinical.message()),
-                model: args.model.clone().unwrap_or_default(),
-                backends: args.backends.clone(),
-                clinical_from_dicom: args.input.clinical.reads_header(),
-            })
-            .await;
-        cleanup(&mut client, handle).await;
-        let r = result.map_err(status)?.into_inner();
+        let mut client = osteo_client::connect(&args.server, &args.credentials.load()?).await?;
+        let model = args.model.clone().unwrap_or_default();
+        let subject = args.input.subject();
+        let answer =
+            osteo_client::grade::compare(&mut client, &model, &args.backends, &subject).await?;
+        let r = response(answer);
         if args.json {
-            println!("{}", serde_json::to_string(&comparison_json(&r))?);
+            println!("{}", serde_json::to_string(&report::comparison(&r))?);
             return Ok(());
         }
         println!(

@@ -3,17 +3,17 @@
 //! throughput and latency percentiles; optionally runs the same input through the backend
 //! directly, in the same process run, for the serving overhead ratio.
 
-use super::client::{Endpoint, code_name, connect, upload};
+use super::client::Endpoint;
 use super::clinical::ClinicalArgs;
 use super::predict::local_input;
-use anyhow::{Context, anyhow, bail};
+use anyhow::bail;
 use clap::Args;
+use osteo_client::grade::Subject;
+use osteo_client::load::{Load, Measured};
 use osteo_core::{Device, ModelArtifacts};
-use osteo_proto::v1 as pb;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Arguments of `osteo loadgen`.
 #[derive(Debug, Args)]
@@ -62,7 +62,7 @@ fn direct(
     let artifacts = ModelArtifacts::open(model_dir)?;
     let m = &artifacts.manifest;
     let batch = local_input(m, Some(&args.dicom), &args.clinical, false)?.batch;
-    let name = match args.endpoint.backend() {
+    let name = match args.endpoint.choice().backend {
         b if b.is_empty() => "ort".to_string(),
         b => b,
     };
@@ -82,65 +82,29 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (served, codes, wall) = runtime.block_on(async {
-        let mut first = connect(&args.endpoint.server, &args.endpoint.credentials).await?;
-        let handle = upload(&mut first, &args.dicom).await?;
-        let request = pb::ClassifyRequest {
-            study: Some(pb::StudyRef {
-                source: Some(pb::study_ref::Source::Study(handle.clone())),
-            }),
-            clinical: Some(args.clinical.message()),
-            model: args.endpoint.model(),
-            backend: args.endpoint.backend(),
-            clinical_from_dicom: args.clinical.reads_header(),
-            dicom_outputs: false,
-        };
-        // Warm-up: one request, not counted.
-        first
-            .classify(request.clone())
-            .await
-            .map_err(|s| anyhow!("{}: {}", code_name(s.code()), s.message()))?;
-        let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..args.clients {
-            let share =
-                args.requests / args.clients + usize::from(c < args.requests % args.clients);
-            let mut client = connect(&args.endpoint.server, &args.endpoint.credentials).await?;
-            let request = request.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut out = Vec::with_capacity(share);
-                for _ in 0..share {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    let t = Instant::now();
-                    let r = client.classify(request.clone()).await;
-                    let ms = t.elapsed().as_secs_f64() * 1e3;
-                    out.push((r.map(|_| ()).map_err(|s| s.code()), ms));
-                }
-                out
-            }));
-        }
-        let mut served = Vec::new();
-        let mut codes: BTreeMap<&'static str, usize> = BTreeMap::new();
-        for t in tasks {
-            for (r, ms) in t.await.context("a client task failed")? {
-                match r {
-                    Ok(()) => {
-                        *codes.entry("OK").or_default() += 1;
-                        served.push(ms);
-                    }
-                    Err(code) => *codes.entry(code_name(code)).or_default() += 1,
-                }
-            }
-        }
-        let wall = start.elapsed().as_secs_f64();
-        let _ = first
-            .delete_study(pb::DeleteStudyRequest { study: handle })
-            .await;
-        anyhow::Ok((served, codes, wall))
-    })?;
+    let subject = Subject {
+        dicom: Some(&args.dicom),
+        clinical: args.clinical.message(),
+        clinical_from_dicom: args.clinical.reads_header(),
+    };
+    let load = Load {
+        clients: args.clients,
+        requests: args.requests,
+        max_time: Duration::from_secs(args.max_seconds),
+    };
+    let credentials = args.endpoint.credentials.load()?;
+    let Measured {
+        served_ms: served,
+        codes,
+        wall,
+    } = runtime.block_on(osteo_client::load::classify(
+        &args.endpoint.server,
+        &credentials,
+        &args.endpoint.choice(),
+        &subject,
+        &load,
+    ))?;
+    let wall = wall.as_secs_f64();
     let total: usize = codes.values().sum();
     let direct = match &args.direct {
         Some(dir) => Some(direct(dir, &args, served.len().clamp(1, 2000))?),

@@ -279,29 +279,9 @@ pub fn clinical() -> pb::ClinicalVariables {
     }
 }
 
-/// The upload stream of `files` in chunks of `chunk` bytes.
+/// The upload stream of `files` in chunks of `chunk` bytes (the client library's framing).
 pub fn upload_messages(files: &[Vec<u8>], chunk: usize) -> Vec<pb::UploadStudyRequest> {
-    let total: usize = files.iter().map(Vec::len).sum();
-    let mut out = vec![pb::UploadStudyRequest {
-        part: Some(pb::upload_study_request::Part::Header(pb::UploadHeader {
-            expected_files: files.len() as u32,
-            expected_bytes: total as u64,
-            series_instance_uid: String::new(),
-        })),
-    }];
-    for (i, f) in files.iter().enumerate() {
-        let pieces: Vec<&[u8]> = f.chunks(chunk).collect();
-        for (k, p) in pieces.iter().enumerate() {
-            out.push(pb::UploadStudyRequest {
-                part: Some(pb::upload_study_request::Part::Chunk(pb::FileChunk {
-                    file_index: i as u32,
-                    data: p.to_vec(),
-                    last: k + 1 == pieces.len(),
-                })),
-            });
-        }
-    }
-    out
+    osteo_client::upload::messages(files, chunk)
 }
 
 pub fn by_handle(h: &str) -> Option<pb::StudyRef> {

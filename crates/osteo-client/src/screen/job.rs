@@ -1,0 +1,211 @@
+//! Screening one study: its series searched (an SR of this model version means already
+//! screened), its CT series retrieved within the size limit, uploaded, its quality gate read,
+//! explained with DICOM outputs, the SR and secondary capture stored back, the upload deleted.
+
+use super::Row;
+use crate::connect::Client;
+use crate::error::{ClientError, chain};
+use crate::report::grade_name;
+use crate::retry::{retry, transient_status};
+use osteo_dicomweb::{DicomWeb, DicomWebError, attribute};
+use osteo_proto::v1 as pb;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Modality (0008,0060) in DICOM JSON.
+const MODALITY: &str = "00080060";
+/// SeriesDescription (0008,103E) in DICOM JSON.
+const SERIES_DESCRIPTION: &str = "0008103E";
+/// SeriesInstanceUID (0020,000E) in DICOM JSON.
+const SERIES_UID: &str = "0020000E";
+
+/// Where screening time goes: the stages, summed over studies.
+pub const STAGES: [&str; 5] = [
+    "PACS search",
+    "PACS retrieval",
+    "upload + ingest + gate",
+    "grading + DICOM outputs",
+    "PACS store",
+];
+
+/// What every study's screening needs.
+pub(super) struct Job {
+    pub(super) pacs: DicomWeb,
+    pub(super) server: Client,
+    pub(super) model: String,
+    pub(super) backend: String,
+    /// The SeriesDescription of this model version's SR series.
+    pub(super) description: String,
+    /// Most bytes retrieved for one study.
+    pub(super) max_study_bytes: u64,
+    /// Nanoseconds spent in each of [`STAGES`], over all studies.
+    pub(super) spent: [AtomicU64; 5],
+}
+
+impl Job {
+    /// Runs `f`, adding its time to stage `i`.
+    async fn timed<T>(&self, i: usize, f: impl std::future::Future<Output = T>) -> T {
+        let start = Instant::now();
+        let out = f.await;
+        self.spent[i].fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// Screens one study; its row says how it ended.
+    pub(super) async fn screen(&self, uid: &str) -> Row {
+        match self.run(uid).await {
+            Ok(row) => row,
+            Err(e) => Row::ended(uid, "error", chain(&e).replace('\n', " ")),
+        }
+    }
+
+    async fn run(&self, uid: &str) -> Result<Row, ClientError> {
+        let web = DicomWebError::is_transient;
+        // One series search: an SR series of this model version (by its description, compared
+        // here, not in the query: PACS differ in how they match text) means already screened;
+        // otherwise only the CT series go to the server (not earlier results or other
+        // modalities).
+        let series = self
+            .timed(
+                0,
+                retry(web, || {
+                    self.pacs
+                        .search_series(uid, &[], &[MODALITY, SERIES_DESCRIPTION])
+                }),
+            )
+            .await?;
+        let modality = |s: &serde_json::Value, m: &str| attribute(s, MODALITY) == Some(m);
+        if series.iter().any(|s| {
+            modality(s, "SR") && attribute(s, SERIES_DESCRIPTION) == Some(self.description.as_str())
+        }) {
+            return Ok(Row::ended(
+                uid,
+                "skipped",
+                "the PACS already holds an SR of this model version",
+            ));
+        }
+        let series: Vec<&serde_json::Value> = series.iter().filter(|s| modality(s, "CT")).collect();
+        // The study's CT series together stay within the study size limit.
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        let mut left = self.max_study_bytes;
+        for s in &series {
+            let series_uid = attribute(s, SERIES_UID).ok_or_else(|| {
+                ClientError::Answer("a CT series of the study has no SeriesInstanceUID".into())
+            })?;
+            let got = self
+                .timed(
+                    1,
+                    retry(web, || self.pacs.retrieve_series(uid, series_uid, left)),
+                )
+                .await
+                .map_err(|e| match e {
+                    DicomWebError::TooLarge { .. } => ClientError::Answer(format!(
+                        "the study's CT series exceed --max-study-mib ({} MiB)",
+                        self.max_study_bytes >> 20
+                    )),
+                    e => e.into(),
+                })?;
+            left = left.saturating_sub(got.iter().map(|f| f.len() as u64).sum());
+            files.extend(got);
+        }
+        if files.is_empty() {
+            return Ok(Row::ended(
+                uid,
+                "refused",
+                "the PACS holds no CT series of the study",
+            ));
+        }
+        let mut server = self.server.clone();
+        let summary = self
+            .timed(
+                2,
+                retry(
+                    |e: &ClientError| e.status().is_some_and(transient_status),
+                    || {
+                        let mut c = server.clone();
+                        let files = &files;
+                        async move { crate::upload::upload(&mut c, files).await }
+                    },
+                ),
+            )
+            .await?;
+        drop(files);
+        let handle = summary.study.clone();
+        let row = self.grade(&mut server, uid, &summary).await;
+        // The upload is not needed any more, whatever happened.
+        let _ = server
+            .delete_study(pb::DeleteStudyRequest { study: handle })
+            .await;
+        row
+    }
+
+    async fn grade(
+        &self,
+        server: &mut Client,
+        uid: &str,
+        summary: &pb::StudySummary,
+    ) -> Result<Row, ClientError> {
+        // The model's quality gate, as the upload summary reports it.
+        let gate = summary
+            .quality
+            .iter()
+            .find(|q| self.model.is_empty() || q.model == self.model);
+        if let Some(q) = gate.filter(|q| !q.passed) {
+            let reason: Vec<&str> = q
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.finding.as_str())
+                .collect();
+            return Ok(Row::ended(uid, "refused", reason.join("; ")));
+        }
+        let request = pb::ExplainRequest {
+            study: Some(pb::StudyRef {
+                source: Some(pb::study_ref::Source::Study(summary.study.clone())),
+            }),
+            model: self.model.clone(),
+            backend: self.backend.clone(),
+            clinical_from_dicom: true,
+            dicom_outputs: true,
+            ..Default::default()
+        };
+        let explained = self
+            .timed(
+                3,
+                retry(transient_status, || {
+                    let mut c = server.clone();
+                    let r = request.clone();
+                    async move { c.explain(r).await }
+                }),
+            )
+            .await;
+        let explained = match explained {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                return Ok(Row::ended(uid, "refused", s.message()));
+            }
+            Err(s) => return Err(s.into()),
+        };
+        let c = explained.classification.clone().unwrap_or_default();
+        let mut results = vec![c.dicom_sr.clone()];
+        if !explained.dicom_secondary_capture.is_empty() {
+            results.push(explained.dicom_secondary_capture.clone());
+        }
+        if results[0].is_empty() {
+            return Err(ClientError::Answer("the server returned no SR".into()));
+        }
+        self.timed(
+            4,
+            retry(DicomWebError::is_transient, || self.pacs.store(&results)),
+        )
+        .await?;
+        let p = c.probabilities.unwrap_or_default();
+        Ok(Row {
+            study_uid: uid.to_string(),
+            status: "classified",
+            grade: grade_name(c.grade).to_string(),
+            probabilities: Some([p.normal, p.osteopenia, p.osteoporosis]),
+            reason: String::new(),
+        })
+    }
+}

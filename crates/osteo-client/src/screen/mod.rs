@@ -1,0 +1,250 @@
+//! Opportunistic screening straight from a PACS: studies found with QIDO-RS (or listed, or
+//! from a worklist), retrieved with WADO-RS, graded by an OsteoServe server (clinical
+//! variables from the header, the model's quality gate first), the SR and the Grad-CAM
+//! secondary capture stored back with STOW-RS; one row per study in the results CSV, which a
+//! later run resumes from. Several studies are in flight at once; N workers split the studies
+//! by shard.
+
+mod job;
+mod studies;
+
+pub use job::STAGES;
+pub use studies::{Shard, earlier, worklist};
+
+use crate::connect::Client;
+use crate::error::ClientError;
+use crate::retry::retry;
+use job::Job;
+use osteo_dicomweb::{DicomWeb, DicomWebError, valid_uid};
+use osteo_proto::v1 as pb;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// How one study ended: a row of the results CSV.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The StudyInstanceUID.
+    pub study_uid: String,
+    /// classified, refused, skipped or error.
+    pub status: &'static str,
+    /// The grade (classified studies).
+    pub grade: String,
+    /// The probabilities in class order (classified studies).
+    pub probabilities: Option<[f32; 3]>,
+    /// Why the study was refused, skipped or ended in error.
+    pub reason: String,
+}
+
+impl Row {
+    /// The results CSV's columns.
+    pub const COLUMNS: [&'static str; 7] = [
+        "study_uid",
+        "status",
+        "grade",
+        "p_normal",
+        "p_osteopenia",
+        "p_osteoporosis",
+        "reason",
+    ];
+
+    /// A study that ended without a grade.
+    fn ended(study_uid: &str, status: &'static str, reason: impl Into<String>) -> Row {
+        Row {
+            study_uid: study_uid.to_string(),
+            status,
+            grade: String::new(),
+            probabilities: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// The row as CSV fields.
+    pub fn record(&self) -> Vec<String> {
+        let p = |i: usize| {
+            self.probabilities
+                .map(|p| format!("{:.6}", p[i]))
+                .unwrap_or_default()
+        };
+        vec![
+            self.study_uid.clone(),
+            self.status.to_string(),
+            self.grade.clone(),
+            p(0),
+            p(1),
+            p(2),
+            self.reason.clone(),
+        ]
+    }
+}
+
+/// Where the studies come from.
+#[derive(Debug, Clone)]
+pub enum Studies {
+    /// These StudyInstanceUIDs.
+    Listed(Vec<String>),
+    /// The `study_uid` column of a CSV file.
+    Worklist(PathBuf),
+    /// A QIDO-RS study search with these keys.
+    Query(Vec<(String, String)>),
+}
+
+/// A screening run.
+pub struct Screening {
+    /// The PACS.
+    pub pacs: DicomWeb,
+    /// The OsteoServe server.
+    pub server: Client,
+    /// The model ("" = the server's default) and backend ("" = the model's).
+    pub choice: crate::grade::Choice,
+    /// The studies to screen.
+    pub studies: Studies,
+    /// The results CSV (kept rows of an earlier run are not screened again).
+    pub results: PathBuf,
+    /// Most bytes of one study's CT series retrieved from the PACS.
+    pub max_study_bytes: u64,
+    /// Studies in flight at once.
+    pub concurrency: usize,
+    /// This worker's share of the studies.
+    pub shard: Option<Shard>,
+}
+
+/// What a run reports as it goes.
+pub trait Progress {
+    /// The run will screen `total` studies.
+    fn started(&mut self, total: u64);
+    /// A study ended as `row`; `errors` studies ended in error so far.
+    fn ended(&mut self, row: &Row, errors: usize);
+}
+
+/// How a run went.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Studies screened by this run.
+    pub screened: u64,
+    /// Studies that ended in error.
+    pub errors: usize,
+    /// The run's wall time.
+    pub wall: Duration,
+    /// Time spent in each of [`STAGES`], summed over studies (they overlap across studies in
+    /// flight).
+    pub stages: Vec<(&'static str, Duration)>,
+}
+
+/// Runs a screening: the studies chosen, each screened once (at most `concurrency` at a
+/// time), each row written to the results CSV as its study ends.
+pub async fn run(s: Screening, progress: &mut dyn Progress) -> Result<Summary, ClientError> {
+    let kept = earlier(&s.results)?;
+    let mut server = s.server;
+    let models = server
+        .list_models(pb::ListModelsRequest {})
+        .await?
+        .into_inner();
+    let wanted = match s.choice.model.as_str() {
+        "" => models.default_model.clone(),
+        m => m.to_string(),
+    };
+    let model = models
+        .models
+        .iter()
+        .find(|m| m.name == wanted)
+        .ok_or_else(|| {
+            ClientError::Status(Box::new(tonic::Status::not_found(format!(
+                "the server serves no model {wanted}"
+            ))))
+        })?;
+    // The studies: listed, from the worklist, or found by QIDO-RS; then this shard's.
+    let mut uids = match s.studies {
+        Studies::Listed(uids) => uids,
+        Studies::Worklist(path) => worklist(&path)?,
+        Studies::Query(query) => {
+            retry(DicomWebError::is_transient, || {
+                s.pacs.search_studies(&query)
+            })
+            .await?
+        }
+    };
+    if let Some(bad) = uids.iter().find(|u| !valid_uid(u)) {
+        return Err(ClientError::InvalidArgument(format!(
+            "study UID {:?} is not a valid UID (digits and dots, at most 64)",
+            bad.chars().take(64).collect::<String>()
+        )));
+    }
+    let mut seen = HashSet::new();
+    uids.retain(|u| seen.insert(u.clone()));
+    if let Some(shard) = s.shard {
+        uids.retain(|u| shard.holds(u));
+    }
+    let finished: HashSet<String> = kept.iter().map(|r| r[0].clone()).collect();
+    uids.retain(|u| !finished.contains(u));
+
+    // The results file: the kept rows, then one row per study as it ends.
+    let what = || format!("--results {}", s.results.display());
+    let mut out = csv::Writer::from_path(&s.results).map_err(|e| ClientError::file(what(), e))?;
+    let mut write = |record: &[String]| -> Result<(), ClientError> {
+        out.write_record(record)
+            .and_then(|()| out.flush().map_err(csv::Error::from))
+            .map_err(|e| ClientError::file(what(), e))
+    };
+    write(&Row::COLUMNS.map(String::from))?;
+    for r in &kept {
+        write(r)?;
+    }
+
+    let job = Arc::new(Job {
+        pacs: s.pacs,
+        server,
+        model: model.name.clone(),
+        backend: s.choice.backend,
+        description: osteo_dicom::sr::series_description(&model.name, &model.version),
+        max_study_bytes: s.max_study_bytes,
+        spent: Default::default(),
+    });
+    let started = Instant::now();
+    progress.started(uids.len() as u64);
+    let permits = Arc::new(Semaphore::new(s.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let (mut errors, mut screened) = (0usize, 0u64);
+    let mut pending = uids.into_iter();
+    loop {
+        // Keep `concurrency` studies in flight.
+        while permits.available_permits() > 0 {
+            let Some(uid) = pending.next() else { break };
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| ClientError::Answer(format!("screening stopped: {e}")))?;
+            let job = job.clone();
+            tasks.spawn(async move {
+                let row = job.screen(&uid).await;
+                drop(permit);
+                row
+            });
+        }
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
+        let row = done.map_err(|e| ClientError::Answer(format!("a screening task failed: {e}")))?;
+        if row.status == "error" {
+            errors += 1;
+        }
+        screened += 1;
+        write(&row.record())?;
+        progress.ended(&row, errors);
+    }
+    let stages = STAGES
+        .iter()
+        .zip(&job.spent)
+        .map(|(name, ns)| (*name, Duration::from_nanos(ns.load(Ordering::Relaxed))))
+        .collect();
+    Ok(Summary {
+        screened,
+        errors,
+        wall: started.elapsed(),
+        stages,
+    })
+}

@@ -1,0 +1,138 @@
+//! Which studies a screening run takes: listed, from a worklist CSV or found by a QIDO-RS
+//! query; unique, valid, this worker's shard, and not finished by an earlier run (the rows of
+//! the results CSV with a final status).
+
+use super::Row;
+use crate::error::ClientError;
+use osteo_dicomweb::valid_uid;
+use std::path::Path;
+
+/// The most rows a worklist may hold.
+const MAX_WORKLIST: usize = 10_000_000;
+
+/// A worker's share of the studies: K of N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This worker's index, from 0.
+    pub k: u64,
+    /// The number of workers.
+    pub n: u64,
+}
+
+impl Shard {
+    /// `K/N` with 0 <= K < N.
+    pub fn parse(text: &str) -> Result<Self, ClientError> {
+        let bad = || {
+            ClientError::InvalidArgument(format!(
+                "--shard {text}: expected K/N with 0 <= K < N, e.g. 0/4"
+            ))
+        };
+        let (k, n) = text.split_once('/').ok_or_else(bad)?;
+        let (k, n): (u64, u64) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || k >= n {
+            return Err(bad());
+        }
+        Ok(Self { k, n })
+    }
+
+    /// Whether study `uid` is this worker's (independent of list order).
+    pub fn holds(&self, uid: &str) -> bool {
+        fnv1a(uid) % self.n == self.k
+    }
+}
+
+/// FNV-1a of a UID: the shard a study belongs to does not depend on list order.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The worklist's study UIDs (its `study_uid` column).
+pub fn worklist(path: &Path) -> Result<Vec<String>, ClientError> {
+    let what = || format!("--worklist {}", path.display());
+    let mut reader = csv::Reader::from_path(path).map_err(|e| ClientError::file(what(), e))?;
+    let column = reader
+        .headers()
+        .map_err(|e| ClientError::file(what(), e))?
+        .iter()
+        .position(|h| h.trim() == "study_uid")
+        .ok_or_else(|| ClientError::file(what(), "no study_uid column"))?;
+    let mut uids = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| ClientError::file(what(), e))?;
+        uids.push(record.get(column).unwrap_or_default().trim().to_string());
+        if uids.len() > MAX_WORKLIST {
+            return Err(ClientError::file(what(), "more than 10,000,000 rows"));
+        }
+    }
+    Ok(uids)
+}
+
+/// Rows of an earlier run with a final status (classified, refused, skipped).
+pub fn earlier(path: &Path) -> Result<Vec<Vec<String>>, ClientError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let what = || format!("--results {}", path.display());
+    // Flexible: a run killed mid-write may have left a partial last line; it is screened again.
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| ClientError::file(what(), e))?;
+    let headers = reader.headers().map_err(|e| ClientError::file(what(), e))?;
+    if headers.iter().collect::<Vec<_>>() != Row::COLUMNS {
+        return Err(ClientError::file(
+            what(),
+            "not a results file of osteo screen (columns differ)",
+        ));
+    }
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let Ok(record) = record else { continue };
+        if record.len() == Row::COLUMNS.len()
+            && valid_uid(&record[0])
+            && matches!(record.get(1), Some("classified" | "refused" | "skipped"))
+        {
+            rows.push(record.iter().map(str::to_string).collect());
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_and_split_disjointly() {
+        assert_eq!(Shard::parse("1/4").expect("shard"), Shard { k: 1, n: 4 });
+        for bad in ["4/4", "1", "a/2", "0/0", "-1/2"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+        let uids: Vec<String> = (0..200).map(|i| format!("1.2.3.{i}")).collect();
+        let mut counts = [0usize; 3];
+        for u in &uids {
+            counts[(fnv1a(u) % 3) as usize] += 1;
+        }
+        assert_eq!(counts.iter().sum::<usize>(), 200);
+        assert!(counts.iter().all(|&c| c > 40), "{counts:?}");
+        let shards: Vec<Shard> = (0..3).map(|k| Shard { k, n: 3 }).collect();
+        assert!(
+            uids.iter()
+                .all(|u| shards.iter().filter(|s| s.holds(u)).count() == 1)
+        );
+    }
+
+    #[test]
+    fn a_results_file_of_another_tool_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("other.csv");
+        std::fs::write(&path, "a,b\n1,2\n").expect("write");
+        let e = earlier(&path).expect_err("columns differ");
+        assert!(e.to_string().contains("columns differ"), "{e}");
+    }
+}
