@@ -1,6 +1,11 @@
 //! `osteo`: the OsteoServe command-line tool.
 //!
-//! Inspect and render DICOM studies, and synthesise phantom cohorts. Errors print one
+//! Serves models (`serve`), grades studies locally (`predict`) or on a server (`classify`,
+//! `explain`, `compare`, `screen` from a PACS, `loadgen`), synthesises cohorts, trains,
+//! evaluates and reports (`synth`, `train`, `evaluate`, `report`), times backends (`bench`),
+//! exports ONNX (`export-onnx`), inspects and renders DICOM (`dicom`), and manages tokens and
+//! the audit log (`token`, `audit`). Each subcommand maps its arguments onto the libraries
+//! (osteo-server, osteo-client, osteo-pipeline, osteo-train, ...). Errors print one
 //! `error: ...` line on stderr and exit with code 2 (`osteo screen` exits 1 when some studies
 //! ended in error).
 

@@ -8,9 +8,9 @@ mod common;
 
 use common::inproc::{InProc, registry};
 use dicom_dictionary_std::tags;
-use osteo_dicomweb::orthanc::Orthanc;
 use osteo_dicomweb::{DicomWeb, Limits, TlsOptions};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
+use osteo_test_support::orthanc::Orthanc;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -335,7 +335,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
 async fn screen_reaches_a_pacs_over_tls_with_client_certificates() {
     use common::pki::Ca;
     use osteo_dicomweb::DicomWebError;
-    use osteo_dicomweb::nginx::{ProxyAuth, TlsProxy};
+    use osteo_test_support::nginx::{ProxyAuth, TlsProxy};
 
     let dir = tempfile::tempdir().expect("tempdir");
     let orthanc = Orthanc::start().expect("Orthanc");

@@ -3,7 +3,7 @@
 //! weight (PatientWeight, kg). These are patient data: [`Demographics`] prints as redacted in
 //! debug output, and nothing here is logged; problems name the attribute, never its value.
 
-use crate::attrs::{attr_name, text};
+use crate::element::{attr_name, text};
 use crate::error::DicomError;
 use dicom_core::Tag;
 use dicom_core::header::HasLength;

@@ -11,6 +11,7 @@
 mod attrs;
 pub mod demographics;
 mod disk;
+mod element;
 pub mod error;
 mod frames;
 pub mod gate;
@@ -19,6 +20,7 @@ pub mod limits;
 mod native;
 mod prescan;
 pub mod render;
+mod rescale;
 pub mod secondary_capture;
 pub mod series;
 pub mod source;

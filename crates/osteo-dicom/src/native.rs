@@ -6,10 +6,10 @@
 //! Anything else (other widths, multi-frame, functional groups, a Modality LUT Sequence) takes
 //! the library's decoder.
 
-use crate::attrs::{text, uint};
 use crate::disk::DiskRange;
+use crate::element::{text, uint};
 use crate::error::DicomError;
-use crate::frames::{integral, rescale};
+use crate::rescale::{integral, rescale};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use std::cell::RefCell;

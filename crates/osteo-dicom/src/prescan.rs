@@ -6,7 +6,7 @@
 //! rejects a declared length that exceeds the bytes that remain. It never rejects what it does not
 //! understand: on anything unexpected it stops and leaves the verdict to the parser.
 
-use crate::attrs::attr_name;
+use crate::element::attr_name;
 use crate::error::DicomError;
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{Tag, VR};

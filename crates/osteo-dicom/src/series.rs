@@ -1,6 +1,6 @@
 //! Series grouping, selection and slice ordering.
 
-use crate::attrs::attr_name;
+use crate::element::attr_name;
 use crate::error::DicomError;
 use crate::frames::FileHeader;
 use dicom_dictionary_std::tags;

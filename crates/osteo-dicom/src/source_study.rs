@@ -3,7 +3,7 @@
 //! of the graded series (the evidence). Patient data: kept in memory only, never logged; its
 //! debug output is redacted.
 
-use crate::attrs::text;
+use crate::element::text;
 use dicom_core::{DataElement, Tag};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;

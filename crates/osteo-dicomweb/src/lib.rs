@@ -6,11 +6,8 @@
 #![deny(rust_2018_idioms, missing_docs)]
 
 pub mod client;
-mod daemon;
 pub mod error;
 pub mod multipart;
-pub mod nginx;
-pub mod orthanc;
 pub mod tls;
 
 pub use client::{DicomWeb, Limits, attribute, valid_uid};

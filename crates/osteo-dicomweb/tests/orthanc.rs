@@ -3,9 +3,9 @@
 //! throw-away storage folder. Phantom studies are stored with STOW-RS, found with QIDO-RS and
 //! retrieved with WADO-RS byte for byte.
 
-use osteo_dicomweb::orthanc::Orthanc;
 use osteo_dicomweb::{DicomWeb, DicomWebError, Limits, TlsOptions};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
+use osteo_test_support::orthanc::Orthanc;
 use std::path::Path;
 
 /// A phantom study: its StudyInstanceUID and its files' bytes.

@@ -11,65 +11,13 @@ use crate::audit::{AuditLog, Record};
 use crate::connection::{BoxFuture, ConnInfo};
 use crate::engine::Rpc;
 use crate::error::ServerError;
+pub use crate::principal::{Principal, Role, valid_principal};
 use crate::tls::PeerCert;
 pub use crate::tokens::{Credential, Tokens, token_digest};
-use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-
-/// What a principal may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Upload, classify, explain and compare, and read and delete its own studies.
-    Client,
-    /// List models, and read and delete any principal's studies.
-    Admin,
-}
-
-impl Role {
-    /// The role's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Client => "client",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-/// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The name studies and audit records are attributed to.
-    pub name: String,
-    /// Its roles.
-    pub roles: BTreeSet<Role>,
-}
-
-impl Principal {
-    /// The caller when authentication is off: one shared client.
-    pub fn anonymous() -> Self {
-        Self {
-            name: "anonymous".into(),
-            roles: [Role::Client].into_iter().collect(),
-        }
-    }
-
-    /// Whether the principal has `role`.
-    pub fn has(&self, role: Role) -> bool {
-        self.roles.contains(&role)
-    }
-}
-
-/// Whether `name` may be a principal: 1 to 64 letters, digits and `._@-`.
-pub fn valid_principal(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
-}
 
 /// How requests are authenticated: by bearer token, by client certificate, or either; with
 /// neither, everyone is [`Principal::anonymous`].

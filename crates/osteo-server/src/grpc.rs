@@ -2,8 +2,8 @@
 //! authentication layer attached, the peer, the client's deadline within the server's), run
 //! by the engine and answered as a tonic response or status.
 
-use crate::auth::Principal;
 use crate::engine::{Call, Engine, Op, Rpc};
+use crate::principal::Principal;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 

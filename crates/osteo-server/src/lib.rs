@@ -20,6 +20,7 @@ mod grpc;
 pub mod inference;
 pub mod metrics_http;
 pub mod models;
+pub mod principal;
 pub mod registry;
 pub mod rest;
 pub mod rest_json;

@@ -3,11 +3,11 @@
 //! the steps every protocol shares (admission, ingest, quality gates, accounting).
 
 use crate::audit::AuditLog;
-use crate::auth::Principal;
 use crate::budget::Budget;
 use crate::config::Settings;
 use crate::error::ServerError;
 use crate::models::ModelSet;
+use crate::principal::Principal;
 use crate::store::{Study, StudyStore};
 use osteo_core::ViewSpec;
 use osteo_dicom::{Assessment, DicomSource, IngestLimits, IngestOptions};

@@ -5,8 +5,8 @@
 //! logged. With client authentication, the client certificate's subject CN (or its first DNS or
 //! e-mail SAN, when `auth.mtls_san_identity` allows) names the principal for `auth.mode = "mtls"`.
 
-use crate::auth::valid_principal;
 use crate::error::ServerError;
+use crate::principal::valid_principal;
 use rustls::RootCertStore;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;

@@ -5,8 +5,8 @@
 //! refused (logged as an error, `osteo_auth_tokens_file_valid` 0) until it is valid again. An
 //! open stream keeps the [`Credential`] it was opened with and re-checks it.
 
-use crate::auth::{Principal, Role, valid_principal};
 use crate::error::ServerError;
+use crate::principal::{Principal, Role, valid_principal};
 use osteo_core::FileStamp;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};

@@ -95,7 +95,8 @@ impl Settings {
         require(st.ttl_s > 0, "store.ttl_s", 0, "must be positive")?;
         for (cert, principal) in &self.auth.mtls_principals {
             require(
-                crate::auth::valid_principal(cert) && crate::auth::valid_principal(principal),
+                crate::principal::valid_principal(cert)
+                    && crate::principal::valid_principal(principal),
                 "auth.mtls_principals",
                 crate::text::client_text(cert),
                 "maps certificate names to principals, each 1 to 64 letters, digits or ._@-",
@@ -305,7 +306,7 @@ impl Settings {
         )?;
         for (i, name) in a.mtls_admins.iter().enumerate() {
             require(
-                crate::auth::valid_principal(name),
+                crate::principal::valid_principal(name),
                 &format!("auth.mtls_admins[{i}]"),
                 crate::text::client_text(name),
                 "must be 1 to 64 letters, digits or ._@-",

@@ -3,8 +3,8 @@
 //! line read when it ends).
 
 use super::Rpc;
-use crate::auth::Principal;
 use crate::error::ServerError;
+use crate::principal::Principal;
 use crate::store::Study;
 use crate::text::is_handle;
 use osteo_core::Grade;

@@ -1,7 +1,7 @@
 //! Every operation a front door can ask of the engine, by the gRPC method name that the audit
 //! log, the metrics and the authentication layer record it under.
 
-use crate::auth::{Principal, Role};
+use crate::principal::{Principal, Role};
 
 /// One operation, named as in osteo.v1 and the Open Inference Protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

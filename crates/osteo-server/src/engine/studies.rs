@@ -2,9 +2,9 @@
 //! served models.
 
 use super::{Call, Engine};
-use crate::auth::{Principal, Role};
 use crate::convert;
 use crate::error::ServerError;
+use crate::principal::{Principal, Role};
 use crate::upload::{Upload, read_upload};
 use osteo_proto::v1 as pb;
 use tokio_stream::Stream;

@@ -1,8 +1,8 @@
 //! The engine's operations against a fake backend, without any front door.
 
 use super::*;
-use crate::auth::{Principal, Role};
 use crate::models::ModelSet;
+use crate::principal::{Principal, Role};
 use crate::registry::Registry;
 use osteo_core::{Backend, BackendError, BackendInfo, Batch, Device, Explanation, Tensor};
 use osteo_proto::inference as v2;

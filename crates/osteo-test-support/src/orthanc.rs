@@ -19,12 +19,12 @@ pub struct Orthanc {
 
 impl Orthanc {
     /// A DICOMweb client of this Orthanc: plain http, no token, default limits.
-    pub fn client(&self) -> Result<crate::DicomWeb, crate::DicomWebError> {
-        crate::DicomWeb::new(
+    pub fn client(&self) -> Result<osteo_dicomweb::DicomWeb, osteo_dicomweb::DicomWebError> {
+        osteo_dicomweb::DicomWeb::new(
             &self.url,
             None,
-            &crate::TlsOptions::default(),
-            crate::Limits::default(),
+            &osteo_dicomweb::TlsOptions::default(),
+            osteo_dicomweb::Limits::default(),
         )
     }
 
