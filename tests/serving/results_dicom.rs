@@ -2,9 +2,8 @@
 //! checked by dciodvfy (no errors), read back by dcmtk's dsrdump and by pydicom (grade code,
 //! probabilities, patient and study copied, new series, the graded series as evidence).
 
-mod common;
-
-use common::inproc::{InProc, registry};
+use crate::common;
+use crate::common::inproc::{InProc, registry};
 use osteo_proto::v1 as pb;
 use std::path::Path;
 use std::process::Command;

@@ -2,12 +2,10 @@
 //! refused on the TLS port, tokens over TLS, client certificates naming principals and isolating
 //! their studies, certificate rotation without a restart, and the CLI over https.
 
-mod common;
-
-use common::auth::*;
-use common::inproc::{InProc, registry};
-use common::pki::*;
-use common::*;
+use crate::common::auth::*;
+use crate::common::inproc::{InProc, registry};
+use crate::common::pki::*;
+use crate::common::*;
 use osteo_proto::v1 as pb;
 use std::process::Command;
 use std::time::{Duration, Instant};

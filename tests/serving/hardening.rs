@@ -3,10 +3,9 @@
 //! workers. Assertions are on status codes, memory read from /proc and metric contents, never
 //! on wall-clock thresholds.
 
-mod common;
-
-use common::inproc::{InProc, registry};
-use common::*;
+use crate::common;
+use crate::common::inproc::{InProc, registry};
+use crate::common::*;
 use osteo_backend_candle::CandleBackend;
 use osteo_core::{
     Backend, BackendError, BackendInfo, Batch, Device, Explanation, LoadBackend, ModelArtifacts,
@@ -696,7 +695,7 @@ fn upload_start(expected_bytes: u64, sent: usize, last: bool) -> Vec<pb::UploadS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_uploads_hold_only_what_they_sent_and_one_principal_keeps_to_its_share() {
-    use common::auth::{code_of, connect_as, new_token};
+    use crate::common::auth::{code_of, connect_as, new_token};
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens = dir.path().join("tokens.toml");
     let alice = new_token(&tokens, "alice", "client");

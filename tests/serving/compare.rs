@@ -2,8 +2,7 @@
 //! overridden per request, ListModels shows who serves what where, CompareBackends and
 //! `osteo compare` run one study through several backends, and Explain works on every backend.
 
-mod common;
-
+use crate::common;
 /// Runs `osteo compare --json` on the study in `dir` (the clinical values of
 /// `common::clinical()`) through `backends`.
 fn compare_cli(url: &str, dir: &std::path::Path, backends: &str) -> std::process::Output {
@@ -16,7 +15,7 @@ fn compare_cli(url: &str, dir: &std::path::Path, backends: &str) -> std::process
         .expect("osteo compare")
 }
 
-use common::{CLINICAL_FLAGS, Server, by_handle, clinical, read_all, study, upload};
+use crate::common::{CLINICAL_FLAGS, Server, by_handle, clinical, read_all, study, upload};
 use osteo_proto::v1 as pb;
 use std::process::Command;
 use tonic::Code;

@@ -1,9 +1,7 @@
 //! Telemetry of the real server: spans exported over OTLP/gRPC to a real receiver on loopback
 //! (Python grpcio + opentelemetry-proto), JSON log lines, and neither carrying patient data.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,11 +1,9 @@
 //! Security of a clinical deployment (issue: Security): the hash-chained audit log, written for
 //! every request by an in-process server and checked with `osteo audit verify`.
 
-mod common;
-
-use common::auth::*;
-use common::inproc::{InProc, registry};
-use common::*;
+use crate::common::auth::*;
+use crate::common::inproc::{InProc, registry};
+use crate::common::*;
 use osteo_proto::v1 as pb;
 use std::process::Command;
 use tonic::Code;

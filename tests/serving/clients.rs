@@ -1,9 +1,8 @@
 //! Independent clients against the real server: Python grpcio with stubs generated from proto/
 //! at test time, and grpcurl through server reflection (both installed by scripts/setup.sh).
 
-mod common;
-
-use common::*;
+use crate::common;
+use crate::common::*;
 use osteo_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,9 +3,7 @@
 //! dynamic batching observed in /metrics, every documented error code, graceful shutdown, and no
 //! patient identifier anywhere in the server's output.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use osteo_proto::v1 as pb;
 use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
 use std::path::Path;

@@ -4,9 +4,7 @@
 //! second run skips what is screened; shards split the studies disjointly; an unreachable PACS
 //! is an error row and exit 1; bad arguments exit 2.
 
-mod common;
-
-use common::inproc::{InProc, registry};
+use crate::common::inproc::{InProc, registry};
 use dicom_dictionary_std::tags;
 use osteo_dicomweb::{DicomWeb, Limits, TlsOptions};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
@@ -333,7 +331,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
 /// through the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screen_reaches_a_pacs_over_tls_with_client_certificates() {
-    use common::pki::Ca;
+    use crate::common::pki::Ca;
     use osteo_dicomweb::DicomWebError;
     use osteo_test_support::nginx::{ProxyAuth, TlsProxy};
 

@@ -3,10 +3,8 @@
 //! values give; values sent win; each missing or implausible attribute is refused naming it,
 //! never echoing its value.
 
-mod common;
-
-use common::inproc::{InProc, registry};
-use common::*;
+use crate::common::inproc::{InProc, registry};
+use crate::common::*;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use osteo_phantom::{

@@ -1,6 +1,5 @@
 //! Shared harness of the server tests: a real `osteo serve` process on loopback ports, a phantom
 //! study with known patient identifiers, upload messages and a /metrics reader.
-#![allow(dead_code)] // each test crate uses a different part of the harness
 
 pub mod auth;
 pub mod inproc;
@@ -426,47 +425,4 @@ pub fn proc_status_bytes(path: &str, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or_else(|| panic!("{field} in {path}"))
-}
-
-/// Resident memory of this process in bytes (VmRSS of /proc/self/status).
-pub fn rss_bytes() -> u64 {
-    proc_status_bytes("/proc/self/status", "VmRSS")
-}
-
-/// Samples this process's RSS every few milliseconds until dropped; `peak` is the largest seen.
-pub struct RssPeak {
-    peak: Arc<std::sync::atomic::AtomicU64>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssPeak {
-    /// Starts sampling.
-    pub fn start() -> Self {
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-        let peak = Arc::new(AtomicU64::new(rss_bytes()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (peak.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(rss_bytes(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
-        Self {
-            peak,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops sampling and returns the peak RSS in bytes.
-    pub fn finish(mut self) -> u64 {
-        use std::sync::atomic::Ordering;
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak.load(Ordering::Relaxed).max(rss_bytes())
-    }
 }

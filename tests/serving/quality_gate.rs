@@ -7,6 +7,7 @@
 //! thickness: the in-plane anatomy stays real, the extent no longer decides, and the anatomy
 //! checks must tell a head or a neck from an abdomen.
 
+use crate::common;
 use osteo_core::ViewSpec;
 use osteo_dicom::{Assessment, DicomSource, IngestOptions, Volume, VolumeGeometry, assess, ingest};
 use osteo_phantom::{PhantomSpec, TScoreModel, phantom_volume};
@@ -291,13 +292,11 @@ fn broken_acquisitions_are_refused_by_the_check_that_names_them() {
     );
 }
 
-mod common;
-
 /// The server shows each model's gate at upload and in GetStudy, and refuses to grade a study
 /// its model's gate fails; a model that does not read CT still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_shows_the_gate_and_refuses_what_the_model_cannot_grade() {
-    use common::inproc::{InProc, registry};
+    use crate::common::inproc::{InProc, registry};
     use osteo_proto::v1 as pb;
     use tonic::Code;
 

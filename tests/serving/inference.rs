@@ -3,11 +3,9 @@
 //! equal to ONNX Runtime called directly and to Classify), and bad requests refused naming the
 //! input.
 
-mod common;
-
-use common::auth::new_token;
-use common::inproc::{InProc, registry};
-use common::*;
+use crate::common::auth::new_token;
+use crate::common::inproc::{InProc, registry};
+use crate::common::*;
 use osteo_backend_ort::OrtBackend;
 use osteo_core::{Backend, Batch, LoadBackend, ModelArtifacts, Sample};
 use osteo_proto::inference as v2;

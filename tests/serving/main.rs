@@ -1,0 +1,19 @@
+//! The server's integration tests, one binary with a module per area (DESIGN §11): in-process
+//! servers on pre-bound listeners through the client library wherever no real process is the
+//! point, `osteo serve` subprocesses where the binary itself is under test (signals, exit
+//! codes, log format, descriptor limits, telemetry export).
+
+mod common;
+
+mod clients;
+mod clinical_header;
+mod compare;
+mod hardening;
+mod inference;
+mod quality_gate;
+mod results_dicom;
+mod screen;
+mod security;
+mod server;
+mod telemetry;
+mod tls;
