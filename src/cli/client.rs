@@ -7,8 +7,9 @@ use clap::Args;
 use osteo_client::Client;
 use osteo_client::grade::{Answer, Choice, Subject};
 use osteo_client::report::{self, grade_name};
+use osteo_dicomweb::TlsOptions;
 use osteo_proto::v1 as pb;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The credentials a client command presents, and the CA it trusts.
 #[derive(Debug, Clone, Args)]
@@ -37,27 +38,42 @@ pub struct Credentials {
 impl Credentials {
     /// The library's credentials: the token and the PEM files the flags name, read now.
     pub fn load(&self) -> anyhow::Result<osteo_client::Credentials> {
+        let TlsOptions { ca_pem, identity } = tls_files(
+            ("--ca-cert", self.ca_cert.as_deref()),
+            ("--client-cert", self.client_cert.as_deref()),
+            ("--client-key", self.client_key.as_deref()),
+        )?;
         Ok(osteo_client::Credentials {
             token: self.token.clone(),
-            ca_pem: self
-                .ca_cert
-                .as_deref()
-                .map(|p| read_flag_file("--ca-cert", p))
-                .transpose()?,
-            identity: match (&self.client_cert, &self.client_key) {
-                (Some(cert), Some(key)) => Some((
-                    read_flag_file("--client-cert", cert)?,
-                    read_flag_file("--client-key", key)?,
-                )),
-                _ => None,
-            },
+            ca_pem,
+            identity,
         })
     }
 }
 
-/// The bytes of the file a command-line flag names; the error names the flag and the path.
-pub(super) fn read_flag_file(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("INVALID_ARGUMENT: {flag} {}", path.display()))
+/// A PEM file a flag may name: the flag and the path.
+pub(super) type FlagFile<'a> = (&'a str, Option<&'a Path>);
+
+/// The CA bundle and the client identity (certificate chain, key) the flags name, read now
+/// (for the server and for a PACS alike);
+/// an unreadable file is an error naming its flag and path.
+pub(super) fn tls_files(
+    ca: FlagFile<'_>,
+    cert: FlagFile<'_>,
+    key: FlagFile<'_>,
+) -> anyhow::Result<TlsOptions> {
+    let read = |(flag, path): FlagFile<'_>| -> anyhow::Result<Option<Vec<u8>>> {
+        path.map(|p| {
+            std::fs::read(p).with_context(|| format!("INVALID_ARGUMENT: {flag} {}", p.display()))
+        })
+        .transpose()
+    };
+    let ca_pem = read(ca)?;
+    let identity = match (read(cert)?, read(key)?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        _ => None,
+    };
+    Ok(TlsOptions { ca_pem, identity })
 }
 
 /// The server and the model and backend to ask for, shared by every client command.

@@ -68,21 +68,14 @@ pub struct ScreenArgs {
 impl ScreenArgs {
     /// The TLS options of the PACS connection from the files named on the command line.
     fn pacs_tls(&self) -> anyhow::Result<TlsOptions> {
-        let read = client::read_flag_file;
-        Ok(TlsOptions {
-            ca_pem: self
-                .dicomweb_ca_cert
-                .as_deref()
-                .map(|p| read("--dicomweb-ca-cert", p))
-                .transpose()?,
-            identity: match (&self.dicomweb_client_cert, &self.dicomweb_client_key) {
-                (Some(cert), Some(key)) => Some((
-                    read("--dicomweb-client-cert", cert)?,
-                    read("--dicomweb-client-key", key)?,
-                )),
-                _ => None,
-            },
-        })
+        client::tls_files(
+            ("--dicomweb-ca-cert", self.dicomweb_ca_cert.as_deref()),
+            (
+                "--dicomweb-client-cert",
+                self.dicomweb_client_cert.as_deref(),
+            ),
+            ("--dicomweb-client-key", self.dicomweb_client_key.as_deref()),
+        )
     }
 }
 

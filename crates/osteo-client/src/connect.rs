@@ -1,7 +1,8 @@
 //! Connecting to an OsteoServe server: plaintext or TLS (a CA bundle or the system's roots, a
 //! client certificate), and a bearer token sent with every call.
 
-use crate::error::{ClientError, chain};
+use crate::error::ClientError;
+use osteo_core::error::chain;
 use osteo_proto::v1::osteo_service_client::OsteoServiceClient;
 use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};

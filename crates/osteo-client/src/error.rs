@@ -81,18 +81,3 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unauthenticated => "UNAUTHENTICATED",
     }
 }
-
-/// An error and its causes on one line (tonic's transport errors keep the reason in the chain).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}

@@ -56,3 +56,19 @@ pub enum CoreError {
         message: String,
     },
 }
+
+/// An error and its sources on one line, `error: source: source`, each source's text left out
+/// when an earlier text holds it already (libraries often repeat their cause).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -110,7 +110,7 @@ fn read_object(
     }
     let mut obj = options.from_reader(bytes).map_err(|e| DicomError::Parse {
         file: label.to_string(),
-        message: error_chain(&e),
+        message: osteo_core::error::chain(&e),
     })?;
     let endianness = TransferSyntaxRegistry
         .get(obj.meta().transfer_syntax())
@@ -147,21 +147,6 @@ fn parse_bytes(label: String, bytes: Vec<u8>, limits: &IngestLimits) -> Result<P
         obj,
         native: None,
     })
-}
-
-/// Joins an error and its sources into one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        src = cause.source();
-    }
-    s
 }
 
 fn is_text_vr(vr: VR) -> bool {

@@ -277,7 +277,7 @@ fn decode_frame_into(
         return Err(unsupported());
     }
     let decode_err = |e: &dyn std::error::Error| {
-        let message = attrs::error_chain(e);
+        let message = osteo_core::error::chain(e);
         if message.to_ascii_lowercase().contains("unsupported") {
             unsupported()
         } else {

@@ -330,7 +330,7 @@ impl DicomWeb {
                     .await
                     .map_err(|e| match tls::tls_failure(&e) {
                         Some(message) => DicomWebError::Handshake { request, message },
-                        None => transport(error_chain(&e)),
+                        None => transport(osteo_core::error::chain(&e)),
                     })?;
             let status = response.status().as_u16();
             if !(200..300).contains(&status) {
@@ -445,17 +445,6 @@ fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 
 use super::Row;
 use crate::connect::Client;
-use crate::error::{ClientError, chain};
+use crate::error::ClientError;
 use crate::report::grade_name;
 use crate::retry::{retry, transient_status};
+use osteo_core::error::chain;
 use osteo_dicomweb::{DicomWeb, DicomWebError, attribute};
 use osteo_proto::v1 as pb;
 use std::sync::atomic::{AtomicU64, Ordering};
