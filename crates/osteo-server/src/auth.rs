@@ -1,6 +1,6 @@
 //! Authentication and roles: bearer tokens checked against a tokens file that holds only their
 //! SHA-256 digests, and client certificates (the connection's verified certificate names the
-//! principal, see [`crate::tls::PeerCert`]). A tower layer in front of every service but
+//! principal, see [`crate::net::tls::PeerCert`]). A tower layer in front of every service but
 //! grpc.health.v1 (Kubernetes probes carry no credentials) refuses a request without valid
 //! credentials with UNAUTHENTICATED — before its message is read — counts and audits the
 //! refusal, and hands the [`Principal`] to the services in the request's extensions; the
@@ -8,11 +8,11 @@
 //! when it changes and failing closed, is [`crate::tokens`].
 
 use crate::audit::{AuditLog, Record};
-use crate::connection::{BoxFuture, ConnInfo};
 use crate::engine::Rpc;
 use crate::error::ServerError;
+use crate::net::connection::{BoxFuture, ConnInfo};
+use crate::net::tls::PeerCert;
 pub use crate::principal::{Principal, Role, valid_principal};
-use crate::tls::PeerCert;
 pub use crate::tokens::{Credential, Tokens, token_digest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -2,8 +2,8 @@
 //! `GET /metrics` (and `HEAD`) with the exposition text and 404 to anything else, behind the
 //! same connection limits as the gRPC listener.
 
-use crate::connection::{ConnLimits, accept_loop};
 use crate::error::ServerError;
+use crate::net::connection::{ConnLimits, accept_loop};
 use bytes::Bytes;
 use http_body_util::Full;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};

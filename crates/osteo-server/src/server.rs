@@ -1,17 +1,17 @@
 //! Starting and stopping the server: listeners, model loading behind grpc.health.v1, reflection,
 //! the Prometheus endpoint, store expiry and graceful shutdown.
 
+use crate::api::oip::Inference;
+use crate::api::v1::Service;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::Settings;
-use crate::connection::{ActivityLayer, ConnLimits, HTTP2_HANDSHAKE_BYTES, accept_loop};
 use crate::engine::Engine;
 use crate::error::ServerError;
-use crate::inference::Inference;
 use crate::models::ModelSet;
+use crate::net::connection::{ActivityLayer, ConnLimits, HTTP2_HANDSHAKE_BYTES, accept_loop};
+use crate::net::tls::{Alpn, TlsSource};
 use crate::registry::Registry;
-use crate::service::Service;
 use crate::state::State;
-use crate::tls::{Alpn, TlsSource};
 use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use osteo_proto::v1::osteo_service_server::OsteoServiceServer;
 use std::future::Future;
@@ -174,8 +174,8 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     settings.validate()?;
-    crate::fdlimit::ensure(
-        crate::fdlimit::needed(listeners.count(), settings.server.max_connections),
+    crate::net::fdlimit::ensure(
+        crate::net::fdlimit::needed(listeners.count(), settings.server.max_connections),
         &settings.server.fd_limit,
     )?;
     let Listeners {
@@ -265,8 +265,8 @@ pub async fn serve_on(
             ..limits
         };
         let scheme = if http_tls.is_some() { "https" } else { "http" };
-        let router = crate::rest::router(engine.clone(), gate.clone(), max_message);
-        crate::rest::serve(h, http_limits, http_tls, router, stop_rx.clone());
+        let router = crate::api::rest::router(engine.clone(), gate.clone(), max_message);
+        crate::api::rest::serve(h, http_limits, http_tls, router, stop_rx.clone());
         tracing::info!(http_addr = %addr, "Open Inference Protocol REST at {scheme}://{addr}/v2");
     }
 

@@ -114,14 +114,14 @@ impl TlsSettings {
     }
 
     /// The files to load, when TLS is served.
-    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
-        self.enabled().then(|| crate::tls::TlsFiles {
+    pub fn files(&self) -> Option<crate::net::tls::TlsFiles> {
+        self.enabled().then(|| crate::net::tls::TlsFiles {
             cert: PathBuf::from(&self.cert_file),
             key: PathBuf::from(&self.key_file),
             client_ca: (!self.client_ca_file.is_empty())
                 .then(|| PathBuf::from(&self.client_ca_file)),
-            client_auth: crate::tls::ClientAuth::parse(&self.client_auth)
-                .unwrap_or(crate::tls::ClientAuth::Required),
+            client_auth: crate::net::tls::ClientAuth::parse(&self.client_auth)
+                .unwrap_or(crate::net::tls::ClientAuth::Required),
         })
     }
 }

@@ -252,14 +252,14 @@ impl Settings {
             format!("{:?}", t.key_file),
             "set server.tls.cert_file and server.tls.key_file together",
         )?;
-        let Some(auth) = crate::tls::ClientAuth::parse(&t.client_auth) else {
+        let Some(auth) = crate::net::tls::ClientAuth::parse(&t.client_auth) else {
             return Err(invalid(
                 "server.tls.client_auth",
                 &t.client_auth,
                 "must be \"none\", \"optional\" or \"required\"",
             ));
         };
-        if auth != crate::tls::ClientAuth::None {
+        if auth != crate::net::tls::ClientAuth::None {
             require(
                 t.enabled(),
                 "server.tls.client_auth",

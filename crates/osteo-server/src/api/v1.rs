@@ -1,8 +1,8 @@
 //! The osteo.v1 front door: `osteo.v1.OsteoService` over gRPC, each method a call of the engine.
 
+use crate::api::grpc::serve;
 use crate::engine::{Engine, Rpc};
 use crate::error::ServerError;
-use crate::grpc::serve;
 use osteo_proto::v1 as pb;
 use osteo_proto::v1::osteo_service_server::OsteoService;
 use tokio_stream::StreamExt;

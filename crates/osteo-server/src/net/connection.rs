@@ -7,7 +7,7 @@
 //! finds the connection's state in each request's extensions (tonic puts the stream's connect
 //! info there) and holds a guard until the response body has been sent.
 
-use crate::tls::{PeerCert, TlsSource};
+use crate::net::tls::{PeerCert, TlsSource};
 use bytes::Bytes;
 use std::future::Future;
 use std::io;

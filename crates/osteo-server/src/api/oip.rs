@@ -2,9 +2,9 @@
 //! same port as osteo.v1, each method a call of the engine's OIP operations (the REST front
 //! door is its sibling over the same operations).
 
+use crate::api::grpc::serve;
 use crate::auth::{Credential, Principal};
 use crate::engine::{Call, Engine, Rpc};
-use crate::grpc::serve;
 use osteo_proto::inference as v2;
 use osteo_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use std::time::Duration;

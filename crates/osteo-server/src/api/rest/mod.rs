@@ -6,12 +6,12 @@
 //! authentication are those of the gRPC listener.
 
 mod intake;
+pub mod json;
 
 use crate::auth::{AuthLayer, Principal};
-use crate::connection::{ActivityLayer, ConnInfo, ConnLimits, accept_loop};
 use crate::engine::{Call, Engine, Op, Rpc};
-use crate::rest_json::{self, HEADER_LENGTH};
-use crate::tls::TlsSource;
+use crate::net::connection::{ActivityLayer, ConnInfo, ConnLimits, accept_loop};
+use crate::net::tls::TlsSource;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -20,6 +20,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderValue, StatusCode, header};
 use intake::Early;
+use json::HEADER_LENGTH;
 use osteo_proto::inference as v2;
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -271,7 +272,7 @@ async fn infer(
             Box::pin(e.model_infer(c, message))
         })
         .await?;
-    let out = rest_json::respond(&parsed, &response);
+    let out = json::respond(&parsed, &response);
     let mut r = Response::new(Body::from(out.bytes));
     let content_type = match out.header_length {
         Some(n) => {

@@ -3,11 +3,11 @@
 //! within the caller's share as it arrives), the infer body parsed with its values capped, and
 //! the refusals of these steps, which are counted, audited and logged like every other outcome.
 
+use super::json::{self, HEADER_LENGTH};
 use super::{App, Caller, ModelPath, Refusal, error_response, http_status};
 use crate::budget::Reservation;
 use crate::engine::Rpc;
 use crate::error::ServerError;
-use crate::rest_json::{self, HEADER_LENGTH};
 use axum::body::Body;
 use http::{HeaderValue, StatusCode, header};
 use std::time::Instant;
@@ -186,7 +186,7 @@ impl App {
         caller: &Caller,
         headers: &http::HeaderMap,
         body: Body,
-    ) -> Result<(rest_json::Parsed, Reservation), Early> {
+    ) -> Result<(json::Parsed, Reservation), Early> {
         let bad = |m: String| Early::from(ServerError::InvalidArgument(m)).closing();
         if let Some(enc) = headers.get(header::CONTENT_ENCODING)
             && enc.as_bytes() != b"identity"
@@ -214,7 +214,7 @@ impl App {
         // bytes besides the body.
         let decoded = max_values.saturating_mul(4 * 3) as u64;
         held.grow(decoded, "the request's decoded tensors")?;
-        let parsed = rest_json::parse(&p.model, &p.version, &body, header_length, max_values)?;
+        let parsed = json::parse(&p.model, &p.version, &body, header_length, max_values)?;
         drop(body);
         let raw: usize = parsed.message.raw_input_contents.iter().map(Vec::len).sum();
         held.resize(raw as u64, "the request's decoded tensors")?;
