@@ -199,7 +199,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
             "osteoporosis" => "64859006",
             _ => "BMD-NORMAL",
         };
-        let srs: Vec<&Vec<u8>> = instances
+        let srs: Vec<_> = instances
             .iter()
             .filter(|i| {
                 contains(i, b"1.2.840.10008.5.1.4.1.1.88.33") && contains(i, code.as_bytes())
@@ -321,6 +321,60 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(results(&gone)[&head].0, "error");
+    server.stop().await.expect("stop");
+}
+
+/// A study over the server's upload limit is refused once: the server marks the refusal "do not
+/// retry" (`grpc-retry-pushback-ms: -1`) and `osteo screen` ends the study in error at once
+/// instead of sending it four times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_over_the_servers_limit_is_not_retried() {
+    let orthanc = Orthanc::start().expect("Orthanc");
+    let pacs = orthanc.client().expect("client");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let patient = TScoreModel::default().patient(17, 0);
+    let (_, volume) = phantom_volume(&patient, &PhantomSpec::default());
+    let identity = SeriesIdentity::for_patient(&patient);
+    let files = write_series(&volume, &identity, &dir.path().join("study")).expect("write");
+    let bytes: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).expect("read"))
+        .collect();
+    assert!(bytes.iter().map(Vec::len).sum::<usize>() > 1 << 20);
+    pacs.store(&bytes).await.expect("store phantom");
+    let audit = dir.path().join("audit.jsonl");
+    let server = InProc::start(
+        &format!(
+            "[store]\nmax_upload_bytes = 1048576\n[audit]\npath = \"{}\"\n",
+            audit.display()
+        ),
+        &[("osteo-fused-v1", "backends = [\"ort\"]")],
+        registry(),
+    )
+    .await;
+    let results_file = dir.path().join("results.csv");
+    let out = screen(vec![
+        "--dicomweb".into(),
+        orthanc.url.clone(),
+        "--server".into(),
+        server.url.clone(),
+        "--results".into(),
+        results_file.display().to_string(),
+        "--study".into(),
+        identity.study_uid.clone(),
+    ])
+    .await;
+    let reason = ended_in_error(out, &results_file, &identity.study_uid);
+    assert!(
+        reason.starts_with("RESOURCE_EXHAUSTED") && reason.contains("store.max_upload_bytes"),
+        "{reason}"
+    );
+    let uploads = std::fs::read_to_string(&audit)
+        .expect("audit log")
+        .lines()
+        .filter(|l| l.contains("\"UploadStudy\""))
+        .count();
+    assert_eq!(uploads, 1, "the refused upload was sent once");
     server.stop().await.expect("stop");
 }
 

@@ -3,52 +3,101 @@
 
 use crate::connect::Client;
 use crate::error::ClientError;
+use bytes::Bytes;
 use osteo_dicom::{DicomSource, IngestLimits};
 use osteo_proto::v1 as pb;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Bytes per upload chunk.
 pub const CHUNK: usize = 1 << 20;
 
-/// The upload messages of `files` in chunks of at most `chunk` bytes (an empty file is one
-/// empty last chunk).
-pub fn messages<F: AsRef<[u8]>>(files: &[F], chunk: usize) -> Vec<pb::UploadStudyRequest> {
-    let total: u64 = files.iter().map(|f| f.as_ref().len() as u64).sum();
-    let mut out = vec![pb::UploadStudyRequest {
-        part: Some(pb::upload_study_request::Part::Header(pb::UploadHeader {
-            expected_files: files.len() as u32,
-            expected_bytes: total,
-            series_instance_uid: String::new(),
-        })),
-    }];
-    for (i, f) in files.iter().enumerate() {
-        let f = f.as_ref();
-        let pieces: Vec<&[u8]> = if f.is_empty() {
-            vec![&[]]
-        } else {
-            f.chunks(chunk.max(1)).collect()
-        };
-        let last = pieces.len() - 1;
-        for (k, piece) in pieces.into_iter().enumerate() {
-            out.push(pb::UploadStudyRequest {
-                part: Some(pb::upload_study_request::Part::Chunk(pb::FileChunk {
-                    file_index: i as u32,
-                    data: piece.to_vec(),
-                    last: k == last,
+/// The messages of one upload, made as they are read: the header, then each file's chunks.
+/// Only the chunk being sent is copied out of the files, so an upload holds the files once
+/// (and the files stay for a retry).
+struct Messages {
+    files: Arc<Vec<Bytes>>,
+    chunk: usize,
+    header: bool,
+    file: usize,
+    offset: usize,
+}
+
+impl Iterator for Messages {
+    type Item = pb::UploadStudyRequest;
+
+    fn next(&mut self) -> Option<pb::UploadStudyRequest> {
+        if !self.header {
+            self.header = true;
+            return Some(pb::UploadStudyRequest {
+                part: Some(pb::upload_study_request::Part::Header(pb::UploadHeader {
+                    expected_files: self.files.len() as u32,
+                    expected_bytes: self.files.iter().map(|f| f.len() as u64).sum(),
+                    series_instance_uid: String::new(),
                 })),
             });
         }
+        let f = self.files.get(self.file)?;
+        // An empty file is one empty last chunk.
+        let end = (self.offset + self.chunk).min(f.len());
+        let message = pb::UploadStudyRequest {
+            part: Some(pb::upload_study_request::Part::Chunk(pb::FileChunk {
+                file_index: self.file as u32,
+                data: f[self.offset..end].to_vec(),
+                last: end == f.len(),
+            })),
+        };
+        if end == f.len() {
+            self.file += 1;
+            self.offset = 0;
+        } else {
+            self.offset = end;
+        }
+        Some(message)
     }
-    out
 }
 
-/// Uploads DICOM files held in memory; returns the study's summary (handle, quality gate).
-pub async fn upload<F: AsRef<[u8]>>(
+/// The upload messages of `files` in chunks of at most `chunk` bytes, made lazily as the
+/// stream is read.
+pub fn stream(
+    files: Arc<Vec<Bytes>>,
+    chunk: usize,
+) -> impl tokio_stream::Stream<Item = pb::UploadStudyRequest> + Send + 'static {
+    tokio_stream::iter(Messages {
+        files,
+        chunk: chunk.max(1),
+        header: false,
+        file: 0,
+        offset: 0,
+    })
+}
+
+/// Every upload message of `files` in chunks of at most `chunk` bytes, at once (tests that
+/// alter the framing use this).
+pub fn messages<F: AsRef<[u8]>>(files: &[F], chunk: usize) -> Vec<pb::UploadStudyRequest> {
+    Messages {
+        files: Arc::new(
+            files
+                .iter()
+                .map(|f| Bytes::copy_from_slice(f.as_ref()))
+                .collect(),
+        ),
+        chunk: chunk.max(1),
+        header: false,
+        file: 0,
+        offset: 0,
+    }
+    .collect()
+}
+
+/// Uploads DICOM files held in memory, streaming their chunks; returns the study's summary
+/// (handle, quality gate).
+pub async fn upload(
     client: &mut Client,
-    files: &[F],
+    files: Arc<Vec<Bytes>>,
 ) -> Result<pb::StudySummary, ClientError> {
     client
-        .upload_study(tokio_stream::iter(messages(files, CHUNK)))
+        .upload_study(stream(files, CHUNK))
         .await?
         .into_inner()
         .summary
@@ -59,8 +108,8 @@ pub async fn upload<F: AsRef<[u8]>>(
 /// handle.
 pub async fn upload_path(client: &mut Client, path: &Path) -> Result<String, ClientError> {
     let files = DicomSource::Path(path.to_path_buf()).read(&IngestLimits::default())?;
-    let bytes: Vec<&[u8]> = files.iter().map(|f| f.bytes.as_slice()).collect();
-    Ok(upload(client, &bytes).await?.study)
+    let bytes: Vec<Bytes> = files.into_iter().map(|f| Bytes::from(f.bytes)).collect();
+    Ok(upload(client, Arc::new(bytes)).await?.study)
 }
 
 #[cfg(test)]

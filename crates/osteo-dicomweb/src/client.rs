@@ -209,14 +209,15 @@ impl DicomWeb {
         }
     }
 
-    /// WADO-RS: every instance of one series as DICOM Part-10 bytes, the answer at most
-    /// `max_bytes` (and within the client's `max_study_bytes`).
+    /// WADO-RS: every instance of one series as DICOM Part-10 bytes (views of the one answer
+    /// body, not copies), the answer at most `max_bytes` (and within the client's
+    /// `max_study_bytes`).
     pub async fn retrieve_series(
         &self,
         study_uid: &str,
         series_uid: &str,
         max_bytes: u64,
-    ) -> Result<Vec<Vec<u8>>, DicomWebError> {
+    ) -> Result<Vec<Bytes>, DicomWebError> {
         const REQUEST: &str = "WADO-RS retrieve";
         check_uid(REQUEST, "SeriesInstanceUID", series_uid)?;
         self.retrieve(
@@ -229,7 +230,7 @@ impl DicomWeb {
     }
 
     /// WADO-RS: every instance of a study as DICOM Part-10 bytes.
-    pub async fn retrieve_study(&self, study_uid: &str) -> Result<Vec<Vec<u8>>, DicomWebError> {
+    pub async fn retrieve_study(&self, study_uid: &str) -> Result<Vec<Bytes>, DicomWebError> {
         self.retrieve("WADO-RS retrieve", study_uid, "", u64::MAX)
             .await
     }
@@ -241,27 +242,47 @@ impl DicomWeb {
         study_uid: &str,
         rest: &str,
         max_bytes: u64,
-    ) -> Result<Vec<Vec<u8>>, DicomWebError> {
+    ) -> Result<Vec<Bytes>, DicomWebError> {
         check_uid(request, "StudyInstanceUID", study_uid)?;
-        let (_, content_type, body) = self
-            .call(
-                request,
-                Method::GET,
-                &format!("/studies/{study_uid}{rest}"),
-                "multipart/related; type=\"application/dicom\"",
-                None,
-                max_bytes.min(self.limits.max_study_bytes),
-            )
-            .await?;
+        let limit = max_bytes.min(self.limits.max_study_bytes);
         let protocol = |message: &str| DicomWebError::Protocol {
             request,
             message: message.into(),
         };
-        let boundary = multipart::boundary(&content_type)
-            .ok_or_else(|| protocol("the answer is not multipart/related with a boundary"))?;
-        let parts = multipart::split(&body, &boundary)
-            .ok_or_else(|| protocol("the multipart answer is malformed"))?;
-        Ok(parts.into_iter().map(<[u8]>::to_vec).collect())
+        self.within_time(request, async {
+            let answer = self
+                .send(
+                    request,
+                    Method::GET,
+                    &format!("/studies/{study_uid}{rest}"),
+                    "multipart/related; type=\"application/dicom\"",
+                    None,
+                    limit,
+                )
+                .await?;
+            let boundary = multipart::boundary(&answer.content_type)
+                .ok_or_else(|| protocol("the answer is not multipart/related with a boundary"))?;
+            // The parts are split off as the body arrives: the answer is held once.
+            let mut splitter = multipart::Splitter::new(&boundary);
+            let mut parts = Vec::new();
+            let mut frames = answer.body;
+            while let Some(frame) = frames.frame().await {
+                if let Ok(data) = frame
+                    .map_err(|e| body_error(request, limit, e))?
+                    .into_data()
+                {
+                    let done = splitter
+                        .push(&data)
+                        .ok_or_else(|| protocol("the multipart answer is malformed"))?;
+                    parts.extend(done);
+                }
+            }
+            if !splitter.finished() {
+                return Err(protocol("the multipart answer is malformed"));
+            }
+            Ok(parts)
+        })
+        .await
     }
 
     /// STOW-RS: stores DICOM Part-10 instances; every one must be accepted.
@@ -305,6 +326,53 @@ impl DicomWeb {
         body: Option<(Vec<u8>, String)>,
         limit: u64,
     ) -> Result<(u16, String, Bytes), DicomWebError> {
+        self.within_time(request, async {
+            let answer = self
+                .send(request, method, path, accept, body, limit)
+                .await?;
+            // The body goes into one buffer as its frames arrive (sized up front when the
+            // length is declared), each frame dropped once copied.
+            let mut buf = Vec::with_capacity(answer.declared.unwrap_or(0) as usize);
+            let (status, content_type) = (answer.status, answer.content_type.clone());
+            let mut frames = answer.body;
+            while let Some(frame) = frames.frame().await {
+                if let Ok(data) = frame
+                    .map_err(|e| body_error(request, limit, e))?
+                    .into_data()
+                {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok((status, content_type, Bytes::from(buf)))
+        })
+        .await
+    }
+
+    /// `exchange` within the client's time limit.
+    async fn within_time<T>(
+        &self,
+        request: &'static str,
+        exchange: impl std::future::Future<Output = Result<T, DicomWebError>>,
+    ) -> Result<T, DicomWebError> {
+        tokio::time::timeout(self.limits.timeout, exchange)
+            .await
+            .map_err(|_| DicomWebError::Transport {
+                request,
+                message: format!("no answer within {:?}", self.limits.timeout),
+            })?
+    }
+
+    /// Sends one request; the answer's status is a success and its declared length (if any)
+    /// at most `limit`; its body, limited to `limit` bytes, is still to be read.
+    async fn send(
+        &self,
+        request: &'static str,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<(Vec<u8>, String)>,
+        limit: u64,
+    ) -> Result<Answer, DicomWebError> {
         let transport = |message: String| DicomWebError::Transport { request, message };
         let mut builder = Request::builder()
             .method(method)
@@ -323,49 +391,40 @@ impl DicomWeb {
         let req = builder
             .body(Full::new(content))
             .map_err(|e| transport(e.to_string()))?;
-        let exchange = async {
-            let response =
-                self.client
-                    .request(req)
-                    .await
-                    .map_err(|e| match tls::tls_failure(&e) {
-                        Some(message) => DicomWebError::Handshake { request, message },
-                        None => transport(osteo_core::error::chain(&e)),
-                    })?;
-            let status = response.status().as_u16();
-            if !(200..300).contains(&status) {
-                return Err(DicomWebError::Status { request, status });
-            }
-            let content_type = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            if let Some(length) = response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                && length > limit
-            {
-                return Err(DicomWebError::TooLarge { request, limit });
-            }
-            let body = Limited::new(response.into_body(), limit as usize)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        DicomWebError::TooLarge { request, limit }
-                    } else {
-                        transport(e.to_string())
-                    }
-                })?
-                .to_bytes();
-            Ok((status, content_type, body))
-        };
-        tokio::time::timeout(self.limits.timeout, exchange)
+        let response = self
+            .client
+            .request(req)
             .await
-            .map_err(|_| transport(format!("no answer within {:?}", self.limits.timeout)))?
+            .map_err(|e| match tls::tls_failure(&e) {
+                Some(message) => DicomWebError::Handshake { request, message },
+                None => transport(osteo_core::error::chain(&e)),
+            })?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(DicomWebError::Status { request, status });
+        }
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let declared = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return Err(DicomWebError::TooLarge { request, limit });
+        }
+        Ok(Answer {
+            status,
+            content_type,
+            declared,
+            body: Limited::new(
+                response.into_body(),
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            ),
+        })
     }
 }
 
@@ -445,6 +504,30 @@ fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// An answer whose status and declared length were checked, its body still to be read.
+struct Answer {
+    status: u16,
+    content_type: String,
+    declared: Option<u64>,
+    body: Limited<hyper::body::Incoming>,
+}
+
+/// The error of a body that failed while read: over `limit`, or the transport's.
+fn body_error(
+    request: &'static str,
+    limit: u64,
+    e: Box<dyn std::error::Error + Send + Sync>,
+) -> DicomWebError {
+    if e.is::<http_body_util::LengthLimitError>() {
+        DicomWebError::TooLarge { request, limit }
+    } else {
+        DicomWebError::Transport {
+            request,
+            message: e.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,26 +11,127 @@ pub fn boundary(content_type: &str) -> Option<String> {
     })
 }
 
-/// The bodies of the parts of a multipart body; `None` when it is malformed.
-pub fn split<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<&'a [u8]>> {
-    let delimiter = format!("--{boundary}").into_bytes();
-    let mut parts = Vec::new();
-    let mut at = find(body, &delimiter, 0)? + delimiter.len();
-    loop {
-        // After a delimiter: `--` closes the body, else CRLF and the part's headers.
-        if body.get(at..at + 2) == Some(b"--") {
-            return Some(parts);
+/// The most bytes a part's headers (or the preamble) may take.
+const MAX_HEADERS: usize = 16 << 10;
+
+/// Where a [`Splitter`] is in the body.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Before the first delimiter.
+    Preamble,
+    /// Just after a delimiter: `--` closes the body, else the part's headers follow.
+    AfterDelimiter,
+    /// In a part's content, which ends at CRLF and the next delimiter.
+    Content,
+    /// After the closing delimiter.
+    Done,
+}
+
+/// Splits a multipart body into its parts' contents as the body arrives: each part's bytes go
+/// into a buffer of its own as they come (sized like the part before, as a series' instances
+/// are alike) and the part is handed out as soon as its end is seen, so the body is held about
+/// once and never whole in one buffer.
+#[derive(Debug)]
+pub struct Splitter {
+    delimiter: Vec<u8>,
+    /// CRLF and the delimiter: the end of a part's content.
+    closing: Vec<u8>,
+    /// Bytes received and not yet placed: at most a header block, or the tail of a part's
+    /// content that may be the start of `closing`.
+    buf: bytes::BytesMut,
+    state: State,
+    /// The content of the part being received.
+    part: Vec<u8>,
+    /// The length of the last part (the next part's first guess).
+    last_len: usize,
+}
+
+impl Splitter {
+    /// A splitter for parts separated by `boundary`.
+    pub fn new(boundary: &str) -> Self {
+        let delimiter = format!("--{boundary}").into_bytes();
+        let closing = [b"\r\n".as_slice(), &delimiter].concat();
+        Self {
+            delimiter,
+            closing,
+            buf: bytes::BytesMut::new(),
+            state: State::Preamble,
+            part: Vec::new(),
+            last_len: 0,
         }
-        let headers_end = find(body, b"\r\n\r\n", at)? + 4;
-        let next = find(body, &delimiter, headers_end)?;
-        // The CRLF before the next delimiter belongs to it.
-        let end = next.checked_sub(2).filter(|&e| e >= headers_end)?;
-        if &body[end..next] != b"\r\n" {
-            return None;
-        }
-        parts.push(&body[headers_end..end]);
-        at = next + delimiter.len();
     }
+
+    /// Takes the next bytes of the body; returns the parts they completed, `None` when the
+    /// body is malformed.
+    pub fn push(&mut self, data: &[u8]) -> Option<Vec<bytes::Bytes>> {
+        use bytes::Buf;
+        self.buf.extend_from_slice(data);
+        let mut parts = Vec::new();
+        loop {
+            match self.state {
+                State::Preamble => match find(&self.buf, &self.delimiter, 0) {
+                    Some(i) => {
+                        self.buf.advance(i + self.delimiter.len());
+                        self.state = State::AfterDelimiter;
+                    }
+                    None if self.buf.len() > MAX_HEADERS => return None,
+                    None => return Some(parts),
+                },
+                State::AfterDelimiter => {
+                    if self.buf.len() < 2 {
+                        return Some(parts);
+                    }
+                    if &self.buf[..2] == b"--" {
+                        self.state = State::Done;
+                        continue;
+                    }
+                    match find(&self.buf, b"\r\n\r\n", 0) {
+                        Some(i) => {
+                            self.buf.advance(i + 4);
+                            self.state = State::Content;
+                            self.part = Vec::with_capacity(self.last_len);
+                        }
+                        None if self.buf.len() > MAX_HEADERS => return None,
+                        None => return Some(parts),
+                    }
+                }
+                State::Content => match find(&self.buf, &self.closing, 0) {
+                    Some(i) => {
+                        self.part.extend_from_slice(&self.buf[..i]);
+                        self.buf.advance(i + self.closing.len());
+                        let part = std::mem::take(&mut self.part);
+                        self.last_len = part.len();
+                        parts.push(bytes::Bytes::from(part));
+                        self.state = State::AfterDelimiter;
+                    }
+                    None => {
+                        // Everything but a tail that may start `closing` is content.
+                        let placed = (self.buf.len() + 1).saturating_sub(self.closing.len());
+                        self.part.extend_from_slice(&self.buf[..placed]);
+                        self.buf.advance(placed);
+                        return Some(parts);
+                    }
+                },
+                State::Done => {
+                    // The epilogue is ignored.
+                    self.buf.clear();
+                    return Some(parts);
+                }
+            }
+        }
+    }
+
+    /// Whether the body ended properly (with its closing delimiter).
+    pub fn finished(&self) -> bool {
+        self.state == State::Done
+    }
+}
+
+/// The contents of the parts of a whole multipart body; `None` when it is malformed.
+pub fn split(body: &[u8], boundary: &str) -> Option<Vec<bytes::Bytes>> {
+    let mut splitter = Splitter::new(boundary);
+    let parts = splitter.push(body)?;
+    splitter.finished().then_some(parts)
 }
 
 /// A multipart body of `application/dicom` parts and its `Content-Type` value.
@@ -68,10 +169,19 @@ mod tests {
         let (body, content_type) = dicom_body(&instances);
         let b = boundary(&content_type).expect("boundary");
         let parts = split(&body, &b).expect("parts");
-        assert_eq!(
-            parts,
-            instances.iter().map(Vec::as_slice).collect::<Vec<_>>()
-        );
+        assert_eq!(parts, instances);
+        // Byte by byte, as a slow connection delivers it: the same parts.
+        let mut splitter = Splitter::new(&b);
+        let mut streamed = Vec::new();
+        for byte in &body {
+            streamed.extend(
+                splitter
+                    .push(std::slice::from_ref(byte))
+                    .expect("well formed"),
+            );
+        }
+        assert!(splitter.finished());
+        assert_eq!(streamed, instances);
     }
 
     #[test]
@@ -86,5 +196,8 @@ mod tests {
         assert!(split(b"--b\r\nContent-Type: x\r\n\r\nbody", "b").is_none());
         assert!(split(b"--b\r\nbody\r\n--b--", "b").is_none());
         assert_eq!(split(b"--b--\r\n", "b"), Some(Vec::new()));
+        // Endless headers or preamble are refused, not buffered.
+        let mut endless = Splitter::new("b");
+        assert!(endless.push(&vec![b'x'; MAX_HEADERS + 1]).is_none());
     }
 }

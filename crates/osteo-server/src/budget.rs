@@ -75,6 +75,22 @@ impl Budget {
     }
 
     fn take(&self, holder: Option<&Arc<str>>, bytes: u64, what: &str) -> Result<(), ServerError> {
+        // More than the whole budget or one holder's share: no retry can pass.
+        if bytes > self.max {
+            return Err(ServerError::TooLarge(format!(
+                "{what} needs {bytes} bytes, more than the whole {} bytes ({}) allow",
+                self.max, self.key
+            )));
+        }
+        let share = holder.and(self.share);
+        if let Some((share_key, share)) = share
+            && bytes > share
+        {
+            return Err(ServerError::TooLarge(format!(
+                "{what} needs {bytes} bytes, more than one client may hold at once \
+                 ({share} bytes, {share_key})"
+            )));
+        }
         let mut used = self.usage();
         let after = used.total.saturating_add(bytes);
         if after > self.max {
@@ -86,7 +102,7 @@ impl Budget {
                 self.key
             )));
         }
-        if let (Some(h), Some((share_key, share))) = (holder, self.share) {
+        if let (Some(h), Some((share_key, share))) = (holder, share) {
             let mine = used.by_holder.get(h).copied().unwrap_or(0);
             if mine.saturating_add(bytes) > share {
                 return Err(ServerError::ResourceExhausted(format!(
@@ -208,6 +224,11 @@ mod tests {
             .expect_err("her second request counts too");
         assert!(matches!(e, ServerError::ResourceExhausted(_)));
         assert_eq!(b.used_by("alice"), 50, "refusals take nothing");
+        // More than a share or the whole budget can ever hold: no retry passes.
+        let e = b.reserve_for("bob", 61, "the upload").expect_err("61 > 60");
+        assert!(matches!(e, ServerError::TooLarge(_)), "{e}");
+        let e = b.reserve(101, "the upload").expect_err("101 > 100");
+        assert!(matches!(e, ServerError::TooLarge(_)), "{e}");
         let bob = b
             .reserve_for("bob", 50, "the upload")
             .expect("bob has his own share");

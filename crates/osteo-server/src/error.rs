@@ -13,9 +13,14 @@ pub enum ServerError {
     /// Unknown study, model or backend.
     #[error("{0}")]
     NotFound(String),
-    /// A size limit, the study store or a queue is full.
+    /// The study store, a budget, a queue or a concurrency limit is full now; a later retry
+    /// may pass.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request itself is over a configured size limit (RESOURCE_EXHAUSTED that no retry
+    /// passes: the status carries `grpc-retry-pushback-ms: -1`, gRPC's "do not retry").
+    #[error("{0}")]
+    TooLarge(String),
     /// The request does not fit the model (e.g. an image model without a study).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -45,7 +50,7 @@ impl ServerError {
         match self {
             ServerError::InvalidArgument(_) => Code::InvalidArgument,
             ServerError::NotFound(_) => Code::NotFound,
-            ServerError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ServerError::ResourceExhausted(_) | ServerError::TooLarge(_) => Code::ResourceExhausted,
             ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServerError::Unavailable(_) => Code::Unavailable,
             ServerError::DeadlineExceeded(_) => Code::DeadlineExceeded,
@@ -65,6 +70,7 @@ impl ServerError {
             ServerError::InvalidArgument(m) => ServerError::InvalidArgument(one_line(&m)),
             ServerError::NotFound(m) => ServerError::NotFound(one_line(&m)),
             ServerError::ResourceExhausted(m) => ServerError::ResourceExhausted(one_line(&m)),
+            ServerError::TooLarge(m) => ServerError::TooLarge(one_line(&m)),
             ServerError::FailedPrecondition(m) => ServerError::FailedPrecondition(one_line(&m)),
             ServerError::Unavailable(m) => ServerError::Unavailable(one_line(&m)),
             ServerError::DeadlineExceeded(m) => ServerError::DeadlineExceeded(one_line(&m)),
@@ -76,9 +82,22 @@ impl ServerError {
     }
 }
 
+/// The trailer by which a gRPC server tells clients whether and when to retry (gRPC's retry
+/// design, A6): a negative value says "do not retry".
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 impl From<ServerError> for Status {
     fn from(e: ServerError) -> Self {
-        Status::new(e.code(), e.to_string())
+        let code = e.code();
+        let permanent = matches!(e, ServerError::TooLarge(_));
+        let mut status = Status::new(code, e.to_string());
+        if permanent {
+            status.metadata_mut().insert(
+                RETRY_PUSHBACK,
+                tonic::metadata::MetadataValue::from_static("-1"),
+            );
+        }
+        status
     }
 }
 
@@ -98,9 +117,7 @@ impl From<BackendError> for ServerError {
 impl From<osteo_dicom::DicomError> for ServerError {
     fn from(e: osteo_dicom::DicomError) -> Self {
         match e {
-            osteo_dicom::DicomError::TooLarge { .. } => {
-                ServerError::ResourceExhausted(e.to_string())
-            }
+            osteo_dicom::DicomError::TooLarge { .. } => ServerError::TooLarge(e.to_string()),
             osteo_dicom::DicomError::Demographic { .. }
             | osteo_dicom::DicomError::QualityGate { .. } => {
                 ServerError::FailedPrecondition(e.to_string())
@@ -141,5 +158,16 @@ mod tests {
         );
         assert_eq!(code(BackendError::Device("x".into())), Code::Unavailable);
         assert_eq!(code(BackendError::Runtime("x".into())), Code::Internal);
+    }
+
+    #[test]
+    fn only_a_request_over_a_limit_tells_clients_not_to_retry() {
+        let too_large = Status::from(ServerError::TooLarge("over".into()));
+        assert_eq!(too_large.code(), Code::ResourceExhausted);
+        let pushback = too_large.metadata().get(RETRY_PUSHBACK);
+        assert_eq!(pushback.and_then(|v| v.to_str().ok()), Some("-1"));
+        let busy = Status::from(ServerError::ResourceExhausted("busy".into()));
+        assert_eq!(busy.code(), Code::ResourceExhausted);
+        assert!(busy.metadata().get(RETRY_PUSHBACK).is_none());
     }
 }

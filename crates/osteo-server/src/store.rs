@@ -177,7 +177,7 @@ impl StudyStore {
     /// larger than one study may be or does not fit beside the studies held now.
     pub fn reserve(&self, bytes: u64, owner: &str) -> Result<Held, ServerError> {
         if bytes > self.max_study_bytes {
-            return Err(ServerError::ResourceExhausted(format!(
+            return Err(ServerError::TooLarge(format!(
                 "the decoded study would take {bytes} bytes, more than one study may take \
                  ({} bytes, store.max_study_bytes); send fewer or smaller slices (the selected \
                  series only)",

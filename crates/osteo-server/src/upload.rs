@@ -45,14 +45,14 @@ impl Framer {
         expected_bytes: u64,
     ) -> Result<Self, ServerError> {
         if expected_bytes > limits.max_total_bytes {
-            return Err(ServerError::ResourceExhausted(format!(
+            return Err(ServerError::TooLarge(format!(
                 "the upload declares {expected_bytes} bytes, the limit is {} \
                  (store.max_upload_bytes)",
                 limits.max_total_bytes
             )));
         }
         if expected_files as usize > limits.max_files {
-            return Err(ServerError::ResourceExhausted(format!(
+            return Err(ServerError::TooLarge(format!(
                 "the upload declares {expected_files} files, the limit is {} (store.max_files)",
                 limits.max_files
             )));
@@ -103,14 +103,14 @@ impl Framer {
             )));
         }
         if starts && self.files.len() >= self.limits.max_files {
-            return Err(ServerError::ResourceExhausted(format!(
+            return Err(ServerError::TooLarge(format!(
                 "the upload has more than {} files (store.max_files)",
                 self.limits.max_files
             )));
         }
         let total = self.total + data.len() as u64;
         if total > self.limits.max_total_bytes {
-            return Err(ServerError::ResourceExhausted(format!(
+            return Err(ServerError::TooLarge(format!(
                 "the upload exceeds {} bytes (store.max_upload_bytes)",
                 self.limits.max_total_bytes
             )));
@@ -319,7 +319,7 @@ mod tests {
         ) {
             let code_ok = |e: &ServerError| matches!(
                 e,
-                ServerError::InvalidArgument(_) | ServerError::ResourceExhausted(_)
+                ServerError::InvalidArgument(_) | ServerError::TooLarge(_)
             );
             let mut framer = match Framer::new(LIMITS, ef, eb) {
                 Ok(f) => f,

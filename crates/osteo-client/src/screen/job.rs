@@ -20,6 +20,26 @@ const SERIES_DESCRIPTION: &str = "0008103E";
 /// SeriesInstanceUID (0020,000E) in DICOM JSON.
 const SERIES_UID: &str = "0020000E";
 
+/// The most CT series one study may list; more is a misconfigured PACS or no CT exam, and
+/// retrieving them one by one would flood the PACS.
+pub const MAX_CT_SERIES: usize = 64;
+
+/// The CT series among a study's series (not earlier results or other modalities), at most
+/// [`MAX_CT_SERIES`].
+fn ct_series(series: &[serde_json::Value]) -> Result<Vec<&serde_json::Value>, ClientError> {
+    let ct: Vec<&serde_json::Value> = series
+        .iter()
+        .filter(|s| attribute(s, MODALITY) == Some("CT"))
+        .collect();
+    if ct.len() > MAX_CT_SERIES {
+        return Err(ClientError::Answer(format!(
+            "the study lists {} CT series, more than the {MAX_CT_SERIES} one study may have",
+            ct.len()
+        )));
+    }
+    Ok(ct)
+}
+
 /// Where screening time goes: the stages, summed over studies.
 pub const STAGES: [&str; 5] = [
     "PACS search",
@@ -85,9 +105,9 @@ impl Job {
                 "the PACS already holds an SR of this model version",
             ));
         }
-        let series: Vec<&serde_json::Value> = series.iter().filter(|s| modality(s, "CT")).collect();
+        let series = ct_series(&series)?;
         // The study's CT series together stay within the study size limit.
-        let mut files: Vec<Vec<u8>> = Vec::new();
+        let mut files: Vec<bytes::Bytes> = Vec::new();
         let mut left = self.max_study_bytes;
         for s in &series {
             let series_uid = attribute(s, SERIES_UID).ok_or_else(|| {
@@ -117,6 +137,9 @@ impl Job {
             ));
         }
         let mut server = self.server.clone();
+        // The retrieved files are held once (views of the WADO-RS answers): each try streams
+        // its chunks out of them.
+        let files = std::sync::Arc::new(files);
         let summary = self
             .timed(
                 2,
@@ -124,7 +147,7 @@ impl Job {
                     |e: &ClientError| e.status().is_some_and(transient_status),
                     || {
                         let mut c = server.clone();
-                        let files = &files;
+                        let files = files.clone();
                         async move { crate::upload::upload(&mut c, files).await }
                     },
                 ),
@@ -208,5 +231,23 @@ impl Job {
             probabilities: Some([p.normal, p.osteopenia, p.osteoporosis]),
             reason: String::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(modality: &str) -> serde_json::Value {
+        serde_json::json!({ MODALITY: { "vr": "CS", "Value": [modality] } })
+    }
+
+    #[test]
+    fn only_ct_series_are_taken_and_a_flood_of_them_is_refused() {
+        let mut listed = vec![series("SR"), series("CT"), series("MR")];
+        assert_eq!(ct_series(&listed).expect("one CT").len(), 1);
+        listed.extend((0..MAX_CT_SERIES).map(|_| series("CT")));
+        let e = ct_series(&listed).expect_err("65 CT series");
+        assert!(e.to_string().contains("65 CT series"), "{e}");
     }
 }
