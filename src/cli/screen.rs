@@ -53,7 +53,8 @@ pub struct ScreenArgs {
     results: PathBuf,
     /// Most bytes of one study's CT series retrieved from the PACS (MiB); a larger study ends
     /// in error. The default is what the server accepts by default (store.max_upload_bytes).
-    /// Memory use is up to about twice --concurrency times this.
+    /// Each study in flight is held about once: memory use is up to about --concurrency times
+    /// this.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_study_mib: u64,
     /// Studies in flight at once (retrieval, upload, grading and store overlap).
