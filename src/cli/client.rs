@@ -233,6 +233,13 @@ fn print_text(r: &pb::ClassifyResponse) {
     println!("  server latency {:.1} ms", r.latency_ms);
 }
 
+/// The width and height a PNG's header states.
+fn png_size(png: &[u8]) -> Option<(u32, u32)> {
+    let be = |at: usize| Some(u32::from_be_bytes(png.get(at..at + 4)?.try_into().ok()?));
+    (png.get(12..16) == Some(b"IHDR".as_slice())).then_some(())?;
+    Some((be(16)?, be(20)?))
+}
+
 /// Runs `osteo classify`.
 pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
@@ -286,8 +293,11 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         } else {
             print_text(&c);
             if let Some((map, out)) = overlay {
+                let png = png_size(&map.overlay_png)
+                    .map(|(w, h)| format!(", a {w}x{h} PNG"))
+                    .unwrap_or_default();
                 println!(
-                    "  Grad-CAM of {} ({}x{}) written to {}",
+                    "  Grad-CAM of {} ({}x{} map{png}) written to {}",
                     grade_name(r.target),
                     map.height,
                     map.width,
