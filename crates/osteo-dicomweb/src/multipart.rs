@@ -99,7 +99,10 @@ impl Splitter {
                     Some(i) => {
                         self.part.extend_from_slice(&self.buf[..i]);
                         self.buf.advance(i + self.closing.len());
-                        let part = std::mem::take(&mut self.part);
+                        let mut part = std::mem::take(&mut self.part);
+                        // A part smaller than the guess gives the rest back: a body of one
+                        // large part and many tiny ones holds no large blocks for the tiny.
+                        part.shrink_to_fit();
                         self.last_len = part.len();
                         parts.push(bytes::Bytes::from(part));
                         self.state = State::AfterDelimiter;
@@ -196,6 +199,18 @@ mod tests {
         assert!(split(b"--b\r\nContent-Type: x\r\n\r\nbody", "b").is_none());
         assert!(split(b"--b\r\nbody\r\n--b--", "b").is_none());
         assert_eq!(split(b"--b--\r\n", "b"), Some(Vec::new()));
+        // A large part followed by tiny ones (each shrunk to its own bytes) splits alike.
+        let mut splitter = Splitter::new("b");
+        let mut body = b"--b\r\n\r\n".to_vec();
+        body.extend(vec![7u8; 1 << 20]);
+        body.extend(b"\r\n--b\r\n\r\nx\r\n--b\r\n\r\ny\r\n--b--".as_slice());
+        let parts = splitter.push(&body).expect("well formed");
+        assert_eq!(parts.len(), 3);
+        assert!(splitter.finished());
+        assert_eq!(
+            (parts[1].as_ref(), parts[2].as_ref()),
+            (&b"x"[..], &b"y"[..])
+        );
         // Endless headers or preamble are refused, not buffered.
         let mut endless = Splitter::new("b");
         assert!(endless.push(&vec![b'x'; MAX_HEADERS + 1]).is_none());
