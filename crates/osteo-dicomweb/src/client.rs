@@ -265,18 +265,14 @@ impl DicomWeb {
             // The parts are split off as the body arrives: the answer is held once.
             let mut splitter = multipart::Splitter::new(&boundary);
             let mut parts = Vec::new();
-            let mut frames = answer.body;
-            while let Some(frame) = frames.frame().await {
-                if let Ok(data) = frame
-                    .map_err(|e| body_error(request, limit, e))?
-                    .into_data()
-                {
-                    let done = splitter
-                        .push(&data)
-                        .ok_or_else(|| protocol("the multipart answer is malformed"))?;
-                    parts.extend(done);
-                }
-            }
+            read_body(answer.body, request, limit, |data| {
+                let done = splitter
+                    .push(data)
+                    .ok_or_else(|| protocol("the multipart answer is malformed"))?;
+                parts.extend(done);
+                Ok(())
+            })
+            .await?;
             if !splitter.finished() {
                 return Err(protocol("the multipart answer is malformed"));
             }
@@ -334,15 +330,11 @@ impl DicomWeb {
             // length is declared), each frame dropped once copied.
             let mut buf = Vec::with_capacity(answer.declared.unwrap_or(0) as usize);
             let (status, content_type) = (answer.status, answer.content_type.clone());
-            let mut frames = answer.body;
-            while let Some(frame) = frames.frame().await {
-                if let Ok(data) = frame
-                    .map_err(|e| body_error(request, limit, e))?
-                    .into_data()
-                {
-                    buf.extend_from_slice(&data);
-                }
-            }
+            read_body(answer.body, request, limit, |data| {
+                buf.extend_from_slice(data);
+                Ok(())
+            })
+            .await?;
             Ok((status, content_type, Bytes::from(buf)))
         })
         .await
@@ -512,6 +504,24 @@ struct Answer {
     content_type: String,
     declared: Option<u64>,
     body: Limited<hyper::body::Incoming>,
+}
+
+/// Reads `body` frame by frame, handing each frame's bytes to `take` and dropping the frame.
+async fn read_body(
+    mut body: Limited<hyper::body::Incoming>,
+    request: &'static str,
+    limit: u64,
+    mut take: impl FnMut(&[u8]) -> Result<(), DicomWebError>,
+) -> Result<(), DicomWebError> {
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame
+            .map_err(|e| body_error(request, limit, e))?
+            .into_data()
+        {
+            take(&data)?;
+        }
+    }
+    Ok(())
 }
 
 /// The error of a body that failed while read: over `limit`, or the transport's.

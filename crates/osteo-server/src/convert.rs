@@ -109,19 +109,15 @@ pub fn grade_from(value: i32) -> Result<Option<Grade>, ServerError> {
     }
 }
 
-/// Probabilities of the three grades from logits; INTERNAL when they are not numbers (the
-/// scheduler refuses non-finite logits before this, so a grade is never made of NaN).
-pub fn probabilities(logits: &[f32]) -> Result<(Grade, pb::GradeProbabilities), ServerError> {
-    let g = osteo_pipeline::grade(logits)?;
+/// The wire form of a grade's class probabilities (the pipeline refuses non-finite logits,
+/// so a grade is never made of NaN).
+pub fn grade_probabilities(g: &osteo_pipeline::Graded) -> pb::GradeProbabilities {
     let [normal, osteopenia, osteoporosis] = g.probabilities;
-    Ok((
-        g.grade,
-        pb::GradeProbabilities {
-            normal,
-            osteopenia,
-            osteoporosis,
-        },
-    ))
+    pb::GradeProbabilities {
+        normal,
+        osteopenia,
+        osteoporosis,
+    }
 }
 
 /// The wire value of a model kind.

@@ -9,7 +9,7 @@ use crate::scheduler::Worker;
 use crate::state::blocking;
 use crate::store::Study;
 use crate::text::client_text;
-use osteo_core::{Grade, Sample};
+use osteo_core::Sample;
 use osteo_dicom::View;
 use osteo_proto::v1 as pb;
 use std::sync::Arc;
@@ -42,19 +42,17 @@ struct Subject<'r> {
 /// One backend's answer on a prepared input.
 struct Graded {
     backend: pb::BackendDescriptor,
-    grade: Grade,
-    probabilities: pb::GradeProbabilities,
+    /// The grade and probabilities, as the pipeline derives them from `logits`.
+    graded: osteo_pipeline::Graded,
     logits: Vec<f32>,
 }
 
 impl Graded {
     /// The grade and probabilities of `logits` from `worker`.
     fn new(worker: &Worker, logits: Vec<f32>) -> Result<Self, ServerError> {
-        let (grade, probabilities) = convert::probabilities(&logits)?;
         Ok(Self {
             backend: convert::backend(worker.info()),
-            grade,
-            probabilities,
+            graded: osteo_pipeline::grade(&logits)?,
             logits,
         })
     }
@@ -177,19 +175,18 @@ impl Engine {
     ) -> Result<pb::ClassifyResponse, ServerError> {
         let start = Instant::now();
         let _permit = self.state.admit()?;
-        let (model, backend) = self.resolve(call, &req.model, &req.backend)?;
+        let (model, worker) = self.resolve(call, &req.model, &req.backend)?;
         let subject = Subject {
             study: req.study.as_ref(),
             clinical: req.clinical.as_ref(),
             clinical_from_dicom: req.clinical_from_dicom,
         };
         let prepared = self.prepare(call, model, subject).await?;
-        let (_, worker) = model.worker(&backend)?;
         let g = Graded::new(worker, worker.predict(prepared.input.clone()).await?)?;
-        let (mut response, grade) = classification(model, &prepared, g, start);
-        call.graded(grade);
+        let (mut response, graded) = classification(model, &prepared, g, start);
+        call.graded(graded.grade);
         if req.dicom_outputs {
-            response.dicom_sr = structured_report(model, &prepared, &response)?;
+            response.dicom_sr = structured_report(model, &prepared, &response, &graded)?;
         }
         Ok(response)
     }
@@ -204,10 +201,9 @@ impl Engine {
     ) -> Result<pb::ExplainResponse, ServerError> {
         let start = Instant::now();
         let _permit = self.state.admit()?;
-        let (model, backend) = self.resolve(call, &req.model, &req.backend)?;
+        let (model, worker) = self.resolve(call, &req.model, &req.backend)?;
         let m = &model.artifacts.manifest;
         let requested = convert::grade_from(req.target)?;
-        let (_, worker) = model.worker(&backend)?;
         let subject = Subject {
             study: req.study.as_ref(),
             clinical: req.clinical.as_ref(),
@@ -217,7 +213,8 @@ impl Engine {
         // One backend call gives the prediction and the Grad-CAM parts of every class.
         let explanation = worker.explain(prepared.input.clone()).await?;
         let graded = Graded::new(worker, explanation.logits.clone())?;
-        let (mut classification, predicted) = classification(model, &prepared, graded, start);
+        let (mut classification, graded) = classification(model, &prepared, graded, start);
+        let predicted = graded.grade;
         call.graded(predicted);
         let target = requested.unwrap_or(predicted);
         let features = convert::attributions(
@@ -248,7 +245,8 @@ impl Engine {
         };
         let mut dicom_secondary_capture = Vec::new();
         if req.dicom_outputs {
-            classification.dicom_sr = structured_report(model, &prepared, &classification)?;
+            classification.dicom_sr =
+                structured_report(model, &prepared, &classification, &graded)?;
             // The overlay as a Secondary Capture, when there is one (models that read CT).
             if let (Some(view), Some(map)) = (prepared.view.as_ref(), gradcam.as_ref()) {
                 let by = osteo_pipeline::Producer {
@@ -304,13 +302,7 @@ impl Engine {
             let g = Graded::new(worker, worker.predict(prepared.input.clone()).await?)?;
             graded.push((g, start.elapsed().as_secs_f64() * 1e3));
         }
-        let probs: Vec<[f32; 3]> = graded
-            .iter()
-            .map(|(g, _)| {
-                let p = &g.probabilities;
-                [p.normal, p.osteopenia, p.osteoporosis]
-            })
-            .collect();
+        let probs: Vec<[f32; 3]> = graded.iter().map(|(g, _)| g.graded.probabilities).collect();
         let mut max_abs_diff = 0f64;
         for a in &probs {
             for b in &probs {
@@ -319,16 +311,18 @@ impl Engine {
                 }
             }
         }
-        let grades_agree = graded.windows(2).all(|w| w[0].0.grade == w[1].0.grade);
+        let grades_agree = graded
+            .windows(2)
+            .all(|w| w[0].0.graded.grade == w[1].0.graded.grade);
         if let (true, Some((g, _))) = (grades_agree, graded.first()) {
-            call.graded(g.grade);
+            call.graded(g.graded.grade);
         }
         let results = graded
             .into_iter()
             .map(|(g, latency_ms)| pb::BackendResult {
                 backend: Some(g.backend),
-                grade: convert::grade(g.grade),
-                probabilities: Some(g.probabilities),
+                grade: convert::grade(g.graded.grade),
+                probabilities: Some(convert::grade_probabilities(&g.graded)),
                 logits: g.logits,
                 latency_ms,
             })
@@ -359,14 +353,14 @@ fn backend_name(c: &pb::ClassifyResponse) -> &str {
     c.backend.as_ref().map_or("", |b| b.name.as_str())
 }
 
-/// The Comprehensive SR of classification `c` of the prepared study by `model`.
+/// The Comprehensive SR of classification `c` (`graded`) of the prepared study by `model`.
 fn structured_report(
     model: &ServedModel,
     prepared: &Prepared,
     c: &pb::ClassifyResponse,
+    graded: &osteo_pipeline::Graded,
 ) -> Result<Vec<u8>, ServerError> {
     let study = results_study(prepared)?;
-    let graded = osteo_pipeline::grade(&c.logits)?;
     let by = osteo_pipeline::Producer {
         manifest: &model.artifacts.manifest,
         backend: backend_name(c),
@@ -374,7 +368,7 @@ fn structured_report(
     Ok(osteo_pipeline::structured_report(
         &study.source,
         by,
-        &graded,
+        graded,
     )?)
 }
 
@@ -384,18 +378,18 @@ fn classification(
     prepared: &Prepared,
     g: Graded,
     start: Instant,
-) -> (pb::ClassifyResponse, Grade) {
+) -> (pb::ClassifyResponse, osteo_pipeline::Graded) {
     let response = pb::ClassifyResponse {
         study: prepared.handle(),
         model: Some(convert::model(model)),
         backend: Some(g.backend),
-        grade: convert::grade(g.grade),
-        probabilities: Some(g.probabilities),
+        grade: convert::grade(g.graded.grade),
+        probabilities: Some(convert::grade_probabilities(&g.graded)),
         logits: g.logits,
         latency_ms: start.elapsed().as_secs_f64() * 1e3,
         dicom_sr: Vec::new(),
     };
-    (response, g.grade)
+    (response, g.graded)
 }
 
 /// The backends a CompareBackends request names, checked before any work: each a backend

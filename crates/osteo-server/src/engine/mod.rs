@@ -18,6 +18,7 @@ pub use rpc::Rpc;
 
 use crate::error::ServerError;
 use crate::models::ServedModel;
+use crate::scheduler::Worker;
 use crate::state::State;
 use crate::text::client_text;
 use std::future::Future;
@@ -126,30 +127,27 @@ impl Engine {
         }
     }
 
-    /// The requested model and backend, recording the served names in the call (or `unknown`
-    /// for a name the server does not serve).
+    /// The served model `name`, recording its served name in the call (or `unknown`).
+    fn served_model(&self, call: &mut Call, name: &str) -> Result<&ServedModel, ServerError> {
+        let found = self.state.models()?.get(name);
+        let served = found.as_ref().map_or("unknown", |m| m.name());
+        call.served_by(served, "");
+        found
+    }
+
+    /// The requested model and the worker of the requested backend, recording the served
+    /// names in the call (or `unknown` for a name the server does not serve).
     pub(crate) fn resolve(
         &self,
         call: &mut Call,
         model: &str,
         backend: &str,
-    ) -> Result<(&ServedModel, String), ServerError> {
-        let model = match self.state.models()?.get(model) {
-            Ok(m) => m,
-            Err(e) => {
-                call.served_by("unknown", "");
-                return Err(e);
-            }
-        };
-        let backend = match model.worker(backend) {
-            Ok((b, _)) => b.to_string(),
-            Err(e) => {
-                call.served_by(model.name(), "unknown");
-                return Err(e);
-            }
-        };
-        call.served_by(model.name(), &backend);
-        Ok((model, backend))
+    ) -> Result<(&ServedModel, &Arc<Worker>), ServerError> {
+        let model = self.served_model(call, model)?;
+        let found = model.worker(backend);
+        let served = found.as_ref().map_or("unknown", |(name, _)| *name);
+        call.served_by(model.name(), served);
+        Ok((model, found?.1))
     }
 
     /// The served model `name` at `version` ("" = the served one), recording its served name
@@ -160,14 +158,7 @@ impl Engine {
         name: &str,
         version: &str,
     ) -> Result<&ServedModel, ServerError> {
-        let model = match self.state.models()?.get(name) {
-            Ok(m) => m,
-            Err(e) => {
-                call.served_by("unknown", "");
-                return Err(e);
-            }
-        };
-        call.served_by(model.name(), "");
+        let model = self.served_model(call, name)?;
         check_version(model, version)?;
         Ok(model)
     }

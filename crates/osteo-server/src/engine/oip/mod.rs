@@ -59,20 +59,19 @@ impl Engine {
     ) -> Result<v2::ModelInferResponse, ServerError> {
         let _permit = self.state.admit()?;
         let backend = backend_parameter(&req)?;
-        let (model, backend) = self.resolve(call, &req.model_name, &backend)?;
+        let (model, worker) = self.resolve(call, &req.model_name, &backend)?;
         super::check_version(model, &req.model_version)?;
         let outputs = requested_outputs(&req)?;
         let max_batch = self.state.settings.scheduler.max_batch;
         let (samples, raw) = samples(&req, &inputs_of(model), max_batch)?;
         let n = samples.len();
-        let (_, worker) = model.worker(&backend)?;
         let logits = worker.predict_many(samples).await?;
         let probabilities: Vec<Vec<f32>> = logits
             .iter()
             .map(|l| osteo_core::backend::softmax(l))
             .collect();
         if let [one] = logits.as_slice() {
-            call.graded(crate::convert::probabilities(one)?.0);
+            call.graded(osteo_pipeline::grade(one)?.grade);
         }
         let classes = logits.first().map_or(3, Vec::len);
         let mut response = v2::ModelInferResponse {
