@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the serving path: DICOM ingest, view building, predict at batch 1 and
 //! 32 and Grad-CAM on every backend (candle, ONNX Runtime) in the same run, and the Classify
-//! round trip per backend through an in-process server over loopback.
+//! round trip per backend through an in-process server over loopback, and one study graded in
+//! one GradeStudy call against UploadStudy + Classify + DeleteStudy.
 //! Run with `cargo bench --bench serving` (reports in target/criterion).
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -152,6 +153,65 @@ fn benches(c: &mut Criterion) {
             dicom_outputs: false,
         };
         (client, request)
+    });
+    // One study, one client: GradeStudy (one call) against UploadStudy + Classify by handle +
+    // DeleteStudy (three calls), both on ort.
+    let shared = std::sync::Arc::new(
+        files
+            .iter()
+            .cloned()
+            .map(bytes::Bytes::from)
+            .collect::<Vec<_>>(),
+    );
+    let action = pb::GradeAction {
+        action: Some(pb::grade_action::Action::Classify(pb::ClassifyRequest {
+            study: None,
+            backend: "ort".into(),
+            ..request.clone()
+        })),
+    };
+    c.bench_function("study graded in one GradeStudy call (ort, loopback)", |b| {
+        b.to_async(&runtime).iter(|| {
+            let mut client = client.clone();
+            let stream = osteo_client::upload::grade_stream(
+                action.clone(),
+                shared.clone(),
+                osteo_client::upload::CHUNK,
+            );
+            async move { client.grade_study(stream).await.expect("GradeStudy") }
+        })
+    });
+    c.bench_function("study uploaded, classified, deleted (ort, loopback)", |b| {
+        b.to_async(&runtime).iter(|| {
+            let mut client = client.clone();
+            let messages =
+                osteo_client::upload::stream(shared.clone(), osteo_client::upload::CHUNK);
+            let request = request.clone();
+            async move {
+                let handle = client
+                    .upload_study(messages)
+                    .await
+                    .expect("upload")
+                    .into_inner()
+                    .summary
+                    .expect("summary")
+                    .study;
+                client
+                    .classify(pb::ClassifyRequest {
+                        study: Some(pb::StudyRef {
+                            source: Some(pb::study_ref::Source::Study(handle.clone())),
+                        }),
+                        backend: "ort".into(),
+                        ..request
+                    })
+                    .await
+                    .expect("classify");
+                client
+                    .delete_study(pb::DeleteStudyRequest { study: handle })
+                    .await
+                    .expect("delete")
+            }
+        })
     });
     for backend in ["candle", "ort"] {
         let request = pb::ClassifyRequest {

@@ -62,7 +62,18 @@ if [ ! -f "$kserve_whl" ]; then
   echo "df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b  $kserve_whl" | sha256sum -c --quiet
 fi
 
-for variant in default gpu ab secure kserve screening; do
+# KEDA's and Istio's objects against their CRDs' schemas, as the npm packages of
+# kubernetes-models generate them (validators compiled from the CRDs' OpenAPI schemas).
+node_tools="$tools/node"
+if [ ! -f "$node_tools/node_modules/@kubernetes-models/keda/package.json" ] ||
+   [ ! -f "$node_tools/node_modules/@kubernetes-models/istio/package.json" ]; then
+  echo "helm-validate: installing @kubernetes-models/keda and /istio (npm) into $node_tools"
+  mkdir -p "$node_tools"
+  npm install --silent --no-audit --no-fund --prefix "$node_tools" \
+    @kubernetes-models/keda@2.0.0 @kubernetes-models/istio@3.0.1 >/dev/null
+fi
+
+for variant in default gpu ab secure kserve screening cluster; do
   args=()
   [ "$variant" != default ] && args=(-f "$chart/ci/values-$variant.yaml")
   "$helm" lint --strict "$chart" "${args[@]}" >/dev/null
@@ -71,10 +82,16 @@ for variant in default gpu ab secure kserve screening; do
   # against the bundled Kubernetes schemas.
   "$venv/bin/python" - "$out/$variant.yaml" "$out/$variant.core.yaml" <<'PY'
 import sys, yaml
+import json
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-core = [d for d in docs if not d["apiVersion"].startswith("serving.kserve.io/")]
+crds = ("serving.kserve.io/", "keda.sh/", "networking.istio.io/")
+core = [d for d in docs if not d["apiVersion"].startswith(crds)]
 yaml.safe_dump_all(core, open(sys.argv[2], "w"))
+others = [d for d in docs if d["apiVersion"].startswith(crds[1:])]
+json.dump(others, open(sys.argv[2] + ".crds.json", "w"))
 PY
+  NODE_PATH="$node_tools/node_modules" node "$root/scripts/crd-validate.mjs" \
+    "$node_tools/node_modules" "$out/$variant.core.yaml.crds.json"
   "$venv/bin/kubernetes-validate" --strict --quiet --no-warn "$out/$variant.core.yaml"
   if [ "$variant" = kserve ]; then
     "$venv/bin/python" "$root/scripts/kserve-validate.py" "$kserve_whl" "$out/$variant.yaml" "$out/$variant.pods.yaml"

@@ -5,7 +5,7 @@ use super::clinical::ClinicalArgs;
 use anyhow::Context;
 use clap::Args;
 use osteo_client::Client;
-use osteo_client::grade::{Answer, Choice, Subject};
+use osteo_client::grade::{Answer, Choice, Subject, Via};
 use osteo_client::report::{self, grade_name};
 use osteo_dicomweb::TlsOptions;
 use osteo_proto::v1 as pb;
@@ -93,11 +93,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The model and backend asked for ("" = the server's defaults).
+    /// The model and backend asked for ("" = the server's defaults), in one GradeStudy call.
     pub fn choice(&self) -> Choice {
         Choice {
             model: self.model.clone().unwrap_or_default(),
             backend: self.backend.clone().unwrap_or_default(),
+            via: Via::OneCall,
         }
     }
 
@@ -115,9 +116,23 @@ pub struct Input {
     dicom: Option<PathBuf>,
     #[command(flatten)]
     clinical: ClinicalArgs,
+    /// Upload the study first and ask by its handle (UploadStudy, the call, DeleteStudy, all
+    /// with one x-osteo-affinity key for a balancer that hashes on it) instead of one
+    /// GradeStudy call.
+    #[arg(long)]
+    upload_first: bool,
 }
 
 impl Input {
+    /// How the study travels.
+    fn via(&self) -> Via {
+        if self.upload_first {
+            Via::Handle
+        } else {
+            Via::OneCall
+        }
+    }
+
     /// What to grade.
     fn subject(&self) -> Subject<'_> {
         Subject {
@@ -245,7 +260,10 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
         let mut client = t.endpoint.connect().await?;
-        let choice = t.endpoint.choice();
+        let choice = Choice {
+            via: t.input.via(),
+            ..t.endpoint.choice()
+        };
         let subject = t.input.subject();
         let answer =
             osteo_client::grade::classify(&mut client, &choice, &subject, args.sr_out.is_some())
@@ -266,7 +284,10 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let t = &args.target;
         let mut client = t.endpoint.connect().await?;
-        let choice = t.endpoint.choice();
+        let choice = Choice {
+            via: t.input.via(),
+            ..t.endpoint.choice()
+        };
         let subject = t.input.subject();
         let outputs = args.sr_out.is_some() || args.dicom_out.is_some();
         let answer = osteo_client::grade::explain(&mut client, &choice, &subject, outputs).await?;
@@ -322,10 +343,14 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let mut client = osteo_client::connect(&args.server, &args.credentials.load()?).await?;
-        let model = args.model.clone().unwrap_or_default();
+        let choice = Choice {
+            model: args.model.clone().unwrap_or_default(),
+            backend: String::new(),
+            via: args.input.via(),
+        };
         let subject = args.input.subject();
         let answer =
-            osteo_client::grade::compare(&mut client, &model, &args.backends, &subject).await?;
+            osteo_client::grade::compare(&mut client, &choice, &args.backends, &subject).await?;
         let r = response(answer);
         if args.json {
             println!("{}", serde_json::to_string(&report::comparison(&r))?);

@@ -25,8 +25,20 @@ pub struct ServeArgs {
     check: bool,
 }
 
-/// Completes on Ctrl-C or SIGTERM.
+/// Completes on Ctrl-C or SIGTERM; from then on, a further Ctrl-C or SIGTERM ends the process
+/// at once (the server drains for `server.drain_delay_s` first, which a person at a terminal
+/// may not want to wait for).
 async fn shutdown_signal() {
+    signal().await;
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("second signal: stopping without draining");
+        std::process::exit(130);
+    });
+}
+
+/// Completes on the next Ctrl-C or SIGTERM.
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -7,7 +7,7 @@ use osteo_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn cache(rel: &str) -> PathBuf {
+pub(crate) fn cache(rel: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(".cache")
         .join(rel);
@@ -15,7 +15,7 @@ fn cache(rel: &str) -> PathBuf {
     p
 }
 
-fn check(out: &Output, what: &str) -> String {
+pub(crate) fn check(out: &Output, what: &str) -> String {
     assert!(
         out.status.success(),
         "{what} failed:\n{}\n{}",
@@ -26,7 +26,7 @@ fn check(out: &Output, what: &str) -> String {
 }
 
 /// Python stubs of osteo.proto generated into `dir` with grpcio-tools.
-fn python_stubs(dir: &Path) -> PathBuf {
+pub(crate) fn python_stubs(dir: &Path) -> PathBuf {
     let stubs = dir.join("stubs");
     std::fs::create_dir_all(&stubs).expect("stubs dir");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -7,7 +7,9 @@ mod common;
 
 mod clients;
 mod clinical_header;
+mod cluster;
 mod compare;
+mod grade_study;
 mod hardening;
 mod inference;
 mod quality_gate;

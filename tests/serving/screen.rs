@@ -372,9 +372,9 @@ async fn an_upload_over_the_servers_limit_is_not_retried() {
     let uploads = std::fs::read_to_string(&audit)
         .expect("audit log")
         .lines()
-        .filter(|l| l.contains("\"UploadStudy\""))
+        .filter(|l| l.contains("\"GradeStudy\""))
         .count();
-    assert_eq!(uploads, 1, "the refused upload was sent once");
+    assert_eq!(uploads, 1, "the refused GradeStudy was sent once");
     server.stop().await.expect("stop");
 }
 

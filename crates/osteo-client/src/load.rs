@@ -2,10 +2,11 @@
 //! concurrent clients (each with its own connection), every response's status counted and
 //! every success's latency kept.
 
+use crate::affinity;
 use crate::connect::{Credentials, connect};
 use crate::error::{ClientError, code_name};
 use crate::grade::{Choice, Subject};
-use crate::upload::upload_path;
+use crate::upload::{read_path, upload};
 use osteo_proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -33,7 +34,8 @@ pub struct Measured {
 }
 
 /// Runs `load` Classify requests of `subject` (its study uploaded once and classified by
-/// handle; deleted at the end) against the server at `url`.
+/// handle, every call with one affinity key so a hashing balancer keeps them on the replica
+/// that holds the study; deleted at the end) against the server at `url`.
 pub async fn classify(
     url: &str,
     credentials: &Credentials,
@@ -42,8 +44,13 @@ pub async fn classify(
     load: &Load,
 ) -> Result<Measured, ClientError> {
     let mut first = connect(url, credentials).await?;
+    let key = affinity::new_key();
     let study = match subject.dicom {
-        Some(path) => Some(upload_path(&mut first, path).await?),
+        Some(path) => Some(
+            upload(&mut first, read_path(path)?, Some(&key))
+                .await?
+                .study,
+        ),
         None => None,
     };
     let request = pb::ClassifyRequest {
@@ -57,7 +64,9 @@ pub async fn classify(
         dicom_outputs: false,
     };
     // Warm-up: one request, not counted.
-    first.classify(request.clone()).await?;
+    first
+        .classify(affinity::request(request.clone(), Some(&key))?)
+        .await?;
     let deadline = Instant::now() + load.max_time;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -65,7 +74,9 @@ pub async fn classify(
     for c in 0..clients {
         let share = load.requests / clients + usize::from(c < load.requests % clients);
         let mut client = connect(url, credentials).await?;
-        let request = request.clone();
+        let request = affinity::request(request.clone(), Some(&key))?;
+        let metadata = request.metadata().clone();
+        let request = request.into_inner();
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::with_capacity(share);
             for _ in 0..share {
@@ -73,7 +84,13 @@ pub async fn classify(
                     break;
                 }
                 let t = Instant::now();
-                let r = client.classify(request.clone()).await;
+                let r = client
+                    .classify(tonic::Request::from_parts(
+                        metadata.clone(),
+                        Default::default(),
+                        request.clone(),
+                    ))
+                    .await;
                 let ms = t.elapsed().as_secs_f64() * 1e3;
                 out.push((r.map(|_| ()).map_err(|s| s.code()), ms));
             }
@@ -97,10 +114,10 @@ pub async fn classify(
         }
     }
     let wall = start.elapsed();
-    if let Some(handle) = study {
-        let _ = first
-            .delete_study(pb::DeleteStudyRequest { study: handle })
-            .await;
+    if let Some(handle) = study
+        && let Ok(r) = affinity::request(pb::DeleteStudyRequest { study: handle }, Some(&key))
+    {
+        let _ = first.delete_study(r).await;
     }
     Ok(Measured {
         served_ms,

@@ -1,18 +1,26 @@
-//! Retrying calls that fail transiently, with exponential backoff.
+//! Retrying calls that fail transiently: bounded attempts, exponential back-off with full
+//! jitter (so clients that failed together do not retry together), and a total deadline after
+//! which the last failure is returned as it was.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Attempts of a call that fails transiently.
-pub const ATTEMPTS: u32 = 4;
-/// The first retry's wait; each further retry waits twice as long.
-pub const BACKOFF: Duration = Duration::from_millis(500);
+/// Most attempts of a call that fails transiently.
+pub const ATTEMPTS: u32 = 6;
+/// The first retry waits up to this long; each further retry up to twice as long as the one
+/// before, at most [`MAX_BACKOFF`].
+pub const BACKOFF: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// No retry starts later than this after the first attempt.
+pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The trailer by which a gRPC server says whether and when to retry (gRPC's retry design,
 /// A6); a negative or unparsable value means "do not retry".
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
-/// Whether a gRPC failure may pass on retry: a busy or unreachable server, unless the server
-/// said not to retry (OsteoServe does for a request over a configured size limit).
+/// Whether a gRPC failure may pass on retry: a busy, draining or unreachable server (tonic
+/// reports a refused or dropped connection as UNAVAILABLE), unless the server said not to
+/// retry (OsteoServe does for a request over a configured size limit).
 pub fn transient_status(s: &tonic::Status) -> bool {
     use tonic::Code;
     let told_not_to = s.metadata().get(RETRY_PUSHBACK).is_some_and(|v| {
@@ -28,23 +36,38 @@ pub fn transient_status(s: &tonic::Status) -> bool {
         )
 }
 
-/// Runs `call` up to [`ATTEMPTS`] times while it fails transiently, backing off between tries.
+/// The wait before retry number `retry` (1 = the first retry): uniform in zero to
+/// `BACKOFF * 2^(retry-1)`, at most [`MAX_BACKOFF`].
+pub fn backoff(retry: u32) -> Duration {
+    let ceiling = BACKOFF
+        .saturating_mul(1 << retry.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    ceiling.mul_f64(rand::random::<f64>())
+}
+
+/// Runs `call` while it fails transiently, at most [`ATTEMPTS`] times and not starting a retry
+/// after [`DEADLINE`], waiting [`backoff`] between attempts; the last failure is returned
+/// unchanged.
 pub async fn retry<T, E, F, Fut>(transient: impl Fn(&E) -> bool, mut call: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut wait = BACKOFF;
-    for _ in 1..ATTEMPTS {
+    let start = Instant::now();
+    let mut attempt = 1;
+    loop {
         match call().await {
-            Err(e) if transient(&e) => {
+            Err(e) if transient(&e) && attempt < ATTEMPTS => {
+                let wait = backoff(attempt);
+                if start.elapsed() + wait > DEADLINE {
+                    return Err(e);
+                }
                 tokio::time::sleep(wait).await;
-                wait *= 2;
+                attempt += 1;
             }
             other => return other,
         }
     }
-    call().await
 }
 
 #[cfg(test)]
@@ -70,6 +93,14 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn waits_are_jittered_and_bounded() {
+        let waits: Vec<Duration> = (0..200).map(|_| backoff(1)).collect();
+        assert!(waits.iter().all(|w| *w <= BACKOFF));
+        assert!(waits.iter().any(|w| *w != waits[0]), "jittered");
+        assert!((0..200).all(|_| backoff(30) <= MAX_BACKOFF));
     }
 
     #[test]

@@ -72,6 +72,38 @@ pub fn stream(
     })
 }
 
+/// The messages of a GradeStudy call on `files` in chunks of at most `chunk` bytes: the
+/// header with `action` and the upload header, then the chunks, made lazily as the stream is
+/// read.
+pub fn grade_stream(
+    action: pb::GradeAction,
+    files: Arc<Vec<Bytes>>,
+    chunk: usize,
+) -> impl tokio_stream::Stream<Item = pb::GradeStudyRequest> + Send + 'static {
+    use pb::grade_study_request::Part;
+    let mut action = Some(action);
+    let messages = Messages {
+        files,
+        chunk: chunk.max(1),
+        header: false,
+        file: 0,
+        offset: 0,
+    }
+    .map(move |m| pb::GradeStudyRequest {
+        part: match m.part {
+            Some(pb::upload_study_request::Part::Header(upload)) => {
+                Some(Part::Header(pb::GradeStudyHeader {
+                    action: action.take(),
+                    upload: Some(upload),
+                }))
+            }
+            Some(pb::upload_study_request::Part::Chunk(c)) => Some(Part::Chunk(c)),
+            None => None,
+        },
+    });
+    tokio_stream::iter(messages)
+}
+
 /// Every upload message of `files` in chunks of at most `chunk` bytes, at once (tests that
 /// alter the framing use this).
 pub fn messages<F: AsRef<[u8]>>(files: &[F], chunk: usize) -> Vec<pb::UploadStudyRequest> {
@@ -90,26 +122,28 @@ pub fn messages<F: AsRef<[u8]>>(files: &[F], chunk: usize) -> Vec<pb::UploadStud
     .collect()
 }
 
-/// Uploads DICOM files held in memory, streaming their chunks; returns the study's summary
-/// (handle, quality gate).
+/// Uploads DICOM files held in memory, streaming their chunks, with the affinity key
+/// `affinity` (see [`crate::affinity`]) when given; returns the study's summary (handle,
+/// quality gate).
 pub async fn upload(
     client: &mut Client,
     files: Arc<Vec<Bytes>>,
+    affinity: Option<&str>,
 ) -> Result<pb::StudySummary, ClientError> {
     client
-        .upload_study(stream(files, CHUNK))
+        .upload_study(crate::affinity::request(stream(files, CHUNK), affinity)?)
         .await?
         .into_inner()
         .summary
         .ok_or_else(|| ClientError::Answer("the server returned no study summary".into()))
 }
 
-/// Uploads the DICOM files of a file or directory (searched recursively); returns the study
-/// handle.
-pub async fn upload_path(client: &mut Client, path: &Path) -> Result<String, ClientError> {
+/// The DICOM files of a file or directory (searched recursively), read into memory once.
+pub fn read_path(path: &Path) -> Result<Arc<Vec<Bytes>>, ClientError> {
     let files = DicomSource::Path(path.to_path_buf()).read(&IngestLimits::default())?;
-    let bytes: Vec<Bytes> = files.into_iter().map(|f| Bytes::from(f.bytes)).collect();
-    Ok(upload(client, Arc::new(bytes)).await?.study)
+    Ok(Arc::new(
+        files.into_iter().map(|f| Bytes::from(f.bytes)).collect(),
+    ))
 }
 
 #[cfg(test)]

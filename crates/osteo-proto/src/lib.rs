@@ -26,8 +26,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const SERVICE: &str = "osteo.v1.OsteoService";
 
 /// The methods of `osteo.v1.OsteoService`, in the order of the proto.
-pub const METHODS: [&str; 7] = [
+pub const METHODS: [&str; 8] = [
     "UploadStudy",
+    "GradeStudy",
     "Classify",
     "Explain",
     "CompareBackends",

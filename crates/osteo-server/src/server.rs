@@ -25,8 +25,8 @@ use tonic_health::ServingStatus;
 pub const SERVICE_NAME: &str = osteo_proto::SERVICE;
 
 /// Mirrors the workers in grpc.health.v1 until shutdown: each model under its own name is
-/// SERVING while all its backends are up; `osteo.v1.OsteoService` and "" follow the default
-/// model.
+/// SERVING while all its backends are up and the server is not draining;
+/// `osteo.v1.OsteoService` and "" follow the default model.
 async fn follow_workers(
     state: &State,
     health: &tonic_health::server::HealthReporter,
@@ -37,7 +37,7 @@ async fn follow_workers(
         return;
     };
     let status = |up: bool| {
-        if up {
+        if up && !state.draining() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
@@ -163,9 +163,10 @@ pub async fn serve(
     serve_on(listeners, settings, registry, shutdown).await
 }
 
-/// Serves gRPC on bound listeners until `shutdown` completes, then stops accepting, closes idle
-/// connections at once, lets in-flight requests finish for up to `server.shutdown_grace_s` and
-/// returns. Fails early on an invalid configuration, unusable TLS files or when a model cannot
+/// Serves gRPC on bound listeners until `shutdown` completes, then drains: reports NOT_SERVING
+/// (grpc.health.v1) and not ready (`/v2/health/ready`, ServerReady) while still serving for
+/// `server.drain_delay_s`, then stops accepting, closes idle connections at once (GOAWAY), lets
+/// in-flight requests finish for up to `server.shutdown_grace_s` and returns. Fails early on an invalid configuration, unusable TLS files or when a model cannot
 /// be loaded. Tests bind port 0 and serve in process.
 pub async fn serve_on(
     listeners: Listeners,
@@ -241,6 +242,7 @@ pub async fn serve_on(
 
     let max_message = settings.server.max_message_bytes;
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);
+    let drain = Duration::from_secs(settings.server.drain_delay_s);
     let state = Arc::new(State::new(settings.clone())?);
     let auth = Authenticator::from_settings(&settings.auth)?;
     let gate = AuthLayer::new(auth, state.audit_log());
@@ -272,12 +274,14 @@ pub async fn serve_on(
 
     // Models load on blocking threads while health already answers NOT_SERVING.
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<ServerError>();
+    // Notified when a worker's health changes and when draining starts.
+    let changed = Arc::new(tokio::sync::Notify::new());
     {
         let state = state.clone();
         let health = health.clone();
         let stop = stop_rx.clone();
+        let changed = changed.clone();
         tokio::spawn(async move {
-            let changed = Arc::new(tokio::sync::Notify::new());
             let workers_changed = changed.clone();
             let loaded = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
@@ -344,7 +348,13 @@ pub async fn serve_on(
             let _ = stop_rx.wait_for(|stop| *stop).await;
         });
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%local, auth = %auth_mode, "listening on {scheme}://{local}");
+    tracing::info!(
+        %local,
+        auth = %auth_mode,
+        instance = state.store.instance(),
+        "listening on {scheme}://{local}; study handles of this instance are st_{}_…",
+        state.store.instance()
+    );
     if insecure {
         tracing::warn!(
             %local,
@@ -364,9 +374,26 @@ pub async fn serve_on(
             }
         } => Err(e),
         () = shutdown => {
-            tracing::info!(grace_s = grace.as_secs(), "shutting down: finishing in-flight requests");
+            // Draining: NOT_SERVING and not ready at once, still serving for the drain delay so
+            // balancers and endpoint controllers take this replica out before it stops
+            // accepting; then the listeners close, GOAWAY goes out on every connection and
+            // what is in flight gets the grace period.
+            state.start_draining();
             health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
             health.set_service_status("", ServingStatus::NotServing).await;
+            changed.notify_one();
+            tracing::info!(
+                drain_delay_s = drain.as_secs(),
+                "draining: reporting NOT_SERVING, still serving for server.drain_delay_s"
+            );
+            let drained = tokio::select! {
+                r = &mut server => Some(r),
+                () = tokio::time::sleep(drain) => None,
+            };
+            if let Some(r) = drained {
+                return r.map_err(|e| ServerError::Internal(format!("server: {e}")));
+            }
+            tracing::info!(grace_s = grace.as_secs(), "shutting down: finishing in-flight requests");
             let _ = stop_tx.send(true);
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(r) => r.map_err(|e| ServerError::Internal(format!("server: {e}"))),

@@ -33,6 +33,8 @@ pub struct State {
     audit: Option<Arc<AuditLog>>,
     /// The threads that parse and decode DICOM (`ingest.threads`).
     pub(crate) ingest_pool: Arc<rayon::ThreadPool>,
+    /// Set on shutdown: see [`State::draining`].
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl State {
@@ -97,6 +99,7 @@ impl State {
             upload_bytes,
             audit,
             ingest_pool,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -182,6 +185,7 @@ impl State {
             metrics::histogram!("osteo_ingest_seconds", "stage" => "decode")
                 .record(started.elapsed().as_secs_f64());
             Ok(Study::new(
+                state.store.new_handle(),
                 ingested.volume,
                 ingested.demographics,
                 ingested.source,
@@ -227,11 +231,26 @@ impl State {
         .await
     }
 
-    /// Whether every model is loaded and all its backends are up (v2 server readiness).
-    pub(crate) fn all_models_up(&self) -> bool {
-        self.models
-            .get()
-            .is_some_and(|m| m.all().iter().all(crate::models::ServedModel::is_up))
+    /// Whether the server takes new work (v2 server readiness): every model loaded with all
+    /// its backends up, and not draining for shutdown.
+    pub(crate) fn ready(&self) -> bool {
+        !self.draining()
+            && self
+                .models
+                .get()
+                .is_some_and(|m| m.all().iter().all(crate::models::ServedModel::is_up))
+    }
+
+    /// Whether the server is draining for shutdown: still answering, but reporting NOT_SERVING
+    /// and not ready so that balancers stop sending it new requests.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Starts draining (see [`State::draining`]).
+    pub(crate) fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(crate) fn models(&self) -> Result<&ModelSet, ServerError> {

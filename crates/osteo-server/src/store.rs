@@ -8,7 +8,7 @@
 
 use crate::budget::{Budget, Reservation};
 use crate::error::ServerError;
-use crate::text::client_text;
+use crate::text::{client_text, handle_instance};
 use osteo_core::ViewSpec;
 use osteo_dicom::{Assessment, Demographics, SourceStudy, View, Volume, assess};
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// An ingested study.
 #[derive(Debug)]
 pub struct Study {
-    /// The de-identified handle (`st_` + 32 hex digits).
+    /// The de-identified handle (`st_<instance>_<random>`, see [`StudyStore::new_handle`]).
     pub handle: String,
     /// The selected series as a HU volume (summary included; no identifiers).
     pub volume: Volume,
@@ -59,8 +59,10 @@ impl Held {
 }
 
 impl Study {
-    /// A study of `owner` with a fresh handle, holding the bytes reserved for its volume.
+    /// A study of `owner` under `handle` (from [`StudyStore::new_handle`]), holding the bytes
+    /// reserved for its volume.
     pub fn new(
+        handle: String,
         volume: Volume,
         demographics: Demographics,
         source: SourceStudy,
@@ -68,7 +70,7 @@ impl Study {
         owner: &str,
     ) -> Self {
         Self {
-            handle: new_handle(),
+            handle,
             volume,
             demographics,
             source,
@@ -117,11 +119,6 @@ impl Study {
     }
 }
 
-/// A new unguessable handle: 128 bits from the thread's cryptographic generator.
-fn new_handle() -> String {
-    format!("st_{:032x}", rand::random::<u128>())
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere cannot leave these maps half-updated; keep serving.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -141,6 +138,8 @@ pub struct StudyStore {
     max_bytes_per_principal: u64,
     quotas: Mutex<HashMap<String, Arc<Budget>>>,
     ttl: Duration,
+    /// The tag of this server instance in every handle it issues.
+    instance: String,
 }
 
 impl StudyStore {
@@ -154,6 +153,7 @@ impl StudyStore {
             max_bytes_per_principal: 0,
             quotas: Mutex::new(HashMap::new()),
             ttl,
+            instance: format!("{:08x}", rand::random::<u32>()),
         }
     }
 
@@ -221,11 +221,36 @@ impl StudyStore {
         (study, self.ttl)
     }
 
-    fn not_found(handle: &str) -> ServerError {
-        ServerError::NotFound(format!(
-            "study \"{}\" is not stored (never uploaded, deleted, or expired); upload it again",
-            client_text(handle)
-        ))
+    /// The instance tag in this store's handles (8 hex digits, random per server start).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// A new unguessable handle naming this server instance: `st_`, the instance tag, `_`, and
+    /// 128 bits from the thread's cryptographic generator.
+    pub fn new_handle(&self) -> String {
+        format!("st_{}_{:032x}", self.instance, rand::random::<u128>())
+    }
+
+    /// NOT_FOUND for `handle`: a handle another server instance issued says so and names the
+    /// remedies; anything else reads the same whether it never existed, expired, was deleted
+    /// or belongs to someone else.
+    fn not_found(&self, handle: &str) -> ServerError {
+        match handle_instance(handle) {
+            Some(other) if other != self.instance => ServerError::NotFound(format!(
+                "study \"{handle}\" was uploaded to server instance {other}, and this is \
+                 instance {}: a study lives only in the memory of the replica that took its \
+                 upload (or of an earlier run of it). Send every call about a study to that \
+                 replica (the same x-osteo-affinity metadata on each call, through a balancer \
+                 that hashes on it), or upload and grade in one call with GradeStudy",
+                self.instance
+            )),
+            _ => ServerError::NotFound(format!(
+                "study \"{}\" is not stored (never uploaded, deleted, or expired); upload it \
+                 again",
+                client_text(handle)
+            )),
+        }
     }
 
     /// A stored study and the time it has left. With `owner`, another principal's study is
@@ -242,7 +267,7 @@ impl StudyStore {
             .get(handle)
             .filter(|e| owner.is_none_or(|o| e.study.owner == o))
             .map(|e| (e.study.clone(), e.expires.saturating_duration_since(now)))
-            .ok_or_else(|| Self::not_found(handle))
+            .ok_or_else(|| self.not_found(handle))
     }
 
     /// Deletes a study (of `owner`, or any with `None`); returns the bytes freed.
@@ -252,11 +277,11 @@ impl StudyStore {
             .get(handle)
             .is_none_or(|e| owner.is_some_and(|o| e.study.owner != o))
         {
-            return Err(Self::not_found(handle));
+            return Err(self.not_found(handle));
         }
         let e = entries
             .remove(handle)
-            .ok_or_else(|| Self::not_found(handle))?;
+            .ok_or_else(|| self.not_found(handle))?;
         drop(entries);
         let freed = e.study.stored_bytes;
         drop(e);
@@ -305,6 +330,7 @@ mod tests {
         let v = volume(slices);
         let bytes = (v.hu.len() * 4) as u64;
         Ok(Study::new(
+            store.new_handle(),
             v,
             Demographics::default(),
             SourceStudy::default(),
@@ -318,7 +344,11 @@ mod tests {
         let store = StudyStore::new(1000, 1000, Duration::from_millis(200));
         let (a, _) = store.insert(study(&store, 10).expect("640 bytes fit"));
         assert_eq!(a.stored_bytes, 640);
-        assert!(a.handle.starts_with("st_") && a.handle.len() == 35);
+        assert!(crate::text::is_handle(&a.handle), "{}", a.handle);
+        assert_eq!(
+            crate::text::handle_instance(&a.handle),
+            Some(store.instance())
+        );
         let full = study(&store, 10).expect_err("1280 > 1000");
         assert!(matches!(full, ServerError::ResourceExhausted(_)));
         assert_eq!(
@@ -341,18 +371,41 @@ mod tests {
     }
 
     #[test]
+    fn a_handle_of_another_instance_names_it_and_the_remedies() {
+        let store = StudyStore::new(1000, 1000, Duration::from_secs(60));
+        let other = StudyStore::new(1000, 1000, Duration::from_secs(60));
+        let (theirs, _) = other.insert(study(&other, 10).expect("fits"));
+        let e = store.get(&theirs.handle, None).expect_err("not here");
+        assert!(matches!(e, ServerError::NotFound(_)));
+        let m = e.to_string();
+        assert!(
+            m.contains(other.instance()) && m.contains(store.instance()),
+            "{m}"
+        );
+        assert!(
+            m.contains("x-osteo-affinity") && m.contains("GradeStudy"),
+            "{m}"
+        );
+        let ours = store
+            .get(&store.new_handle(), None)
+            .expect_err("never issued");
+        assert!(ours.to_string().contains("upload it again"), "{ours}");
+    }
+
+    #[test]
     fn studies_are_visible_to_their_owner_and_quotas_are_per_principal() {
         let store =
             StudyStore::new(10_000, 1000, Duration::from_secs(60)).with_quota_per_principal(700);
         let (a, _) = store.insert(owned(&store, 10, "alice").expect("640 bytes"));
         let other = store.get(&a.handle, Some("bob")).expect_err("not bob's");
-        let never = store.get("st_00000000000000000000000000000000", Some("bob"));
+        let never_issued = store.new_handle();
+        let never = store.get(&never_issued, Some("bob"));
         assert_eq!(
             other.to_string().replace(&a.handle, "H"),
             never
                 .expect_err("unknown")
                 .to_string()
-                .replace("st_00000000000000000000000000000000", "H"),
+                .replace(&never_issued, "H"),
             "no oracle: someone else's study reads exactly like a missing one"
         );
         assert!(store.delete(&a.handle, Some("bob")).is_err());

@@ -50,14 +50,22 @@ pub fn one_line(s: &str) -> String {
     )
 }
 
-/// Whether `s` has the shape of a study handle (`st_` and 32 lowercase hex digits); only such
-/// strings are logged as a study.
+/// Whether `s` has the shape of a study handle (`st_`, the 8 hex digits of the server instance
+/// that issued it, `_`, 32 hex digits; lowercase); only such strings are logged as a study.
 pub fn is_handle(s: &str) -> bool {
-    s.len() == 35
-        && s.starts_with("st_")
-        && s[3..]
-            .bytes()
+    handle_instance(s).is_some()
+}
+
+/// The server instance a study handle names (its 8 hex digits), or `None` when `s` is not a
+/// handle's shape.
+pub fn handle_instance(s: &str) -> Option<&str> {
+    let hex = |t: &str| {
+        t.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let rest = s.strip_prefix("st_")?;
+    let (instance, random) = rest.split_once('_')?;
+    (instance.len() == 8 && random.len() == 32 && hex(instance) && hex(random)).then_some(instance)
 }
 
 #[cfg(test)]
@@ -85,9 +93,13 @@ mod tests {
 
     #[test]
     fn only_well_formed_handles_are_handles() {
-        assert!(is_handle("st_0123456789abcdef0123456789abcdef"));
-        assert!(!is_handle("st_0123456789abcdef0123456789abcdeF"));
-        assert!(!is_handle("st_0123456789abcdef0123456789abcde\n"));
+        let h = "st_89abcdef_0123456789abcdef0123456789abcdef";
+        assert!(is_handle(h));
+        assert_eq!(handle_instance(h), Some("89abcdef"));
+        assert!(!is_handle("st_89abcdef_0123456789abcdef0123456789abcdeF"));
+        assert!(!is_handle("st_89abcdef_0123456789abcdef0123456789abcde\n"));
+        assert!(!is_handle("st_0123456789abcdef0123456789abcdef"));
+        assert!(!is_handle("st_89abcdef0_123456789abcdef0123456789abcdef"));
         assert!(!is_handle("st_"));
     }
 }

@@ -195,18 +195,63 @@ pub(crate) struct Upload {
     pub(crate) slot: OwnedSemaphorePermit,
 }
 
+/// One message of a stream in upload framing: a header, then chunks.
+pub(crate) enum Part<H> {
+    /// The stream's header (first, once).
+    Header(H),
+    /// A chunk of a file.
+    Chunk(pb::FileChunk),
+    /// A message with neither.
+    Neither,
+}
+
+/// A message of a stream in upload framing (UploadStudy's, GradeStudy's).
+pub(crate) trait Framed {
+    /// The stream's header.
+    type Header;
+    /// The message's part.
+    fn part(self) -> Part<Self::Header>;
+}
+
+impl Framed for pb::UploadStudyRequest {
+    type Header = pb::UploadHeader;
+
+    fn part(self) -> Part<pb::UploadHeader> {
+        match self.part {
+            Some(pb::upload_study_request::Part::Header(h)) => Part::Header(h),
+            Some(pb::upload_study_request::Part::Chunk(c)) => Part::Chunk(c),
+            None => Part::Neither,
+        }
+    }
+}
+
+impl Framed for pb::GradeStudyRequest {
+    type Header = pb::GradeStudyHeader;
+
+    fn part(self) -> Part<pb::GradeStudyHeader> {
+        match self.part {
+            Some(pb::grade_study_request::Part::Header(h)) => Part::Header(h),
+            Some(pb::grade_study_request::Part::Chunk(c)) => Part::Chunk(c),
+            None => Part::Neither,
+        }
+    }
+}
+
 /// Reads an upload stream into complete files, enforcing the limits as bytes arrive: a slot
-/// among `store.max_concurrent_uploads` first, then every byte reserved from
-/// `store.max_inflight_upload_bytes` (within `holder`'s share) before it is buffered. A declared
-/// size is checked against the limits at once but reserved only as its bytes arrive, so a slow
-/// stream holds only what it sent.
-pub(crate) async fn read_upload<S>(
+/// among `store.max_concurrent_uploads` first, then the header, which `begin` checks (before
+/// any chunk is read) and answers with the upload header inside it, then every byte reserved
+/// from `store.max_inflight_upload_bytes` (within `holder`'s share) before it is buffered. A
+/// declared size is checked against the limits at once but reserved only as its bytes arrive,
+/// so a slow stream holds only what it sent. Returns the stream's header and the files.
+pub(crate) async fn read_upload<S, M>(
     state: &State,
     holder: &str,
     stream: &mut S,
-) -> Result<Upload, ServerError>
+    begin: impl FnOnce(&M::Header) -> Result<pb::UploadHeader, ServerError>,
+) -> Result<(M::Header, Upload), ServerError>
 where
-    S: Stream<Item = Result<pb::UploadStudyRequest, ServerError>> + Unpin,
+    S: Stream<Item = Result<M, ServerError>> + Unpin,
+    M: Framed,
 {
     let slot = state.uploads.clone().try_acquire_owned().map_err(|_| {
         ServerError::ResourceExhausted(format!(
@@ -216,16 +261,14 @@ where
         ))
     })?;
     let first = stream.next().await.transpose()?.ok_or_else(|| {
-        ServerError::InvalidArgument("empty upload: send an UploadHeader first".into())
+        ServerError::InvalidArgument("empty stream: send the header first".into())
     })?;
-    let header = match first.part {
-        Some(pb::upload_study_request::Part::Header(h)) => h,
-        _ => {
-            return Err(ServerError::InvalidArgument(
-                "the first upload message must be the header".into(),
-            ));
-        }
+    let Part::Header(stream_header) = first.part() else {
+        return Err(ServerError::InvalidArgument(
+            "the first message must be the header".into(),
+        ));
     };
+    let header = begin(&stream_header)?;
     let limits = state.limits();
     let mut framer = Framer::new(
         FramingLimits {
@@ -237,28 +280,29 @@ where
     )?;
     let mut held = state.upload_bytes.reserve_for(holder, 0, "the upload")?;
     while let Some(msg) = stream.next().await.transpose()? {
-        let chunk = match msg.part {
-            Some(pb::upload_study_request::Part::Chunk(c)) => c,
-            Some(pb::upload_study_request::Part::Header(_)) => {
+        let chunk = match msg.part() {
+            Part::Chunk(c) => c,
+            Part::Header(_) => {
                 return Err(ServerError::InvalidArgument(
-                    "the upload header may appear only once, first".into(),
+                    "the header may appear only once, first".into(),
                 ));
             }
-            None => {
+            Part::Neither => {
                 return Err(ServerError::InvalidArgument(
-                    "an upload message carries neither header nor chunk".into(),
+                    "a message carries neither header nor chunk".into(),
                 ));
             }
         };
         let mut account = |bytes: u64| held.resize(bytes, "the upload");
         framer.push(chunk.file_index, &chunk.data, chunk.last, &mut account)?;
     }
-    Ok(Upload {
+    let upload = Upload {
         files: framer.finish()?,
         series_uid: Some(header.series_instance_uid).filter(|s| !s.is_empty()),
         held_bytes: held,
         slot,
-    })
+    };
+    Ok((stream_header, upload))
 }
 
 #[cfg(test)]

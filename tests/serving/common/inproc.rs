@@ -45,6 +45,10 @@ pub fn settings(config: &str, models: &[(&str, &str)]) -> osteo_server::Settings
     if let (false, Some((first, _))) = (config.contains("default_model"), models.first()) {
         overrides.push(("server.default_model", first.to_string()));
     }
+    // Tests stop at once unless they test draining.
+    if !config.contains("drain_delay_s") {
+        overrides.push(("server.drain_delay_s", "0".to_string()));
+    }
     osteo_server::config::load_from(Some(&file), &overrides, no_env)
         .expect("valid test configuration")
 }
@@ -59,11 +63,43 @@ impl InProc {
         server
     }
 
+    /// Starts a server whose gRPC listener is bound to `grpc` (a replica restarted on its
+    /// address), and waits until it reports SERVING.
+    pub async fn start_at(
+        grpc: SocketAddr,
+        config: &str,
+        models: &[(&str, &str)],
+        registry: Registry,
+    ) -> Self {
+        let server = Self::spawn_at(grpc, settings(config, models), registry).await;
+        server.wait_for_health("", ServingStatus::Serving).await;
+        server
+    }
+
     /// Starts a server without waiting for its models.
     pub async fn spawn(settings: osteo_server::Settings, registry: Registry) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        Self::spawn_at(([127, 0, 0, 1], 0).into(), settings, registry).await
+    }
+
+    /// Starts a server with its gRPC listener on `grpc`, without waiting for its models.
+    pub async fn spawn_at(
+        grpc: SocketAddr,
+        settings: osteo_server::Settings,
+        registry: Registry,
+    ) -> Self {
+        // A replica restarted on its address may find the old listener closing still.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(grpc).await {
+                Ok(l) => break l,
+                Err(e) if grpc.port() != 0 && tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("bind {grpc}: {e}"),
+            }
+        };
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -163,6 +199,19 @@ impl InProc {
         out
     }
 
+    /// A raw HTTP/1.1 GET of `path` on the REST port; returns the whole response.
+    pub async fn rest_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.http)
+            .await
+            .expect("REST port");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
     /// The Prometheus exposition text.
     pub async fn scrape(&self) -> String {
         self.http("GET /metrics HTTP/1.1").await
@@ -170,13 +219,23 @@ impl InProc {
 
     /// Signals shutdown and waits for `serve_on` to return.
     pub async fn stop(mut self) -> Result<(), ServerError> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        self.signal_shutdown();
         match self.task.take() {
             Some(t) => t.await.expect("server task"),
             None => Ok(()),
         }
+    }
+
+    /// Signals shutdown (as SIGTERM does) without waiting: the server drains.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Whether `serve_on` has returned.
+    pub fn finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// Waits for `serve_on` to return on its own (a start-up failure).

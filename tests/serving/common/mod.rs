@@ -108,9 +108,15 @@ impl Server {
             },
             None => ("", extra),
         };
+        // Tests stop at once unless they test draining.
+        let drain = if server_keys.contains("drain_delay_s") {
+            ""
+        } else {
+            "drain_delay_s = 0\n"
+        };
         let mut config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-             http_listen = \"127.0.0.1:0\"\ndefault_model = \"osteo-fused-v1\"\n{server_keys}\n{rest}\n"
+             http_listen = \"127.0.0.1:0\"\ndefault_model = \"osteo-fused-v1\"\n{drain}{server_keys}\n{rest}\n"
         );
         config.push_str(&models_toml(models));
         let file = dir.path().join("osteo.toml");
@@ -281,6 +287,31 @@ pub fn clinical() -> pb::ClinicalVariables {
 /// The upload stream of `files` in chunks of `chunk` bytes (the client library's framing).
 pub fn upload_messages(files: &[Vec<u8>], chunk: usize) -> Vec<pb::UploadStudyRequest> {
     osteo_client::upload::messages(files, chunk)
+}
+
+/// The GradeStudy stream of `action` on `files` in chunks of `chunk` bytes (the client
+/// library's framing).
+pub fn grade_messages(
+    action: pb::grade_action::Action,
+    files: &[Vec<u8>],
+    chunk: usize,
+) -> Vec<pb::GradeStudyRequest> {
+    use pb::grade_study_request::Part;
+    let mut action = Some(pb::GradeAction {
+        action: Some(action),
+    });
+    upload_messages(files, chunk)
+        .into_iter()
+        .map(|m| pb::GradeStudyRequest {
+            part: m.part.map(|p| match p {
+                pb::upload_study_request::Part::Header(h) => Part::Header(pb::GradeStudyHeader {
+                    action: action.take(),
+                    upload: Some(h),
+                }),
+                pb::upload_study_request::Part::Chunk(c) => Part::Chunk(c),
+            }),
+        })
+        .collect()
 }
 
 pub fn by_handle(h: &str) -> Option<pb::StudyRef> {

@@ -1,12 +1,14 @@
 //! Screening one study: its series searched (an SR of this model version means already
-//! screened), its CT series retrieved within the size limit, uploaded, its quality gate read,
-//! explained with DICOM outputs, the SR and secondary capture stored back, the upload deleted.
+//! screened), its CT series retrieved within the size limit, graded in one GradeStudy call
+//! (upload, quality gate, explanation with DICOM outputs; nothing stays on the server), the SR
+//! and secondary capture stored back.
 
 use super::Row;
 use crate::connect::Client;
 use crate::error::ClientError;
+use crate::grade::grade_files;
 use crate::report::grade_name;
-use crate::retry::{retry, transient_status};
+use crate::retry::retry;
 use osteo_core::error::chain;
 use osteo_dicomweb::{DicomWeb, DicomWebError, attribute};
 use osteo_proto::v1 as pb;
@@ -41,11 +43,10 @@ fn ct_series(series: &[serde_json::Value]) -> Result<Vec<&serde_json::Value>, Cl
 }
 
 /// Where screening time goes: the stages, summed over studies.
-pub const STAGES: [&str; 5] = [
+pub const STAGES: [&str; 4] = [
     "PACS search",
     "PACS retrieval",
-    "upload + ingest + gate",
-    "grading + DICOM outputs",
+    "GradeStudy (upload, gate, grading, DICOM outputs)",
     "PACS store",
 ];
 
@@ -60,7 +61,7 @@ pub(super) struct Job {
     /// Most bytes retrieved for one study.
     pub(super) max_study_bytes: u64,
     /// Nanoseconds spent in each of [`STAGES`], over all studies.
-    pub(super) spent: [AtomicU64; 5],
+    pub(super) spent: [AtomicU64; 4],
 }
 
 impl Job {
@@ -136,75 +137,38 @@ impl Job {
                 "the PACS holds no CT series of the study",
             ));
         }
-        let mut server = self.server.clone();
-        // The retrieved files are held once (views of the WADO-RS answers): each try streams
-        // its chunks out of them.
-        let files = std::sync::Arc::new(files);
-        let summary = self
-            .timed(
-                2,
-                retry(
-                    |e: &ClientError| e.status().is_some_and(transient_status),
-                    || {
-                        let mut c = server.clone();
-                        let files = files.clone();
-                        async move { crate::upload::upload(&mut c, files).await }
-                    },
-                ),
-            )
-            .await?;
-        drop(files);
-        let handle = summary.study.clone();
-        let row = self.grade(&mut server, uid, &summary).await;
-        // The upload is not needed any more, whatever happened.
-        let _ = server
-            .delete_study(pb::DeleteStudyRequest { study: handle })
-            .await;
-        row
-    }
-
-    async fn grade(
-        &self,
-        server: &mut Client,
-        uid: &str,
-        summary: &pb::StudySummary,
-    ) -> Result<Row, ClientError> {
-        // The model's quality gate, as the upload summary reports it.
-        let gate = summary
-            .quality
-            .iter()
-            .find(|q| self.model.is_empty() || q.model == self.model);
-        if let Some(q) = gate.filter(|q| !q.passed) {
-            let reason: Vec<&str> = q
-                .checks
-                .iter()
-                .filter(|c| !c.passed)
-                .map(|c| c.finding.as_str())
-                .collect();
-            return Ok(Row::ended(uid, "refused", reason.join("; ")));
-        }
+        // One GradeStudy call: the retrieved files (held once, views of the WADO-RS answers,
+        // streamed again on a retry) uploaded, gated, explained with DICOM outputs; nothing
+        // stays on the server, so any replica can answer and a retry is safe.
         let request = pb::ExplainRequest {
-            study: Some(pb::StudyRef {
-                source: Some(pb::study_ref::Source::Study(summary.study.clone())),
-            }),
             model: self.model.clone(),
             backend: self.backend.clone(),
             clinical_from_dicom: true,
             dicom_outputs: true,
             ..Default::default()
         };
-        let explained = self
+        let files = std::sync::Arc::new(files);
+        let graded = self
             .timed(
-                3,
-                retry(transient_status, || {
-                    let mut c = server.clone();
-                    let r = request.clone();
-                    async move { c.explain(r).await }
-                }),
+                2,
+                grade_files(
+                    &self.server,
+                    pb::grade_action::Action::Explain(request),
+                    files.clone(),
+                ),
             )
             .await;
-        let explained = match explained {
-            Ok(r) => r.into_inner(),
+        drop(files);
+        let explained = match graded {
+            Ok(r) => match r.result {
+                Some(pb::grade_study_response::Result::Explanation(e)) => e,
+                _ => {
+                    return Err(ClientError::Answer(
+                        "the server's GradeStudy answer holds no explanation".into(),
+                    ));
+                }
+            },
+            // The model's quality gate (or the header's clinical values) refused the study.
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 return Ok(Row::ended(uid, "refused", s.message()));
             }
@@ -219,7 +183,7 @@ impl Job {
             return Err(ClientError::Answer("the server returned no SR".into()));
         }
         self.timed(
-            4,
+            3,
             retry(DicomWebError::is_transient, || self.pacs.store(&results)),
         )
         .await?;

@@ -13,7 +13,7 @@ pub use studies::{Shard, earlier, worklist};
 
 use crate::connect::Client;
 use crate::error::ClientError;
-use crate::retry::retry;
+use crate::retry::{retry, transient_status};
 use job::Job;
 use osteo_dicomweb::{DicomWeb, DicomWebError, valid_uid};
 use osteo_proto::v1 as pb;
@@ -138,11 +138,13 @@ pub struct Summary {
 /// time), each row written to the results CSV as its study ends.
 pub async fn run(s: Screening, progress: &mut dyn Progress) -> Result<Summary, ClientError> {
     let kept = earlier(&s.results)?;
-    let mut server = s.server;
-    let models = server
-        .list_models(pb::ListModelsRequest {})
-        .await?
-        .into_inner();
+    let server = s.server;
+    let models = retry(transient_status, || {
+        let mut c = server.clone();
+        async move { c.list_models(pb::ListModelsRequest {}).await }
+    })
+    .await?
+    .into_inner();
     let wanted = match s.choice.model.as_str() {
         "" => models.default_model.clone(),
         m => m.to_string(),

@@ -8,6 +8,11 @@ use osteo_proto::v1::osteo_service_server::OsteoService;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+/// A client stream's failure as the engine sees it.
+fn stream_error<M>(m: Result<M, Status>) -> Result<M, ServerError> {
+    m.map_err(|s| ServerError::InvalidArgument(format!("upload stream failed: {}", s.message())))
+}
+
 /// The gRPC service.
 #[derive(Clone)]
 pub struct Service {
@@ -28,12 +33,17 @@ impl OsteoService for Service {
         request: Request<Streaming<pb::UploadStudyRequest>>,
     ) -> Result<Response<pb::UploadStudyResponse>, Status> {
         serve(&self.engine, Rpc::UploadStudy, request, |e, c, stream| {
-            let messages = stream.map(|m| {
-                m.map_err(|s| {
-                    ServerError::InvalidArgument(format!("upload stream failed: {}", s.message()))
-                })
-            });
-            Box::pin(e.upload(c, messages))
+            Box::pin(e.upload(c, stream.map(stream_error)))
+        })
+        .await
+    }
+
+    async fn grade_study(
+        &self,
+        request: Request<Streaming<pb::GradeStudyRequest>>,
+    ) -> Result<Response<pb::GradeStudyResponse>, Status> {
+        serve(&self.engine, Rpc::GradeStudy, request, |e, c, stream| {
+            Box::pin(e.grade_study(c, stream.map(stream_error)))
         })
         .await
     }

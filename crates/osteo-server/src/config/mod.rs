@@ -47,7 +47,11 @@ pub struct ServerSettings {
     pub max_message_bytes: usize,
     /// Deadline applied when a client sets none, in seconds.
     pub request_timeout_s: u64,
-    /// Longest wait for in-flight requests at shutdown, in seconds.
+    /// Seconds between SIGTERM and closing the listeners: the server reports NOT_SERVING (and
+    /// not ready) at once but keeps serving, so balancers and endpoint controllers take it out
+    /// of rotation before it stops accepting.
+    pub drain_delay_s: u64,
+    /// Longest wait for in-flight requests at shutdown, after the drain delay, in seconds.
     pub shutdown_grace_s: u64,
     /// Classify/Explain/CompareBackends requests admitted at once; more are RESOURCE_EXHAUSTED
     /// before any ingest or view work.
@@ -321,6 +325,7 @@ impl Default for ServerSettings {
             default_model: "osteo-fused-v1".into(),
             max_message_bytes: 64 << 20,
             request_timeout_s: 60,
+            drain_delay_s: 5,
             shutdown_grace_s: 30,
             max_concurrent_requests: 64,
             max_connections: 1024,

@@ -32,9 +32,27 @@ impl Prepared {
     }
 }
 
+/// Where a grading request's study comes from.
+pub(super) enum Source<'r> {
+    /// The request's own reference: a stored study's handle, inline files, or none.
+    Ref(Option<&'r pb::StudyRef>),
+    /// A study this call ingested from its own stream (GradeStudy), not stored.
+    Ingested(Arc<Study>),
+}
+
+impl<'r> Source<'r> {
+    /// The study of a request's reference, or the one the call ingested.
+    fn of(study: Option<&'r pb::StudyRef>, ingested: Option<Arc<Study>>) -> Self {
+        match ingested {
+            Some(s) => Source::Ingested(s),
+            None => Source::Ref(study),
+        }
+    }
+}
+
 /// What a grading request names besides model and backend.
 struct Subject<'r> {
-    study: Option<&'r pb::StudyRef>,
+    study: Source<'r>,
     clinical: Option<&'r pb::ClinicalVariables>,
     clinical_from_dicom: bool,
 }
@@ -64,9 +82,13 @@ impl Engine {
     async fn study_of(
         &self,
         call: &mut Call,
-        study: Option<&pb::StudyRef>,
+        study: Source<'_>,
     ) -> Result<Option<Arc<Study>>, ServerError> {
         let owner = call.principal().name.clone();
+        let study = match study {
+            Source::Ingested(s) => return Ok(Some(s)),
+            Source::Ref(r) => r,
+        };
         match study.and_then(|s| s.source.as_ref()) {
             None => Ok(None),
             Some(pb::study_ref::Source::Study(handle)) => {
@@ -173,11 +195,22 @@ impl Engine {
         call: &mut Call,
         req: pb::ClassifyRequest,
     ) -> Result<pb::ClassifyResponse, ServerError> {
-        let start = Instant::now();
         let _permit = self.state.admit()?;
+        self.classify_study(call, req, None).await
+    }
+
+    /// Classify on the request's study, or on `ingested` (GradeStudy); the caller holds the
+    /// admission permit.
+    pub(super) async fn classify_study(
+        &self,
+        call: &mut Call,
+        req: pb::ClassifyRequest,
+        ingested: Option<Arc<Study>>,
+    ) -> Result<pb::ClassifyResponse, ServerError> {
+        let start = Instant::now();
         let (model, worker) = self.resolve(call, &req.model, &req.backend)?;
         let subject = Subject {
-            study: req.study.as_ref(),
+            study: Source::of(req.study.as_ref(), ingested),
             clinical: req.clinical.as_ref(),
             clinical_from_dicom: req.clinical_from_dicom,
         };
@@ -199,13 +232,24 @@ impl Engine {
         call: &mut Call,
         req: pb::ExplainRequest,
     ) -> Result<pb::ExplainResponse, ServerError> {
-        let start = Instant::now();
         let _permit = self.state.admit()?;
+        self.explain_study(call, req, None).await
+    }
+
+    /// Explain on the request's study, or on `ingested` (GradeStudy); the caller holds the
+    /// admission permit.
+    pub(super) async fn explain_study(
+        &self,
+        call: &mut Call,
+        req: pb::ExplainRequest,
+        ingested: Option<Arc<Study>>,
+    ) -> Result<pb::ExplainResponse, ServerError> {
+        let start = Instant::now();
         let (model, worker) = self.resolve(call, &req.model, &req.backend)?;
         let m = &model.artifacts.manifest;
         let requested = convert::grade_from(req.target)?;
         let subject = Subject {
-            study: req.study.as_ref(),
+            study: Source::of(req.study.as_ref(), ingested),
             clinical: req.clinical.as_ref(),
             clinical_from_dicom: req.clinical_from_dicom,
         };
@@ -280,6 +324,17 @@ impl Engine {
         req: pb::CompareBackendsRequest,
     ) -> Result<pb::CompareBackendsResponse, ServerError> {
         let _permit = self.state.admit()?;
+        self.compare_study(call, req, None).await
+    }
+
+    /// CompareBackends on the request's study, or on `ingested` (GradeStudy); the caller holds
+    /// the admission permit.
+    pub(super) async fn compare_study(
+        &self,
+        call: &mut Call,
+        req: pb::CompareBackendsRequest,
+        ingested: Option<Arc<Study>>,
+    ) -> Result<pb::CompareBackendsResponse, ServerError> {
         let (model, _) = self.resolve(call, &req.model, "")?;
         let names = compare_backends(model, &req.backends)?;
         // The label lists the backends in the model's order: a bounded set of values.
@@ -290,7 +345,7 @@ impl Engine {
             .collect();
         call.backends(label.join(","));
         let subject = Subject {
-            study: req.study.as_ref(),
+            study: Source::of(req.study.as_ref(), ingested),
             clinical: req.clinical.as_ref(),
             clinical_from_dicom: req.clinical_from_dicom,
         };
@@ -395,7 +450,10 @@ fn classification(
 /// The backends a CompareBackends request names, checked before any work: each a backend
 /// serving the model, each at most once (so the list is never longer than the served list);
 /// every serving backend when the request names none. Returned in the requested order.
-fn compare_backends(model: &ServedModel, requested: &[String]) -> Result<Vec<String>, ServerError> {
+pub(super) fn compare_backends(
+    model: &ServedModel,
+    requested: &[String],
+) -> Result<Vec<String>, ServerError> {
     let served = model.backend_names();
     if requested.is_empty() {
         return Ok(served);

@@ -8,6 +8,7 @@
 //! outcome.
 
 mod call;
+mod grade_study;
 mod grading;
 pub mod oip;
 mod rpc;
@@ -61,6 +62,7 @@ impl Engine {
         F: for<'c> FnOnce(&'c Engine, &'c mut Call) -> Op<'c, T>,
     {
         let start = Instant::now();
+        let _in_flight = InFlight::new(call.rpc());
         let span = call.span().clone();
         span.in_scope(|| tracing::debug!("request started"));
         let result = match call.permitted() {
@@ -161,6 +163,25 @@ impl Engine {
         let model = self.served_model(call, name)?;
         check_version(model, version)?;
         Ok(model)
+    }
+}
+
+/// One call counted in `osteo_requests_in_flight` (by rpc, a bounded label) from its start until
+/// it ends or is dropped (a client that went away): the load signal autoscaling reads, queue
+/// waits included.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn new(rpc: Rpc) -> Self {
+        let g = metrics::gauge!("osteo_requests_in_flight", "rpc" => rpc.name());
+        g.increment(1.0);
+        Self(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

@@ -8,6 +8,8 @@ use crate::principal::{Principal, Role};
 pub enum Rpc {
     /// osteo.v1 UploadStudy.
     UploadStudy,
+    /// osteo.v1 GradeStudy.
+    GradeStudy,
     /// osteo.v1 Classify.
     Classify,
     /// osteo.v1 Explain.
@@ -47,8 +49,9 @@ pub enum Rpc {
 }
 
 /// The osteo.v1 methods, in the order of `osteo_proto::METHODS`.
-const V1: [Rpc; 7] = [
+const V1: [Rpc; 8] = [
     Rpc::UploadStudy,
+    Rpc::GradeStudy,
     Rpc::Classify,
     Rpc::Explain,
     Rpc::CompareBackends,
@@ -76,6 +79,7 @@ impl Rpc {
     pub fn name(self) -> &'static str {
         match self {
             Rpc::UploadStudy => "UploadStudy",
+            Rpc::GradeStudy => "GradeStudy",
             Rpc::Classify => "Classify",
             Rpc::Explain => "Explain",
             Rpc::CompareBackends => "CompareBackends",
@@ -113,6 +117,7 @@ impl Rpc {
         matches!(
             self,
             Rpc::Classify
+                | Rpc::GradeStudy
                 | Rpc::Explain
                 | Rpc::CompareBackends
                 | Rpc::ModelInfer

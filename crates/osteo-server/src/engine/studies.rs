@@ -29,12 +29,18 @@ impl Engine {
         let state = &self.state;
         let owner = call.principal().name.clone();
         let holder = state.budget_holder(Some(call.principal()), call.peer());
-        let Upload {
-            files,
-            series_uid,
-            held_bytes,
-            slot,
-        } = read_upload(state, &holder, &mut messages).await?;
+        let (
+            _,
+            Upload {
+                files,
+                series_uid,
+                held_bytes,
+                slot,
+            },
+        ) = read_upload(state, &holder, &mut messages, |h: &pb::UploadHeader| {
+            Ok(h.clone())
+        })
+        .await?;
         let study = state.ingest(files, series_uid, owner).await?;
         drop((held_bytes, slot));
         let (study, ttl) = state.store.insert(study);

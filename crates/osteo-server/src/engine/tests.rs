@@ -191,7 +191,7 @@ async fn a_call_past_its_budget_is_deadline_exceeded_and_keeps_what_it_recorded(
     let e = engine
         .run(short, |_, c| {
             Box::pin(async move {
-                c.refers_to("st_0123456789abcdef0123456789abcdef");
+                c.refers_to("st_89abcdef_0123456789abcdef0123456789abcdef");
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 Ok(())
             })
@@ -202,7 +202,10 @@ async fn a_call_past_its_budget_is_deadline_exceeded_and_keeps_what_it_recorded(
     let records = audit_records(&dir);
     let last = records.last().expect("one record");
     assert_eq!(last["code"], "DeadlineExceeded");
-    assert_eq!(last["study"], "st_0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        last["study"],
+        "st_89abcdef_0123456789abcdef0123456789abcdef"
+    );
 }
 
 #[tokio::test]

@@ -167,9 +167,10 @@ async fn live() -> Response {
     json_response(StatusCode::OK, &json!({ "live": true }))
 }
 
-/// `GET /v2/health/ready`: 200 when every model is loaded and up, else 503.
+/// `GET /v2/health/ready`: 200 when every model is loaded and up and the server is not
+/// draining for shutdown, else 503.
 async fn ready(State(app): State<App>) -> Response {
-    let up = app.engine.state().all_models_up();
+    let up = app.engine.state().ready();
     let status = if up {
         StatusCode::OK
     } else {

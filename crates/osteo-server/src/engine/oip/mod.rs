@@ -108,10 +108,10 @@ impl Engine {
         Ok(response)
     }
 
-    /// ServerReady: whether every model is loaded and up.
+    /// ServerReady: whether every model is loaded and up and the server is not draining.
     pub fn server_ready(&self) -> v2::ServerReadyResponse {
         v2::ServerReadyResponse {
-            ready: self.state.all_models_up(),
+            ready: self.state.ready(),
         }
     }
 
