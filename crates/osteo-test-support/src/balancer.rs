@@ -2,9 +2,8 @@
 //! mesh or an L7 ingress does: per request (round robin), or by consistent hashing on a request
 //! header (the affinity key). Plaintext HTTP/2 on a loopback port.
 
-use crate::daemon::{Daemon, find, free_port};
+use crate::daemon::{Daemon, free_port};
 use std::net::SocketAddr;
-use std::process::Command;
 
 /// How the balancer picks a server for each request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +27,6 @@ impl GrpcBalancer {
     /// `routing` says. A server that refuses the connection is skipped for one second and the
     /// request passed to the next (nginx's `grpc_next_upstream error`).
     pub fn start(servers: &[SocketAddr], routing: &Routing) -> Result<GrpcBalancer, String> {
-        let binary = find(&["/usr/sbin/nginx", "/usr/bin/nginx"])
-            .ok_or("nginx is not installed: run scripts/setup.sh")?;
         let hash = match routing {
             Routing::RoundRobin => String::new(),
             Routing::ConsistentHash(header) => {
@@ -48,22 +45,9 @@ impl GrpcBalancer {
             .collect();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = free_port()?;
-        let d = dir.path().display();
-        // One process, no user switch; bodies of any size, streamed as they come.
-        let config = format!(
-            "daemon off;
-master_process off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  upstream osteo {{
+        // Bodies of any size, streamed as they come.
+        let blocks = format!(
+            "upstream osteo {{
     {hash}
 {upstreams}  }}
   server {{
@@ -76,23 +60,11 @@ http {{
       grpc_send_timeout 120s;
       grpc_connect_timeout 2s;
     }}
-  }}
-}}
-"
+  }}"
         );
-        let file = dir.path().join("nginx.conf");
-        std::fs::write(&file, config).map_err(|e| e.to_string())?;
-        let mut command = Command::new(binary);
-        command
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&file);
         Ok(GrpcBalancer {
             url: format!("http://127.0.0.1:{port}"),
-            _daemon: Daemon::start("nginx", command, dir, port, Some("error.log"))?,
+            _daemon: crate::nginx::start(dir, port, &blocks)?,
         })
     }
 }

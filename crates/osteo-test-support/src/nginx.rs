@@ -31,8 +31,6 @@ impl TlsProxy {
         key: &Path,
         auth: &ProxyAuth,
     ) -> Result<TlsProxy, String> {
-        let binary = find(&["/usr/sbin/nginx", "/usr/bin/nginx"])
-            .ok_or("nginx is not installed: run scripts/setup.sh")?;
         if let Some(token) = &auth.token
             && !token.chars().all(|c| c.is_ascii_alphanumeric())
         {
@@ -40,7 +38,6 @@ impl TlsProxy {
         }
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = free_port()?;
-        let d = dir.path().display();
         let client = match &auth.client_ca {
             Some(ca) => format!(
                 "ssl_client_certificate {};\n    ssl_verify_client on;",
@@ -52,21 +49,8 @@ impl TlsProxy {
             Some(t) => format!("if ($http_authorization != \"Bearer {t}\") {{ return 401; }}"),
             None => String::new(),
         };
-        // One process, no user switch; bodies streamed both ways (no temporary files).
-        let config = format!(
-            "daemon off;
-master_process off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  server {{
+        let server = format!(
+            "server {{
     listen 127.0.0.1:{port} ssl;
     ssl_certificate {cert};
     ssl_certificate_key {key};
@@ -79,25 +63,53 @@ http {{
       proxy_buffering off;
       proxy_request_buffering off;
     }}
-  }}
-}}
-",
+  }}",
             cert = cert.display(),
             key = key.display(),
         );
-        let file = dir.path().join("nginx.conf");
-        std::fs::write(&file, config).map_err(|e| e.to_string())?;
-        let mut command = Command::new(binary);
-        command
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&file);
         Ok(TlsProxy {
             url: format!("https://127.0.0.1:{port}/dicom-web"),
-            _daemon: Daemon::start("nginx", command, dir, port, Some("error.log"))?,
+            _daemon: start(dir, port, &server)?,
         })
     }
+}
+
+/// Starts nginx in `dir` with `http_blocks` (its upstreams and servers) inside the `http` block,
+/// in one process without a user switch, every temporary path in `dir`; waits for `port`.
+pub(crate) fn start(
+    dir: tempfile::TempDir,
+    port: u16,
+    http_blocks: &str,
+) -> Result<Daemon, String> {
+    let binary = find(&["/usr/sbin/nginx", "/usr/bin/nginx"])
+        .ok_or("nginx is not installed: run scripts/setup.sh")?;
+    let d = dir.path().display();
+    let config = format!(
+        "daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  {http_blocks}
+}}
+"
+    );
+    let file = dir.path().join("nginx.conf");
+    std::fs::write(&file, config).map_err(|e| e.to_string())?;
+    let mut command = Command::new(binary);
+    command
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&file);
+    Daemon::start("nginx", command, dir, port, Some("error.log"))
 }

@@ -5,7 +5,6 @@ use super::grading::compare_backends;
 use super::{Call, Engine};
 use crate::convert;
 use crate::error::ServerError;
-use crate::upload::{Upload, read_upload};
 use osteo_proto::v1 as pb;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -78,33 +77,28 @@ impl Engine {
     where
         S: Stream<Item = Result<pb::GradeStudyRequest, ServerError>> + Unpin + Send,
     {
-        let state = &self.state;
-        let owner = call.principal().name.clone();
-        let holder = state.budget_holder(Some(call.principal()), call.peer());
+        let (owner, holder) = self.owner_and_holder(call);
         let mut action = None;
-        let (
-            _,
-            Upload {
-                files,
-                series_uid,
-                held_bytes,
-                slot,
-            },
-        ) = read_upload(state, &holder, &mut messages, |h: &pb::GradeStudyHeader| {
-            let a = Action::of(h)?;
-            a.check(self, call)?;
-            action = Some(a);
-            Ok(h.upload.clone().unwrap_or_default())
-        })
-        .await?;
+        let (_, study, _permit) = self
+            .ingest_stream(
+                &mut messages,
+                owner,
+                &holder,
+                true,
+                |h: &pb::GradeStudyHeader| {
+                    let a = Action::of(h)?;
+                    a.check(self, call)?;
+                    action = Some(a);
+                    Ok(h.upload.clone().unwrap_or_default())
+                },
+            )
+            .await?;
         let action = action.ok_or_else(|| {
             ServerError::Internal("GradeStudy: the header's action was not kept".into())
         })?;
-        let _permit = state.admit()?;
-        let study = Arc::new(state.ingest(files, series_uid, owner).await?);
-        drop((held_bytes, slot));
+        let study = Arc::new(study);
         call.study(&study);
-        let gates = state.gates(&study).await?;
+        let gates = self.state.gates(&study).await?;
         let summary = Some(convert::summary(&study, None, &gates));
         use pb::grade_study_response::Result as R;
         let result = match action {
