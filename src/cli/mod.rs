@@ -55,7 +55,7 @@ enum Command {
     /// Create bearer tokens for the server's tokens file.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Grade a study on a server (uploads the DICOM files, classifies, deletes the upload).
+    /// Grade a study on a server (the DICOM files and the question in one GradeStudy call).
     Classify(client::ClassifyArgs),
     /// Grade and explain a study on a server; writes the Grad-CAM overlay PNG.
     Explain(client::ExplainArgs),

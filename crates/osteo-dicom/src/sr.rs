@@ -7,7 +7,7 @@
 //!
 //! Codes: DCM and SNOMED CT where they exist — Osteoporosis (disorder) SCT 64859006, Osteopenia
 //! (disorder) SCT 312894000, Computerized tomography SCT 77477000 — and the private scheme
-//! `99OSTEO` (documented in the README) for the normal-bone-density finding, whose SNOMED CT
+//! `99OSTEO` (documented in docs/dicom.md) for the normal-bone-density finding, whose SNOMED CT
 //! code could not be verified offline, and for the three probability measurements.
 
 use crate::error::DicomError;

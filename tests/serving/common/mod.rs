@@ -135,7 +135,7 @@ impl Server {
             .arg(&file)
             .env("OSTEO__TELEMETRY__LOG_LEVEL", "debug")
             // Freed memory goes back to the OS at once, so the memory tests measure what the
-            // server holds rather than what mimalloc keeps cached for reuse (README: Under
+            // server holds rather than what mimalloc keeps cached for reuse (docs/security.md: Under
             // hostile load).
             .env("MIMALLOC_PURGE_DELAY", "0")
             .stdout(Stdio::piped())

@@ -2,6 +2,7 @@
 //! environment variables, then command-line flags; validated at start-up with errors naming the
 //! key.
 
+pub mod reference;
 mod validate;
 
 use crate::error::ServerError;
