@@ -2,7 +2,8 @@
 # Idempotent setup for OsteoServe development and tests.
 #
 # Installs the Debian tools the build and tests need (cmake for CharLS, dcmtk, dicom3tools,
-# gdcm tools, Orthanc with its DICOMweb plugin as a real PACS); creates a Python virtual environment with pydicom + pylibjpeg (the independent
+# gdcm tools, Orthanc with its DICOMweb plugin as a real PACS); runs scripts/setup-clients.sh, which
+# creates a Python virtual environment with pydicom + pylibjpeg (the independent
 # reference decoder), grpcio + grpcio-tools (the independent gRPC client) and
 # opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test) and onnx (the
 # official checker for the exported model.onnx files); a second one with Triton's tritonclient
@@ -36,25 +37,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# The Python client environments (pip only, no root): scripts/setup-clients.sh.
+"$root/scripts/setup-clients.sh"
 venv="$cache/venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pydicom, numpy, pylibjpeg, openjpeg, libjpeg, rle, grpc, grpc_tools, opentelemetry.proto, onnx' 2>/dev/null; then
-  echo "setup: creating Python reference environment in $venv"
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check \
-    "pydicom==3.0.2" "numpy<2.6" "pylibjpeg==2.1.0" "pylibjpeg-libjpeg==2.5.0" \
-    "pylibjpeg-openjpeg==2.6.0" "pylibjpeg-rle==2.2.0" \
-    "grpcio==1.85.1" "grpcio-tools==1.85.1" "opentelemetry-proto==1.45.2" "onnx==1.23.2"
-fi
-
-# Triton's own client in its own environment: tritonclient pins protobuf, which must not move
-# the reference environment's grpcio-tools.
-triton="$cache/triton-venv"
-if [ ! -x "$triton/bin/python" ] || ! "$triton/bin/python" -c 'import tritonclient.grpc, tritonclient.http, numpy, onnxruntime' 2>/dev/null; then
-  echo "setup: creating the Triton client environment in $triton"
-  [ -x "$triton/bin/python" ] || python3 -m venv "$triton"
-  "$triton/bin/pip" install -q --disable-pip-version-check "tritonclient[grpc,http]==2.73.0" "numpy<2.6" \
-    "onnxruntime==1.31.1"
-fi
 
 # Triton's perf_analyzer: the binary ships in the tritonclient 2.41.0 wheel (the PyPI package
 # perf-analyzer is a placeholder); it needs libb64 (Debian) and libcudart.so.12 (the

@@ -511,6 +511,54 @@ async fn shutdown_finishes_in_flight_requests() {
     assert!(server.output().contains("shutting down"));
 }
 
+/// SIGTERM to the real binary drains first: NOT_SERVING and REST 503 at once, requests still
+/// answered for `server.drain_delay_s`, then a clean exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_reporting_not_serving_while_still_answering() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut server = Server::start("[server]\ndrain_delay_s = 4\n");
+    let mut client = server.client().await;
+    let channel = Channel::from_shared(server.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    server.signal_term();
+    server.wait_until("draining");
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers while draining")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    let request = pb::ClassifyRequest {
+        clinical: Some(clinical()),
+        model: "osteo-tabular-v1".into(),
+        ..Default::default()
+    };
+    client
+        .classify(request)
+        .await
+        .expect("still serving while draining");
+    let ready = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/v2/health/ready", server.rest))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "503");
+    assert!(server.wait_exit().success(), "{}", server.output());
+    let log = server.output();
+    assert!(
+        log.find("draining") < log.find("shutting down"),
+        "drained, then shut down:\n{log}"
+    );
+}
+
 #[test]
 fn an_invalid_configuration_stops_the_server_at_start_up_naming_the_key() {
     let out = Command::new(env!("CARGO_BIN_EXE_osteo"))
