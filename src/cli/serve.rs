@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// (server.http_listen).
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<String>,
+    /// A model repository in Triton's layout, DIR/<name>/<version>/ (repository.path).
+    #[arg(long, value_name = "DIR")]
+    model_repository: Option<String>,
     /// Only validate the configuration, print the effective settings as JSON and exit.
     #[arg(long)]
     check: bool,
@@ -70,6 +73,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(h) = args.http_listen {
         overrides.push(("server.http_listen", h));
+    }
+    if let Some(r) = args.model_repository {
+        overrides.push(("repository.path", r));
     }
     let settings = osteo_server::config::load(args.config.as_deref(), &overrides)?;
     if args.check {

@@ -90,6 +90,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         backend: backend.into(),
         clinical_from_dicom: false,
         dicom_outputs: false,
+        model_version: String::new(),
     };
     let by_default = client
         .classify(classify(""))
@@ -123,6 +124,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
             model: String::new(),
             backends: Vec::new(),
             clinical_from_dicom: false,
+            model_version: String::new(),
         })
         .await
         .expect("compare")
@@ -166,6 +168,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
                 model: model.into(),
                 backends: backends.iter().map(|s| s.to_string()).collect(),
                 clinical_from_dicom: false,
+                model_version: String::new(),
             })
             .await
             .expect_err("unknown backend");
@@ -182,6 +185,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         target: pb::Grade::Osteoporosis as i32,
         clinical_from_dicom: false,
         dicom_outputs: false,
+        model_version: String::new(),
     };
     let mut maps = Vec::new();
     for backend in ["candle", "ort"] {
@@ -359,6 +363,7 @@ async fn three_backends_agree_on_one_server() {
                 model: model.into(),
                 backends: Vec::new(),
                 clinical_from_dicom: false,
+                model_version: String::new(),
             })
             .await
             .expect("compare")
@@ -376,6 +381,7 @@ async fn three_backends_agree_on_one_server() {
             target: pb::Grade::Unspecified as i32,
             clinical_from_dicom: false,
             dicom_outputs: false,
+            model_version: String::new(),
         })
         .await
         .expect("explain on tch")

@@ -20,3 +20,4 @@ mod security;
 mod server;
 mod telemetry;
 mod tls;
+mod versions;

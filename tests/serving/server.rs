@@ -43,6 +43,7 @@ async fn upload_classify_explain_and_manage_a_study() {
         backend: String::new(),
         clinical_from_dicom: false,
         dicom_outputs: false,
+        model_version: String::new(),
     };
     let classified = client
         .classify(request(by_handle(&handle)))
@@ -96,6 +97,7 @@ async fn upload_classify_explain_and_manage_a_study() {
             target: pb::Grade::Osteoporosis as i32,
             clinical_from_dicom: false,
             dicom_outputs: false,
+            model_version: String::new(),
         })
         .await
         .expect("explain")
@@ -126,6 +128,7 @@ async fn upload_classify_explain_and_manage_a_study() {
             target: pb::Grade::Unspecified as i32,
             clinical_from_dicom: false,
             dicom_outputs: false,
+            model_version: String::new(),
         })
         .await
         .expect("explain the prediction")
@@ -272,6 +275,7 @@ async fn every_documented_error_code_is_returned_with_an_actionable_message() {
         backend: String::new(),
         clinical_from_dicom: false,
         dicom_outputs: false,
+        model_version: String::new(),
     };
 
     // INVALID_ARGUMENT: bytes that are not DICOM, out-of-range clinical values.
@@ -405,6 +409,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
                         backend: String::new(),
                         clinical_from_dicom: false,
                         dicom_outputs: false,
+                        model_version: String::new(),
                     })
                     .await;
                 codes.push(r.map(|r| r.into_inner().logits).map_err(|s| s.code()));
@@ -461,6 +466,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
                 backend: String::new(),
                 clinical_from_dicom: false,
                 dicom_outputs: false,
+                model_version: String::new(),
             })
             .await
             .map(|_| ())
@@ -496,6 +502,7 @@ async fn shutdown_finishes_in_flight_requests() {
         target: 0,
         clinical_from_dicom: false,
         dicom_outputs: false,
+        model_version: String::new(),
     };
     let in_flight = tokio::spawn(async move { client.explain(inline).await });
     // Once the request has reached the server, ask it to stop.
@@ -608,6 +615,7 @@ async fn client_text_can_neither_forge_nor_flood_a_log_line() {
                             study: by_handle(text),
                             clinical_from_dicom: false,
                             dicom_outputs: false,
+                            model_version: String::new(),
                         })
                         .await,
                 );

@@ -235,6 +235,7 @@ pub async fn classify(
         backend: choice.backend.clone(),
         clinical_from_dicom: subject.clinical_from_dicom,
         dicom_outputs,
+        model_version: String::new(),
     };
     ask(client, choice.via, subject, request).await
 }
@@ -255,6 +256,7 @@ pub async fn explain(
         target: pb::Grade::Unspecified as i32,
         clinical_from_dicom: subject.clinical_from_dicom,
         dicom_outputs,
+        model_version: String::new(),
     };
     ask(client, choice.via, subject, request).await
 }
@@ -273,6 +275,7 @@ pub async fn compare(
         model: choice.model.clone(),
         backends: backends.to_vec(),
         clinical_from_dicom: subject.clinical_from_dicom,
+        model_version: String::new(),
     };
     ask(client, choice.via, subject, request).await
 }

@@ -35,6 +35,10 @@ pub struct Record {
     pub study: String,
     /// The served model's name, `unknown`, or "".
     pub model: String,
+    /// The version of the model that answered, or "" (absent in records written before
+    /// versions were recorded).
+    #[serde(default)]
+    pub version: String,
     /// The backend, `unknown`, or "".
     pub backend: String,
     /// The grade answered, or "".
@@ -66,6 +70,7 @@ impl Record {
             rpc: rpc.into(),
             study: String::new(),
             model: String::new(),
+            version: String::new(),
             backend: String::new(),
             grade: String::new(),
             code: format!("{code:?}"),

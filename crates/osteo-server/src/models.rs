@@ -1,4 +1,6 @@
-//! The served models: each model directory with one worker per backend serving it.
+//! The served models: each model version (a `[[models]]` directory or a repository's
+//! `<name>/<version>/`) with one worker per backend serving it, and the version of each model
+//! that answers a request naming none (pinned, else the highest).
 
 use crate::config::Settings;
 use crate::error::ServerError;
@@ -28,6 +30,11 @@ impl ServedModel {
     /// Model name.
     pub fn name(&self) -> &str {
         &self.artifacts.manifest.name
+    }
+
+    /// Model version (model.toml's `version`).
+    pub fn version(&self) -> &str {
+        &self.artifacts.manifest.version
     }
 
     /// The worker of `backend` (empty = the default backend).
@@ -62,42 +69,137 @@ impl ServedModel {
     }
 }
 
-/// Every served model and the default.
+/// Where a served model version comes from: a `[[models]]` entry or the repository.
+struct Entry {
+    /// How configuration names it in errors (`models[1]`, `repository osteo-x/2`).
+    at: String,
+    /// The model directory.
+    path: std::path::PathBuf,
+    /// The version its directory states (repository layout), checked against model.toml.
+    dir_version: Option<String>,
+    backends: Vec<String>,
+    default_backend: String,
+    device: String,
+}
+
+/// The entries of a repository in Triton's layout: `<name>/<version>/` for every model
+/// directory and every version directory in it (in name, then version order).
+fn repository_entries(r: &crate::config::RepositorySettings) -> Result<Vec<Entry>, ServerError> {
+    if r.path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = std::path::Path::new(&r.path);
+    let dirs = |p: &std::path::Path| -> Result<Vec<(String, std::path::PathBuf)>, ServerError> {
+        let mut out: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(p)
+            .map_err(|e| {
+                ServerError::Config(format!("repository.path: cannot read {}: {e}", p.display()))
+            })?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+            .filter(|(n, _)| !n.starts_with('.'))
+            .collect();
+        out.sort();
+        Ok(out)
+    };
+    let mut entries = Vec::new();
+    for (name, model_dir) in dirs(root)? {
+        let mut versions: Vec<(String, std::path::PathBuf)> = dirs(&model_dir)?
+            .into_iter()
+            .filter(|(v, _)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        versions.sort_by(|a, b| compare_versions(&a.0, &b.0));
+        for (version, path) in versions {
+            entries.push(Entry {
+                at: format!("repository {name}/{version}"),
+                path,
+                dir_version: Some(version),
+                backends: r.backends.clone(),
+                default_backend: r.default_backend.clone(),
+                device: r.device.clone(),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// Versions in order: numerically when both are numbers, else as text.
+fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
+/// Every served model version, the default model and the version of each model that answers a
+/// request naming none.
 #[derive(Debug)]
 pub struct ModelSet {
     models: Vec<ServedModel>,
     default: String,
+    /// (model name, default version), in the order the names first appear.
+    defaults: Vec<(String, String)>,
 }
 
 impl ModelSet {
-    /// Loads every configured model on every configured backend. Blocking. `changed` is
-    /// notified when a worker goes down or comes back.
+    /// Loads every configured model version (`[[models]]` and the repository) on its backends.
+    /// Blocking. `changed` is notified when a worker goes down or comes back.
     pub fn load(
         settings: &Settings,
         registry: &Registry,
         changed: &Arc<Notify>,
     ) -> Result<Self, ServerError> {
         let config = BatchConfig::from(&settings.scheduler);
+        let mut entries: Vec<Entry> = settings
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Entry {
+                at: format!("models[{i}]"),
+                path: m.path.clone(),
+                dir_version: None,
+                backends: m.backends.clone(),
+                default_backend: m.default_backend.clone(),
+                device: m.device.clone(),
+            })
+            .collect();
+        entries.extend(repository_entries(&settings.repository)?);
         let mut models: Vec<ServedModel> = Vec::new();
-        for (i, m) in settings.models.iter().enumerate() {
-            let artifacts = ModelArtifacts::open(&m.path)
-                .map_err(|e| ServerError::Config(format!("models[{i}].path: {e}")))?;
+        for e in &entries {
+            let at = &e.at;
+            let artifacts = ModelArtifacts::open(&e.path)
+                .map_err(|err| ServerError::Config(format!("{at}: {err}")))?;
             let name = artifacts.manifest.name.clone();
-            if models.iter().any(|s| s.name() == name) {
+            let version = artifacts.manifest.version.clone();
+            if let Some(dir) = &e.dir_version
+                && *dir != version
+            {
                 return Err(ServerError::Config(format!(
-                    "models[{i}]: model {name} is configured twice"
+                    "{at}: model.toml states version {version}, but the directory is version \
+                     {dir}: rename the directory or fix model.toml"
                 )));
             }
-            let device: Device = m
+            if models
+                .iter()
+                .any(|s| s.name() == name && s.version() == version)
+            {
+                return Err(ServerError::Config(format!(
+                    "{at}: model {name} version {version} is configured twice"
+                )));
+            }
+            if e.backends.is_empty() {
+                return Err(ServerError::Config(format!("{at}: no backends")));
+            }
+            let device: Device = e
                 .device
                 .parse()
-                .map_err(|e| ServerError::Config(format!("models[{i}].device: {e}")))?;
+                .map_err(|err| ServerError::Config(format!("{at}.device: {err}")))?;
             let mut workers = Vec::new();
             let stats = Arc::new(ModelStats::default());
-            for backend in &m.backends {
+            for backend in &e.backends {
                 let loader = registry.get(backend).ok_or_else(|| {
                     ServerError::Config(format!(
-                        "models[{i}].backends: \"{backend}\" is not built into this server \
+                        "{at}.backends: \"{backend}\" is not built into this server \
                          (available: {})",
                         registry.names().join(", ")
                     ))
@@ -110,9 +212,9 @@ impl ModelSet {
                     changed.clone(),
                     stats.clone(),
                 )
-                .map_err(|e| match e {
+                .map_err(|err| match err {
                     ServerError::Config(m) => {
-                        ServerError::Config(format!("models[{i}], backend {backend}: {m}"))
+                        ServerError::Config(format!("{at}, backend {backend}: {m}"))
                     }
                     other => other,
                 })?;
@@ -120,6 +222,7 @@ impl ModelSet {
                 metrics::gauge!(
                     "osteo_backend_info",
                     "model" => name.clone(),
+                    "version" => version.clone(),
                     "backend" => backend.clone(),
                     "device" => info.device.to_string(),
                     "library" => info.library_version.clone(),
@@ -127,10 +230,10 @@ impl ModelSet {
                 .set(1.0);
                 workers.push((backend.clone(), Arc::new(worker)));
             }
-            let default_backend = if m.default_backend.is_empty() {
-                m.backends[0].clone()
+            let default_backend = if e.default_backend.is_empty() {
+                e.backends[0].clone()
             } else {
-                m.default_backend.clone()
+                e.default_backend.clone()
             };
             models.push(ServedModel {
                 artifacts,
@@ -140,49 +243,118 @@ impl ModelSet {
                 stats,
             });
         }
+        let mut defaults: Vec<(String, String)> = Vec::new();
+        for m in &models {
+            if defaults.iter().any(|(n, _)| n == m.name()) {
+                continue;
+            }
+            let versions: Vec<&str> = models
+                .iter()
+                .filter(|o| o.name() == m.name())
+                .map(ServedModel::version)
+                .collect();
+            let version = match settings.repository.pins.get(m.name()) {
+                Some(pin) if versions.contains(&pin.as_str()) => pin.clone(),
+                Some(pin) => {
+                    return Err(ServerError::Config(format!(
+                        "repository.pins: model {} has no version {pin} (versions: {})",
+                        m.name(),
+                        versions.join(", ")
+                    )));
+                }
+                None => versions
+                    .iter()
+                    .max_by(|a, b| compare_versions(a, b))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            };
+            defaults.push((m.name().to_string(), version));
+        }
+        if let Some(pinned) = settings
+            .repository
+            .pins
+            .keys()
+            .find(|k| !defaults.iter().any(|(n, _)| n == *k))
+        {
+            return Err(ServerError::Config(format!(
+                "repository.pins: no served model is named {pinned}"
+            )));
+        }
         let default = if settings.server.default_model.is_empty() {
-            models
-                .first()
-                .map(|m| m.name().to_string())
-                .unwrap_or_default()
+            defaults.first().map(|(n, _)| n.clone()).unwrap_or_default()
         } else {
             settings.server.default_model.clone()
         };
-        if !models.iter().any(|m| m.name() == default) {
+        if !defaults.iter().any(|(n, _)| *n == default) {
             return Err(ServerError::Config(format!(
                 "server.default_model = {default}: no configured model has that name (models: {})",
-                models
+                defaults
                     .iter()
-                    .map(|m| m.name())
+                    .map(|(n, _)| n.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             )));
         }
-        Ok(Self { models, default })
+        Ok(Self {
+            models,
+            default,
+            defaults,
+        })
     }
 
-    /// A model by name (empty = the default model).
+    /// A model by name (empty = the default model) in the version that answers requests naming
+    /// none.
     pub fn get(&self, name: &str) -> Result<&ServedModel, ServerError> {
+        self.get_version(name, "")
+    }
+
+    /// A model by name (empty = the default model) and version (empty = its default version).
+    pub fn get_version(&self, name: &str, version: &str) -> Result<&ServedModel, ServerError> {
         let wanted = if name.is_empty() { &self.default } else { name };
+        let Some((_, default_version)) = self.defaults.iter().find(|(n, _)| n == wanted) else {
+            return Err(ServerError::NotFound(format!(
+                "model \"{}\" is not served (models: {})",
+                crate::text::client_text(wanted),
+                self.names().join(", ")
+            )));
+        };
+        let v = if version.is_empty() {
+            default_version.as_str()
+        } else {
+            version
+        };
         self.models
             .iter()
-            .find(|m| m.name() == wanted)
+            .find(|m| m.name() == wanted && m.version() == v)
             .ok_or_else(|| {
                 ServerError::NotFound(format!(
-                    "model \"{}\" is not served (models: {})",
-                    crate::text::client_text(wanted),
-                    self.models
-                        .iter()
-                        .map(|m| m.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "model {wanted} has no version \"{}\" (serving versions: {})",
+                    crate::text::client_text(v),
+                    self.versions(wanted).join(", ")
                 ))
             })
     }
 
-    /// Every model, in configuration order.
+    /// Every served model version, in configuration order (`[[models]]`, then the repository).
     pub fn all(&self) -> &[ServedModel] {
         &self.models
+    }
+
+    /// The names of the served models, each once, in configuration order.
+    pub fn names(&self) -> Vec<&str> {
+        self.defaults.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// The served versions of model `name`, lowest first.
+    pub fn versions(&self, name: &str) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .models
+            .iter()
+            .filter(|m| m.name() == name)
+            .map(ServedModel::version)
+            .collect();
+        v.sort_by(|a, b| compare_versions(a, b));
+        v
     }
 
     /// The default model's name.

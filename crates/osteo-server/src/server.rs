@@ -47,8 +47,10 @@ async fn follow_workers(
         if *stop.borrow() {
             return;
         }
-        for m in models.all() {
-            health.set_service_status(m.name(), status(m.is_up())).await;
+        // Each model under its name follows the version that answers requests naming none.
+        for name in models.names() {
+            let up = models.get(name).is_ok_and(|m| m.is_up());
+            health.set_service_status(name, status(up)).await;
         }
         let overall = models.get("").map(|m| m.is_up()).unwrap_or(false);
         health

@@ -139,6 +139,7 @@ impl State {
             "osteo_requests_total",
             "rpc" => rpc,
             "model" => record.model.clone(),
+            "version" => record.version.clone(),
             "backend" => record.backend.clone(),
             "code" => record.code.clone()
         )

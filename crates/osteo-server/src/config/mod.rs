@@ -30,8 +30,40 @@ pub struct Settings {
     pub audit: AuditSettings,
     /// Authentication.
     pub auth: AuthSettings,
+    /// A model repository in Triton's layout.
+    pub repository: RepositorySettings,
     /// Served models.
     pub models: Vec<ModelSettings>,
+}
+
+/// `[repository]`: a model repository in Triton's layout, `path/<name>/<version>/` each holding a
+/// model directory (model.toml, weights.safetensors, model.onnx), every version of every model
+/// served next to the `[[models]]` entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepositorySettings {
+    /// The repository directory ("" = none).
+    pub path: String,
+    /// Backends that serve every repository model.
+    pub backends: Vec<String>,
+    /// Backend used when a request names none (empty = the first of `backends`).
+    pub default_backend: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// The version that answers a request naming none, by model name (default: the highest).
+    pub pins: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for RepositorySettings {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            backends: default_backends(),
+            default_backend: String::new(),
+            device: default_device(),
+            pins: Default::default(),
+        }
+    }
 }
 
 /// `[server]`.
@@ -402,6 +434,7 @@ impl Default for Settings {
             backends: BackendSettings::default(),
             audit: AuditSettings::default(),
             auth: AuthSettings::default(),
+            repository: RepositorySettings::default(),
             models: vec![
                 model("osteo-fused-v1"),
                 model("osteo-image-v1"),

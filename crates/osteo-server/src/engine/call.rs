@@ -19,6 +19,8 @@ use tracing::Span;
 pub struct Outcome {
     /// The model that answered (or `unknown`).
     pub model: String,
+    /// The version of the model that answered (a served version, or "").
+    pub version: String,
     /// The backend(s) that answered (or `unknown`).
     pub backend: String,
     /// The study handle the call referred to.
@@ -118,9 +120,10 @@ impl Call {
         )))
     }
 
-    /// Records the served model and backend names.
-    pub(crate) fn served_by(&mut self, model: &str, backend: &str) {
+    /// Records the served model's name and version and the backend's name.
+    pub(crate) fn served_by(&mut self, model: &str, version: &str, backend: &str) {
         self.outcome.model = model.to_string();
+        self.outcome.version = version.to_string();
         self.outcome.backend = backend.to_string();
     }
 

@@ -51,13 +51,15 @@ impl Action {
     /// explained grade.
     fn check(&self, engine: &Engine, call: &mut Call) -> Result<(), ServerError> {
         match self {
-            Action::Classify(r) => engine.resolve(call, &r.model, &r.backend).map(|_| ()),
+            Action::Classify(r) => engine
+                .resolve(call, &r.model, &r.model_version, &r.backend)
+                .map(|_| ()),
             Action::Explain(r) => {
-                engine.resolve(call, &r.model, &r.backend)?;
+                engine.resolve(call, &r.model, &r.model_version, &r.backend)?;
                 convert::grade_from(r.target).map(|_| ())
             }
             Action::Compare(r) => {
-                let (model, _) = engine.resolve(call, &r.model, "")?;
+                let (model, _) = engine.resolve(call, &r.model, &r.model_version, "")?;
                 compare_backends(model, &r.backends).map(|_| ())
             }
         }

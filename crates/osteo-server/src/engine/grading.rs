@@ -208,7 +208,7 @@ impl Engine {
         ingested: Option<Arc<Study>>,
     ) -> Result<pb::ClassifyResponse, ServerError> {
         let start = Instant::now();
-        let (model, worker) = self.resolve(call, &req.model, &req.backend)?;
+        let (model, worker) = self.resolve(call, &req.model, &req.model_version, &req.backend)?;
         let subject = Subject {
             study: Source::of(req.study.as_ref(), ingested),
             clinical: req.clinical.as_ref(),
@@ -245,7 +245,7 @@ impl Engine {
         ingested: Option<Arc<Study>>,
     ) -> Result<pb::ExplainResponse, ServerError> {
         let start = Instant::now();
-        let (model, worker) = self.resolve(call, &req.model, &req.backend)?;
+        let (model, worker) = self.resolve(call, &req.model, &req.model_version, &req.backend)?;
         let m = &model.artifacts.manifest;
         let requested = convert::grade_from(req.target)?;
         let subject = Subject {
@@ -335,7 +335,7 @@ impl Engine {
         req: pb::CompareBackendsRequest,
         ingested: Option<Arc<Study>>,
     ) -> Result<pb::CompareBackendsResponse, ServerError> {
-        let (model, _) = self.resolve(call, &req.model, "")?;
+        let (model, _) = self.resolve(call, &req.model, &req.model_version, "")?;
         let names = compare_backends(model, &req.backends)?;
         // The label lists the backends in the model's order: a bounded set of values.
         let label: Vec<String> = model

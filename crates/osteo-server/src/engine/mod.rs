@@ -21,7 +21,6 @@ use crate::error::ServerError;
 use crate::models::ServedModel;
 use crate::scheduler::Worker;
 use crate::state::State;
-use crate::text::client_text;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -90,6 +89,7 @@ impl Engine {
         let record = crate::audit::Record {
             study: call.recorded_study(),
             model: outcome.model.clone(),
+            version: outcome.version.clone(),
             backend: outcome.backend.clone(),
             grade: outcome.grade.clone(),
             ..crate::audit::Record::new(
@@ -120,49 +120,60 @@ impl Engine {
     /// Adds a model call's outcome to its model's statistics (calls that never reached a
     /// served model are not counted).
     fn count_in_model_statistics(&self, call: &Call, ok: bool, took: Duration) {
-        let name = &call.outcome().model;
-        if !call.rpc().runs_a_model() || name.is_empty() || name == "unknown" {
+        let o = call.outcome();
+        if !call.rpc().runs_a_model() || o.model.is_empty() || o.model == "unknown" {
             return;
         }
-        if let Ok(model) = self.state.models().and_then(|m| m.get(name)) {
+        if let Ok(model) = self
+            .state
+            .models()
+            .and_then(|m| m.get_version(&o.model, &o.version))
+        {
             model.stats.finished(ok, took);
         }
     }
 
-    /// The served model `name`, recording its served name in the call (or `unknown`).
-    fn served_model(&self, call: &mut Call, name: &str) -> Result<&ServedModel, ServerError> {
-        let found = self.state.models()?.get(name);
-        let served = found.as_ref().map_or("unknown", |m| m.name());
-        call.served_by(served, "");
+    /// The served model `name` at `version` ("" = the version answering requests that name
+    /// none), recording its served name and version in the call (or `unknown`).
+    fn served_model(
+        &self,
+        call: &mut Call,
+        name: &str,
+        version: &str,
+    ) -> Result<&ServedModel, ServerError> {
+        let found = self.state.models()?.get_version(name, version);
+        match &found {
+            Ok(m) => call.served_by(m.name(), m.version(), ""),
+            Err(_) => call.served_by("unknown", "", ""),
+        }
         found
     }
 
-    /// The requested model and the worker of the requested backend, recording the served
-    /// names in the call (or `unknown` for a name the server does not serve).
+    /// The requested model version and the worker of the requested backend, recording the
+    /// served names in the call (or `unknown` for a name the server does not serve).
     pub(crate) fn resolve(
         &self,
         call: &mut Call,
         model: &str,
+        version: &str,
         backend: &str,
     ) -> Result<(&ServedModel, &Arc<Worker>), ServerError> {
-        let model = self.served_model(call, model)?;
+        let model = self.served_model(call, model, version)?;
         let found = model.worker(backend);
         let served = found.as_ref().map_or("unknown", |(name, _)| *name);
-        call.served_by(model.name(), served);
+        call.served_by(model.name(), model.version(), served);
         Ok((model, found?.1))
     }
 
-    /// The served model `name` at `version` ("" = the served one), recording its served name
-    /// in the call (or `unknown`).
+    /// The served model `name` at `version` ("" = its default version), recording its served
+    /// name in the call (or `unknown`).
     pub(crate) fn lookup(
         &self,
         call: &mut Call,
         name: &str,
         version: &str,
     ) -> Result<&ServedModel, ServerError> {
-        let model = self.served_model(call, name)?;
-        check_version(model, version)?;
-        Ok(model)
+        self.served_model(call, name, version)
     }
 }
 
@@ -182,20 +193,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.decrement(1.0);
-    }
-}
-
-/// Checks a request's model version against the served one ("" = the served version).
-pub(crate) fn check_version(model: &ServedModel, version: &str) -> Result<(), ServerError> {
-    let served = &model.artifacts.manifest.version;
-    if version.is_empty() || version == served {
-        Ok(())
-    } else {
-        Err(ServerError::NotFound(format!(
-            "model {} has no version \"{}\" (serving version {served})",
-            model.name(),
-            client_text(version)
-        )))
     }
 }
 

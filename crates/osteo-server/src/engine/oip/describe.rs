@@ -48,8 +48,8 @@ pub(crate) fn input_encodings(model: &ServedModel) -> Vec<(&'static str, serde_j
     out
 }
 
-/// The model and its metadata.
-pub(super) fn metadata(model: &ServedModel) -> v2::ModelMetadataResponse {
+/// The model and its metadata; `versions` are every served version of its name.
+pub(super) fn metadata(model: &ServedModel, versions: Vec<String>) -> v2::ModelMetadataResponse {
     let tensor = |name: &str, dims: &[usize]| v2::model_metadata_response::TensorMetadata {
         name: name.to_string(),
         datatype: FP32.to_string(),
@@ -58,7 +58,7 @@ pub(super) fn metadata(model: &ServedModel) -> v2::ModelMetadataResponse {
     let classes = model.artifacts.manifest.arch.head.classes;
     v2::ModelMetadataResponse {
         name: model.name().to_string(),
-        versions: vec![model.artifacts.manifest.version.clone()],
+        versions,
         platform: "osteoserve".to_string(),
         inputs: inputs_of(model)
             .iter()

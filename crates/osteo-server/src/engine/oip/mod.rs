@@ -59,8 +59,7 @@ impl Engine {
     ) -> Result<v2::ModelInferResponse, ServerError> {
         let _permit = self.state.admit()?;
         let backend = backend_parameter(&req)?;
-        let (model, worker) = self.resolve(call, &req.model_name, &backend)?;
-        super::check_version(model, &req.model_version)?;
+        let (model, worker) = self.resolve(call, &req.model_name, &req.model_version, &backend)?;
         let outputs = requested_outputs(&req)?;
         let max_batch = self.state.settings.scheduler.max_batch;
         let (samples, raw) = samples(&req, &inputs_of(model), max_batch)?;
@@ -144,7 +143,15 @@ impl Engine {
         name: &str,
         version: &str,
     ) -> Result<v2::ModelMetadataResponse, ServerError> {
-        Ok(describe::metadata(self.lookup(call, name, version)?))
+        let model = self.lookup(call, name, version)?;
+        let versions = self
+            .state
+            .models()?
+            .versions(model.name())
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        Ok(describe::metadata(model, versions))
     }
 
     /// ModelConfig: Triton's model configuration.
