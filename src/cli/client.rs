@@ -90,6 +90,9 @@ pub struct Endpoint {
     /// Backend name (default: the backend configured for the model).
     #[arg(long)]
     backend: Option<String>,
+    /// Model version (default: the version the server answers with by default).
+    #[arg(long, value_name = "VERSION")]
+    model_version: Option<String>,
 }
 
 impl Endpoint {
@@ -98,6 +101,7 @@ impl Endpoint {
         Choice {
             model: self.model.clone().unwrap_or_default(),
             backend: self.backend.clone().unwrap_or_default(),
+            version: self.model_version.clone().unwrap_or_default(),
             via: Via::OneCall,
         }
     }
@@ -166,6 +170,9 @@ pub struct CompareArgs {
     /// Model name (default: the server's default model).
     #[arg(long)]
     model: Option<String>,
+    /// Model version (default: the version the server answers with by default).
+    #[arg(long, value_name = "VERSION")]
+    model_version: Option<String>,
     /// Backends to run, comma-separated (default: every backend serving the model).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     backends: Vec<String>,
@@ -346,6 +353,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
         let choice = Choice {
             model: args.model.clone().unwrap_or_default(),
             backend: String::new(),
+            version: args.model_version.clone().unwrap_or_default(),
             via: args.input.via(),
         };
         let subject = args.input.subject();

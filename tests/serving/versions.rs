@@ -85,6 +85,42 @@ async fn a_repository_serves_every_version_and_the_highest_answers_by_default() 
         .map(|m| m.version.as_str())
         .collect();
     assert_eq!(versions, ["1", "2", "10"]);
+    let defaults: Vec<&str> = listed
+        .models
+        .iter()
+        .filter(|m| m.name == "osteo-tabular-v1" && m.default_version)
+        .map(|m| m.version.as_str())
+        .collect();
+    assert_eq!(defaults, ["10"], "ListModels marks the default version");
+
+    // The CLI names a version and prints the one that answered.
+    let url = server.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut args = vec![
+            "classify".to_string(),
+            "--server".into(),
+            url,
+            "--model".into(),
+            "osteo-tabular-v1".into(),
+            "--model-version".into(),
+            "2".into(),
+            "--json".into(),
+        ];
+        args.extend(CLINICAL_FLAGS.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_osteo"))
+            .args(&args)
+            .output()
+            .expect("osteo classify")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["model_version"], "2", "{v}");
 
     // The Open Inference Protocol: every version in the metadata, a named version answers.
     let mut oip = GrpcInferenceServiceClient::connect(server.url.clone())
@@ -131,7 +167,7 @@ async fn a_repository_serves_every_version_and_the_highest_answers_by_default() 
         .iter()
         .filter_map(|r| r["version"].as_str())
         .collect();
-    assert_eq!(audited, ["10", "1", "2", "10"], "{records:?}");
+    assert_eq!(audited, ["10", "1", "2", "10", "2"], "{records:?}");
     server.stop().await.expect("stop");
 }
 

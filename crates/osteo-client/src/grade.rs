@@ -45,6 +45,8 @@ pub struct Choice {
     pub model: String,
     /// The backend's name.
     pub backend: String,
+    /// The model's version ("" = the version the server answers with by default).
+    pub version: String,
     /// One call, or upload and handle.
     pub via: Via,
 }
@@ -232,10 +234,10 @@ pub async fn classify(
         study: None,
         clinical: Some(subject.clinical),
         model: choice.model.clone(),
+        model_version: choice.version.clone(),
         backend: choice.backend.clone(),
         clinical_from_dicom: subject.clinical_from_dicom,
         dicom_outputs,
-        model_version: String::new(),
     };
     ask(client, choice.via, subject, request).await
 }
@@ -252,11 +254,11 @@ pub async fn explain(
         study: None,
         clinical: Some(subject.clinical),
         model: choice.model.clone(),
+        model_version: choice.version.clone(),
         backend: choice.backend.clone(),
         target: pb::Grade::Unspecified as i32,
         clinical_from_dicom: subject.clinical_from_dicom,
         dicom_outputs,
-        model_version: String::new(),
     };
     ask(client, choice.via, subject, request).await
 }
@@ -273,9 +275,9 @@ pub async fn compare(
         study: None,
         clinical: Some(subject.clinical),
         model: choice.model.clone(),
+        model_version: choice.version.clone(),
         backends: backends.to_vec(),
         clinical_from_dicom: subject.clinical_from_dicom,
-        model_version: String::new(),
     };
     ask(client, choice.via, subject, request).await
 }

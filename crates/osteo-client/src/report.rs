@@ -20,11 +20,14 @@ fn probabilities(p: Option<pb::GradeProbabilities>) -> Value {
     json!({"normal": p.normal, "osteopenia": p.osteopenia, "osteoporosis": p.osteoporosis})
 }
 
-/// A classification: study, model, backend, grade, probabilities, server latency.
+/// A classification: study, model and its version, backend, grade, probabilities, server
+/// latency.
 pub fn classification(r: &pb::ClassifyResponse) -> Value {
     json!({
         "study": r.study,
         "model": r.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        "model_version": r.model.as_ref().map(|m| m.version.clone()).unwrap_or_default(),
+        "model_version": r.model.as_ref().map(|m| m.version.clone()).unwrap_or_default(),
         "backend": r.backend.as_ref().map(|b| b.name.clone()).unwrap_or_default(),
         "grade": grade_name(r.grade),
         "probabilities": probabilities(r.probabilities),

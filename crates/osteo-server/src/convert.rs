@@ -158,6 +158,8 @@ pub fn model(m: &ServedModel) -> pb::ModelDescriptor {
         backends: m.workers.iter().map(|(_, w)| backend(w.info())).collect(),
         default_backend: m.default_backend.clone(),
         metrics: manifest.metrics.clone().into_iter().collect(),
+        // Set by ListModels, which knows every served version.
+        default_version: false,
     }
 }
 

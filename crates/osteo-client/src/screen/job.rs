@@ -55,6 +55,8 @@ pub(super) struct Job {
     pub(super) pacs: DicomWeb,
     pub(super) server: Client,
     pub(super) model: String,
+    /// The model version that answers (its SR's description names it).
+    pub(super) version: String,
     pub(super) backend: String,
     /// The SeriesDescription of this model version's SR series.
     pub(super) description: String,
@@ -142,6 +144,7 @@ impl Job {
         // stays on the server, so any replica can answer and a retry is safe.
         let request = pb::ExplainRequest {
             model: self.model.clone(),
+            model_version: self.version.clone(),
             backend: self.backend.clone(),
             clinical_from_dicom: true,
             dicom_outputs: true,

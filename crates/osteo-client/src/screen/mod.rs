@@ -149,14 +149,25 @@ pub async fn run(s: Screening, progress: &mut dyn Progress) -> Result<Summary, C
         "" => models.default_model.clone(),
         m => m.to_string(),
     };
+    // The version that will answer: the one asked for, else the server's default version.
+    let version = s.choice.version.as_str();
     let model = models
         .models
         .iter()
-        .find(|m| m.name == wanted)
+        .find(|m| {
+            m.name == wanted
+                && if version.is_empty() {
+                    m.default_version
+                } else {
+                    m.version == version
+                }
+        })
         .ok_or_else(|| {
-            ClientError::Status(Box::new(tonic::Status::not_found(format!(
-                "the server serves no model {wanted}"
-            ))))
+            ClientError::Status(Box::new(tonic::Status::not_found(if version.is_empty() {
+                format!("the server serves no model {wanted}")
+            } else {
+                format!("the server serves no version {version} of model {wanted}")
+            })))
         })?;
     // The studies: listed, from the worklist, or found by QIDO-RS; then this shard's.
     let mut uids = match s.studies {
@@ -200,6 +211,7 @@ pub async fn run(s: Screening, progress: &mut dyn Progress) -> Result<Summary, C
         pacs: s.pacs,
         server,
         model: model.name.clone(),
+        version: model.version.clone(),
         backend: s.choice.backend,
         description: osteo_dicom::sr::series_description(&model.name, &model.version),
         max_study_bytes: s.max_study_bytes,

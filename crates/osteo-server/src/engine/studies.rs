@@ -123,7 +123,16 @@ impl Engine {
     pub async fn list_models(&self) -> Result<pb::ListModelsResponse, ServerError> {
         let models = self.state.models()?;
         Ok(pb::ListModelsResponse {
-            models: models.all().iter().map(convert::model).collect(),
+            models: models
+                .all()
+                .iter()
+                .map(|m| pb::ModelDescriptor {
+                    default_version: models
+                        .get(m.name())
+                        .is_ok_and(|d| d.version() == m.version()),
+                    ..convert::model(m)
+                })
+                .collect(),
             default_model: models.default_name().to_string(),
         })
     }
