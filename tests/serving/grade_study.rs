@@ -25,15 +25,6 @@ fn classify_action() -> Action {
     })
 }
 
-fn audit_lines(path: &std::path::Path, rpc: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["rpc"] == rpc)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grade_study_answers_in_one_call_and_keeps_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -128,7 +119,7 @@ async fn grade_study_answers_in_one_call_and_keeps_nothing() {
         .collect();
     assert_eq!(names, ["candle", "ort"]);
 
-    let records = audit_lines(&audit, "GradeStudy");
+    let records = audit_records(&audit, "GradeStudy");
     assert_eq!(records.len(), 3, "{records:?}");
     assert!(records.iter().all(|r| r["code"] == "Ok"), "{records:?}");
     assert!(records.iter().all(|r| r["model"] == "osteo-fused-v1"));

@@ -493,16 +493,7 @@ async fn an_open_stream_ends_when_its_token_is_revoked_and_at_its_lifetime_limit
     };
     let request = v2::ModelInferRequest {
         model_name: "osteo-tabular-v1".into(),
-        inputs: vec![v2::model_infer_request::InferInputTensor {
-            name: "tabular".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 13],
-            contents: Some(v2::InferTensorContents {
-                fp32_contents: vec![0.0; 13],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
+        inputs: vec![zero_tabular_input()],
         ..Default::default()
     };
     let (tx, mut answers) = open(server.url.clone(), Some(alice)).await;

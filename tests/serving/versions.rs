@@ -135,21 +135,11 @@ async fn a_repository_serves_every_version_and_the_highest_answers_by_default() 
         .expect("metadata")
         .into_inner();
     assert_eq!(meta.versions, ["1", "2", "10"]);
-    let input = v2::model_infer_request::InferInputTensor {
-        name: "tabular".into(),
-        datatype: "FP32".into(),
-        shape: vec![1, 13],
-        contents: Some(v2::InferTensorContents {
-            fp32_contents: vec![0.0; 13],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let infer = oip
         .model_infer(v2::ModelInferRequest {
             model_name: "osteo-tabular-v1".into(),
             model_version: "2".into(),
-            inputs: vec![input],
+            inputs: vec![zero_tabular_input()],
             ..Default::default()
         })
         .await
@@ -157,11 +147,9 @@ async fn a_repository_serves_every_version_and_the_highest_answers_by_default() 
         .into_inner();
     assert_eq!(infer.model_version, "2");
 
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
-        .expect("audit")
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|r: &serde_json::Value| r["rpc"] == "Classify" && r["code"] == "Ok")
+    let records: Vec<serde_json::Value> = audit_records(&audit, "Classify")
+        .into_iter()
+        .filter(|r| r["code"] == "Ok")
         .collect();
     let audited: Vec<&str> = records
         .iter()

@@ -467,3 +467,28 @@ pub fn proc_status_bytes(path: &str, field: &str) -> u64 {
         .map(|kb| kb * 1024)
         .unwrap_or_else(|| panic!("{field} in {path}"))
 }
+
+/// The records of an audit log for `rpc`, as JSON.
+pub fn audit_records(path: &Path, rpc: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["rpc"] == rpc)
+        .collect()
+}
+
+/// One row of the tabular model's input, all zeros (the encoded features' means), as an Open
+/// Inference Protocol input tensor.
+pub fn zero_tabular_input() -> osteo_proto::inference::model_infer_request::InferInputTensor {
+    osteo_proto::inference::model_infer_request::InferInputTensor {
+        name: "tabular".into(),
+        datatype: "FP32".into(),
+        shape: vec![1, 13],
+        contents: Some(osteo_proto::inference::InferTensorContents {
+            fp32_contents: vec![0.0; 13],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
