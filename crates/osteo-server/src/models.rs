@@ -135,7 +135,7 @@ fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
 /// request naming none.
 #[derive(Debug)]
 pub struct ModelSet {
-    models: Vec<ServedModel>,
+    models: Vec<Arc<ServedModel>>,
     default: String,
     /// (model name, default version), in the order the names first appear.
     defaults: Vec<(String, String)>,
@@ -164,7 +164,7 @@ impl ModelSet {
             })
             .collect();
         entries.extend(repository_entries(&settings.repository)?);
-        let mut models: Vec<ServedModel> = Vec::new();
+        let mut models: Vec<Arc<ServedModel>> = Vec::new();
         for e in &entries {
             let at = &e.at;
             let artifacts = ModelArtifacts::open(&e.path)
@@ -235,13 +235,13 @@ impl ModelSet {
             } else {
                 e.default_backend.clone()
             };
-            models.push(ServedModel {
+            models.push(Arc::new(ServedModel {
                 artifacts,
                 workers,
                 default_backend,
                 device,
                 stats,
-            });
+            }));
         }
         let mut defaults: Vec<(String, String)> = Vec::new();
         for m in &models {
@@ -251,7 +251,7 @@ impl ModelSet {
             let versions: Vec<&str> = models
                 .iter()
                 .filter(|o| o.name() == m.name())
-                .map(ServedModel::version)
+                .map(|o| o.version())
                 .collect();
             let version = match settings.repository.pins.get(m.name()) {
                 Some(pin) if versions.contains(&pin.as_str()) => pin.clone(),
@@ -304,12 +304,12 @@ impl ModelSet {
 
     /// A model by name (empty = the default model) in the version that answers requests naming
     /// none.
-    pub fn get(&self, name: &str) -> Result<&ServedModel, ServerError> {
+    pub fn get(&self, name: &str) -> Result<&Arc<ServedModel>, ServerError> {
         self.get_version(name, "")
     }
 
     /// A model by name (empty = the default model) and version (empty = its default version).
-    pub fn get_version(&self, name: &str, version: &str) -> Result<&ServedModel, ServerError> {
+    pub fn get_version(&self, name: &str, version: &str) -> Result<&Arc<ServedModel>, ServerError> {
         let wanted = if name.is_empty() { &self.default } else { name };
         let Some((_, default_version)) = self.defaults.iter().find(|(n, _)| n == wanted) else {
             return Err(ServerError::NotFound(format!(
@@ -336,7 +336,7 @@ impl ModelSet {
     }
 
     /// Every served model version, in configuration order (`[[models]]`, then the repository).
-    pub fn all(&self) -> &[ServedModel] {
+    pub fn all(&self) -> &[Arc<ServedModel>] {
         &self.models
     }
 
@@ -351,7 +351,7 @@ impl ModelSet {
             .models
             .iter()
             .filter(|m| m.name() == name)
-            .map(ServedModel::version)
+            .map(|m| m.version())
             .collect();
         v.sort_by(|a, b| compare_versions(a, b));
         v

@@ -33,9 +33,6 @@ async fn follow_workers(
     changed: &tokio::sync::Notify,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Some(models) = state.models.get() else {
-        return;
-    };
     let status = |up: bool| {
         if up && !state.draining() {
             ServingStatus::Serving
@@ -47,6 +44,10 @@ async fn follow_workers(
         if *stop.borrow() {
             return;
         }
+        // The set in force now (it may have been replaced since the last change).
+        let Some(models) = state.loaded() else {
+            return;
+        };
         // Each model under its name follows the version that answers requests naming none.
         for name in models.names() {
             let up = models.get(name).is_ok_and(|m| m.is_up());
@@ -295,7 +296,7 @@ pub async fn serve_on(
                 Ok(Ok((models, took))) => {
                     let names: Vec<String> =
                         models.all().iter().map(|m| m.name().to_string()).collect();
-                    let _ = state.models.set(models);
+                    state.set_models(models);
                     tracing::info!(models = ?names, seconds = took.as_secs_f64(), "models loaded; SERVING");
                     follow_workers(&state, &health, &changed, stop).await;
                 }

@@ -11,7 +11,7 @@ use crate::principal::Principal;
 use crate::store::{Study, StudyStore};
 use osteo_core::ViewSpec;
 use osteo_dicom::{Assessment, DicomSource, IngestLimits, IngestOptions};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -21,8 +21,9 @@ pub struct State {
     pub settings: Settings,
     /// Uploaded studies.
     pub store: StudyStore,
-    /// The models, once loaded (UNAVAILABLE before).
-    pub models: OnceLock<ModelSet>,
+    /// The models, once loaded (UNAVAILABLE before): the set in force, replaced whole (a
+    /// request keeps the set it started with).
+    models: std::sync::RwLock<Option<Arc<ModelSet>>>,
     /// Permits of inference requests (`server.max_concurrent_requests`).
     requests: Arc<Semaphore>,
     /// Permits of upload streams (`store.max_concurrent_uploads`).
@@ -93,7 +94,7 @@ impl State {
         Ok(Self {
             settings,
             store,
-            models: OnceLock::new(),
+            models: std::sync::RwLock::new(None),
             requests,
             uploads,
             upload_bytes,
@@ -203,15 +204,15 @@ impl State {
         self: &Arc<Self>,
         study: &Arc<Study>,
     ) -> Result<Vec<(String, Arc<Assessment>)>, ServerError> {
+        // One gate per model: the view of the version that answers requests naming none.
         let specs: Vec<(String, ViewSpec)> = self
-            .models
-            .get()
+            .loaded()
             .map(|set| {
-                set.all()
-                    .iter()
-                    .filter_map(|m| {
-                        let spec = m.artifacts.manifest.view?;
-                        Some((m.name().to_string(), spec))
+                set.names()
+                    .into_iter()
+                    .filter_map(|name| {
+                        let spec = set.get(name).ok()?.artifacts.manifest.view?;
+                        Some((name.to_string(), spec))
                     })
                     .collect()
             })
@@ -237,9 +238,8 @@ impl State {
     pub(crate) fn ready(&self) -> bool {
         !self.draining()
             && self
-                .models
-                .get()
-                .is_some_and(|m| m.all().iter().all(crate::models::ServedModel::is_up))
+                .loaded()
+                .is_some_and(|m| m.all().iter().all(|s| s.is_up()))
     }
 
     /// Whether the server is draining for shutdown: still answering, but reporting NOT_SERVING
@@ -254,12 +254,26 @@ impl State {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    pub(crate) fn models(&self) -> Result<&ModelSet, ServerError> {
-        self.models.get().ok_or_else(|| {
+    /// The model set in force; UNAVAILABLE while the models load.
+    pub fn models(&self) -> Result<Arc<ModelSet>, ServerError> {
+        self.loaded().ok_or_else(|| {
             ServerError::Unavailable(
                 "the models are still loading; retry when grpc.health.v1 reports SERVING".into(),
             )
         })
+    }
+
+    /// The model set in force, if the models are loaded.
+    pub fn loaded(&self) -> Option<Arc<ModelSet>> {
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `models` in force; requests already running keep the set they started with.
+    pub fn set_models(&self, models: ModelSet) {
+        *self.models.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(models));
     }
 
     pub(crate) fn limits(&self) -> IngestLimits {

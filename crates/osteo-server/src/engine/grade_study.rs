@@ -60,6 +60,7 @@ impl Action {
             }
             Action::Compare(r) => {
                 let (model, _) = engine.resolve(call, &r.model, &r.model_version, "")?;
+                let model = model.as_ref();
                 compare_backends(model, &r.backends).map(|_| ())
             }
         }

@@ -209,6 +209,7 @@ impl Engine {
     ) -> Result<pb::ClassifyResponse, ServerError> {
         let start = Instant::now();
         let (model, worker) = self.resolve(call, &req.model, &req.model_version, &req.backend)?;
+        let (model, worker) = (model.as_ref(), worker.as_ref());
         let subject = Subject {
             study: Source::of(req.study.as_ref(), ingested),
             clinical: req.clinical.as_ref(),
@@ -246,6 +247,7 @@ impl Engine {
     ) -> Result<pb::ExplainResponse, ServerError> {
         let start = Instant::now();
         let (model, worker) = self.resolve(call, &req.model, &req.model_version, &req.backend)?;
+        let (model, worker) = (model.as_ref(), worker.as_ref());
         let m = &model.artifacts.manifest;
         let requested = convert::grade_from(req.target)?;
         let subject = Subject {
@@ -336,6 +338,7 @@ impl Engine {
         ingested: Option<Arc<Study>>,
     ) -> Result<pb::CompareBackendsResponse, ServerError> {
         let (model, _) = self.resolve(call, &req.model, &req.model_version, "")?;
+        let model = model.as_ref();
         let names = compare_backends(model, &req.backends)?;
         // The label lists the backends in the model's order: a bounded set of values.
         let label: Vec<String> = model

@@ -127,7 +127,7 @@ impl Engine {
         if let Ok(model) = self
             .state
             .models()
-            .and_then(|m| m.get_version(&o.model, &o.version))
+            .and_then(|m| m.get_version(&o.model, &o.version).cloned())
         {
             model.stats.finished(ok, took);
         }
@@ -140,8 +140,8 @@ impl Engine {
         call: &mut Call,
         name: &str,
         version: &str,
-    ) -> Result<&ServedModel, ServerError> {
-        let found = self.state.models()?.get_version(name, version);
+    ) -> Result<Arc<ServedModel>, ServerError> {
+        let found = self.state.models()?.get_version(name, version).cloned();
         match &found {
             Ok(m) => call.served_by(m.name(), m.version(), ""),
             Err(_) => call.served_by("unknown", "", ""),
@@ -157,12 +157,15 @@ impl Engine {
         model: &str,
         version: &str,
         backend: &str,
-    ) -> Result<(&ServedModel, &Arc<Worker>), ServerError> {
+    ) -> Result<(Arc<ServedModel>, Arc<Worker>), ServerError> {
         let model = self.served_model(call, model, version)?;
-        let found = model.worker(backend);
-        let served = found.as_ref().map_or("unknown", |(name, _)| *name);
+        let found = model
+            .worker(backend)
+            .map(|(name, w)| (name.to_string(), w.clone()));
+        let served = found.as_ref().map_or("unknown", |(name, _)| name.as_str());
         call.served_by(model.name(), model.version(), served);
-        Ok((model, found?.1))
+        let worker = found?.1;
+        Ok((model, worker))
     }
 
     /// The served model `name` at `version` ("" = its default version), recording its served
@@ -172,7 +175,7 @@ impl Engine {
         call: &mut Call,
         name: &str,
         version: &str,
-    ) -> Result<&ServedModel, ServerError> {
+    ) -> Result<Arc<ServedModel>, ServerError> {
         self.served_model(call, name, version)
     }
 }

@@ -65,7 +65,7 @@ fn engine() -> (Engine, tempfile::TempDir) {
     let state = Arc::new(crate::state::State::new(settings.clone()).expect("state"));
     let changed = Arc::new(tokio::sync::Notify::new());
     let models = ModelSet::load(&settings, &registry, &changed).expect("models");
-    state.models.set(models).expect("set once");
+    state.set_models(models);
     (Engine::new(state), dir)
 }
 

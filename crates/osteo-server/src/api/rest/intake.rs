@@ -206,7 +206,7 @@ impl App {
         };
         let state = self.engine.state();
         let max_values = crate::engine::oip::max_request_elements(
-            state.models().map_err(Early::from)?,
+            state.models().map_err(Early::from)?.as_ref(),
             state.settings.scheduler.max_batch,
         );
         let (body, mut held) = self.read_body(caller, headers, body, self.max_body).await?;

@@ -209,8 +209,8 @@ async fn model_metadata(
             .engine
             .state()
             .models()
-            .and_then(|models| models.get(&m.name))
-            .map(crate::engine::oip::input_encodings)
+            .and_then(|models| models.get(&m.name).cloned())
+            .map(|m| crate::engine::oip::input_encodings(&m))
             .unwrap_or_default(),
         Err(_) => Vec::new(),
     };

@@ -60,6 +60,7 @@ impl Engine {
         let _permit = self.state.admit()?;
         let backend = backend_parameter(&req)?;
         let (model, worker) = self.resolve(call, &req.model_name, &req.model_version, &backend)?;
+        let (model, worker) = (model.as_ref(), worker.as_ref());
         let outputs = requested_outputs(&req)?;
         let max_batch = self.state.settings.scheduler.max_batch;
         let (samples, raw) = samples(&req, &inputs_of(model), max_batch)?;
@@ -131,6 +132,7 @@ impl Engine {
         version: &str,
     ) -> Result<v2::ModelReadyResponse, ServerError> {
         let model = self.lookup(call, name, version)?;
+        let model = model.as_ref();
         Ok(v2::ModelReadyResponse {
             ready: model.is_up(),
         })
@@ -144,6 +146,7 @@ impl Engine {
         version: &str,
     ) -> Result<v2::ModelMetadataResponse, ServerError> {
         let model = self.lookup(call, name, version)?;
+        let model = model.as_ref();
         let versions = self
             .state
             .models()?
@@ -162,6 +165,7 @@ impl Engine {
         version: &str,
     ) -> Result<v2::ModelConfigResponse, ServerError> {
         let model = self.lookup(call, name, version)?;
+        let model = model.as_ref();
         Ok(v2::ModelConfigResponse {
             config: Some(describe::config(model, &self.state.settings)),
         })
@@ -176,9 +180,15 @@ impl Engine {
     ) -> Result<v2::ModelStatisticsResponse, ServerError> {
         let models = self.state.models()?;
         let model_stats = if name.is_empty() {
-            models.all().iter().map(describe::statistics).collect()
+            models
+                .all()
+                .iter()
+                .map(|m| describe::statistics(m))
+                .collect()
         } else {
-            vec![describe::statistics(self.lookup(call, name, version)?)]
+            vec![describe::statistics(
+                self.lookup(call, name, version)?.as_ref(),
+            )]
         };
         Ok(v2::ModelStatisticsResponse { model_stats })
     }
