@@ -195,3 +195,230 @@ async fn a_pin_chooses_the_default_version_and_a_misfiled_version_is_refused() {
         "{m}"
     );
 }
+
+/// Triton's client loads (or unloads) `model` through RepositoryModelLoad with `token`; returns
+/// "OK" or the error's text.
+async fn triton_repository(url: &str, verb: &str, model: &str, token: &str) -> String {
+    let script = "import sys\nimport tritonclient.grpc as tc\n\
+        c = tc.InferenceServerClient(url=sys.argv[1])\n\
+        h = {'authorization': 'Bearer ' + sys.argv[4]}\n\
+        try:\n\
+        \x20   getattr(c, sys.argv[2] + '_model')(sys.argv[3], headers=h)\n\
+        \x20   print('OK')\n\
+        except Exception as e:\n\
+        \x20   print(str(e).replace(chr(10), ' '))\n";
+    let args = [
+        url.trim_start_matches("http://").to_string(),
+        verb.to_string(),
+        model.to_string(),
+        token.to_string(),
+    ];
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/triton-venv/bin/python");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("python")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_swap_while_clients_classify_and_a_corrupt_version_is_refused() {
+    use crate::common::auth::{connect_as, new_token};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    version_dir(&repo, "2", "2");
+    let audit = dir.path().join("audit.jsonl");
+    let tokens = dir.path().join("tokens.toml");
+    let admin = new_token(&tokens, "ops", "admin");
+    let client = new_token(&tokens, "ris", "client");
+    let config = format!(
+        "{}[auth]\nmode = \"token\"\ntokens_file = \"{}\"\n",
+        config(&repo, &audit, ""),
+        tokens.display()
+    );
+    let server = InProc::start(&config, &SHIPPED, registry()).await;
+
+    // Four clients classify in a loop; each notes the versions that answered, in order.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect_as(&server.url, None, Some(&client)).await;
+        let done = done.clone();
+        loops.push(tokio::spawn(async move {
+            let (mut seen, mut failed) = (Vec::new(), Vec::new());
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                match c.classify(classify("")).await {
+                    Ok(r) => seen.push(answered_version(&r.into_inner()).to_string()),
+                    Err(s) => failed.push(format!("{:?}: {}", s.code(), s.message())),
+                }
+            }
+            (seen, failed)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // A client may not load models; the admin may, with Triton's own client.
+    let refused = triton_repository(&server.url, "load", "osteo-tabular-v1", &client).await;
+    assert!(
+        refused.contains("may not call RepositoryModelLoad"),
+        "{refused}"
+    );
+    version_dir(&repo, "3", "3");
+    let loaded = triton_repository(&server.url, "load", "osteo-tabular-v1", &admin).await;
+    assert_eq!(loaded, "OK");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // A version whose weights do not match their digest is refused; version 3 keeps serving.
+    version_dir(&repo, "4", "4");
+    let weights = repo.join("osteo-tabular-v1/4/weights.safetensors");
+    let mut bytes = std::fs::read(&weights).expect("weights");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&weights, bytes).expect("corrupt");
+    let corrupt = triton_repository(&server.url, "load", "osteo-tabular-v1", &admin).await;
+    assert!(
+        corrupt.contains("served versions stay in force") && corrupt.contains("weights_blake3"),
+        "{corrupt}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let mut served = 0;
+    for l in loops {
+        let (seen, failed) = l.await.expect("client");
+        assert!(failed.is_empty(), "failed: {failed:?}");
+        // Version 2 until the swap, version 3 from then on, never back.
+        let first_new = seen
+            .iter()
+            .position(|v| v == "3")
+            .expect("version 3 answered");
+        assert!(seen[..first_new].iter().all(|v| v == "2"), "{seen:?}");
+        assert!(seen[first_new..].iter().all(|v| v == "3"), "{seen:?}");
+        served += seen.len();
+    }
+    assert!(served > 8, "{served}");
+
+    // Over REST: a client is refused (403), the admin reloads once the corrupt version is gone.
+    std::fs::remove_dir_all(repo.join("osteo-tabular-v1/4")).expect("remove version 4");
+    let rest = |token: &str| {
+        let url = format!(
+            "http://{}/v2/repository/models/osteo-tabular-v1/load",
+            server.http
+        );
+        let header = format!("Authorization: Bearer {token}");
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                "-H",
+            ])
+            .arg(header)
+            .arg(url)
+            .output()
+            .expect("curl")
+    };
+    assert_eq!(String::from_utf8_lossy(&rest(&client).stdout), "403");
+    assert_eq!(String::from_utf8_lossy(&rest(&admin).stdout), "200");
+    let mut c = connect_as(&server.url, None, Some(&client)).await;
+    let r = c
+        .classify(classify(""))
+        .await
+        .expect("after the reload")
+        .into_inner();
+    assert_eq!(answered_version(&r), "3");
+
+    // Unloading the default model is refused.
+    let unloaded = triton_repository(&server.url, "unload", "osteo-tabular-v1", &admin).await;
+    assert!(
+        unloaded.contains("default model"),
+        "the default model stays: {unloaded}"
+    );
+    let records = audit_records(&audit, "RepositoryModelLoad");
+    let codes: Vec<&str> = records.iter().filter_map(|r| r["code"].as_str()).collect();
+    assert_eq!(
+        codes,
+        [
+            "PermissionDenied",
+            "Ok",
+            "FailedPrecondition",
+            "PermissionDenied",
+            "Ok"
+        ],
+        "{records:?}"
+    );
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_repository_loads_new_versions_within_max_loaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    version_dir(&repo, "2", "2");
+    let audit = dir.path().join("audit.jsonl");
+    let server = InProc::start(
+        &config(&repo, &audit, "poll_s = 1\nmax_loaded = 4"),
+        &SHIPPED,
+        registry(),
+    )
+    .await;
+    let mut c = server.client().await;
+    let answering = |c: &mut osteo_proto::v1::osteo_service_client::OsteoServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .classify(classify(""))
+                .await
+                .expect("classify")
+                .into_inner();
+            answered_version(&r).to_string()
+        }
+    };
+    assert_eq!(answering(&mut c).await, "2");
+    // A new version directory is picked up by the watcher.
+    version_dir(&repo, "3", "3");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while answering(&mut c).await != "3" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 3 never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Three versions are loaded (1, 2, 3): reloading 2, 3 and a new 4 beside them would hold
+    // six during the swap, over max_loaded = 4: refused, and 3 keeps answering.
+    version_dir(&repo, "4", "4");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let refused = audit_records(&audit, "RepositoryModelLoad")
+            .into_iter()
+            .any(|r| r["code"] == "ResourceExhausted" && r["principal"] == "repository-watch");
+        if refused {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher never tried version 4"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(answering(&mut c).await, "3");
+    server.stop().await.expect("stop");
+}

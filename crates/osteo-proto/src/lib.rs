@@ -41,7 +41,7 @@ pub const METHODS: [&str; 8] = [
 pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
 
 /// The methods of `inference.GRPCInferenceService`, in the order of the proto.
-pub const INFERENCE_METHODS: [&str; 10] = [
+pub const INFERENCE_METHODS: [&str; 12] = [
     "ServerLive",
     "ServerReady",
     "ModelReady",
@@ -52,6 +52,8 @@ pub const INFERENCE_METHODS: [&str; 10] = [
     "ModelConfig",
     "ModelStatistics",
     "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
 ];
 
 #[cfg(test)]

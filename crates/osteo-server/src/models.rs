@@ -24,6 +24,8 @@ pub struct ServedModel {
     pub device: Device,
     /// Inference statistics (Triton's ModelStatistics).
     pub stats: Arc<ModelStats>,
+    /// Whether it came from the model repository (RepositoryModelLoad reloads those).
+    pub from_repository: bool,
 }
 
 impl ServedModel {
@@ -83,8 +85,12 @@ struct Entry {
 }
 
 /// The entries of a repository in Triton's layout: `<name>/<version>/` for every model
-/// directory and every version directory in it (in name, then version order).
-fn repository_entries(r: &crate::config::RepositorySettings) -> Result<Vec<Entry>, ServerError> {
+/// directory (`only` that one) and every version directory in it (in name, then version
+/// order).
+fn repository_entries(
+    r: &crate::config::RepositorySettings,
+    only: Option<&str>,
+) -> Result<Vec<Entry>, ServerError> {
     if r.path.is_empty() {
         return Ok(Vec::new());
     }
@@ -104,6 +110,9 @@ fn repository_entries(r: &crate::config::RepositorySettings) -> Result<Vec<Entry
     };
     let mut entries = Vec::new();
     for (name, model_dir) in dirs(root)? {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
         let mut versions: Vec<(String, std::path::PathBuf)> = dirs(&model_dir)?
             .into_iter()
             .filter(|(v, _)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -124,7 +133,7 @@ fn repository_entries(r: &crate::config::RepositorySettings) -> Result<Vec<Entry
 }
 
 /// Versions in order: numerically when both are numbers, else as text.
-fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(x), Ok(y)) => x.cmp(&y),
         _ => a.cmp(b),
@@ -149,7 +158,6 @@ impl ModelSet {
         registry: &Registry,
         changed: &Arc<Notify>,
     ) -> Result<Self, ServerError> {
-        let config = BatchConfig::from(&settings.scheduler);
         let mut entries: Vec<Entry> = settings
             .models
             .iter()
@@ -163,86 +171,139 @@ impl ModelSet {
                 device: m.device.clone(),
             })
             .collect();
-        entries.extend(repository_entries(&settings.repository)?);
+        entries.extend(repository_entries(&settings.repository, None)?);
         let mut models: Vec<Arc<ServedModel>> = Vec::new();
         for e in &entries {
-            let at = &e.at;
-            let artifacts = ModelArtifacts::open(&e.path)
-                .map_err(|err| ServerError::Config(format!("{at}: {err}")))?;
-            let name = artifacts.manifest.name.clone();
-            let version = artifacts.manifest.version.clone();
-            if let Some(dir) = &e.dir_version
-                && *dir != version
+            let m = load_entry(e, settings, registry, changed)?;
+            if models
+                .iter()
+                .any(|s| s.name() == m.name() && s.version() == m.version())
             {
                 return Err(ServerError::Config(format!(
-                    "{at}: model.toml states version {version}, but the directory is version \
-                     {dir}: rename the directory or fix model.toml"
+                    "{}: model {} version {} is configured twice",
+                    e.at,
+                    m.name(),
+                    m.version()
+                )));
+            }
+            models.push(Arc::new(m));
+        }
+        Self::assemble(models, settings).map_err(|e| match e {
+            ServerError::FailedPrecondition(m) => ServerError::Config(m),
+            other => other,
+        })
+    }
+
+    /// The next set with model `name` (re)loaded from the repository: every version its
+    /// directory holds, loaded anew (verified, on its backends), in place of the repository's
+    /// versions served now; the `[[models]]` versions and the other models stay as they are.
+    /// Refused as a whole, before anything loads, when the new versions next to the served ones
+    /// would exceed `repository.max_loaded`. Blocking.
+    pub fn reload(
+        &self,
+        name: &str,
+        settings: &Settings,
+        registry: &Registry,
+        changed: &Arc<Notify>,
+    ) -> Result<Self, ServerError> {
+        if settings.repository.path.is_empty() {
+            return Err(ServerError::FailedPrecondition(
+                "no model repository is configured (repository.path, osteo serve \
+                 --model-repository)"
+                    .into(),
+            ));
+        }
+        if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+            return Err(ServerError::InvalidArgument(format!(
+                "model_name \"{}\" is not a model directory name",
+                crate::text::client_text(name)
+            )));
+        }
+        let entries = repository_entries(&settings.repository, Some(name))?;
+        if entries.is_empty() {
+            return Err(ServerError::NotFound(format!(
+                "the model repository has no version of model \"{}\" (expected {}/{}/<version>/)",
+                crate::text::client_text(name),
+                settings.repository.path,
+                crate::text::client_text(name)
+            )));
+        }
+        let peak = self.models.len() + entries.len();
+        let max = settings.repository.max_loaded;
+        if peak > max {
+            return Err(ServerError::TooLarge(format!(
+                "loading {} version(s) of {name} next to the {} served would hold {peak} model \
+                 versions during the swap, the limit is {max} (repository.max_loaded): unload \
+                 a model first",
+                entries.len(),
+                self.models.len()
+            )));
+        }
+        let mut models: Vec<Arc<ServedModel>> = self
+            .models
+            .iter()
+            .filter(|m| !(m.name() == name && m.from_repository))
+            .cloned()
+            .collect();
+        for e in &entries {
+            let m = load_entry(e, settings, registry, changed).map_err(|err| {
+                let why = match err {
+                    ServerError::Config(m) => m,
+                    other => other.to_string(),
+                };
+                ServerError::FailedPrecondition(format!(
+                    "the load is refused and the served versions stay in force: {why}"
+                ))
+            })?;
+            if m.name() != name {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "{}: model.toml names model {}, not {name}",
+                    e.at,
+                    m.name()
                 )));
             }
             if models
                 .iter()
-                .any(|s| s.name() == name && s.version() == version)
+                .any(|s| s.name() == m.name() && s.version() == m.version())
             {
-                return Err(ServerError::Config(format!(
-                    "{at}: model {name} version {version} is configured twice"
+                return Err(ServerError::FailedPrecondition(format!(
+                    "{}: version {} of {name} is also configured in [[models]]",
+                    e.at,
+                    m.version()
                 )));
             }
-            if e.backends.is_empty() {
-                return Err(ServerError::Config(format!("{at}: no backends")));
-            }
-            let device: Device = e
-                .device
-                .parse()
-                .map_err(|err| ServerError::Config(format!("{at}.device: {err}")))?;
-            let mut workers = Vec::new();
-            let stats = Arc::new(ModelStats::default());
-            for backend in &e.backends {
-                let loader = registry.get(backend).ok_or_else(|| {
-                    ServerError::Config(format!(
-                        "{at}.backends: \"{backend}\" is not built into this server \
-                         (available: {})",
-                        registry.names().join(", ")
-                    ))
-                })?;
-                let worker = Worker::spawn(
-                    &artifacts,
-                    device,
-                    loader,
-                    config,
-                    changed.clone(),
-                    stats.clone(),
-                )
-                .map_err(|err| match err {
-                    ServerError::Config(m) => {
-                        ServerError::Config(format!("{at}, backend {backend}: {m}"))
-                    }
-                    other => other,
-                })?;
-                let info = worker.info();
-                metrics::gauge!(
-                    "osteo_backend_info",
-                    "model" => name.clone(),
-                    "version" => version.clone(),
-                    "backend" => backend.clone(),
-                    "device" => info.device.to_string(),
-                    "library" => info.library_version.clone(),
-                )
-                .set(1.0);
-                workers.push((backend.clone(), Arc::new(worker)));
-            }
-            let default_backend = if e.default_backend.is_empty() {
-                e.backends[0].clone()
-            } else {
-                e.default_backend.clone()
-            };
-            models.push(Arc::new(ServedModel {
-                artifacts,
-                workers,
-                default_backend,
-                device,
-                stats,
-            }));
+            models.push(Arc::new(m));
         }
+        Self::assemble(models, settings)
+    }
+
+    /// The next set without model `name` (every version); the default model cannot be unloaded.
+    pub fn unload(&self, name: &str, settings: &Settings) -> Result<Self, ServerError> {
+        if !self.models.iter().any(|m| m.name() == name) {
+            return Err(ServerError::NotFound(format!(
+                "model \"{}\" is not served (models: {})",
+                crate::text::client_text(name),
+                self.names().join(", ")
+            )));
+        }
+        if name == self.default {
+            return Err(ServerError::FailedPrecondition(format!(
+                "model {name} is the server's default model (server.default_model) and cannot \
+                 be unloaded"
+            )));
+        }
+        let models = self
+            .models
+            .iter()
+            .filter(|m| m.name() != name)
+            .cloned()
+            .collect();
+        Self::assemble(models, settings)
+    }
+
+    /// A set of `models` with each model's default version (pinned, else the highest) and the
+    /// default model; FAILED_PRECONDITION when a pin or the default model is not served.
+    fn assemble(models: Vec<Arc<ServedModel>>, settings: &Settings) -> Result<Self, ServerError> {
         let mut defaults: Vec<(String, String)> = Vec::new();
         for m in &models {
             if defaults.iter().any(|(n, _)| n == m.name()) {
@@ -256,7 +317,7 @@ impl ModelSet {
             let version = match settings.repository.pins.get(m.name()) {
                 Some(pin) if versions.contains(&pin.as_str()) => pin.clone(),
                 Some(pin) => {
-                    return Err(ServerError::Config(format!(
+                    return Err(ServerError::FailedPrecondition(format!(
                         "repository.pins: model {} has no version {pin} (versions: {})",
                         m.name(),
                         versions.join(", ")
@@ -276,7 +337,7 @@ impl ModelSet {
             .keys()
             .find(|k| !defaults.iter().any(|(n, _)| n == *k))
         {
-            return Err(ServerError::Config(format!(
+            return Err(ServerError::FailedPrecondition(format!(
                 "repository.pins: no served model is named {pinned}"
             )));
         }
@@ -286,7 +347,7 @@ impl ModelSet {
             settings.server.default_model.clone()
         };
         if !defaults.iter().any(|(n, _)| *n == default) {
-            return Err(ServerError::Config(format!(
+            return Err(ServerError::FailedPrecondition(format!(
                 "server.default_model = {default}: no configured model has that name (models: {})",
                 defaults
                     .iter()
@@ -360,5 +421,118 @@ impl ModelSet {
     /// The default model's name.
     pub fn default_name(&self) -> &str {
         &self.default
+    }
+}
+
+/// Loads one model version on its backends (blocking): its directory opened and verified, a
+/// worker per backend.
+fn load_entry(
+    e: &Entry,
+    settings: &Settings,
+    registry: &Registry,
+    changed: &Arc<Notify>,
+) -> Result<ServedModel, ServerError> {
+    let config = BatchConfig::from(&settings.scheduler);
+    let at = &e.at;
+    let artifacts =
+        ModelArtifacts::open(&e.path).map_err(|err| ServerError::Config(format!("{at}: {err}")))?;
+    let name = artifacts.manifest.name.clone();
+    let version = artifacts.manifest.version.clone();
+    if let Some(dir) = &e.dir_version
+        && *dir != version
+    {
+        return Err(ServerError::Config(format!(
+            "{at}: model.toml states version {version}, but the directory is version {dir}: \
+             rename the directory or fix model.toml"
+        )));
+    }
+    if e.backends.is_empty() {
+        return Err(ServerError::Config(format!("{at}: no backends")));
+    }
+    let device: Device = e
+        .device
+        .parse()
+        .map_err(|err| ServerError::Config(format!("{at}.device: {err}")))?;
+    let mut workers = Vec::new();
+    let stats = Arc::new(ModelStats::default());
+    for backend in &e.backends {
+        let loader = registry.get(backend).ok_or_else(|| {
+            ServerError::Config(format!(
+                "{at}.backends: \"{backend}\" is not built into this server (available: {})",
+                registry.names().join(", ")
+            ))
+        })?;
+        let worker = Worker::spawn(
+            &artifacts,
+            device,
+            loader,
+            config,
+            changed.clone(),
+            stats.clone(),
+        )
+        .map_err(|err| match err {
+            ServerError::Config(m) => ServerError::Config(format!("{at}, backend {backend}: {m}")),
+            other => other,
+        })?;
+        let info = worker.info();
+        metrics::gauge!(
+            "osteo_backend_info",
+            "model" => name.clone(),
+            "version" => version.clone(),
+            "backend" => backend.clone(),
+            "device" => info.device.to_string(),
+            "library" => info.library_version.clone(),
+        )
+        .set(1.0);
+        workers.push((backend.clone(), Arc::new(worker)));
+    }
+    let default_backend = if e.default_backend.is_empty() {
+        e.backends[0].clone()
+    } else {
+        e.default_backend.clone()
+    };
+    Ok(ServedModel {
+        artifacts,
+        workers,
+        default_backend,
+        device,
+        stats,
+        from_repository: e.dir_version.is_some(),
+    })
+}
+
+/// The version directories of each model in the repository, by model name (empty without a
+/// repository): what a watcher compares with the served repository versions.
+pub fn repository_versions(
+    r: &crate::config::RepositorySettings,
+) -> Result<Vec<(String, Vec<String>)>, ServerError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for e in repository_entries(r, None)? {
+        let name = e
+            .path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let version = e.dir_version.unwrap_or_default();
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push(version),
+            None => out.push((name, vec![version])),
+        }
+    }
+    Ok(out)
+}
+
+impl ModelSet {
+    /// The versions of model `name` served from the repository, in version order.
+    pub fn repository_versions_of(&self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .models
+            .iter()
+            .filter(|m| m.name() == name && m.from_repository)
+            .map(|m| m.version().to_string())
+            .collect();
+        v.sort_by(|a, b| compare_versions(a, b));
+        v
     }
 }

@@ -284,6 +284,7 @@ pub async fn serve_on(
         let health = health.clone();
         let stop = stop_rx.clone();
         let changed = changed.clone();
+        let _ = state.loader.set((registry.clone(), changed.clone()));
         tokio::spawn(async move {
             let workers_changed = changed.clone();
             let loaded = tokio::task::spawn_blocking(move || {
@@ -309,6 +310,7 @@ pub async fn serve_on(
             }
         });
     }
+    tokio::spawn(crate::engine::repository::watch_repository(engine.clone()));
     {
         let state = state.clone();
         tokio::spawn(async move {

@@ -36,6 +36,11 @@ pub struct State {
     pub(crate) ingest_pool: Arc<rayon::ThreadPool>,
     /// Set on shutdown: see [`State::draining`].
     draining: std::sync::atomic::AtomicBool,
+    /// What loading a model needs (the backends of this build, the health notifier), once the
+    /// first model set is loading.
+    pub(crate) loader: std::sync::OnceLock<(crate::registry::Registry, Arc<tokio::sync::Notify>)>,
+    /// Serialises RepositoryModelLoad and RepositoryModelUnload.
+    pub(crate) swapping: tokio::sync::Mutex<()>,
 }
 
 impl State {
@@ -101,6 +106,8 @@ impl State {
             audit,
             ingest_pool,
             draining: std::sync::atomic::AtomicBool::new(false),
+            loader: std::sync::OnceLock::new(),
+            swapping: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -273,7 +280,15 @@ impl State {
 
     /// Puts `models` in force; requests already running keep the set they started with.
     pub fn set_models(&self, models: ModelSet) {
-        *self.models.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(models));
+        self.put_in_force(Arc::new(models));
+    }
+
+    /// Puts `models` in force and tells the health reporter.
+    pub(crate) fn put_in_force(&self, models: Arc<ModelSet>) {
+        *self.models.write().unwrap_or_else(|p| p.into_inner()) = Some(models);
+        if let Some((_, changed)) = self.loader.get() {
+            changed.notify_one();
+        }
     }
 
     pub(crate) fn limits(&self) -> IngestLimits {

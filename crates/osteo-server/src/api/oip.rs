@@ -196,6 +196,42 @@ impl GrpcInferenceService for Inference {
         .await
     }
 
+    async fn repository_model_load(
+        &self,
+        request: Request<v2::RepositoryModelLoadRequest>,
+    ) -> Result<Response<v2::RepositoryModelLoadResponse>, Status> {
+        serve(
+            &self.engine,
+            Rpc::RepositoryModelLoad,
+            request,
+            |e, c, req| {
+                Box::pin(async move {
+                    e.load_model(c, &req.model_name).await?;
+                    Ok(v2::RepositoryModelLoadResponse {})
+                })
+            },
+        )
+        .await
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<v2::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<v2::RepositoryModelUnloadResponse>, Status> {
+        serve(
+            &self.engine,
+            Rpc::RepositoryModelUnload,
+            request,
+            |e, c, req| {
+                Box::pin(async move {
+                    e.unload_model(c, &req.model_name).await?;
+                    Ok(v2::RepositoryModelUnloadResponse {})
+                })
+            },
+        )
+        .await
+    }
+
     async fn repository_index(
         &self,
         request: Request<v2::RepositoryIndexRequest>,

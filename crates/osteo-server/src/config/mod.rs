@@ -52,6 +52,13 @@ pub struct RepositorySettings {
     pub device: String,
     /// The version that answers a request naming none, by model name (default: the highest).
     pub pins: std::collections::BTreeMap<String, String>,
+    /// Seconds between looks at the repository for models whose version directories changed,
+    /// each reloaded as RepositoryModelLoad would (0 = only on request).
+    pub poll_s: u64,
+    /// Most model versions loaded at once, counting both the old and the new versions while
+    /// RepositoryModelLoad swaps them; a load that would exceed it is refused before anything
+    /// loads.
+    pub max_loaded: usize,
 }
 
 impl Default for RepositorySettings {
@@ -62,6 +69,8 @@ impl Default for RepositorySettings {
             default_backend: String::new(),
             device: default_device(),
             pins: Default::default(),
+            poll_s: 0,
+            max_loaded: 16,
         }
     }
 }

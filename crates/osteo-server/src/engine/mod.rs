@@ -11,6 +11,7 @@ mod call;
 mod grade_study;
 mod grading;
 pub mod oip;
+pub mod repository;
 mod rpc;
 mod studies;
 

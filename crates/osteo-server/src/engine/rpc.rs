@@ -42,6 +42,10 @@ pub enum Rpc {
     ModelStatistics,
     /// Triton's RepositoryIndex.
     RepositoryIndex,
+    /// Triton's RepositoryModelLoad (admin).
+    RepositoryModelLoad,
+    /// Triton's RepositoryModelUnload (admin).
+    RepositoryModelUnload,
     /// gRPC server reflection.
     ServerReflectionInfo,
     /// A path that names no known method (never recorded as the client wrote it).
@@ -61,7 +65,7 @@ const V1: [Rpc; 8] = [
 ];
 
 /// The Open Inference Protocol methods, in the order of `osteo_proto::INFERENCE_METHODS`.
-const OIP: [Rpc; 10] = [
+const OIP: [Rpc; 12] = [
     Rpc::ServerLive,
     Rpc::ServerReady,
     Rpc::ModelReady,
@@ -72,6 +76,8 @@ const OIP: [Rpc; 10] = [
     Rpc::ModelConfig,
     Rpc::ModelStatistics,
     Rpc::RepositoryIndex,
+    Rpc::RepositoryModelLoad,
+    Rpc::RepositoryModelUnload,
 ];
 
 impl Rpc {
@@ -96,18 +102,22 @@ impl Rpc {
             Rpc::ModelConfig => "ModelConfig",
             Rpc::ModelStatistics => "ModelStatistics",
             Rpc::RepositoryIndex => "RepositoryIndex",
+            Rpc::RepositoryModelLoad => "RepositoryModelLoad",
+            Rpc::RepositoryModelUnload => "RepositoryModelUnload",
             Rpc::ServerReflectionInfo => "ServerReflectionInfo",
             Rpc::Unknown => "unknown",
         }
     }
 
     /// Whether `p`'s roles allow this operation: clients may call everything (on their own
-    /// studies), admins may list models and read or delete any study.
+    /// studies) but the repository's load and unload, admins may list models, read or delete
+    /// any study, and load and unload models.
     pub fn allowed(self, p: &Principal) -> bool {
         match self {
             Rpc::ListModels | Rpc::GetStudy | Rpc::DeleteStudy => {
                 p.has(Role::Client) || p.has(Role::Admin)
             }
+            Rpc::RepositoryModelLoad | Rpc::RepositoryModelUnload => p.has(Role::Admin),
             _ => p.has(Role::Client),
         }
     }
@@ -156,6 +166,8 @@ impl Rpc {
             ["v2", "health", "live"] => Rpc::ServerLive,
             ["v2", "health", "ready"] => Rpc::ServerReady,
             ["v2", "repository", "index"] => Rpc::RepositoryIndex,
+            ["v2", "repository", "models", _, "load"] => Rpc::RepositoryModelLoad,
+            ["v2", "repository", "models", _, "unload"] => Rpc::RepositoryModelUnload,
             ["v2", "models", "stats"] => Rpc::ModelStatistics,
             ["v2", "models", rest @ ..] => match rest.last() {
                 Some(&"infer") => Rpc::ModelInfer,

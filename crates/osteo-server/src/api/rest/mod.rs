@@ -255,6 +255,41 @@ async fn model_ready(State(app): State<App>, Path(p): Path<ModelPath>, caller: C
     ))
 }
 
+/// The path of a repository request.
+#[derive(Debug, serde::Deserialize)]
+struct RepositoryPath {
+    model: String,
+}
+
+/// `POST /v2/repository/models/{model}/load`: Triton's RepositoryModelLoad (admin role); the
+/// body (Triton's optional parameters) is not read.
+async fn model_load(
+    State(app): State<App>,
+    Path(p): Path<RepositoryPath>,
+    caller: Caller,
+) -> Answer {
+    let r = app
+        .call(Rpc::RepositoryModelLoad, &caller, |e, c| {
+            Box::pin(async move { e.load_model(c, &p.model).await })
+        })
+        .await;
+    answer(r, |()| json!({}))
+}
+
+/// `POST /v2/repository/models/{model}/unload`: Triton's RepositoryModelUnload (admin role).
+async fn model_unload(
+    State(app): State<App>,
+    Path(p): Path<RepositoryPath>,
+    caller: Caller,
+) -> Answer {
+    let r = app
+        .call(Rpc::RepositoryModelUnload, &caller, |e, c| {
+            Box::pin(async move { e.unload_model(c, &p.model).await })
+        })
+        .await;
+    answer(r, |()| json!({}))
+}
+
 /// `POST /v2/models/{model}[/versions/{version}]/infer`.
 async fn infer(
     State(app): State<App>,
@@ -453,7 +488,9 @@ pub fn router(engine: Engine, gate: AuthLayer, max_body: usize) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_statistics))
-        .route("/v2/repository/index", post(repository_index));
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(model_load))
+        .route("/v2/repository/models/{model}/unload", post(model_unload));
     for path in model("") {
         r = r.route(&path, get(model_metadata));
     }
