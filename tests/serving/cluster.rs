@@ -66,14 +66,9 @@ impl Cluster {
 
 /// Runs the `osteo` CLI with `args`.
 async fn osteo(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_osteo"))
-            .args(&args)
-            .output()
-            .expect("run osteo")
-    })
-    .await
-    .expect("join")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_osteo"));
+    command.args(&args);
+    output(command).await
 }
 
 /// `osteo <command> --server URL --dicom STUDY <clinical flags> <extra>`.

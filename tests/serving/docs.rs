@@ -121,15 +121,10 @@ async fn every_sh_test_example_in_the_docs_runs_as_printed() {
                     "\"DicomPort\": 4242",
                     &format!("\"DicomPort\": {orthanc_dicom}"),
                 );
-            let out = tokio::task::spawn_blocking(move || {
-                Command::new("bash")
-                    .args(["-euo", "pipefail", "-c", &script])
-                    .current_dir(root())
-                    .output()
-                    .expect("bash")
-            })
-            .await
-            .expect("join");
+            let mut bash = Command::new("bash");
+            bash.args(["-euo", "pipefail", "-c", &script])
+                .current_dir(root());
+            let out = output(bash).await;
             let name = doc
                 .strip_prefix(root())
                 .unwrap_or(&doc)

@@ -94,26 +94,18 @@ async fn a_repository_serves_every_version_and_the_highest_answers_by_default() 
     assert_eq!(defaults, ["10"], "ListModels marks the default version");
 
     // The CLI names a version and prints the one that answered.
-    let url = server.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut args = vec![
-            "classify".to_string(),
-            "--server".into(),
-            url,
-            "--model".into(),
-            "osteo-tabular-v1".into(),
-            "--model-version".into(),
-            "2".into(),
-            "--json".into(),
-        ];
-        args.extend(CLINICAL_FLAGS.iter().map(|s| s.to_string()));
-        std::process::Command::new(env!("CARGO_BIN_EXE_osteo"))
-            .args(&args)
-            .output()
-            .expect("osteo classify")
-    })
-    .await
-    .expect("join");
+    let mut classify_v2 = std::process::Command::new(env!("CARGO_BIN_EXE_osteo"));
+    classify_v2
+        .args([
+            "classify",
+            "--server",
+            &server.url,
+            "--model",
+            "osteo-tabular-v1",
+        ])
+        .args(["--model-version", "2", "--json"])
+        .args(CLINICAL_FLAGS);
+    let out = output(classify_v2).await;
     assert!(
         out.status.success(),
         "{}",
@@ -213,17 +205,11 @@ async fn triton_repository(url: &str, verb: &str, model: &str, token: &str) -> S
         model.to_string(),
         token.to_string(),
     ];
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/triton-venv/bin/python");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg("-c")
-            .arg(script)
-            .args(args)
-            .output()
-            .expect("python")
-    })
-    .await
-    .expect("join");
+    let mut python = std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/triton-venv/bin/python"),
+    );
+    python.arg("-c").arg(script).args(args);
+    let out = output(python).await;
     assert!(
         out.status.success(),
         "{}",

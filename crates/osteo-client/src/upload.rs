@@ -57,19 +57,45 @@ impl Iterator for Messages {
     }
 }
 
+impl Messages {
+    /// The messages of `files` in chunks of at most `chunk` bytes.
+    fn new(files: Arc<Vec<Bytes>>, chunk: usize) -> Self {
+        Self {
+            files,
+            chunk: chunk.max(1),
+            header: false,
+            file: 0,
+            offset: 0,
+        }
+    }
+}
+
+/// Upload messages as a GradeStudy call's: the upload header inside a header with `action`,
+/// the chunks as they are.
+fn graded(
+    messages: impl Iterator<Item = pb::UploadStudyRequest>,
+    action: pb::GradeAction,
+) -> impl Iterator<Item = pb::GradeStudyRequest> {
+    use pb::grade_study_request::Part;
+    let mut action = Some(action);
+    messages.map(move |m| pb::GradeStudyRequest {
+        part: m.part.map(|p| match p {
+            pb::upload_study_request::Part::Header(upload) => Part::Header(pb::GradeStudyHeader {
+                action: action.take(),
+                upload: Some(upload),
+            }),
+            pb::upload_study_request::Part::Chunk(c) => Part::Chunk(c),
+        }),
+    })
+}
+
 /// The upload messages of `files` in chunks of at most `chunk` bytes, made lazily as the
 /// stream is read.
 pub fn stream(
     files: Arc<Vec<Bytes>>,
     chunk: usize,
 ) -> impl tokio_stream::Stream<Item = pb::UploadStudyRequest> + Send + 'static {
-    tokio_stream::iter(Messages {
-        files,
-        chunk: chunk.max(1),
-        header: false,
-        file: 0,
-        offset: 0,
-    })
+    tokio_stream::iter(Messages::new(files, chunk))
 }
 
 /// The messages of a GradeStudy call on `files` in chunks of at most `chunk` bytes: the
@@ -80,46 +106,27 @@ pub fn grade_stream(
     files: Arc<Vec<Bytes>>,
     chunk: usize,
 ) -> impl tokio_stream::Stream<Item = pb::GradeStudyRequest> + Send + 'static {
-    use pb::grade_study_request::Part;
-    let mut action = Some(action);
-    let messages = Messages {
-        files,
-        chunk: chunk.max(1),
-        header: false,
-        file: 0,
-        offset: 0,
-    }
-    .map(move |m| pb::GradeStudyRequest {
-        part: match m.part {
-            Some(pb::upload_study_request::Part::Header(upload)) => {
-                Some(Part::Header(pb::GradeStudyHeader {
-                    action: action.take(),
-                    upload: Some(upload),
-                }))
-            }
-            Some(pb::upload_study_request::Part::Chunk(c)) => Some(Part::Chunk(c)),
-            None => None,
-        },
-    });
-    tokio_stream::iter(messages)
+    tokio_stream::iter(graded(Messages::new(files, chunk), action))
 }
 
 /// Every upload message of `files` in chunks of at most `chunk` bytes, at once (tests that
 /// alter the framing use this).
 pub fn messages<F: AsRef<[u8]>>(files: &[F], chunk: usize) -> Vec<pb::UploadStudyRequest> {
-    Messages {
-        files: Arc::new(
-            files
-                .iter()
-                .map(|f| Bytes::copy_from_slice(f.as_ref()))
-                .collect(),
-        ),
-        chunk: chunk.max(1),
-        header: false,
-        file: 0,
-        offset: 0,
-    }
-    .collect()
+    let files = files
+        .iter()
+        .map(|f| Bytes::copy_from_slice(f.as_ref()))
+        .collect();
+    Messages::new(Arc::new(files), chunk).collect()
+}
+
+/// Every message of a GradeStudy call with `action` on `files`, at once (tests that alter the
+/// framing use this).
+pub fn grade_messages<F: AsRef<[u8]>>(
+    action: pb::GradeAction,
+    files: &[F],
+    chunk: usize,
+) -> Vec<pb::GradeStudyRequest> {
+    graded(messages(files, chunk).into_iter(), action).collect()
 }
 
 /// Uploads DICOM files held in memory, streaming their chunks, with the affinity key

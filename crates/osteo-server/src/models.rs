@@ -77,8 +77,9 @@ struct Entry {
     at: String,
     /// The model directory.
     path: std::path::PathBuf,
-    /// The version its directory states (repository layout), checked against model.toml.
-    dir_version: Option<String>,
+    /// Its model and version directory names in the repository layout (the version is checked
+    /// against model.toml); `None` for a `[[models]]` entry.
+    in_repository: Option<(String, String)>,
     backends: Vec<String>,
     default_backend: String,
     device: String,
@@ -122,7 +123,7 @@ fn repository_entries(
             entries.push(Entry {
                 at: format!("repository {name}/{version}"),
                 path,
-                dir_version: Some(version),
+                in_repository: Some((name.clone(), version)),
                 backends: r.backends.clone(),
                 default_backend: r.default_backend.clone(),
                 device: r.device.clone(),
@@ -133,7 +134,7 @@ fn repository_entries(
 }
 
 /// Versions in order: numerically when both are numbers, else as text.
-pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(x), Ok(y)) => x.cmp(&y),
         _ => a.cmp(b),
@@ -165,7 +166,7 @@ impl ModelSet {
             .map(|(i, m)| Entry {
                 at: format!("models[{i}]"),
                 path: m.path.clone(),
-                dir_version: None,
+                in_repository: None,
                 backends: m.backends.clone(),
                 default_backend: m.default_backend.clone(),
                 device: m.device.clone(),
@@ -418,6 +419,18 @@ impl ModelSet {
         v
     }
 
+    /// The versions of model `name` served from the repository, in version order.
+    pub fn repository_versions_of(&self, name: &str) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .models
+            .iter()
+            .filter(|m| m.name() == name && m.from_repository)
+            .map(|m| m.version())
+            .collect();
+        v.sort_by(|a, b| compare_versions(a, b));
+        v
+    }
+
     /// The default model's name.
     pub fn default_name(&self) -> &str {
         &self.default
@@ -438,7 +451,7 @@ fn load_entry(
         ModelArtifacts::open(&e.path).map_err(|err| ServerError::Config(format!("{at}: {err}")))?;
     let name = artifacts.manifest.name.clone();
     let version = artifacts.manifest.version.clone();
-    if let Some(dir) = &e.dir_version
+    if let Some((_, dir)) = &e.in_repository
         && *dir != version
     {
         return Err(ServerError::Config(format!(
@@ -497,42 +510,24 @@ fn load_entry(
         default_backend,
         device,
         stats,
-        from_repository: e.dir_version.is_some(),
+        from_repository: e.in_repository.is_some(),
     })
 }
 
-/// The version directories of each model in the repository, by model name (empty without a
-/// repository): what a watcher compares with the served repository versions.
+/// The version directories of each model in the repository, by model name, in version order
+/// (empty without a repository): what a watcher compares with the served repository versions.
 pub fn repository_versions(
     r: &crate::config::RepositorySettings,
 ) -> Result<Vec<(String, Vec<String>)>, ServerError> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for e in repository_entries(r, None)? {
-        let name = e
-            .path
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let version = e.dir_version.unwrap_or_default();
+    for (name, version) in repository_entries(r, None)?
+        .into_iter()
+        .filter_map(|e| e.in_repository)
+    {
         match out.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) => v.push(version),
             None => out.push((name, vec![version])),
         }
     }
     Ok(out)
-}
-
-impl ModelSet {
-    /// The versions of model `name` served from the repository, in version order.
-    pub fn repository_versions_of(&self, name: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .models
-            .iter()
-            .filter(|m| m.name() == name && m.from_repository)
-            .map(|m| m.version().to_string())
-            .collect();
-        v.sort_by(|a, b| compare_versions(a, b));
-        v
-    }
 }

@@ -306,22 +306,10 @@ pub fn grade_messages(
     files: &[Vec<u8>],
     chunk: usize,
 ) -> Vec<pb::GradeStudyRequest> {
-    use pb::grade_study_request::Part;
-    let mut action = Some(pb::GradeAction {
+    let action = pb::GradeAction {
         action: Some(action),
-    });
-    upload_messages(files, chunk)
-        .into_iter()
-        .map(|m| pb::GradeStudyRequest {
-            part: m.part.map(|p| match p {
-                pb::upload_study_request::Part::Header(h) => Part::Header(pb::GradeStudyHeader {
-                    action: action.take(),
-                    upload: Some(h),
-                }),
-                pb::upload_study_request::Part::Chunk(c) => Part::Chunk(c),
-            }),
-        })
-        .collect()
+    };
+    osteo_client::upload::grade_messages(action, files, chunk)
 }
 
 pub fn by_handle(h: &str) -> Option<pb::StudyRef> {
@@ -491,4 +479,11 @@ pub fn zero_tabular_input() -> osteo_proto::inference::model_infer_request::Infe
         }),
         ..Default::default()
     }
+}
+
+/// Runs `command` to completion off the async threads; its output.
+pub async fn output(mut command: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || command.output().expect("run the command"))
+        .await
+        .expect("join")
 }

@@ -136,7 +136,7 @@ impl Engine {
 
     /// The served model `name` at `version` ("" = the version answering requests that name
     /// none), recording its served name and version in the call (or `unknown`).
-    fn served_model(
+    pub(crate) fn lookup(
         &self,
         call: &mut Call,
         name: &str,
@@ -159,7 +159,7 @@ impl Engine {
         version: &str,
         backend: &str,
     ) -> Result<(Arc<ServedModel>, Arc<Worker>), ServerError> {
-        let model = self.served_model(call, model, version)?;
+        let model = self.lookup(call, model, version)?;
         let found = model
             .worker(backend)
             .map(|(name, w)| (name.to_string(), w.clone()));
@@ -167,17 +167,6 @@ impl Engine {
         call.served_by(model.name(), model.version(), served);
         let worker = found?.1;
         Ok((model, worker))
-    }
-
-    /// The served model `name` at `version` ("" = its default version), recording its served
-    /// name in the call (or `unknown`).
-    pub(crate) fn lookup(
-        &self,
-        call: &mut Call,
-        name: &str,
-        version: &str,
-    ) -> Result<Arc<ServedModel>, ServerError> {
-        self.served_model(call, name, version)
     }
 }
 

@@ -109,8 +109,7 @@ pub async fn watch_repository(engine: Engine) {
                 continue;
             }
         };
-        for (name, mut versions) in on_disk {
-            versions.sort_by(|a, b| crate::models::compare_versions(a, b));
+        for (name, versions) in on_disk {
             if versions == current.repository_versions_of(&name) {
                 continue;
             }
