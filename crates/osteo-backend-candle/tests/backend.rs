@@ -88,6 +88,7 @@ fn saved_model(kind: ModelKind, dir: &Path, rng: &mut ChaCha8Rng) -> Network {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &candle_core::Device::Cpu);
     let network = Network::new(&arch(kind), vb).expect("network");
+    seed_weights(&varmap, rng);
     for _ in 0..3 {
         let b = batch(kind, 8, rng);
         network
@@ -110,6 +111,37 @@ fn saved_model(kind: ModelKind, dir: &Path, rng: &mut ChaCha8Rng) -> Network {
     )
     .expect("manifest");
     network
+}
+
+/// Redraws every learned value from `rng`, because candle's initialisers draw from an unseeded
+/// generator and a test must see the same network on every run. Weights are uniform within
+/// 1/sqrt(fan-in), biases within 0.1, batch-norm scales near 1; running statistics are left to
+/// the train passes.
+fn seed_weights(varmap: &VarMap, rng: &mut ChaCha8Rng) {
+    let vars = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        if name.contains("running_") {
+            continue;
+        }
+        let var = &vars[name];
+        let dims = var.dims().to_vec();
+        let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+        let (centre, half_width) = if dims.len() >= 2 {
+            (0.0, 1.0 / (fan_in as f32).sqrt())
+        } else if name.ends_with("bn.weight") {
+            (1.0, 0.1)
+        } else {
+            (0.0, 0.1)
+        };
+        let n = dims.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| centre + half_width * (2.0 * rng.random::<f32>() - 1.0))
+            .collect();
+        let t = Tensor::from_vec(values, dims, &candle_core::Device::Cpu).expect("tensor");
+        var.set(&t).expect("set var");
+    }
 }
 
 fn logits(network: &Network, b: &Batch) -> Vec<f32> {
