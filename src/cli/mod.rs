@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch.
 
+mod ab;
 mod audit;
 mod bench;
 mod client;
@@ -66,6 +67,9 @@ enum Command {
     Compare(client::CompareArgs),
     /// Time predict (per batch size) and Grad-CAM on several backends in this process.
     Bench(bench::BenchArgs),
+    /// Live-traffic experiments on a server: the shadow pairs' agreement report.
+    #[command(subcommand)]
+    Ab(ab::AbCommand),
     /// Load-test Classify: concurrent clients, throughput, latency percentiles, status check.
     Loadgen(loadgen::LoadgenArgs),
     /// Grade one study locally (no server): grade, probabilities, optional Grad-CAM overlay.
@@ -90,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Screen(args) => screen::run(args),
         Command::Compare(args) => client::compare(args),
         Command::Bench(args) => bench::run(args),
+        Command::Ab(cmd) => ab::run(cmd),
         Command::Loadgen(args) => loadgen::run(args),
     }
 }

@@ -20,4 +20,5 @@ mod security;
 mod server;
 mod telemetry;
 mod tls;
+mod traffic;
 mod versions;

@@ -26,7 +26,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const SERVICE: &str = "osteo.v1.OsteoService";
 
 /// The methods of `osteo.v1.OsteoService`, in the order of the proto.
-pub const METHODS: [&str; 8] = [
+pub const METHODS: [&str; 9] = [
     "UploadStudy",
     "GradeStudy",
     "Classify",
@@ -35,6 +35,7 @@ pub const METHODS: [&str; 8] = [
     "ListModels",
     "GetStudy",
     "DeleteStudy",
+    "GetShadowReport",
 ];
 
 /// Full name of the Open Inference Protocol service.

@@ -2,7 +2,7 @@
 //! operations, audit) behind three sibling front doors in [`api`] — osteo.v1 over gRPC, the Open
 //! Inference Protocol over gRPC and over REST — and the network beneath them in [`net`]
 //! (accept loop, connection limits, TLS, descriptor limits), with
-//! per-(model, backend) dynamic-batching workers, grpc.health.v1, reflection, configuration,
+//! per-(model, backend) dynamic-batching workers, canary and shadow [`traffic`], grpc.health.v1, reflection, configuration,
 //! logging and Prometheus metrics. Backends are plugged in through a [`Registry`]; the server
 //! knows only the Backend trait.
 #![forbid(unsafe_code)]
@@ -29,6 +29,7 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod tokens;
+pub mod traffic;
 pub mod upload;
 
 pub use config::Settings;

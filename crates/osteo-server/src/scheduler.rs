@@ -22,7 +22,7 @@ use osteo_core::{
 };
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
@@ -88,6 +88,25 @@ pub struct Worker {
     model: String,
     capacity: usize,
     up: Arc<AtomicBool>,
+    /// Samples queued or running whose caller still waits.
+    outstanding: Arc<AtomicUsize>,
+}
+
+/// Samples counted in a worker's outstanding work from queueing until their answer (or their
+/// caller) is gone.
+struct Outstanding(Arc<AtomicUsize>, usize);
+
+impl Outstanding {
+    fn new(count: &Arc<AtomicUsize>, n: usize) -> Self {
+        count.fetch_add(n, Ordering::SeqCst);
+        Self(count.clone(), n)
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::SeqCst);
+    }
 }
 
 impl Worker {
@@ -152,6 +171,7 @@ impl Worker {
             model,
             capacity: config.queue_capacity,
             up,
+            outstanding: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -159,6 +179,11 @@ impl Worker {
     /// repeated failures, or after it stopped).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
+    }
+
+    /// Samples queued or running on this worker whose callers wait for them.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::SeqCst)
     }
 
     /// Backend name, device and library version.
@@ -216,6 +241,7 @@ impl Worker {
         &self,
         job: impl FnOnce(oneshot::Sender<Result<T, BackendError>>) -> Job,
     ) -> Result<T, ServerError> {
+        let _outstanding = Outstanding::new(&self.outstanding, 1);
         let rx = self.queue(job)?;
         self.answer(rx).await
     }
@@ -234,6 +260,7 @@ impl Worker {
     /// and with other requests); answers their logits in order. A full queue refuses the rest
     /// with RESOURCE_EXHAUSTED; the samples already queued are skipped once nobody waits.
     pub async fn predict_many(&self, inputs: Vec<Sample>) -> Result<Vec<Vec<f32>>, ServerError> {
+        let _outstanding = Outstanding::new(&self.outstanding, inputs.len());
         let mut answers = Vec::with_capacity(inputs.len());
         for input in inputs {
             answers.push(self.queue(|reply| Job::Predict {

@@ -297,6 +297,10 @@ pub async fn serve_on(
                 Ok(Ok((models, took))) => {
                     let names: Vec<String> =
                         models.all().iter().map(|m| m.name().to_string()).collect();
+                    if let Err(e) = crate::traffic::start(&state, &models) {
+                        let _ = fatal_tx.send(e);
+                        return;
+                    }
                     state.set_models(models);
                     tracing::info!(models = ?names, seconds = took.as_secs_f64(), "models loaded; SERVING");
                     follow_workers(&state, &health, &changed, stop).await;

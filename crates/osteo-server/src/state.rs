@@ -41,6 +41,8 @@ pub struct State {
     pub(crate) loader: std::sync::OnceLock<(crate::registry::Registry, Arc<tokio::sync::Notify>)>,
     /// Serialises RepositoryModelLoad and RepositoryModelUnload.
     pub(crate) swapping: tokio::sync::Mutex<()>,
+    /// Canary splits and shadow pairs in force, and the shadow queue.
+    pub traffic: crate::traffic::Traffic,
 }
 
 impl State {
@@ -97,7 +99,6 @@ impl State {
             Some(Arc::new(log))
         };
         Ok(Self {
-            settings,
             store,
             models: std::sync::RwLock::new(None),
             requests,
@@ -108,6 +109,8 @@ impl State {
             draining: std::sync::atomic::AtomicBool::new(false),
             loader: std::sync::OnceLock::new(),
             swapping: tokio::sync::Mutex::new(()),
+            traffic: crate::traffic::Traffic::new(&settings),
+            settings,
         })
     }
 

@@ -42,6 +42,12 @@ pub(crate) fn call_of<R>(engine: &Engine, rpc: Rpc, request: &Request<R>) -> Cal
         request.remote_addr(),
         budget(request, engine.request_timeout()),
     )
+    .with_affinity(
+        request
+            .metadata()
+            .get(crate::engine::AFFINITY_KEY)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 /// Runs a gRPC request to `rpc` through the engine: `op` gets the request's message.

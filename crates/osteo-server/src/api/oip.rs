@@ -106,6 +106,11 @@ impl GrpcInferenceService for Inference {
         let principal = request.extensions().get::<Principal>().cloned();
         let credential = request.extensions().get::<Credential>().cloned();
         let peer = request.remote_addr();
+        let affinity = request
+            .metadata()
+            .get(crate::engine::AFFINITY_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let lifetime = Duration::from_secs(self.engine.state().settings.server.max_stream_s);
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -152,7 +157,8 @@ impl GrpcInferenceService for Inference {
                     principal.clone(),
                     peer,
                     engine.request_timeout(),
-                );
+                )
+                .with_affinity(affinity.as_deref());
                 let answer = match engine
                     .run(call, |e, c| Box::pin(e.model_infer(c, message)))
                     .await

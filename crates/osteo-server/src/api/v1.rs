@@ -107,4 +107,14 @@ impl OsteoService for Service {
         })
         .await
     }
+
+    async fn get_shadow_report(
+        &self,
+        request: Request<pb::GetShadowReportRequest>,
+    ) -> Result<Response<pb::GetShadowReportResponse>, Status> {
+        serve(&self.engine, Rpc::GetShadowReport, request, |e, c, req| {
+            Box::pin(e.shadow_report(c, req))
+        })
+        .await
+    }
 }

@@ -3,7 +3,10 @@
 //! key.
 
 pub mod reference;
+mod traffic;
 mod validate;
+
+pub use traffic::{CanarySettings, CanaryTarget, ShadowSettings, TrafficPolicy, TrafficSettings};
 
 use crate::error::ServerError;
 use config::{Config, Environment, File, FileFormat};
@@ -34,6 +37,12 @@ pub struct Settings {
     pub repository: RepositorySettings,
     /// Served models.
     pub models: Vec<ModelSettings>,
+    /// Bounds of shadow traffic and the file `[[shadow]]` / `[[canary]]` may be reloaded from.
+    pub traffic: TrafficSettings,
+    /// Shadow pairs: a fraction of a model's requests graded again by another target.
+    pub shadow: Vec<ShadowSettings>,
+    /// Canary splits: a model's requests divided between versions or backends by weight.
+    pub canary: Vec<CanarySettings>,
 }
 
 /// `[repository]`: a model repository in Triton's layout, `path/<name>/<version>/` each holding a
@@ -449,6 +458,19 @@ impl Default for Settings {
                 model("osteo-image-v1"),
                 model("osteo-tabular-v1"),
             ],
+            traffic: TrafficSettings::default(),
+            shadow: Vec::new(),
+            canary: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// The `[[shadow]]` and `[[canary]]` tables of this configuration.
+    pub fn traffic_policy(&self) -> TrafficPolicy {
+        TrafficPolicy {
+            shadow: self.shadow.clone(),
+            canary: self.canary.clone(),
         }
     }
 }

@@ -39,6 +39,23 @@ impl Settings {
         self.listen_addr()?;
         self.validate_tls()?;
         self.validate_auth()?;
+        self.traffic_policy().validate("configuration")?;
+        let t = &self.traffic;
+        require(
+            t.shadow_queue > 0 && t.report_window > 0,
+            "traffic",
+            format!(
+                "shadow_queue {}, report_window {}",
+                t.shadow_queue, t.report_window
+            ),
+            "must be positive",
+        )?;
+        require(
+            t.file.is_empty() || t.poll_s > 0,
+            "traffic.poll_s",
+            0,
+            "must be positive when traffic.file is set",
+        )?;
         for (key, addr) in self.protected_listeners()? {
             require(
                 !self.exposed(addr) || s.allow_insecure,

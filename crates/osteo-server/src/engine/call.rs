@@ -38,7 +38,14 @@ pub struct Call {
     budget: Duration,
     span: Span,
     outcome: Outcome,
+    affinity: Option<String>,
 }
+
+/// The metadata key (gRPC) and header (REST) of a client's affinity key.
+pub const AFFINITY_KEY: &str = "x-osteo-affinity";
+
+/// Longest affinity key kept (longer ones are cut; the key is only hashed, never recorded).
+const MAX_AFFINITY_LEN: usize = 128;
 
 impl Call {
     /// A call to `rpc` by `principal` (`None`: the front door authenticated nobody) from
@@ -63,7 +70,22 @@ impl Call {
             budget,
             span,
             outcome: Outcome::default(),
+            affinity: None,
         }
+    }
+
+    /// The call with the client's affinity key (`x-osteo-affinity`), which keys canary
+    /// choices when the study is not known before grading; empty keys are ignored.
+    pub fn with_affinity(mut self, key: Option<&str>) -> Self {
+        self.affinity = key
+            .filter(|k| !k.is_empty())
+            .map(|k| k.chars().take(MAX_AFFINITY_LEN).collect());
+        self
+    }
+
+    /// The client's affinity key, if it sent one.
+    pub fn affinity(&self) -> Option<&str> {
+        self.affinity.as_deref()
     }
 
     /// The operation.

@@ -52,14 +52,14 @@ impl Action {
     fn check(&self, engine: &Engine, call: &mut Call) -> Result<(), ServerError> {
         match self {
             Action::Classify(r) => engine
-                .resolve(call, &r.model, &r.model_version, &r.backend)
+                .resolve_exact(call, &r.model, &r.model_version, &r.backend)
                 .map(|_| ()),
             Action::Explain(r) => {
-                engine.resolve(call, &r.model, &r.model_version, &r.backend)?;
+                engine.resolve_exact(call, &r.model, &r.model_version, &r.backend)?;
                 convert::grade_from(r.target).map(|_| ())
             }
             Action::Compare(r) => {
-                let (model, _) = engine.resolve(call, &r.model, &r.model_version, "")?;
+                let (model, _) = engine.resolve_exact(call, &r.model, &r.model_version, "")?;
                 let model = model.as_ref();
                 compare_backends(model, &r.backends).map(|_| ())
             }

@@ -9,6 +9,7 @@ use crate::scheduler::Worker;
 use crate::state::blocking;
 use crate::store::Study;
 use crate::text::client_text;
+use crate::traffic::{Mirror, StickyKey};
 use osteo_core::Sample;
 use osteo_dicom::View;
 use osteo_proto::v1 as pb;
@@ -77,6 +78,59 @@ impl Graded {
 }
 
 impl Engine {
+    /// What a grading request's canary choice is keyed on: the study's own UID when the study
+    /// is known before grading (stored, or ingested by this call), else the client's affinity
+    /// key. The key is only hashed.
+    fn sticky_key(&self, call: &Call, source: &Source<'_>) -> StickyKey {
+        let study = match source {
+            Source::Ingested(s) => Some(s.clone()),
+            Source::Ref(Some(pb::StudyRef {
+                source: Some(pb::study_ref::Source::Study(handle)),
+            })) => self
+                .state
+                .store
+                .get(handle, Some(&call.principal().name))
+                .ok()
+                .map(|(s, _)| s),
+            Source::Ref(_) => None,
+        };
+        StickyKey(
+            study
+                .map(|s| {
+                    if s.source.study_uid.is_empty() {
+                        s.handle.clone()
+                    } else {
+                        s.source.study_uid.clone()
+                    }
+                })
+                .or_else(|| call.affinity().map(str::to_string)),
+        )
+    }
+
+    /// Offers a primary answer (`logits` of the prepared input, `ms` of inference) to the
+    /// shadow pairs; returns at once.
+    fn mirror(
+        &self,
+        call: &Call,
+        model: &Arc<ServedModel>,
+        prepared: &Prepared,
+        logits: &[f32],
+        ms: f64,
+    ) {
+        let backend = call.outcome().backend.as_str();
+        if !self.state.traffic.mirrors(model, backend) {
+            return;
+        }
+        self.state.traffic.mirror(Mirror {
+            model,
+            backend,
+            inputs: std::slice::from_ref(&prepared.input),
+            logits: &[logits.to_vec()],
+            ms,
+            study: &prepared.handle(),
+        });
+    }
+
     /// The study a request refers to: a stored one by handle (the caller's own), or inline
     /// files ingested for this request.
     async fn study_of(
@@ -208,20 +262,28 @@ impl Engine {
         ingested: Option<Arc<Study>>,
     ) -> Result<pb::ClassifyResponse, ServerError> {
         let start = Instant::now();
-        let (model, worker) = self.resolve(call, &req.model, &req.model_version, &req.backend)?;
-        let (model, worker) = (model.as_ref(), worker.as_ref());
+        let source = Source::of(req.study.as_ref(), ingested);
+        let key = self.sticky_key(call, &source);
+        let (served, worker) =
+            self.resolve(call, &req.model, &req.model_version, &req.backend, &key)?;
+        let (model, worker) = (served.as_ref(), worker.as_ref());
         let subject = Subject {
-            study: Source::of(req.study.as_ref(), ingested),
+            study: source,
             clinical: req.clinical.as_ref(),
             clinical_from_dicom: req.clinical_from_dicom,
         };
         let prepared = self.prepare(call, model, subject).await?;
-        let g = Graded::new(worker, worker.predict(prepared.input.clone()).await?)?;
+        let inference = Instant::now();
+        let logits = worker.predict(prepared.input.clone()).await?;
+        let ms = inference.elapsed().as_secs_f64() * 1e3;
+        let g = Graded::new(worker, logits)?;
+        let logits = g.logits.clone();
         let (mut response, graded) = classification(model, &prepared, g, start);
         call.graded(graded.grade);
         if req.dicom_outputs {
             response.dicom_sr = structured_report(model, &prepared, &response, &graded)?;
         }
+        self.mirror(call, &served, &prepared, &logits, ms);
         Ok(response)
     }
 
@@ -246,18 +308,23 @@ impl Engine {
         ingested: Option<Arc<Study>>,
     ) -> Result<pb::ExplainResponse, ServerError> {
         let start = Instant::now();
-        let (model, worker) = self.resolve(call, &req.model, &req.model_version, &req.backend)?;
-        let (model, worker) = (model.as_ref(), worker.as_ref());
+        let source = Source::of(req.study.as_ref(), ingested);
+        let key = self.sticky_key(call, &source);
+        let (served, worker) =
+            self.resolve(call, &req.model, &req.model_version, &req.backend, &key)?;
+        let (model, worker) = (served.as_ref(), worker.as_ref());
         let m = &model.artifacts.manifest;
         let requested = convert::grade_from(req.target)?;
         let subject = Subject {
-            study: Source::of(req.study.as_ref(), ingested),
+            study: source,
             clinical: req.clinical.as_ref(),
             clinical_from_dicom: req.clinical_from_dicom,
         };
         let prepared = self.prepare(call, model, subject).await?;
         // One backend call gives the prediction and the Grad-CAM parts of every class.
+        let inference = Instant::now();
         let explanation = worker.explain(prepared.input.clone()).await?;
+        let ms = inference.elapsed().as_secs_f64() * 1e3;
         let graded = Graded::new(worker, explanation.logits.clone())?;
         let (mut classification, graded) = classification(model, &prepared, graded, start);
         let predicted = graded.grade;
@@ -309,6 +376,7 @@ impl Engine {
             }
         }
         classification.latency_ms = start.elapsed().as_secs_f64() * 1e3;
+        self.mirror(call, &served, &prepared, &explanation.logits, ms);
         Ok(pb::ExplainResponse {
             classification: Some(classification),
             target: convert::grade(target),
@@ -337,7 +405,9 @@ impl Engine {
         req: pb::CompareBackendsRequest,
         ingested: Option<Arc<Study>>,
     ) -> Result<pb::CompareBackendsResponse, ServerError> {
-        let (model, _) = self.resolve(call, &req.model, &req.model_version, "")?;
+        let source = Source::of(req.study.as_ref(), ingested);
+        let key = self.sticky_key(call, &source);
+        let (model, _) = self.resolve(call, &req.model, &req.model_version, "", &key)?;
         let model = model.as_ref();
         let names = compare_backends(model, &req.backends)?;
         // The label lists the backends in the model's order: a bounded set of values.
@@ -348,7 +418,7 @@ impl Engine {
             .collect();
         call.backends(label.join(","));
         let subject = Subject {
-            study: Source::of(req.study.as_ref(), ingested),
+            study: source,
             clinical: req.clinical.as_ref(),
             clinical_from_dicom: req.clinical_from_dicom,
         };

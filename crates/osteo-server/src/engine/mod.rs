@@ -13,9 +13,10 @@ mod grading;
 pub mod oip;
 pub mod repository;
 mod rpc;
+mod shadow_report;
 mod studies;
 
-pub use call::{Call, Outcome};
+pub use call::{AFFINITY_KEY, Call, Outcome};
 pub use rpc::Rpc;
 
 use crate::error::ServerError;
@@ -150,9 +151,46 @@ impl Engine {
         found
     }
 
+    /// The model version and backend worker that answer a request naming `model`, `version`
+    /// and `backend`: a canary split of the model routes requests that name no version (the
+    /// same `key` always to the same target); otherwise, or when the target is no longer
+    /// served, the requested ones. Records the served names in the call.
+    pub(crate) fn resolve(
+        &self,
+        call: &mut Call,
+        model: &str,
+        version: &str,
+        backend: &str,
+        key: &crate::traffic::StickyKey,
+    ) -> Result<(Arc<ServedModel>, Arc<Worker>), ServerError> {
+        let served = self
+            .state
+            .models()?
+            .get(model)
+            .map(|m| m.name().to_string());
+        if let Ok(name) = served {
+            if let Some(route) = self.state.traffic.canary(&name, version, backend, key) {
+                match self.resolve_exact(call, &name, &route.version, &route.backend) {
+                    Ok(found) => {
+                        metrics::counter!("osteo_canary_requests_total", "model" => name, "target" => route.target)
+                            .increment(1);
+                        return Ok(found);
+                    }
+                    Err(e) => tracing::warn!(
+                        model = %name,
+                        target = %route.target,
+                        error = %e,
+                        "canary target not served; answering with the requested version"
+                    ),
+                }
+            }
+        }
+        self.resolve_exact(call, model, version, backend)
+    }
+
     /// The requested model version and the worker of the requested backend, recording the
     /// served names in the call (or `unknown` for a name the server does not serve).
-    pub(crate) fn resolve(
+    pub(crate) fn resolve_exact(
         &self,
         call: &mut Call,
         model: &str,

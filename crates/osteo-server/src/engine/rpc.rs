@@ -22,6 +22,8 @@ pub enum Rpc {
     GetStudy,
     /// osteo.v1 DeleteStudy.
     DeleteStudy,
+    /// osteo.v1 GetShadowReport.
+    GetShadowReport,
     /// OIP ServerLive.
     ServerLive,
     /// OIP ServerReady.
@@ -53,7 +55,7 @@ pub enum Rpc {
 }
 
 /// The osteo.v1 methods, in the order of `osteo_proto::METHODS`.
-const V1: [Rpc; 8] = [
+const V1: [Rpc; 9] = [
     Rpc::UploadStudy,
     Rpc::GradeStudy,
     Rpc::Classify,
@@ -62,6 +64,7 @@ const V1: [Rpc; 8] = [
     Rpc::ListModels,
     Rpc::GetStudy,
     Rpc::DeleteStudy,
+    Rpc::GetShadowReport,
 ];
 
 /// The Open Inference Protocol methods, in the order of `osteo_proto::INFERENCE_METHODS`.
@@ -92,6 +95,7 @@ impl Rpc {
             Rpc::ListModels => "ListModels",
             Rpc::GetStudy => "GetStudy",
             Rpc::DeleteStudy => "DeleteStudy",
+            Rpc::GetShadowReport => "GetShadowReport",
             Rpc::ServerLive => "ServerLive",
             Rpc::ServerReady => "ServerReady",
             Rpc::ModelReady => "ModelReady",
@@ -110,11 +114,11 @@ impl Rpc {
     }
 
     /// Whether `p`'s roles allow this operation: clients may call everything (on their own
-    /// studies) but the repository's load and unload, admins may list models, read or delete
-    /// any study, and load and unload models.
+    /// studies) but the repository's load and unload, admins may list models, read the shadow
+    /// report, read or delete any study, and load and unload models.
     pub fn allowed(self, p: &Principal) -> bool {
         match self {
-            Rpc::ListModels | Rpc::GetStudy | Rpc::DeleteStudy => {
+            Rpc::ListModels | Rpc::GetStudy | Rpc::DeleteStudy | Rpc::GetShadowReport => {
                 p.has(Role::Client) || p.has(Role::Admin)
             }
             Rpc::RepositoryModelLoad | Rpc::RepositoryModelUnload => p.has(Role::Admin),

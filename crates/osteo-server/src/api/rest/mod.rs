@@ -55,7 +55,8 @@ impl App {
             caller.principal.clone(),
             caller.peer(),
             self.engine.request_timeout(),
-        );
+        )
+        .with_affinity(caller.affinity.as_deref());
         self.engine
             .run(call, op)
             .await
@@ -126,6 +127,7 @@ type Answer = Result<Response, Refusal>;
 struct Caller {
     principal: Option<Principal>,
     tcp: Option<TcpConnectInfo>,
+    affinity: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -138,6 +140,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         Ok(Caller {
             principal: parts.extensions.get::<Principal>().cloned(),
             tcp: parts.extensions.get::<TcpConnectInfo>().cloned(),
+            affinity: parts
+                .headers
+                .get(crate::engine::AFFINITY_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         })
     }
 }

@@ -59,13 +59,32 @@ impl Engine {
     ) -> Result<v2::ModelInferResponse, ServerError> {
         let _permit = self.state.admit()?;
         let backend = backend_parameter(&req)?;
-        let (model, worker) = self.resolve(call, &req.model_name, &req.model_version, &backend)?;
-        let (model, worker) = (model.as_ref(), worker.as_ref());
+        let key = crate::traffic::StickyKey(call.affinity().map(str::to_string));
+        let (served, worker) =
+            self.resolve(call, &req.model_name, &req.model_version, &backend, &key)?;
+        let (model, worker) = (served.as_ref(), worker.as_ref());
         let outputs = requested_outputs(&req)?;
         let max_batch = self.state.settings.scheduler.max_batch;
         let (samples, raw) = samples(&req, &inputs_of(model), max_batch)?;
         let n = samples.len();
+        let served_backend = call.outcome().backend.clone();
+        let kept = self
+            .state
+            .traffic
+            .mirrors(model, &served_backend)
+            .then(|| samples.clone());
+        let inference = std::time::Instant::now();
         let logits = worker.predict_many(samples).await?;
+        if let Some(inputs) = kept {
+            self.state.traffic.mirror(crate::traffic::Mirror {
+                model: &served,
+                backend: &served_backend,
+                inputs: &inputs,
+                logits: &logits,
+                ms: inference.elapsed().as_secs_f64() * 1e3 / n.max(1) as f64,
+                study: "",
+            });
+        }
         let probabilities: Vec<Vec<f32>> = logits
             .iter()
             .map(|l| osteo_core::backend::softmax(l))
