@@ -105,12 +105,17 @@ PY
       exit 1
     }
   # The rendered osteo.toml must pass the server's own configuration check.
-  python3 - "$out/$variant.yaml" "$out/$variant.toml" <<'PY'
+  python3 - "$out/$variant.yaml" "$out/$variant.toml" "$out/$variant.traffic.toml" <<'PY'
 import sys
 docs = open(sys.argv[1]).read().split("\n---")
-cm = next(d for d in docs if "kind: ConfigMap" in d)
-body = cm.split("osteo.toml: |", 1)[1].splitlines()[1:]
-open(sys.argv[2], "w").write("\n".join(line[4:] for line in body) + "\n")
+def body(key):
+    cm = next(d for d in docs if "kind: ConfigMap" in d and f"{key}: |" in d)
+    lines = cm.split(f"{key}: |", 1)[1].splitlines()[1:]
+    return "\n".join(line[4:] for line in lines) + "\n"
+# The server's file names the traffic ConfigMap's mount: point it at the rendered copy.
+config = body("osteo.toml").replace("/etc/osteoserve/traffic/traffic.toml", sys.argv[3])
+open(sys.argv[2], "w").write(config)
+open(sys.argv[3], "w").write(body("traffic.toml"))
 PY
   "$osteo" serve --config "$out/$variant.toml" --check >/dev/null
   echo "helm-validate: $variant values: lint, template, kubernetes-validate, checkov, osteo config ok"

@@ -23,7 +23,8 @@ pub struct ServeArgs {
     /// A model repository in Triton's layout, DIR/<name>/<version>/ (repository.path).
     #[arg(long, value_name = "DIR")]
     model_repository: Option<String>,
-    /// Only validate the configuration, print the effective settings as JSON and exit.
+    /// Only validate the configuration (and the traffic file it names), print the effective
+    /// settings as JSON and exit.
     #[arg(long)]
     check: bool,
 }
@@ -79,6 +80,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let settings = osteo_server::config::load(args.config.as_deref(), &overrides)?;
     if args.check {
+        // The traffic file too, when one is named (its names are checked against the models
+        // when the server starts).
+        osteo_server::traffic::configured_policy(&settings)?;
         println!("{}", serde_json::to_string_pretty(&settings)?);
         return Ok(());
     }

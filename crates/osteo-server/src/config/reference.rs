@@ -115,11 +115,16 @@ mod tests {
         Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
     }
 
-    /// The keys of a configuration, `[[models]]` entries apart (a list, not keys).
+    /// The keys of a configuration, `[[models]]`, `[[shadow]]` and `[[canary]]` entries apart
+    /// (lists, not keys).
     fn keys(v: &toml::Value) -> Vec<String> {
         leaf_keys(v)
             .into_iter()
-            .filter(|k| k != "models" && !k.starts_with("models."))
+            .filter(|k| {
+                ["models", "shadow", "canary"]
+                    .iter()
+                    .all(|l| k != l && !k.starts_with(&format!("{l}.")))
+            })
             .collect()
     }
 
