@@ -408,3 +408,22 @@ async fn a_watched_repository_loads_new_versions_within_max_loaded() {
     assert_eq!(answering(&mut c).await, "3");
     server.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_versions_than_max_loaded_stop_the_start_before_any_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    version_dir(&repo, "2", "2");
+    let audit = dir.path().join("audit.jsonl");
+    let s = crate::common::inproc::settings(&config(&repo, &audit, "max_loaded = 1"), &SHIPPED);
+    let e = InProc::spawn(s, registry())
+        .await
+        .exit()
+        .await
+        .expect_err("refused");
+    assert!(
+        e.to_string().contains("2 model versions are configured")
+            && e.to_string().contains("repository.max_loaded (1)"),
+        "{e}"
+    );
+}

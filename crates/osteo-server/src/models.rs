@@ -173,6 +173,13 @@ impl ModelSet {
             })
             .collect();
         entries.extend(repository_entries(&settings.repository, None)?);
+        let max = settings.repository.max_loaded;
+        if entries.len() > max {
+            return Err(ServerError::Config(format!(
+                "{} model versions are configured ([[models]] entries and the repository's                  versions), more than repository.max_loaded ({max}): raise the limit or serve                  fewer versions",
+                entries.len()
+            )));
+        }
         let mut models: Vec<Arc<ServedModel>> = Vec::new();
         for e in &entries {
             let m = load_entry(e, settings, registry, changed)?;

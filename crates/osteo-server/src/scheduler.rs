@@ -22,7 +22,7 @@ use osteo_core::{
 };
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
@@ -39,6 +39,10 @@ pub struct BatchConfig {
     pub max_delay: Duration,
     /// Requests waiting before RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// Run at the lowest CPU priority on one thread (shadow work): the worker's thread, the
+    /// threads its backend starts and its one-thread compute pool take only CPU time nothing
+    /// else wants.
+    pub background: bool,
 }
 
 impl From<&crate::config::SchedulerSettings> for BatchConfig {
@@ -47,7 +51,16 @@ impl From<&crate::config::SchedulerSettings> for BatchConfig {
             max_batch: s.max_batch,
             max_delay: Duration::from_millis(s.max_delay_ms),
             queue_capacity: s.queue_capacity,
+            background: false,
         }
+    }
+}
+
+/// Lowers the calling thread's CPU priority to the least (nice 19; on Linux the nice value is
+/// per thread and threads started from it inherit it). Failure only costs priority: logged.
+fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::warn!(error = %e, "could not lower a background worker's CPU priority");
     }
 }
 
@@ -88,25 +101,6 @@ pub struct Worker {
     model: String,
     capacity: usize,
     up: Arc<AtomicBool>,
-    /// Samples queued or running whose caller still waits.
-    outstanding: Arc<AtomicUsize>,
-}
-
-/// Samples counted in a worker's outstanding work from queueing until their answer (or their
-/// caller) is gone.
-struct Outstanding(Arc<AtomicUsize>, usize);
-
-impl Outstanding {
-    fn new(count: &Arc<AtomicUsize>, n: usize) -> Self {
-        count.fetch_add(n, Ordering::SeqCst);
-        Self(count.clone(), n)
-    }
-}
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Ordering::SeqCst);
-    }
 }
 
 impl Worker {
@@ -132,30 +126,52 @@ impl Worker {
         let up_worker = up.clone();
         std::thread::Builder::new()
             .name(thread_name)
-            .spawn(move || match guarded(|| loader(&artifacts_owned, device)) {
-                Ok(backend) => {
-                    let info = backend.info();
-                    let _ = ready_tx.send(Ok(info.clone()));
-                    let labels = [
-                        ("model", artifacts_owned.manifest.name.clone()),
-                        ("backend", info.name.clone()),
-                    ];
-                    let mut supervisor = Supervisor {
-                        backend: Some(backend),
-                        loader,
-                        artifacts: artifacts_owned,
-                        device,
-                        info,
-                        failures: 0,
-                        up: up_worker,
-                        changed,
-                        labels,
-                        stats,
-                    };
-                    supervisor.run(rx, &arch, config);
+            .spawn(move || {
+                let background = config.background;
+                if background {
+                    lower_priority();
                 }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+                let work = move || match guarded(|| loader(&artifacts_owned, device)) {
+                    Ok(backend) => {
+                        let info = backend.info();
+                        let _ = ready_tx.send(Ok(info.clone()));
+                        let labels = [
+                            ("model", artifacts_owned.manifest.name.clone()),
+                            ("backend", info.name.clone()),
+                        ];
+                        let mut supervisor = Supervisor {
+                            backend: Some(backend),
+                            loader,
+                            artifacts: artifacts_owned,
+                            device,
+                            info,
+                            failures: 0,
+                            up: up_worker,
+                            changed,
+                            labels,
+                            stats,
+                        };
+                        supervisor.run(rx, &arch, config);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                };
+                // A background backend computes on one thread of its own, not on the shared
+                // pool the served backends use.
+                let pool = background
+                    .then(|| {
+                        rayon::ThreadPoolBuilder::new()
+                            .num_threads(1)
+                            .thread_name(|_| "shadow-compute".into())
+                            .start_handler(|_| lower_priority())
+                            .build()
+                            .ok()
+                    })
+                    .flatten();
+                match pool {
+                    Some(pool) => pool.install(work),
+                    None => work(),
                 }
             })
             .map_err(|e| ServerError::Internal(format!("cannot start a worker thread: {e}")))?;
@@ -171,7 +187,6 @@ impl Worker {
             model,
             capacity: config.queue_capacity,
             up,
-            outstanding: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -179,11 +194,6 @@ impl Worker {
     /// repeated failures, or after it stopped).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
-    }
-
-    /// Samples queued or running on this worker whose callers wait for them.
-    pub fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::SeqCst)
     }
 
     /// Backend name, device and library version.
@@ -241,7 +251,6 @@ impl Worker {
         &self,
         job: impl FnOnce(oneshot::Sender<Result<T, BackendError>>) -> Job,
     ) -> Result<T, ServerError> {
-        let _outstanding = Outstanding::new(&self.outstanding, 1);
         let rx = self.queue(job)?;
         self.answer(rx).await
     }
@@ -260,7 +269,6 @@ impl Worker {
     /// and with other requests); answers their logits in order. A full queue refuses the rest
     /// with RESOURCE_EXHAUSTED; the samples already queued are skipped once nobody waits.
     pub async fn predict_many(&self, inputs: Vec<Sample>) -> Result<Vec<Vec<f32>>, ServerError> {
-        let _outstanding = Outstanding::new(&self.outstanding, inputs.len());
         let mut answers = Vec::with_capacity(inputs.len());
         for input in inputs {
             answers.push(self.queue(|reply| Job::Predict {
@@ -741,8 +749,76 @@ mod tests {
         }
     }
 
+    /// A backend that answers, as logits, the nice value of the thread it runs on and the
+    /// threads of the compute pool it sees.
+    struct Probe;
+
+    impl Backend for Probe {
+        fn info(&self) -> BackendInfo {
+            BackendInfo {
+                name: "probe".into(),
+                device: Device::Cpu,
+                library_version: "test".into(),
+            }
+        }
+
+        fn predict(&mut self, batch: &Batch) -> Result<Tensor, BackendError> {
+            let nice = rustix::process::getpriority_process(None).unwrap_or(-100);
+            let threads = rayon::current_num_threads();
+            let logits = (0..batch.len())
+                .flat_map(|_| [nice as f32, threads as f32, 0.0])
+                .collect();
+            Tensor::new(vec![batch.len(), 3], logits)
+                .map_err(|e| BackendError::Runtime(e.to_string()))
+        }
+
+        fn explain(&mut self, _: &Batch) -> Result<Explanation, BackendError> {
+            Err(BackendError::Runtime("not probed".into()))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_background_worker_computes_at_the_lowest_priority_on_one_thread() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/osteo-tabular-v1");
+        let artifacts = ModelArtifacts::open(&dir).expect("shipped tabular model");
+        let features = artifacts
+            .manifest
+            .arch
+            .tabular
+            .as_ref()
+            .expect("tabular")
+            .in_features;
+        let loader: Loader = Arc::new(|_, _| Ok(Box::new(Probe) as Box<dyn Backend>));
+        let config = BatchConfig {
+            background: true,
+            ..BatchConfig::from(&crate::config::SchedulerSettings::default())
+        };
+        let worker = tokio::task::block_in_place(|| {
+            Worker::spawn(
+                &artifacts,
+                Device::Cpu,
+                loader,
+                config,
+                Arc::new(Notify::new()),
+                Arc::new(ModelStats::default()),
+            )
+        })
+        .expect("worker");
+        let logits = worker
+            .predict(Sample {
+                image: None,
+                tabular: Some(vec![0.0; features]),
+            })
+            .await
+            .expect("predict");
+        assert_eq!(logits[0], 19.0, "nice value of the background worker");
+        assert_eq!(logits[1], 1.0, "compute threads of the background worker");
+    }
+
     fn continuous(max_batch: usize) -> BatchConfig {
         BatchConfig {
+            background: false,
             max_batch,
             ..BatchConfig::from(&crate::config::SchedulerSettings::default())
         }

@@ -286,8 +286,10 @@ impl State {
         self.put_in_force(Arc::new(models));
     }
 
-    /// Puts `models` in force and tells the health reporter.
+    /// Puts `models` in force (the traffic policy checked against them) and tells the health
+    /// reporter.
     pub(crate) fn put_in_force(&self, models: Arc<ModelSet>) {
+        self.traffic.revalidate(&models);
         *self.models.write().unwrap_or_else(|p| p.into_inner()) = Some(models);
         if let Some((_, changed)) = self.loader.get() {
             changed.notify_one();

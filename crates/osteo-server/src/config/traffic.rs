@@ -17,7 +17,8 @@ pub struct TrafficSettings {
     /// Seconds between looks at `file` for changes.
     pub poll_s: u64,
     /// Shadow requests waiting at once, across every pair; a mirrored request that finds the
-    /// queue full is dropped and counted, never waited for.
+    /// queue full is dropped and counted, never waited for. The shadows run one at a time on
+    /// background-priority instances of their targets.
     pub shadow_queue: usize,
     /// Comparisons per shadow pair that GetShadowReport's figures and bootstrap intervals are
     /// computed over (the most recent ones; the counts and the confusion matrix cover all).

@@ -176,7 +176,7 @@ impl Engine {
                             .increment(1);
                         return Ok(found);
                     }
-                    Err(e) => tracing::warn!(
+                    Err(e) => tracing::debug!(
                         model = %name,
                         target = %route.target,
                         error = %e,

@@ -32,6 +32,8 @@ pub struct Compiled {
 
 /// What the server holds for live-traffic experiments.
 pub struct Traffic {
+    /// The policy last put in force, checked again when the served models change.
+    policy: RwLock<TrafficPolicy>,
     compiled: RwLock<Arc<Compiled>>,
     /// Statistics by (primary, shadow) label, kept across policy reloads.
     stats: Mutex<BTreeMap<(String, String), Arc<PairStats>>>,
@@ -45,6 +47,7 @@ impl Traffic {
     pub fn new(settings: &Settings) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(settings.traffic.shadow_queue.max(1));
         Self {
+            policy: RwLock::new(TrafficPolicy::default()),
             compiled: RwLock::new(Arc::new(Compiled::default())),
             stats: Mutex::new(BTreeMap::new()),
             queue: tx,
@@ -81,7 +84,22 @@ impl Traffic {
         }
         *self.compiled.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Compiled { canaries, pairs });
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy.clone();
         Ok(())
+    }
+
+    /// Checks the policy in force against a new model set (after a version swap) and compiles
+    /// it anew; one that names what is no longer served stays as it was and is logged once
+    /// (requests it routes to a missing target are answered by the version they name).
+    pub fn revalidate(&self, models: &ModelSet) {
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Err(e) = self.install(&policy, models) {
+            tracing::error!(error = %e, "the traffic policy names what the new model set does not serve; fix the policy (traffic.file) or load the version back");
+        }
     }
 
     /// Every shadow pair in force with its statistics.

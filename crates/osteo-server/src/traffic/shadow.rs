@@ -1,12 +1,15 @@
 //! Shadow pairs: after a primary answered, a fraction of its requests is queued (never waited
-//! for: a full queue drops and counts) and graded again by the pair's target on the runner, one
-//! at a time and only when the target's backend has no other work, then compared.
+//! for: a full queue drops and counts) and graded again, one at a time, by the pair's target on
+//! an instance of its backend of its own that runs at the lowest CPU priority on one thread, so
+//! a shadow takes only CPU time the primary leaves idle; then compared.
 
 use super::report::{Comparison, PairStats};
 use crate::config::ShadowSettings;
 use crate::error::ServerError;
 use crate::models::{ModelSet, ServedModel};
-use crate::state::State;
+use crate::scheduler::{BatchConfig, Worker};
+use crate::state::{State, blocking};
+use crate::stats::ModelStats;
 use osteo_core::{ModelManifest, Sample};
 use std::sync::Arc;
 use std::time::Instant;
@@ -231,15 +234,84 @@ fn adapt(input: &Sample, from: &ModelManifest, to: &ModelManifest) -> Result<Sam
     Ok(Sample { image, tabular })
 }
 
-/// Runs queued shadow jobs one at a time until the server stops.
-pub(super) async fn run(state: Arc<State>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
-    while let Some(job) = rx.recv().await {
-        shadow_one(&state, job).await;
+/// The shadows' own backend instances, by target (model, version, backend): each loaded from
+/// the served target's artifacts the first time a job needs it, at background priority, and
+/// replaced when the served target is (a version swap).
+#[derive(Default)]
+struct Instances {
+    loaded: Vec<(Arc<ServedModel>, String, Arc<Worker>)>,
+}
+
+impl Instances {
+    /// The background worker of `backend` for `target`, loading one when there is none for this
+    /// served version (blocking work, off the async threads); instances no pair uses any more
+    /// are dropped.
+    async fn get(
+        &mut self,
+        state: &State,
+        target: &Arc<ServedModel>,
+        backend: &str,
+        pairs: &[Arc<Pair>],
+    ) -> Result<Arc<Worker>, ServerError> {
+        self.loaded.retain(|(m, b, _)| {
+            pairs.iter().any(|p| {
+                p.settings.target_name() == m.name()
+                    && (p.settings.target_version.is_empty()
+                        || p.settings.target_version == m.version())
+                    && (p.settings.target_backend.is_empty() || p.settings.target_backend == *b)
+            })
+        });
+        if let Some((_, _, w)) = self
+            .loaded
+            .iter()
+            .find(|(m, b, _)| Arc::ptr_eq(m, target) && b == backend)
+        {
+            return Ok(w.clone());
+        }
+        let (registry, _) = state
+            .loader
+            .get()
+            .ok_or_else(|| ServerError::Unavailable("the models are still loading".into()))?;
+        let loader = registry.get(backend).ok_or_else(|| {
+            ServerError::FailedPrecondition(format!("backend {backend} is not built in"))
+        })?;
+        let (artifacts, device) = (target.artifacts.clone(), target.device);
+        let config = BatchConfig {
+            max_batch: state.settings.scheduler.max_batch,
+            max_delay: std::time::Duration::ZERO,
+            // One job at a time, but a ModelInfer batch is up to max_batch samples.
+            queue_capacity: state.settings.scheduler.max_batch.max(1),
+            background: true,
+        };
+        let worker = blocking(move || {
+            Worker::spawn(
+                &artifacts,
+                device,
+                loader,
+                config,
+                Arc::new(tokio::sync::Notify::new()),
+                Arc::new(ModelStats::default()),
+            )
+        })
+        .await?;
+        let worker = Arc::new(worker);
+        self.loaded
+            .push((target.clone(), backend.to_string(), worker.clone()));
+        Ok(worker)
     }
 }
 
-/// Grades one job on its target and adds the comparisons (or counts a drop or a failure).
-async fn shadow_one(state: &State, job: Job) {
+/// Runs queued shadow jobs one at a time until the server stops.
+pub(super) async fn run(state: Arc<State>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    let mut instances = Instances::default();
+    while let Some(job) = rx.recv().await {
+        shadow_one(&state, &mut instances, job).await;
+    }
+}
+
+/// Grades one job on its own instance of the target and adds the comparisons (or counts a
+/// failure).
+async fn shadow_one(state: &State, instances: &mut Instances, job: Job) {
     let pair = job.pair.clone();
     let graded = async {
         let models = state.models()?;
@@ -247,12 +319,9 @@ async fn shadow_one(state: &State, job: Job) {
         let target = models
             .get_version(s.target_name(), &s.target_version)?
             .clone();
-        let (_, worker) = target.worker(&s.target_backend)?;
-        let worker = worker.clone();
-        // A shadow never waits behind other work: a busy target drops it.
-        if worker.outstanding() > 0 {
-            return Ok(None);
-        }
+        let backend = target.worker(&s.target_backend)?.0.to_string();
+        let pairs = state.traffic.pairs();
+        let worker = instances.get(state, &target, &backend, &pairs).await?;
         let inputs = job
             .inputs
             .iter()
@@ -268,23 +337,16 @@ async fn shadow_one(state: &State, job: Job) {
         let n = inputs.len().max(1);
         let start = Instant::now();
         let logits = worker.predict_many(inputs).await?;
-        Ok::<_, ServerError>(Some((
-            logits,
-            start.elapsed().as_secs_f64() * 1e3 / n as f64,
-        )))
+        Ok::<_, ServerError>((logits, start.elapsed().as_secs_f64() * 1e3 / n as f64))
     }
     .await;
     match graded {
-        Ok(None) => {
-            pair.stats.dropped();
-            pair.count("dropped");
-        }
         Err(e) => {
             pair.stats.failed();
             pair.count("failed");
             tracing::warn!(model = %pair.primary, shadow = %pair.shadow, study = %job.study, error = %e, "shadow request failed");
         }
-        Ok(Some((logits, shadow_ms))) => {
+        Ok((logits, shadow_ms)) => {
             for (p, s) in job.logits.iter().zip(&logits) {
                 compare(&pair, p, s, job.ms, shadow_ms, &job.study);
             }
