@@ -60,6 +60,7 @@ def main():
         models = stub.ListModels(pb.ListModelsRequest())
         got = stub.GetStudy(pb.GetStudyRequest(study=summary.study))
         freed = stub.DeleteStudy(pb.DeleteStudyRequest(study=summary.study))
+        shadows = stub.GetShadowReport(pb.GetShadowReportRequest())
         no_sex = pb.ClinicalVariables(age_years=71, height_cm=158, weight_kg=52)
         print(
             json.dumps(
@@ -81,6 +82,8 @@ def main():
                     "models": [m.name for m in models.models],
                     "get_study": got.summary.study,
                     "freed_bytes": freed.freed_bytes,
+                    "shadow_pairs": len(shadows.pairs),
+                    "shadow_resamples": shadows.resamples,
                     "stored_bytes": summary.stored_bytes,
                     "after_delete": code_of(
                         lambda: stub.GetStudy(pb.GetStudyRequest(study=summary.study))
