@@ -75,7 +75,10 @@ async fn python_grpcio_client_generated_from_the_proto_calls_every_rpc() {
     assert_eq!(v["get_study"], v["handle"]);
     assert_eq!(v["freed_bytes"], v["stored_bytes"]);
     // GetShadowReport: no pairs configured, the default resamples.
-    assert_eq!((v["shadow_pairs"].as_u64(), v["shadow_resamples"].as_u64()), (Some(0), Some(1000)));
+    assert_eq!(
+        (v["shadow_pairs"].as_u64(), v["shadow_resamples"].as_u64()),
+        (Some(0), Some(1000))
+    );
     assert_eq!(v["after_delete"], "NOT_FOUND");
     assert_eq!(v["without_sex"], "INVALID_ARGUMENT");
 

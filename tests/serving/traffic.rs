@@ -18,7 +18,7 @@ const TABULAR: [(&str, &str); 1] = [("osteo-tabular-v1", "backends = [\"ort\", \
 fn varied(i: usize) -> pb::ClinicalVariables {
     pb::ClinicalVariables {
         age_years: 50.0 + ((i * 7) % 40) as f64,
-        sex: if i % 2 == 0 {
+        sex: if i.is_multiple_of(2) {
             pb::Sex::Female as i32
         } else {
             pb::Sex::Male as i32

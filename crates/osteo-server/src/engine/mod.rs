@@ -168,21 +168,21 @@ impl Engine {
             .models()?
             .get(model)
             .map(|m| m.name().to_string());
-        if let Ok(name) = served {
-            if let Some(route) = self.state.traffic.canary(&name, version, backend, key) {
-                match self.resolve_exact(call, &name, &route.version, &route.backend) {
-                    Ok(found) => {
-                        metrics::counter!("osteo_canary_requests_total", "model" => name, "target" => route.target)
+        if let Ok(name) = served
+            && let Some(route) = self.state.traffic.canary(&name, version, backend, key)
+        {
+            match self.resolve_exact(call, &name, &route.version, &route.backend) {
+                Ok(found) => {
+                    metrics::counter!("osteo_canary_requests_total", "model" => name, "target" => route.target)
                             .increment(1);
-                        return Ok(found);
-                    }
-                    Err(e) => tracing::debug!(
-                        model = %name,
-                        target = %route.target,
-                        error = %e,
-                        "canary target not served; answering with the requested version"
-                    ),
+                    return Ok(found);
                 }
+                Err(e) => tracing::debug!(
+                    model = %name,
+                    target = %route.target,
+                    error = %e,
+                    "canary target not served; answering with the requested version"
+                ),
             }
         }
         self.resolve_exact(call, model, version, backend)

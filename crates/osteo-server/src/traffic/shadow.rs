@@ -163,13 +163,13 @@ pub(super) fn check(s: &ShadowSettings, models: &ModelSet) -> Result<(), ServerE
 /// Whether a model described by `to` can read the inputs prepared for `from`: the same view (if
 /// it reads CT) and every clinical feature it reads among `from`'s.
 fn readable(from: &ModelManifest, to: &ModelManifest) -> Result<(), String> {
-    if let Some(v) = &to.view {
-        if from.view.as_ref() != Some(v) {
-            return Err(format!(
-                "{} reads a CT view that {} is not given (a different view or none)",
-                to.name, from.name
-            ));
-        }
+    if let Some(v) = &to.view
+        && from.view.as_ref() != Some(v)
+    {
+        return Err(format!(
+            "{} reads a CT view that {} is not given (a different view or none)",
+            to.name, from.name
+        ));
     }
     if let Some(t) = &to.tabular {
         let Some(f) = &from.tabular else {
