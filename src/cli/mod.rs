@@ -9,6 +9,7 @@ mod dicom;
 mod loadgen;
 mod onnx;
 mod predict;
+mod receive;
 mod screen;
 
 pub use screen::StudiesFailed;
@@ -63,6 +64,9 @@ enum Command {
     /// Screen studies from a PACS: find them (QIDO-RS), grade them on a server, store the SR and
     /// the Grad-CAM secondary capture back (STOW-RS); exit 1 when a study ended in error.
     Screen(screen::ScreenArgs),
+    /// Run a DICOM node: receive CT studies pushed over DIMSE (C-STORE), grade each complete
+    /// study on a server and send the SR and secondary capture back (C-STORE).
+    Receive(receive::ReceiveArgs),
     /// Run the same study through several backends of a server and compare the results.
     Compare(client::CompareArgs),
     /// Time predict (per batch size) and Grad-CAM on several backends in this process.
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Classify(args) => client::classify(args),
         Command::Explain(args) => client::explain(args),
         Command::Screen(args) => screen::run(args),
+        Command::Receive(args) => receive::run(args),
         Command::Compare(args) => client::compare(args),
         Command::Bench(args) => bench::run(args),
         Command::Ab(cmd) => ab::run(cmd),

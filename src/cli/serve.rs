@@ -32,7 +32,7 @@ pub struct ServeArgs {
 /// Completes on Ctrl-C or SIGTERM; from then on, a further Ctrl-C or SIGTERM ends the process
 /// at once (the server drains for `server.drain_delay_s` first, which a person at a terminal
 /// may not want to wait for).
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     signal().await;
     tokio::spawn(async {
         signal().await;

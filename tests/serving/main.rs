@@ -13,6 +13,7 @@ mod docs;
 mod grade_study;
 mod hardening;
 mod inference;
+mod node;
 mod quality_gate;
 mod results_dicom;
 mod screen;

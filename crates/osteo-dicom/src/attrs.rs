@@ -72,7 +72,7 @@ pub(crate) fn parse(input: Input, limits: &IngestLimits) -> Result<Parsed, Dicom
 
 /// Where the data set starts: after the 128-byte preamble and the magic code (132), or after a
 /// magic code at the start (4); a clear error when there is none.
-fn body_start(bytes: &[u8], label: &str) -> Result<usize, DicomError> {
+pub(crate) fn body_start(bytes: &[u8], label: &str) -> Result<usize, DicomError> {
     if bytes.is_empty() {
         return Err(DicomError::Parse {
             file: label.to_string(),
@@ -93,7 +93,7 @@ fn body_start(bytes: &[u8], label: &str) -> Result<usize, DicomError> {
 
 /// Parses a data set from `bytes`, whose data set starts at `body_start` (see [`body_start`]),
 /// up to Pixel Data with `until_pixels`, and repairs VR-UN elements.
-fn read_object(
+pub(crate) fn read_object(
     bytes: &[u8],
     label: &str,
     body_start: usize,

@@ -10,8 +10,8 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use dicom_object::meta::FileMetaTableBuilder;
 
-/// Implementation class UID of files OsteoServe writes.
-const IMPLEMENTATION_CLASS_UID: &str = "2.25.230442815271392436104758106281904853351";
+/// The implementation class UID of every Part-10 file OsteoServe writes.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.230442815271392436104758106281904853351";
 
 /// A new UID (2.25 form, from 128 random bits).
 pub fn new_uid() -> String {

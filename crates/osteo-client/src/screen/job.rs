@@ -4,14 +4,11 @@
 //! and secondary capture stored back.
 
 use super::Row;
-use crate::connect::Client;
+use super::grader::Grader;
 use crate::error::ClientError;
-use crate::grade::grade_files;
-use crate::report::grade_name;
 use crate::retry::retry;
 use osteo_core::error::chain;
 use osteo_dicomweb::{DicomWeb, DicomWebError, attribute};
-use osteo_proto::v1 as pb;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -53,13 +50,8 @@ pub const STAGES: [&str; 4] = [
 /// What every study's screening needs.
 pub(super) struct Job {
     pub(super) pacs: DicomWeb,
-    pub(super) server: Client,
-    pub(super) model: String,
-    /// The model version that answers (its SR's description names it).
-    pub(super) version: String,
-    pub(super) backend: String,
-    /// The SeriesDescription of this model version's SR series.
-    pub(super) description: String,
+    /// The model version that answers, on the server.
+    pub(super) grader: Grader,
     /// Most bytes retrieved for one study.
     pub(super) max_study_bytes: u64,
     /// Nanoseconds spent in each of [`STAGES`], over all studies.
@@ -100,7 +92,7 @@ impl Job {
             .await?;
         let modality = |s: &serde_json::Value, m: &str| attribute(s, MODALITY) == Some(m);
         if series.iter().any(|s| {
-            modality(s, "SR") && attribute(s, SERIES_DESCRIPTION) == Some(self.description.as_str())
+            modality(s, "SR") && attribute(s, SERIES_DESCRIPTION) == Some(self.grader.description())
         }) {
             return Ok(Row::ended(
                 uid,
@@ -142,62 +134,19 @@ impl Job {
         // One GradeStudy call: the retrieved files (held once, views of the WADO-RS answers,
         // streamed again on a retry) uploaded, gated, explained with DICOM outputs; nothing
         // stays on the server, so any replica can answer and a retry is safe.
-        let request = pb::ExplainRequest {
-            model: self.model.clone(),
-            model_version: self.version.clone(),
-            backend: self.backend.clone(),
-            clinical_from_dicom: true,
-            dicom_outputs: true,
-            ..Default::default()
-        };
-        let files = std::sync::Arc::new(files);
         let graded = self
-            .timed(
-                2,
-                grade_files(
-                    &self.server,
-                    pb::grade_action::Action::Explain(request),
-                    files.clone(),
-                ),
+            .timed(2, self.grader.grade(uid, std::sync::Arc::new(files)))
+            .await?;
+        if !graded.results.is_empty() {
+            self.timed(
+                3,
+                retry(DicomWebError::is_transient, || {
+                    self.pacs.store(&graded.results)
+                }),
             )
-            .await;
-        drop(files);
-        let explained = match graded {
-            Ok(r) => match r.result {
-                Some(pb::grade_study_response::Result::Explanation(e)) => e,
-                _ => {
-                    return Err(ClientError::Answer(
-                        "the server's GradeStudy answer holds no explanation".into(),
-                    ));
-                }
-            },
-            // The model's quality gate (or the header's clinical values) refused the study.
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                return Ok(Row::ended(uid, "refused", s.message()));
-            }
-            Err(s) => return Err(s.into()),
-        };
-        let c = explained.classification.clone().unwrap_or_default();
-        let mut results = vec![c.dicom_sr.clone()];
-        if !explained.dicom_secondary_capture.is_empty() {
-            results.push(explained.dicom_secondary_capture.clone());
+            .await?;
         }
-        if results[0].is_empty() {
-            return Err(ClientError::Answer("the server returned no SR".into()));
-        }
-        self.timed(
-            3,
-            retry(DicomWebError::is_transient, || self.pacs.store(&results)),
-        )
-        .await?;
-        let p = c.probabilities.unwrap_or_default();
-        Ok(Row {
-            study_uid: uid.to_string(),
-            status: "classified",
-            grade: grade_name(c.grade).to_string(),
-            probabilities: Some([p.normal, p.osteopenia, p.osteoporosis]),
-            reason: String::new(),
-        })
+        Ok(graded.row)
     }
 }
 

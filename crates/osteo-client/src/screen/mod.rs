@@ -5,18 +5,19 @@
 //! later run resumes from. Several studies are in flight at once; N workers split the studies
 //! by shard.
 
+mod grader;
 mod job;
 mod studies;
 
+pub use grader::{Graded, Grader};
 pub use job::STAGES;
 pub use studies::{Shard, earlier, worklist};
 
 use crate::connect::Client;
 use crate::error::ClientError;
-use crate::retry::{retry, transient_status};
+use crate::retry::retry;
 use job::Job;
 use osteo_dicomweb::{DicomWeb, DicomWebError, valid_uid};
-use osteo_proto::v1 as pb;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,7 +53,7 @@ impl Row {
     ];
 
     /// A study that ended without a grade.
-    fn ended(study_uid: &str, status: &'static str, reason: impl Into<String>) -> Row {
+    pub fn ended(study_uid: &str, status: &'static str, reason: impl Into<String>) -> Row {
         Row {
             study_uid: study_uid.to_string(),
             status,
@@ -138,37 +139,7 @@ pub struct Summary {
 /// time), each row written to the results CSV as its study ends.
 pub async fn run(s: Screening, progress: &mut dyn Progress) -> Result<Summary, ClientError> {
     let kept = earlier(&s.results)?;
-    let server = s.server;
-    let models = retry(transient_status, || {
-        let mut c = server.clone();
-        async move { c.list_models(pb::ListModelsRequest {}).await }
-    })
-    .await?
-    .into_inner();
-    let wanted = match s.choice.model.as_str() {
-        "" => models.default_model.clone(),
-        m => m.to_string(),
-    };
-    // The version that will answer: the one asked for, else the server's default version.
-    let version = s.choice.version.as_str();
-    let model = models
-        .models
-        .iter()
-        .find(|m| {
-            m.name == wanted
-                && if version.is_empty() {
-                    m.default_version
-                } else {
-                    m.version == version
-                }
-        })
-        .ok_or_else(|| {
-            ClientError::Status(Box::new(tonic::Status::not_found(if version.is_empty() {
-                format!("the server serves no model {wanted}")
-            } else {
-                format!("the server serves no version {version} of model {wanted}")
-            })))
-        })?;
+    let grader = Grader::new(s.server, &s.choice).await?;
     // The studies: listed, from the worklist, or found by QIDO-RS; then this shard's.
     let mut uids = match s.studies {
         Studies::Listed(uids) => uids,
@@ -209,11 +180,7 @@ pub async fn run(s: Screening, progress: &mut dyn Progress) -> Result<Summary, C
 
     let job = Arc::new(Job {
         pacs: s.pacs,
-        server,
-        model: model.name.clone(),
-        version: model.version.clone(),
-        backend: s.choice.backend,
-        description: osteo_dicom::sr::series_description(&model.name, &model.version),
+        grader,
         max_study_bytes: s.max_study_bytes,
         spent: Default::default(),
     });

@@ -1,0 +1,369 @@
+//! OsteoServe's DICOM node (`osteo receive`): a storage SCP that PACS, routers and scanners
+//! push CT studies to over DIMSE, a client of `osteo serve` that grades each study once it is
+//! complete (the screening job's grading code: one GradeStudy call, clinical variables from
+//! the header, the model's quality gate first), and a storage SCU that sends the SR and the
+//! Grad-CAM secondary capture back. Everything acknowledged is on disk first (the spool), so a
+//! restart finishes every acknowledged study and resends unsent results.
+
+pub mod dimse;
+pub mod error;
+pub mod scp;
+pub mod scu;
+pub mod spool;
+pub mod studies;
+
+pub use error::NodeError;
+pub use scp::ScpSettings;
+pub use scu::Destination;
+
+use osteo_client::screen::{Grader, Row};
+use spool::Spool;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use studies::Tracker;
+use tokio::net::TcpListener;
+
+/// A node's configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The SCP's settings.
+    pub scp: ScpSettings,
+    /// The spool directory.
+    pub spool: PathBuf,
+    /// The spool's byte budget.
+    pub spool_bytes: u64,
+    /// The results CSV.
+    pub results: PathBuf,
+    /// Where results are sent (none = only the CSV).
+    pub send_to: Option<Destination>,
+    /// Seconds without a new instance after which a study is complete.
+    pub study_idle: Duration,
+    /// Most instances in one study.
+    pub max_study_instances: usize,
+    /// Studies graded at once.
+    pub concurrency: usize,
+}
+
+/// The results CSV, appended one row per study (a study already in it is not written twice).
+struct Results {
+    path: PathBuf,
+    written: Mutex<HashSet<String>>,
+}
+
+impl Results {
+    fn open(path: PathBuf) -> Result<Self, NodeError> {
+        let rows = if path.exists() {
+            osteo_client::screen::earlier(&path)?
+        } else {
+            Vec::new()
+        };
+        if !path.exists() {
+            std::fs::write(&path, format!("{}\n", Row::COLUMNS.join(",")))
+                .map_err(|e| NodeError::io(format!("--results {}", path.display()), e))?;
+        }
+        Ok(Self {
+            written: Mutex::new(
+                rows.into_iter()
+                    .filter_map(|r| r.into_iter().next())
+                    .collect(),
+            ),
+            path,
+        })
+    }
+
+    /// Appends a row (an already written study is skipped) and syncs the file.
+    fn append(&self, record: &[u8]) -> Result<(), NodeError> {
+        use std::io::Write;
+        let uid = record
+            .split(|b| *b == b',')
+            .next()
+            .map(|u| String::from_utf8_lossy(u).trim_matches('"').to_string())
+            .unwrap_or_default();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if !written.insert(uid) {
+            return Ok(());
+        }
+        let what = || format!("--results {}", self.path.display());
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| NodeError::io(what(), e))?;
+        f.write_all(record)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| NodeError::io(what(), e))
+    }
+}
+
+/// What the node's tasks share.
+struct Node {
+    settings: NodeSettings,
+    spool: Arc<Spool>,
+    tracker: Arc<Tracker>,
+    grader: Grader,
+    results: Results,
+    /// Studies whose results wait to be sent.
+    outbox: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// Runs the node on `listener` until `shutdown` completes: studies left by an earlier run are
+/// taken up first (spooled ones complete after the idle time, graded ones are sent).
+pub async fn run(
+    listener: TcpListener,
+    settings: NodeSettings,
+    grader: Grader,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    if settings.scp.ae_title.is_empty() || settings.scp.ae_title.len() > 16 {
+        return Err(NodeError::Config(
+            "--ae-title must be 1 to 16 characters".into(),
+        ));
+    }
+    let spool = Arc::new(Spool::open(&settings.spool, settings.spool_bytes)?);
+    let tracker = Arc::new(Tracker::new(
+        settings.study_idle,
+        settings.max_study_instances,
+    ));
+    let (outbox_tx, mut outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = Arc::new(Node {
+        results: Results::open(settings.results.clone())?,
+        settings,
+        spool: spool.clone(),
+        tracker: tracker.clone(),
+        grader,
+        outbox: outbox_tx,
+    });
+    // Taken up from an earlier run.
+    for (study, files) in spool.studies() {
+        tracker.restore(&study, files.len());
+    }
+    let graded: HashSet<String> = spool.outbox().into_iter().collect();
+    let (grade_tx, grade_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for (study, _) in spool.grading() {
+        if graded.contains(&study) {
+            // Graded before the crash: only its instances are left to delete.
+            let _ = spool.remove(&spool.grading_dir(&study));
+        } else {
+            let _ = grade_tx.send(study);
+        }
+    }
+    for study in graded {
+        let _ = node.outbox.send(study);
+    }
+    tracing::info!(
+        ae_title = %scp::shown_ae(&node.settings.scp.ae_title),
+        open = tracker.len(),
+        spool_bytes = spool.used(),
+        "DICOM node listening"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let scp = Arc::new(scp::Scp::new(
+        node.settings.scp.clone(),
+        spool.clone(),
+        tracker.clone(),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(scp.serve(listener, stop_rx.clone()));
+    // Completion: idle studies move to grading.
+    {
+        let node = node.clone();
+        let grade_tx = grade_tx.clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let tick = (node.settings.study_idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    _ = stop.changed() => return,
+                }
+                for study in node.tracker.complete(Instant::now()) {
+                    match node.spool.claim(&study) {
+                        Ok(()) => {
+                            let _ = grade_tx.send(study);
+                        }
+                        Err(e) => tracing::error!(study = %study, error = %e, "cannot take up a complete study"),
+                    }
+                }
+            }
+        });
+    }
+    // Grading, `concurrency` studies at once.
+    {
+        let node = node.clone();
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            node.settings.concurrency.max(1),
+        ));
+        let grade_rx = Arc::new(tokio::sync::Mutex::new(grade_rx));
+        tasks.spawn(async move {
+            loop {
+                let Some(study) = grade_rx.lock().await.recv().await else {
+                    return;
+                };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let node = node.clone();
+                tokio::spawn(async move {
+                    node.grade(&study).await;
+                    drop(permit);
+                });
+            }
+        });
+    }
+    // Sending.
+    {
+        let node = node.clone();
+        tasks.spawn(async move {
+            while let Some(study) = outbox_rx.recv().await {
+                node.send(&study).await;
+            }
+        });
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    tasks.abort_all();
+    tracing::info!("DICOM node stopped; the spool keeps what is not finished");
+    Ok(())
+}
+
+impl Node {
+    /// Grades one complete study and writes its outbox (row and results); its instances are
+    /// deleted once the outbox is on disk.
+    async fn grade(&self, study: &str) {
+        let dir = self.spool.grading_dir(study);
+        let started = Instant::now();
+        let (uid, row, results) = match self.graded(&dir).await {
+            Ok((uid, g)) => (uid, g.row, g.results),
+            Err((uid, e)) => {
+                let reason = one_line(&e);
+                (uid.clone(), Row::ended(&uid, "error", reason), Vec::new())
+            }
+        };
+        tracing::info!(
+            study = %study,
+            status = row.status,
+            results = results.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "study graded"
+        );
+        let _ = uid;
+        match self.spool.write_outbox(study, &row.record(), &results) {
+            Ok(()) => {
+                let _ = self.spool.remove(&dir);
+                let _ = self.outbox.send(study.to_string());
+            }
+            Err(e) => {
+                tracing::error!(study = %study, error = %e, "cannot write a study's results; it stays in the spool")
+            }
+        }
+    }
+
+    /// The study's UID and its grading.
+    async fn graded(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<(String, osteo_client::screen::Graded), (String, NodeError)> {
+        let mut files = Vec::new();
+        let listed = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for p in &listed {
+            match tokio::fs::read(p).await {
+                Ok(b) => files.push(bytes::Bytes::from(b)),
+                Err(e) => {
+                    return Err((
+                        String::new(),
+                        NodeError::io("cannot read a spooled instance", e),
+                    ));
+                }
+            }
+        }
+        let first = listed.first().cloned();
+        let limits = osteo_dicom::IngestLimits {
+            max_file_bytes: u64::MAX >> 1,
+            ..Default::default()
+        };
+        let uid = match first {
+            Some(p) => {
+                tokio::task::spawn_blocking(move || osteo_dicom::instance_identity(&p, &limits))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|i| i.study_uid)
+                    .unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        match self.grader.grade(&uid, Arc::new(files)).await {
+            Ok(g) => Ok((uid, g)),
+            Err(e) => Err((uid, e.into())),
+        }
+    }
+
+    /// Sends a study's results until the destination acknowledges them (with backoff), then
+    /// writes its row and deletes its outbox.
+    async fn send(&self, study: &str) {
+        let dir = self.spool.outbox_dir(study);
+        let mut results = Vec::new();
+        let mut row = Vec::new();
+        let mut listed: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        listed.sort();
+        for p in &listed {
+            let Ok(bytes) = std::fs::read(p) else {
+                continue;
+            };
+            if p.extension().is_some_and(|e| e == "dcm") {
+                results.push(bytes);
+            } else if p.file_name().is_some_and(|n| n == "row.csv") {
+                row = bytes;
+            }
+        }
+        if let (Some(to), false) = (&self.settings.send_to, results.is_empty()) {
+            let mut attempt = 0u32;
+            loop {
+                let started = Instant::now();
+                match scu::store(
+                    to,
+                    &self.settings.scp.ae_title,
+                    &results,
+                    Duration::from_secs(30),
+                )
+                .await
+                {
+                    Ok(()) => {
+                        tracing::info!(study = %study, results = results.len(), ms = started.elapsed().as_secs_f64() * 1e3, "results sent");
+                        break;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        let wait =
+                            Duration::from_secs(1 << attempt.min(8)).min(Duration::from_secs(300));
+                        tracing::warn!(study = %study, attempt, error = %e, wait_s = wait.as_secs(), "sending results failed; they stay in the spool and are sent again");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.results.append(&row) {
+            tracing::error!(error = %e, "cannot write the results CSV");
+            return;
+        }
+        let _ = self.spool.remove(&dir);
+    }
+}
+
+/// An error and its causes on one line.
+fn one_line(e: &NodeError) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s.replace('\n', " ")
+}

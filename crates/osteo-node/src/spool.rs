@@ -1,0 +1,315 @@
+//! The spool: every acknowledged instance on disk before its C-STORE success, grouped by study,
+//! and the results waiting to be sent, under one byte budget. Names are hashes of the UIDs, so
+//! no identifier appears in a path.
+//!
+//! ```text
+//! incoming/<random>.part      an instance being received (deleted at start-up: never acknowledged)
+//! studies/<study>/<sop>.dcm   acknowledged instances, fsynced before the success response
+//! grading/<study>/            a complete study, being graded (a late instance opens a new one)
+//! outbox/<study>/             a graded study: row.csv, and result-<n>.dcm until acknowledged
+//! ```
+
+use crate::error::NodeError;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The spool directory and its budget.
+pub struct Spool {
+    root: PathBuf,
+    budget: u64,
+    used: Mutex<u64>,
+}
+
+/// Bytes of the budget held by one writer until it is kept (then they stay counted) or dropped.
+pub struct Reservation<'a> {
+    spool: &'a Spool,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    /// Grows the reservation by `more` bytes; false (and unchanged) when the budget is spent.
+    pub fn grow(&mut self, more: u64) -> bool {
+        if self.spool.take(more) {
+            self.bytes += more;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Keeps the bytes counted (they now belong to a spooled file).
+    pub fn keep(mut self) {
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.spool.give_back(self.bytes);
+    }
+}
+
+/// A short hash of a UID: a file or directory name that names nothing.
+pub fn key(uid: &str) -> String {
+    blake3::hash(uid.as_bytes()).to_hex()[..32].to_string()
+}
+
+fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = format!("{what} {}", path.display());
+    move |e| NodeError::io(what, e)
+}
+
+/// Bytes under `dir`, recursively.
+fn size_of(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => size_of(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Syncs a directory, so a rename into it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), NodeError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("cannot sync", dir))
+}
+
+impl Spool {
+    /// Opens (creating) the spool at `root` with a budget of `budget` bytes; instances half
+    /// received before a crash are deleted, everything else is counted.
+    pub fn open(root: &Path, budget: u64) -> Result<Self, NodeError> {
+        for d in ["incoming", "studies", "grading", "outbox"] {
+            fs::create_dir_all(root.join(d)).map_err(io("cannot create", &root.join(d)))?;
+        }
+        let incoming = root.join("incoming");
+        for e in fs::read_dir(&incoming)
+            .map_err(io("cannot list", &incoming))?
+            .flatten()
+        {
+            let _ = fs::remove_file(e.path());
+        }
+        let used = ["studies", "grading", "outbox"]
+            .iter()
+            .map(|d| size_of(&root.join(d)))
+            .sum();
+        Ok(Self {
+            root: root.to_path_buf(),
+            budget,
+            used: Mutex::new(used),
+        })
+    }
+
+    fn take(&self, n: u64) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if *used + n > self.budget {
+            return false;
+        }
+        *used += n;
+        true
+    }
+
+    fn give_back(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+    }
+
+    /// Bytes in use (kept files and reservations).
+    pub fn used(&self) -> u64 {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An empty reservation.
+    pub fn reserve(&self) -> Reservation<'_> {
+        Reservation {
+            spool: self,
+            bytes: 0,
+        }
+    }
+
+    /// A new file name for an instance being received.
+    pub fn incoming(&self) -> PathBuf {
+        self.root
+            .join("incoming")
+            .join(format!("{:032x}.part", rand::random::<u128>()))
+    }
+
+    /// The directory of study `key`'s instances.
+    pub fn study_dir(&self, study: &str) -> PathBuf {
+        self.root.join("studies").join(study)
+    }
+
+    /// The directory of study `key` while it is graded.
+    pub fn grading_dir(&self, study: &str) -> PathBuf {
+        self.root.join("grading").join(study)
+    }
+
+    /// Moves complete study `study` from `studies/` to `grading/` (an earlier grading of the same
+    /// study, left by a crash, is replaced).
+    pub fn claim(&self, study: &str) -> Result<(), NodeError> {
+        let to = self.grading_dir(study);
+        if to.exists() {
+            self.remove(&to)?;
+        }
+        let from = self.study_dir(study);
+        fs::rename(&from, &to).map_err(io("cannot move", &from))?;
+        sync_dir(&self.root.join("grading"))
+    }
+
+    /// The studies being graded when the node stopped.
+    pub fn grading(&self) -> Vec<(String, Vec<PathBuf>)> {
+        self.listed("grading")
+    }
+
+    /// The outbox directory of study `key`.
+    pub fn outbox_dir(&self, study: &str) -> PathBuf {
+        self.root.join("outbox").join(study)
+    }
+
+    /// Moves a received, synced file into study `study` as instance `sop` (both keys), and
+    /// syncs the directory; a repeated instance replaces the earlier copy.
+    pub fn keep(&self, part: &Path, study: &str, sop: &str) -> Result<(), NodeError> {
+        let dir = self.study_dir(study);
+        fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+        let to = dir.join(format!("{sop}.dcm"));
+        if let Ok(old) = fs::metadata(&to) {
+            self.give_back(old.len());
+        }
+        fs::rename(part, &to).map_err(io("cannot move into", &dir))?;
+        sync_dir(&dir)?;
+        sync_dir(&self.root.join("studies"))
+    }
+
+    /// The studies with spooled instances: key and files.
+    pub fn studies(&self) -> Vec<(String, Vec<PathBuf>)> {
+        self.listed("studies")
+    }
+
+    /// The studies with results waiting: key and directory.
+    pub fn outbox(&self) -> Vec<String> {
+        self.listed("outbox").into_iter().map(|(k, _)| k).collect()
+    }
+
+    fn listed(&self, what: &str) -> Vec<(String, Vec<PathBuf>)> {
+        let Ok(entries) = fs::read_dir(self.root.join(what)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, Vec<PathBuf>)> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| {
+                let mut files: Vec<PathBuf> = fs::read_dir(e.path())
+                    .map(|d| d.flatten().map(|f| f.path()).collect())
+                    .unwrap_or_default();
+                files.sort();
+                (e.file_name().to_string_lossy().into_owned(), files)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Writes study `study`'s outbox: its results CSV row and its DICOM results, each synced,
+    /// then the directory renamed into place in one step (a crash leaves all or nothing).
+    pub fn write_outbox(
+        &self,
+        study: &str,
+        row: &[String],
+        results: &[Vec<u8>],
+    ) -> Result<(), NodeError> {
+        let tmp = self.root.join("outbox").join(format!(".{study}.tmp"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io("cannot create", &tmp))?;
+        let mut record = csv::Writer::from_writer(Vec::new());
+        record
+            .write_record(row)
+            .map_err(|e| NodeError::io("cannot write a results row", e.into()))?;
+        let record = record
+            .into_inner()
+            .map_err(|e| NodeError::io("cannot write a results row", e.into_error()))?;
+        let mut files = vec![("row.csv".to_string(), record)];
+        for (i, r) in results.iter().enumerate() {
+            files.push((format!("result-{i}.dcm"), r.clone()));
+        }
+        for (name, bytes) in &files {
+            let path = tmp.join(name);
+            let mut f = fs::File::create(&path).map_err(io("cannot create", &path))?;
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(io("cannot write", &path))?;
+            // Results are counted against the budget too (best effort: they are small).
+            let _ = self.take(bytes.len() as u64);
+        }
+        sync_dir(&tmp)?;
+        let to = self.outbox_dir(study);
+        let _ = fs::remove_dir_all(&to);
+        fs::rename(&tmp, &to).map_err(io("cannot move into", &to))?;
+        sync_dir(&self.root.join("outbox"))
+    }
+
+    /// Deletes a directory of the spool and gives its bytes back.
+    pub fn remove(&self, dir: &Path) -> Result<(), NodeError> {
+        let bytes = size_of(dir);
+        match fs::remove_dir_all(dir) {
+            Ok(()) => {
+                self.give_back(bytes);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(NodeError::io(format!("cannot delete {}", dir.display()), e)),
+        }
+    }
+
+    /// Deletes one file of the spool and gives its bytes back.
+    pub fn remove_file(&self, path: &Path) {
+        if let Ok(m) = fs::metadata(path)
+            && fs::remove_file(path).is_ok()
+        {
+            self.give_back(m.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_holds_reservations_and_kept_files_and_a_restart_recounts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path(), 100).expect("open");
+        let mut r = spool.reserve();
+        assert!(r.grow(60));
+        assert!(!r.grow(50), "over the budget");
+        let part = spool.incoming();
+        fs::write(&part, [0u8; 60]).expect("write");
+        r.keep();
+        spool.keep(&part, "s1", "i1").expect("keep");
+        assert_eq!(spool.used(), 60);
+        {
+            let mut dropped = spool.reserve();
+            assert!(dropped.grow(30));
+            assert_eq!(spool.used(), 90);
+        }
+        assert_eq!(
+            spool.used(),
+            60,
+            "a dropped reservation gives its bytes back"
+        );
+        fs::write(dir.path().join("incoming").join("x.part"), [0u8; 10]).expect("half");
+        let again = Spool::open(dir.path(), 100).expect("reopen");
+        assert_eq!(again.used(), 60);
+        assert!(!dir.path().join("incoming").join("x.part").exists());
+        assert_eq!(again.studies().len(), 1);
+        again.remove(&again.study_dir("s1")).expect("remove");
+        assert_eq!(again.used(), 0);
+    }
+}

@@ -1,0 +1,101 @@
+//! `osteo receive`: a DICOM node that PACS, routers and scanners push CT studies to (C-ECHO,
+//! C-STORE), grading each complete study on a server and sending the results back (osteo-node).
+
+use super::client::{Endpoint, runtime};
+use clap::Args;
+use osteo_node::{Destination, NodeSettings, ScpSettings};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Arguments of `osteo receive`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  osteo receive --ae-title OSTEO --listen 0.0.0.0:11112 --server http://127.0.0.1:50051 \\\n      --spool /var/lib/osteo/spool --results results.csv --send-to PACS@pacs.hospital:104 --allow-ae PACS"
+)]
+pub struct ReceiveArgs {
+    /// This node's AE title: associations must call it.
+    #[arg(long, value_name = "AE")]
+    ae_title: String,
+    /// Address of the DICOM listener.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:11112")]
+    listen: String,
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// The spool directory: every acknowledged instance is written and synced here before its
+    /// C-STORE success; a restart finishes what it holds.
+    #[arg(long, value_name = "DIR")]
+    spool: PathBuf,
+    /// The spool's budget in MiB: an instance that would exceed it is refused (Out of
+    /// Resources, A700).
+    #[arg(long, default_value_t = 10240, value_parser = clap::value_parser!(u64).range(1..))]
+    spool_mib: u64,
+    /// The results CSV (study_uid,status,grade,p_normal,p_osteopenia,p_osteoporosis,reason),
+    /// one row per study once its results are acknowledged.
+    #[arg(long, value_name = "CSV")]
+    results: PathBuf,
+    /// Where the SR and the Grad-CAM secondary capture go (C-STORE), AE@HOST:PORT.
+    #[arg(long, value_name = "AE@HOST:PORT")]
+    send_to: Option<String>,
+    /// A calling AE title allowed to associate; repeat for several (default: any).
+    #[arg(long, value_name = "AE")]
+    allow_ae: Vec<String>,
+    /// Seconds without a new instance after which a study is complete and graded.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    study_idle_s: u64,
+    /// Studies graded at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+    /// Associations open at once; more connections are closed.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    max_associations: u16,
+    /// Seconds an association may stay silent (and its request take).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    read_timeout_s: u64,
+    /// Largest instance in MiB (larger ones are refused with A700).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_instance_mib: u64,
+    /// Most instances in one study (more are refused with A700).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_study_instances: u32,
+}
+
+/// Runs `osteo receive` until Ctrl-C or SIGTERM.
+pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
+    let send_to = args
+        .send_to
+        .as_deref()
+        .map(str::parse::<Destination>)
+        .transpose()?;
+    let settings = NodeSettings {
+        scp: ScpSettings {
+            ae_title: args.ae_title.clone(),
+            allow_ae: args.allow_ae.clone(),
+            max_associations: usize::from(args.max_associations),
+            max_pdu: 64 << 10,
+            read_timeout: Duration::from_secs(args.read_timeout_s),
+            max_instance_bytes: args.max_instance_mib << 20,
+        },
+        spool: args.spool.clone(),
+        spool_bytes: args.spool_mib << 20,
+        results: args.results.clone(),
+        send_to,
+        study_idle: Duration::from_secs(args.study_idle_s),
+        max_study_instances: args.max_study_instances as usize,
+        concurrency: usize::from(args.concurrency),
+    };
+    let _log = osteo_server::telemetry::init(&osteo_server::config::TelemetrySettings {
+        log_level: "info".into(),
+        ..Default::default()
+    })?;
+    runtime()?.block_on(async {
+        let client =
+            osteo_client::connect(&args.endpoint.server, &args.endpoint.credentials.load()?)
+                .await?;
+        let grader = osteo_client::screen::Grader::new(client, &args.endpoint.choice()).await?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
+        osteo_node::run(listener, settings, grader, super::serve::shutdown_signal()).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,349 @@
+//! The DICOM node (`osteo receive`, osteo-node) with real peers: dcmtk's `echoscu` and
+//! `storescu` push a phantom CT study to the node, which grades it on an in-process server and
+//! sends the SR and the secondary capture to dcmtk's `storescp`; results stay in the spool
+//! until the destination acknowledges them, a restarted node finishes what it acknowledged, and
+//! what does not fit is refused with DIMSE statuses.
+
+use crate::common::inproc::{InProc, registry};
+use crate::common::*;
+use osteo_node::{Destination, NodeSettings, ScpSettings};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const FUSED: [(&str, &str); 1] = [("osteo-fused-v1", "backends = [\"ort\"]")];
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// dcmtk's storescp as the results destination (AE PACS), writing into its own directory.
+struct StoreScp {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl StoreScp {
+    fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new("storescp")
+            .args(["-aet", "PACS", "-od"])
+            .arg(dir.path())
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("storescp (dcmtk; scripts/setup.sh installs it)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "storescp did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, dir, port }
+    }
+
+    /// The files received so far.
+    fn received(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node running in this process.
+struct Node {
+    port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), osteo_node::NodeError>>,
+}
+
+impl Node {
+    async fn start(server: &InProc, settings: NodeSettings) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let client = osteo_client::connect(&server.url, &Default::default())
+            .await
+            .expect("connect");
+        let grader = osteo_client::screen::Grader::new(client, &Default::default())
+            .await
+            .expect("grader");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(osteo_node::run(listener, settings, grader, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            port,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops the node as a crash would leave it: whatever is in flight is dropped, the spool
+    /// stays.
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn settings(dir: &Path, send_to: Option<u16>, idle_s: u64) -> NodeSettings {
+    NodeSettings {
+        scp: ScpSettings {
+            ae_title: "OSTEO".into(),
+            allow_ae: vec!["STORESCU".into(), "ECHOSCU".into()],
+            max_associations: 8,
+            max_pdu: 64 << 10,
+            read_timeout: Duration::from_secs(10),
+            max_instance_bytes: 64 << 20,
+        },
+        spool: dir.join("spool"),
+        spool_bytes: 1 << 30,
+        results: dir.join("results.csv"),
+        send_to: send_to.map(|p| Destination {
+            ae_title: "PACS".into(),
+            address: format!("127.0.0.1:{p}"),
+        }),
+        study_idle: Duration::from_secs(idle_s),
+        max_study_instances: 4096,
+        concurrency: 2,
+    }
+}
+
+/// `storescu -v` sending `paths` as STORESCU; its output.
+async fn storescu(port: u16, paths: &[PathBuf]) -> std::process::Output {
+    let mut c = Command::new("storescu");
+    c.args([
+        "-v",
+        "+sd",
+        "-aec",
+        "OSTEO",
+        "-aet",
+        "STORESCU",
+        "127.0.0.1",
+    ])
+    .arg(port.to_string())
+    .args(paths);
+    output(c).await
+}
+
+/// The rows of the results CSV once it holds `n` (at most 60 s).
+async fn rows(results: &Path, n: usize) -> Vec<Vec<String>> {
+    let start = Instant::now();
+    loop {
+        let rows = osteo_client::screen::earlier(results).unwrap_or_default();
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the results CSV never held {n} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Directories (studies, graded, outbox) left in the spool.
+fn left(spool: &Path) -> usize {
+    ["studies", "grading", "outbox"]
+        .iter()
+        .map(|d| std::fs::read_dir(spool.join(d)).map_or(0, |e| e.count()))
+        .sum()
+}
+
+/// A phantom CT study on disk, in `dir/study`: that directory.
+fn phantom(dir: &Path) -> PathBuf {
+    let at = dir.join("study");
+    std::fs::create_dir_all(&at).expect("mkdir");
+    let files = study(&at);
+    files[0].parent().expect("study directory").to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_study_is_graded_and_its_results_stored_back_to_the_pacs() {
+    let server = InProc::start("", &FUSED, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pacs = StoreScp::start(free_port());
+    let node = Node::start(&server, settings(dir.path(), Some(pacs.port), 1)).await;
+
+    let mut echo = Command::new("echoscu");
+    echo.args(["-aec", "OSTEO", "-aet", "ECHOSCU", "127.0.0.1"])
+        .arg(node.port.to_string());
+    assert!(output(echo).await.status.success(), "C-ECHO");
+    let mut stranger = Command::new("echoscu");
+    stranger
+        .args(["-aec", "OSTEO", "-aet", "STRANGER", "127.0.0.1"])
+        .arg(node.port.to_string());
+    let refused = output(stranger).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Calling AE Title Not Recognized"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let sent = storescu(node.port, &[phantom(dir.path())]).await;
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let rows = rows(&dir.path().join("results.csv"), 1).await;
+    assert_eq!(rows[0][1], "classified", "{rows:?}");
+    assert!(!rows[0][2].is_empty());
+    let received = pacs.received();
+    assert_eq!(
+        received.len(),
+        2,
+        "the SR and the secondary capture: {received:?}"
+    );
+    assert!(received.iter().any(|n| n.starts_with("SR")), "{received:?}");
+    assert!(received.iter().any(|n| n.starts_with("SC")), "{received:?}");
+    assert_eq!(
+        left(&dir.path().join("spool")),
+        0,
+        "nothing left in the spool"
+    );
+
+    // An SR pushed back to the node (its own result) is acknowledged and not kept.
+    let sr = pacs
+        .dir
+        .path()
+        .join(received.iter().find(|n| n.starts_with("SR")).expect("SR"));
+    let again = storescu(node.port, &[sr]).await;
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(left(&dir.path().join("spool")), 0);
+    assert_eq!(
+        osteo_client::screen::earlier(&dir.path().join("results.csv"))
+            .expect("csv")
+            .len(),
+        1
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_wait_in_the_spool_until_acknowledged_and_a_restart_finishes_the_study() {
+    let server = InProc::start("", &FUSED, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let pacs_port = free_port();
+
+    // 1. Received, then the node stops before the study is complete.
+    let node = Node::start(&server, settings(dir.path(), Some(pacs_port), 3600)).await;
+    let sent = storescu(node.port, &[phantom(dir.path())]).await;
+    assert!(sent.status.success());
+    node.stop().await;
+    assert_eq!(
+        std::fs::read_dir(spool.join("studies"))
+            .expect("studies")
+            .count(),
+        1
+    );
+
+    // 2. Restarted: the study completes and is graded, but the PACS is down, so the results
+    // stay in the outbox and no row is written.
+    let node = Node::start(&server, settings(dir.path(), Some(pacs_port), 1)).await;
+    let start = Instant::now();
+    while std::fs::read_dir(spool.join("outbox")).map_or(0, |e| e.count()) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "never graded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        osteo_client::screen::earlier(&dir.path().join("results.csv"))
+            .expect("csv")
+            .is_empty()
+    );
+    node.stop().await;
+
+    // 3. The PACS is up and the node restarts: the results are sent once, the row written,
+    // the spool emptied.
+    let pacs = StoreScp::start(pacs_port);
+    let node = Node::start(&server, settings(dir.path(), Some(pacs_port), 1)).await;
+    let rows = rows(&dir.path().join("results.csv"), 1).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][1], "classified");
+    let start = Instant::now();
+    while left(&spool) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the spool was not emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        pacs.received().len(),
+        2,
+        "graded once, sent once: {:?}",
+        pacs.received()
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_refuses_with_out_of_resources_and_keeps_nothing_half_written() {
+    let server = InProc::start("", &FUSED, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = settings(dir.path(), None, 3600);
+    // Room for a handful of the study's instances only.
+    s.spool_bytes = 400 << 10;
+    let node = Node::start(&server, s).await;
+    let sent = storescu(node.port, &[phantom(dir.path())]).await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(
+        text.contains("Refused: OutOfResources"),
+        "storescu reports the refusals: {text}"
+    );
+    let kept: u64 = std::fs::read_dir(dir.path().join("spool/studies"))
+        .expect("studies")
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).expect("study").flatten())
+        .map(|f| f.metadata().expect("meta").len())
+        .sum();
+    assert!(
+        kept > 0 && kept <= 400 << 10,
+        "kept {kept} bytes within the budget"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("spool/incoming"))
+            .expect("incoming")
+            .count(),
+        0,
+        "no half-written instance"
+    );
+    node.stop().await;
+}
