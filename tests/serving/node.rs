@@ -347,3 +347,85 @@ async fn a_full_spool_refuses_with_out_of_resources_and_keeps_nothing_half_writt
     );
     node.stop().await;
 }
+
+/// One HTTP/1.1 request to Orthanc's REST API on `port`; the response body.
+async fn orthanc_rest(port: u16, method: &str, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("Orthanc REST");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: orthanc\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(out.starts_with("HTTP/1.1 200"), "{method} {path}: {out}");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orthanc_pushes_a_study_to_the_node_and_receives_the_results_over_dimse() {
+    use osteo_test_support::orthanc::Orthanc;
+    let orthanc = Orthanc::start().expect("Orthanc");
+    let pacs = orthanc.client().expect("client");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = read_all(&study(&dir.path().join("study")));
+    pacs.store(&files)
+        .await
+        .expect("store the phantom in Orthanc");
+
+    let server = InProc::start("", &FUSED, registry()).await;
+    let mut s = settings(dir.path(), Some(orthanc.dicom_port), 1);
+    s.send_to = Some(Destination {
+        ae_title: "ORTHANC".into(),
+        address: format!("127.0.0.1:{}", orthanc.dicom_port),
+    });
+    s.scp.allow_ae = vec!["ORTHANC".into()];
+    let node = Node::start(&server, s).await;
+
+    // The node as one of Orthanc's modalities; Orthanc pushes the study to it (C-STORE).
+    orthanc_rest(
+        orthanc.http_port,
+        "PUT",
+        "/modalities/osteo",
+        &format!(
+            "{{\"AET\":\"OSTEO\",\"Host\":\"127.0.0.1\",\"Port\":{}}}",
+            node.port
+        ),
+    )
+    .await;
+    let studies = orthanc_rest(orthanc.http_port, "GET", "/studies", "").await;
+    let ids: Vec<String> = serde_json::from_str(&studies).expect("study ids");
+    assert_eq!(ids.len(), 1);
+    orthanc_rest(
+        orthanc.http_port,
+        "POST",
+        "/modalities/osteo/store",
+        &format!("\"{}\"", ids[0]),
+    )
+    .await;
+
+    // The SR and the secondary capture arrive in Orthanc's copy of the study.
+    let rows = rows(&dir.path().join("results.csv"), 1).await;
+    assert_eq!(rows[0][1], "classified", "{rows:?}");
+    let uid = rows[0][0].clone();
+    let series = pacs
+        .search_series(&uid, &[], &["00080060"])
+        .await
+        .expect("series");
+    let modalities: Vec<&str> = series
+        .iter()
+        .filter_map(|s| osteo_dicomweb::attribute(s, "00080060"))
+        .collect();
+    assert!(modalities.contains(&"SR"), "{modalities:?}");
+    assert_eq!(
+        modalities.len(),
+        3,
+        "CT, the SR and the secondary capture: {modalities:?}"
+    );
+    node.stop().await;
+}

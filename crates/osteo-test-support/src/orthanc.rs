@@ -14,6 +14,8 @@ pub struct Orthanc {
     pub url: String,
     /// Orthanc's HTTP port on 127.0.0.1.
     pub http_port: u16,
+    /// Orthanc's DICOM (DIMSE) port on 127.0.0.1; its AE title is `ORTHANC`.
+    pub dicom_port: u16,
     _daemon: Daemon,
 }
 
@@ -43,6 +45,7 @@ impl Orthanc {
             "IndexDirectory": dir.path().join("db"),
             "HttpPort": http,
             "DicomPort": dicom,
+            "DicomAet": "ORTHANC",
             "RemoteAccessAllowed": false,
             "AuthenticationEnabled": false,
             "Plugins": [PLUGIN],
@@ -55,6 +58,7 @@ impl Orthanc {
         Ok(Orthanc {
             url: format!("http://127.0.0.1:{http}/dicom-web"),
             http_port: http,
+            dicom_port: dicom,
             _daemon: Daemon::start("Orthanc", command, dir, http, None)?,
         })
     }
