@@ -429,3 +429,112 @@ async fn orthanc_pushes_a_study_to_the_node_and_receives_the_results_over_dimse(
     );
     node.stop().await;
 }
+
+/// `osteo receive` as a process, its log in `log`.
+fn receive_process(
+    server: &str,
+    dir: &Path,
+    port: u16,
+    send_to: u16,
+    idle_s: u64,
+    log: &Path,
+) -> std::process::Child {
+    let log = std::fs::File::create(log).expect("log");
+    Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(["receive", "--ae-title", "OSTEO", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--server", server, "--spool"])
+        .arg(dir.join("spool"))
+        .arg("--results")
+        .arg(dir.join("results.csv"))
+        .args(["--send-to", &format!("PACS@127.0.0.1:{send_to}")])
+        .args([
+            "--study-idle-s",
+            &idle_s.to_string(),
+            "--allow-ae",
+            "STORESCU",
+        ])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("osteo receive")
+}
+
+/// Waits until something accepts connections on `port`.
+async fn listening(port: u16) {
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing listens on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_after_acknowledging_finishes_the_study_when_restarted_and_logs_no_patient_data()
+ {
+    let server = InProc::start("", &FUSED, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pacs = StoreScp::start(free_port());
+    let port = free_port();
+    let first_log = dir.path().join("first.log");
+    let mut node = receive_process(&server.url, dir.path(), port, pacs.port, 3600, &first_log);
+    listening(port).await;
+
+    // A silent connection and a malformed PDU are closed; the node keeps serving.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut garbage = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        garbage
+            .write_all(&[0x01, 0x00, 0xff, 0xff, 0xff, 0xff, 0x00])
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), garbage.read_to_end(&mut buf)).await;
+    }
+    let sent = storescu(port, &[phantom(dir.path())]).await;
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    // Acknowledged, not yet complete: kill -9.
+    node.kill().expect("kill -9");
+    let _ = node.wait();
+
+    let second_log = dir.path().join("second.log");
+    let mut node = receive_process(&server.url, dir.path(), port, pacs.port, 1, &second_log);
+    let rows = rows(&dir.path().join("results.csv"), 1).await;
+    assert_eq!(rows[0][1], "classified", "{rows:?}");
+    let start = Instant::now();
+    while left(&dir.path().join("spool")) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the spool was not emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pacs.received().len(), 2, "{:?}", pacs.received());
+    node.kill().expect("kill");
+    let _ = node.wait();
+
+    let logs = format!(
+        "{}{}",
+        std::fs::read_to_string(&first_log).expect("log"),
+        std::fs::read_to_string(&second_log).expect("log")
+    );
+    assert!(
+        logs.contains("study graded") && logs.contains("results sent"),
+        "{logs}"
+    );
+    for secret in [PATIENT_NAME, PATIENT_ID, "DOE", rows[0][0].as_str()] {
+        assert!(!logs.contains(secret), "the log holds {secret}: {logs}");
+    }
+}
