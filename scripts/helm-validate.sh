@@ -118,6 +118,19 @@ open(sys.argv[2], "w").write(config)
 open(sys.argv[3], "w").write(body("traffic.toml"))
 PY
   "$osteo" serve --config "$out/$variant.toml" --check >/dev/null
+  # The DICOM node's arguments, as the StatefulSet passes them.
+  "$venv/bin/python" - "$out/$variant.yaml" "$out/$variant.node-args" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+nodes = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-node")]
+args = nodes[0]["spec"]["template"]["spec"]["containers"][0]["args"] if nodes else []
+open(sys.argv[2], "w").write("\n".join(args))
+PY
+  if [ -s "$out/$variant.node-args" ]; then
+    mapfile -t node_args < "$out/$variant.node-args"
+    "$osteo" "${node_args[@]}" --check >/dev/null
+    echo "helm-validate: $variant values: osteo receive arguments ok"
+  fi
   echo "helm-validate: $variant values: lint, template, kubernetes-validate, checkov, osteo config ok"
 done
 "$venv/bin/hadolint" "$root/docker/Dockerfile.cpu" "$root/docker/Dockerfile.cuda"

@@ -57,6 +57,9 @@ pub struct ReceiveArgs {
     /// Most instances in one study (more are refused with A700).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     max_study_instances: u32,
+    /// Only check the arguments, then exit (no server is called, nothing listens).
+    #[arg(long)]
+    check: bool,
 }
 
 /// Runs `osteo receive` until Ctrl-C or SIGTERM.
@@ -83,6 +86,13 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         max_study_instances: args.max_study_instances as usize,
         concurrency: usize::from(args.concurrency),
     };
+    if args.ae_title.is_empty() || args.ae_title.len() > 16 {
+        anyhow::bail!("--ae-title must be 1 to 16 characters");
+    }
+    if args.check {
+        println!("osteo receive: arguments ok");
+        return Ok(());
+    }
     let _log = osteo_server::telemetry::init(&osteo_server::config::TelemetrySettings {
         log_level: "info".into(),
         ..Default::default()
