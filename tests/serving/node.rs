@@ -538,3 +538,63 @@ async fn a_node_killed_after_acknowledging_finishes_the_study_when_restarted_and
         assert!(!logs.contains(secret), "the log holds {secret}: {logs}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_what_does_not_fit_and_an_unsupported_class_is_negotiated_away() {
+    let server = InProc::start("", &FUSED, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let study_dir = phantom(dir.path());
+    let mut s = settings(dir.path(), None, 3600);
+    s.max_study_instances = 5;
+    s.scp.read_timeout = Duration::from_secs(1);
+    let node = Node::start(&server, s).await;
+
+    // A connection that never sends is closed after the read timeout.
+    {
+        use tokio::io::AsyncReadExt;
+        let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+            .await
+            .expect("connect");
+        let mut buf = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "the silent connection stayed open");
+    }
+
+    // Five instances of a study, then A700.
+    let sent = storescu(node.port, &[study_dir.clone()]).await;
+    let text =
+        String::from_utf8_lossy(&sent.stdout).to_string() + &String::from_utf8_lossy(&sent.stderr);
+    assert!(text.contains("Refused: OutOfResources"), "{text}");
+    let kept: usize = std::fs::read_dir(dir.path().join("spool/studies"))
+        .expect("studies")
+        .flatten()
+        .map(|d| std::fs::read_dir(d.path()).expect("study").count())
+        .sum();
+    assert_eq!(kept, 5);
+
+    // A CT file relabelled as an Encapsulated PDF: no presentation context is accepted for it.
+    let one = std::fs::read_dir(&study_dir)
+        .expect("study")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .expect("a file");
+    let pdf = dir.path().join("pdf.dcm");
+    std::fs::copy(&one, &pdf).expect("copy");
+    let mut relabel = Command::new("dcmodify");
+    relabel
+        .args(["-nb", "-m", "SOPClassUID=1.2.840.10008.5.1.4.1.1.104.1"])
+        .arg(&pdf);
+    assert!(output(relabel).await.status.success());
+    let refused = storescu(node.port, &[pdf]).await;
+    let text = String::from_utf8_lossy(&refused.stdout).to_string()
+        + &String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains("No presentation context")
+            || text.contains("no presentation context")
+            || text.contains("No Acceptable Presentation Contexts"),
+        "{text}"
+    );
+    node.stop().await;
+}

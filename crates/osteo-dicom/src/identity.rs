@@ -32,12 +32,30 @@ pub fn instance_identity(
     path: &Path,
     limits: &IngestLimits,
 ) -> Result<InstanceIdentity, DicomError> {
-    let label = "the received instance";
     let (head, stamp) = disk::read_head(path, limits)?;
-    let start = body_start(&head, label)?;
     let total = usize::try_from(stamp.len()).unwrap_or(usize::MAX);
-    prescan::check_lengths(&head, total, start, label, limits.max_file_bytes)?;
-    let obj = read_object(&head, label, start, true)?;
+    identity_of(&head, total, limits)
+}
+
+/// [`instance_identity`] of a Part-10 file held in memory.
+pub fn instance_identity_in(
+    file: &[u8],
+    limits: &IngestLimits,
+) -> Result<InstanceIdentity, DicomError> {
+    let head = &file[..file.len().min(disk::HEAD_BYTES as usize)];
+    identity_of(head, file.len(), limits)
+}
+
+/// The identity from the first bytes of a file of `total` bytes.
+fn identity_of(
+    head: &[u8],
+    total: usize,
+    limits: &IngestLimits,
+) -> Result<InstanceIdentity, DicomError> {
+    let label = "the received instance";
+    let start = body_start(head, label)?;
+    prescan::check_lengths(head, total, start, label, limits.max_file_bytes)?;
+    let obj = read_object(head, label, start, true)?;
     let required = |tag, name: &str| {
         text(&obj, tag)
             .filter(|v| !v.is_empty())

@@ -34,7 +34,7 @@ mod write;
 pub use demographics::{Completed, Demographics, Explicit, HeaderSex, HeaderValue};
 pub use error::DicomError;
 pub use gate::{Assessment, GateCheck, assess};
-pub use identity::{InstanceIdentity, instance_identity};
+pub use identity::{InstanceIdentity, instance_identity, instance_identity_in};
 pub use ingest::{IngestOptions, Planned, ingest, plan};
 pub use limits::IngestLimits;
 pub use source::{DicomSource, SourceFile};

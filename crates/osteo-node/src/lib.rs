@@ -266,9 +266,15 @@ impl Node {
         dir: &std::path::Path,
     ) -> Result<(String, osteo_client::screen::Graded), (String, NodeError)> {
         let mut files = Vec::new();
-        let listed = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        let mut listed = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
+        listed.sort();
         for p in &listed {
             match tokio::fs::read(p).await {
                 Ok(b) => files.push(bytes::Bytes::from(b)),

@@ -252,7 +252,7 @@ impl Scp {
                                     .get(&id)
                                     .map(|(_, ts)| ts.clone())
                                     .unwrap_or_default();
-                                storing = Some(self.start(cmd, id, &ts).await?);
+                                storing = Some(self.start(cmd, id, &ts));
                             }
                             _ => {
                                 let field = cmd.field | 0x8000;
@@ -272,7 +272,8 @@ impl Scp {
                                 "a data set without a C-STORE request".into(),
                             ));
                         };
-                        s.write(&pdv.data, self.settings.max_instance_bytes).await;
+                        s.write(&self.spool, &pdv.data, self.settings.max_instance_bytes)
+                            .await;
                         if pdv.is_last {
                             let Some(s) = storing.take() else { continue };
                             let (cmd, id) = (s.command.clone(), s.context);
@@ -293,129 +294,140 @@ impl Scp {
         }
     }
 
-    /// Opens the spool file of a C-STORE's data set: preamble and file meta first.
-    async fn start(
-        &self,
-        command: Command,
-        context: u8,
-        ts: &str,
-    ) -> Result<Incoming<'_>, NodeError> {
-        let path = self.spool.incoming();
+    /// Starts a C-STORE's data set: preamble and file meta first, held in memory.
+    fn start(&self, command: Command, context: u8, ts: &str) -> Incoming<'_> {
         let meta = file_meta(&command.sop_class, &command.sop_instance, ts);
         let mut reservation = self.spool.reserve();
-        let mut refused = None;
-        let mut file = None;
-        if reservation.grow(meta.len() as u64) {
-            let mut f = tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| NodeError::io("cannot create a spool file", e))?;
-            f.write_all(&meta)
-                .await
-                .map_err(|e| NodeError::io("cannot write a spool file", e))?;
-            file = Some(f);
-        } else {
-            refused = Some(dimse::OUT_OF_RESOURCES);
-        }
-        Ok(Incoming {
+        let refused = (!reservation.grow(meta.len() as u64)).then_some(dimse::OUT_OF_RESOURCES);
+        Incoming {
             command,
             context,
-            path,
-            file,
-            reservation,
             bytes: meta.len() as u64,
+            held: meta,
+            spilled: None,
+            reservation,
             refused,
-        })
+        }
     }
 
-    /// Ends a C-STORE: the file synced, read for its identity, kept under its study (or dropped
-    /// when it is not CT); the status to answer.
+    /// Ends a C-STORE: the data set read for its identity and kept under its study, synced
+    /// (or dropped when it is not CT); the status to answer.
     async fn finish(&self, s: Incoming<'_>) -> u16 {
         let Incoming {
-            path,
-            file,
+            held,
+            spilled,
             reservation,
             refused,
             command,
             ..
         } = s;
-        let drop_file = || {
-            let _ = std::fs::remove_file(&path);
-        };
         if let Some(status) = refused {
-            drop(file);
-            drop_file();
+            if let Some((path, _)) = spilled {
+                let _ = tokio::fs::remove_file(&path).await;
+            }
             tracing::warn!(
                 status = format!("{status:04X}"),
                 "instance refused: the spool budget or the instance size limit"
             );
             return status;
         }
-        let Some(mut file) = file else {
-            drop_file();
-            return dimse::OUT_OF_RESOURCES;
-        };
-        if let Err(e) = file.flush().await.and(file.sync_all().await) {
-            tracing::error!(error = %e, "cannot sync a spool file");
-            drop_file();
-            return dimse::OUT_OF_RESOURCES;
-        }
-        drop(file);
-        let limits = osteo_dicom::IngestLimits {
-            max_file_bytes: u64::MAX >> 1,
-            ..Default::default()
-        };
-        let p = path.clone();
-        let identity =
-            tokio::task::spawn_blocking(move || osteo_dicom::instance_identity(&p, &limits)).await;
-        let identity = match identity {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "instance refused: cannot read its header");
-                drop_file();
-                return dimse::CANNOT_UNDERSTAND;
-            }
-            Err(_) => {
-                drop_file();
-                return dimse::CANNOT_UNDERSTAND;
+        let spilled = match spilled {
+            None => None,
+            Some((path, mut file)) => {
+                if let Err(e) = file.flush().await.and(file.sync_all().await) {
+                    tracing::error!(error = %e, "cannot sync a spool file");
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return dimse::OUT_OF_RESOURCES;
+                }
+                Some(path)
             }
         };
-        let is_ct = identity.modality == "CT"
-            && (identity.sop_class_uid == CT_IMAGE || identity.sop_class_uid == ENHANCED_CT);
-        if !is_ct || identity.sop_class_uid != command.sop_class {
-            // Earlier results, screen captures, other modalities: acknowledged, not kept.
-            drop_file();
-            return dimse::SUCCESS;
+        let spool = self.spool.clone();
+        let tracker = self.tracker.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            keep(&spool, &tracker, &command, held, spilled.as_deref())
+        })
+        .await
+        .unwrap_or(dimse::OUT_OF_RESOURCES);
+        if status == dimse::SUCCESS {
+            reservation.keep();
         }
-        let study = key(&identity.study_uid);
-        if !self.tracker.admit(&study) {
-            drop_file();
-            tracing::warn!(study = %study, "instance refused: the study has reached its instance limit");
-            return dimse::OUT_OF_RESOURCES;
+        status
+    }
+}
+
+/// Keeps a received instance (in `held`, or in the file `spilled`) under its study when it is a
+/// CT image; blocking. The status to answer.
+fn keep(
+    spool: &Spool,
+    tracker: &Tracker,
+    command: &Command,
+    held: Vec<u8>,
+    spilled: Option<&std::path::Path>,
+) -> u16 {
+    let drop_spilled = || {
+        if let Some(p) = spilled {
+            let _ = std::fs::remove_file(p);
         }
-        match self
-            .spool
-            .keep(&path, &study, &key(&identity.sop_instance_uid))
-        {
-            Ok(()) => {
-                reservation.keep();
-                self.tracker.received(&study);
-                dimse::SUCCESS
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot keep a received instance");
-                drop_file();
-                dimse::OUT_OF_RESOURCES
-            }
+    };
+    let limits = osteo_dicom::IngestLimits {
+        max_file_bytes: u64::MAX >> 1,
+        ..Default::default()
+    };
+    let identity = match spilled {
+        Some(p) => osteo_dicom::instance_identity(p, &limits),
+        None => osteo_dicom::instance_identity_in(&held, &limits),
+    };
+    let identity = match identity {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "instance refused: cannot read its header");
+            drop_spilled();
+            return dimse::CANNOT_UNDERSTAND;
+        }
+    };
+    let is_ct = identity.modality == "CT"
+        && (identity.sop_class_uid == CT_IMAGE || identity.sop_class_uid == ENHANCED_CT);
+    if !is_ct || identity.sop_class_uid != command.sop_class {
+        // Earlier results, screen captures, other modalities: acknowledged, not kept.
+        drop_spilled();
+        return dimse::SUCCESS;
+    }
+    let study = key(&identity.study_uid);
+    if !tracker.admit(&study) {
+        drop_spilled();
+        tracing::warn!(study = %study, "instance refused: the study has reached its instance limit");
+        return dimse::OUT_OF_RESOURCES;
+    }
+    let sop = key(&identity.sop_instance_uid);
+    let kept = match spilled {
+        Some(p) => spool.keep(p, &study, &sop),
+        None => spool.keep_bytes(&held, &study, &sop),
+    };
+    match kept {
+        Ok(()) => {
+            tracker.received(&study);
+            dimse::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot keep a received instance");
+            drop_spilled();
+            dimse::OUT_OF_RESOURCES
         }
     }
 }
+
+/// Data set bytes held in memory before an instance spills to a file in the spool.
+const HELD_BYTES: usize = 4 << 20;
 
 /// A C-STORE data set being received.
 struct Incoming<'s> {
     command: Command,
     context: u8,
-    path: PathBuf,
-    file: Option<tokio::fs::File>,
+    /// File meta and data set, while they fit in [`HELD_BYTES`].
+    held: Vec<u8>,
+    /// The spool file (and its path) once they did not.
+    spilled: Option<(PathBuf, tokio::fs::File)>,
     reservation: Reservation<'s>,
     bytes: u64,
     /// The status already decided (the rest of the data set is read and dropped).
@@ -424,22 +436,43 @@ struct Incoming<'s> {
 
 impl Incoming<'_> {
     /// Appends a fragment, within the budget and the instance size limit.
-    async fn write(&mut self, data: &[u8], max_instance_bytes: u64) {
+    async fn write(&mut self, spool: &Spool, data: &[u8], max_instance_bytes: u64) {
         if self.refused.is_some() {
             return;
         }
         self.bytes += data.len() as u64;
         if self.bytes > max_instance_bytes || !self.reservation.grow(data.len() as u64) {
             self.refused = Some(dimse::OUT_OF_RESOURCES);
-            self.file = None;
+            self.held = Vec::new();
             return;
         }
-        if let Some(f) = self.file.as_mut()
+        if self.spilled.is_none() && self.held.len() + data.len() <= HELD_BYTES {
+            self.held.extend_from_slice(data);
+            return;
+        }
+        if self.spilled.is_none() {
+            let path = spool.incoming();
+            match tokio::fs::File::create(&path).await {
+                Ok(mut f) => {
+                    let held = std::mem::take(&mut self.held);
+                    if let Err(e) = f.write_all(&held).await {
+                        tracing::error!(error = %e, "cannot write a spool file");
+                        self.refused = Some(dimse::OUT_OF_RESOURCES);
+                    }
+                    self.spilled = Some((path, f));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create a spool file");
+                    self.refused = Some(dimse::OUT_OF_RESOURCES);
+                    return;
+                }
+            }
+        }
+        if let Some((_, f)) = self.spilled.as_mut()
             && let Err(e) = f.write_all(data).await
         {
             tracing::error!(error = %e, "cannot write a spool file");
             self.refused = Some(dimse::OUT_OF_RESOURCES);
-            self.file = None;
         }
     }
 }

@@ -97,6 +97,16 @@ impl Spool {
         {
             let _ = fs::remove_file(e.path());
         }
+        // Instances half written into a study before a crash were never acknowledged.
+        for d in ["studies", "grading"] {
+            for study in fs::read_dir(root.join(d)).into_iter().flatten().flatten() {
+                for f in fs::read_dir(study.path()).into_iter().flatten().flatten() {
+                    if f.path().extension().is_some_and(|e| e == "part") {
+                        let _ = fs::remove_file(f.path());
+                    }
+                }
+            }
+        }
         let used = ["studies", "grading", "outbox"]
             .iter()
             .map(|d| size_of(&root.join(d)))
@@ -177,15 +187,51 @@ impl Spool {
     /// Moves a received, synced file into study `study` as instance `sop` (both keys), and
     /// syncs the directory; a repeated instance replaces the earlier copy.
     pub fn keep(&self, part: &Path, study: &str, sop: &str) -> Result<(), NodeError> {
-        let dir = self.study_dir(study);
-        fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+        let (dir, created) = self.study_dir_created(study)?;
         let to = dir.join(format!("{sop}.dcm"));
         if let Ok(old) = fs::metadata(&to) {
             self.give_back(old.len());
         }
         fs::rename(part, &to).map_err(io("cannot move into", &dir))?;
-        sync_dir(&dir)?;
-        sync_dir(&self.root.join("studies"))
+        self.synced(&dir, created)
+    }
+
+    /// Writes a received instance held in memory into study `study` as instance `sop`: written
+    /// beside its final name, synced, renamed, the directory synced (one file and one directory
+    /// sync per instance); a repeated instance replaces the earlier copy.
+    pub fn keep_bytes(&self, bytes: &[u8], study: &str, sop: &str) -> Result<(), NodeError> {
+        let (dir, created) = self.study_dir_created(study)?;
+        let part = dir.join(format!("{sop}.part"));
+        let to = dir.join(format!("{sop}.dcm"));
+        let mut f = fs::File::create(&part).map_err(io("cannot create", &part))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io("cannot write", &part))?;
+        drop(f);
+        if let Ok(old) = fs::metadata(&to) {
+            self.give_back(old.len());
+        }
+        fs::rename(&part, &to).map_err(io("cannot move into", &dir))?;
+        self.synced(&dir, created)
+    }
+
+    /// Study `study`'s directory, and whether it was created now.
+    fn study_dir_created(&self, study: &str) -> Result<(PathBuf, bool), NodeError> {
+        let dir = self.study_dir(study);
+        let created = !dir.exists();
+        if created {
+            fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+        }
+        Ok((dir, created))
+    }
+
+    /// Syncs a study directory, and `studies/` too when the study's directory is new.
+    fn synced(&self, dir: &Path, created: bool) -> Result<(), NodeError> {
+        sync_dir(dir)?;
+        if created {
+            sync_dir(&self.root.join("studies"))?;
+        }
+        Ok(())
     }
 
     /// The studies with spooled instances: key and files.
