@@ -36,6 +36,18 @@ pub struct ReceiveArgs {
     /// Where the SR and the Grad-CAM secondary capture go (C-STORE), AE@HOST:PORT.
     #[arg(long, value_name = "AE@HOST:PORT")]
     send_to: Option<String>,
+    /// A DICOMweb service root the SR and secondary capture are stored to (STOW-RS), with or
+    /// instead of --send-to.
+    #[arg(long, value_name = "URL")]
+    stow: Option<String>,
+    /// Bearer token for --stow (or the OSTEO_DICOMWEB_TOKEN variable).
+    #[arg(
+        long,
+        env = "OSTEO_DICOMWEB_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    stow_token: Option<String>,
     /// A calling AE title allowed to associate; repeat for several (default: any).
     #[arg(long, value_name = "AE")]
     allow_ae: Vec<String>,
@@ -69,6 +81,20 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(str::parse::<Destination>)
         .transpose()?;
+    let stow = args
+        .stow
+        .as_deref()
+        .map(|url| {
+            osteo_dicomweb::DicomWeb::new(
+                url,
+                args.stow_token.clone(),
+                &osteo_dicomweb::TlsOptions::default(),
+                osteo_dicomweb::Limits::default(),
+            )
+            .map(osteo_node::Stow)
+            .map_err(|e| anyhow::anyhow!("--stow: {e}"))
+        })
+        .transpose()?;
     let settings = NodeSettings {
         scp: ScpSettings {
             ae_title: args.ae_title.clone(),
@@ -82,6 +108,7 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         spool_bytes: args.spool_mib << 20,
         results: args.results.clone(),
         send_to,
+        stow,
         study_idle: Duration::from_secs(args.study_idle_s),
         max_study_instances: args.max_study_instances as usize,
         concurrency: usize::from(args.concurrency),

@@ -128,6 +128,7 @@ fn settings(dir: &Path, send_to: Option<u16>, idle_s: u64) -> NodeSettings {
             ae_title: "PACS".into(),
             address: format!("127.0.0.1:{p}"),
         }),
+        stow: None,
         study_idle: Duration::from_secs(idle_s),
         max_study_instances: 4096,
         concurrency: 2,
@@ -596,5 +597,36 @@ async fn limits_refuse_what_does_not_fit_and_an_unsupported_class_is_negotiated_
             || text.contains("No Acceptable Presentation Contexts"),
         "{text}"
     );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_can_be_stored_back_with_stow_rs() {
+    use osteo_test_support::orthanc::Orthanc;
+    let orthanc = Orthanc::start().expect("Orthanc");
+    let server = InProc::start("", &FUSED, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = settings(dir.path(), None, 1);
+    s.stow = Some(osteo_node::Stow(orthanc.client().expect("client")));
+    let node = Node::start(&server, s).await;
+    let sent = storescu(node.port, &[phantom(dir.path())]).await;
+    assert!(sent.status.success());
+    let rows = rows(&dir.path().join("results.csv"), 1).await;
+    assert_eq!(rows[0][1], "classified");
+    let series = orthanc
+        .client()
+        .expect("client")
+        .search_series(&rows[0][0], &[], &["00080060"])
+        .await
+        .expect("series");
+    let modalities: Vec<&str> = series
+        .iter()
+        .filter_map(|s| osteo_dicomweb::attribute(s, "00080060"))
+        .collect();
+    assert!(
+        modalities.contains(&"SR"),
+        "only the results went to Orthanc: {modalities:?}"
+    );
+    assert_eq!(modalities.len(), 2, "{modalities:?}");
     node.stop().await;
 }

@@ -36,14 +36,26 @@ pub struct NodeSettings {
     pub spool_bytes: u64,
     /// The results CSV.
     pub results: PathBuf,
-    /// Where results are sent (none = only the CSV).
+    /// Where results are sent by C-STORE (none = not by DIMSE).
     pub send_to: Option<Destination>,
+    /// Where results are stored by STOW-RS (none = not by DICOMweb).
+    pub stow: Option<Stow>,
     /// Seconds without a new instance after which a study is complete.
     pub study_idle: Duration,
     /// Most instances in one study.
     pub max_study_instances: usize,
     /// Studies graded at once.
     pub concurrency: usize,
+}
+
+/// A DICOMweb service the results are stored to (STOW-RS).
+#[derive(Clone)]
+pub struct Stow(pub osteo_dicomweb::DicomWeb);
+
+impl std::fmt::Debug for Stow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stow")
+    }
 }
 
 /// The results CSV, appended one row per study (a study already in it is not written twice).
@@ -328,30 +340,14 @@ impl Node {
                 row = bytes;
             }
         }
-        if let (Some(to), false) = (&self.settings.send_to, results.is_empty()) {
+        let destinations = self.settings.send_to.is_some() || self.settings.stow.is_some();
+        if !results.is_empty() && destinations {
             let mut attempt = 0u32;
-            loop {
-                let started = Instant::now();
-                match scu::store(
-                    to,
-                    &self.settings.scp.ae_title,
-                    &results,
-                    Duration::from_secs(30),
-                )
-                .await
-                {
-                    Ok(()) => {
-                        tracing::info!(study = %study, results = results.len(), ms = started.elapsed().as_secs_f64() * 1e3, "results sent");
-                        break;
-                    }
-                    Err(e) => {
-                        attempt += 1;
-                        let wait =
-                            Duration::from_secs(1 << attempt.min(8)).min(Duration::from_secs(300));
-                        tracing::warn!(study = %study, attempt, error = %e, wait_s = wait.as_secs(), "sending results failed; they stay in the spool and are sent again");
-                        tokio::time::sleep(wait).await;
-                    }
-                }
+            while let Err(e) = self.deliver(study, &results).await {
+                attempt += 1;
+                let wait = Duration::from_secs(1 << attempt.min(8)).min(Duration::from_secs(300));
+                tracing::warn!(study = %study, attempt, error = %e, wait_s = wait.as_secs(), "sending results failed; they stay in the spool and are sent again");
+                tokio::time::sleep(wait).await;
             }
         }
         if let Err(e) = self.results.append(&row) {
@@ -359,6 +355,32 @@ impl Node {
             return;
         }
         let _ = self.spool.remove(&dir);
+    }
+}
+
+impl Node {
+    /// Sends a study's results to every destination (C-STORE, STOW-RS); both are idempotent
+    /// (the same SOP instances), so a retry after a partial failure sends all again.
+    async fn deliver(&self, study: &str, results: &[Vec<u8>]) -> Result<(), NodeError> {
+        let started = Instant::now();
+        if let Some(to) = &self.settings.send_to {
+            scu::store(
+                to,
+                &self.settings.scp.ae_title,
+                results,
+                Duration::from_secs(30),
+            )
+            .await?;
+        }
+        if let Some(Stow(web)) = &self.settings.stow {
+            osteo_client::retry::retry(osteo_dicomweb::DicomWebError::is_transient, || {
+                web.store(results)
+            })
+            .await
+            .map_err(|e| NodeError::Association(format!("STOW-RS: {e}")))?;
+        }
+        tracing::info!(study = %study, results = results.len(), ms = started.elapsed().as_secs_f64() * 1e3, "results sent");
+        Ok(())
     }
 }
 
