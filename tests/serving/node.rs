@@ -630,3 +630,45 @@ async fn results_can_be_stored_back_with_stow_rs() {
     assert_eq!(modalities.len(), 2, "{modalities:?}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pynetdicom_sends_a_study_and_receives_the_results() {
+    let server = InProc::start("", &FUSED, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scp_port = free_port();
+    let mut s = settings(dir.path(), None, 1);
+    s.send_to = Some(Destination {
+        ae_title: "PYSCP".into(),
+        address: format!("127.0.0.1:{scp_port}"),
+    });
+    s.scp.allow_ae = vec!["PYNETDICOM".into()];
+    let node = Node::start(&server, s).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut peer = Command::new(root.join(".cache/venv/bin/python"));
+    peer.arg(root.join("tests/python/dimse_peer.py"))
+        .arg(node.port.to_string())
+        .arg(phantom(dir.path()))
+        .arg(scp_port.to_string());
+    let out = output(peer).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["echo"], 0, "{v}");
+    assert_eq!(
+        v["statuses"],
+        serde_json::json!([0]),
+        "every C-STORE succeeded: {v}"
+    );
+    assert_eq!(v["received"].as_array().map(Vec::len), Some(2), "{v}");
+    assert!(
+        v["received"]
+            .as_array()
+            .expect("list")
+            .contains(&serde_json::json!("SR")),
+        "{v}"
+    );
+    node.stop().await;
+}
