@@ -19,6 +19,22 @@ pub struct ReceiveArgs {
     /// Address of the DICOM listener.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:11112")]
     listen: String,
+    /// Address of a DICOM TLS listener (the usual port is 2762), with --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<String>,
+    /// PEM certificate chain of the TLS listener (re-read when it changes).
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle that signs the peers' client certificates.
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    tls_client_ca: Option<PathBuf>,
+    /// Client certificates on the TLS listener: none, optional or required (needs
+    /// --tls-client-ca unless none).
+    #[arg(long, value_name = "POLICY", default_value = "none")]
+    tls_client_auth: String,
     #[command(flatten)]
     endpoint: Endpoint,
     /// The spool directory: every acknowledged instance is written and synced here before its
@@ -69,7 +85,7 @@ pub struct ReceiveArgs {
     /// Most instances in one study (more are refused with A700).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     max_study_instances: u32,
-    /// Only check the arguments, then exit (no server is called, nothing listens).
+    /// Only check the arguments, then exit (no file is read, no server called, nothing listens).
     #[arg(long)]
     check: bool,
 }
@@ -103,6 +119,7 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
             max_pdu: 64 << 10,
             read_timeout: Duration::from_secs(args.read_timeout_s),
             max_instance_bytes: args.max_instance_mib << 20,
+            tls: None,
         },
         spool: args.spool.clone(),
         spool_bytes: args.spool_mib << 20,
@@ -116,9 +133,28 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     if args.ae_title.is_empty() || args.ae_title.len() > 16 {
         anyhow::bail!("--ae-title must be 1 to 16 characters");
     }
+    let client_auth = osteo_server::net::tls::ClientAuth::parse(&args.tls_client_auth)
+        .ok_or_else(|| anyhow::anyhow!("--tls-client-auth must be none, optional or required"))?;
     if args.check {
         println!("osteo receive: arguments ok");
         return Ok(());
+    }
+    let mut settings = settings;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        use osteo_server::net::tls::{Alpn, TlsFiles, TlsSource};
+        let source = TlsSource::load(
+            TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+                client_auth,
+            },
+            Alpn::None,
+        )?;
+        let source = std::sync::Arc::new(source);
+        settings.scp.tls = Some(osteo_node::TlsConfig(std::sync::Arc::new(move || {
+            source.config()
+        })));
     }
     let _log = osteo_server::telemetry::init(&osteo_server::config::TelemetrySettings {
         log_level: "info".into(),
@@ -132,7 +168,22 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
-        osteo_node::run(listener, settings, grader, super::serve::shutdown_signal()).await?;
+        let tls_listener = match &args.tls_listen {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--tls-listen {a}: {e}"))?,
+            ),
+            None => None,
+        };
+        osteo_node::run(
+            listener,
+            tls_listener,
+            settings,
+            grader,
+            super::serve::shutdown_signal(),
+        )
+        .await?;
         Ok(())
     })
 }

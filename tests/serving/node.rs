@@ -91,9 +91,15 @@ impl Node {
             .await
             .expect("grader");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(osteo_node::run(listener, settings, grader, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(osteo_node::run(
+            listener,
+            None,
+            settings,
+            grader,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             port,
             stop: Some(stop),
@@ -120,6 +126,7 @@ fn settings(dir: &Path, send_to: Option<u16>, idle_s: u64) -> NodeSettings {
             max_pdu: 64 << 10,
             read_timeout: Duration::from_secs(10),
             max_instance_bytes: 64 << 20,
+            tls: None,
         },
         spool: dir.join("spool"),
         spool_bytes: 1 << 30,
@@ -671,4 +678,78 @@ async fn pynetdicom_sends_a_study_and_receives_the_results() {
         "{v}"
     );
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dicom_tls_with_client_certificates_on_the_second_listener() {
+    use crate::common::pki::Ca;
+    let server = InProc::start("", &FUSED, registry()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node_ca = Ca::new(dir.path(), "node");
+    let clients = Ca::new(dir.path(), "modalities");
+    let cert = node_ca.server();
+    let modality = clients.client("modality");
+    let pacs = StoreScp::start(free_port());
+    let (port, tls_port) = (free_port(), free_port());
+    let log = dir.path().join("node.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_osteo"));
+    command
+        .args(["receive", "--ae-title", "OSTEO", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tls-listen")
+        .arg(format!("127.0.0.1:{tls_port}"))
+        .arg("--tls-cert")
+        .arg(&cert.cert)
+        .arg("--tls-key")
+        .arg(&cert.key)
+        .arg("--tls-client-ca")
+        .arg(&clients.cert)
+        .args([
+            "--tls-client-auth",
+            "required",
+            "--server",
+            &server.url,
+            "--spool",
+        ])
+        .arg(dir.path().join("spool"))
+        .arg("--results")
+        .arg(dir.path().join("results.csv"))
+        .args(["--send-to", &format!("PACS@127.0.0.1:{}", pacs.port)])
+        .args(["--study-idle-s", "1", "--allow-ae", "STORESCU"])
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::fs::File::create(dir.path().join("node.err")).expect("log"));
+    let mut node = command.spawn().expect("osteo receive");
+    listening(tls_port).await;
+    let study_dir = phantom(dir.path());
+    let tls_store = |identity: bool| {
+        let mut c = Command::new("storescu");
+        c.args(["+sd", "-pw"]);
+        if identity {
+            c.arg("+tls").arg(&modality.key).arg(&modality.cert);
+        } else {
+            c.arg("+tla");
+        }
+        c.arg("+cf")
+            .arg(&node_ca.cert)
+            .args(["-aec", "OSTEO", "-aet", "STORESCU", "127.0.0.1"])
+            .arg(tls_port.to_string())
+            .arg(&study_dir);
+        c
+    };
+    let anonymous = output(tls_store(false)).await;
+    assert!(
+        !anonymous.status.success(),
+        "a peer without a client certificate is refused"
+    );
+    let sent = output(tls_store(true)).await;
+    assert!(
+        sent.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let rows = rows(&dir.path().join("results.csv"), 1).await;
+    assert_eq!(rows[0][1], "classified");
+    node.kill().expect("kill");
+    let _ = node.wait();
 }

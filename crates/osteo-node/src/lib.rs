@@ -13,7 +13,7 @@ pub mod spool;
 pub mod studies;
 
 pub use error::NodeError;
-pub use scp::ScpSettings;
+pub use scp::{ScpSettings, TlsConfig};
 pub use scu::Destination;
 
 use osteo_client::screen::{Grader, Row};
@@ -119,10 +119,12 @@ struct Node {
     outbox: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
-/// Runs the node on `listener` until `shutdown` completes: studies left by an earlier run are
-/// taken up first (spooled ones complete after the idle time, graded ones are sent).
+/// Runs the node on `listener` (and DICOM TLS on `tls_listener`, which needs `scp.tls`) until
+/// `shutdown` completes: studies left by an earlier run are taken up first (spooled ones
+/// complete after the idle time, graded ones are sent).
 pub async fn run(
     listener: TcpListener,
+    tls_listener: Option<TcpListener>,
     settings: NodeSettings,
     grader: Grader,
     shutdown: impl std::future::Future<Output = ()>,
@@ -177,7 +179,15 @@ pub async fn run(
         tracker.clone(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(scp.serve(listener, stop_rx.clone()));
+    tasks.spawn(scp.clone().serve(listener, false, stop_rx.clone()));
+    if let Some(l) = tls_listener {
+        if node.settings.scp.tls.is_none() {
+            return Err(NodeError::Config(
+                "a DICOM TLS listener needs a certificate and key".into(),
+            ));
+        }
+        tasks.spawn(scp.serve(l, true, stop_rx.clone()));
+    }
     // Completion: idle studies move to grading.
     {
         let node = node.clone();

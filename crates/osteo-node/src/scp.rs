@@ -68,10 +68,24 @@ pub struct ScpSettings {
     pub read_timeout: Duration,
     /// Largest instance.
     pub max_instance_bytes: u64,
+    /// DICOM TLS on a second listener: the server configuration for each new connection
+    /// (certificates rotated in place are picked up), none = no TLS listener.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Where each TLS connection's server configuration comes from.
+#[derive(Clone)]
+pub struct TlsConfig(pub Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>);
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsConfig")
+    }
 }
 
 /// Calls from a listed AE title to this node's AE title only.
-struct Allow(Vec<String>);
+#[derive(Clone)]
+pub struct Allow(Vec<String>);
 
 impl AccessControl for Allow {
     fn check_access(
@@ -137,10 +151,11 @@ impl Scp {
         }
     }
 
-    /// Accepts associations on `listener` until `stop` fires.
+    /// Accepts associations on `listener` (DICOM TLS when `tls`) until `stop` fires.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: bool,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         loop {
@@ -163,21 +178,52 @@ impl Scp {
             let _ = stream.set_nodelay(true);
             let scp = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = scp.association(stream).await {
-                    tracing::warn!(%peer, error = %e, "association ended with an error");
+                let done = if tls {
+                    scp.tls_association(stream).await
+                } else {
+                    let limit = scp.settings.read_timeout;
+                    match tokio::time::timeout(limit, scp.options.establish_async(stream)).await {
+                        Ok(Ok(assoc)) => scp.association(assoc).await,
+                        Ok(Err(e)) => {
+                            Err(NodeError::Association(format!("refused or failed: {e}")))
+                        }
+                        Err(_) => Err(NodeError::Association(
+                            "no association request in time".into(),
+                        )),
+                    }
+                };
+                if let Err(e) = done {
+                    tracing::warn!(%peer, tls, error = %e, "association ended with an error");
                 }
                 drop(permit);
             });
         }
     }
 
-    /// One association: negotiated, then its messages until release or abort.
-    async fn association(&self, stream: TcpStream) -> Result<(), NodeError> {
-        let mut assoc = self
-            .options
-            .establish_async(stream)
-            .await
-            .map_err(|e| NodeError::Association(format!("refused or failed: {e}")))?;
+    /// A DICOM TLS association: handshake and negotiation within the read timeout.
+    async fn tls_association(&self, stream: TcpStream) -> Result<(), NodeError> {
+        let Some(TlsConfig(config)) = &self.settings.tls else {
+            return Err(NodeError::Config("no TLS configuration".into()));
+        };
+        let options = self.options.clone().tls_config(config());
+        let limit = self.settings.read_timeout;
+        let assoc = match tokio::time::timeout(limit, options.establish_tls_async(stream)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err(NodeError::Association(format!("refused or failed: {e}"))),
+            Err(_) => {
+                return Err(NodeError::Association(
+                    "no TLS handshake and association request in time".into(),
+                ));
+            }
+        };
+        self.association(assoc).await
+    }
+
+    /// One association's messages until release or abort.
+    async fn association<S>(&self, mut assoc: AsyncServerAssociation<S>) -> Result<(), NodeError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
         let calling = shown_ae(dicom_ul::association::Association::peer_ae_title(&assoc));
         let contexts: HashMap<u8, (String, String)> = assoc
             .presentation_contexts()
@@ -478,11 +524,14 @@ impl Incoming<'_> {
 }
 
 /// Sends one command set as a P-DATA PDU on presentation context `id`.
-async fn respond(
-    assoc: &mut AsyncServerAssociation<TcpStream>,
+async fn respond<S>(
+    assoc: &mut AsyncServerAssociation<S>,
     id: u8,
     command: Vec<u8>,
-) -> Result<(), NodeError> {
+) -> Result<(), NodeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     assoc
         .send(&Pdu::PData {
             data: vec![PDataValue {

@@ -73,14 +73,17 @@ pub enum Alpn {
     H2,
     /// HTTP/1.1 (the REST endpoints).
     Http11,
+    /// None (DICOM TLS: the DICOM node's listener).
+    None,
 }
 
 impl Alpn {
     /// The protocol's ALPN identifier.
-    fn id(self) -> &'static [u8] {
+    fn id(self) -> Option<&'static [u8]> {
         match self {
-            Alpn::H2 => b"h2",
-            Alpn::Http11 => b"http/1.1",
+            Alpn::H2 => Some(b"h2"),
+            Alpn::Http11 => Some(b"http/1.1"),
+            Alpn::None => None,
         }
     }
 }
@@ -212,7 +215,7 @@ fn server_config(files: &TlsFiles, c: &Contents, alpn: Alpn) -> Result<ServerCon
             files.key.display()
         ))
     })?;
-    config.alpn_protocols = vec![alpn.id().to_vec()];
+    config.alpn_protocols = alpn.id().map(|id| vec![id.to_vec()]).unwrap_or_default();
     Ok(config)
 }
 
@@ -231,6 +234,11 @@ impl TlsSource {
             files,
             alpn,
         })
+    }
+
+    /// The configuration for a new connection (see [`TlsSource::acceptor`]).
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.acceptor().config().clone()
     }
 
     /// The acceptor for a new connection, after re-reading the files if the last look is more
