@@ -252,25 +252,36 @@ pub async fn run(
 
 impl Node {
     /// Grades one complete study and writes its outbox (row and results); its instances are
-    /// deleted once the outbox is on disk.
+    /// deleted once the outbox is on disk. A server that stays unreachable or busy through the
+    /// client's retries leaves the study in the spool, graded again after a pause; only an
+    /// answer that will not change (a refusal, bad data) ends it with an `error` row.
     async fn grade(&self, study: &str) {
         let dir = self.spool.grading_dir(study);
-        let started = Instant::now();
-        let (uid, row, results) = match self.graded(&dir).await {
-            Ok((uid, g)) => (uid, g.row, g.results),
-            Err((uid, e)) => {
-                let reason = one_line(&e);
-                (uid.clone(), Row::ended(&uid, "error", reason), Vec::new())
+        let mut pause = Duration::from_secs(5);
+        let (row, results) = loop {
+            let started = Instant::now();
+            match self.graded(&dir).await {
+                Ok((_, g)) => {
+                    tracing::info!(
+                        study = %study,
+                        status = g.row.status,
+                        results = g.results.len(),
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "study graded"
+                    );
+                    break (g.row, g.results);
+                }
+                Err((_, NodeError::Client(e))) if transient(&e) => {
+                    tracing::warn!(study = %study, error = %e, wait_s = pause.as_secs(), "the server did not grade the study; it stays in the spool and is graded again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(300));
+                }
+                Err((uid, e)) => {
+                    tracing::warn!(study = %study, error = %e, "study ended in error");
+                    break (Row::ended(&uid, "error", one_line(&e)), Vec::new());
+                }
             }
         };
-        tracing::info!(
-            study = %study,
-            status = row.status,
-            results = results.len(),
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "study graded"
-        );
-        let _ = uid;
         match self.spool.write_outbox(study, &row.record(), &results) {
             Ok(()) => {
                 let _ = self.spool.remove(&dir);
@@ -394,6 +405,15 @@ impl Node {
     }
 }
 
+/// Whether grading may succeed later: the server unreachable, draining or busy.
+fn transient(e: &osteo_client::ClientError) -> bool {
+    match e {
+        osteo_client::ClientError::Unavailable(_) => true,
+        osteo_client::ClientError::Status(s) => osteo_client::retry::transient_status(s),
+        _ => false,
+    }
+}
+
 /// An error and its causes on one line.
 fn one_line(e: &NodeError) -> String {
     let mut s = e.to_string();
@@ -404,4 +424,23 @@ fn one_line(e: &NodeError) -> String {
         source = c.source();
     }
     s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_or_busy_server_is_transient_and_a_refusal_is_not() {
+        use osteo_client::ClientError;
+        assert!(transient(&ClientError::Unavailable(
+            "connection refused".into()
+        )));
+        assert!(transient(&tonic::Status::unavailable("draining").into()));
+        assert!(transient(&tonic::Status::resource_exhausted("busy").into()));
+        assert!(!transient(
+            &tonic::Status::invalid_argument("bad DICOM").into()
+        ));
+        assert!(!transient(&ClientError::Answer("no SR".into())));
+    }
 }
