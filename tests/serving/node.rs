@@ -570,7 +570,7 @@ async fn limits_refuse_what_does_not_fit_and_an_unsupported_class_is_negotiated_
     }
 
     // Five instances of a study, then A700.
-    let sent = storescu(node.port, &[study_dir.clone()]).await;
+    let sent = storescu(node.port, std::slice::from_ref(&study_dir)).await;
     let text =
         String::from_utf8_lossy(&sent.stdout).to_string() + &String::from_utf8_lossy(&sent.stderr);
     assert!(text.contains("Refused: OutOfResources"), "{text}");
