@@ -19,10 +19,19 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
 
 /// Whether a gRPC failure may pass on retry: a busy, draining or unreachable server (tonic
-/// reports a refused or dropped connection as UNAVAILABLE), unless the server said not to
-/// retry (OsteoServe does for a request over a configured size limit).
+/// reports a refused or dropped connection as UNAVAILABLE), or a balancer in front of one that
+/// answered HTTP 502, 503 or 504 (which gRPC maps to UNAVAILABLE, while tonic, reading the
+/// balancer's HTML page as gRPC, reports INTERNAL), unless the server said not to retry
+/// (OsteoServe does for a request over a configured size limit).
 pub fn transient_status(s: &tonic::Status) -> bool {
     use tonic::Code;
+    let gateway = matches!(s.code(), Code::Internal | Code::Unknown)
+        && ["status: 502", "status: 503", "status: 504"]
+            .iter()
+            .any(|m| s.message().contains(m));
+    if gateway {
+        return true;
+    }
     let told_not_to = s.metadata().get(RETRY_PUSHBACK).is_some_and(|v| {
         v.to_str()
             .ok()
@@ -74,6 +83,17 @@ where
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn a_balancers_bad_gateway_is_transient_and_a_servers_internal_error_is_not() {
+        let gateway = tonic::Status::internal(
+            "protocol error: received message with invalid compression flag: 60 (valid flags \
+             are 0 and 1) while receiving response with status: 502 Bad Gateway",
+        );
+        assert!(transient_status(&gateway));
+        assert!(!transient_status(&tonic::Status::internal("a backend failed on the batch")));
+        assert!(transient_status(&tonic::Status::unavailable("draining")));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_and_others_are_not() {
