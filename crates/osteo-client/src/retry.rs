@@ -91,7 +91,9 @@ mod tests {
              are 0 and 1) while receiving response with status: 502 Bad Gateway",
         );
         assert!(transient_status(&gateway));
-        assert!(!transient_status(&tonic::Status::internal("a backend failed on the batch")));
+        assert!(!transient_status(&tonic::Status::internal(
+            "a backend failed on the batch"
+        )));
         assert!(transient_status(&tonic::Status::unavailable("draining")));
     }
 
