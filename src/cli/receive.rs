@@ -52,6 +52,15 @@ pub struct ReceiveArgs {
     /// Where the SR and the Grad-CAM secondary capture go (C-STORE), AE@HOST:PORT.
     #[arg(long, value_name = "AE@HOST:PORT")]
     send_to: Option<String>,
+    /// Send to --send-to over DICOM TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "PEM", requires = "send_to")]
+    send_tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain presented to --send-to over TLS (with --send-tls-key).
+    #[arg(long, value_name = "PEM", requires_all = ["send_tls_ca", "send_tls_key"])]
+    send_tls_cert: Option<PathBuf>,
+    /// PEM private key of --send-tls-cert.
+    #[arg(long, value_name = "PEM", requires = "send_tls_cert")]
+    send_tls_key: Option<PathBuf>,
     /// A DICOMweb service root the SR and secondary capture are stored to (STOW-RS), with or
     /// instead of --send-to.
     #[arg(long, value_name = "URL")]
@@ -111,7 +120,7 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--stow: {e}"))
         })
         .transpose()?;
-    let settings = NodeSettings {
+    let mut settings = NodeSettings {
         scp: ScpSettings {
             ae_title: args.ae_title.clone(),
             allow_ae: args.allow_ae.clone(),
@@ -139,7 +148,13 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         println!("osteo receive: arguments ok");
         return Ok(());
     }
-    let mut settings = settings;
+    if let (Some(to), Some(ca)) = (settings.send_to.as_mut(), &args.send_tls_ca) {
+        let identity = args
+            .send_tls_cert
+            .as_deref()
+            .zip(args.send_tls_key.as_deref());
+        to.tls = Some(osteo_node::scu::tls_client(ca, identity)?);
+    }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         use osteo_server::net::tls::{Alpn, TlsFiles, TlsSource};
         let source = TlsSource::load(

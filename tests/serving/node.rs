@@ -30,8 +30,14 @@ struct StoreScp {
 
 impl StoreScp {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// storescp with `extra` arguments (its TLS options, say) before the port.
+    fn start_with(port: u16, extra: &[std::ffi::OsString]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new("storescp")
+            .args(extra)
             .args(["-aet", "PACS", "-od"])
             .arg(dir.path())
             .arg(port.to_string())
@@ -134,6 +140,7 @@ fn settings(dir: &Path, send_to: Option<u16>, idle_s: u64) -> NodeSettings {
         send_to: send_to.map(|p| Destination {
             ae_title: "PACS".into(),
             address: format!("127.0.0.1:{p}"),
+            tls: None,
         }),
         stow: None,
         study_idle: Duration::from_secs(idle_s),
@@ -400,6 +407,7 @@ async fn orthanc_pushes_a_study_to_the_node_and_receives_the_results_over_dimse(
     s.send_to = Some(Destination {
         ae_title: "ORTHANC".into(),
         address: format!("127.0.0.1:{}", orthanc.dicom_port),
+        tls: None,
     });
     s.scp.allow_ae = vec!["ORTHANC".into()];
     let node = Node::start(&server, s).await;
@@ -656,6 +664,7 @@ async fn pynetdicom_sends_a_study_and_receives_the_results() {
     s.send_to = Some(Destination {
         ae_title: "PYSCP".into(),
         address: format!("127.0.0.1:{scp_port}"),
+        tls: None,
     });
     s.scp.allow_ae = vec!["PYNETDICOM".into()];
     let node = Node::start(&server, s).await;
@@ -690,7 +699,7 @@ async fn pynetdicom_sends_a_study_and_receives_the_results() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dicom_tls_with_client_certificates_on_the_second_listener() {
+async fn dicom_tls_in_with_client_certificates_and_out_to_a_tls_pacs() {
     use crate::common::pki::Ca;
     let server = InProc::start("", &FUSED, registry()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -698,7 +707,20 @@ async fn dicom_tls_with_client_certificates_on_the_second_listener() {
     let clients = Ca::new(dir.path(), "modalities");
     let cert = node_ca.server();
     let modality = clients.client("modality");
-    let pacs = StoreScp::start(free_port());
+    // The PACS speaks DICOM TLS too, and wants the node's client certificate.
+    let pacs_ca = Ca::new(dir.path(), "pacs");
+    let pacs_cert = pacs_ca.server();
+    let node_identity = clients.client("osteo-node");
+    let pacs = StoreScp::start_with(
+        free_port(),
+        &[
+            "+tls".into(),
+            pacs_cert.key.clone().into(),
+            pacs_cert.cert.clone().into(),
+            "+cf".into(),
+            clients.cert.clone().into(),
+        ],
+    );
     let (port, tls_port) = (free_port(), free_port());
     let log = dir.path().join("node.log");
     let mut command = Command::new(env!("CARGO_BIN_EXE_osteo"));
@@ -724,6 +746,12 @@ async fn dicom_tls_with_client_certificates_on_the_second_listener() {
         .arg("--results")
         .arg(dir.path().join("results.csv"))
         .args(["--send-to", &format!("PACS@127.0.0.1:{}", pacs.port)])
+        .arg("--send-tls-ca")
+        .arg(&pacs_ca.cert)
+        .arg("--send-tls-cert")
+        .arg(&node_identity.cert)
+        .arg("--send-tls-key")
+        .arg(&node_identity.key)
         .args(["--study-idle-s", "1", "--allow-ae", "STORESCU"])
         .stdout(std::fs::File::create(&log).expect("log"))
         .stderr(std::fs::File::create(dir.path().join("node.err")).expect("log"));
@@ -757,8 +785,10 @@ async fn dicom_tls_with_client_certificates_on_the_second_listener() {
         String::from_utf8_lossy(&sent.stdout),
         String::from_utf8_lossy(&sent.stderr)
     );
+    // The results are acknowledged by the TLS PACS before the row is written.
     let rows = rows(&dir.path().join("results.csv"), 1).await;
     assert_eq!(rows[0][1], "classified");
+    assert_eq!(pacs.received().len(), 2, "{:?}", pacs.received());
     node.kill().expect("kill");
     let _ = node.wait();
 }

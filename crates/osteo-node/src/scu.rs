@@ -5,15 +5,28 @@ use crate::dimse::{self, Command};
 use crate::error::NodeError;
 use dicom_ul::ClientAssociationOptions;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A destination: `AE@HOST:PORT`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A destination: `AE@HOST:PORT`, over DICOM TLS when `tls` is set.
+#[derive(Debug, Clone)]
 pub struct Destination {
     /// The called AE title.
     pub ae_title: String,
     /// `HOST:PORT`.
     pub address: String,
+    /// The TLS client configuration (trusted CA, optional client certificate); none = plain.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Destination {
+    /// The host part of the address (the name its certificate must hold).
+    fn host(&self) -> &str {
+        self.address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h)
+            .trim_matches(['[', ']'])
+    }
 }
 
 impl std::str::FromStr for Destination {
@@ -33,8 +46,50 @@ impl std::str::FromStr for Destination {
         Ok(Self {
             ae_title: ae.to_string(),
             address: address.to_string(),
+            tls: None,
         })
     }
+}
+
+/// The TLS client configuration of a destination: servers whose certificate chains to the CA
+/// in `ca` (PEM), and the client certificate and key `identity` (PEM) when the destination asks
+/// for one.
+pub fn tls_client(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Arc<rustls::ClientConfig>, NodeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        NodeError::Config(format!("{what} {}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad("--send-tls-ca", ca, &e))? {
+        let cert = cert.map_err(|e| bad("--send-tls-ca", ca, &e))?;
+        roots.add(cert).map_err(|e| bad("--send-tls-ca", ca, &e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("--send-tls-ca", ca, &"holds no PEM certificate"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NodeError::Config(format!("TLS protocol versions: {e}")))?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad("--send-tls-cert", cert, &e))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| bad("--send-tls-key", key, &e))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                NodeError::Config(format!("--send-tls-cert and --send-tls-key: {e}"))
+            })?
+        }
+    };
+    Ok(Arc::new(config))
 }
 
 /// What a Part-10 file holds for sending: its SOP class and instance, transfer syntax and the
@@ -118,11 +173,38 @@ pub async fn store(
     for (class, ts) in &classes {
         options = options.with_presentation_context(class.to_string(), vec![ts.to_string()]);
     }
-    let mut assoc = options
-        .establish_async(to.address.as_str())
-        .await
-        .map_err(|e| NodeError::Association(format!("to {}: {e}", to.ae_title)))?;
-    let _ = assoc.inner_stream().set_nodelay(true);
+    match &to.tls {
+        None => {
+            let mut assoc = options
+                .establish_async(to.address.as_str())
+                .await
+                .map_err(|e| NodeError::Association(format!("to {}: {e}", to.ae_title)))?;
+            let _ = assoc.inner_stream().set_nodelay(true);
+            send_all(assoc, to, &parts).await
+        }
+        Some(tls) => {
+            let mut assoc = options
+                .tls_config(tls.clone())
+                .server_name(to.host())
+                .establish_tls_async(to.address.as_str())
+                .await
+                .map_err(|e| NodeError::Association(format!("to {} (TLS): {e}", to.ae_title)))?;
+            let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
+            send_all(assoc, to, &parts).await
+        }
+    }
+}
+
+/// Sends every file on an established association, each C-STORE answered before the next,
+/// then releases it.
+async fn send_all<S>(
+    mut assoc: dicom_ul::association::AsyncClientAssociation<S>,
+    to: &Destination,
+    parts: &[Parts<'_>],
+) -> Result<(), NodeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let max = match assoc.acceptor_max_pdu_length() {
         0 => 64 << 10,
         n => (n as usize).saturating_sub(6).max(1024),
