@@ -1,5 +1,6 @@
 //! GetShadowReport: every shadow pair in force with its counts, agreement figures and
-//! bootstrap intervals, computed off the async threads.
+//! bootstrap intervals, computed off the async threads, one report at a time (a concurrent
+//! request is RESOURCE_EXHAUSTED).
 
 use super::{Call, Engine};
 use crate::error::ServerError;
@@ -36,8 +37,21 @@ impl Engine {
                 )));
             }
         };
+        let permit = self
+            .state
+            .traffic
+            .reporting
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ServerError::ResourceExhausted(
+                    "another shadow report is being computed; retry in a moment".into(),
+                )
+            })?;
         let pairs = self.state.traffic.pairs();
         let pairs = blocking(move || {
+            // Held until the computation ends, even when the caller's deadline passed.
+            let _permit = permit;
             Ok(pairs
                 .iter()
                 .map(|p| {

@@ -40,6 +40,9 @@ pub struct Traffic {
     queue: tokio::sync::mpsc::Sender<Job>,
     waiting: Mutex<Option<tokio::sync::mpsc::Receiver<Job>>>,
     report_window: usize,
+    /// Held while a shadow report is computed: one at a time, so repeated report requests cost
+    /// at most one core.
+    pub(crate) reporting: Arc<tokio::sync::Semaphore>,
 }
 
 impl Traffic {
@@ -53,6 +56,7 @@ impl Traffic {
             queue: tx,
             waiting: Mutex::new(Some(rx)),
             report_window: settings.traffic.report_window.max(1),
+            reporting: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
