@@ -278,7 +278,8 @@ impl Node {
                 }
                 Err((uid, e)) => {
                     tracing::warn!(study = %study, error = %e, "study ended in error");
-                    break (Row::ended(&uid, "error", one_line(&e)), Vec::new());
+                    let reason = osteo_core::error::chain(&e).replace('\n', " ");
+                    break (Row::ended(&uid, "error", reason), Vec::new());
                 }
             }
         };
@@ -319,22 +320,12 @@ impl Node {
                 }
             }
         }
-        let first = listed.first().cloned();
-        let limits = osteo_dicom::IngestLimits {
-            max_file_bytes: u64::MAX >> 1,
-            ..Default::default()
-        };
-        let uid = match first {
-            Some(p) => {
-                tokio::task::spawn_blocking(move || osteo_dicom::instance_identity(&p, &limits))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(|i| i.study_uid)
-                    .unwrap_or_default()
-            }
-            None => String::new(),
-        };
+        // The study's UID from the first instance, already in memory (its first 64 KiB).
+        let uid = files
+            .first()
+            .and_then(|f| osteo_dicom::instance_identity_in(f, &scp::spooled_limits()).ok())
+            .map(|i| i.study_uid)
+            .unwrap_or_default();
         match self.grader.grade(&uid, Arc::new(files)).await {
             Ok(g) => Ok((uid, g)),
             Err(e) => Err((uid, e.into())),
@@ -412,18 +403,6 @@ fn transient(e: &osteo_client::ClientError) -> bool {
         osteo_client::ClientError::Status(s) => osteo_client::retry::transient_status(s),
         _ => false,
     }
-}
-
-/// An error and its causes on one line.
-fn one_line(e: &NodeError) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        source = c.source();
-    }
-    s.replace('\n', " ")
 }
 
 #[cfg(test)]

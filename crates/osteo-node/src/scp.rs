@@ -416,10 +416,7 @@ fn keep(
             let _ = std::fs::remove_file(p);
         }
     };
-    let limits = osteo_dicom::IngestLimits {
-        max_file_bytes: u64::MAX >> 1,
-        ..Default::default()
-    };
+    let limits = spooled_limits();
     let identity = match spilled {
         Some(p) => osteo_dicom::instance_identity(p, &limits),
         None => osteo_dicom::instance_identity_in(&held, &limits),
@@ -460,6 +457,15 @@ fn keep(
             drop_spilled();
             dimse::OUT_OF_RESOURCES
         }
+    }
+}
+
+/// The limits an instance's header is read under: any size (the instance size limit applied
+/// as it arrived).
+pub(crate) fn spooled_limits() -> osteo_dicom::IngestLimits {
+    osteo_dicom::IngestLimits {
+        max_file_bytes: u64::MAX >> 1,
+        ..Default::default()
     }
 }
 

@@ -82,6 +82,10 @@ impl Engine {
     /// is known before grading (stored, or ingested by this call), else the client's affinity
     /// key. The key is only hashed.
     fn sticky_key(&self, call: &Call, source: &Source<'_>) -> StickyKey {
+        // Only a canary reads the key: without one, no store lookup is spent on it.
+        if !self.state.traffic.has_canaries() {
+            return StickyKey(None);
+        }
         let study = match source {
             Source::Ingested(s) => Some(s.clone()),
             Source::Ref(Some(pb::StudyRef {

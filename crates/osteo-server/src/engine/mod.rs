@@ -163,6 +163,9 @@ impl Engine {
         backend: &str,
         key: &crate::traffic::StickyKey,
     ) -> Result<(Arc<ServedModel>, Arc<Worker>), ServerError> {
+        if !version.is_empty() || !self.state.traffic.has_canaries() {
+            return self.resolve_exact(call, model, version, backend);
+        }
         let served = self
             .state
             .models()?

@@ -90,6 +90,11 @@ fn route(t: &CanaryTarget, label: &str) -> Route {
 }
 
 impl super::Traffic {
+    /// Whether any canary split is in force (requests skip the routing work when none is).
+    pub fn has_canaries(&self) -> bool {
+        !self.compiled().canaries.is_empty()
+    }
+
     /// The canary route of a request for `model` (a served name) naming `version` and
     /// `backend`: none when the model has no split or the request names its version.
     pub fn canary(
