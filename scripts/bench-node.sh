@@ -7,6 +7,9 @@
 # the idle wait (--study-idle-s), grading (one GradeStudy call) and sending (C-STORE).
 #
 #   scripts/bench-node.sh [RUNS=5] [MATRIX=512]
+#
+# NODE_ARGS adds arguments to `osteo receive` (e.g. NODE_ARGS="--journal-mib 0" for the spool
+# without its journal, every instance's file synced).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -34,7 +37,7 @@ pids+=($!)
 until grep -q SERVING "$work/serve.log"; do sleep 0.2; done
 "$osteo" receive --ae-title OSTEO --listen "127.0.0.1:$node" --server "http://127.0.0.1:$grpc" \
   --spool "$work/spool" --results "$work/results.csv" --send-to "PACS@127.0.0.1:$pacs" \
-  --study-idle-s 2 >"$work/node.log" 2>&1 &
+  --study-idle-s 2 ${NODE_ARGS:-} >"$work/node.log" 2>&1 &
 pids+=($!)
 sleep 1
 calc() { python3 -c "print($1)"; }

@@ -45,6 +45,12 @@ pub struct ReceiveArgs {
     /// Resources, A700).
     #[arg(long, default_value_t = 10240, value_parser = clap::value_parser!(u64).range(1..))]
     spool_mib: u64,
+    /// The spool's journal in MiB, beside the budget (two segments written in place): an
+    /// instance of up to 4 MiB is acknowledged once its journal record is synced, about half
+    /// the cost of syncing a new file. 0: each instance's own file is synced instead (for file
+    /// systems that do not overwrite in place, such as btrfs or ZFS); otherwise at least 16.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(0..=65536))]
+    journal_mib: u64,
     /// The results CSV (study_uid,status,grade,p_normal,p_osteopenia,p_osteoporosis,reason),
     /// one row per study once its results are acknowledged.
     #[arg(long, value_name = "CSV")]
@@ -132,6 +138,7 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         },
         spool: args.spool.clone(),
         spool_bytes: args.spool_mib << 20,
+        journal_bytes: args.journal_mib << 20,
         results: args.results.clone(),
         send_to,
         stow,
@@ -141,6 +148,9 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     };
     if args.ae_title.is_empty() || args.ae_title.len() > 16 {
         anyhow::bail!("--ae-title must be 1 to 16 characters");
+    }
+    if (1..16).contains(&args.journal_mib) {
+        anyhow::bail!("--journal-mib must be 0 (no journal) or at least 16");
     }
     let client_auth = osteo_server::net::tls::ClientAuth::parse(&args.tls_client_auth)
         .ok_or_else(|| anyhow::anyhow!("--tls-client-auth must be none, optional or required"))?;

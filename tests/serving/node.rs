@@ -136,6 +136,7 @@ fn settings(dir: &Path, send_to: Option<u16>, idle_s: u64) -> NodeSettings {
         },
         spool: dir.join("spool"),
         spool_bytes: 1 << 30,
+        journal_bytes: 16 << 20,
         results: dir.join("results.csv"),
         send_to: send_to.map(|p| Destination {
             ae_title: "PACS".into(),

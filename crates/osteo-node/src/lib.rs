@@ -7,6 +7,7 @@
 
 pub mod dimse;
 pub mod error;
+pub mod journal;
 pub mod scp;
 pub mod scu;
 pub mod spool;
@@ -34,6 +35,8 @@ pub struct NodeSettings {
     pub spool: PathBuf,
     /// The spool's byte budget.
     pub spool_bytes: u64,
+    /// The spool journal's bytes (two segments; 0: each instance's file is synced instead).
+    pub journal_bytes: u64,
     /// The results CSV.
     pub results: PathBuf,
     /// Where results are sent by C-STORE (none = not by DIMSE).
@@ -134,7 +137,11 @@ pub async fn run(
             "--ae-title must be 1 to 16 characters".into(),
         ));
     }
-    let spool = Arc::new(Spool::open(&settings.spool, settings.spool_bytes)?);
+    let spool = Arc::new(Spool::open(
+        &settings.spool,
+        settings.spool_bytes,
+        settings.journal_bytes,
+    )?);
     let tracker = Arc::new(Tracker::new(
         settings.study_idle,
         settings.max_study_instances,
@@ -201,7 +208,14 @@ pub async fn run(
                     _ = stop.changed() => return,
                 }
                 for study in node.tracker.complete(Instant::now()) {
-                    match node.spool.claim(&study) {
+                    let spool = node.spool.clone();
+                    let claimed = {
+                        let study = study.clone();
+                        tokio::task::spawn_blocking(move || spool.claim(&study))
+                            .await
+                            .unwrap_or_else(|e| Err(NodeError::Config(format!("claim: {e}"))))
+                    };
+                    match claimed {
                         Ok(()) => {
                             let _ = grade_tx.send(study);
                         }

@@ -4,12 +4,15 @@
 //!
 //! ```text
 //! incoming/<random>.part      an instance being received (deleted at start-up: never acknowledged)
-//! studies/<study>/<sop>.dcm   acknowledged instances, fsynced before the success response
+//! studies/<study>/<sop>.dcm   acknowledged instances: journalled (or the file synced) before
+//!                             the success response
 //! grading/<study>/            a complete study, being graded (a late instance opens a new one)
 //! outbox/<study>/             a graded study: row.csv, and result-<n>.dcm until acknowledged
+//! journal/                    the instances held in memory, until a checkpoint (see journal.rs)
 //! ```
 
 use crate::error::NodeError;
+use crate::journal::{Journal, Position};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ pub struct Spool {
     root: PathBuf,
     budget: u64,
     used: Mutex<u64>,
+    journal: Option<Journal>,
 }
 
 /// Bytes of the budget held by one writer until it is kept (then they stay counted) or dropped.
@@ -83,10 +87,36 @@ pub fn sync_dir(dir: &Path) -> Result<(), NodeError> {
         .map_err(io("cannot sync", dir))
 }
 
+/// Writes `<sop>.dcm` in `dir` through `<sop>.part` (synced when `sync`).
+fn write_file(dir: &Path, sop: &str, bytes: &[u8], sync: bool) -> Result<(), NodeError> {
+    let part = dir.join(format!("{sop}.part"));
+    let mut f = fs::File::create(&part).map_err(io("cannot create", &part))?;
+    f.write_all(bytes)
+        .and_then(|()| if sync { f.sync_all() } else { Ok(()) })
+        .map_err(io("cannot write", &part))?;
+    drop(f);
+    fs::rename(&part, dir.join(format!("{sop}.dcm"))).map_err(io("cannot move into", dir))
+}
+
+/// Writes a journalled instance back into its study: into `grading/` when the study was taken
+/// up there before the crash (its file may be incomplete), else into `studies/`.
+fn restore(root: &Path, study: &str, sop: &str, bytes: &[u8]) -> Result<(), NodeError> {
+    let grading = root.join("grading").join(study);
+    let dir = if grading.join(format!("{sop}.dcm")).exists() {
+        grading
+    } else {
+        root.join("studies").join(study)
+    };
+    fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+    write_file(&dir, sop, bytes, false)
+}
+
 impl Spool {
-    /// Opens (creating) the spool at `root` with a budget of `budget` bytes; instances half
-    /// received before a crash are deleted, everything else is counted.
-    pub fn open(root: &Path, budget: u64) -> Result<Self, NodeError> {
+    /// Opens (creating) the spool at `root` with a budget of `budget` bytes and a journal of
+    /// `journal` bytes (two segments; 0: no journal, each instance's file is synced instead).
+    /// Instances half received before a crash are deleted, journalled ones restored, everything
+    /// is counted.
+    pub fn open(root: &Path, budget: u64, journal: u64) -> Result<Self, NodeError> {
         for d in ["incoming", "studies", "grading", "outbox"] {
             fs::create_dir_all(root.join(d)).map_err(io("cannot create", &root.join(d)))?;
         }
@@ -107,6 +137,19 @@ impl Spool {
                 }
             }
         }
+        let journal = match journal {
+            0 => None,
+            bytes => {
+                let (journal, restored) =
+                    Journal::open(&root.join("journal"), bytes / 2, |study, sop, data| {
+                        restore(root, study, sop, data)
+                    })?;
+                if restored > 0 {
+                    tracing::info!(instances = restored, "instances restored from the journal");
+                }
+                Some(journal)
+            }
+        };
         let used = ["studies", "grading", "outbox"]
             .iter()
             .map(|d| size_of(&root.join(d)))
@@ -115,6 +158,7 @@ impl Spool {
             root: root.to_path_buf(),
             budget,
             used: Mutex::new(used),
+            journal,
         })
     }
 
@@ -163,15 +207,37 @@ impl Spool {
     }
 
     /// Moves complete study `study` from `studies/` to `grading/` (an earlier grading of the same
-    /// study, left by a crash, is replaced).
+    /// study, left by a crash, is replaced) and makes its files durable; blocking.
     pub fn claim(&self, study: &str) -> Result<(), NodeError> {
+        let mark = self.move_to_grading(study)?;
+        match (&self.journal, mark) {
+            (Some(journal), Some(mark)) => journal.checkpoint(mark),
+            _ => Ok(()),
+        }
+    }
+
+    /// The move of `claim`, with no instance being journalled meanwhile; the journal's position
+    /// after it (a checkpoint there covers every file of the study).
+    fn move_to_grading(&self, study: &str) -> Result<Option<Position>, NodeError> {
         let to = self.grading_dir(study);
         if to.exists() {
             self.remove(&to)?;
         }
         let from = self.study_dir(study);
-        fs::rename(&from, &to).map_err(io("cannot move", &from))?;
-        sync_dir(&self.root.join("grading"))
+        let rename = || fs::rename(&from, &to).map_err(io("cannot move", &from));
+        let mark = match &self.journal {
+            Some(journal) => {
+                let (moved, mark) = journal.quiet(rename);
+                moved?;
+                Some(mark)
+            }
+            None => {
+                rename()?;
+                None
+            }
+        };
+        sync_dir(&self.root.join("grading"))?;
+        Ok(mark)
     }
 
     /// The studies being graded when the node stopped.
@@ -196,23 +262,29 @@ impl Spool {
         self.synced(&dir, created)
     }
 
-    /// Writes a received instance held in memory into study `study` as instance `sop`: written
-    /// beside its final name, synced, renamed, the directory synced (one file and one directory
-    /// sync per instance); a repeated instance replaces the earlier copy.
+    /// Writes a received instance held in memory into study `study` as instance `sop`, durable
+    /// when this returns: a journal record synced and the file written, or (no journal) the
+    /// file and its directory synced; a repeated instance replaces the earlier copy.
     pub fn keep_bytes(&self, bytes: &[u8], study: &str, sop: &str) -> Result<(), NodeError> {
+        if let Some(journal) = self.journal.as_ref().filter(|j| j.fits(bytes.len())) {
+            return journal.append(study, sop, bytes, || {
+                let (dir, _) = self.study_dir_created(study)?;
+                self.replace(&dir, sop, bytes, false)
+            });
+        }
         let (dir, created) = self.study_dir_created(study)?;
-        let part = dir.join(format!("{sop}.part"));
+        self.replace(&dir, sop, bytes, true)?;
+        self.synced(&dir, created)
+    }
+
+    /// Writes instance `sop` into `dir` beside its final name (synced when `sync`), then renames
+    /// it over any earlier copy, whose bytes are given back.
+    fn replace(&self, dir: &Path, sop: &str, bytes: &[u8], sync: bool) -> Result<(), NodeError> {
         let to = dir.join(format!("{sop}.dcm"));
-        let mut f = fs::File::create(&part).map_err(io("cannot create", &part))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(io("cannot write", &part))?;
-        drop(f);
         if let Ok(old) = fs::metadata(&to) {
             self.give_back(old.len());
         }
-        fs::rename(&part, &to).map_err(io("cannot move into", &dir))?;
-        self.synced(&dir, created)
+        write_file(dir, sop, bytes, sync)
     }
 
     /// Study `study`'s directory, and whether it was created now.
@@ -331,7 +403,7 @@ mod tests {
     #[test]
     fn the_budget_holds_reservations_and_kept_files_and_a_restart_recounts() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let spool = Spool::open(dir.path(), 100).expect("open");
+        let spool = Spool::open(dir.path(), 100, 0).expect("open");
         let mut r = spool.reserve();
         assert!(r.grow(60));
         assert!(!r.grow(50), "over the budget");
@@ -351,11 +423,55 @@ mod tests {
             "a dropped reservation gives its bytes back"
         );
         fs::write(dir.path().join("incoming").join("x.part"), [0u8; 10]).expect("half");
-        let again = Spool::open(dir.path(), 100).expect("reopen");
+        let again = Spool::open(dir.path(), 100, 0).expect("reopen");
         assert_eq!(again.used(), 60);
         assert!(!dir.path().join("incoming").join("x.part").exists());
         assert_eq!(again.studies().len(), 1);
         again.remove(&again.study_dir("s1")).expect("remove");
         assert_eq!(again.used(), 0);
+    }
+
+    fn k(n: u8) -> String {
+        format!("{n:032x}")
+    }
+
+    #[test]
+    fn a_journalled_instance_whose_file_was_lost_is_restored_into_its_study() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).expect("open");
+        spool.keep_bytes(b"one", &k(1), &k(2)).expect("keep");
+        spool.keep_bytes(b"two", &k(1), &k(3)).expect("keep");
+        assert_eq!(spool.used(), 0, "the caller's reservation counts the bytes");
+        drop(spool);
+        // What a power cut may leave of a file written without a sync.
+        let file = dir.path().join("studies").join(k(1)).join(format!("{}.dcm", k(2)));
+        fs::write(&file, b"").expect("truncate");
+        fs::remove_file(dir.path().join("studies").join(k(1)).join(format!("{}.dcm", k(3))))
+            .expect("remove");
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).expect("reopen");
+        assert_eq!(fs::read(&file).expect("restored"), b"one");
+        assert_eq!(spool.studies()[0].1.len(), 2);
+        assert_eq!(spool.used(), 6);
+    }
+
+    #[test]
+    fn a_claimed_study_is_restored_where_it_was_claimed_and_never_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).expect("open");
+        spool.keep_bytes(b"one", &k(1), &k(2)).expect("keep");
+        // Crash after the move, before its checkpoint: the replay writes into grading/.
+        spool.move_to_grading(&k(1)).expect("move");
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).expect("reopen");
+        assert!(spool.studies().is_empty(), "{:?}", spool.studies());
+        assert_eq!(spool.grading().len(), 1);
+        // Claimed with its checkpoint, graded and deleted: nothing comes back.
+        spool.keep_bytes(b"two", &k(4), &k(5)).expect("keep");
+        spool.claim(&k(4)).expect("claim");
+        spool.remove(&spool.grading_dir(&k(4))).expect("graded");
+        spool.remove(&spool.grading_dir(&k(1))).expect("graded");
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).expect("reopen");
+        assert!(spool.studies().is_empty() && spool.grading().is_empty());
     }
 }
