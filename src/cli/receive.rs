@@ -100,6 +100,11 @@ pub struct ReceiveArgs {
     /// Most instances in one study (more are refused with A700).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     max_study_instances: u32,
+    /// Most MiB in one study (more are refused with A700). A study is held in memory while it is
+    /// graded, and the server refuses uploads over its `store.max_upload_bytes` (512 MiB by
+    /// default). A study with refused instances is not graded: its row is an error.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_study_mib: u64,
     /// Only check the arguments, then exit (no file is read, no server called, nothing listens).
     #[arg(long)]
     check: bool,
@@ -144,6 +149,7 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         stow,
         study_idle: Duration::from_secs(args.study_idle_s),
         max_study_instances: args.max_study_instances as usize,
+        max_study_bytes: args.max_study_mib << 20,
         concurrency: usize::from(args.concurrency),
     };
     if args.ae_title.is_empty() || args.ae_title.len() > 16 {

@@ -14,6 +14,7 @@ mod grade_study;
 mod hardening;
 mod inference;
 mod node;
+mod node_abuse;
 mod quality_gate;
 mod results_dicom;
 mod screen;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const FUSED: [(&str, &str); 1] = [("osteo-fused-v1", "backends = [\"ort\"]")];
 
 /// A free loopback port.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
@@ -22,14 +22,14 @@ fn free_port() -> u16 {
 }
 
 /// dcmtk's storescp as the results destination (AE PACS), writing into its own directory.
-struct StoreScp {
+pub(crate) struct StoreScp {
     child: std::process::Child,
     dir: tempfile::TempDir,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl StoreScp {
-    fn start(port: u16) -> Self {
+    pub(crate) fn start(port: u16) -> Self {
         Self::start_with(port, &[])
     }
 
@@ -57,7 +57,7 @@ impl StoreScp {
     }
 
     /// The files received so far.
-    fn received(&self) -> Vec<String> {
+    pub(crate) fn received(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
             .map(|d| {
                 d.flatten()
@@ -146,29 +146,35 @@ fn settings(dir: &Path, send_to: Option<u16>, idle_s: u64) -> NodeSettings {
         stow: None,
         study_idle: Duration::from_secs(idle_s),
         max_study_instances: 4096,
+        max_study_bytes: 1 << 30,
         concurrency: 2,
     }
 }
 
 /// `storescu -v` sending `paths` as STORESCU; its output.
-async fn storescu(port: u16, paths: &[PathBuf]) -> std::process::Output {
+pub(crate) async fn storescu(port: u16, paths: &[PathBuf]) -> std::process::Output {
+    storescu_with(port, &[], paths).await
+}
+
+/// dcmtk's storescu with `options` (before the peer) sending `paths` to the node on `port`.
+pub(crate) async fn storescu_with(
+    port: u16,
+    options: &[&str],
+    paths: &[PathBuf],
+) -> std::process::Output {
     let mut c = Command::new("storescu");
-    c.args([
-        "-v",
-        "+sd",
-        "-aec",
-        "OSTEO",
-        "-aet",
-        "STORESCU",
-        "127.0.0.1",
-    ])
-    .arg(port.to_string())
-    .args(paths);
+    // dcmtk waits for a delayed ACK after each instance without it.
+    c.env("TCP_NODELAY", "1")
+        .args(["-v", "+sd", "-aec", "OSTEO", "-aet", "STORESCU"])
+        .args(options)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .args(paths);
     output(c).await
 }
 
 /// The rows of the results CSV once it holds `n` (at most 60 s).
-async fn rows(results: &Path, n: usize) -> Vec<Vec<String>> {
+pub(crate) async fn rows(results: &Path, n: usize) -> Vec<Vec<String>> {
     let start = Instant::now();
     loop {
         let rows = osteo_client::screen::earlier(results).unwrap_or_default();
@@ -197,7 +203,7 @@ async fn emptied(spool: &Path) {
 }
 
 /// Directories (studies, graded, outbox) left in the spool.
-fn left(spool: &Path) -> usize {
+pub(crate) fn left(spool: &Path) -> usize {
     ["studies", "grading", "outbox"]
         .iter()
         .map(|d| std::fs::read_dir(spool.join(d)).map_or(0, |e| e.count()))
@@ -205,7 +211,7 @@ fn left(spool: &Path) -> usize {
 }
 
 /// A phantom CT study on disk, in `dir/study`: that directory.
-fn phantom(dir: &Path) -> PathBuf {
+pub(crate) fn phantom(dir: &Path) -> PathBuf {
     let at = dir.join("study");
     std::fs::create_dir_all(&at).expect("mkdir");
     let files = study(&at);
@@ -457,13 +463,14 @@ async fn orthanc_pushes_a_study_to_the_node_and_receives_the_results_over_dimse(
 }
 
 /// `osteo receive` as a process, its log in `log`.
-fn receive_process(
+pub(crate) fn receive_process(
     server: &str,
     dir: &Path,
     port: u16,
     send_to: u16,
     idle_s: u64,
     log: &Path,
+    extra: &[&str],
 ) -> std::process::Child {
     let log = std::fs::File::create(log).expect("log");
     Command::new(env!("CARGO_BIN_EXE_osteo"))
@@ -480,6 +487,7 @@ fn receive_process(
             "--allow-ae",
             "STORESCU",
         ])
+        .args(extra)
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
@@ -487,7 +495,7 @@ fn receive_process(
 }
 
 /// Waits until something accepts connections on `port`.
-async fn listening(port: u16) {
+pub(crate) async fn listening(port: u16) {
     let start = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -509,7 +517,15 @@ async fn a_node_killed_after_acknowledging_finishes_the_study_when_restarted_and
     let pacs = StoreScp::start(free_port());
     let port = free_port();
     let first_log = dir.path().join("first.log");
-    let mut node = receive_process(&server.url, dir.path(), port, pacs.port, 3600, &first_log);
+    let mut node = receive_process(
+        &server.url,
+        dir.path(),
+        port,
+        pacs.port,
+        3600,
+        &first_log,
+        &[],
+    );
     listening(port).await;
 
     // A silent connection and a malformed PDU are closed; the node keeps serving.
@@ -536,7 +552,15 @@ async fn a_node_killed_after_acknowledging_finishes_the_study_when_restarted_and
     let _ = node.wait();
 
     let second_log = dir.path().join("second.log");
-    let mut node = receive_process(&server.url, dir.path(), port, pacs.port, 1, &second_log);
+    let mut node = receive_process(
+        &server.url,
+        dir.path(),
+        port,
+        pacs.port,
+        1,
+        &second_log,
+        &[],
+    );
     let rows = rows(&dir.path().join("results.csv"), 1).await;
     assert_eq!(rows[0][1], "classified", "{rows:?}");
     let start = Instant::now();
@@ -592,12 +616,26 @@ async fn limits_refuse_what_does_not_fit_and_an_unsupported_class_is_negotiated_
     let text =
         String::from_utf8_lossy(&sent.stdout).to_string() + &String::from_utf8_lossy(&sent.stderr);
     assert!(text.contains("Refused: OutOfResources"), "{text}");
-    let kept: usize = std::fs::read_dir(dir.path().join("spool/studies"))
+    let studies: Vec<PathBuf> = std::fs::read_dir(dir.path().join("spool/studies"))
         .expect("studies")
         .flatten()
-        .map(|d| std::fs::read_dir(d.path()).expect("study").count())
+        .map(|d| d.path())
+        .collect();
+    let kept: usize = studies
+        .iter()
+        .map(|d| {
+            std::fs::read_dir(d)
+                .expect("study")
+                .flatten()
+                .filter(|f| f.path().extension().is_some_and(|e| e == "dcm"))
+                .count()
+        })
         .sum();
     assert_eq!(kept, 5);
+    assert!(
+        studies[0].join(osteo_node::spool::INCOMPLETE).exists(),
+        "the study is marked: it will not be graded"
+    );
 
     // A CT file relabelled as an Encapsulated PDF: no presentation context is accepted for it.
     let one = std::fs::read_dir(&study_dir)

@@ -17,6 +17,9 @@ pub enum NodeError {
     /// The DICOM upper layer (association, PDUs).
     #[error("association: {0}")]
     Association(String),
+    /// A study that cannot be graded because some of its instances were refused.
+    #[error("incomplete study: {0}")]
+    Incomplete(String),
     /// A configuration value.
     #[error("{0}")]
     Config(String),

@@ -139,9 +139,8 @@ fn scan(
         if file.read_exact_at(&mut h, at).is_err() || h[..4] != RECORD_MAGIC[..] {
             break;
         }
-        let field = |r: std::ops::Range<usize>| {
-            u64::from_le_bytes(h[r].try_into().unwrap_or_default())
-        };
+        let field =
+            |r: std::ops::Range<usize>| u64::from_le_bytes(h[r].try_into().unwrap_or_default());
         let len = field(16..24);
         if field(8..16) != generation
             || len > end - at - RECORD_HEADER
@@ -151,7 +150,10 @@ fn scan(
             break;
         }
         payload.resize(len as usize, 0);
-        if file.read_exact_at(&mut payload, at + RECORD_HEADER).is_err() {
+        if file
+            .read_exact_at(&mut payload, at + RECORD_HEADER)
+            .is_err()
+        {
             break;
         }
         let mut crc = crc32fast::Hasher::new();
@@ -439,15 +441,20 @@ mod tests {
         j.append(&k(1), &k(2), b"first", || Ok(())).expect("append");
         let ((), mark) = j.quiet(|| ());
         j.checkpoint(mark).expect("checkpoint");
-        j.append(&k(1), &k(3), b"second", || Ok(())).expect("append");
-        j.append(&k(4), &k(5), &[7u8; 5000], || Ok(())).expect("append");
+        j.append(&k(1), &k(3), b"second", || Ok(()))
+            .expect("append");
+        j.append(&k(4), &k(5), &[7u8; 5000], || Ok(()))
+            .expect("append");
         drop(j);
         let (j, seen) = open(dir.path(), 1 << 20);
         let got: Vec<(&str, &str, usize)> = seen
             .iter()
             .map(|(s, i, b)| (&s[..], &i[..], b.len()))
             .collect();
-        assert_eq!(got, [(&k(1)[..], &k(3)[..], 6), (&k(4)[..], &k(5)[..], 5000)]);
+        assert_eq!(
+            got,
+            [(&k(1)[..], &k(3)[..], 6), (&k(4)[..], &k(5)[..], 5000)]
+        );
         assert_eq!(seen[0].2, b"second");
         drop(j);
         // Replayed records were checkpointed when the journal opened.
@@ -462,7 +469,8 @@ mod tests {
         let (j, _) = open(dir.path(), segment);
         // Each record takes two 4 KiB blocks: a segment of 16 blocks holds 7 after its header.
         for n in 0..10u8 {
-            j.append(&k(1), &k(n), &[n; 5000], || Ok(())).expect("append");
+            j.append(&k(1), &k(n), &[n; 5000], || Ok(()))
+                .expect("append");
         }
         drop(j);
         let (j, seen) = open(dir.path(), segment);
@@ -473,7 +481,8 @@ mod tests {
         assert!((4..=7).contains(&first), "{sops:?}");
         assert_eq!(sops, (first as u8..10).map(k).collect::<Vec<_>>());
         for n in 20..23u8 {
-            j.append(&k(1), &k(n), &[n; 5000], || Ok(())).expect("append");
+            j.append(&k(1), &k(n), &[n; 5000], || Ok(()))
+                .expect("append");
         }
         drop(j);
         // Tear the second of the three records.
@@ -503,7 +512,9 @@ mod tests {
         let (j, seen) = open(dir.path(), 2 << 20);
         assert_eq!(seen.len(), 1);
         assert!(j.fits(2 << 19));
-        let len = fs::metadata(dir.path().join("0.wal")).expect("segment").len();
+        let len = fs::metadata(dir.path().join("0.wal"))
+            .expect("segment")
+            .len();
         assert_eq!(len, 2 << 20);
     }
 
@@ -515,7 +526,10 @@ mod tests {
             Err::<(), _>(NodeError::Config("disk full".into()))
         });
         assert!(failed.is_err());
-        assert!(j.append("../etc", &k(2), b"x", || Ok(())).is_err(), "keys only");
+        assert!(
+            j.append("../etc", &k(2), b"x", || Ok(())).is_err(),
+            "keys only"
+        );
         drop(j);
         let (_, seen) = open(dir.path(), 1 << 20);
         assert_eq!(seen.len(), 1, "replayed: its file may be missing");

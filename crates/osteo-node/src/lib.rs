@@ -47,6 +47,8 @@ pub struct NodeSettings {
     pub study_idle: Duration,
     /// Most instances in one study.
     pub max_study_instances: usize,
+    /// Most bytes in one study (what grading holds in memory).
+    pub max_study_bytes: u64,
     /// Studies graded at once.
     pub concurrency: usize,
 }
@@ -145,6 +147,7 @@ pub async fn run(
     let tracker = Arc::new(Tracker::new(
         settings.study_idle,
         settings.max_study_instances,
+        settings.max_study_bytes,
     ));
     let (outbox_tx, mut outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let node = Arc::new(Node {
@@ -157,7 +160,12 @@ pub async fn run(
     });
     // Taken up from an earlier run.
     for (study, files) in spool.studies() {
-        tracker.restore(&study, files.len());
+        let instances: Vec<u64> = files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .collect();
+        tracker.restore(&study, instances.len(), instances.iter().sum());
     }
     let graded: HashSet<String> = spool.outbox().into_iter().collect();
     let (grade_tx, grade_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -323,6 +331,21 @@ impl Node {
             })
             .unwrap_or_default();
         listed.sort();
+        if dir.join(spool::INCOMPLETE).exists() {
+            let uid = listed
+                .first()
+                .and_then(|p| osteo_dicom::instance_identity(p, &scp::spooled_limits()).ok())
+                .map(|i| i.study_uid)
+                .unwrap_or_default();
+            return Err((
+                uid,
+                NodeError::Incomplete(format!(
+                    "instances were refused because the study reached --max-study-instances ({}) or --max-study-mib ({}); the study is not graded",
+                    self.settings.max_study_instances,
+                    self.settings.max_study_bytes >> 20
+                )),
+            ));
+        }
         for p in &listed {
             match tokio::fs::read(p).await {
                 Ok(b) => files.push(bytes::Bytes::from(b)),

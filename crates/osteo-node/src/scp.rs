@@ -437,9 +437,16 @@ fn keep(
         return dimse::SUCCESS;
     }
     let study = key(&identity.study_uid);
-    if !tracker.admit(&study) {
+    let size = match spilled {
+        Some(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+        None => held.len() as u64,
+    };
+    if !tracker.admit(&study, size) {
         drop_spilled();
-        tracing::warn!(study = %study, "instance refused: the study has reached its instance limit");
+        tracing::warn!(study = %study, "instance refused: the study has reached its instance or byte limit; it will not be graded");
+        if let Err(e) = spool.mark_incomplete(&study) {
+            tracing::error!(study = %study, error = %e, "cannot mark a study incomplete");
+        }
         return dimse::OUT_OF_RESOURCES;
     }
     let sop = key(&identity.sop_instance_uid);
@@ -449,7 +456,7 @@ fn keep(
     };
     match kept {
         Ok(()) => {
-            tracker.received(&study);
+            tracker.received(&study, size);
             dimse::SUCCESS
         }
         Err(e) => {

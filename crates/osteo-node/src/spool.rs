@@ -87,6 +87,9 @@ pub fn sync_dir(dir: &Path) -> Result<(), NodeError> {
         .map_err(io("cannot sync", dir))
 }
 
+/// The file that marks a study with refused instances.
+pub const INCOMPLETE: &str = "incomplete";
+
 /// Writes `<sop>.dcm` in `dir` through `<sop>.part` (synced when `sync`).
 fn write_file(dir: &Path, sop: &str, bytes: &[u8], sync: bool) -> Result<(), NodeError> {
     let part = dir.join(format!("{sop}.part"));
@@ -287,7 +290,21 @@ impl Spool {
         write_file(dir, sop, bytes, sync)
     }
 
-    /// Study `study`'s directory, and whether it was created now.
+    /// Marks study `study` incomplete (an instance of it was refused, so it is not graded); the
+    /// mark moves with the study.
+    pub fn mark_incomplete(&self, study: &str) -> Result<(), NodeError> {
+        let (dir, created) = self.study_dir_created(study)?;
+        let mark = dir.join(INCOMPLETE);
+        if !mark.exists() {
+            fs::File::create(&mark)
+                .and_then(|f| f.sync_all())
+                .map_err(io("cannot create", &mark))?;
+            self.synced(&dir, created)?;
+        }
+        Ok(())
+    }
+
+    /// Study `key`'s directory, and whether it was created now.
     fn study_dir_created(&self, study: &str) -> Result<(PathBuf, bool), NodeError> {
         let dir = self.study_dir(study);
         let created = !dir.exists();
@@ -444,10 +461,19 @@ mod tests {
         assert_eq!(spool.used(), 0, "the caller's reservation counts the bytes");
         drop(spool);
         // What a power cut may leave of a file written without a sync.
-        let file = dir.path().join("studies").join(k(1)).join(format!("{}.dcm", k(2)));
+        let file = dir
+            .path()
+            .join("studies")
+            .join(k(1))
+            .join(format!("{}.dcm", k(2)));
         fs::write(&file, b"").expect("truncate");
-        fs::remove_file(dir.path().join("studies").join(k(1)).join(format!("{}.dcm", k(3))))
-            .expect("remove");
+        fs::remove_file(
+            dir.path()
+                .join("studies")
+                .join(k(1))
+                .join(format!("{}.dcm", k(3))),
+        )
+        .expect("remove");
         let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).expect("reopen");
         assert_eq!(fs::read(&file).expect("restored"), b"one");
         assert_eq!(spool.studies()[0].1.len(), 2);

@@ -1,5 +1,5 @@
-//! Which studies are open: instances counted per study as they are kept, and a study complete
-//! once no instance of it arrived for the idle time (a late instance opens it again).
+//! Which studies are open: instances and bytes counted per study as they are kept, and a study
+//! complete once no instance of it arrived for the idle time (a late instance opens it again).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 struct Open {
     last: Instant,
     instances: usize,
+    bytes: u64,
 }
 
 /// The open studies, by key.
@@ -16,16 +17,18 @@ pub struct Tracker {
     open: Mutex<HashMap<String, Open>>,
     idle: Duration,
     max_instances: usize,
+    max_bytes: u64,
 }
 
 impl Tracker {
     /// No open study; a study completes after `idle` without instances and holds at most
-    /// `max_instances`.
-    pub fn new(idle: Duration, max_instances: usize) -> Self {
+    /// `max_instances` instances and `max_bytes` bytes.
+    pub fn new(idle: Duration, max_instances: usize, max_bytes: u64) -> Self {
         Self {
             open: Mutex::new(HashMap::new()),
             idle,
             max_instances,
+            max_bytes,
         }
     }
 
@@ -33,32 +36,44 @@ impl Tracker {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether study `key` may take one more instance.
-    pub fn admit(&self, key: &str) -> bool {
-        self.lock()
-            .get(key)
-            .is_none_or(|o| o.instances < self.max_instances)
+    /// Whether study `key` may take one more instance of `bytes`. An instance refused still
+    /// keeps its study open for the idle time: the study is still arriving.
+    pub fn admit(&self, key: &str, bytes: u64) -> bool {
+        let mut open = self.lock();
+        let Some(o) = open.get_mut(key) else {
+            return bytes <= self.max_bytes;
+        };
+        let admitted =
+            o.instances < self.max_instances && o.bytes.saturating_add(bytes) <= self.max_bytes;
+        if !admitted {
+            o.last = Instant::now();
+        }
+        admitted
     }
 
-    /// Counts an instance kept for study `key`, which stays open for the idle time from now.
-    pub fn received(&self, key: &str) {
+    /// Counts an instance of `bytes` kept for study `key`, which stays open for the idle time
+    /// from now.
+    pub fn received(&self, key: &str, bytes: u64) {
         let mut open = self.lock();
         let o = open.entry(key.to_string()).or_insert(Open {
             last: Instant::now(),
             instances: 0,
+            bytes: 0,
         });
         o.instances += 1;
+        o.bytes += bytes;
         o.last = Instant::now();
     }
 
-    /// Opens study `key` with `instances` already spooled (a restart), complete after the idle
-    /// time from now.
-    pub fn restore(&self, key: &str, instances: usize) {
+    /// Opens study `key` with `instances` of `bytes` already spooled (a restart), complete
+    /// after the idle time from now.
+    pub fn restore(&self, key: &str, instances: usize, bytes: u64) {
         self.lock().insert(
             key.to_string(),
             Open {
                 last: Instant::now(),
                 instances,
+                bytes,
             },
         );
     }
@@ -94,16 +109,22 @@ mod tests {
 
     #[test]
     fn a_study_completes_after_the_idle_time_and_a_late_instance_reopens_it() {
-        let t = Tracker::new(Duration::from_secs(30), 2);
-        t.received("a");
+        let t = Tracker::new(Duration::from_secs(30), 2, 100);
+        t.received("a", 10);
         let now = Instant::now();
         assert!(t.complete(now).is_empty());
         assert_eq!(t.complete(now + Duration::from_secs(31)), ["a"]);
         assert!(t.is_empty());
-        t.received("a");
+        t.received("a", 10);
         assert_eq!(t.len(), 1, "reopened");
-        assert!(t.admit("a"));
-        t.received("a");
-        assert!(!t.admit("a"), "two instances is the limit");
+        assert!(t.admit("a", 90));
+        assert!(!t.admit("a", 91), "100 bytes is the limit");
+        t.received("a", 10);
+        let before = Instant::now();
+        assert!(!t.admit("a", 1), "two instances is the limit");
+        assert!(
+            t.complete(before + Duration::from_secs(30)).is_empty(),
+            "a refused instance keeps its study open"
+        );
     }
 }
