@@ -356,15 +356,17 @@ impl Journal {
         HEADER + RECORD_HEADER + len as u64 <= self.shared.segment_bytes
     }
 
-    /// Writes `bytes` as instance `sop` of study `study` (keys) and syncs it, then runs `then`
-    /// (which writes the instance's file) before another record can be written, so a position
-    /// taken later covers that file.
-    pub fn append<R>(
+    /// Writes `bytes` as instance `sop` of study `study` (keys) and syncs it while `prepare`
+    /// runs on this thread (writing the instance's file beside its final name), then runs
+    /// `commit` with what `prepare` made (moving the file into place) before another record
+    /// can be written, so a position taken later covers that file.
+    pub fn append<P, R>(
         &self,
         study: &str,
         sop: &str,
         bytes: &[u8],
-        then: impl FnOnce() -> Result<R, NodeError>,
+        prepare: impl FnOnce() -> Result<P, NodeError>,
+        commit: impl FnOnce(P) -> Result<R, NodeError>,
     ) -> Result<R, NodeError> {
         if !is_key(study.as_bytes()) || !is_key(sop.as_bytes()) || !self.fits(bytes.len()) {
             return Err(NodeError::Config(
@@ -381,12 +383,22 @@ impl Journal {
         let at = active.offset;
         let header = record_header(active.generations[index], study, sop, bytes);
         let file = &active.files[index];
-        file.write_all_at(&header, at)
-            .and_then(|()| file.write_all_at(bytes, at + RECORD_HEADER))
-            .and_then(|()| file.sync_data())
-            .map_err(io("cannot write", &shared.segment_path(index)))?;
+        // The sync waits on the disk; the file is written meanwhile.
+        let (written, prepared) = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                file.write_all_at(&header, at)
+                    .and_then(|()| file.write_all_at(bytes, at + RECORD_HEADER))
+                    .and_then(|()| file.sync_data())
+            });
+            let prepared = prepare();
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the journal writer panicked")));
+            (written, prepared)
+        });
+        written.map_err(io("cannot write", &shared.segment_path(index)))?;
         active.offset = aligned(at + len);
-        let out = then()?;
+        let out = commit(prepared?)?;
         if !active.half_checkpointed && active.offset > shared.segment_bytes / 2 {
             active.half_checkpointed = true;
             let upto = active.position();
@@ -438,12 +450,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, seen) = open(dir.path(), 1 << 20);
         assert!(seen.is_empty());
-        j.append(&k(1), &k(2), b"first", || Ok(())).expect("append");
+        j.append(&k(1), &k(2), b"first", || Ok(()), Ok)
+            .expect("append");
         let ((), mark) = j.quiet(|| ());
         j.checkpoint(mark).expect("checkpoint");
-        j.append(&k(1), &k(3), b"second", || Ok(()))
+        j.append(&k(1), &k(3), b"second", || Ok(()), Ok)
             .expect("append");
-        j.append(&k(4), &k(5), &[7u8; 5000], || Ok(()))
+        j.append(&k(4), &k(5), &[7u8; 5000], || Ok(()), Ok)
             .expect("append");
         drop(j);
         let (j, seen) = open(dir.path(), 1 << 20);
@@ -469,7 +482,7 @@ mod tests {
         let (j, _) = open(dir.path(), segment);
         // Each record takes two 4 KiB blocks: a segment of 16 blocks holds 7 after its header.
         for n in 0..10u8 {
-            j.append(&k(1), &k(n), &[n; 5000], || Ok(()))
+            j.append(&k(1), &k(n), &[n; 5000], || Ok(()), Ok)
                 .expect("append");
         }
         drop(j);
@@ -481,7 +494,7 @@ mod tests {
         assert!((4..=7).contains(&first), "{sops:?}");
         assert_eq!(sops, (first as u8..10).map(k).collect::<Vec<_>>());
         for n in 20..23u8 {
-            j.append(&k(1), &k(n), &[n; 5000], || Ok(()))
+            j.append(&k(1), &k(n), &[n; 5000], || Ok(()), Ok)
                 .expect("append");
         }
         drop(j);
@@ -507,7 +520,8 @@ mod tests {
     fn a_resized_journal_replays_before_it_is_made_anew() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, _) = open(dir.path(), 1 << 20);
-        j.append(&k(1), &k(2), b"kept", || Ok(())).expect("append");
+        j.append(&k(1), &k(2), b"kept", || Ok(()), Ok)
+            .expect("append");
         drop(j);
         let (j, seen) = open(dir.path(), 2 << 20);
         assert_eq!(seen.len(), 1);
@@ -522,12 +536,16 @@ mod tests {
     fn a_record_that_fails_the_file_write_is_not_lost_from_the_journal() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, _) = open(dir.path(), 1 << 20);
-        let failed = j.append(&k(1), &k(2), b"x", || {
-            Err::<(), _>(NodeError::Config("disk full".into()))
-        });
+        let failed = j.append(
+            &k(1),
+            &k(2),
+            b"x",
+            || Err::<(), _>(NodeError::Config("disk full".into())),
+            Ok,
+        );
         assert!(failed.is_err());
         assert!(
-            j.append("../etc", &k(2), b"x", || Ok(())).is_err(),
+            j.append("../etc", &k(2), b"x", || Ok(()), Ok).is_err(),
             "keys only"
         );
         drop(j);

@@ -90,14 +90,19 @@ pub fn sync_dir(dir: &Path) -> Result<(), NodeError> {
 /// The file that marks a study with refused instances.
 pub const INCOMPLETE: &str = "incomplete";
 
-/// Writes `<sop>.dcm` in `dir` through `<sop>.part` (synced when `sync`).
-fn write_file(dir: &Path, sop: &str, bytes: &[u8], sync: bool) -> Result<(), NodeError> {
+/// Writes `<sop>.part` in `dir` (synced when `sync`): its path.
+fn write_part(dir: &Path, sop: &str, bytes: &[u8], sync: bool) -> Result<PathBuf, NodeError> {
     let part = dir.join(format!("{sop}.part"));
     let mut f = fs::File::create(&part).map_err(io("cannot create", &part))?;
     f.write_all(bytes)
         .and_then(|()| if sync { f.sync_all() } else { Ok(()) })
         .map_err(io("cannot write", &part))?;
-    drop(f);
+    Ok(part)
+}
+
+/// Writes `<sop>.dcm` in `dir` through `<sop>.part` (synced when `sync`).
+fn write_file(dir: &Path, sop: &str, bytes: &[u8], sync: bool) -> Result<(), NodeError> {
+    let part = write_part(dir, sop, bytes, sync)?;
     fs::rename(&part, dir.join(format!("{sop}.dcm"))).map_err(io("cannot move into", dir))
 }
 
@@ -270,24 +275,42 @@ impl Spool {
     /// file and its directory synced; a repeated instance replaces the earlier copy.
     pub fn keep_bytes(&self, bytes: &[u8], study: &str, sop: &str) -> Result<(), NodeError> {
         if let Some(journal) = self.journal.as_ref().filter(|j| j.fits(bytes.len())) {
-            return journal.append(study, sop, bytes, || {
-                let (dir, _) = self.study_dir_created(study)?;
-                self.replace(&dir, sop, bytes, false)
-            });
+            let kept = journal.append(
+                study,
+                sop,
+                bytes,
+                || {
+                    let (dir, _) = self.study_dir_created(study)?;
+                    write_part(&dir, sop, bytes, false)
+                },
+                |part| self.move_into_place(&part, sop),
+            );
+            if kept.is_err() {
+                let _ = fs::remove_file(self.study_dir(study).join(format!("{sop}.part")));
+            }
+            return kept;
         }
         let (dir, created) = self.study_dir_created(study)?;
         self.replace(&dir, sop, bytes, true)?;
         self.synced(&dir, created)
     }
 
-    /// Writes instance `sop` into `dir` beside its final name (synced when `sync`), then renames
-    /// it over any earlier copy, whose bytes are given back.
+    /// Writes instance `sop` into `dir` beside its final name (synced when `sync`), then moves
+    /// it into place.
     fn replace(&self, dir: &Path, sop: &str, bytes: &[u8], sync: bool) -> Result<(), NodeError> {
+        let part = write_part(dir, sop, bytes, sync)?;
+        self.move_into_place(&part, sop)
+    }
+
+    /// Renames instance `sop`'s written file `part` over any earlier copy, whose bytes are given
+    /// back.
+    fn move_into_place(&self, part: &Path, sop: &str) -> Result<(), NodeError> {
+        let dir = part.parent().unwrap_or(Path::new("."));
         let to = dir.join(format!("{sop}.dcm"));
         if let Ok(old) = fs::metadata(&to) {
             self.give_back(old.len());
         }
-        write_file(dir, sop, bytes, sync)
+        fs::rename(part, &to).map_err(io("cannot move into", dir))
     }
 
     /// Marks study `study` incomplete (an instance of it was refused, so it is not graded); the
