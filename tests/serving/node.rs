@@ -831,3 +831,49 @@ async fn dicom_tls_in_with_client_certificates_and_out_to_a_tls_pacs() {
     node.kill().expect("kill");
     let _ = node.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_down_for_longer_than_the_clients_retries_grades_the_study_once_it_is_back() {
+    use osteo_client::retry::{ATTEMPTS, BACKOFF, MAX_BACKOFF};
+    let config = "[server]\ndrain_delay_s = 0\n";
+    let server = InProc::start(config, &FUSED, registry()).await;
+    let address: std::net::SocketAddr = server
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pacs = StoreScp::start(free_port());
+    let node = Node::start(&server, settings(dir.path(), Some(pacs.port), 1)).await;
+    server.stop().await.expect("stop");
+
+    let sent = storescu(node.port, &[phantom(dir.path())]).await;
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    // Longer than every retry of one call could wait (the study completes after 1 s).
+    let retries: Duration = (1..ATTEMPTS)
+        .map(|r| BACKOFF.saturating_mul(1 << (r - 1)).min(MAX_BACKOFF))
+        .sum();
+    tokio::time::sleep(retries + Duration::from_secs(4)).await;
+    let results = dir.path().join("results.csv");
+    assert!(
+        osteo_client::screen::earlier(&results)
+            .unwrap_or_default()
+            .is_empty(),
+        "no row while the server is down"
+    );
+    let spool = dir.path().join("spool");
+    assert_eq!(left(&spool), 1, "the study waits in the spool");
+
+    let server = InProc::start_at(address, config, &FUSED, registry()).await;
+    let rows = rows(&results, 1).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][1], "classified", "{rows:?}");
+    emptied(&spool).await;
+    assert_eq!(pacs.received().len(), 2, "{:?}", pacs.received());
+    node.stop().await;
+    server.stop().await.expect("stop");
+}
