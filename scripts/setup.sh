@@ -2,7 +2,8 @@
 # Idempotent setup for OsteoServe development and tests.
 #
 # Installs the Debian tools the build and tests need (cmake for CharLS, dcmtk, dicom3tools,
-# gdcm tools, Orthanc with its DICOMweb plugin as a real PACS); runs scripts/setup-clients.sh, which
+# gdcm tools, Orthanc with its DICOMweb plugin as a real PACS, nginx, Pixelmed's SR validator and
+# a JDK); runs scripts/setup-clients.sh, which
 # creates a Python virtual environment with pydicom + pylibjpeg (the independent
 # reference decoder), grpcio + grpcio-tools (the independent gRPC client) and
 # opentelemetry-proto (a loopback OTLP trace receiver for the telemetry test) and onnx (the
@@ -29,6 +30,10 @@ done
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 # TLS in front of it, as sites publish Orthanc (the https:// screening test).
 [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+# Pixelmed's DicomSRValidator (the IHE AI Results validator) for the SR tests, and a JDK to
+# run tests/java/ValidateSr.java with the source launcher.
+[ -f /usr/share/java/pixelmed.jar ] || need_apt+=(pixelmed-apps)
+command -v javac >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from apt"
   sudo_cmd=""

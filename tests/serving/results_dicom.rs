@@ -1,6 +1,8 @@
 //! Results as DICOM: `osteo predict --sr-out` writes a Comprehensive SR into the source study,
-//! checked by dciodvfy (no errors), read back by dcmtk's dsrdump and by pydicom (grade code,
-//! probabilities, patient and study copied, new series, the graded series as evidence).
+//! checked by dciodvfy (no errors) and by Pixelmed's DicomSRValidator (the IHE AI Results
+//! validator: no error, nothing outside the template) for every model kind and backend, read
+//! back by dcmtk's dsrdump, pydicom and highdicom (grade code, probabilities, algorithm, patient
+//! and study copied, new series, the graded series as evidence and as the source images).
 
 use crate::common;
 use crate::common::inproc::{InProc, registry};
@@ -95,7 +97,7 @@ print(json.dumps({
     assert_eq!(v["modality"], "SR");
     let grade = result["grade"].as_str().expect("grade");
     let want = match grade {
-        "normal" => serde_json::json!(["BMD-NORMAL", "99OSTEO", "Normal bone density"]),
+        "normal" => serde_json::json!(["17621005", "SCT", "Normal"]),
         "osteopenia" => serde_json::json!(["312894000", "SCT", "Osteopenia"]),
         _ => serde_json::json!(["64859006", "SCT", "Osteoporosis"]),
     };
@@ -120,6 +122,115 @@ print(json.dumps({
         assert_eq!(v[key], true, "{key}: {v}");
     }
     assert_eq!(v["template"], "1500");
+}
+
+/// The expected finding code of a grade.
+fn grade_code(grade: &str) -> serde_json::Value {
+    match grade {
+        "normal" => serde_json::json!(["17621005", "SCT", "Normal"]),
+        "osteopenia" => serde_json::json!(["312894000", "SCT", "Osteopenia"]),
+        _ => serde_json::json!(["64859006", "SCT", "Osteoporosis"]),
+    }
+}
+
+#[test]
+fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_reads_in_highdicom() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::study(&dir.path().join("study"));
+    let study = files[0].parent().expect("dir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut written = Vec::new();
+    for model in ["osteo-fused-v1", "osteo-image-v1", "osteo-tabular-v1"] {
+        for backend in ["ort", "candle"] {
+            let sr = dir.path().join(format!("{model}-{backend}.dcm"));
+            let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_osteo"))
+                .args(["predict", "--json", "--backend", backend, "--model"])
+                .arg(root.join("models").join(model))
+                .arg("--dicom")
+                .arg(study)
+                .arg("--clinical-from-dicom")
+                .arg("--sr-out")
+                .arg(&sr));
+            assert!(ok, "{model} on {backend}: {out}");
+            let result: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+            let (_, report) = run(Command::new("dciodvfy").arg(&sr));
+            assert!(
+                report.contains("ComprehensiveSR") && !report.contains("Error"),
+                "{model} on {backend}: {report}"
+            );
+            written.push((sr, model, result));
+        }
+    }
+
+    // Pixelmed's DicomSRValidator, its rules compiled once for all the files.
+    let (ok, report) = run(Command::new("java")
+        .args([
+            "-Djdk.xml.xpathExprOpLimit=0",
+            "-Djdk.xml.xpathTotalOpLimit=0",
+            "-Djdk.xml.xpathExprGrpLimit=0",
+            "-cp",
+            "/usr/share/java/pixelmed.jar",
+        ])
+        .arg(root.join("tests/java/ValidateSr.java"))
+        .args(written.iter().map(|(sr, ..)| sr)));
+    assert!(
+        ok,
+        "DicomSRValidator (scripts/setup.sh installs pixelmed-apps): {report}"
+    );
+    let reports: Vec<&str> = report.split("== ").skip(1).collect();
+    assert_eq!(reports.len(), written.len(), "{report}");
+    for r in reports {
+        assert!(
+            r.contains("Found ComprehensiveSR IOD")
+                && r.contains("Found Root Template TID_1500 (MeasurementReport)"),
+            "{r}"
+        );
+        assert!(
+            !r.contains("Error") && !r.contains("not in template") && !r.contains("Warning"),
+            "{r}"
+        );
+    }
+
+    // highdicom reads each as a TID 1500 measurement report.
+    let (ok, read) = run(Command::new(root.join(".cache/venv/bin/python"))
+        .arg(root.join("tests/python/read_sr.py"))
+        .args(written.iter().map(|(sr, ..)| sr)));
+    assert!(ok, "{read}");
+    let mut sources: Vec<String> = files
+        .iter()
+        .map(|f| {
+            osteo_dicom::instance_identity(f, &Default::default())
+                .expect("identity")
+                .sop_instance_uid
+        })
+        .collect();
+    sources.sort();
+    for (line, (_, model, result)) in read.lines().zip(&written) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+        assert_eq!(v["report"], "MeasurementReport", "{v}");
+        assert_eq!(v["groups"], 1, "{v}");
+        let grade = grade_code(result["grade"].as_str().expect("grade"));
+        assert_eq!(v["finding"], grade, "{v}");
+        assert_eq!(v["grade"], serde_json::json!([grade]), "{v}");
+        for (k, key) in [
+            ("Probability of normal bone density", "normal"),
+            ("Probability of osteopenia", "osteopenia"),
+            ("Probability of osteoporosis", "osteoporosis"),
+        ] {
+            let got = v["probabilities"][k].as_f64().expect("probability");
+            let want = result["probabilities"][key].as_f64().expect("probability");
+            assert!((got - want).abs() <= 1e-6, "{model}, {k}: {got} vs {want}");
+        }
+        assert_eq!(v["algorithm_name"], serde_json::json!([model]), "{v}");
+        assert_eq!(v["algorithm_version"], serde_json::json!(["1"]), "{v}");
+        assert_eq!(v["source_images"], serde_json::json!(sources), "{model}");
+        assert_eq!(
+            v["statement"],
+            serde_json::json!([
+                "This result comes from a model trained on synthetic data. It is not for diagnosis."
+            ])
+        );
+    }
 }
 
 /// dciodvfy's verdict on a file: the IOD it recognised must appear and no error.

@@ -197,7 +197,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
         let code = match grade.as_str() {
             "osteopenia" => "312894000",
             "osteoporosis" => "64859006",
-            _ => "BMD-NORMAL",
+            _ => "17621005",
         };
         let srs: Vec<_> = instances
             .iter()

@@ -1,14 +1,19 @@
 //! The grade of a study as a DICOM Comprehensive SR in the source study: a new series, the
-//! patient and study attributes copied from the source, and a TID 1500-style measurement report
-//! (Imaging Measurement Report > Imaging Measurements > Measurement Group) holding the grade as
-//! a coded finding, the three probabilities as numeric measurements, the algorithm
-//! identification (model name, version, backend), the graded series as evidence, and, for a
-//! model trained on synthetic data, a statement that the result is not for diagnosis.
+//! patient and study attributes copied from the source, and a TID 1500 Measurement Report
+//! (Imaging Measurement Report > Imaging Measurements > Measurement Group, TID 1501) holding the
+//! grade as the group's finding and as the report's qualitative evaluation, the three probabilities as
+//! numeric measurements, the graded images as the source of measurement, the algorithm
+//! identification (TID 4019: model name, version, backend), the graded series as evidence and in
+//! the Image Library, and, for a model trained on synthetic data, a statement that the result
+//! is not for diagnosis (a TEXT beside the grade in Qualitative Evaluations). Written to
+//! pass Pixelmed's DicomSRValidator (the IHE AI Results profile's validator) with no error and no
+//! content item outside the template.
 //!
-//! Codes: DCM and SNOMED CT where they exist — Osteoporosis (disorder) SCT 64859006, Osteopenia
-//! (disorder) SCT 312894000, Computerized tomography SCT 77477000 — and the private scheme
-//! `99OSTEO` (documented in docs/dicom.md) for the normal-bone-density finding, whose SNOMED CT
-//! code could not be verified offline, and for the three probability measurements.
+//! Codes: DCM, LOINC and SNOMED CT where they exist and could be checked against the DICOM
+//! context groups offline — the procedure CT unspecified body region LN 25045-6 (CID 100),
+//! Normal SCT 17621005 (CID 222), Osteopenia (disorder) SCT 312894000, Osteoporosis (disorder)
+//! SCT 64859006 — and the private scheme `99OSTEO` (documented in docs/dicom.md) for the grade
+//! as a concept and the three probability measurements.
 
 use crate::error::DicomError;
 use crate::source_study::SourceStudy;
@@ -27,7 +32,7 @@ pub struct Code(pub &'static str, pub &'static str, pub &'static str);
 
 /// The finding code of each grade, in class order normal, osteopenia, osteoporosis.
 pub const GRADE_CODES: [Code; 3] = [
-    Code("BMD-NORMAL", PRIVATE_SCHEME, "Normal bone density"),
+    Code("17621005", "SCT", "Normal"),
     Code("312894000", "SCT", "Osteopenia"),
     Code("64859006", "SCT", "Osteoporosis"),
 ];
@@ -46,6 +51,13 @@ pub const PROBABILITY_CODES: [Code; 3] = [
         "Probability of osteoporosis",
     ),
 ];
+
+/// The concept of the grade as a qualitative evaluation (its value one of [`GRADE_CODES`]).
+pub const GRADE_CONCEPT: Code = Code(
+    "BMD-GRADE",
+    PRIVATE_SCHEME,
+    "Bone density grade (WHO T-score category)",
+);
 
 /// What the report states.
 #[derive(Debug, Clone)]
@@ -168,7 +180,7 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
         item(
             "HAS CONCEPT MOD",
             Some(Code("121058", DCM, "Procedure reported")),
-            Value::Code(Code("77477000", "SCT", "Computerized tomography")),
+            Value::Code(Code("25045-6", "LN", "CT unspecified body region")),
         ),
     ];
     let images: Vec<InMemDicomObject> = source
@@ -208,6 +220,13 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
             Value::Code(GRADE_CODES[f.grade.min(2)]),
         ),
     ];
+    for (class, instance) in &source.instances {
+        group.push(item(
+            "CONTAINS",
+            Some(Code("121112", DCM, "Source of Measurement")),
+            Value::Image(class.clone(), instance.clone()),
+        ));
+    }
     for (p, code) in f.probabilities.iter().zip(PROBABILITY_CODES) {
         group.push(item(
             "CONTAINS",
@@ -215,6 +234,7 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
             Value::Num(f64::from(*p), Code("1", "UCUM", "no units")),
         ));
     }
+
     group.extend([
         item(
             "HAS CONCEPT MOD",
@@ -241,8 +261,16 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
             Value::Container(group),
         )]),
     ));
+    // The grade as a qualitative evaluation of the report (TID 1500 row 13; the 2022 rules of
+    // Pixelmed's validator have no qualitative CODE row in the measurement group), and the
+    // statement on synthetic training data (row 14).
+    let mut evaluations = vec![item(
+        "CONTAINS",
+        Some(GRADE_CONCEPT),
+        Value::Code(GRADE_CODES[f.grade.min(2)]),
+    )];
     if f.synthetic {
-        root.push(item(
+        evaluations.push(item(
             "CONTAINS",
             Some(Code("121106", DCM, "Comment")),
             Value::Text(
@@ -252,6 +280,11 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
             ),
         ));
     }
+    root.push(item(
+        "CONTAINS",
+        Some(Code("C0034375", "UMLS", "Qualitative Evaluations")),
+        Value::Container(evaluations),
+    ));
     root
 }
 
