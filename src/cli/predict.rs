@@ -140,10 +140,12 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         std::fs::write(png, bytes).with_context(|| format!("cannot write {}", png.display()))?;
     }
     if let (Some(path), Some(source)) = (&args.sr_out, &source) {
-        let name = backend.info().name;
+        let info = backend.info();
+        let device = info.device.to_string();
         let by = osteo_pipeline::Producer {
             manifest: &m,
-            backend: &name,
+            backend: &info.name,
+            device: &device,
         };
         let bytes = osteo_pipeline::structured_report(source, by, &graded)?;
         std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;

@@ -37,6 +37,7 @@ for path in sys.argv[1:]:
         "grade": [code(g.value) for g in grade],
         "algorithm_name": text_of(group[0], "111001", "DCM"),
         "algorithm_version": text_of(group[0], "111003", "DCM"),
+        "algorithm_parameters": text_of(group[0], "111002", "DCM"),
         "source_images": sorted(
             i.referenced_sop_instance_uid for i in group.source_images
         ),

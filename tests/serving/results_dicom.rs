@@ -124,6 +124,19 @@ print(json.dumps({
     assert_eq!(v["template"], "1500");
 }
 
+/// The weights digest `model.toml` of shipped model `model` records.
+fn weights_digest(model: &str) -> String {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(model)
+        .join("model.toml");
+    let text = std::fs::read_to_string(manifest).expect("model.toml");
+    text.lines()
+        .find_map(|l| l.strip_prefix("weights_blake3 = \""))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .expect("weights_blake3")
+}
+
 /// The expected finding code of a grade.
 fn grade_code(grade: &str) -> serde_json::Value {
     match grade {
@@ -223,6 +236,17 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
         }
         assert_eq!(v["algorithm_name"], serde_json::json!([model]), "{v}");
         assert_eq!(v["algorithm_version"], serde_json::json!(["1"]), "{v}");
+        let backend = result["backend"].as_str().expect("backend");
+        assert_eq!(
+            v["algorithm_parameters"],
+            serde_json::json!([
+                format!("backend={backend}"),
+                "device=cpu",
+                format!("weights_blake3={}", weights_digest(model)),
+                format!("osteoserve={}", env!("CARGO_PKG_VERSION")),
+            ]),
+            "{v}"
+        );
         assert_eq!(v["source_images"], serde_json::json!(sources), "{model}");
         assert_eq!(
             v["statement"],
@@ -345,11 +369,15 @@ print(json.dumps({
     assert_eq!(v["series_differ"], true);
     assert_eq!(v["sources"].as_u64(), Some(files.len() as u64));
     assert_eq!(v["patient"], true);
+    let description = v["description"].as_str().unwrap_or_default();
+    assert!(description.contains("not for diagnosis"), "{v}");
     assert!(
-        v["description"]
-            .as_str()
-            .is_some_and(|d| d.contains("not for diagnosis")),
-        "{v}"
+        description.contains(&format!(
+            "osteo-fused-v1 v1 on ort (cpu), weights BLAKE3 {}, OsteoServe {}",
+            weights_digest("osteo-fused-v1"),
+            env!("CARGO_PKG_VERSION")
+        )),
+        "the SC names the exact weights: {v}"
     );
 
     // Without a study there is nothing to write into.

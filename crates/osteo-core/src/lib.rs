@@ -15,6 +15,7 @@ pub mod gradcam;
 pub mod grade;
 pub mod manifest;
 pub mod names;
+pub mod provenance;
 pub mod tensor;
 pub mod utc;
 pub mod view_spec;

@@ -23,12 +23,8 @@ pub struct RgbImage {
 /// What the image shows.
 #[derive(Debug, Clone)]
 pub struct Description {
-    /// Model name.
-    pub model: String,
-    /// Model version.
-    pub version: String,
-    /// Backend that computed the map.
-    pub backend: String,
+    /// What computed the map: model, version, weights digest, backend, device.
+    pub provenance: osteo_core::provenance::Provenance,
     /// The explained grade's name.
     pub grade: String,
     /// Whether the model was trained on synthetic data.
@@ -54,10 +50,7 @@ pub fn secondary_capture(
     }
     let sop_uid = new_uid();
     let (date, time) = now();
-    let mut description = format!(
-        "Grad-CAM of grade {} by {} {} on {}",
-        d.grade, d.model, d.version, d.backend
-    );
+    let mut description = format!("Grad-CAM of grade {} by {}", d.grade, d.provenance.line());
     if d.synthetic {
         description.push_str("; model trained on synthetic data, not for diagnosis");
     }

@@ -3,7 +3,8 @@
 //! (Imaging Measurement Report > Imaging Measurements > Measurement Group, TID 1501) holding the
 //! grade as the group's finding and as the report's qualitative evaluation, the three probabilities as
 //! numeric measurements, the graded images as the source of measurement, the algorithm
-//! identification (TID 4019: model name, version, backend), the graded series as evidence and in
+//! identification (TID 4019: model name and version; backend, device, weights digest and
+//! OsteoServe version as its parameters), the graded series as evidence and in
 //! the Image Library, and, for a model trained on synthetic data, a statement that the result
 //! is not for diagnosis (a TEXT beside the grade in Qualitative Evaluations). Written to
 //! pass Pixelmed's DicomSRValidator (the IHE AI Results profile's validator) with no error and no
@@ -22,6 +23,7 @@ use crate::write::{instance_references, now, part10, patient_and_study, sequence
 use dicom_core::VR;
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
+use osteo_core::provenance::Provenance;
 
 /// The private coding scheme for concepts with no standard code.
 pub const PRIVATE_SCHEME: &str = "99OSTEO";
@@ -66,12 +68,8 @@ pub struct Finding {
     pub grade: usize,
     /// Probabilities in class order.
     pub probabilities: [f32; 3],
-    /// Model name.
-    pub model: String,
-    /// Model version.
-    pub version: String,
-    /// Backend that ran the model.
-    pub backend: String,
+    /// What produced it: model, version, weights digest, backend, device.
+    pub provenance: Provenance,
     /// Whether the model was trained on synthetic data (adds the not-for-diagnosis statement).
     pub synthetic: bool,
     /// SeriesInstanceUID of the new series ([`new_uid`]).
@@ -235,23 +233,27 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
         ));
     }
 
+    // TID 4019: the model, and its parameters (backend, device, weights digest, OsteoServe).
+    let p = &f.provenance;
     group.extend([
         item(
             "HAS CONCEPT MOD",
             Some(Code("111001", DCM, "Algorithm Name")),
-            Value::Text(f.model.clone()),
+            Value::Text(p.model.clone()),
         ),
         item(
             "HAS CONCEPT MOD",
             Some(Code("111003", DCM, "Algorithm Version")),
-            Value::Text(f.version.clone()),
-        ),
-        item(
-            "HAS CONCEPT MOD",
-            Some(Code("111002", DCM, "Algorithm Parameters")),
-            Value::Text(format!("backend={}", f.backend)),
+            Value::Text(p.version.clone()),
         ),
     ]);
+    for parameter in p.parameters() {
+        group.push(item(
+            "HAS CONCEPT MOD",
+            Some(Code("111002", DCM, "Algorithm Parameters")),
+            Value::Text(parameter),
+        ));
+    }
     root.push(item(
         "CONTAINS",
         Some(Code("126010", DCM, "Imaging Measurements")),
@@ -315,14 +317,18 @@ pub fn structured_report(source: &SourceStudy, finding: &Finding) -> Result<Vec<
         text(
             tags::SERIES_DESCRIPTION,
             VR::LO,
-            &series_description(&finding.model, &finding.version),
+            &series_description(&finding.provenance.model, &finding.provenance.version),
         ),
         sequence(
             tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
             Vec::new(),
         ),
         text(tags::MANUFACTURER, VR::LO, "OsteoServe"),
-        text(tags::MANUFACTURER_MODEL_NAME, VR::LO, &finding.model),
+        text(
+            tags::MANUFACTURER_MODEL_NAME,
+            VR::LO,
+            &finding.provenance.model,
+        ),
         text(
             tags::SOFTWARE_VERSIONS,
             VR::LO,

@@ -129,10 +129,19 @@ pub fn gradcam(
 /// What produced a result: the model and the backend that ran it.
 #[derive(Debug, Clone, Copy)]
 pub struct Producer<'a> {
-    /// The model's manifest (name, version, training data).
+    /// The model's manifest (name, version, weights digest, training data).
     pub manifest: &'a ModelManifest,
     /// The backend's name.
     pub backend: &'a str,
+    /// The device the backend ran on.
+    pub device: &'a str,
+}
+
+impl Producer<'_> {
+    /// The provenance of its results.
+    pub fn provenance(&self) -> osteo_core::provenance::Provenance {
+        osteo_core::provenance::Provenance::new(self.manifest, self.backend, self.device)
+    }
 }
 
 /// The result as a DICOM Comprehensive SR in `source`'s study, in a new series numbered
@@ -146,9 +155,7 @@ pub fn structured_report(
     let finding = osteo_dicom::sr::Finding {
         grade: graded.grade.index(),
         probabilities: graded.probabilities,
-        model: m.name.clone(),
-        version: m.version.clone(),
-        backend: by.backend.to_string(),
+        provenance: by.provenance(),
         synthetic: m.trained_on_synthetic(),
         series_uid: osteo_dicom::sr::new_uid(),
         series_number: SR_SERIES_NUMBER,
@@ -174,9 +181,7 @@ pub fn secondary_capture(
         pixels,
     };
     let description = osteo_dicom::secondary_capture::Description {
-        model: m.name.clone(),
-        version: m.version.clone(),
-        backend: by.backend.to_string(),
+        provenance: by.provenance(),
         grade: grade.name().to_string(),
         synthetic: m.trained_on_synthetic(),
         series_number: SC_SERIES_NUMBER,

@@ -369,6 +369,7 @@ impl Engine {
                 let by = osteo_pipeline::Producer {
                     manifest: m,
                     backend: backend_name(&classification),
+                    device: backend_device(&classification),
                 };
                 dicom_secondary_capture = osteo_pipeline::secondary_capture(
                     &results_study(&prepared)?.source,
@@ -485,6 +486,11 @@ fn backend_name(c: &pb::ClassifyResponse) -> &str {
     c.backend.as_ref().map_or("", |b| b.name.as_str())
 }
 
+/// The device the backend of classification `c` ran on.
+fn backend_device(c: &pb::ClassifyResponse) -> &str {
+    c.backend.as_ref().map_or("", |b| b.device.as_str())
+}
+
 /// The Comprehensive SR of classification `c` (`graded`) of the prepared study by `model`.
 fn structured_report(
     model: &ServedModel,
@@ -496,6 +502,7 @@ fn structured_report(
     let by = osteo_pipeline::Producer {
         manifest: &model.artifacts.manifest,
         backend: backend_name(c),
+        device: backend_device(c),
     };
     Ok(osteo_pipeline::structured_report(
         &study.source,
