@@ -56,6 +56,9 @@ async fn grade_study_answers_in_one_call_and_keeps_nothing() {
     let Some(Graded::Classification(one_call)) = r.result else {
         panic!("a classification");
     };
+    let model = one_call.model.as_ref().expect("model");
+    assert_eq!(model.weights_blake3, weights_digest("osteo-fused-v1"));
+    assert_eq!(model.server_version, env!("CARGO_PKG_VERSION"));
     // The same answer as upload + Classify by handle.
     let handle = upload(&mut c, &files, 1 << 20).await;
     let by_handle_answer = c
@@ -123,6 +126,13 @@ async fn grade_study_answers_in_one_call_and_keeps_nothing() {
     assert_eq!(records.len(), 3, "{records:?}");
     assert!(records.iter().all(|r| r["code"] == "Ok"), "{records:?}");
     assert!(records.iter().all(|r| r["model"] == "osteo-fused-v1"));
+    let digest = weights_digest("osteo-fused-v1");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["weights_blake3"] == digest.as_str()),
+        "{records:?}"
+    );
     assert!(
         records[0]["study"]
             .as_str()

@@ -239,6 +239,16 @@ async fn infer_equals_onnx_runtime_on_every_model_raw_and_typed() {
                 .into_inner();
             assert_eq!(r.model_name, name);
             assert_eq!(r.id, "req-42");
+            // Provenance: what traces the answer to the exact weights.
+            let parameter =
+                |k: &str| match r.parameters.get(k).and_then(|p| p.parameter_choice.clone()) {
+                    Some(v2::infer_parameter::ParameterChoice::StringParam(s)) => s,
+                    other => panic!("{name}: parameter {k}: {other:?}"),
+                };
+            assert_eq!(parameter("backend"), "ort");
+            assert_eq!(parameter("device"), "cpu");
+            assert_eq!(parameter("weights_blake3"), weights_digest(name));
+            assert_eq!(parameter("osteoserve_version"), env!("CARGO_PKG_VERSION"));
             assert_eq!(r.raw_output_contents.is_empty(), !raw, "raw in, raw out");
             let (shape, logits) = output(&r, "logits");
             assert_eq!(shape, [3, 3]);
@@ -994,6 +1004,11 @@ async fn curl_reaches_the_rest_endpoints_and_bad_requests_get_json_errors() {
     assert_eq!(code, 200, "{body}");
     let r: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(r["id"], "curl-1");
+    assert_eq!(
+        r["parameters"]["weights_blake3"],
+        weights_digest("osteo-tabular-v1").as_str(),
+        "{body}"
+    );
     assert_eq!(r["outputs"].as_array().map(Vec::len), Some(1));
     assert_eq!(r["outputs"][0]["shape"], serde_json::json!([2, 3]));
     let mut direct =

@@ -124,19 +124,6 @@ print(json.dumps({
     assert_eq!(v["template"], "1500");
 }
 
-/// The weights digest `model.toml` of shipped model `model` records.
-fn weights_digest(model: &str) -> String {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(model)
-        .join("model.toml");
-    let text = std::fs::read_to_string(manifest).expect("model.toml");
-    text.lines()
-        .find_map(|l| l.strip_prefix("weights_blake3 = \""))
-        .map(|v| v.trim_end_matches('"').to_string())
-        .expect("weights_blake3")
-}
-
 /// The expected finding code of a grade.
 fn grade_code(grade: &str) -> serde_json::Value {
     match grade {
@@ -242,7 +229,7 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
             serde_json::json!([
                 format!("backend={backend}"),
                 "device=cpu",
-                format!("weights_blake3={}", weights_digest(model)),
+                format!("weights_blake3={}", common::weights_digest(model)),
                 format!("osteoserve={}", env!("CARGO_PKG_VERSION")),
             ]),
             "{v}"
@@ -374,7 +361,7 @@ print(json.dumps({
     assert!(
         description.contains(&format!(
             "osteo-fused-v1 v1 on ort (cpu), weights BLAKE3 {}, OsteoServe {}",
-            weights_digest("osteo-fused-v1"),
+            common::weights_digest("osteo-fused-v1"),
             env!("CARGO_PKG_VERSION")
         )),
         "the SC names the exact weights: {v}"

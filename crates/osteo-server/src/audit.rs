@@ -39,6 +39,10 @@ pub struct Record {
     /// versions were recorded).
     #[serde(default)]
     pub version: String,
+    /// Hex BLAKE3 digest of that version's weights, or "" (absent in records written before
+    /// digests were recorded).
+    #[serde(default)]
+    pub weights_blake3: String,
     /// The backend, `unknown`, or "".
     pub backend: String,
     /// The grade answered, or "".
@@ -71,6 +75,7 @@ impl Record {
             study: String::new(),
             model: String::new(),
             version: String::new(),
+            weights_blake3: String::new(),
             backend: String::new(),
             grade: String::new(),
             code: format!("{code:?}"),

@@ -160,6 +160,8 @@ pub fn model(m: &ServedModel) -> pb::ModelDescriptor {
         metrics: manifest.metrics.clone().into_iter().collect(),
         // Set by ListModels, which knows every served version.
         default_version: false,
+        weights_blake3: manifest.weights_blake3.clone(),
+        server_version: osteo_core::provenance::OSTEOSERVE_VERSION.to_string(),
     }
 }
 

@@ -457,6 +457,19 @@ pub fn proc_status_bytes(path: &str, field: &str) -> u64 {
 }
 
 /// The records of an audit log for `rpc`, as JSON.
+/// The weights digest `model.toml` of shipped model `model` records.
+pub fn weights_digest(model: &str) -> String {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(model)
+        .join("model.toml");
+    let text = std::fs::read_to_string(manifest).expect("model.toml");
+    text.lines()
+        .find_map(|l| l.strip_prefix("weights_blake3 = \""))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .expect("weights_blake3")
+}
+
 pub fn audit_records(path: &Path, rpc: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

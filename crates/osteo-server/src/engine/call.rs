@@ -4,6 +4,7 @@
 
 use super::Rpc;
 use crate::error::ServerError;
+use crate::models::ServedModel;
 use crate::principal::Principal;
 use crate::store::Study;
 use crate::text::is_handle;
@@ -21,6 +22,8 @@ pub struct Outcome {
     pub model: String,
     /// The version of the model that answered (a served version, or "").
     pub version: String,
+    /// The weights digest of that version, or "".
+    pub weights_blake3: String,
     /// The backend(s) that answered (or `unknown`).
     pub backend: String,
     /// The study handle the call referred to.
@@ -142,11 +145,18 @@ impl Call {
         )))
     }
 
-    /// Records the served model's name and version and the backend's name.
-    pub(crate) fn served_by(&mut self, model: &str, version: &str, backend: &str) {
-        self.outcome.model = model.to_string();
-        self.outcome.version = version.to_string();
+    /// Records the served model (its name, version and weights digest) and the backend's name.
+    pub(crate) fn served_by(&mut self, model: &ServedModel, backend: &str) {
+        let manifest = &model.artifacts.manifest;
+        self.outcome.model = manifest.name.clone();
+        self.outcome.version = manifest.version.clone();
+        self.outcome.weights_blake3 = manifest.weights_blake3.clone();
         self.outcome.backend = backend.to_string();
+    }
+
+    /// Records that no served model answered (an unknown name).
+    pub(crate) fn served_by_none(&mut self) {
+        self.outcome.model = "unknown".to_string();
     }
 
     /// Records the backends (a list of served names) that answered.

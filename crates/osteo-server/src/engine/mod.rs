@@ -92,6 +92,7 @@ impl Engine {
             study: call.recorded_study(),
             model: outcome.model.clone(),
             version: outcome.version.clone(),
+            weights_blake3: outcome.weights_blake3.clone(),
             backend: outcome.backend.clone(),
             grade: outcome.grade.clone(),
             ..crate::audit::Record::new(
@@ -145,8 +146,8 @@ impl Engine {
     ) -> Result<Arc<ServedModel>, ServerError> {
         let found = self.state.models()?.get_version(name, version).cloned();
         match &found {
-            Ok(m) => call.served_by(m.name(), m.version(), ""),
-            Err(_) => call.served_by("unknown", "", ""),
+            Ok(m) => call.served_by(m, ""),
+            Err(_) => call.served_by_none(),
         }
         found
     }
@@ -205,7 +206,7 @@ impl Engine {
             .worker(backend)
             .map(|(name, w)| (name.to_string(), w.clone()));
         let served = found.as_ref().map_or("unknown", |(name, _)| name.as_str());
-        call.served_by(model.name(), model.version(), served);
+        call.served_by(&model, served);
         let worker = found?.1;
         Ok((model, worker))
     }

@@ -57,7 +57,7 @@ impl Engine {
             }
         }
         if let Ok(m) = next.get(name) {
-            call.served_by(m.name(), m.version(), "");
+            call.served_by(m, "");
         }
         self.state.put_in_force(next);
         tracing::info!(
@@ -74,7 +74,7 @@ impl Engine {
         let current = self.state.models()?;
         let next = current.unload(name, &self.state.settings)?;
         if let Ok(m) = current.get(name) {
-            call.served_by(m.name(), m.version(), "");
+            call.served_by(m, "");
         }
         self.state.put_in_force(Arc::new(next));
         tracing::info!(model = name, "model unloaded");

@@ -504,6 +504,25 @@ pub fn respond(parsed: &Parsed, response: &v2::ModelInferResponse) -> Body {
     if !response.id.is_empty() {
         head["id"] = json!(response.id);
     }
+    if !response.parameters.is_empty() {
+        let parameters: serde_json::Map<String, Value> = response
+            .parameters
+            .iter()
+            .filter_map(|(k, p)| match &p.parameter_choice {
+                Some(v2::infer_parameter::ParameterChoice::StringParam(s)) => {
+                    Some((k.clone(), json!(s)))
+                }
+                Some(v2::infer_parameter::ParameterChoice::BoolParam(b)) => {
+                    Some((k.clone(), json!(b)))
+                }
+                Some(v2::infer_parameter::ParameterChoice::Int64Param(i)) => {
+                    Some((k.clone(), json!(i)))
+                }
+                _ => None,
+            })
+            .collect();
+        head["parameters"] = Value::Object(parameters);
+    }
     let mut bytes = serde_json::to_vec(&head).unwrap_or_default();
     let header_length = (!binary.is_empty()).then_some(bytes.len());
     bytes.extend_from_slice(&binary);

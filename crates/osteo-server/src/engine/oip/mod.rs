@@ -93,10 +93,17 @@ impl Engine {
             call.graded(osteo_pipeline::grade(one)?.grade);
         }
         let classes = logits.first().map_or(3, Vec::len);
+        let info = worker.info();
+        let provenance = osteo_core::provenance::Provenance::new(
+            &model.artifacts.manifest,
+            &info.name,
+            &info.device.to_string(),
+        );
         let mut response = v2::ModelInferResponse {
             model_name: model.name().to_string(),
             model_version: model.artifacts.manifest.version.clone(),
             id: req.id.clone(),
+            parameters: provenance_parameters(&provenance),
             ..Default::default()
         };
         for name in outputs {
@@ -236,4 +243,28 @@ impl Engine {
             .collect();
         Ok(v2::RepositoryIndexResponse { models })
     }
+}
+
+/// A result's provenance as response parameters: `backend`, `device`, `weights_blake3` and
+/// `osteoserve_version` (strings), beside the response's model name and version.
+fn provenance_parameters(
+    p: &osteo_core::provenance::Provenance,
+) -> std::collections::HashMap<String, v2::InferParameter> {
+    let string = |v: &str| v2::InferParameter {
+        parameter_choice: Some(v2::infer_parameter::ParameterChoice::StringParam(
+            v.to_string(),
+        )),
+    };
+    [
+        ("backend", string(&p.backend)),
+        ("device", string(&p.device)),
+        ("weights_blake3", string(&p.weights_blake3)),
+        (
+            "osteoserve_version",
+            string(osteo_core::provenance::OSTEOSERVE_VERSION),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
