@@ -5,7 +5,7 @@ use super::clinical::ClinicalArgs;
 use anyhow::Context;
 use clap::Args;
 use osteo_client::Client;
-use osteo_client::grade::{Answer, Choice, Subject, Via};
+use osteo_client::grade::{Answer, Choice, Outputs, Subject, Via};
 use osteo_client::report::{self, grade_name};
 use osteo_dicomweb::TlsOptions;
 use osteo_proto::v1 as pb;
@@ -194,6 +194,9 @@ pub struct ClassifyArgs {
     /// Also write the result as a DICOM Comprehensive SR in the study.
     #[arg(long, value_name = "FILE")]
     sr_out: Option<PathBuf>,
+    /// Also write the result as a FHIR R4 Bundle (JSON).
+    #[arg(long, value_name = "FILE")]
+    fhir_out: Option<PathBuf>,
 }
 
 /// Arguments of `osteo explain`.
@@ -213,13 +216,16 @@ pub struct ExplainArgs {
     /// Also write the Grad-CAM overlay as a DICOM RGB Secondary Capture in the study.
     #[arg(long, value_name = "FILE")]
     dicom_out: Option<PathBuf>,
+    /// Also write the result as a FHIR R4 Bundle (JSON).
+    #[arg(long, value_name = "FILE")]
+    fhir_out: Option<PathBuf>,
 }
 
 /// Writes `bytes` to `path` when a path was given.
 fn write_output(path: Option<&PathBuf>, bytes: &[u8]) -> anyhow::Result<()> {
     if let Some(p) = path {
         if bytes.is_empty() {
-            anyhow::bail!("the server returned no DICOM output for {}", p.display());
+            anyhow::bail!("the server returned no output for {}", p.display());
         }
         std::fs::write(p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
     }
@@ -272,11 +278,14 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
             ..t.endpoint.choice()
         };
         let subject = t.input.subject();
-        let answer =
-            osteo_client::grade::classify(&mut client, &choice, &subject, args.sr_out.is_some())
-                .await?;
+        let outputs = Outputs {
+            dicom: args.sr_out.is_some(),
+            fhir: args.fhir_out.is_some(),
+        };
+        let answer = osteo_client::grade::classify(&mut client, &choice, &subject, outputs).await?;
         let r = response(answer);
         write_output(args.sr_out.as_ref(), &r.dicom_sr)?;
+        write_output(args.fhir_out.as_ref(), r.fhir_bundle.as_bytes())?;
         if args.json {
             println!("{}", serde_json::to_string(&report::classification(&r))?);
         } else {
@@ -296,7 +305,10 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
             ..t.endpoint.choice()
         };
         let subject = t.input.subject();
-        let outputs = args.sr_out.is_some() || args.dicom_out.is_some();
+        let outputs = Outputs {
+            dicom: args.sr_out.is_some() || args.dicom_out.is_some(),
+            fhir: args.fhir_out.is_some(),
+        };
         let answer = osteo_client::grade::explain(&mut client, &choice, &subject, outputs).await?;
         let r = response(answer);
         let overlay = match (&r.gradcam, &args.out) {
@@ -314,6 +326,7 @@ pub fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         let c = r.classification.clone().unwrap_or_default();
         write_output(args.sr_out.as_ref(), &c.dicom_sr)?;
         write_output(args.dicom_out.as_ref(), &r.dicom_secondary_capture)?;
+        write_output(args.fhir_out.as_ref(), c.fhir_bundle.as_bytes())?;
         if args.json {
             let path = overlay.map(|(_, out)| out.display().to_string());
             let v = report::explanation(&r, path.as_deref());

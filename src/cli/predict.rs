@@ -31,6 +31,9 @@ pub struct PredictArgs {
     /// Also write the result as a DICOM Comprehensive SR in the study (needs --dicom).
     #[arg(long, value_name = "FILE")]
     sr_out: Option<PathBuf>,
+    /// Also write the result as a FHIR R4 Bundle (JSON): referencing the study with --dicom.
+    #[arg(long, value_name = "FILE")]
+    fhir_out: Option<PathBuf>,
 }
 
 /// A study's model input, read locally.
@@ -100,7 +103,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             &m,
             args.dicom.as_deref(),
             &args.clinical,
-            args.sr_out.is_some(),
+            args.sr_out.is_some() || args.fhir_out.is_some(),
         );
         let backend = loading.join();
         (input, backend)
@@ -139,22 +142,29 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         let bytes = osteo_dicom::render::overlay_png(v, &map.values, 4)?;
         std::fs::write(png, bytes).with_context(|| format!("cannot write {}", png.display()))?;
     }
+    let info = backend.info();
+    let device = info.device.to_string();
+    let by = osteo_pipeline::Producer {
+        manifest: &m,
+        backend: &info.name,
+        device: &device,
+    };
     if let (Some(path), Some(source)) = (&args.sr_out, &source) {
-        let info = backend.info();
-        let device = info.device.to_string();
-        let by = osteo_pipeline::Producer {
-            manifest: &m,
-            backend: &info.name,
-            device: &device,
-        };
         let bytes = osteo_pipeline::structured_report(source, by, &graded)?;
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.fhir_out {
+        let bytes = osteo_pipeline::fhir::bundle_json(source.as_ref(), by, &graded);
         std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
         let out = json!({
             "model": m.name,
+            "model_version": m.version,
+            "weights_blake3": m.weights_blake3,
             "kind": m.kind.name(),
             "backend": args.backend,
+            "device": device,
             "grade": grade.name(),
             "probabilities": {"normal": probs[0], "osteopenia": probs[1], "osteoporosis": probs[2]},
             "latency_ms": latency_ms,

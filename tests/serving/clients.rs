@@ -92,6 +92,7 @@ async fn python_grpcio_client_generated_from_the_proto_calls_every_rpc() {
             backend: String::new(),
             clinical_from_dicom: false,
             dicom_outputs: false,
+            fhir_outputs: false,
             model_version: String::new(),
         })
         .await

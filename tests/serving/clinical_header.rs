@@ -68,6 +68,7 @@ async fn classify(
         backend: String::new(),
         clinical_from_dicom: from_dicom,
         dicom_outputs: false,
+        fhir_outputs: false,
         model_version: String::new(),
     })
     .await

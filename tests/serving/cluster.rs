@@ -287,7 +287,7 @@ async fn a_rolling_restart_of_every_replica_fails_no_request() {
                     &mut client,
                     &Choice::default(),
                     &subject,
-                    false,
+                    Default::default(),
                 )
                 .await
                 {

@@ -90,6 +90,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         backend: backend.into(),
         clinical_from_dicom: false,
         dicom_outputs: false,
+        fhir_outputs: false,
         model_version: String::new(),
     };
     let by_default = client
@@ -185,6 +186,7 @@ async fn backends_are_chosen_per_model_overridden_per_request_and_compared() {
         target: pb::Grade::Osteoporosis as i32,
         clinical_from_dicom: false,
         dicom_outputs: false,
+        fhir_outputs: false,
         model_version: String::new(),
     };
     let mut maps = Vec::new();

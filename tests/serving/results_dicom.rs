@@ -143,6 +143,7 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
     for model in ["osteo-fused-v1", "osteo-image-v1", "osteo-tabular-v1"] {
         for backend in ["ort", "candle"] {
             let sr = dir.path().join(format!("{model}-{backend}.dcm"));
+            let fhir = dir.path().join(format!("{model}-{backend}.json"));
             let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_osteo"))
                 .args(["predict", "--json", "--backend", backend, "--model"])
                 .arg(root.join("models").join(model))
@@ -150,7 +151,9 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
                 .arg(study)
                 .arg("--clinical-from-dicom")
                 .arg("--sr-out")
-                .arg(&sr));
+                .arg(&sr)
+                .arg("--fhir-out")
+                .arg(&fhir));
             assert!(ok, "{model} on {backend}: {out}");
             let result: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
             let (_, report) = run(Command::new("dciodvfy").arg(&sr));
@@ -158,7 +161,7 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
                 report.contains("ComprehensiveSR") && !report.contains("Error"),
                 "{model} on {backend}: {report}"
             );
-            written.push((sr, model, result));
+            written.push((sr, model, result, fhir));
         }
     }
 
@@ -205,7 +208,7 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
         })
         .collect();
     sources.sort();
-    for (line, (_, model, result)) in read.lines().zip(&written) {
+    for (line, (_, model, result, _)) in read.lines().zip(&written) {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
         assert_eq!(v["report"], "MeasurementReport", "{v}");
         assert_eq!(v["groups"], 1, "{v}");
@@ -242,6 +245,117 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
             ])
         );
     }
+
+    // The FHIR Bundles, validated against FHIR R4 by fhir.resources.
+    let study_uid = osteo_dicom::instance_identity(&files[0], &Default::default())
+        .expect("identity")
+        .study_uid;
+    let bundles: Vec<&std::path::PathBuf> = written.iter().map(|(.., f)| f).collect();
+    for (line, (_, model, result, _)) in fhir_checked(&bundles).iter().zip(&written) {
+        let backend = result["backend"].as_str().expect("backend");
+        assert_fhir(line, model, backend, result, Some(&study_uid));
+        assert_eq!(
+            line["subject"],
+            common::PATIENT_ID,
+            "the study's own PatientID"
+        );
+    }
+}
+
+/// What tests/python/check_fhir.py read from each Bundle (validated by fhir.resources).
+fn fhir_checked(bundles: &[&std::path::PathBuf]) -> Vec<serde_json::Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, read) = run(Command::new(root.join(".cache/venv/bin/python"))
+        .arg(root.join("tests/python/check_fhir.py"))
+        .args(bundles));
+    assert!(ok, "fhir.resources refused a Bundle: {read}");
+    read.lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect()
+}
+
+/// A Bundle as read by check_fhir.py states `result` (grade, probabilities) of `model` on
+/// `backend`, its provenance, and the study `study_uid` when there is one.
+fn assert_fhir(
+    v: &serde_json::Value,
+    model: &str,
+    backend: &str,
+    result: &serde_json::Value,
+    study_uid: Option<&str>,
+) {
+    assert_eq!(v["bundle_type"], "collection", "{v}");
+    assert_eq!(
+        v["resources"],
+        serde_json::json!([
+            "DiagnosticReport",
+            "Observation",
+            "Observation",
+            "Observation",
+            "Observation",
+            "Device"
+        ]),
+        "{v}"
+    );
+    assert_eq!(
+        v["report_code"],
+        serde_json::json!([
+            "http://dicom.nema.org/resources/ontology/DCM",
+            "126000",
+            "Imaging Measurement Report"
+        ])
+    );
+    assert_eq!(
+        v["imaging_study"],
+        serde_json::json!(
+            study_uid
+                .map(|u| format!("urn:oid:{u}"))
+                .into_iter()
+                .collect::<Vec<_>>()
+        ),
+        "{v}"
+    );
+    let grade = grade_code(result["grade"].as_str().expect("grade"));
+    let fhir_grade = serde_json::json!([[
+        match grade[1].as_str() {
+            Some("SCT") => "http://snomed.info/sct",
+            _ => "",
+        },
+        grade[0],
+        grade[2]
+    ]]);
+    assert_eq!(v["grade"], fhir_grade, "{v}");
+    for (code, key) in [
+        ("P-NORMAL", "normal"),
+        ("P-OSTEOPENIA", "osteopenia"),
+        ("P-OSTEOPOROSIS", "osteoporosis"),
+    ] {
+        let got = v["probabilities"][code].as_f64().expect("probability");
+        let want = result["probabilities"][key].as_f64().expect("probability");
+        assert!(
+            (got - want).abs() <= 1e-6,
+            "{model}, {code}: {got} vs {want}"
+        );
+    }
+    assert_eq!(v["units"], serde_json::json!(["1"]));
+    assert_eq!(v["performer_is_device"], true);
+    assert_eq!(v["observations_by_device"], true);
+    assert_eq!(v["device_name"], serde_json::json!([model]));
+    assert_eq!(
+        v["device_versions"],
+        serde_json::json!({
+            "model version": "1",
+            "weights BLAKE3": common::weights_digest(model),
+            "OsteoServe": env!("CARGO_PKG_VERSION"),
+        })
+    );
+    assert_eq!(
+        v["device_properties"],
+        serde_json::json!({"backend": backend, "device": "cpu"})
+    );
+    assert_eq!(
+        v["notes"],
+        serde_json::json!([osteo_pipeline::fhir::SYNTHETIC_NOTE])
+    );
 }
 
 /// dciodvfy's verdict on a file: the IOD it recognised must appear and no error.
@@ -277,6 +391,7 @@ async fn classify_and_explain_return_the_sr_and_the_grad_cam_secondary_capture()
             study: study(),
             clinical: Some(common::clinical()),
             dicom_outputs: true,
+            fhir_outputs: true,
             ..Default::default()
         })
         .await
@@ -287,11 +402,32 @@ async fn classify_and_explain_return_the_sr_and_the_grad_cam_secondary_capture()
             study: study(),
             clinical: Some(common::clinical()),
             dicom_outputs: true,
+            fhir_outputs: true,
             ..Default::default()
         })
         .await
         .expect("explain")
         .into_inner();
+    // The FHIR Bundles of both, referencing the uploaded study.
+    let study_uid = osteo_dicom::instance_identity(&files[0], &Default::default())
+        .expect("identity")
+        .study_uid;
+    let explained_classification = explained.classification.clone().expect("classification");
+    let answers = [&classified, &explained_classification];
+    let bundles: Vec<std::path::PathBuf> = answers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let path = dir.path().join(format!("bundle-{i}.json"));
+            std::fs::write(&path, &r.fhir_bundle).expect("write");
+            path
+        })
+        .collect();
+    let checked = fhir_checked(&bundles.iter().collect::<Vec<_>>());
+    for (v, r) in checked.iter().zip(answers) {
+        let result = osteo_client::report::classification(r);
+        assert_fhir(v, "osteo-fused-v1", "ort", &result, Some(&study_uid));
+    }
     let sr = dir.path().join("sr.dcm");
     let explain_sr = dir.path().join("explain-sr.dcm");
     let sc = dir.path().join("sc.dcm");
@@ -379,6 +515,23 @@ print(json.dumps({
         .expect_err("no study");
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("dicom_outputs"), "{}", e.message());
+    // A FHIR Bundle needs none: it references no study then, and no patient.
+    let tabular = c
+        .classify(pb::ClassifyRequest {
+            clinical: Some(common::clinical()),
+            model: "osteo-tabular-v1".into(),
+            fhir_outputs: true,
+            ..Default::default()
+        })
+        .await
+        .expect("classify")
+        .into_inner();
+    let path = dir.path().join("tabular.json");
+    std::fs::write(&path, &tabular.fhir_bundle).expect("write");
+    let v = &fhir_checked(&[&path])[0];
+    let result = osteo_client::report::classification(&tabular);
+    assert_fhir(v, "osteo-tabular-v1", "ort", &result, None);
+    assert_eq!(v["subject"], serde_json::Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,7 @@ async fn upload_classify_explain_and_manage_a_study() {
         backend: String::new(),
         clinical_from_dicom: false,
         dicom_outputs: false,
+        fhir_outputs: false,
         model_version: String::new(),
     };
     let classified = client
@@ -97,6 +98,7 @@ async fn upload_classify_explain_and_manage_a_study() {
             target: pb::Grade::Osteoporosis as i32,
             clinical_from_dicom: false,
             dicom_outputs: false,
+            fhir_outputs: false,
             model_version: String::new(),
         })
         .await
@@ -128,6 +130,7 @@ async fn upload_classify_explain_and_manage_a_study() {
             target: pb::Grade::Unspecified as i32,
             clinical_from_dicom: false,
             dicom_outputs: false,
+            fhir_outputs: false,
             model_version: String::new(),
         })
         .await
@@ -275,6 +278,7 @@ async fn every_documented_error_code_is_returned_with_an_actionable_message() {
         backend: String::new(),
         clinical_from_dicom: false,
         dicom_outputs: false,
+        fhir_outputs: false,
         model_version: String::new(),
     };
 
@@ -409,6 +413,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
                         backend: String::new(),
                         clinical_from_dicom: false,
                         dicom_outputs: false,
+                        fhir_outputs: false,
                         model_version: String::new(),
                     })
                     .await;
@@ -466,6 +471,7 @@ async fn concurrent_clients_are_batched_and_a_full_queue_is_refused() {
                 backend: String::new(),
                 clinical_from_dicom: false,
                 dicom_outputs: false,
+                fhir_outputs: false,
                 model_version: String::new(),
             })
             .await
@@ -502,6 +508,7 @@ async fn shutdown_finishes_in_flight_requests() {
         target: 0,
         clinical_from_dicom: false,
         dicom_outputs: false,
+        fhir_outputs: false,
         model_version: String::new(),
     };
     let in_flight = tokio::spawn(async move { client.explain(inline).await });
@@ -615,6 +622,7 @@ async fn client_text_can_neither_forge_nor_flood_a_log_line() {
                             study: by_handle(text),
                             clinical_from_dicom: false,
                             dicom_outputs: false,
+                            fhir_outputs: false,
                             model_version: String::new(),
                         })
                         .await,

@@ -49,6 +49,7 @@ async fn spans_reach_an_otlp_receiver_and_logs_are_json_without_patient_data() {
             backend: String::new(),
             clinical_from_dicom: false,
             dicom_outputs: false,
+            fhir_outputs: false,
             model_version: String::new(),
         })
         .await

@@ -223,12 +223,21 @@ async fn ask<R: Ask>(
     }
 }
 
-/// Classify: the grade of the subject, with the DICOM SR when `dicom_outputs`.
+/// The result formats asked for beside the answer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outputs {
+    /// The DICOM SR (and, for Explain, the secondary capture).
+    pub dicom: bool,
+    /// The FHIR R4 Bundle.
+    pub fhir: bool,
+}
+
+/// Classify: the grade of the subject, with the `outputs` asked for.
 pub async fn classify(
     client: &mut Client,
     choice: &Choice,
     subject: &Subject<'_>,
-    dicom_outputs: bool,
+    outputs: Outputs,
 ) -> Result<Answer<pb::ClassifyResponse>, ClientError> {
     let request = pb::ClassifyRequest {
         study: None,
@@ -237,18 +246,19 @@ pub async fn classify(
         model_version: choice.version.clone(),
         backend: choice.backend.clone(),
         clinical_from_dicom: subject.clinical_from_dicom,
-        dicom_outputs,
+        dicom_outputs: outputs.dicom,
+        fhir_outputs: outputs.fhir,
     };
     ask(client, choice.via, subject, request).await
 }
 
 /// Explain: the grade, the Grad-CAM of the predicted grade and the clinical attributions, with
-/// the DICOM SR and secondary capture when `dicom_outputs`.
+/// the `outputs` asked for.
 pub async fn explain(
     client: &mut Client,
     choice: &Choice,
     subject: &Subject<'_>,
-    dicom_outputs: bool,
+    outputs: Outputs,
 ) -> Result<Answer<pb::ExplainResponse>, ClientError> {
     let request = pb::ExplainRequest {
         study: None,
@@ -258,7 +268,8 @@ pub async fn explain(
         backend: choice.backend.clone(),
         target: pb::Grade::Unspecified as i32,
         clinical_from_dicom: subject.clinical_from_dicom,
-        dicom_outputs,
+        dicom_outputs: outputs.dicom,
+        fhir_outputs: outputs.fhir,
     };
     ask(client, choice.via, subject, request).await
 }

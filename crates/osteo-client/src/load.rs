@@ -62,6 +62,7 @@ pub async fn classify(
         backend: choice.backend.clone(),
         clinical_from_dicom: subject.clinical_from_dicom,
         dicom_outputs: false,
+        fhir_outputs: false,
         model_version: choice.version.clone(),
     };
     // Warm-up: one request, not counted.

@@ -7,6 +7,8 @@
 //! a server's scheduler).
 #![deny(missing_docs)]
 
+pub mod fhir;
+
 use osteo_core::{
     ClinicalVariables, CoreError, Explanation, GradCamMap, Grade, ModelManifest, Sample,
 };

@@ -179,6 +179,7 @@ mod tests {
             backend: String::new(),
             clinical_from_dicom: false,
             dicom_outputs: false,
+            fhir_outputs: false,
             model_version: String::new(),
         };
         let back = v1::ClassifyRequest::decode(req.encode_to_vec().as_slice()).expect("decodes");

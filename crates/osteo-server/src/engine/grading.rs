@@ -287,6 +287,9 @@ impl Engine {
         if req.dicom_outputs {
             response.dicom_sr = structured_report(model, &prepared, &response, &graded)?;
         }
+        if req.fhir_outputs {
+            response.fhir_bundle = fhir_bundle(model, &prepared, &response, &graded);
+        }
         self.mirror(call, &served, &prepared, &logits, ms);
         Ok(response)
     }
@@ -360,6 +363,9 @@ impl Engine {
                 )
             }
         };
+        if req.fhir_outputs {
+            classification.fhir_bundle = fhir_bundle(model, &prepared, &classification, &graded);
+        }
         let mut dicom_secondary_capture = Vec::new();
         if req.dicom_outputs {
             classification.dicom_sr =
@@ -511,6 +517,22 @@ fn structured_report(
     )?)
 }
 
+/// The FHIR Bundle of classification `c` (`graded`) by `model`, of the prepared study if any.
+fn fhir_bundle(
+    model: &ServedModel,
+    prepared: &Prepared,
+    c: &pb::ClassifyResponse,
+    graded: &osteo_pipeline::Graded,
+) -> String {
+    let by = osteo_pipeline::Producer {
+        manifest: &model.artifacts.manifest,
+        backend: backend_name(c),
+        device: backend_device(c),
+    };
+    let source = prepared.study.as_deref().map(|s| &s.source);
+    String::from_utf8(osteo_pipeline::fhir::bundle_json(source, by, graded)).unwrap_or_default()
+}
+
 /// The Classify answer of a graded input, and its grade.
 fn classification(
     model: &ServedModel,
@@ -527,6 +549,7 @@ fn classification(
         logits: g.logits,
         latency_ms: start.elapsed().as_secs_f64() * 1e3,
         dicom_sr: Vec::new(),
+        fhir_bundle: String::new(),
     };
     (response, g.graded)
 }

@@ -1,0 +1,201 @@
+//! The result as a FHIR R4 Bundle (type `collection`), for electronic health records that take
+//! results as FHIR rather than DICOM. Following the mapping of HL7's DICOM SR to FHIR
+//! implementation guide where it applies: the report (the SR's TID 1500 document) is a
+//! DiagnosticReport coded as DCM 126000 "Imaging Measurement Report" that references the
+//! ImagingStudy by its Study Instance UID; the measurement group's finding (the grade) and its
+//! three measurements (the probabilities) are Observations; the algorithm (TID 4019) is a
+//! Device with the model's name, version, weights digest, backend, device and OsteoServe's
+//! version. No patient identifier beyond what the source study carries: the subject is the
+//! study's PatientID (with its issuer), referenced by identifier, and only when the study has one.
+
+use crate::{Graded, Producer};
+use osteo_dicom::SourceStudy;
+use osteo_dicom::sr::{GRADE_CODES, GRADE_CONCEPT, PROBABILITY_CODES};
+use serde_json::{Value, json};
+
+/// FHIR's system URI of a DICOM coding scheme designator (the private `99OSTEO` as a URN).
+fn system(scheme: &str) -> String {
+    match scheme {
+        "SCT" => "http://snomed.info/sct".into(),
+        "LN" => "http://loinc.org".into(),
+        "DCM" => "http://dicom.nema.org/resources/ontology/DCM".into(),
+        "UCUM" => "http://unitsofmeasure.org".into(),
+        other => format!("urn:osteoserve:codes:{other}"),
+    }
+}
+
+/// A CodeableConcept of one DICOM code.
+fn concept(c: osteo_dicom::sr::Code) -> Value {
+    json!({
+        "coding": [{"system": system(c.1), "code": c.0, "display": c.2}],
+        "text": c.2,
+    })
+}
+
+/// A string attribute of the source study, when present and not empty.
+fn attribute(source: &SourceStudy, tag: dicom_core::Tag) -> Option<String> {
+    source
+        .elements
+        .iter()
+        .find(|e| e.header().tag == tag)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// A fresh `urn:uuid:` for a bundle entry.
+fn urn() -> String {
+    let b: u128 = rand::random();
+    let h = format!("{b:032x}");
+    format!(
+        "urn:uuid:{}-{}-4{}-8{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+/// The current time as a FHIR instant (UTC, milliseconds).
+fn instant() -> String {
+    let t = osteo_core::utc::Utc::now();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.millis
+    )
+}
+
+/// The statement a result of a model trained on synthetic data carries.
+pub const SYNTHETIC_NOTE: &str =
+    "This result comes from a model trained on synthetic data. It is not for diagnosis.";
+
+/// The Bundle of a result: `graded` by `by`, of `source` when the model read a study.
+pub fn bundle(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -> Value {
+    let p = by.provenance();
+    let now = instant();
+    let subject = source
+        .and_then(|s| {
+            let id = attribute(s, dicom_dictionary_std::tags::PATIENT_ID)?;
+            let mut identifier = json!({"value": id});
+            if let Some(issuer) = attribute(s, dicom_dictionary_std::tags::ISSUER_OF_PATIENT_ID) {
+                identifier["system"] = json!(format!("urn:osteoserve:issuer:{issuer}"));
+            }
+            Some(json!({"type": "Patient", "identifier": identifier}))
+        })
+        .map(|s| ("subject", s));
+    let note = by
+        .manifest
+        .trained_on_synthetic()
+        .then(|| ("note", json!([{"text": SYNTHETIC_NOTE}])));
+    let category = json!([{
+        "coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "imaging",
+            "display": "Imaging",
+        }]
+    }]);
+    let device_url = urn();
+    let device = json!({
+        "resourceType": "Device",
+        "status": "active",
+        "manufacturer": "OsteoServe",
+        "deviceName": [{"name": p.model, "type": "model-name"}],
+        "version": [
+            {"type": {"text": "model version"}, "value": p.version},
+            {"type": {"text": "weights BLAKE3"}, "value": p.weights_blake3},
+            {"type": {"text": "OsteoServe"}, "value": osteo_core::provenance::OSTEOSERVE_VERSION},
+        ],
+        "property": [
+            {"type": {"text": "backend"}, "valueCode": [{"text": p.backend}]},
+            {"type": {"text": "device"}, "valueCode": [{"text": p.device}]},
+        ],
+    });
+    // Every Observation: status, category, subject, time, device, the statement.
+    let observation = |code: Value, value: (&str, Value)| {
+        let mut o = json!({
+            "resourceType": "Observation",
+            "status": "preliminary",
+            "category": category,
+            "code": code,
+            "effectiveDateTime": now,
+            "issued": now,
+            "device": {"reference": device_url},
+        });
+        for (k, v) in [Some(value), subject.clone(), note.clone()]
+            .into_iter()
+            .flatten()
+        {
+            o[k] = v;
+        }
+        o
+    };
+    let grade_code = GRADE_CODES[graded.grade.index().min(2)];
+    let mut entries = vec![(
+        urn(),
+        observation(
+            concept(GRADE_CONCEPT),
+            ("valueCodeableConcept", concept(grade_code)),
+        ),
+    )];
+    for (p, code) in graded.probabilities.iter().zip(PROBABILITY_CODES) {
+        let value = json!({
+            "value": (f64::from(*p) * 1e6).round() / 1e6,
+            "unit": "1",
+            "system": "http://unitsofmeasure.org",
+            "code": "1",
+        });
+        entries.push((urn(), observation(concept(code), ("valueQuantity", value))));
+    }
+    let mut report = json!({
+        "resourceType": "DiagnosticReport",
+        "status": "preliminary",
+        "category": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                "code": "RAD",
+                "display": "Radiology",
+            }]
+        }],
+        "code": concept(osteo_dicom::sr::Code("126000", "DCM", "Imaging Measurement Report")),
+        "effectiveDateTime": now,
+        "issued": now,
+        "performer": [{"reference": device_url, "type": "Device"}],
+        "result": entries.iter().map(|(url, _)| json!({"reference": url})).collect::<Vec<_>>(),
+        "conclusion": format!(
+            "{} (probability {:.3}) by {}",
+            grade_code.2,
+            graded.probabilities[graded.grade.index().min(2)],
+            p.line()
+        ),
+        "conclusionCode": [concept(grade_code)],
+    });
+    if let Some((k, v)) = subject.clone() {
+        report[k] = v;
+    }
+    if let Some(study) = source.filter(|s| !s.study_uid.is_empty()) {
+        report["imagingStudy"] = json!([{
+            "type": "ImagingStudy",
+            "identifier": {"system": "urn:dicom:uid", "value": format!("urn:oid:{}", study.study_uid)},
+        }]);
+    }
+    let mut all = vec![(urn(), report)];
+    all.extend(entries);
+    all.push((device_url, device));
+    json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": now,
+        "entry": all
+            .into_iter()
+            .map(|(url, resource)| json!({"fullUrl": url, "resource": resource}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The Bundle as pretty-printed JSON bytes.
+pub fn bundle_json(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(&bundle(source, by, graded)).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
