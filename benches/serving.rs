@@ -151,6 +151,7 @@ fn benches(c: &mut Criterion) {
             backend: String::new(),
             clinical_from_dicom: false,
             dicom_outputs: false,
+            fhir_outputs: false,
             model_version: String::new(),
         };
         (client, request)

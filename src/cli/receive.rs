@@ -105,6 +105,10 @@ pub struct ReceiveArgs {
     /// default). A study with refused instances is not graded: its row is an error.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_study_mib: u64,
+    /// Also write each graded study's result as a FHIR R4 Bundle into this directory once its
+    /// results are acknowledged, one file per study named by a hash of its Study Instance UID.
+    #[arg(long, value_name = "DIR")]
+    fhir_dir: Option<PathBuf>,
     /// Only check the arguments, then exit (no file is read, no server called, nothing listens).
     #[arg(long)]
     check: bool,
@@ -150,6 +154,7 @@ pub fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         study_idle: Duration::from_secs(args.study_idle_s),
         max_study_instances: args.max_study_instances as usize,
         max_study_bytes: args.max_study_mib << 20,
+        fhir_dir: args.fhir_dir.clone(),
         concurrency: usize::from(args.concurrency),
     };
     if args.ae_title.is_empty() || args.ae_title.len() > 16 {

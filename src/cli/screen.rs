@@ -47,8 +47,9 @@ pub struct ScreenArgs {
     /// for several.
     #[arg(long, value_name = "KEY=VALUE")]
     query: Vec<String>,
-    /// The results CSV (study_uid,status,grade,p_normal,p_osteopenia,p_osteoporosis,reason);
-    /// rows already there with a final status are kept and their studies not screened again.
+    /// The results CSV (study_uid,status,grade,p_normal,p_osteopenia,p_osteoporosis,reason,
+    /// model,model_version,weights_blake3,backend,device,osteoserve_version); rows already there
+    /// with a final status are kept and their studies not screened again.
     #[arg(long, value_name = "CSV")]
     results: PathBuf,
     /// Most bytes of one study's CT series retrieved from the PACS (MiB); a larger study ends
@@ -64,6 +65,10 @@ pub struct ScreenArgs {
     /// query result deterministically and disjointly.
     #[arg(long, value_name = "K/N")]
     shard: Option<String>,
+    /// Also write each graded study's result as a FHIR R4 Bundle into this directory, one file
+    /// per study named by a hash of its Study Instance UID.
+    #[arg(long, value_name = "DIR")]
+    fhir_dir: Option<PathBuf>,
 }
 
 impl ScreenArgs {
@@ -155,6 +160,7 @@ pub fn run(args: ScreenArgs) -> anyhow::Result<()> {
             max_study_bytes: args.max_study_mib << 20,
             concurrency: usize::from(args.concurrency),
             shard,
+            fhir_dir: args.fhir_dir.clone(),
         };
         anyhow::Ok(osteo_client::screen::run(screening, &mut Bar(bar.clone())).await?)
     })?;

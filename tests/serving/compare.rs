@@ -383,6 +383,7 @@ async fn three_backends_agree_on_one_server() {
             target: pb::Grade::Unspecified as i32,
             clinical_from_dicom: false,
             dicom_outputs: false,
+            fhir_outputs: false,
             model_version: String::new(),
         })
         .await

@@ -147,6 +147,7 @@ fn settings(dir: &Path, send_to: Option<u16>, idle_s: u64) -> NodeSettings {
         study_idle: Duration::from_secs(idle_s),
         max_study_instances: 4096,
         max_study_bytes: 1 << 30,
+        fhir_dir: None,
         concurrency: 2,
     }
 }
@@ -223,7 +224,15 @@ async fn a_pushed_study_is_graded_and_its_results_stored_back_to_the_pacs() {
     let server = InProc::start("", &FUSED, registry()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let pacs = StoreScp::start(free_port());
-    let node = Node::start(&server, settings(dir.path(), Some(pacs.port), 1)).await;
+    let fhir = dir.path().join("fhir");
+    let node = Node::start(
+        &server,
+        NodeSettings {
+            fhir_dir: Some(fhir.clone()),
+            ..settings(dir.path(), Some(pacs.port), 1)
+        },
+    )
+    .await;
 
     let mut echo = Command::new("echoscu");
     echo.args(["-aec", "OSTEO", "-aet", "ECHOSCU", "127.0.0.1"])
@@ -250,6 +259,24 @@ async fn a_pushed_study_is_graded_and_its_results_stored_back_to_the_pacs() {
     let rows = rows(&dir.path().join("results.csv"), 1).await;
     assert_eq!(rows[0][1], "classified", "{rows:?}");
     assert!(!rows[0][2].is_empty());
+    // The row names the exact weights; the FHIR Bundle is beside it, named by a hash of the UID.
+    assert_eq!(
+        rows[0][7..],
+        [
+            "osteo-fused-v1".to_string(),
+            "1".into(),
+            weights_digest("osteo-fused-v1"),
+            "ort".into(),
+            "cpu".into(),
+            env!("CARGO_PKG_VERSION").into(),
+        ]
+    );
+    let bundle = fhir.join(osteo_client::screen::fhir_file_name(&rows[0][0]));
+    let checked = fhir_checked(&[&bundle]);
+    assert_eq!(
+        checked[0]["imaging_study"],
+        serde_json::json!([format!("urn:oid:{}", rows[0][0])])
+    );
     let received = pacs.received();
     assert_eq!(
         received.len(),

@@ -251,7 +251,7 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
         .expect("identity")
         .study_uid;
     let bundles: Vec<&std::path::PathBuf> = written.iter().map(|(.., f)| f).collect();
-    for (line, (_, model, result, _)) in fhir_checked(&bundles).iter().zip(&written) {
+    for (line, (_, model, result, _)) in common::fhir_checked(&bundles).iter().zip(&written) {
         let backend = result["backend"].as_str().expect("backend");
         assert_fhir(line, model, backend, result, Some(&study_uid));
         assert_eq!(
@@ -260,18 +260,6 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
             "the study's own PatientID"
         );
     }
-}
-
-/// What tests/python/check_fhir.py read from each Bundle (validated by fhir.resources).
-fn fhir_checked(bundles: &[&std::path::PathBuf]) -> Vec<serde_json::Value> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (ok, read) = run(Command::new(root.join(".cache/venv/bin/python"))
-        .arg(root.join("tests/python/check_fhir.py"))
-        .args(bundles));
-    assert!(ok, "fhir.resources refused a Bundle: {read}");
-    read.lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect()
 }
 
 /// A Bundle as read by check_fhir.py states `result` (grade, probabilities) of `model` on
@@ -423,7 +411,7 @@ async fn classify_and_explain_return_the_sr_and_the_grad_cam_secondary_capture()
             path
         })
         .collect();
-    let checked = fhir_checked(&bundles.iter().collect::<Vec<_>>());
+    let checked = common::fhir_checked(&bundles.iter().collect::<Vec<_>>());
     for (v, r) in checked.iter().zip(answers) {
         let result = osteo_client::report::classification(r);
         assert_fhir(v, "osteo-fused-v1", "ort", &result, Some(&study_uid));
@@ -528,7 +516,7 @@ print(json.dumps({
         .into_inner();
     let path = dir.path().join("tabular.json");
     std::fs::write(&path, &tabular.fhir_bundle).expect("write");
-    let v = &fhir_checked(&[&path])[0];
+    let v = &common::fhir_checked(&[&path])[0];
     let result = osteo_client::report::classification(&tabular);
     assert_fhir(v, "osteo-tabular-v1", "ort", &result, None);
     assert_eq!(v["subject"], serde_json::Value::Null);

@@ -5,6 +5,7 @@
 //! is an error row and exit 1; bad arguments exit 2.
 
 use crate::common::inproc::{InProc, registry};
+use crate::common::{fhir_checked, weights_digest};
 use dicom_dictionary_std::tags;
 use osteo_dicomweb::{DicomWeb, Limits, TlsOptions};
 use osteo_phantom::{PhantomSpec, SeriesIdentity, TScoreModel, phantom_volume, write_series};
@@ -25,12 +26,36 @@ fn results(path: &Path) -> BTreeMap<String, (String, String, String)> {
             "p_normal",
             "p_osteopenia",
             "p_osteoporosis",
-            "reason"
+            "reason",
+            "model",
+            "model_version",
+            "weights_blake3",
+            "backend",
+            "device",
+            "osteoserve_version"
         ]
     );
     let mut rows = BTreeMap::new();
     for r in reader.records() {
         let r = r.expect("row");
+        // Every row names what graded it (or would have): the exact weights.
+        assert_eq!(
+            (&r[7], &r[8], &r[9]),
+            (
+                "osteo-fused-v1",
+                "1",
+                weights_digest("osteo-fused-v1").as_str()
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            (&r[10], &r[12]),
+            ("ort", env!("CARGO_PKG_VERSION")),
+            "{r:?}"
+        );
+        if &r[1] == "classified" {
+            assert_eq!(&r[11], "cpu", "{r:?}");
+        }
         let previous = rows.insert(
             r[0].to_string(),
             (r[1].to_string(), r[2].to_string(), r[6].to_string()),
@@ -142,10 +167,50 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
 
     // First run: the query finds all three studies.
     let first = dir.path().join("first.csv");
-    let out = screen(with(base(&first), &["--query", "ModalitiesInStudy=CT"])).await;
+    let fhir = dir.path().join("fhir");
+    let out = screen(with(
+        base(&first),
+        &[
+            "--query",
+            "ModalitiesInStudy=CT",
+            "--fhir-dir",
+            fhir.to_str().expect("path"),
+        ],
+    ))
+    .await;
     succeeded(&out, &first);
     let rows = results(&first);
     assert_eq!(rows.len(), 3, "{rows:?}");
+    // One FHIR Bundle per graded study, named by a hash of its UID, referencing it.
+    let mut bundles: Vec<String> = std::fs::read_dir(&fhir)
+        .expect("fhir dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    bundles.sort();
+    let mut want: Vec<String> = phantoms
+        .iter()
+        .map(|(uid, _)| osteo_client::screen::fhir_file_name(uid))
+        .collect();
+    want.sort();
+    assert_eq!(
+        bundles, want,
+        "one Bundle per classified study, none for the refused one"
+    );
+    let paths: Vec<std::path::PathBuf> = phantoms
+        .iter()
+        .map(|(uid, _)| fhir.join(osteo_client::screen::fhir_file_name(uid)))
+        .collect();
+    for (v, (uid, _)) in fhir_checked(&paths.iter().collect::<Vec<_>>())
+        .iter()
+        .zip(&phantoms)
+    {
+        assert_eq!(
+            v["imaging_study"],
+            serde_json::json!([format!("urn:oid:{uid}")])
+        );
+        assert_eq!(v["device_name"], serde_json::json!(["osteo-fused-v1"]));
+    }
     let (status, grade, reason) = &rows[&head];
     assert_eq!(status, "refused");
     assert!(grade.is_empty());

@@ -51,6 +51,9 @@ pub struct NodeSettings {
     pub max_study_bytes: u64,
     /// Studies graded at once.
     pub concurrency: usize,
+    /// Where each graded study's FHIR R4 Bundle is written once its results are acknowledged
+    /// (one file per study, named by a hash of its UID), if anywhere.
+    pub fhir_dir: Option<PathBuf>,
 }
 
 /// A DICOMweb service the results are stored to (STOW-RS).
@@ -71,6 +74,8 @@ struct Results {
 
 impl Results {
     fn open(path: PathBuf) -> Result<Self, NodeError> {
+        // A file of an earlier version gets the provenance columns (its rows kept).
+        osteo_client::screen::upgrade(&path)?;
         let rows = if path.exists() {
             osteo_client::screen::earlier(&path)?
         } else {
@@ -91,13 +96,18 @@ impl Results {
     }
 
     /// Appends a row (an already written study is skipped) and syncs the file.
-    fn append(&self, record: &[u8]) -> Result<(), NodeError> {
-        use std::io::Write;
-        let uid = record
+    /// The study UID of a CSV record (its first field).
+    fn uid(record: &[u8]) -> String {
+        record
             .split(|b| *b == b',')
             .next()
             .map(|u| String::from_utf8_lossy(u).trim_matches('"').to_string())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    fn append(&self, record: &[u8]) -> Result<(), NodeError> {
+        use std::io::Write;
+        let uid = Self::uid(record);
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         if !written.insert(uid) {
             return Ok(());
@@ -152,10 +162,10 @@ pub async fn run(
     let (outbox_tx, mut outbox_rx) = tokio::sync::mpsc::unbounded_channel();
     let node = Arc::new(Node {
         results: Results::open(settings.results.clone())?,
+        grader: grader.with_fhir(settings.fhir_dir.is_some()),
         settings,
         spool: spool.clone(),
         tracker: tracker.clone(),
-        grader,
         outbox: outbox_tx,
     });
     // Taken up from an earlier run.
@@ -280,7 +290,7 @@ impl Node {
     async fn grade(&self, study: &str) {
         let dir = self.spool.grading_dir(study);
         let mut pause = Duration::from_secs(5);
-        let (row, results) = loop {
+        let (row, results, fhir) = loop {
             let started = Instant::now();
             match self.graded(&dir).await {
                 Ok((_, g)) => {
@@ -291,7 +301,7 @@ impl Node {
                         ms = started.elapsed().as_secs_f64() * 1e3,
                         "study graded"
                     );
-                    break (g.row, g.results);
+                    break (g.row, g.results, g.fhir);
                 }
                 Err((_, NodeError::Client(e))) if transient(&e) => {
                     tracing::warn!(study = %study, error = %e, wait_s = pause.as_secs(), "the server did not grade the study; it stays in the spool and is graded again");
@@ -301,11 +311,18 @@ impl Node {
                 Err((uid, e)) => {
                     tracing::warn!(study = %study, error = %e, "study ended in error");
                     let reason = osteo_core::error::chain(&e).replace('\n', " ");
-                    break (Row::ended(&uid, "error", reason), Vec::new());
+                    let row = Row {
+                        provenance: self.grader.provenance(),
+                        ..Row::ended(&uid, "error", reason)
+                    };
+                    break (row, Vec::new(), None);
                 }
             }
         };
-        match self.spool.write_outbox(study, &row.record(), &results) {
+        match self
+            .spool
+            .write_outbox(study, &row.record(), &results, fhir.as_deref())
+        {
             Ok(()) => {
                 let _ = self.spool.remove(&dir);
                 let _ = self.outbox.send(study.to_string());
@@ -375,6 +392,7 @@ impl Node {
         let dir = self.spool.outbox_dir(study);
         let mut results = Vec::new();
         let mut row = Vec::new();
+        let mut bundle = None;
         let mut listed: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
@@ -387,6 +405,8 @@ impl Node {
                 results.push(bytes);
             } else if p.file_name().is_some_and(|n| n == "row.csv") {
                 row = bytes;
+            } else if p.file_name().is_some_and(|n| n == spool::FHIR_BUNDLE) {
+                bundle = String::from_utf8(bytes).ok();
             }
         }
         let destinations = self.settings.send_to.is_some() || self.settings.stow.is_some();
@@ -397,6 +417,13 @@ impl Node {
                 let wait = Duration::from_secs(1 << attempt.min(8)).min(Duration::from_secs(300));
                 tracing::warn!(study = %study, attempt, error = %e, wait_s = wait.as_secs(), "sending results failed; they stay in the spool and are sent again");
                 tokio::time::sleep(wait).await;
+            }
+        }
+        if let (Some(fhir_dir), Some(bundle)) = (&self.settings.fhir_dir, &bundle) {
+            let uid = Results::uid(&row);
+            if let Err(e) = osteo_client::screen::write_fhir(fhir_dir, &uid, bundle) {
+                tracing::error!(study = %study, error = %e, "cannot write a study's FHIR Bundle; it stays in the spool");
+                return;
             }
         }
         if let Err(e) = self.results.append(&row) {

@@ -416,6 +416,11 @@ fn keep(
             let _ = std::fs::remove_file(p);
         }
     };
+    if command.sop_class != CT_IMAGE && command.sop_class != ENHANCED_CT {
+        // Earlier results and screen captures: acknowledged, not kept, not even read.
+        drop_spilled();
+        return dimse::SUCCESS;
+    }
     let limits = spooled_limits();
     let identity = match spilled {
         Some(p) => osteo_dicom::instance_identity(p, &limits),

@@ -7,7 +7,8 @@
 //! studies/<study>/<sop>.dcm   acknowledged instances: journalled (or the file synced) before
 //!                             the success response
 //! grading/<study>/            a complete study, being graded (a late instance opens a new one)
-//! outbox/<study>/             a graded study: row.csv, and result-<n>.dcm until acknowledged
+//! outbox/<study>/             a graded study: row.csv, bundle.json (with --fhir-dir), and
+//!                             result-<n>.dcm until acknowledged
 //! journal/                    the instances held in memory, until a checkpoint (see journal.rs)
 //! ```
 
@@ -86,6 +87,9 @@ pub fn sync_dir(dir: &Path) -> Result<(), NodeError> {
         .and_then(|d| d.sync_all())
         .map_err(io("cannot sync", dir))
 }
+
+/// The outbox file of a study's FHIR Bundle.
+pub const FHIR_BUNDLE: &str = "bundle.json";
 
 /// The file that marks a study with refused instances.
 pub const INCOMPLETE: &str = "incomplete";
@@ -382,6 +386,7 @@ impl Spool {
         study: &str,
         row: &[String],
         results: &[Vec<u8>],
+        fhir: Option<&str>,
     ) -> Result<(), NodeError> {
         let tmp = self.root.join("outbox").join(format!(".{study}.tmp"));
         let _ = fs::remove_dir_all(&tmp);
@@ -396,6 +401,9 @@ impl Spool {
         let mut files = vec![("row.csv".to_string(), record)];
         for (i, r) in results.iter().enumerate() {
             files.push((format!("result-{i}.dcm"), r.clone()));
+        }
+        if let Some(bundle) = fhir {
+            files.push((FHIR_BUNDLE.to_string(), bundle.as_bytes().to_vec()));
         }
         for (name, bytes) in &files {
             let path = tmp.join(name);

@@ -457,6 +457,25 @@ pub fn proc_status_bytes(path: &str, field: &str) -> u64 {
 }
 
 /// The records of an audit log for `rpc`, as JSON.
+/// What tests/python/check_fhir.py read from each Bundle (validated by fhir.resources).
+pub fn fhir_checked(bundles: &[&std::path::PathBuf]) -> Vec<serde_json::Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join(".cache/venv/bin/python"))
+        .arg(root.join("tests/python/check_fhir.py"))
+        .args(bundles)
+        .output()
+        .expect("python");
+    let read = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "fhir.resources refused a Bundle: {read}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read.lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect()
+}
+
 /// The weights digest `model.toml` of shipped model `model` records.
 pub fn weights_digest(model: &str) -> String {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,7 +3,7 @@
 //! GradeStudy call (upload, quality gate, explanation with DICOM outputs; nothing stays on the
 //! server), answered as the results CSV's row and the SR and secondary capture to store back.
 
-use super::Row;
+use super::{Provenance, Row};
 use crate::connect::Client;
 use crate::error::ClientError;
 use crate::grade::{Choice, grade_files};
@@ -21,6 +21,8 @@ pub struct Grader {
     version: String,
     backend: String,
     description: String,
+    provenance: Provenance,
+    fhir: bool,
 }
 
 /// One graded study: its row, and the SR (and Grad-CAM secondary capture) to store back, empty
@@ -31,6 +33,8 @@ pub struct Graded {
     pub row: Row,
     /// The DICOM results, SR first.
     pub results: Vec<Vec<u8>>,
+    /// The FHIR R4 Bundle (JSON), when asked for ([`Grader::with_fhir`]) and graded.
+    pub fhir: Option<String>,
 }
 
 impl Grader {
@@ -72,7 +76,31 @@ impl Grader {
             version: model.version.clone(),
             backend: choice.backend.clone(),
             description: osteo_dicom::sr::series_description(&model.name, &model.version),
+            provenance: Provenance {
+                model: model.name.clone(),
+                model_version: model.version.clone(),
+                weights_blake3: model.weights_blake3.clone(),
+                backend: match choice.backend.as_str() {
+                    "" => model.default_backend.clone(),
+                    b => b.to_string(),
+                },
+                device: String::new(),
+                osteoserve_version: model.server_version.clone(),
+            },
+            fhir: false,
         })
+    }
+
+    /// Also asks for each graded study's FHIR R4 Bundle.
+    pub fn with_fhir(mut self, fhir: bool) -> Self {
+        self.fhir = fhir;
+        self
+    }
+
+    /// The provenance of a row this grader writes without a server answer naming the backend:
+    /// the model version it asks, its weights digest and backend, the server's version.
+    pub fn provenance(&self) -> Provenance {
+        self.provenance.clone()
     }
 
     /// The SeriesDescription of this model version's SR series: a study holding one was graded
@@ -90,6 +118,7 @@ impl Grader {
             backend: self.backend.clone(),
             clinical_from_dicom: true,
             dicom_outputs: true,
+            fhir_outputs: self.fhir,
             ..Default::default()
         };
         let answer = grade_files(
@@ -109,8 +138,12 @@ impl Grader {
             },
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 return Ok(Graded {
-                    row: Row::ended(uid, "refused", s.message()),
+                    row: Row {
+                        provenance: self.provenance(),
+                        ..Row::ended(uid, "refused", s.message())
+                    },
                     results: Vec::new(),
+                    fhir: None,
                 });
             }
             Err(s) => return Err(s.into()),
@@ -124,6 +157,8 @@ impl Grader {
         if !explained.dicom_secondary_capture.is_empty() {
             results.push(explained.dicom_secondary_capture);
         }
+        let model = c.model.clone().unwrap_or_default();
+        let backend = c.backend.clone().unwrap_or_default();
         Ok(Graded {
             row: Row {
                 study_uid: uid.to_string(),
@@ -131,8 +166,17 @@ impl Grader {
                 grade: grade_name(c.grade).to_string(),
                 probabilities: Some([p.normal, p.osteopenia, p.osteoporosis]),
                 reason: String::new(),
+                provenance: Provenance {
+                    model: model.name,
+                    model_version: model.version,
+                    weights_blake3: model.weights_blake3,
+                    backend: backend.name,
+                    device: backend.device,
+                    osteoserve_version: model.server_version,
+                },
             },
             results,
+            fhir: (!c.fhir_bundle.is_empty()).then_some(c.fhir_bundle),
         })
     }
 }

@@ -54,6 +54,8 @@ pub(super) struct Job {
     pub(super) grader: Grader,
     /// Most bytes retrieved for one study.
     pub(super) max_study_bytes: u64,
+    /// Where each graded study's FHIR Bundle goes.
+    pub(super) fhir_dir: Option<std::path::PathBuf>,
     /// Nanoseconds spent in each of [`STAGES`], over all studies.
     pub(super) spent: [AtomicU64; 4],
 }
@@ -69,10 +71,15 @@ impl Job {
 
     /// Screens one study; its row says how it ended.
     pub(super) async fn screen(&self, uid: &str) -> Row {
-        match self.run(uid).await {
+        let mut row = match self.run(uid).await {
             Ok(row) => row,
             Err(e) => Row::ended(uid, "error", chain(&e).replace('\n', " ")),
+        };
+        // Rows the server did not answer name the model version asked for.
+        if row.provenance == Default::default() {
+            row.provenance = self.grader.provenance();
         }
+        row
     }
 
     async fn run(&self, uid: &str) -> Result<Row, ClientError> {
@@ -145,6 +152,9 @@ impl Job {
                 }),
             )
             .await?;
+        }
+        if let (Some(dir), Some(bundle)) = (&self.fhir_dir, &graded.fhir) {
+            super::write_fhir(dir, uid, bundle)?;
         }
         Ok(graded.row)
     }

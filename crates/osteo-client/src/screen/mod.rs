@@ -11,7 +11,7 @@ mod studies;
 
 pub use grader::{Graded, Grader};
 pub use job::STAGES;
-pub use studies::{Shard, earlier, worklist};
+pub use studies::{Shard, earlier, upgrade, worklist};
 
 use crate::connect::Client;
 use crate::error::ClientError;
@@ -38,11 +38,31 @@ pub struct Row {
     pub probabilities: Option<[f32; 3]>,
     /// Why the study was refused, skipped or ended in error.
     pub reason: String,
+    /// What graded it (or would have): model, version, weights digest, backend, device and the
+    /// server's OsteoServe version, as far as known.
+    pub provenance: Provenance,
+}
+
+/// The provenance columns of a row.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Provenance {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub model_version: String,
+    /// Hex BLAKE3 digest of the model's weights.
+    pub weights_blake3: String,
+    /// Backend that ran the model.
+    pub backend: String,
+    /// Device it ran on.
+    pub device: String,
+    /// The server's OsteoServe version.
+    pub osteoserve_version: String,
 }
 
 impl Row {
     /// The results CSV's columns.
-    pub const COLUMNS: [&'static str; 7] = [
+    pub const COLUMNS: [&'static str; 13] = [
         "study_uid",
         "status",
         "grade",
@@ -50,7 +70,17 @@ impl Row {
         "p_osteopenia",
         "p_osteoporosis",
         "reason",
+        "model",
+        "model_version",
+        "weights_blake3",
+        "backend",
+        "device",
+        "osteoserve_version",
     ];
+
+    /// The columns results files had before the provenance columns (read, and rewritten with
+    /// empty provenance).
+    pub const LEGACY_COLUMNS: usize = 7;
 
     /// A study that ended without a grade.
     pub fn ended(study_uid: &str, status: &'static str, reason: impl Into<String>) -> Row {
@@ -60,6 +90,7 @@ impl Row {
             grade: String::new(),
             probabilities: None,
             reason: reason.into(),
+            provenance: Provenance::default(),
         }
     }
 
@@ -78,6 +109,12 @@ impl Row {
             p(1),
             p(2),
             self.reason.clone(),
+            self.provenance.model.clone(),
+            self.provenance.model_version.clone(),
+            self.provenance.weights_blake3.clone(),
+            self.provenance.backend.clone(),
+            self.provenance.device.clone(),
+            self.provenance.osteoserve_version.clone(),
         ]
     }
 }
@@ -111,6 +148,30 @@ pub struct Screening {
     pub concurrency: usize,
     /// This worker's share of the studies.
     pub shard: Option<Shard>,
+    /// Where each graded study's FHIR R4 Bundle is written ([`write_fhir`]), if anywhere.
+    pub fhir_dir: Option<PathBuf>,
+}
+
+/// The name of study `uid`'s FHIR Bundle in a `--fhir-dir`: a hash of the UID (a file name that
+/// names nothing), `.json`.
+pub fn fhir_file_name(uid: &str) -> String {
+    format!("{}.json", &blake3::hash(uid.as_bytes()).to_hex()[..32])
+}
+
+/// Writes study `uid`'s FHIR Bundle into `dir` ([`fhir_file_name`]) in one step: written beside
+/// its name, synced, renamed over an earlier one.
+pub fn write_fhir(dir: &std::path::Path, uid: &str, bundle: &str) -> Result<PathBuf, ClientError> {
+    use std::io::Write;
+    let what = || format!("--fhir-dir {}", dir.display());
+    std::fs::create_dir_all(dir).map_err(|e| ClientError::file(what(), e))?;
+    let path = dir.join(fhir_file_name(uid));
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| ClientError::file(what(), e))?;
+    f.write_all(bundle.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| ClientError::file(what(), e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| ClientError::file(what(), e))?;
+    Ok(path)
 }
 
 /// What a run reports as it goes.
@@ -139,7 +200,9 @@ pub struct Summary {
 /// time), each row written to the results CSV as its study ends.
 pub async fn run(s: Screening, progress: &mut dyn Progress) -> Result<Summary, ClientError> {
     let kept = earlier(&s.results)?;
-    let grader = Grader::new(s.server, &s.choice).await?;
+    let grader = Grader::new(s.server, &s.choice)
+        .await?
+        .with_fhir(s.fhir_dir.is_some());
     // The studies: listed, from the worklist, or found by QIDO-RS; then this shard's.
     let mut uids = match s.studies {
         Studies::Listed(uids) => uids,
@@ -182,6 +245,7 @@ pub async fn run(s: Screening, progress: &mut dyn Progress) -> Result<Summary, C
         pacs: s.pacs,
         grader,
         max_study_bytes: s.max_study_bytes,
+        fhir_dir: s.fhir_dir,
         spent: Default::default(),
     });
     let started = Instant::now();

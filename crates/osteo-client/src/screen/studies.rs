@@ -72,10 +72,11 @@ pub fn worklist(path: &Path) -> Result<Vec<String>, ClientError> {
     Ok(uids)
 }
 
-/// Rows of an earlier run with a final status (classified, refused, skipped).
-pub fn earlier(path: &Path) -> Result<Vec<Vec<String>>, ClientError> {
+/// Every complete row of a results file, each with all of [`Row::COLUMNS`] (a file written
+/// before the provenance columns has them empty), and whether the file has the current columns.
+fn rows(path: &Path) -> Result<(Vec<Vec<String>>, bool), ClientError> {
     if !path.exists() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), true));
     }
     let what = || format!("--results {}", path.display());
     // Flexible: a run killed mid-write may have left a partial last line; it is screened again.
@@ -83,8 +84,14 @@ pub fn earlier(path: &Path) -> Result<Vec<Vec<String>>, ClientError> {
         .flexible(true)
         .from_path(path)
         .map_err(|e| ClientError::file(what(), e))?;
-    let headers = reader.headers().map_err(|e| ClientError::file(what(), e))?;
-    if headers.iter().collect::<Vec<_>>() != Row::COLUMNS {
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| ClientError::file(what(), e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let current = headers == Row::COLUMNS;
+    if !current && headers != Row::COLUMNS[..Row::LEGACY_COLUMNS] {
         return Err(ClientError::file(
             what(),
             "not a results file of osteo screen (columns differ)",
@@ -93,14 +100,42 @@ pub fn earlier(path: &Path) -> Result<Vec<Vec<String>>, ClientError> {
     let mut rows = Vec::new();
     for record in reader.records() {
         let Ok(record) = record else { continue };
-        if record.len() == Row::COLUMNS.len()
-            && valid_uid(&record[0])
-            && matches!(record.get(1), Some("classified" | "refused" | "skipped"))
-        {
-            rows.push(record.iter().map(str::to_string).collect());
+        if record.len() == headers.len() && valid_uid(&record[0]) {
+            let mut row: Vec<String> = record.iter().map(str::to_string).collect();
+            row.resize(Row::COLUMNS.len(), String::new());
+            rows.push(row);
         }
     }
+    Ok((rows, current))
+}
+
+/// Rows of an earlier run with a final status (classified, refused, skipped).
+pub fn earlier(path: &Path) -> Result<Vec<Vec<String>>, ClientError> {
+    let (mut rows, _) = rows(path)?;
+    rows.retain(|r| matches!(r[1].as_str(), "classified" | "refused" | "skipped"));
     Ok(rows)
+}
+
+/// Rewrites a results file written before the provenance columns with the current columns
+/// (every row kept, its provenance empty), through a file beside it renamed over it; a current
+/// or missing file is left as it is.
+pub fn upgrade(path: &Path) -> Result<(), ClientError> {
+    let (rows, current) = rows(path)?;
+    if current {
+        return Ok(());
+    }
+    let what = || format!("--results {}", path.display());
+    let tmp = path.with_extension("upgrade.tmp");
+    let mut out = csv::Writer::from_path(&tmp).map_err(|e| ClientError::file(what(), e))?;
+    for r in std::iter::once(Row::COLUMNS.map(String::from).to_vec()).chain(rows) {
+        out.write_record(&r)
+            .map_err(|e| ClientError::file(what(), e))?;
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| ClientError::file(what(), e.into_error()))?;
+    file.sync_all().map_err(|e| ClientError::file(what(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ClientError::file(what(), e))
 }
 
 #[cfg(test)]
@@ -134,5 +169,34 @@ mod tests {
         std::fs::write(&path, "a,b\n1,2\n").expect("write");
         let e = earlier(&path).expect_err("columns differ");
         assert!(e.to_string().contains("columns differ"), "{e}");
+    }
+
+    #[test]
+    fn a_results_file_without_provenance_columns_is_read_and_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("results.csv");
+        std::fs::write(
+            &path,
+            "study_uid,status,grade,p_normal,p_osteopenia,p_osteoporosis,reason\n\
+             1.2.3,classified,normal,0.9,0.05,0.05,\n\
+             1.2.4,error,,,,,server down\n",
+        )
+        .expect("write");
+        let kept = earlier(&path).expect("legacy file read");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].len(), Row::COLUMNS.len());
+        upgrade(&path).expect("upgrade");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some(Row::COLUMNS.join(",").as_str()));
+        assert_eq!(
+            lines.next(),
+            Some("1.2.3,classified,normal,0.9,0.05,0.05,,,,,,,")
+        );
+        assert_eq!(lines.next(), Some("1.2.4,error,,,,,server down,,,,,,"));
+        upgrade(&path).expect("a current file is left alone");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+        std::fs::write(&path, "uid,grade\n").expect("write");
+        assert!(earlier(&path).is_err(), "another file's columns");
     }
 }
