@@ -234,8 +234,13 @@ pub async fn run(
                             .unwrap_or_else(|e| Err(NodeError::Config(format!("claim: {e}"))))
                     };
                     match claimed {
-                        Ok(()) => {
+                        Ok(true) => {
                             let _ = grade_tx.send(study);
+                        }
+                        Ok(false) => {
+                            // An earlier part is still being graded: wait another idle time.
+                            let (instances, bytes) = node.spool.held(&study);
+                            node.tracker.restore(&study, instances, bytes);
                         }
                         Err(e) => tracing::error!(study = %study, error = %e, "cannot take up a complete study"),
                     }

@@ -220,21 +220,35 @@ impl Spool {
 
     /// Moves complete study `study` from `studies/` to `grading/` (an earlier grading of the same
     /// study, left by a crash, is replaced) and makes its files durable; blocking.
-    pub fn claim(&self, study: &str) -> Result<(), NodeError> {
-        let mark = self.move_to_grading(study)?;
-        match (&self.journal, mark) {
-            (Some(journal), Some(mark)) => journal.checkpoint(mark),
-            _ => Ok(()),
+    /// False, and nothing moved, while an earlier part of the study is still being graded (a
+    /// late instance opened it again): it is taken up once that grading has ended.
+    pub fn claim(&self, study: &str) -> Result<bool, NodeError> {
+        if self.grading_dir(study).exists() {
+            return Ok(false);
         }
+        let mark = self.move_to_grading(study)?;
+        if let (Some(journal), Some(mark)) = (&self.journal, mark) {
+            journal.checkpoint(mark)?;
+        }
+        Ok(true)
+    }
+
+    /// The instances of study `study` in `studies/`: how many, and their bytes.
+    pub fn held(&self, study: &str) -> (usize, u64) {
+        let files: Vec<u64> = fs::read_dir(self.study_dir(study))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "dcm"))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .collect();
+        (files.len(), files.iter().sum())
     }
 
     /// The move of `claim`, with no instance being journalled meanwhile; the journal's position
     /// after it (a checkpoint there covers every file of the study).
     fn move_to_grading(&self, study: &str) -> Result<Option<Position>, NodeError> {
         let to = self.grading_dir(study);
-        if to.exists() {
-            self.remove(&to)?;
-        }
         let from = self.study_dir(study);
         let rename = || fs::rename(&from, &to).map_err(io("cannot move", &from));
         let mark = match &self.journal {
@@ -524,7 +538,14 @@ mod tests {
         assert_eq!(spool.grading().len(), 1);
         // Claimed with its checkpoint, graded and deleted: nothing comes back.
         spool.keep_bytes(b"two", &k(4), &k(5)).expect("keep");
-        spool.claim(&k(4)).expect("claim");
+        assert!(spool.claim(&k(4)).expect("claim"));
+        // A late instance while the first part is still graded waits for that grading.
+        spool.keep_bytes(b"late", &k(4), &k(6)).expect("keep");
+        assert!(!spool.claim(&k(4)).expect("claim"), "busy");
+        assert_eq!(spool.held(&k(4)), (1, 4));
+        assert_eq!(spool.grading().len(), 2, "the first part is untouched");
+        spool.remove(&spool.grading_dir(&k(4))).expect("graded");
+        assert!(spool.claim(&k(4)).expect("claim"), "taken up once graded");
         spool.remove(&spool.grading_dir(&k(4))).expect("graded");
         spool.remove(&spool.grading_dir(&k(1))).expect("graded");
         drop(spool);
