@@ -382,8 +382,8 @@ async fn three_backends_agree_on_one_server() {
             backend: "tch".into(),
             target: pb::Grade::Unspecified as i32,
             clinical_from_dicom: false,
-            dicom_outputs: false,
-            fhir_outputs: false,
+            dicom_outputs: true,
+            fhir_outputs: true,
             model_version: String::new(),
         })
         .await
@@ -392,9 +392,25 @@ async fn three_backends_agree_on_one_server() {
     assert!(
         explained
             .gradcam
+            .as_ref()
             .expect("map")
             .overlay_png
             .starts_with(b"\x89PNG")
+    );
+    // The SR and the FHIR Bundle of a libtorch result, as the other backends' are checked.
+    let c = explained.classification.expect("classification");
+    let results = tempfile::tempdir().expect("tempdir");
+    let (sr, bundle) = (
+        results.path().join("sr.dcm"),
+        results.path().join("bundle.json"),
+    );
+    std::fs::write(&sr, &c.dicom_sr).expect("write");
+    std::fs::write(&bundle, &c.fhir_bundle).expect("write");
+    common::assert_air_valid(&[&sr]);
+    let checked = common::fhir_checked(&[&bundle]);
+    assert_eq!(
+        checked[0]["device_properties"],
+        serde_json::json!({"backend": "tch", "device": "cpu"})
     );
     let out = compare_cli(&server.url, dir.path(), "candle,ort,tch");
     assert!(

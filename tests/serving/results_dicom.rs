@@ -166,33 +166,7 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
     }
 
     // Pixelmed's DicomSRValidator, its rules compiled once for all the files.
-    let (ok, report) = run(Command::new("java")
-        .args([
-            "-Djdk.xml.xpathExprOpLimit=0",
-            "-Djdk.xml.xpathTotalOpLimit=0",
-            "-Djdk.xml.xpathExprGrpLimit=0",
-            "-cp",
-            "/usr/share/java/pixelmed.jar",
-        ])
-        .arg(root.join("tests/java/ValidateSr.java"))
-        .args(written.iter().map(|(sr, ..)| sr)));
-    assert!(
-        ok,
-        "DicomSRValidator (scripts/setup.sh installs pixelmed-apps): {report}"
-    );
-    let reports: Vec<&str> = report.split("== ").skip(1).collect();
-    assert_eq!(reports.len(), written.len(), "{report}");
-    for r in reports {
-        assert!(
-            r.contains("Found ComprehensiveSR IOD")
-                && r.contains("Found Root Template TID_1500 (MeasurementReport)"),
-            "{r}"
-        );
-        assert!(
-            !r.contains("Error") && !r.contains("not in template") && !r.contains("Warning"),
-            "{r}"
-        );
-    }
+    common::assert_air_valid(&written.iter().map(|(sr, ..)| sr).collect::<Vec<_>>());
 
     // highdicom reads each as a TID 1500 measurement report.
     let (ok, read) = run(Command::new(root.join(".cache/venv/bin/python"))
@@ -425,6 +399,7 @@ async fn classify_and_explain_return_the_sr_and_the_grad_cam_secondary_capture()
     std::fs::write(&sc, &explained.dicom_secondary_capture).expect("write");
     assert_valid(&sr, "ComprehensiveSR");
     assert_valid(&explain_sr, "ComprehensiveSR");
+    common::assert_air_valid(&[&sr, &explain_sr]);
     assert_valid(&sc, "SCImage");
 
     // The SC's pixels are the overlay PNG's; both results belong to the source study, in new

@@ -476,6 +476,44 @@ pub fn fhir_checked(bundles: &[&std::path::PathBuf]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs Pixelmed's DicomSRValidator (the IHE AI Results validator; its rules compiled once) on
+/// every SR in `files` and asserts each is a TID 1500 Comprehensive SR with no error, no warning
+/// and nothing outside the template.
+pub fn assert_air_valid(files: &[&std::path::PathBuf]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("java")
+        .args([
+            "-Djdk.xml.xpathExprOpLimit=0",
+            "-Djdk.xml.xpathTotalOpLimit=0",
+            "-Djdk.xml.xpathExprGrpLimit=0",
+            "-cp",
+            "/usr/share/java/pixelmed.jar",
+        ])
+        .arg(root.join("tests/java/ValidateSr.java"))
+        .args(files)
+        .output()
+        .expect("java (scripts/setup.sh installs default-jdk-headless and pixelmed-apps)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "DicomSRValidator: {report}");
+    let reports: Vec<&str> = report.split("== ").skip(1).collect();
+    assert_eq!(reports.len(), files.len(), "{report}");
+    for r in reports {
+        assert!(
+            r.contains("Found ComprehensiveSR IOD")
+                && r.contains("Found Root Template TID_1500 (MeasurementReport)"),
+            "{r}"
+        );
+        assert!(
+            !r.contains("Error") && !r.contains("not in template") && !r.contains("Warning"),
+            "{r}"
+        );
+    }
+}
+
 /// The weights digest `model.toml` of shipped model `model` records.
 pub fn weights_digest(model: &str) -> String {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
