@@ -32,7 +32,7 @@ done
 [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 # Pixelmed's DicomSRValidator (the IHE AI Results validator) for the SR tests, and a JDK to
 # run tests/java/ValidateSr.java with the source launcher.
-[ -f /usr/share/java/pixelmed.jar ] || need_apt+=(pixelmed-apps)
+[ -f /usr/share/java/pixelmed.jar ] || need_apt+=(pixelmed-apps libpixelmed-imageio-java)
 command -v javac >/dev/null 2>&1 || need_apt+=(default-jdk-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from apt"
