@@ -96,21 +96,8 @@ print(json.dumps({
     assert_eq!(v["sop_class"], "1.2.840.10008.5.1.4.1.1.88.33");
     assert_eq!(v["modality"], "SR");
     let grade = result["grade"].as_str().expect("grade");
-    let want = match grade {
-        "normal" => serde_json::json!(["17621005", "SCT", "Normal"]),
-        "osteopenia" => serde_json::json!(["312894000", "SCT", "Osteopenia"]),
-        _ => serde_json::json!(["64859006", "SCT", "Osteoporosis"]),
-    };
-    assert_eq!(v["finding"], want, "{v}");
-    for (k, key) in [
-        ("Probability of normal bone density", "normal"),
-        ("Probability of osteopenia", "osteopenia"),
-        ("Probability of osteoporosis", "osteoporosis"),
-    ] {
-        let got = v["probabilities"][k].as_f64().expect("probability");
-        let expected = result["probabilities"][key].as_f64().expect("probability");
-        assert!((got - expected).abs() <= 1e-6, "{k}: {got} vs {expected}");
-    }
+    assert_eq!(v["finding"], grade_code(grade), "{v}");
+    assert_probabilities(&v["probabilities"], &result, SR_PROBABILITIES, "predict");
     for key in [
         "patient_id_copied",
         "patient_name_copied",
@@ -122,6 +109,32 @@ print(json.dumps({
         assert_eq!(v[key], true, "{key}: {v}");
     }
     assert_eq!(v["template"], "1500");
+}
+
+/// The SR's probability measurements by meaning, with the grade each belongs to.
+const SR_PROBABILITIES: [(&str, &str); 3] = [
+    ("Probability of normal bone density", "normal"),
+    ("Probability of osteopenia", "osteopenia"),
+    ("Probability of osteoporosis", "osteoporosis"),
+];
+
+/// The probabilities `read` (by `names`' first element) are `result`'s (by grade) to 1e-6.
+fn assert_probabilities(
+    read: &serde_json::Value,
+    result: &serde_json::Value,
+    names: [(&str, &str); 3],
+    what: &str,
+) {
+    for (name, grade) in names {
+        let got = read[name].as_f64().expect("probability");
+        let want = result["probabilities"][grade]
+            .as_f64()
+            .expect("probability");
+        assert!(
+            (got - want).abs() <= 1e-6,
+            "{what}, {name}: {got} vs {want}"
+        );
+    }
 }
 
 /// The expected finding code of a grade.
@@ -189,15 +202,7 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
         let grade = grade_code(result["grade"].as_str().expect("grade"));
         assert_eq!(v["finding"], grade, "{v}");
         assert_eq!(v["grade"], serde_json::json!([grade]), "{v}");
-        for (k, key) in [
-            ("Probability of normal bone density", "normal"),
-            ("Probability of osteopenia", "osteopenia"),
-            ("Probability of osteoporosis", "osteoporosis"),
-        ] {
-            let got = v["probabilities"][k].as_f64().expect("probability");
-            let want = result["probabilities"][key].as_f64().expect("probability");
-            assert!((got - want).abs() <= 1e-6, "{model}, {k}: {got} vs {want}");
-        }
+        assert_probabilities(&v["probabilities"], result, SR_PROBABILITIES, model);
         assert_eq!(v["algorithm_name"], serde_json::json!([model]), "{v}");
         assert_eq!(v["algorithm_version"], serde_json::json!(["1"]), "{v}");
         let backend = result["backend"].as_str().expect("backend");
@@ -286,18 +291,12 @@ fn assert_fhir(
         grade[2]
     ]]);
     assert_eq!(v["grade"], fhir_grade, "{v}");
-    for (code, key) in [
+    let codes = [
         ("P-NORMAL", "normal"),
         ("P-OSTEOPENIA", "osteopenia"),
         ("P-OSTEOPOROSIS", "osteoporosis"),
-    ] {
-        let got = v["probabilities"][code].as_f64().expect("probability");
-        let want = result["probabilities"][key].as_f64().expect("probability");
-        assert!(
-            (got - want).abs() <= 1e-6,
-            "{model}, {code}: {got} vs {want}"
-        );
-    }
+    ];
+    assert_probabilities(&v["probabilities"], result, codes, model);
     assert_eq!(v["units"], serde_json::json!(["1"]));
     assert_eq!(v["performer_is_device"], true);
     assert_eq!(v["observations_by_device"], true);
