@@ -111,6 +111,61 @@ print(json.dumps({
     assert_eq!(v["template"], "1500");
 }
 
+#[test]
+fn an_sr_and_a_bundle_on_real_ct_attributes_pass_the_validators() {
+    // A real abdominal slice (pydicom-data's explicit_VR-UN.dcm: JPEG 2000, every attribute
+    // UN) stacked into a 300 mm series the quality gate accepts.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let series = dir.path().join("series");
+    let real = root.join(".cache/testdata/data_store/data/explicit_VR-UN.dcm");
+    assert!(
+        real.exists(),
+        "real DICOM test data missing: run scripts/setup.sh"
+    );
+    let (ok, out) = run(Command::new(root.join(".cache/venv/bin/python"))
+        .arg(root.join("tests/python/stack_slice.py"))
+        .arg(&real)
+        .arg(&series)
+        .args(["61", "5"]));
+    assert!(ok, "{out}");
+    let (sr, fhir) = (dir.path().join("sr.dcm"), dir.path().join("bundle.json"));
+    let (ok, out) = run(Command::new(env!("CARGO_BIN_EXE_osteo"))
+        .args(["predict", "--json", "--model"])
+        .arg(root.join("models/osteo-fused-v1"))
+        .arg("--dicom")
+        .arg(&series)
+        .args(common::CLINICAL_FLAGS)
+        .arg("--sr-out")
+        .arg(&sr)
+        .arg("--fhir-out")
+        .arg(&fhir));
+    assert!(ok, "{out}");
+    let result: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_valid(&sr, "ComprehensiveSR");
+    common::assert_air_valid(&[&sr]);
+    let (ok, read) = run(Command::new(root.join(".cache/venv/bin/python"))
+        .arg(root.join("tests/python/read_sr.py"))
+        .arg(&sr));
+    assert!(ok, "{read}");
+    let v: serde_json::Value = serde_json::from_str(read.trim()).expect("JSON");
+    let grade = grade_code(result["grade"].as_str().expect("grade"));
+    assert_eq!((&v["finding"], &v["grade"][0]), (&grade, &grade), "{v}");
+    assert_probabilities(&v["probabilities"], &result, SR_PROBABILITIES, "real CT");
+    assert_eq!(v["source_images"].as_array().map(Vec::len), Some(61));
+    let study_uid = osteo_dicom::instance_identity(&real, &Default::default())
+        .expect("identity")
+        .study_uid;
+    let checked = common::fhir_checked(&[&fhir]);
+    assert_fhir(
+        &checked[0],
+        "osteo-fused-v1",
+        "ort",
+        &result,
+        Some(&study_uid),
+    );
+}
+
 /// The SR's probability measurements by meaning, with the grade each belongs to.
 const SR_PROBABILITIES: [(&str, &str); 3] = [
     ("Probability of normal bone density", "normal"),
