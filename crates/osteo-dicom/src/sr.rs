@@ -54,6 +54,10 @@ pub const PROBABILITY_CODES: [Code; 3] = [
     ),
 ];
 
+/// What a result of a model trained on synthetic data states (the SR, the FHIR Bundle).
+pub const NOT_FOR_DIAGNOSIS: &str =
+    "This result comes from a model trained on synthetic data. It is not for diagnosis.";
+
 /// The concept of the grade as a qualitative evaluation (its value one of [`GRADE_CODES`]).
 pub const GRADE_CONCEPT: Code = Code(
     "BMD-GRADE",
@@ -275,11 +279,7 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
         evaluations.push(item(
             "CONTAINS",
             Some(Code("121106", DCM, "Comment")),
-            Value::Text(
-                "This result comes from a model trained on synthetic data. It is not for \
-                 diagnosis."
-                    .into(),
-            ),
+            Value::Text(NOT_FOR_DIAGNOSIS.into()),
         ));
     }
     root.push(item(

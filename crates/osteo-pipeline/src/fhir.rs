@@ -66,9 +66,8 @@ fn instant() -> String {
     )
 }
 
-/// The statement a result of a model trained on synthetic data carries.
-pub const SYNTHETIC_NOTE: &str =
-    "This result comes from a model trained on synthetic data. It is not for diagnosis.";
+/// The statement a result of a model trained on synthetic data carries (the SR's).
+pub const SYNTHETIC_NOTE: &str = osteo_dicom::sr::NOT_FOR_DIAGNOSIS;
 
 /// The Bundle of a result: `graded` by `by`, of `source` when the model read a study.
 pub fn bundle(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -> Value {
