@@ -176,9 +176,26 @@ pub(crate) async fn storescu_with(
 
 /// The rows of the results CSV once it holds `n` (at most 60 s).
 pub(crate) async fn rows(results: &Path, n: usize) -> Vec<Vec<String>> {
+    rows_of(results, n, true).await
+}
+
+/// The rows of the results CSV once it holds `n` (at most 60 s): those with a final status
+/// (`final_only`, as a rerun keeps them), or every row, `error` rows included.
+pub(crate) async fn rows_of(results: &Path, n: usize, final_only: bool) -> Vec<Vec<String>> {
     let start = Instant::now();
     loop {
-        let rows = osteo_client::screen::earlier(results).unwrap_or_default();
+        let rows = if final_only {
+            osteo_client::screen::earlier(results).unwrap_or_default()
+        } else {
+            csv::Reader::from_path(results)
+                .map(|mut r| {
+                    r.records()
+                        .flatten()
+                        .map(|r| r.iter().map(str::to_string).collect())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         if rows.len() >= n {
             return rows;
         }

@@ -5,7 +5,9 @@
 
 use crate::common::inproc::{InProc, registry};
 use crate::common::*;
-use crate::node::{StoreScp, free_port, left, listening, receive_process, storescu, storescu_with};
+use crate::node::{
+    StoreScp, free_port, left, listening, receive_process, rows_of, storescu, storescu_with,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -71,29 +73,6 @@ fn copies(src: &Path, dir: &Path, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Every row of the results CSV (error rows included) once it holds `n` (at most 60 s).
-async fn all_rows(results: &Path, n: usize) -> Vec<Vec<String>> {
-    let start = std::time::Instant::now();
-    loop {
-        let rows: Vec<Vec<String>> = csv::Reader::from_path(results)
-            .map(|mut r| {
-                r.records()
-                    .flatten()
-                    .map(|r| r.iter().map(str::to_string).collect())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if rows.len() >= n {
-            return rows;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
-            "the results CSV never held {n} rows"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs a dcmtk tool, failing the test with its output when it fails.
 fn dcmtk(tool: &str, args: &[&std::ffi::OsStr]) {
     let out = Command::new(tool).args(args).output().expect(tool);
@@ -157,7 +136,7 @@ async fn a_2_gib_instance_a_10000_instance_study_and_an_rle_bomb_stay_within_bou
     let sent = storescu_with(port, &["-nh"], &[dir.path().join("many")]).await;
     let refused = text(&sent).matches("Refused: OutOfResources").count();
     assert_eq!(refused, many.len() - 4096, "{}", text(&sent));
-    let row = all_rows(&results, 1).await.remove(0);
+    let row = rows_of(&results, 1, false).await.remove(0);
     assert_eq!(row[1], "error", "{row:?}");
     assert!(
         row[6].contains("incomplete study") && row[6].contains("--max-study-instances (4096)"),
@@ -188,7 +167,7 @@ async fn a_2_gib_instance_a_10000_instance_study_and_an_rle_bomb_stay_within_bou
     }
     let sent = storescu_with(port, &["-xr"], &[rle]).await;
     assert!(sent.status.success(), "{}", text(&sent));
-    let row = all_rows(&results, 2).await.remove(1);
+    let row = rows_of(&results, 2, false).await.remove(1);
     assert_eq!((row[0].as_str(), row[1].as_str()), ("2.25.4242", "error"));
     assert!(
         row[6].contains("RESOURCE_EXHAUSTED") && row[6].contains("Rows x Columns"),

@@ -45,6 +45,15 @@ impl Utc {
         }
     }
 
+    /// RFC 3339 with milliseconds, for example `2026-12-07T07:51:00.123Z` (the audit log's
+    /// times, FHIR's instants).
+    pub fn rfc3339(&self) -> String {
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second, self.millis
+        )
+    }
+
     /// Now, from the system clock (the epoch if the clock is before it).
     pub fn now() -> Self {
         Self::at(

@@ -434,10 +434,9 @@ fn keep(
             return dimse::CANNOT_UNDERSTAND;
         }
     };
-    let is_ct = identity.modality == "CT"
-        && (identity.sop_class_uid == CT_IMAGE || identity.sop_class_uid == ENHANCED_CT);
-    if !is_ct || identity.sop_class_uid != command.sop_class {
-        // Earlier results, screen captures, other modalities: acknowledged, not kept.
+    // The command's class is CT (checked above); the instance must say the same.
+    if identity.modality != "CT" || identity.sop_class_uid != command.sop_class {
+        // Another modality, or a class other than the command named: acknowledged, not kept.
         drop_spilled();
         return dimse::SUCCESS;
     }

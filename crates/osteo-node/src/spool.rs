@@ -58,7 +58,7 @@ impl Drop for Reservation<'_> {
 
 /// A short hash of a UID: a file or directory name that names nothing.
 pub fn key(uid: &str) -> String {
-    blake3::hash(uid.as_bytes()).to_hex()[..32].to_string()
+    osteo_client::screen::uid_key(uid)
 }
 
 fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> NodeError {

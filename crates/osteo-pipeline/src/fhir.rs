@@ -57,22 +57,13 @@ fn urn() -> String {
     )
 }
 
-/// The current time as a FHIR instant (UTC, milliseconds).
-fn instant() -> String {
-    let t = osteo_core::utc::Utc::now();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year, t.month, t.day, t.hour, t.minute, t.second, t.millis
-    )
-}
-
 /// The statement a result of a model trained on synthetic data carries (the SR's).
 pub const SYNTHETIC_NOTE: &str = osteo_dicom::sr::NOT_FOR_DIAGNOSIS;
 
 /// The Bundle of a result: `graded` by `by`, of `source` when the model read a study.
 pub fn bundle(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -> Value {
     let p = by.provenance();
-    let now = instant();
+    let now = osteo_core::utc::Utc::now().rfc3339();
     let subject = source
         .and_then(|s| {
             let id = attribute(s, dicom_dictionary_std::tags::PATIENT_ID)?;

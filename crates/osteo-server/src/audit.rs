@@ -306,11 +306,7 @@ pub fn verify(path: &Path) -> Result<u64, AuditError> {
 
 /// The current UTC time as RFC 3339 with milliseconds.
 fn now_rfc3339() -> String {
-    let t = osteo_core::utc::Utc::now();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year, t.month, t.day, t.hour, t.minute, t.second, t.millis
-    )
+    osteo_core::utc::Utc::now().rfc3339()
 }
 
 #[cfg(test)]

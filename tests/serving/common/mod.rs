@@ -516,15 +516,13 @@ pub fn assert_air_valid(files: &[&std::path::PathBuf]) {
 
 /// The weights digest `model.toml` of shipped model `model` records.
 pub fn weights_digest(model: &str) -> String {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models")
-        .join(model)
-        .join("model.toml");
-    let text = std::fs::read_to_string(manifest).expect("model.toml");
-    text.lines()
-        .find_map(|l| l.strip_prefix("weights_blake3 = \""))
-        .map(|v| v.trim_end_matches('"').to_string())
-        .expect("weights_blake3")
+        .join(model);
+    osteo_core::ModelArtifacts::open(&dir)
+        .expect("model.toml")
+        .manifest
+        .weights_blake3
 }
 
 pub fn audit_records(path: &Path, rpc: &str) -> Vec<serde_json::Value> {

@@ -76,17 +76,14 @@ impl Grader {
             version: model.version.clone(),
             backend: choice.backend.clone(),
             description: osteo_dicom::sr::series_description(&model.name, &model.version),
-            provenance: Provenance {
-                model: model.name.clone(),
-                model_version: model.version.clone(),
-                weights_blake3: model.weights_blake3.clone(),
-                backend: match choice.backend.as_str() {
-                    "" => model.default_backend.clone(),
-                    b => b.to_string(),
+            provenance: Provenance::of(
+                model,
+                match choice.backend.as_str() {
+                    "" => &model.default_backend,
+                    b => b,
                 },
-                device: String::new(),
-                osteoserve_version: model.server_version.clone(),
-            },
+                "",
+            ),
             fhir: false,
         })
     }
@@ -157,8 +154,12 @@ impl Grader {
         if !explained.dicom_secondary_capture.is_empty() {
             results.push(explained.dicom_secondary_capture);
         }
-        let model = c.model.clone().unwrap_or_default();
         let backend = c.backend.clone().unwrap_or_default();
+        let provenance = Provenance::of(
+            &c.model.clone().unwrap_or_default(),
+            &backend.name,
+            &backend.device,
+        );
         Ok(Graded {
             row: Row {
                 study_uid: uid.to_string(),
@@ -166,14 +167,7 @@ impl Grader {
                 grade: grade_name(c.grade).to_string(),
                 probabilities: Some([p.normal, p.osteopenia, p.osteoporosis]),
                 reason: String::new(),
-                provenance: Provenance {
-                    model: model.name,
-                    model_version: model.version,
-                    weights_blake3: model.weights_blake3,
-                    backend: backend.name,
-                    device: backend.device,
-                    osteoserve_version: model.server_version,
-                },
+                provenance,
             },
             results,
             fhir: (!c.fhir_bundle.is_empty()).then_some(c.fhir_bundle),

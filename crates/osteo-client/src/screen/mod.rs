@@ -60,6 +60,21 @@ pub struct Provenance {
     pub osteoserve_version: String,
 }
 
+impl Provenance {
+    /// The provenance of a result of `model` (as the server describes it) on `backend` and
+    /// `device`.
+    pub fn of(model: &osteo_proto::v1::ModelDescriptor, backend: &str, device: &str) -> Self {
+        Self {
+            model: model.name.clone(),
+            model_version: model.version.clone(),
+            weights_blake3: model.weights_blake3.clone(),
+            backend: backend.to_string(),
+            device: device.to_string(),
+            osteoserve_version: model.server_version.clone(),
+        }
+    }
+}
+
 impl Row {
     /// The results CSV's columns.
     pub const COLUMNS: [&'static str; 13] = [
@@ -152,10 +167,15 @@ pub struct Screening {
     pub fhir_dir: Option<PathBuf>,
 }
 
-/// The name of study `uid`'s FHIR Bundle in a `--fhir-dir`: a hash of the UID (a file name that
-/// names nothing), `.json`.
+/// A short hash of a UID (32 hex digits of its BLAKE3): a file or directory name that names
+/// nothing (the DICOM node's spool uses it too).
+pub fn uid_key(uid: &str) -> String {
+    blake3::hash(uid.as_bytes()).to_hex()[..32].to_string()
+}
+
+/// The name of study `uid`'s FHIR Bundle in a `--fhir-dir`: [`uid_key`], `.json`.
 pub fn fhir_file_name(uid: &str) -> String {
-    format!("{}.json", &blake3::hash(uid.as_bytes()).to_hex()[..32])
+    format!("{}.json", uid_key(uid))
 }
 
 /// Writes study `uid`'s FHIR Bundle into `dir` ([`fhir_file_name`]) in one step: written beside

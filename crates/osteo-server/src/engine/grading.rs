@@ -372,11 +372,7 @@ impl Engine {
                 structured_report(model, &prepared, &classification, &graded)?;
             // The overlay as a Secondary Capture, when there is one (models that read CT).
             if let (Some(view), Some(map)) = (prepared.view.as_ref(), gradcam.as_ref()) {
-                let by = osteo_pipeline::Producer {
-                    manifest: m,
-                    backend: backend_name(&classification),
-                    device: backend_device(&classification),
-                };
+                let by = producer(model, &classification);
                 dicom_secondary_capture = osteo_pipeline::secondary_capture(
                     &results_study(&prepared)?.source,
                     by,
@@ -487,14 +483,17 @@ fn results_study(prepared: &Prepared) -> Result<&Study, ServerError> {
     })
 }
 
-/// The name of the backend that answered `c`.
-fn backend_name(c: &pb::ClassifyResponse) -> &str {
-    c.backend.as_ref().map_or("", |b| b.name.as_str())
-}
-
-/// The device the backend of classification `c` ran on.
-fn backend_device(c: &pb::ClassifyResponse) -> &str {
-    c.backend.as_ref().map_or("", |b| b.device.as_str())
+/// What produced classification `c`: `model` on the backend and device that answered.
+fn producer<'a>(
+    model: &'a ServedModel,
+    c: &'a pb::ClassifyResponse,
+) -> osteo_pipeline::Producer<'a> {
+    let backend = c.backend.as_ref();
+    osteo_pipeline::Producer {
+        manifest: &model.artifacts.manifest,
+        backend: backend.map_or("", |b| b.name.as_str()),
+        device: backend.map_or("", |b| b.device.as_str()),
+    }
 }
 
 /// The Comprehensive SR of classification `c` (`graded`) of the prepared study by `model`.
@@ -505,11 +504,7 @@ fn structured_report(
     graded: &osteo_pipeline::Graded,
 ) -> Result<Vec<u8>, ServerError> {
     let study = results_study(prepared)?;
-    let by = osteo_pipeline::Producer {
-        manifest: &model.artifacts.manifest,
-        backend: backend_name(c),
-        device: backend_device(c),
-    };
+    let by = producer(model, c);
     Ok(osteo_pipeline::structured_report(
         &study.source,
         by,
@@ -524,11 +519,7 @@ fn fhir_bundle(
     c: &pb::ClassifyResponse,
     graded: &osteo_pipeline::Graded,
 ) -> String {
-    let by = osteo_pipeline::Producer {
-        manifest: &model.artifacts.manifest,
-        backend: backend_name(c),
-        device: backend_device(c),
-    };
+    let by = producer(model, c);
     let source = prepared.study.as_deref().map(|s| &s.source);
     String::from_utf8(osteo_pipeline::fhir::bundle_json(source, by, graded)).unwrap_or_default()
 }
