@@ -130,7 +130,9 @@ fn settings(dir: &Path, send_to: Option<u16>, idle_s: u64) -> NodeSettings {
             allow_ae: vec!["STORESCU".into(), "ECHOSCU".into()],
             max_associations: 8,
             max_pdu: 64 << 10,
-            read_timeout: Duration::from_secs(10),
+            // Peers starved of CPU while the abuse test runs beside them may pause between
+            // PDUs for seconds; pynetdicom's own DIMSE timeout is 30 s.
+            read_timeout: Duration::from_secs(30),
             max_instance_bytes: 64 << 20,
             tls: None,
         },
