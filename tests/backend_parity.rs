@@ -2,7 +2,8 @@
 //! reference) for all three shipped models, on phantom studies and on real CT files:
 //! probabilities within 1e-4 absolute, the Grad-CAM activation A and channel weights alpha
 //! within 1e-3 relative (largest difference over the largest reference magnitude), and the
-//! assembled Grad-CAM maps correlated at 0.999 or better.
+//! assembled Grad-CAM maps correlated at 0.999 or better; and on the calibrated model, the same
+//! calibrated probabilities, referral and prediction set.
 
 use osteo_backend_candle::CandleBackend;
 use osteo_backend_ort::OrtBackend;
@@ -268,9 +269,71 @@ fn backends_agree_on_the_shipped_models() {
     }
 }
 
+/// A model with an operating point: every backend's logits, passed through the pipeline as
+/// every result is, give the same calibrated probabilities and the same referral and prediction
+/// set (a case whose probability lies within the tolerance of a threshold could go either way
+/// and is not compared).
+fn check_decisions(name: &str, cases: &[Case]) {
+    let artifacts = ModelArtifacts::open(&root().join("models").join(name)).expect("shipped model");
+    let spec = artifacts
+        .manifest
+        .decision
+        .clone()
+        .expect("a model with a [decision]");
+    let all: Vec<&Case> = cases.iter().collect();
+    let input = batch(&artifacts, &all);
+    let graded = |engine: &mut Box<dyn Backend>| -> Vec<osteo_pipeline::Graded> {
+        let logits = engine.predict(&input).expect("predict");
+        (0..cases.len())
+            .map(|i| {
+                osteo_pipeline::grade(Some(&spec), logits.row(i).expect("row")).expect("grade")
+            })
+            .collect()
+    };
+    let mut engines = backends(&artifacts);
+    let (reference, rest) = engines.split_first_mut().expect("candle");
+    let want = graded(&mut reference.1);
+    let near = |p: f32, t: f64| (f64::from(p) - t).abs() <= f64::from(PROB_ABS);
+    let mut compared = 0;
+    for (backend, engine) in rest.iter_mut() {
+        for (case, (g, r)) in cases.iter().zip(graded(engine).iter().zip(&want)) {
+            let diff = max_diff(&g.probabilities, &r.probabilities);
+            assert!(
+                diff <= PROB_ABS,
+                "{name}, {}: {backend} calibrated probabilities differ by {diff:e}",
+                case.label
+            );
+            let (d, rd) = (g.decision.expect("decision"), r.decision.expect("decision"));
+            if !near(r.probabilities[2], spec.osteoporosis_threshold)
+                && !r.probabilities.iter().any(|p| near(*p, spec.set_threshold))
+            {
+                assert_eq!(
+                    (d.refer, d.prediction_set, d.indeterminate),
+                    (rd.refer, rd.prediction_set, rd.indeterminate),
+                    "{name}, {}: {backend} decides otherwise than candle",
+                    case.label
+                );
+                compared += 1;
+            }
+        }
+    }
+    eprintln!("{name}: {compared} decisions agree across backends");
+    assert!(compared > 0, "{name}: no decision compared");
+}
+
+#[test]
+fn backends_decide_alike_on_the_calibrated_model() {
+    check_decisions("osteo-fused-v2", &cases());
+}
+
 #[test]
 fn every_shipped_onnx_file_is_in_sync_with_its_weights() {
-    for name in ["osteo-tabular-v1", "osteo-image-v1", "osteo-fused-v1"] {
+    for name in [
+        "osteo-tabular-v1",
+        "osteo-image-v1",
+        "osteo-fused-v1",
+        "osteo-fused-v2",
+    ] {
         let artifacts =
             ModelArtifacts::open(&root().join("models").join(name)).expect("shipped model");
         osteo_onnx::check_in_sync(&artifacts).unwrap_or_else(|e| panic!("{e}"));

@@ -277,9 +277,37 @@ fn train_then_evaluate_json_reports_the_documented_fields() {
         "report/roc.png",
         "report/confusion.png",
         "report/training.png",
+        "report/reliability.png",
     ] {
         assert!(model.join(f).exists(), "{f} written");
     }
+    // Training fits the operating point on the validation patients and reports it on test.
+    let trained = osteo_core::ModelArtifacts::open(&model).expect("model.toml");
+    let d = trained
+        .manifest
+        .decision
+        .clone()
+        .expect("[decision] fitted");
+    assert_eq!((d.target_sensitivity, d.coverage), (0.9, 0.9));
+    assert!(
+        (40..=50).contains(&d.fitted_on),
+        "about 15% of 300 patients validate: {}",
+        d.fitted_on
+    );
+    assert!(d.temperature > 0.0 && d.set_threshold < 1.0, "{d:?}");
+    for k in [
+        "ece_calibrated",
+        "refer_sensitivity",
+        "set_coverage",
+        "indeterminate_rate",
+    ] {
+        assert!(trained.manifest.metrics.contains_key(k), "{k} recorded");
+    }
+    let md = std::fs::read_to_string(model.join("report/report.md")).expect("report.md");
+    assert!(
+        md.contains("## Acting on a grade") && md.contains("(refer) |"),
+        "{md}"
+    );
     assert!(
         !model.join("report/gradcam.png").exists(),
         "a tabular model has no Grad-CAM"
@@ -363,6 +391,59 @@ fn train_then_evaluate_json_reports_the_documented_fields() {
         "{text}"
     );
     assert_clean_error(&report("5"), "--seed 4");
+
+    // `osteo calibrate` fits another operating point as a new version; the source keeps its own.
+    let before = std::fs::read_to_string(model.join("model.toml")).expect("manifest");
+    let recalibrated = dir.path().join("osteo-tabular-low-bmd");
+    let calibrate = |out: &Path, seed: &str| {
+        osteo(&[
+            "calibrate",
+            "--model",
+            s(&model),
+            "--synthetic",
+            "300",
+            "--seed",
+            seed,
+            "--refer-on",
+            "low-bmd",
+            "--target-sensitivity",
+            "0.95",
+            "--out",
+            s(out),
+            "--cache",
+            s(&cache),
+        ])
+    };
+    let out = calibrate(&recalibrated, "4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(model.join("model.toml")).expect("manifest"),
+        before,
+        "the source model is unchanged"
+    );
+    let new = osteo_core::ModelArtifacts::open(&recalibrated).expect("new model.toml");
+    new.verify_weights().expect("the weights were copied whole");
+    assert_eq!(
+        (new.manifest.name.as_str(), new.manifest.version.as_str()),
+        ("osteo-tabular-low-bmd", "2")
+    );
+    let nd = new.manifest.decision.expect("[decision]");
+    assert_eq!(nd.refer_on, osteo_core::ReferOn::LowBmd);
+    assert_eq!(nd.target_sensitivity, 0.95);
+    assert!(
+        nd.low_bmd_threshold <= d.low_bmd_threshold,
+        "a higher target lowers the bar"
+    );
+    assert!(
+        recalibrated.join("model.onnx").exists()
+            && recalibrated.join("report/reliability.png").exists()
+    );
+    assert_clean_error(&calibrate(&dir.path().join("other"), "5"), "--seed 4");
+    assert_clean_error(&calibrate(&model, "4"), "--out must be a new directory");
 
     // Missing model directory: exit 2 with a clear message.
     assert_clean_error(

@@ -107,4 +107,55 @@ fn shipped_models_reach_their_documented_metrics_on_an_unseen_seed() {
         auc[2] > auc[1] && auc[1] > auc[0],
         "the paper's ordering fused > image > tabular holds: {auc:?}"
     );
+    calibrated_model_keeps_its_operating_point(&samples);
+}
+
+/// The calibrated fused model's referral reaches its documented sensitivity and its prediction
+/// sets their coverage on the fresh patients. About 100 of the 800 have osteoporosis, so a
+/// sensitivity's 95% interval is about ±0.065 and a coverage's (over 800, with the validation
+/// set's own variation) about ±0.035: the margins are 0.08 and 0.05.
+fn calibrated_model_keeps_its_operating_point(samples: &[Sample]) {
+    use osteo_train::calibration::{Screening, set_figures};
+    let (artifacts, eval, _) = evaluate_shipped("osteo-fused-v2", samples);
+    let m = &artifacts.manifest;
+    let d = m
+        .decision
+        .as_ref()
+        .expect("osteo-fused-v2 carries a [decision]");
+    let mut backend = CandleBackend::load(&artifacts, Device::Cpu).expect("load");
+    let all: Vec<usize> = (0..samples.len()).collect();
+    let logits = osteo_train::inference::logits(&mut backend, m, samples, &all).expect("logits");
+    let probs: Vec<[f32; 3]> = logits.iter().map(|l| d.calibrate(l)).collect();
+    let truth: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
+    let refer: Vec<bool> = probs.iter().map(|p| d.decide(p).refer).collect();
+    let positive: Vec<bool> = truth.iter().map(|t| *t == Grade::Osteoporosis).collect();
+    let screening = Screening::of(&refer, &positive);
+    let sets = set_figures(&probs, &truth, d.set_threshold);
+    let documented = m.metrics["refer_sensitivity"];
+    eprintln!(
+        "osteo-fused-v2: macro AUC {:.3}; refer sensitivity {:.3} (documented {documented:.3}), \
+         specificity {:.3}; set coverage {:.3} (target {:.2}), indeterminate {:.3}",
+        eval.auc_macro,
+        screening.sensitivity.value,
+        screening.specificity.value,
+        sets.coverage.value,
+        d.coverage,
+        sets.indeterminate.value
+    );
+    assert!(
+        screening.sensitivity.value >= documented - 0.08,
+        "refer sensitivity {:.3} is more than 0.08 below the documented {documented:.3}",
+        screening.sensitivity.value
+    );
+    assert!(
+        (sets.coverage.value - d.coverage).abs() <= 0.05,
+        "prediction-set coverage {:.3} is not within 0.05 of {:.2}",
+        sets.coverage.value,
+        d.coverage
+    );
+    assert!(
+        eval.auc_macro >= m.metrics["auc_macro"] - AUC_MARGIN,
+        "osteo-fused-v2 macro AUC {:.3}",
+        eval.auc_macro
+    );
 }

@@ -258,6 +258,9 @@ fn print_text(r: &pb::ClassifyResponse) {
     println!("  normal        {:.3}", p.normal);
     println!("  osteopenia    {:.3}", p.osteopenia);
     println!("  osteoporosis  {:.3}", p.osteoporosis);
+    if let Some(d) = r.decision.as_ref().and_then(report::decision_of) {
+        println!("{}", report::decision_line(&d));
+    }
     println!("  server latency {:.1} ms", r.latency_ms);
 }
 

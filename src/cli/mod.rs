@@ -47,6 +47,9 @@ enum Command {
     Evaluate(train::EvaluateArgs),
     /// Rewrite a model's report folder (metrics.json, report.md, plots) from its test patients.
     Report(train::ReportArgs),
+    /// Fit a trained model's calibration, screening operating point and prediction sets on its
+    /// validation patients, as a new model version (the source directory is not changed).
+    Calibrate(train::CalibrateArgs),
     /// Write a model's model.onnx from its weights (or check that it is in sync).
     ExportOnnx(onnx::ExportArgs),
     /// Serve the models over gRPC (with health, reflection and Prometheus metrics).
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run_train(args),
         Command::Evaluate(args) => train::run_evaluate(args),
         Command::Report(args) => train::run_report(args),
+        Command::Calibrate(args) => train::run_calibrate(args),
         Command::Predict(args) => predict::run(args),
         Command::ExportOnnx(args) => onnx::run(args),
         Command::Serve(args) => serve::run(args),

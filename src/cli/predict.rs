@@ -135,7 +135,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         None => (backend.predict(&batch)?.into_data(), None),
     };
     let latency_ms = start.elapsed().as_secs_f64() * 1e3;
-    let graded = osteo_pipeline::grade(&logits)?;
+    let graded = osteo_pipeline::grade(m.decision.as_ref(), &logits)?;
     let (grade, probs) = (graded.grade, graded.probabilities);
     if let (Some((png, v)), Some(e)) = (explain, &explanation) {
         let map = osteo_pipeline::gradcam(e, grade, v)?;
@@ -158,7 +158,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
-        let out = json!({
+        let mut out = json!({
             "model": m.name,
             "model_version": m.version,
             "weights_blake3": m.weights_blake3,
@@ -169,11 +169,15 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             "probabilities": {"normal": probs[0], "osteopenia": probs[1], "osteoporosis": probs[2]},
             "latency_ms": latency_ms,
         });
+        osteo_client::report::merge_decision(&mut out, graded.decision.as_ref());
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!("{} ({}) on {}: {}", m.name, m.kind, args.backend, grade);
         for g in Grade::ALL {
             println!("  {:<13} {:.3}", g.name(), probs[g.index()]);
+        }
+        if let Some(d) = &graded.decision {
+            println!("{}", osteo_client::report::decision_line(d));
         }
     }
     Ok(())

@@ -1,9 +1,12 @@
 //! `osteo train` and `osteo evaluate`.
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use osteo_backend_candle::CandleBackend;
+use osteo_core::ReferOn;
 use osteo_core::manifest::Provenance;
 use osteo_core::{Device, Grade, LoadBackend, ModelArtifacts, ModelKind, ViewSpec};
+use osteo_train::calibration::{DecisionConfig, calibrate_model};
 use osteo_train::cohort::{CohortSource, load};
 use osteo_train::evaluate;
 use osteo_train::inference::probabilities;
@@ -56,6 +59,69 @@ impl CohortArgs {
     }
 }
 
+/// What `refer` follows, on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReferOnArg {
+    /// P(osteoporosis) reaches its threshold.
+    Osteoporosis,
+    /// P(osteopenia) + P(osteoporosis) reaches its threshold.
+    LowBmd,
+}
+
+/// The operating point to fit after training (`osteo train`, `osteo calibrate`).
+#[derive(Debug, Args)]
+pub struct DecisionArgs {
+    /// Sensitivity the referral thresholds must reach on the validation patients.
+    #[arg(long, default_value_t = 0.9, value_name = "RATE")]
+    target_sensitivity: f64,
+    /// Coverage of the conformal prediction sets.
+    #[arg(long, default_value_t = 0.9, value_name = "RATE")]
+    coverage: f64,
+    /// Which threshold decides `refer`: osteoporosis, or low bone density of either grade.
+    #[arg(long, value_enum, default_value = "osteoporosis")]
+    refer_on: ReferOnArg,
+}
+
+impl DecisionArgs {
+    fn config(&self) -> DecisionConfig {
+        DecisionConfig {
+            target_sensitivity: self.target_sensitivity,
+            coverage: self.coverage,
+            refer_on: match self.refer_on {
+                ReferOnArg::Osteoporosis => ReferOn::Osteoporosis,
+                ReferOnArg::LowBmd => ReferOn::LowBmd,
+            },
+        }
+    }
+}
+
+/// Arguments of `osteo calibrate`.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The trained model directory (left unchanged).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    cohort: CohortArgs,
+    /// The seed the model was trained with (fixes the cohort and its validation patients).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The new model directory: the same weights, the fitted [decision] and a new report.
+    #[arg(long)]
+    out: PathBuf,
+    /// Name of the new model (default: the output directory's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Version of the new model (default: the source's version plus one, when it is a number).
+    #[arg(long, value_name = "V")]
+    model_version: Option<String>,
+    #[command(flatten)]
+    decision: DecisionArgs,
+    /// Cache directory for computed views.
+    #[arg(long, default_value = ".cache/views")]
+    cache: PathBuf,
+}
+
 /// Arguments of `osteo train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -83,6 +149,8 @@ pub struct TrainArgs {
     /// clinical branch and the fusion head are trained (two-stage fusion).
     #[arg(long, value_name = "MODEL_DIR")]
     image_from: Option<PathBuf>,
+    #[command(flatten)]
+    decision: DecisionArgs,
 }
 
 /// Arguments of `osteo evaluate`.
@@ -162,6 +230,8 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     if args.image_from.is_some() && kind != ModelKind::Fused {
         anyhow::bail!("--image-from applies to --kind fused only");
     }
+    let decision = args.decision.config();
+    decision.validate()?;
     let config = TrainConfig {
         epochs: args.epochs,
         image_from: args.image_from.clone(),
@@ -195,13 +265,146 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("osteo-{kind}"))
     });
-    osteo_train::artifact::write_model(&trained, &name, provenance, metrics, &args.out)?;
+    let command = provenance.command.clone();
+    let manifest =
+        osteo_train::artifact::write_model(&trained, &name, provenance, metrics, &args.out)?;
+    let mut artifacts = ModelArtifacts {
+        dir: args.out.clone(),
+        manifest,
+    };
+    fit_decision(
+        &mut artifacts,
+        &samples,
+        &trained.split.validation,
+        &decision,
+        &command,
+    )?;
     let results = report::write(ReportRequest {
         model_dir: &args.out,
         source: &source,
         seed: args.seed,
         cache: Some(&args.cache),
         history: Some((trained.history.clone(), trained.best_epoch)),
+    })?;
+    summarise(&args.out, &results);
+    Ok(())
+}
+
+/// Fits and records the model's `[decision]` on the validation patients and says what it chose.
+fn fit_decision(
+    artifacts: &mut ModelArtifacts,
+    samples: &[osteo_train::Sample],
+    validation: &[usize],
+    config: &DecisionConfig,
+    command: &str,
+) -> anyhow::Result<()> {
+    let d = calibrate_model(artifacts, samples, validation, config, command)?;
+    eprintln!(
+        "calibrate: temperature {:.3}; refer on {} at {:.3} (P(osteoporosis) >= {:.3}, \
+         P(osteopenia or worse) >= {:.3} for {:.0}% validation sensitivity); prediction sets at \
+         {:.0}% coverage take grades with probability >= {:.3} ({} validation patients)",
+        d.temperature,
+        d.refer_on,
+        d.refer_threshold(),
+        d.osteoporosis_threshold,
+        d.low_bmd_threshold,
+        d.target_sensitivity * 100.0,
+        d.coverage * 100.0,
+        d.set_threshold,
+        d.fitted_on
+    );
+    Ok(())
+}
+
+/// The next version after `v`: `v + 1` when it is a number.
+fn next_version(v: &str) -> anyhow::Result<String> {
+    v.trim()
+        .parse::<u64>()
+        .map(|n| (n + 1).to_string())
+        .map_err(|_| anyhow::anyhow!("version {v:?} is not a number: pass --model-version"))
+}
+
+/// Runs `osteo calibrate`: copies the weights into a new model directory, fits its `[decision]`
+/// on the validation patients of the training split, exports its ONNX file and writes its
+/// report.
+pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
+    let source = ModelArtifacts::open(&args.model)?;
+    let m = &source.manifest;
+    if m.provenance.seed != args.seed {
+        anyhow::bail!(
+            "model {} was trained with seed {}; pass --seed {} to calibrate on its validation \
+             patients",
+            m.name,
+            m.provenance.seed,
+            m.provenance.seed
+        );
+    }
+    source.verify_weights()?;
+    let config = args.decision.config();
+    config.validate()?;
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        a.canonicalize()
+            .ok()
+            .is_some_and(|a| b.canonicalize().ok() == Some(a))
+    };
+    if same(&args.model, &args.out) {
+        anyhow::bail!("--out must be a new directory: the source model keeps its numbers");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let weights = source.weights_path();
+    std::fs::copy(&weights, args.out.join(osteo_core::manifest::WEIGHTS_FILE))
+        .with_context(|| format!("cannot copy {}", weights.display()))?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{}-calibrated", m.name))
+    });
+    let version = match &args.model_version {
+        Some(v) => v.clone(),
+        None => next_version(&m.version)?,
+    };
+    let mut manifest = m.clone();
+    manifest.name = name;
+    manifest.version = version;
+    manifest.decision = None;
+    let mut artifacts = ModelArtifacts {
+        dir: args.out.clone(),
+        manifest,
+    };
+    let cohort = args.cohort.source(args.seed);
+    eprintln!("calibrate: loading cohort and building views");
+    let samples = load(&cohort, m.view.as_ref(), Some(&args.cache))?;
+    let grades: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
+    let split_config = TrainConfig::new(m.kind, args.seed);
+    let validation = osteo_train::split::stratified(
+        &grades,
+        split_config.validation_fraction,
+        split_config.test_fraction,
+        args.seed,
+    )
+    .validation;
+    let command = std::iter::once("osteo".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    fit_decision(&mut artifacts, &samples, &validation, &config, &command)?;
+    // The export names the model and its version, so the new version gets its own.
+    osteo_onnx::write_model(&artifacts)?;
+    let history = std::fs::read_to_string(args.model.join(report::REPORT_DIR).join("metrics.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let results = report::write(ReportRequest {
+        model_dir: &args.out,
+        source: &cohort,
+        seed: args.seed,
+        cache: Some(&args.cache),
+        history: history.and_then(|v| {
+            let epochs = serde_json::from_value(v.get("history")?.clone()).ok()?;
+            let best = v.get("best_epoch")?.as_u64()? as usize;
+            Some((epochs, best))
+        }),
     })?;
     summarise(&args.out, &results);
     Ok(())

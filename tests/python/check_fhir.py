@@ -2,7 +2,8 @@
 elements, value sets of codes the models check, no unknown elements) and prints, for each file
 named, one JSON object per line with what an EHR would read: the resources, the report's
 ImagingStudy identifier and result references, the grade and probability Observations, the
-Device's versions and properties, the subject and the notes."""
+Device's versions and properties, the subject and the notes, and the decision (referral,
+prediction set, interpretation, conclusion)."""
 
 import json
 import sys
@@ -46,4 +47,13 @@ for path in sys.argv[1:]:
         "device_properties": {p.type.text: p.valueCode[0].text for p in device.property},
         "subject": report.subject.identifier.value if report.subject else None,
         "notes": sorted({n.text for o in observations for n in (o.note or [])}),
+        "refer": [o.valueBoolean for o in observations if o.valueBoolean is not None],
+        "prediction_set": [
+            [c.valueCodeableConcept.coding[0].code for c in o.component or []]
+            for o in observations if o.valueString is not None
+        ],
+        "interpretation": [
+            i.coding[0].code for o in grade for i in (o.interpretation or [])
+        ],
+        "conclusion": report.conclusion,
     }))

@@ -69,8 +69,9 @@ async fn every_sh_test_example_in_the_docs_runs_as_printed() {
     // The models and backends of the shipped osteo.toml (scripts/run.sh).
     let both = "backends = [\"ort\", \"candle\"]";
     let server = Server::start_with(
-        "",
+        "[server]\ndefault_model = \"osteo-fused-v2\"\n",
         &[
+            ("osteo-fused-v2", both),
             ("osteo-fused-v1", both),
             ("osteo-image-v1", both),
             ("osteo-tabular-v1", both),

@@ -9,6 +9,7 @@ mod clients;
 mod clinical_header;
 mod cluster;
 mod compare;
+mod decision;
 mod docs;
 mod grade_study;
 mod hardening;

@@ -57,6 +57,7 @@ fn manifest(kind: ModelKind) -> ModelManifest {
         provenance: Provenance::default(),
         metrics: Default::default(),
         weights_blake3: String::new(),
+        decision: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Results as the documented JSON objects (`osteo classify --json`, `explain --json`,
 //! `compare --json`) and grade names.
 
+use osteo_core::{Decision, Grade, PredictionSet, ReferOn};
 use osteo_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -14,6 +15,60 @@ pub fn grade_name(g: i32) -> &'static str {
     }
 }
 
+/// The grade of a wire value, if it names one.
+pub fn grade_of(g: i32) -> Option<Grade> {
+    grade_name(g).parse().ok()
+}
+
+/// A wire decision as the domain's (None when it names an unknown target).
+pub fn decision_of(d: &pb::Decision) -> Option<Decision> {
+    let grades: Vec<Grade> = d
+        .prediction_set
+        .iter()
+        .filter_map(|g| grade_of(*g))
+        .collect();
+    Some(Decision {
+        refer: d.refer,
+        refer_on: d.refer_on.parse().ok()?,
+        refer_threshold: d.refer_threshold,
+        prediction_set: PredictionSet::from_grades(&grades),
+        indeterminate: d.indeterminate,
+        coverage: d.coverage,
+    })
+}
+
+/// Adds a decision's fields (`refer`, `refer_on`, `refer_threshold`, `prediction_set`,
+/// `indeterminate`, `coverage`) to a result's JSON object; nothing for a model without one.
+pub fn merge_decision(v: &mut Value, decision: Option<&Decision>) {
+    let (Some(o), Some(d)) = (v.as_object_mut(), decision) else {
+        return;
+    };
+    if let Ok(Value::Object(fields)) = serde_json::to_value(d) {
+        o.extend(fields);
+    }
+}
+
+/// A decision in one line of text, e.g. `refer for DXA: yes (P(osteoporosis) 0.31 >= 0.18);
+/// 90% prediction set: osteopenia|osteoporosis`.
+pub fn decision_line(d: &Decision) -> String {
+    let target = match d.refer_on {
+        ReferOn::Osteoporosis => "P(osteoporosis)",
+        ReferOn::LowBmd => "P(osteopenia or osteoporosis)",
+    };
+    format!(
+        "  refer for DXA: {} ({target} threshold {:.3}); {:.0}% prediction set: {}{}",
+        if d.refer { "yes" } else { "no" },
+        d.refer_threshold,
+        d.coverage * 100.0,
+        d.prediction_set.joined(),
+        if d.indeterminate {
+            " (indeterminate: the model cannot tell normal from osteoporosis)"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Probabilities as a JSON object keyed by grade.
 fn probabilities(p: Option<pb::GradeProbabilities>) -> Value {
     let p = p.unwrap_or_default();
@@ -23,7 +78,7 @@ fn probabilities(p: Option<pb::GradeProbabilities>) -> Value {
 /// A classification: study, model and its version, backend, grade, probabilities, server
 /// latency.
 pub fn classification(r: &pb::ClassifyResponse) -> Value {
-    json!({
+    let mut v = json!({
         "study": r.study,
         "model": r.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
         "model_version": r.model.as_ref().map(|m| m.version.clone()).unwrap_or_default(),
@@ -33,7 +88,9 @@ pub fn classification(r: &pb::ClassifyResponse) -> Value {
         "grade": grade_name(r.grade),
         "probabilities": probabilities(r.probabilities),
         "latency_ms": r.latency_ms,
-    })
+    });
+    merge_decision(&mut v, r.decision.as_ref().and_then(decision_of).as_ref());
+    v
 }
 
 /// An explanation: its classification, the target grade, the overlay file written (if any)
@@ -63,12 +120,16 @@ pub fn comparison(r: &pb::CompareBackendsResponse) -> Value {
         .iter()
         .map(|b| {
             let d = b.backend.clone().unwrap_or_default();
-            let entry = json!({
+            let mut entry = json!({
                 "grade": grade_name(b.grade),
                 "probabilities": probabilities(b.probabilities),
                 "latency_ms": b.latency_ms,
                 "device": d.device,
             });
+            merge_decision(
+                &mut entry,
+                b.decision.as_ref().and_then(decision_of).as_ref(),
+            );
             (d.name, entry)
         })
         .collect();

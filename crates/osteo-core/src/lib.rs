@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod backend;
 pub mod clinical;
+pub mod decision;
 pub mod error;
 pub mod features;
 pub mod file_stamp;
@@ -23,6 +24,7 @@ pub mod view_spec;
 pub use arch::{ArchSpec, ModelKind};
 pub use backend::{Backend, BackendError, BackendInfo, Batch, Device, LoadBackend, Sample};
 pub use clinical::{ClinicalInput, ClinicalVariables, RiskFlags, Sex};
+pub use decision::{Decision, DecisionSpec, PredictionSet, ReferOn};
 pub use error::CoreError;
 pub use features::TabularSpec;
 pub use file_stamp::FileStamp;

@@ -1,6 +1,7 @@
 //! `model.toml`: the manifest of a model directory (DESIGN §5).
 
 use crate::arch::{ArchSpec, ModelKind};
+use crate::decision::DecisionSpec;
 use crate::error::CoreError;
 use crate::features::TabularSpec;
 use crate::grade::Grade;
@@ -54,6 +55,10 @@ pub struct ModelManifest {
     /// Hex BLAKE3 digest of `weights.safetensors`, checked by every backend at load.
     #[serde(default)]
     pub weights_blake3: String,
+    /// Calibration, screening operating point and conformal threshold, fitted on the
+    /// validation split; absent in models trained before them (they decide nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<DecisionSpec>,
 }
 
 impl ModelManifest {
@@ -79,9 +84,13 @@ fn bad(reason: String) -> CoreError {
 }
 
 impl ModelManifest {
-    /// Checks internal consistency: kind, branches, view size, feature count, classes.
+    /// Checks internal consistency: kind, branches, view size, feature count, classes, and the
+    /// decision section's ranges.
     pub fn validate(&self) -> Result<(), CoreError> {
         self.arch.validate()?;
+        if let Some(d) = &self.decision {
+            d.validate()?;
+        }
         if self.arch.kind != self.kind {
             return Err(bad(format!(
                 "kind {} but architecture kind {}",
@@ -259,6 +268,7 @@ mod tests {
             },
             metrics: [("auc_macro".to_string(), 0.9)].into_iter().collect(),
             weights_blake3: String::new(),
+            decision: None,
         }
     }
 

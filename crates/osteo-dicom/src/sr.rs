@@ -65,6 +65,39 @@ pub const GRADE_CONCEPT: Code = Code(
     "Bone density grade (WHO T-score category)",
 );
 
+/// The concept of the referral decision (its value [`YES`] or [`NO`]).
+pub const REFER_CONCEPT: Code = Code("REFER-DXA", PRIVATE_SCHEME, "Referral for DXA recommended");
+/// Yes (CID 230).
+pub const YES: Code = Code("373066001", "SCT", "Yes");
+/// No (CID 230).
+pub const NO: Code = Code("373067005", "SCT", "No");
+/// The concept of a grade in the conformal prediction set (one item per grade, value one of
+/// [`GRADE_CODES`]).
+pub const PREDICTION_SET_CONCEPT: Code = Code(
+    "PREDICTION-SET",
+    PRIVATE_SCHEME,
+    "Grade in the conformal prediction set",
+);
+/// The concept of the grade's determinacy (value [`DETERMINATE`] or [`INDETERMINATE`]).
+pub const DETERMINACY_CONCEPT: Code = Code(
+    "DETERMINACY",
+    PRIVATE_SCHEME,
+    "Determinacy of the bone density grade",
+);
+/// A grade whose prediction set does not span normal to osteoporosis.
+pub const DETERMINATE: Code = Code("DETERMINATE", PRIVATE_SCHEME, "Determinate");
+/// A grade whose prediction set spans normal to osteoporosis.
+pub const INDETERMINATE: Code = Code("INDETERMINATE", PRIVATE_SCHEME, "Indeterminate");
+
+/// What an indeterminate result states, after the coverage in percent.
+pub fn indeterminate_statement(coverage: f64) -> String {
+    format!(
+        "Indeterminate: the model cannot tell. Its {:.0}% prediction set spans normal to \
+         osteoporosis, so the grade must not be read on its own.",
+        coverage * 100.0
+    )
+}
+
 /// What the report states.
 #[derive(Debug, Clone)]
 pub struct Finding {
@@ -80,6 +113,8 @@ pub struct Finding {
     pub series_uid: String,
     /// SeriesNumber of the new series.
     pub series_number: u32,
+    /// Referral and prediction set (models with an operating point).
+    pub decision: Option<osteo_core::Decision>,
 }
 
 /// A code sequence item.
@@ -251,7 +286,14 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
             Value::Text(p.version.clone()),
         ),
     ]);
-    for parameter in p.parameters() {
+    let operating_point = f.decision.iter().flat_map(|d| {
+        [
+            format!("refer_on={}", d.refer_on),
+            format!("refer_threshold={:.6}", d.refer_threshold),
+            format!("coverage={}", d.coverage),
+        ]
+    });
+    for parameter in p.parameters().into_iter().chain(operating_point) {
         group.push(item(
             "HAS CONCEPT MOD",
             Some(Code("111002", DCM, "Algorithm Parameters")),
@@ -275,6 +317,36 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
         Some(GRADE_CONCEPT),
         Value::Code(GRADE_CODES[f.grade.min(2)]),
     )];
+    if let Some(d) = &f.decision {
+        evaluations.push(item(
+            "CONTAINS",
+            Some(REFER_CONCEPT),
+            Value::Code(if d.refer { YES } else { NO }),
+        ));
+        for g in d.prediction_set.grades() {
+            evaluations.push(item(
+                "CONTAINS",
+                Some(PREDICTION_SET_CONCEPT),
+                Value::Code(GRADE_CODES[g.index()]),
+            ));
+        }
+        evaluations.push(item(
+            "CONTAINS",
+            Some(DETERMINACY_CONCEPT),
+            Value::Code(if d.indeterminate {
+                INDETERMINATE
+            } else {
+                DETERMINATE
+            }),
+        ));
+        if d.indeterminate {
+            evaluations.push(item(
+                "CONTAINS",
+                Some(Code("121106", DCM, "Comment")),
+                Value::Text(indeterminate_statement(d.coverage)),
+            ));
+        }
+    }
     if f.synthetic {
         evaluations.push(item(
             "CONTAINS",

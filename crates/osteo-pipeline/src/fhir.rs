@@ -10,7 +10,7 @@
 
 use crate::{Graded, Producer};
 use osteo_dicom::SourceStudy;
-use osteo_dicom::sr::{GRADE_CODES, GRADE_CONCEPT, PROBABILITY_CODES};
+use osteo_dicom::sr::{self, GRADE_CODES, GRADE_CONCEPT, PROBABILITY_CODES};
 use serde_json::{Value, json};
 
 /// FHIR's system URI of a DICOM coding scheme designator (the private `99OSTEO` as a URN).
@@ -55,6 +55,21 @@ fn urn() -> String {
         &h[17..20],
         &h[20..32]
     )
+}
+
+/// The decision in the DiagnosticReport's conclusion: referral, prediction set, determinacy.
+fn conclusion(d: &osteo_core::Decision) -> String {
+    let mut out = format!(
+        "; refer for DXA: {}; {:.0}% prediction set: {}",
+        if d.refer { "yes" } else { "no" },
+        d.coverage * 100.0,
+        d.prediction_set.joined()
+    );
+    if d.indeterminate {
+        out.push_str(". ");
+        out.push_str(&sr::indeterminate_statement(d.coverage));
+    }
+    out
 }
 
 /// The statement a result of a model trained on synthetic data carries (the SR's).
@@ -121,13 +136,42 @@ pub fn bundle(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -
         o
     };
     let grade_code = GRADE_CODES[graded.grade.index().min(2)];
-    let mut entries = vec![(
-        urn(),
-        observation(
-            concept(GRADE_CONCEPT),
-            ("valueCodeableConcept", concept(grade_code)),
-        ),
-    )];
+    let mut grade = observation(
+        concept(GRADE_CONCEPT),
+        ("valueCodeableConcept", concept(grade_code)),
+    );
+    if graded.decision.is_some_and(|d| d.indeterminate) {
+        grade["interpretation"] = json!([{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                "code": "IND",
+                "display": "Indeterminate",
+            }]
+        }]);
+    }
+    let mut entries = vec![(urn(), grade)];
+    if let Some(d) = &graded.decision {
+        entries.push((
+            urn(),
+            observation(concept(sr::REFER_CONCEPT), ("valueBoolean", json!(d.refer))),
+        ));
+        let mut set = observation(
+            concept(sr::PREDICTION_SET_CONCEPT),
+            ("valueString", json!(d.prediction_set.joined())),
+        );
+        set["component"] = d
+            .prediction_set
+            .grades()
+            .iter()
+            .map(|g| {
+                json!({
+                    "code": concept(sr::PREDICTION_SET_CONCEPT),
+                    "valueCodeableConcept": concept(GRADE_CODES[g.index()]),
+                })
+            })
+            .collect();
+        entries.push((urn(), set));
+    }
     for (p, code) in graded.probabilities.iter().zip(PROBABILITY_CODES) {
         let value = json!({
             "value": (f64::from(*p) * 1e6).round() / 1e6,
@@ -153,9 +197,10 @@ pub fn bundle(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -
         "performer": [{"reference": device_url, "type": "Device"}],
         "result": entries.iter().map(|(url, _)| json!({"reference": url})).collect::<Vec<_>>(),
         "conclusion": format!(
-            "{} (probability {:.3}) by {}",
+            "{} (probability {:.3}){} by {}",
             grade_code.2,
             graded.probabilities[graded.grade.index().min(2)],
+            graded.decision.as_ref().map_or_else(String::new, conclusion),
             p.line()
         ),
         "conclusionCode": [concept(grade_code)],

@@ -10,7 +10,8 @@
 pub mod fhir;
 
 use osteo_core::{
-    ClinicalVariables, CoreError, Explanation, GradCamMap, Grade, ModelManifest, Sample,
+    ClinicalVariables, CoreError, Decision, DecisionSpec, Explanation, GradCamMap, Grade,
+    ModelManifest, Sample,
 };
 use osteo_dicom::{Assessment, DicomError, SourceStudy, View, ViewSpec, Volume};
 
@@ -90,27 +91,37 @@ pub fn input(
     Ok(Sample { image, tabular })
 }
 
-/// A grade and its class probabilities.
+/// A grade, its class probabilities and, for a model that carries a `[decision]` section, what
+/// to do about it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Graded {
-    /// The most probable grade.
+    /// The most probable grade (temperature scaling never changes it).
     pub grade: Grade,
-    /// Probabilities in class order (normal, osteopenia, osteoporosis).
+    /// Probabilities in class order (normal, osteopenia, osteoporosis), calibrated when the
+    /// model carries a temperature.
     pub probabilities: [f32; 3],
+    /// Referral and prediction set (models with a `[decision]` section).
+    pub decision: Option<Decision>,
 }
 
 /// The grade of one sample's logits (class order); refused unless they are three finite
-/// numbers.
-pub fn grade(logits: &[f32]) -> Result<Graded, PipelineError> {
+/// numbers. With `decision` (the model's `[decision]` section) the probabilities are
+/// calibrated by its temperature and the result carries its referral and prediction set;
+/// every backend's logits pass through here, so each applies it identically.
+pub fn grade(decision: Option<&DecisionSpec>, logits: &[f32]) -> Result<Graded, PipelineError> {
     let [a, b, c] = logits else {
         return Err(PipelineError::NotANumber);
     };
-    let p = osteo_core::backend::softmax(&[*a, *b, *c]);
-    let probabilities = [p[0], p[1], p[2]];
+    let logits = [*a, *b, *c];
+    let probabilities = match decision {
+        Some(d) => d.calibrate(&logits),
+        None => osteo_core::decision::calibrated(&logits, 1.0),
+    };
     let grade = Grade::most_probable(&probabilities).ok_or(PipelineError::NotANumber)?;
     Ok(Graded {
         grade,
         probabilities,
+        decision: decision.map(|d| d.decide(&probabilities)),
     })
 }
 
@@ -161,6 +172,7 @@ pub fn structured_report(
         synthetic: m.trained_on_synthetic(),
         series_uid: osteo_dicom::sr::new_uid(),
         series_number: SR_SERIES_NUMBER,
+        decision: graded.decision,
     };
     Ok(osteo_dicom::sr::structured_report(source, &finding)?)
 }
@@ -201,22 +213,54 @@ mod tests {
 
     #[test]
     fn logits_grade_by_the_most_probable_class() {
-        let g = grade(&[0.0, 2.0, 1.0]).expect("finite");
+        let g = grade(None, &[0.0, 2.0, 1.0]).expect("finite");
         assert_eq!(g.grade, Grade::Osteopenia);
         let sum: f32 = g.probabilities.iter().sum();
         assert!((sum - 1.0).abs() < 1e-6);
     }
 
     #[test]
+    fn a_decision_calibrates_the_probabilities_and_decides_on_them() {
+        let spec = DecisionSpec {
+            temperature: 2.0,
+            target_sensitivity: 0.9,
+            refer_on: osteo_core::ReferOn::Osteoporosis,
+            osteoporosis_threshold: 0.25,
+            low_bmd_threshold: 0.5,
+            coverage: 0.9,
+            set_threshold: 0.2,
+            fitted_on: 10,
+            fitted_with: String::new(),
+        };
+        let logits = [2.0, 0.0, 0.5];
+        let raw = grade(None, &logits).expect("finite");
+        let g = grade(Some(&spec), &logits).expect("finite");
+        assert_eq!(raw.decision, None);
+        assert_eq!(g.grade, raw.grade, "temperature keeps the grade");
+        assert!(g.probabilities[2] > raw.probabilities[2], "softer");
+        let d = g.decision.expect("decision");
+        // Softmax of [1, 0, 0.25]: about [0.51, 0.19, 0.30].
+        assert!(d.refer, "P(osteoporosis) {} >= 0.25", g.probabilities[2]);
+        assert_eq!(
+            d.prediction_set.grades(),
+            vec![Grade::Normal, Grade::Osteoporosis]
+        );
+        assert!(d.indeterminate);
+    }
+
+    #[test]
     fn non_finite_or_misshapen_logits_are_refused() {
         assert!(matches!(
-            grade(&[f32::NAN, 0.0, 0.0]),
+            grade(None, &[f32::NAN, 0.0, 0.0]),
             Err(PipelineError::NotANumber)
         ));
         assert!(matches!(
-            grade(&[f32::INFINITY, f32::INFINITY, 0.0]),
+            grade(None, &[f32::INFINITY, f32::INFINITY, 0.0]),
             Err(PipelineError::NotANumber)
         ));
-        assert!(matches!(grade(&[0.0, 1.0]), Err(PipelineError::NotANumber)));
+        assert!(matches!(
+            grade(None, &[0.0, 1.0]),
+            Err(PipelineError::NotANumber)
+        ));
     }
 }

@@ -120,6 +120,18 @@ pub fn grade_probabilities(g: &osteo_pipeline::Graded) -> pb::GradeProbabilities
     }
 }
 
+/// The wire form of a result's decision.
+pub fn decision(d: &osteo_core::Decision) -> pb::Decision {
+    pb::Decision {
+        refer: d.refer,
+        refer_on: d.refer_on.name().to_string(),
+        refer_threshold: d.refer_threshold,
+        prediction_set: d.prediction_set.grades().into_iter().map(grade).collect(),
+        indeterminate: d.indeterminate,
+        coverage: d.coverage,
+    }
+}
+
 /// The wire value of a model kind.
 fn kind(k: ModelKind) -> i32 {
     match k {

@@ -32,6 +32,7 @@ pub fn write_model(
         provenance,
         metrics,
         weights_blake3: String::new(),
+        decision: None,
     };
     manifest
         .validate()

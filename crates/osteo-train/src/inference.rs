@@ -8,13 +8,13 @@ use osteo_core::{Backend, ModelManifest};
 /// Samples per backend call.
 const BATCH: usize = 32;
 
-/// Probabilities of the model for samples `idx`, in batches, as a served model computes them.
-pub fn probabilities(
+/// Raw logits of the model for samples `idx`, in batches, as a served model computes them.
+pub fn logits(
     backend: &mut dyn Backend,
     manifest: &ModelManifest,
     samples: &[Sample],
     idx: &[usize],
-) -> Result<Vec<[f64; 3]>, TrainError> {
+) -> Result<Vec<[f32; 3]>, TrainError> {
     let inputs = Inputs::new(
         samples,
         &manifest.arch,
@@ -27,15 +27,43 @@ pub fn probabilities(
             .predict(&inputs.batch(chunk, None)?)
             .map_err(|e| TrainError::Engine(format!("model {}: {e}", manifest.name)))?;
         for i in 0..chunk.len() {
-            let row = logits.row(i).ok_or_else(|| {
-                TrainError::Engine(format!("model {}: logits row {i} missing", manifest.name))
-            })?;
-            // The probabilities exactly as the server and `osteo predict` compute them.
-            let p = osteo_pipeline::grade(row)
-                .map_err(|e| TrainError::Engine(format!("model {}: {e}", manifest.name)))?
-                .probabilities;
-            out.push([f64::from(p[0]), f64::from(p[1]), f64::from(p[2])]);
+            match logits.row(i) {
+                Some(&[a, b, c]) => out.push([a, b, c]),
+                _ => {
+                    return Err(TrainError::Engine(format!(
+                        "model {}: logits row {i} missing",
+                        manifest.name
+                    )));
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// Class probabilities of logits exactly as the server and `osteo predict` compute them
+/// (calibrated when the model carries a `[decision]` section).
+pub fn served_probabilities(
+    manifest: &ModelManifest,
+    logits: &[[f32; 3]],
+) -> Result<Vec<[f64; 3]>, TrainError> {
+    logits
+        .iter()
+        .map(|l| {
+            let p = osteo_pipeline::grade(manifest.decision.as_ref(), l)
+                .map_err(|e| TrainError::Engine(format!("model {}: {e}", manifest.name)))?
+                .probabilities;
+            Ok([f64::from(p[0]), f64::from(p[1]), f64::from(p[2])])
+        })
+        .collect()
+}
+
+/// Probabilities of the model for samples `idx`, in batches, as a served model computes them.
+pub fn probabilities(
+    backend: &mut dyn Backend,
+    manifest: &ModelManifest,
+    samples: &[Sample],
+    idx: &[usize],
+) -> Result<Vec<[f64; 3]>, TrainError> {
+    served_probabilities(manifest, &logits(backend, manifest, samples, idx)?)
 }

@@ -6,6 +6,7 @@
 #![deny(rust_2018_idioms, missing_docs)]
 
 pub mod artifact;
+pub mod calibration;
 pub mod cohort;
 pub mod error;
 pub mod inference;

@@ -114,9 +114,15 @@ impl Server {
         } else {
             "drain_delay_s = 0\n"
         };
+        // The harness's default model, unless the test names its own.
+        let default_model = if server_keys.contains("default_model") {
+            ""
+        } else {
+            "default_model = \"osteo-fused-v1\"\n"
+        };
         let mut config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-             http_listen = \"127.0.0.1:0\"\ndefault_model = \"osteo-fused-v1\"\n{drain}{server_keys}\n{rest}\n"
+             http_listen = \"127.0.0.1:0\"\n{default_model}{drain}{server_keys}\n{rest}\n"
         );
         config.push_str(&models_toml(models));
         let file = dir.path().join("osteo.toml");

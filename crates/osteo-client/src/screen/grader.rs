@@ -168,6 +168,7 @@ impl Grader {
                 probabilities: Some([p.normal, p.osteopenia, p.osteoporosis]),
                 reason: String::new(),
                 provenance,
+                decision: c.decision.as_ref().and_then(crate::report::decision_of),
             },
             results,
             fhir: (!c.fhir_bundle.is_empty()).then_some(c.fhir_bundle),

@@ -41,6 +41,8 @@ pub struct Row {
     /// What graded it (or would have): model, version, weights digest, backend, device and the
     /// server's OsteoServe version, as far as known.
     pub provenance: Provenance,
+    /// Referral and prediction set (classified studies, models with an operating point).
+    pub decision: Option<osteo_core::Decision>,
 }
 
 /// The provenance columns of a row.
@@ -77,7 +79,7 @@ impl Provenance {
 
 impl Row {
     /// The results CSV's columns.
-    pub const COLUMNS: [&'static str; 13] = [
+    pub const COLUMNS: [&'static str; 16] = [
         "study_uid",
         "status",
         "grade",
@@ -91,11 +93,15 @@ impl Row {
         "backend",
         "device",
         "osteoserve_version",
+        "refer",
+        "prediction_set",
+        "indeterminate",
     ];
 
-    /// The columns results files had before the provenance columns (read, and rewritten with
-    /// empty provenance).
-    pub const LEGACY_COLUMNS: usize = 7;
+    /// How many of [`Row::COLUMNS`] results files of earlier versions have: before the
+    /// provenance columns, and before the decision columns. They are read, and rewritten with
+    /// the missing columns empty.
+    pub const EARLIER_COLUMNS: [usize; 2] = [7, 13];
 
     /// A study that ended without a grade.
     pub fn ended(study_uid: &str, status: &'static str, reason: impl Into<String>) -> Row {
@@ -106,6 +112,7 @@ impl Row {
             probabilities: None,
             reason: reason.into(),
             provenance: Provenance::default(),
+            decision: None,
         }
     }
 
@@ -115,6 +122,9 @@ impl Row {
             self.probabilities
                 .map(|p| format!("{:.6}", p[i]))
                 .unwrap_or_default()
+        };
+        let d = |f: &dyn Fn(&osteo_core::Decision) -> String| {
+            self.decision.as_ref().map(f).unwrap_or_default()
         };
         vec![
             self.study_uid.clone(),
@@ -130,6 +140,9 @@ impl Row {
             self.provenance.backend.clone(),
             self.provenance.device.clone(),
             self.provenance.osteoserve_version.clone(),
+            d(&|d| d.refer.to_string()),
+            d(&|d| d.prediction_set.joined()),
+            d(&|d| d.indeterminate.to_string()),
         ]
     }
 }

@@ -73,7 +73,7 @@ pub fn worklist(path: &Path) -> Result<Vec<String>, ClientError> {
 }
 
 /// Every complete row of a results file, each with all of [`Row::COLUMNS`] (a file written
-/// before the provenance columns has them empty), and whether the file has the current columns.
+/// before the provenance or decision columns has them empty), and whether the file has the current columns.
 fn rows(path: &Path) -> Result<(Vec<Vec<String>>, bool), ClientError> {
     if !path.exists() {
         return Ok((Vec::new(), true));
@@ -91,7 +91,11 @@ fn rows(path: &Path) -> Result<(Vec<Vec<String>>, bool), ClientError> {
         .map(str::to_string)
         .collect();
     let current = headers == Row::COLUMNS;
-    if !current && headers != Row::COLUMNS[..Row::LEGACY_COLUMNS] {
+    if !current
+        && !Row::EARLIER_COLUMNS
+            .iter()
+            .any(|&n| headers == Row::COLUMNS[..n])
+    {
         return Err(ClientError::file(
             what(),
             "not a results file of osteo screen (columns differ)",
@@ -116,8 +120,8 @@ pub fn earlier(path: &Path) -> Result<Vec<Vec<String>>, ClientError> {
     Ok(rows)
 }
 
-/// Rewrites a results file written before the provenance columns with the current columns
-/// (every row kept, its provenance empty), through a file beside it renamed over it; a current
+/// Rewrites a results file written before the provenance or decision columns with the current
+/// columns (every row kept, the missing columns empty), through a file beside it renamed over it; a current
 /// or missing file is left as it is.
 pub fn upgrade(path: &Path) -> Result<(), ClientError> {
     let (rows, current) = rows(path)?;
@@ -191,12 +195,33 @@ mod tests {
         assert_eq!(lines.next(), Some(Row::COLUMNS.join(",").as_str()));
         assert_eq!(
             lines.next(),
-            Some("1.2.3,classified,normal,0.9,0.05,0.05,,,,,,,")
+            Some("1.2.3,classified,normal,0.9,0.05,0.05,,,,,,,,,,")
         );
-        assert_eq!(lines.next(), Some("1.2.4,error,,,,,server down,,,,,,"));
+        assert_eq!(lines.next(), Some("1.2.4,error,,,,,server down,,,,,,,,,"));
         upgrade(&path).expect("a current file is left alone");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
         std::fs::write(&path, "uid,grade\n").expect("write");
         assert!(earlier(&path).is_err(), "another file's columns");
+    }
+
+    #[test]
+    fn a_results_file_without_decision_columns_is_upgraded_keeping_its_provenance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("results.csv");
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n1.2.3,classified,normal,0.9,0.05,0.05,,m,1,abc,ort,cpu,0.1.0\n",
+                Row::COLUMNS[..13].join(",")
+            ),
+        )
+        .expect("write");
+        assert_eq!(earlier(&path).expect("read")[0][12], "0.1.0");
+        upgrade(&path).expect("upgrade");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text.lines().nth(1),
+            Some("1.2.3,classified,normal,0.9,0.05,0.05,,m,1,abc,ort,cpu,0.1.0,,,")
+        );
     }
 }

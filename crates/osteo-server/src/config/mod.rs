@@ -373,7 +373,7 @@ impl Default for ServerSettings {
         Self {
             listen: "127.0.0.1:50051".into(),
             metrics_listen: "127.0.0.1:9464".into(),
-            default_model: "osteo-fused-v1".into(),
+            default_model: "osteo-fused-v2".into(),
             max_message_bytes: 64 << 20,
             request_timeout_s: 60,
             drain_delay_s: 5,
@@ -454,6 +454,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             repository: RepositorySettings::default(),
             models: vec![
+                model("osteo-fused-v2"),
                 model("osteo-fused-v1"),
                 model("osteo-image-v1"),
                 model("osteo-tabular-v1"),
@@ -532,8 +533,8 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_serve_the_shipped_models() {
         let s = load_from(None, &[], env(&[])).expect("defaults");
-        assert_eq!(s.server.default_model, "osteo-fused-v1");
-        assert_eq!(s.models.len(), 3);
+        assert_eq!(s.server.default_model, "osteo-fused-v2");
+        assert_eq!(s.models.len(), 4);
     }
 
     #[test]

@@ -67,11 +67,11 @@ struct Graded {
 }
 
 impl Graded {
-    /// The grade and probabilities of `logits` from `worker`.
-    fn new(worker: &Worker, logits: Vec<f32>) -> Result<Self, ServerError> {
+    /// The grade, probabilities and decision of `logits` from `worker` serving `model`.
+    fn new(model: &ServedModel, worker: &Worker, logits: Vec<f32>) -> Result<Self, ServerError> {
         Ok(Self {
             backend: convert::backend(worker.info()),
-            graded: osteo_pipeline::grade(&logits)?,
+            graded: osteo_pipeline::grade(model.artifacts.manifest.decision.as_ref(), &logits)?,
             logits,
         })
     }
@@ -280,7 +280,7 @@ impl Engine {
         let inference = Instant::now();
         let logits = worker.predict(prepared.input.clone()).await?;
         let ms = inference.elapsed().as_secs_f64() * 1e3;
-        let g = Graded::new(worker, logits)?;
+        let g = Graded::new(model, worker, logits)?;
         let logits = g.logits.clone();
         let (mut response, graded) = classification(model, &prepared, g, start);
         call.graded(graded.grade);
@@ -332,7 +332,7 @@ impl Engine {
         let inference = Instant::now();
         let explanation = worker.explain(prepared.input.clone()).await?;
         let ms = inference.elapsed().as_secs_f64() * 1e3;
-        let graded = Graded::new(worker, explanation.logits.clone())?;
+        let graded = Graded::new(model, worker, explanation.logits.clone())?;
         let (mut classification, graded) = classification(model, &prepared, graded, start);
         let predicted = graded.grade;
         call.graded(predicted);
@@ -434,7 +434,7 @@ impl Engine {
         for n in &names {
             let start = Instant::now();
             let (_, worker) = model.worker(n)?;
-            let g = Graded::new(worker, worker.predict(prepared.input.clone()).await?)?;
+            let g = Graded::new(model, worker, worker.predict(prepared.input.clone()).await?)?;
             graded.push((g, start.elapsed().as_secs_f64() * 1e3));
         }
         let probs: Vec<[f32; 3]> = graded.iter().map(|(g, _)| g.graded.probabilities).collect();
@@ -458,6 +458,7 @@ impl Engine {
                 backend: Some(g.backend),
                 grade: convert::grade(g.graded.grade),
                 probabilities: Some(convert::grade_probabilities(&g.graded)),
+                decision: g.graded.decision.as_ref().map(convert::decision),
                 logits: g.logits,
                 latency_ms,
             })
@@ -541,6 +542,7 @@ fn classification(
         latency_ms: start.elapsed().as_secs_f64() * 1e3,
         dicom_sr: Vec::new(),
         fhir_bundle: String::new(),
+        decision: g.graded.decision.as_ref().map(convert::decision),
     };
     (response, g.graded)
 }

@@ -47,7 +47,7 @@ impl Engine {
                         m.version()
                     ))
                 })?;
-                osteo_pipeline::grade(&logits).map_err(|e| {
+                osteo_pipeline::grade(m.artifacts.manifest.decision.as_ref(), &logits).map_err(|e| {
                     ServerError::FailedPrecondition(format!(
                         "model {name} version {} answered its warm-up on {backend} with {e}; the \
                          served versions stay in force",

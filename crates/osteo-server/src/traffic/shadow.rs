@@ -365,8 +365,8 @@ fn compare(
     study: &str,
 ) {
     let (Ok(p), Ok(s)) = (
-        osteo_pipeline::grade(primary),
-        osteo_pipeline::grade(shadow),
+        osteo_pipeline::grade(None, primary),
+        osteo_pipeline::grade(None, shadow),
     ) else {
         pair.stats.failed();
         pair.count("failed");

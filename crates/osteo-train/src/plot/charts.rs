@@ -298,6 +298,50 @@ pub fn training(title: &str, history: &[Epoch], best_epoch: usize) -> Result<Vec
     c.to_png()
 }
 
+/// One curve of a reliability diagram: its label and its non-empty bins as
+/// `(mean confidence, accuracy)`.
+pub struct Reliability {
+    /// Legend label, e.g. `before (ECE 0.051)`.
+    pub label: String,
+    /// Points in bin order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A reliability diagram: accuracy against top-label confidence per bin, before (grey) and
+/// after (blue) calibration, with the diagonal of perfect calibration.
+pub fn reliability(title: &str, curves: &[Reliability]) -> Result<Vec<u8>, TrainError> {
+    let mut c = Canvas::new(660, 620);
+    let axes = Axes {
+        left: 100.0,
+        top: 60.0,
+        width: 500.0,
+        height: 480.0,
+        x: (0.0, 1.0),
+        y: (0.0, 1.0),
+    };
+    let ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
+    axes.draw(
+        &mut c,
+        &ticks,
+        &ticks,
+        [title, "confidence of the predicted grade", "accuracy"],
+    );
+    c.dashed(axes.at(0.0, 0.0), axes.at(1.0, 1.0), 6.0, GREY);
+    let colours = [GREY, GRADE_COLOURS[0]];
+    let mut entries = Vec::new();
+    for (curve, colour) in curves.iter().zip(colours.iter().cycle()) {
+        let points: Vec<(f64, f64)> = curve.points.iter().map(|&(x, y)| axes.at(x, y)).collect();
+        c.polyline(&points, 2.5, *colour);
+        for &(x, y) in &points {
+            c.fill_rect(x as i64 - 4, y as i64 - 4, 9, 9, *colour);
+        }
+        entries.push((curve.label.clone(), *colour));
+    }
+    let (right, bottom) = axes.at(1.0, 0.0);
+    legend(&mut c, right as i64 - 10, bottom as i64 - 10, &entries);
+    c.to_png()
+}
+
 /// One Grad-CAM example: an RGB overlay and two caption lines.
 pub struct CamTile {
     /// RGB pixels, `size * size * 3`.

@@ -518,6 +518,9 @@ pub fn respond(parsed: &Parsed, response: &v2::ModelInferResponse) -> Body {
                 Some(v2::infer_parameter::ParameterChoice::Int64Param(i)) => {
                     Some((k.clone(), json!(i)))
                 }
+                Some(v2::infer_parameter::ParameterChoice::DoubleParam(d)) => {
+                    Some((k.clone(), json!(d)))
+                }
                 _ => None,
             })
             .collect();

@@ -85,12 +85,17 @@ impl Engine {
                 study: "",
             });
         }
-        let probabilities: Vec<Vec<f32>> = logits
+        // Each row graded as every osteo.v1 result is: calibrated probabilities and, for a
+        // model with a [decision] section, its referral and prediction set.
+        let decision = model.artifacts.manifest.decision.as_ref();
+        let graded = logits
             .iter()
-            .map(|l| osteo_core::backend::softmax(l))
-            .collect();
-        if let [one] = logits.as_slice() {
-            call.graded(osteo_pipeline::grade(one)?.grade);
+            .map(|l| osteo_pipeline::grade(decision, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let probabilities: Vec<Vec<f32>> =
+            graded.iter().map(|g| g.probabilities.to_vec()).collect();
+        if let [one] = graded.as_slice() {
+            call.graded(one.grade);
         }
         let classes = logits.first().map_or(3, Vec::len);
         let info = worker.info();
@@ -106,6 +111,11 @@ impl Engine {
             parameters: provenance_parameters(&provenance),
             ..Default::default()
         };
+        if let Some(spec) = decision {
+            response
+                .parameters
+                .extend(decision_parameters(spec, &graded));
+        }
         for name in outputs {
             let rows = if name == LOGITS {
                 &logits
@@ -247,6 +257,42 @@ impl Engine {
 
 /// A result's provenance as response parameters: `backend`, `device`, `weights_blake3` and
 /// `osteoserve_version` (strings), beside the response's model name and version.
+/// A model's decision as response parameters: `refer`, `prediction_set` and `indeterminate`
+/// with one value per row, comma-separated (`true,false`; grades of a set joined by `|`), and
+/// the operating point they follow (`refer_on`, `refer_threshold`, `coverage`, `temperature`).
+fn decision_parameters(
+    spec: &osteo_core::DecisionSpec,
+    graded: &[osteo_pipeline::Graded],
+) -> Vec<(String, v2::InferParameter)> {
+    use v2::infer_parameter::ParameterChoice::{DoubleParam, StringParam};
+    let per_row = |f: &dyn Fn(&osteo_core::Decision) -> String| {
+        let rows: Vec<String> = graded
+            .iter()
+            .map(|g| g.decision.as_ref().map_or_else(String::new, f))
+            .collect();
+        StringParam(rows.join(","))
+    };
+    [
+        ("refer", per_row(&|d| d.refer.to_string())),
+        ("prediction_set", per_row(&|d| d.prediction_set.joined())),
+        ("indeterminate", per_row(&|d| d.indeterminate.to_string())),
+        ("refer_on", StringParam(spec.refer_on.name().to_string())),
+        ("refer_threshold", DoubleParam(spec.refer_threshold())),
+        ("coverage", DoubleParam(spec.coverage)),
+        ("temperature", DoubleParam(spec.temperature)),
+    ]
+    .into_iter()
+    .map(|(k, v)| {
+        (
+            k.to_string(),
+            v2::InferParameter {
+                parameter_choice: Some(v),
+            },
+        )
+    })
+    .collect()
+}
+
 fn provenance_parameters(
     p: &osteo_core::provenance::Provenance,
 ) -> std::collections::HashMap<String, v2::InferParameter> {

@@ -6,9 +6,11 @@
 //! parent directory trained on the same cohort and seed share that split, so they are evaluated
 //! on the same patients and listed in the same table.
 
+mod decision;
+
 use crate::cohort::{CohortSource, Sample, load};
 use crate::error::TrainError;
-use crate::inference::probabilities;
+use crate::inference::{logits, served_probabilities};
 use crate::metrics::{Evaluation, Intervals, bootstrap, evaluate, roc_curve};
 use crate::plot::charts::{self, CamTile, RocCurve};
 use crate::split::stratified;
@@ -104,6 +106,16 @@ fn siblings(dir: &Path, artifacts: &ModelArtifacts) -> Vec<ModelArtifacts> {
     found
 }
 
+/// One model's evaluation with what it was computed from.
+struct Evaluated {
+    result: ModelResult,
+    /// Served (calibrated) probabilities of the test patients.
+    probs: Vec<[f64; 3]>,
+    /// Their raw logits.
+    logits: Vec<[f32; 3]>,
+    backend: CandleBackend,
+}
+
 /// Evaluates one model on the test patients (`truth` their grades), next to the oracle for its
 /// information set when there is one.
 fn result_of(
@@ -112,11 +124,12 @@ fn result_of(
     (test, truth): (&[usize], &[Grade]),
     oracles: &[(ModelKind, Evaluation)],
     seed: u64,
-) -> Result<(ModelResult, Vec<[f64; 3]>, CandleBackend), TrainError> {
+) -> Result<Evaluated, TrainError> {
     let m = &artifacts.manifest;
     let mut backend =
         CandleBackend::load(artifacts, Device::Cpu).map_err(|e| model_err(&artifacts.dir, e))?;
-    let probs = probabilities(&mut backend, m, samples, test)?;
+    let logits = logits(&mut backend, m, samples, test)?;
+    let probs = served_probabilities(m, &logits)?;
     let result = ModelResult {
         name: m.name.clone(),
         kind: m.kind,
@@ -127,7 +140,12 @@ fn result_of(
             .find(|(k, _)| *k == m.kind)
             .map(|(_, e)| e.clone()),
     };
-    Ok((result, probs, backend))
+    Ok(Evaluated {
+        result,
+        probs,
+        logits,
+        backend,
+    })
 }
 
 /// The training history recorded in an existing report.
@@ -193,11 +211,16 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         CohortSource::Csv(_) => Vec::new(),
     };
     let split = (test.as_slice(), truth.as_slice());
-    let (own, probs, mut backend) = result_of(&artifacts, &samples, split, &oracles, req.seed)?;
+    let Evaluated {
+        result: own,
+        probs,
+        logits: own_logits,
+        mut backend,
+    } = result_of(&artifacts, &samples, split, &oracles, req.seed)?;
     let mut results = vec![own];
     for other in &others {
         match result_of(other, &samples, split, &oracles, req.seed) {
-            Ok((r, _, _)) => results.push(r),
+            Ok(e) => results.push(e.result),
             Err(e) => eprintln!(
                 "report: skipping sibling model {}: {e}",
                 other.dir.display()
@@ -264,6 +287,14 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         _ => false,
     };
 
+    let decision = m
+        .decision
+        .as_ref()
+        .map(|spec| decision::figures(spec, &own_logits, &truth));
+    if let Some(d) = &decision {
+        write_file("reliability.png", &d.png(&title("reliability (test)"))?)?;
+    }
+
     let headline = Evaluation::headline;
     let metrics = json!({
         "model": m.name,
@@ -278,11 +309,12 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         "compared_models": results.iter().skip(1).map(|r| json!({"model": r.name, "kind": r.kind.name(), "test": headline(&r.eval), "test_ci95": r.ci})).collect::<Vec<_>>(),
         "history": history,
         "best_epoch": best_epoch,
+        "decision": decision.as_ref().map(decision::DecisionFigures::json),
     });
     let text = serde_json::to_string_pretty(&metrics)
         .map_err(|e| TrainError::Setup(format!("cannot serialise metrics: {e}")))?;
     write_file("metrics.json", text.as_bytes())?;
-    let md = markdown(
+    let mut md = markdown(
         &m,
         &results,
         &oracles,
@@ -291,6 +323,10 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         history.len(),
         gradcam,
     );
+    if let Some(d) = &decision {
+        md.push('\n');
+        md.push_str(&d.markdown());
+    }
     write_file("report.md", md.as_bytes())?;
 
     let recorded = [
@@ -299,7 +335,11 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         ("balanced_accuracy", own.eval.balanced_accuracy),
         ("test_patients", test.len() as f64),
     ];
-    for (k, v) in recorded {
+    for (k, v) in recorded.into_iter().chain(
+        decision
+            .iter()
+            .flat_map(decision::DecisionFigures::recorded),
+    ) {
         artifacts.manifest.metrics.insert(k.into(), v);
     }
     if let Some(o) = &own.oracle {
