@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const FUSED: [(&str, &str); 1] = [("osteo-fused-v1", "backends = [\"ort\"]")];
+const FUSED: [(&str, &str); 1] = [("osteo-fused-v2", "backends = [\"ort\"]")];
 
 /// A free loopback port.
 pub(crate) fn free_port() -> u16 {
@@ -280,16 +280,20 @@ async fn a_pushed_study_is_graded_and_its_results_stored_back_to_the_pacs() {
     assert!(!rows[0][2].is_empty());
     // The row names the exact weights; the FHIR Bundle is beside it, named by a hash of the UID.
     assert_eq!(
-        rows[0][7..],
+        rows[0][7..13],
         [
-            "osteo-fused-v1".to_string(),
-            "1".into(),
-            weights_digest("osteo-fused-v1"),
+            "osteo-fused-v2".to_string(),
+            "2".into(),
+            weights_digest("osteo-fused-v2"),
             "ort".into(),
             "cpu".into(),
             env!("CARGO_PKG_VERSION").into(),
         ]
     );
+    // The calibrated model's decision: refer, the prediction set, determinacy.
+    assert!(matches!(rows[0][13].as_str(), "true" | "false"), "{rows:?}");
+    assert!(!rows[0][14].is_empty(), "{rows:?}");
+    assert!(matches!(rows[0][15].as_str(), "true" | "false"), "{rows:?}");
     let bundle = fhir.join(osteo_client::screen::fhir_file_name(&rows[0][0]));
     let checked = fhir_checked(&[&bundle]);
     assert_eq!(

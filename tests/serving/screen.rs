@@ -32,7 +32,10 @@ fn results(path: &Path) -> BTreeMap<String, (String, String, String)> {
             "weights_blake3",
             "backend",
             "device",
-            "osteoserve_version"
+            "osteoserve_version",
+            "refer",
+            "prediction_set",
+            "indeterminate"
         ]
     );
     let mut rows = BTreeMap::new();
@@ -42,9 +45,9 @@ fn results(path: &Path) -> BTreeMap<String, (String, String, String)> {
         assert_eq!(
             (&r[7], &r[8], &r[9]),
             (
-                "osteo-fused-v1",
-                "1",
-                weights_digest("osteo-fused-v1").as_str()
+                "osteo-fused-v2",
+                "2",
+                weights_digest("osteo-fused-v2").as_str()
             ),
             "{r:?}"
         );
@@ -55,6 +58,22 @@ fn results(path: &Path) -> BTreeMap<String, (String, String, String)> {
         );
         if &r[1] == "classified" {
             assert_eq!(&r[11], "cpu", "{r:?}");
+            // The calibrated model's decision next to the grade.
+            assert!(matches!(&r[13], "true" | "false"), "{r:?}");
+            let set: Vec<&str> = r[14].split('|').collect();
+            assert!(set.contains(&&r[2]) || set.len() > 1, "{r:?}");
+            assert!(
+                set.iter()
+                    .all(|g| ["normal", "osteopenia", "osteoporosis"].contains(g)),
+                "{r:?}"
+            );
+            assert_eq!(
+                &r[15],
+                (set.contains(&"normal") && set.contains(&"osteoporosis")).to_string(),
+                "{r:?}"
+            );
+        } else {
+            assert_eq!((&r[13], &r[14], &r[15]), ("", "", ""), "{r:?}");
         }
         let previous = rows.insert(
             r[0].to_string(),
@@ -144,7 +163,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
 
     let server = InProc::start(
         "",
-        &[("osteo-fused-v1", "backends = [\"ort\"]")],
+        &[("osteo-fused-v2", "backends = [\"ort\"]")],
         registry(),
     )
     .await;
@@ -209,7 +228,7 @@ async fn screen_grades_the_pacs_and_stores_the_results_back() {
             v["imaging_study"],
             serde_json::json!([format!("urn:oid:{uid}")])
         );
-        assert_eq!(v["device_name"], serde_json::json!(["osteo-fused-v1"]));
+        assert_eq!(v["device_name"], serde_json::json!(["osteo-fused-v2"]));
     }
     let (status, grade, reason) = &rows[&head];
     assert_eq!(status, "refused");
@@ -413,7 +432,7 @@ async fn an_upload_over_the_servers_limit_is_not_retried() {
             "[store]\nmax_upload_bytes = 1048576\n[audit]\npath = \"{}\"\n",
             audit.display()
         ),
-        &[("osteo-fused-v1", "backends = [\"ort\"]")],
+        &[("osteo-fused-v2", "backends = [\"ort\"]")],
         registry(),
     )
     .await;
@@ -541,7 +560,7 @@ async fn screen_reaches_a_pacs_over_tls_with_client_certificates() {
 
     let server = InProc::start(
         "",
-        &[("osteo-fused-v1", "backends = [\"ort\"]")],
+        &[("osteo-fused-v2", "backends = [\"ort\"]")],
         registry(),
     )
     .await;

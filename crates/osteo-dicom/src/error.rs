@@ -124,6 +124,9 @@ pub enum DicomError {
         /// Why.
         reason: String,
     },
+    /// The vertebral attenuation cannot be measured on this volume.
+    #[error("cannot measure the vertebral attenuation: {0}")]
+    Attenuation(String),
     /// Writing an image failed.
     #[error("cannot encode PNG: {0}")]
     Png(String),

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
+pub mod attenuation;
 mod attrs;
 pub mod demographics;
 mod disk;

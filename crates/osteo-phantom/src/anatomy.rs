@@ -234,6 +234,31 @@ impl Anatomy {
     pub fn z_femoral_heads(&self) -> f64 {
         self.vertebrae[5].z_bottom - 125.0 * self.spine_scale
     }
+
+    /// What a measurement on this phantom should find.
+    pub fn truth(&self) -> Truth {
+        Truth {
+            trabecular_hu: std::array::from_fn(|i| {
+                self.vertebrae.get(i).map_or(f64::NAN, |v| v.hu_trabecular)
+            }),
+            femoral_neck_hu: self.hu_femoral,
+            calibration_hu: self.calibration_hu,
+            contrast_phase: osteo_dicom::attenuation::ContrastPhase::of_aorta(Some(self.hu_aorta)),
+        }
+    }
+}
+
+/// The true attenuations of a phantom, before the scanner's offset and noise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Truth {
+    /// Trabecular HU of T12, L1 … L5.
+    pub trabecular_hu: [f64; 6],
+    /// Trabecular HU of both femoral necks (and heads).
+    pub femoral_neck_hu: f64,
+    /// The scanner's calibration offset added to every tissue, HU.
+    pub calibration_hu: f64,
+    /// The contrast phase of its aorta.
+    pub contrast_phase: osteo_dicom::attenuation::ContrastPhase,
 }
 
 /// A slice canvas in local patient coordinates.

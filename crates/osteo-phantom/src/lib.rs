@@ -62,7 +62,7 @@ pub mod patient;
 pub mod rng;
 pub mod writer;
 
-pub use anatomy::{Anatomy, ImageModel, PhantomSpec, phantom_volume};
+pub use anatomy::{Anatomy, ImageModel, PhantomSpec, Truth, phantom_volume};
 pub use error::PhantomError;
 pub use oracle::{ImageEvidence, Oracle};
 pub use patient::{Patient, TScoreModel, cohort};
