@@ -589,3 +589,91 @@ fn predict_grades_a_study_and_writes_the_grad_cam_overlay() {
         "height_cm",
     );
 }
+
+#[test]
+fn predict_measures_the_vertebrae_within_5_hu_of_the_truth_synth_writes() {
+    // Real DICOM files through the real reader: six phantoms of a seed no model saw.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = osteo(&[
+        "synth",
+        "--patients",
+        "6",
+        "--seed",
+        "4242",
+        "--dicom",
+        "--out",
+        s(dir.path()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cohort = csv::Reader::from_path(dir.path().join("cohort.csv")).expect("cohort.csv");
+    let headers = cohort.headers().expect("header").clone();
+    for column in [
+        "trabecular_hu_T12",
+        "trabecular_hu_L5",
+        "trabecular_hu_femoral_neck_left",
+        "trabecular_hu_femoral_neck_right",
+        "calibration_hu",
+        "contrast_phase",
+    ] {
+        assert!(
+            headers.iter().any(|h| h == column),
+            "cohort.csv has {column}"
+        );
+    }
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/osteo-fused-v2");
+    let mut errors = Vec::new();
+    for row in cohort.deserialize::<osteo_train::cohort::CohortRow>() {
+        let row = row.expect("row");
+        let study = dir
+            .path()
+            .join(row.study_dir.as_deref().expect("study_dir"));
+        let out = osteo(&[
+            "predict",
+            "--json",
+            "--model",
+            s(&model),
+            "--dicom",
+            s(&study),
+            "--clinical-from-dicom",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("predict --json prints JSON");
+        let measured = v["vertebrae"].as_array().expect("vertebrae");
+        let levels: Vec<&str> = measured
+            .iter()
+            .filter_map(|m| m["level"].as_str())
+            .collect();
+        assert_eq!(levels, ["T12", "L1", "L2", "L3", "L4", "L5"], "{v}");
+        assert_eq!(v["attenuation_calibration"]["sacrum_found"], true);
+        for (m, truth) in measured.iter().zip(row.trabecular_truth()) {
+            assert_eq!(m["level_uncertain"], false, "{m}");
+            let hu = m["trabecular_hu"].as_f64().expect("HU");
+            errors.push((hu - truth.expect("truth")).abs());
+        }
+        let offset = v["attenuation_calibration"]["offset_hu"]
+            .as_f64()
+            .expect("offset");
+        assert!(
+            (offset - row.calibration_hu.expect("offset truth")).abs() < 3.0,
+            "offset {offset} vs {:?}",
+            row.calibration_hu
+        );
+    }
+    errors.sort_by(f64::total_cmp);
+    let median = errors[errors.len() / 2];
+    let p95 = errors[((errors.len() - 1) as f64 * 0.95).round() as usize];
+    eprintln!(
+        "{} levels: |calibrated - true| median {median:.2} HU, 95th percentile {p95:.2} HU",
+        errors.len()
+    );
+    assert!(median <= 5.0, "median absolute error {median:.2} HU");
+}

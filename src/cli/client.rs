@@ -261,6 +261,12 @@ fn print_text(r: &pb::ClassifyResponse) {
     if let Some(d) = r.decision.as_ref().and_then(report::decision_of) {
         println!("{}", report::decision_line(&d));
     }
+    if let Some(a) = &r.attenuation {
+        println!(
+            "{}",
+            report::vertebrae_line(&report::Vertebrae::from_wire(a))
+        );
+    }
     println!("  server latency {:.1} ms", r.latency_ms);
 }
 

@@ -44,6 +44,8 @@ pub struct LocalInput {
     pub batch: Batch,
     /// The study the input came from, when one was read.
     pub source: Option<osteo_dicom::SourceStudy>,
+    /// The vertebral attenuation of the study (models that read CT, when measured).
+    pub attenuation: Option<osteo_dicom::attenuation::Attenuation>,
 }
 
 /// The one-sample model input of a study (ingested and viewed when the model reads CT) and the
@@ -84,10 +86,16 @@ pub fn local_input(
     };
     let sample = osteo_pipeline::input(m, view.as_ref(), Some(&clinical))?;
     let batch = Batch::stack(&m.arch, &[sample])?;
+    // As the server does: the vertebrae of a study the gate passed.
+    let attenuation = match (&view, &ingested) {
+        (Some(_), Some(i)) => osteo_pipeline::attenuation(&i.volume),
+        _ => None,
+    };
     Ok(LocalInput {
         view,
         batch,
         source: ingested.map(|i| i.source),
+        attenuation,
     })
 }
 
@@ -112,6 +120,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         view,
         batch,
         source,
+        attenuation,
     } = input?;
     let mut backend = match backend {
         Ok(loaded) => loaded?,
@@ -150,11 +159,12 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         device: &device,
     };
     if let (Some(path), Some(source)) = (&args.sr_out, &source) {
-        let bytes = osteo_pipeline::structured_report(source, by, &graded)?;
+        let bytes = osteo_pipeline::structured_report(source, by, &graded, attenuation.as_ref())?;
         std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(path) = &args.fhir_out {
-        let bytes = osteo_pipeline::fhir::bundle_json(source.as_ref(), by, &graded);
+        let bytes =
+            osteo_pipeline::fhir::bundle_json(source.as_ref(), by, &graded, attenuation.as_ref());
         std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.json {
@@ -170,6 +180,12 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             "latency_ms": latency_ms,
         });
         osteo_client::report::merge_decision(&mut out, graded.decision.as_ref());
+        osteo_client::report::merge_attenuation(
+            &mut out,
+            attenuation
+                .as_ref()
+                .map(osteo_client::report::Vertebrae::of),
+        );
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!("{} ({}) on {}: {}", m.name, m.kind, args.backend, grade);
@@ -178,6 +194,12 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         }
         if let Some(d) = &graded.decision {
             println!("{}", osteo_client::report::decision_line(d));
+        }
+        if let Some(a) = &attenuation {
+            println!(
+                "{}",
+                osteo_client::report::vertebrae_line(&osteo_client::report::Vertebrae::of(a))
+            );
         }
     }
     Ok(())

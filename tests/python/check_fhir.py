@@ -3,7 +3,7 @@ elements, value sets of codes the models check, no unknown elements) and prints,
 named, one JSON object per line with what an EHR would read: the resources, the report's
 ImagingStudy identifier and result references, the grade and probability Observations, the
 Device's versions and properties, the subject and the notes, and the decision (referral,
-prediction set, interpretation, conclusion)."""
+prediction set, interpretation, conclusion) and the vertebral attenuation Observations."""
 
 import json
 import sys
@@ -28,7 +28,13 @@ for path in sys.argv[1:]:
         return [c.system, c.code, c.display]
 
     grade = [o for o in observations if o.valueCodeableConcept is not None]
-    quantities = [o for o in observations if o.valueQuantity is not None]
+    quantities = [
+        o for o in observations if o.valueQuantity is not None and o.valueQuantity.code == "1"
+    ]
+    attenuation = [
+        o for o in observations
+        if o.valueQuantity is not None and o.valueQuantity.code == "[hnsf'U]"
+    ]
     print(json.dumps({
         "path": path,
         "bundle_type": bundle.type,
@@ -56,4 +62,8 @@ for path in sys.argv[1:]:
             i.coding[0].code for o in grade for i in (o.interpretation or [])
         ],
         "conclusion": report.conclusion,
+        "vertebrae": [
+            [o.bodySite.coding[0].code, o.bodySite.coding[0].display, float(o.valueQuantity.value)]
+            for o in attenuation
+        ],
     }))

@@ -1,7 +1,7 @@
 """Reads OsteoServe SRs with highdicom as a TID 1500 consumer would and prints, for each file
 named, what it found as one JSON object per line: the report type, the measurement group's
-finding, the probabilities, the grade as a qualitative evaluation, the algorithm identification
-and the source images."""
+finding, the probabilities, the grade as a qualitative evaluation, the algorithm identification,
+the source images, and each vertebral body's group (finding site, HU)."""
 
 import json
 import sys
@@ -42,4 +42,12 @@ for path in sys.argv[1:]:
             i.referenced_sop_instance_uid for i in group.source_images
         ),
         "statement": text_of(report[0], "121106", "DCM"),
+        "vertebrae": [
+            [
+                code(g.finding_sites[0].value),
+                [float(m.value) for m in g.get_measurements()],
+                [m.unit.value for m in g.get_measurements()],
+            ]
+            for g in groups[1:]
+        ],
     }))

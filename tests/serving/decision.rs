@@ -3,7 +3,8 @@
 //! its conformal prediction set holds, on every front door (osteo.v1, the Open Inference
 //! Protocol, the CLI) and in every filed result (the SR passes Pixelmed's validator, the FHIR
 //! Bundle fhir.resources); a model without one (`osteo-fused-v1`) answers as before; an
-//! indeterminate result says so.
+//! indeterminate result says so. Every result of a CT study also carries its vertebral
+//! attenuation.
 
 use crate::common;
 use crate::common::inproc::{InProc, registry};
@@ -171,6 +172,32 @@ async fn a_calibrated_model_decides_on_every_front_door_and_in_its_results() {
         "{dump}"
     );
 
+    // The vertebral attenuation: every level in the answer, each a measurement group of the SR
+    // (Attenuation Coefficient in HU at its vertebra) and an Observation of the Bundle.
+    let a = r
+        .attenuation
+        .clone()
+        .expect("the vertebrae of a phantom are measured");
+    let levels: Vec<&str> = a.vertebrae.iter().map(|v| v.level.as_str()).collect();
+    assert_eq!(levels, ["T12", "L1", "L2", "L3", "L4", "L5"]);
+    assert!(a.sacrum_found && !a.contrast_phase.is_empty(), "{a:?}");
+    assert_eq!(
+        dump.matches("\"Attenuation Coefficient\")=").count(),
+        6,
+        "{dump}"
+    );
+    for (code, v) in [
+        "23215003", "66794005", "14293000", "36470004", "11994002", "49668003",
+    ]
+    .iter()
+    .zip(&a.vertebrae)
+    {
+        assert!(
+            dump.contains(&format!("({code},SCT,\"{} vertebra\")", v.level)),
+            "{dump}"
+        );
+    }
+
     // The FHIR Bundle: valid R4, with the referral and the set.
     let bundle = dir.path().join("bundle.json");
     std::fs::write(&bundle, &r.fhir_bundle).expect("write bundle");
@@ -187,6 +214,15 @@ async fn a_calibrated_model_decides_on_every_front_door_and_in_its_results() {
         .collect();
     assert_eq!(read[0]["prediction_set"], serde_json::json!([codes]));
     assert_eq!(read[0]["interpretation"], serde_json::json!([]));
+    let vertebrae = read[0]["vertebrae"].as_array().expect("vertebrae");
+    assert_eq!(vertebrae.len(), 6);
+    for (o, v) in vertebrae.iter().zip(&a.vertebrae) {
+        assert_eq!(o[1], format!("{} vertebra", v.level));
+        assert!(
+            (o[2].as_f64().expect("HU") - v.trabecular_hu).abs() < 0.06,
+            "{o}"
+        );
+    }
 
     // The Open Inference Protocol: calibrated probabilities and one decision per row.
     let mut oip = GrpcInferenceServiceClient::connect(server.url.clone())
@@ -290,6 +326,8 @@ async fn a_calibrated_model_decides_on_every_front_door_and_in_its_results() {
         Some(d.prediction_set.len()),
         "{v}"
     );
+    assert_eq!(v["vertebrae"].as_array().map(Vec::len), Some(6), "{v}");
+    assert_eq!(v["vertebrae"][1]["level"], "L1");
     server.stop().await.expect("stop");
 }
 

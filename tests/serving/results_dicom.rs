@@ -253,7 +253,28 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
     for (line, (_, model, result, _)) in read.lines().zip(&written) {
         let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
         assert_eq!(v["report"], "MeasurementReport", "{v}");
-        assert_eq!(v["groups"], 1, "{v}");
+        // One group for the grade, one per vertebral body measured (models that read CT).
+        let vertebrae = result["vertebrae"].as_array().cloned().unwrap_or_default();
+        assert_eq!(v["groups"], 1 + vertebrae.len(), "{v}");
+        assert_eq!(
+            vertebrae.len(),
+            if model.contains("tabular") { 0 } else { 6 }
+        );
+        for (g, want) in v["vertebrae"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .zip(&vertebrae)
+        {
+            assert_eq!(g[0][1], "SCT", "{g}");
+            assert_eq!(
+                g[0][2],
+                format!("{} vertebra", want["level"].as_str().unwrap_or(""))
+            );
+            let hu = g[1][0].as_f64().expect("HU");
+            assert!((hu - want["trabecular_hu"].as_f64().unwrap_or(f64::NAN)).abs() < 1e-3);
+            assert_eq!(g[2], serde_json::json!(["[hnsf'U]"]), "{g}");
+        }
         let grade = grade_code(result["grade"].as_str().expect("grade"));
         assert_eq!(v["finding"], grade, "{v}");
         assert_eq!(v["grade"], serde_json::json!([grade]), "{v}");
@@ -306,18 +327,22 @@ fn assert_fhir(
     study_uid: Option<&str>,
 ) {
     assert_eq!(v["bundle_type"], "collection", "{v}");
-    assert_eq!(
-        v["resources"],
-        serde_json::json!([
-            "DiagnosticReport",
-            "Observation",
-            "Observation",
-            "Observation",
-            "Observation",
-            "Device"
-        ]),
-        "{v}"
-    );
+    // The report, the grade and its three probabilities, one Observation per vertebral body
+    // measured, the Device.
+    let vertebrae = result["vertebrae"].as_array().cloned().unwrap_or_default();
+    let mut resources = vec!["DiagnosticReport"; 1];
+    resources.extend(std::iter::repeat_n("Observation", 4 + vertebrae.len()));
+    resources.push("Device");
+    assert_eq!(v["resources"], serde_json::json!(resources), "{v}");
+    let levels: Vec<String> = vertebrae
+        .iter()
+        .map(|m| format!("{} vertebra", m["level"].as_str().unwrap_or("")))
+        .collect();
+    let stated: Vec<&str> = v["vertebrae"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|o| o[1].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(stated, levels, "{v}");
     assert_eq!(
         v["report_code"],
         serde_json::json!([

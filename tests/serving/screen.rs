@@ -35,7 +35,13 @@ fn results(path: &Path) -> BTreeMap<String, (String, String, String)> {
             "osteoserve_version",
             "refer",
             "prediction_set",
-            "indeterminate"
+            "indeterminate",
+            "trabecular_hu_T12",
+            "trabecular_hu_L1",
+            "trabecular_hu_L2",
+            "trabecular_hu_L3",
+            "trabecular_hu_L4",
+            "trabecular_hu_L5"
         ]
     );
     let mut rows = BTreeMap::new();
@@ -72,6 +78,11 @@ fn results(path: &Path) -> BTreeMap<String, (String, String, String)> {
                 (set.contains(&"normal") && set.contains(&"osteoporosis")).to_string(),
                 "{r:?}"
             );
+            // The vertebral attenuation of every lumbar level a phantom shows.
+            for level in 16..22 {
+                let hu: f64 = r[level].parse().unwrap_or_else(|_| panic!("{r:?}"));
+                assert!((-100.0..500.0).contains(&hu), "{r:?}");
+            }
         } else {
             assert_eq!((&r[13], &r[14], &r[15]), ("", "", ""), "{r:?}");
         }

@@ -69,6 +69,126 @@ pub fn decision_line(d: &Decision) -> String {
     )
 }
 
+/// One vertebral body as results state it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Vertebra {
+    /// `T12`, `L1` … `L5`.
+    pub level: String,
+    /// Calibrated median trabecular HU.
+    pub trabecular_hu: f64,
+    /// Whether the level is uncertain.
+    pub level_uncertain: bool,
+    /// Whether the field of view cuts the body.
+    pub partial: bool,
+}
+
+/// The calibration of a study's attenuation as results state it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AttenuationCalibration {
+    /// The scanner's offset removed, HU.
+    pub offset_hu: f64,
+    /// The contrast phase.
+    pub contrast_phase: String,
+    /// Whether the sacrum was found.
+    pub sacrum_found: bool,
+}
+
+/// A study's vertebral attenuation as results state it (CLI JSON, results CSV), from the wire
+/// or from a local measurement.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Vertebrae {
+    /// The bodies measured, superior first.
+    pub vertebrae: Vec<Vertebra>,
+    /// Their calibration.
+    pub attenuation_calibration: AttenuationCalibration,
+}
+
+impl Vertebrae {
+    /// A local measurement.
+    pub fn of(a: &osteo_dicom::attenuation::Attenuation) -> Self {
+        Self {
+            vertebrae: a
+                .vertebrae
+                .iter()
+                .map(|v| Vertebra {
+                    level: v.level.name().to_string(),
+                    trabecular_hu: v.trabecular_hu,
+                    level_uncertain: v.level_uncertain,
+                    partial: v.partial,
+                })
+                .collect(),
+            attenuation_calibration: AttenuationCalibration {
+                offset_hu: a.calibration.offset_hu,
+                contrast_phase: a.calibration.contrast_phase.name().to_string(),
+                sacrum_found: a.sacrum_found,
+            },
+        }
+    }
+
+    /// A server's answer.
+    pub fn from_wire(a: &pb::Attenuation) -> Self {
+        Self {
+            vertebrae: a
+                .vertebrae
+                .iter()
+                .map(|v| Vertebra {
+                    level: v.level.clone(),
+                    trabecular_hu: v.trabecular_hu,
+                    level_uncertain: v.level_uncertain,
+                    partial: v.partial,
+                })
+                .collect(),
+            attenuation_calibration: AttenuationCalibration {
+                offset_hu: a.calibration_offset_hu,
+                contrast_phase: a.contrast_phase.clone(),
+                sacrum_found: a.sacrum_found,
+            },
+        }
+    }
+
+    /// The calibrated HU of `level`, if measured.
+    pub fn hu(&self, level: &str) -> Option<f64> {
+        self.vertebrae
+            .iter()
+            .find(|v| v.level == level)
+            .map(|v| v.trabecular_hu)
+    }
+}
+
+/// Adds `vertebrae` and `attenuation_calibration` to a result's JSON object; nothing when no
+/// vertebra was measured.
+pub fn merge_attenuation(v: &mut Value, vertebrae: Option<Vertebrae>) {
+    let (Some(o), Some(a)) = (v.as_object_mut(), vertebrae) else {
+        return;
+    };
+    if let Ok(Value::Object(fields)) = serde_json::to_value(a) {
+        o.extend(fields);
+    }
+}
+
+/// The attenuation in one line of text, e.g. `  trabecular attenuation (HU; scanner offset +4
+/// HU removed; portal venous): T12 151, L1 148, …` (an uncertain level marked `?`).
+pub fn vertebrae_line(a: &Vertebrae) -> String {
+    let levels: Vec<String> = a
+        .vertebrae
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {:.0}{}",
+                v.level,
+                v.trabecular_hu,
+                if v.level_uncertain { "?" } else { "" }
+            )
+        })
+        .collect();
+    format!(
+        "  trabecular attenuation (HU; scanner offset {:+.0} HU removed; {}): {}",
+        a.attenuation_calibration.offset_hu,
+        a.attenuation_calibration.contrast_phase.replace('_', " "),
+        levels.join(", ")
+    )
+}
+
 /// Probabilities as a JSON object keyed by grade.
 fn probabilities(p: Option<pb::GradeProbabilities>) -> Value {
     let p = p.unwrap_or_default();
@@ -90,6 +210,7 @@ pub fn classification(r: &pb::ClassifyResponse) -> Value {
         "latency_ms": r.latency_ms,
     });
     merge_decision(&mut v, r.decision.as_ref().and_then(decision_of).as_ref());
+    merge_attenuation(&mut v, r.attenuation.as_ref().map(Vertebrae::from_wire));
     v
 }
 

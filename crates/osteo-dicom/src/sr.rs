@@ -16,6 +16,7 @@
 //! SCT 64859006 — and the private scheme `99OSTEO` (documented in docs/dicom.md) for the grade
 //! as a concept and the three probability measurements.
 
+use crate::attenuation::{Level, VertebraMeasurement};
 use crate::error::DicomError;
 use crate::source_study::SourceStudy;
 pub use crate::write::new_uid;
@@ -24,6 +25,9 @@ use dicom_core::VR;
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use osteo_core::provenance::Provenance;
+
+/// The DICOM coding scheme.
+const DCM: &str = "DCM";
 
 /// The private coding scheme for concepts with no standard code.
 pub const PRIVATE_SCHEME: &str = "99OSTEO";
@@ -98,6 +102,43 @@ pub fn indeterminate_statement(coverage: f64) -> String {
     )
 }
 
+/// Finding Site (TID 1501).
+pub const FINDING_SITE: Code = Code("363698007", "SCT", "Finding Site");
+/// The measurement of a vertebral body's trabecular attenuation (CID 7180).
+pub const ATTENUATION_CONCEPT: Code = Code("112031", DCM, "Attenuation Coefficient");
+/// Hounsfield units (UCUM).
+pub const HU_UNIT: Code = Code("[hnsf'U]", "UCUM", "Hounsfield unit");
+
+/// The SNOMED CT code of a vertebra (CID 7151).
+pub fn vertebra_code(level: Level) -> Code {
+    match level {
+        Level::T12 => Code("23215003", "SCT", "T12 vertebra"),
+        Level::L1 => Code("66794005", "SCT", "L1 vertebra"),
+        Level::L2 => Code("14293000", "SCT", "L2 vertebra"),
+        Level::L3 => Code("36470004", "SCT", "L3 vertebra"),
+        Level::L4 => Code("11994002", "SCT", "L4 vertebra"),
+        Level::L5 => Code("49668003", "SCT", "L5 vertebra"),
+    }
+}
+
+/// The tracking identifier of a vertebra's measurement group, naming how it was measured.
+pub fn vertebra_tracking(v: &VertebraMeasurement) -> String {
+    format!(
+        "{}{} trabecular attenuation (median HU, calibrated to subcutaneous fat{})",
+        v.level,
+        if v.level_uncertain {
+            ", level uncertain"
+        } else {
+            ""
+        },
+        if v.partial {
+            "; body cut by the field of view"
+        } else {
+            ""
+        }
+    )
+}
+
 /// What the report states.
 #[derive(Debug, Clone)]
 pub struct Finding {
@@ -115,6 +156,8 @@ pub struct Finding {
     pub series_number: u32,
     /// Referral and prediction set (models with an operating point).
     pub decision: Option<osteo_core::Decision>,
+    /// The vertebral bodies' trabecular attenuation (studies where they were measured).
+    pub vertebrae: Vec<VertebraMeasurement>,
 }
 
 /// A code sequence item.
@@ -184,8 +227,6 @@ fn item(rel: &str, name: Option<Code>, value: Value) -> InMemDicomObject {
     }
     InMemDicomObject::from_element_iter(e)
 }
-
-const DCM: &str = "DCM";
 
 /// The content tree of the report.
 fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDicomObject> {
@@ -300,14 +341,52 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
             Value::Text(parameter),
         ));
     }
-    root.push(item(
+    let mut groups = vec![item(
         "CONTAINS",
-        Some(Code("126010", DCM, "Imaging Measurements")),
-        Value::Container(vec![item(
+        Some(Code("125007", DCM, "Measurement Group")),
+        Value::Container(group),
+    )];
+    // One group per vertebral body measured: its trabecular attenuation in HU at its level.
+    for v in &f.vertebrae {
+        let mut group = vec![
+            item(
+                "HAS OBS CONTEXT",
+                Some(Code("112039", DCM, "Tracking Identifier")),
+                Value::Text(vertebra_tracking(v)),
+            ),
+            item(
+                "HAS OBS CONTEXT",
+                Some(Code("112040", DCM, "Tracking Unique Identifier")),
+                Value::Uid(new_uid()),
+            ),
+            item(
+                "HAS CONCEPT MOD",
+                Some(FINDING_SITE),
+                Value::Code(vertebra_code(v.level)),
+            ),
+        ];
+        for (class, instance) in &source.instances {
+            group.push(item(
+                "CONTAINS",
+                Some(Code("121112", DCM, "Source of Measurement")),
+                Value::Image(class.clone(), instance.clone()),
+            ));
+        }
+        group.push(item(
+            "CONTAINS",
+            Some(ATTENUATION_CONCEPT),
+            Value::Num(v.trabecular_hu, HU_UNIT),
+        ));
+        groups.push(item(
             "CONTAINS",
             Some(Code("125007", DCM, "Measurement Group")),
             Value::Container(group),
-        )]),
+        ));
+    }
+    root.push(item(
+        "CONTAINS",
+        Some(Code("126010", DCM, "Imaging Measurements")),
+        Value::Container(groups),
     ));
     // The grade as a qualitative evaluation of the report (TID 1500 row 13; the 2022 rules of
     // Pixelmed's validator have no qualitative CODE row in the measurement group), and the

@@ -10,6 +10,7 @@
 
 use crate::{Graded, Producer};
 use osteo_dicom::SourceStudy;
+use osteo_dicom::attenuation::Attenuation;
 use osteo_dicom::sr::{self, GRADE_CODES, GRADE_CONCEPT, PROBABILITY_CODES};
 use serde_json::{Value, json};
 
@@ -75,8 +76,14 @@ fn conclusion(d: &osteo_core::Decision) -> String {
 /// The statement a result of a model trained on synthetic data carries (the SR's).
 pub const SYNTHETIC_NOTE: &str = osteo_dicom::sr::NOT_FOR_DIAGNOSIS;
 
-/// The Bundle of a result: `graded` by `by`, of `source` when the model read a study.
-pub fn bundle(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -> Value {
+/// The Bundle of a result: `graded` by `by`, of `source` when the model read a study, with the
+/// vertebral attenuation when it was measured.
+pub fn bundle(
+    source: Option<&SourceStudy>,
+    by: Producer<'_>,
+    graded: &Graded,
+    attenuation: Option<&Attenuation>,
+) -> Value {
     let p = by.provenance();
     let now = osteo_core::utc::Utc::now().rfc3339();
     let subject = source
@@ -181,6 +188,23 @@ pub fn bundle(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -
         });
         entries.push((urn(), observation(concept(code), ("valueQuantity", value))));
     }
+    for v in attenuation.map_or(&[][..], |a| &a.vertebrae[..]) {
+        let mut o = observation(
+            concept(sr::ATTENUATION_CONCEPT),
+            (
+                "valueQuantity",
+                json!({
+                    "value": (v.trabecular_hu * 10.0).round() / 10.0,
+                    "unit": "HU",
+                    "system": "http://unitsofmeasure.org",
+                    "code": sr::HU_UNIT.0,
+                }),
+            ),
+        );
+        o["bodySite"] = concept(sr::vertebra_code(v.level));
+        o["method"] = json!({"text": sr::vertebra_tracking(v)});
+        entries.push((urn(), o));
+    }
     let mut report = json!({
         "resourceType": "DiagnosticReport",
         "status": "preliminary",
@@ -229,8 +253,14 @@ pub fn bundle(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -
 }
 
 /// The Bundle as pretty-printed JSON bytes.
-pub fn bundle_json(source: Option<&SourceStudy>, by: Producer<'_>, graded: &Graded) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(&bundle(source, by, graded)).unwrap_or_default();
+pub fn bundle_json(
+    source: Option<&SourceStudy>,
+    by: Producer<'_>,
+    graded: &Graded,
+    attenuation: Option<&Attenuation>,
+) -> Vec<u8> {
+    let mut out =
+        serde_json::to_vec_pretty(&bundle(source, by, graded, attenuation)).unwrap_or_default();
     out.push(b'\n');
     out
 }

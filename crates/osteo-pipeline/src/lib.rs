@@ -13,6 +13,7 @@ use osteo_core::{
     ClinicalVariables, CoreError, Decision, DecisionSpec, Explanation, GradCamMap, Grade,
     ModelManifest, Sample,
 };
+use osteo_dicom::attenuation::Attenuation;
 use osteo_dicom::{Assessment, DicomError, SourceStudy, View, ViewSpec, Volume};
 
 /// SeriesNumber of the SR series OsteoServe adds to a study.
@@ -157,12 +158,21 @@ impl Producer<'_> {
     }
 }
 
+/// The trabecular attenuation of the study's vertebral bodies, calibrated per study; None when
+/// no vertebral body could be measured (the grade does not depend on it).
+pub fn attenuation(volume: &Volume) -> Option<Attenuation> {
+    osteo_dicom::attenuation::measure(volume)
+        .ok()
+        .filter(|a| !a.vertebrae.is_empty())
+}
+
 /// The result as a DICOM Comprehensive SR in `source`'s study, in a new series numbered
-/// [`SR_SERIES_NUMBER`].
+/// [`SR_SERIES_NUMBER`], with the vertebral attenuation when it was measured.
 pub fn structured_report(
     source: &SourceStudy,
     by: Producer<'_>,
     graded: &Graded,
+    attenuation: Option<&Attenuation>,
 ) -> Result<Vec<u8>, PipelineError> {
     let m = by.manifest;
     let finding = osteo_dicom::sr::Finding {
@@ -173,6 +183,7 @@ pub fn structured_report(
         series_uid: osteo_dicom::sr::new_uid(),
         series_number: SR_SERIES_NUMBER,
         decision: graded.decision,
+        vertebrae: attenuation.map(|a| a.vertebrae.clone()).unwrap_or_default(),
     };
     Ok(osteo_dicom::sr::structured_report(source, &finding)?)
 }

@@ -132,6 +132,25 @@ pub fn decision(d: &osteo_core::Decision) -> pb::Decision {
     }
 }
 
+/// The wire form of a study's vertebral attenuation.
+pub fn attenuation(a: &osteo_dicom::attenuation::Attenuation) -> pb::Attenuation {
+    pb::Attenuation {
+        vertebrae: a
+            .vertebrae
+            .iter()
+            .map(|v| pb::VertebralAttenuation {
+                level: v.level.name().to_string(),
+                trabecular_hu: v.trabecular_hu,
+                level_uncertain: v.level_uncertain,
+                partial: v.partial,
+            })
+            .collect(),
+        calibration_offset_hu: a.calibration.offset_hu,
+        contrast_phase: a.calibration.contrast_phase.name().to_string(),
+        sacrum_found: a.sacrum_found,
+    }
+}
+
 /// The wire value of a model kind.
 fn kind(k: ModelKind) -> i32 {
     match k {

@@ -10,6 +10,7 @@ use crate::budget::{Budget, Reservation};
 use crate::error::ServerError;
 use crate::text::{client_text, handle_instance};
 use osteo_core::ViewSpec;
+use osteo_dicom::attenuation::Attenuation;
 use osteo_dicom::{Assessment, Demographics, SourceStudy, View, Volume, assess};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +33,7 @@ pub struct Study {
     pub owner: String,
     views: Mutex<Vec<(ViewSpec, Arc<View>)>>,
     gates: Mutex<Vec<(ViewSpec, Arc<Assessment>)>>,
+    attenuation: std::sync::OnceLock<Option<Arc<Attenuation>>>,
     _held: Held,
 }
 
@@ -78,6 +80,7 @@ impl Study {
             owner: owner.to_string(),
             views: Mutex::new(Vec::new()),
             gates: Mutex::new(Vec::new()),
+            attenuation: std::sync::OnceLock::new(),
             _held: held,
         }
     }
@@ -101,6 +104,19 @@ impl Study {
             lock(&self.gates).push((*spec, a.clone()));
             a
         })
+    }
+
+    /// The vertebral attenuation of this study, measured on first use (blocking work); None
+    /// when no vertebral body could be measured.
+    pub fn attenuation(&self) -> Option<Arc<Attenuation>> {
+        self.attenuation
+            .get_or_init(|| osteo_pipeline::attenuation(&self.volume).map(Arc::new))
+            .clone()
+    }
+
+    /// The vertebral attenuation if it was measured already.
+    pub fn measured_attenuation(&self) -> Option<Option<Arc<Attenuation>>> {
+        self.attenuation.get().cloned()
     }
 
     /// The model view of this study, computed on first use; FAILED_PRECONDITION when the study

@@ -79,9 +79,82 @@ pub struct CohortRow {
     pub grade: Option<String>,
     /// The patient's DICOM study directory.
     pub study_dir: Option<String>,
+    /// Synthetic patients: the true trabecular HU of T12 (before the scanner's offset).
+    #[serde(default, rename = "trabecular_hu_T12")]
+    pub trabecular_hu_t12: Option<f64>,
+    /// The same of L1.
+    #[serde(default, rename = "trabecular_hu_L1")]
+    pub trabecular_hu_l1: Option<f64>,
+    /// The same of L2.
+    #[serde(default, rename = "trabecular_hu_L2")]
+    pub trabecular_hu_l2: Option<f64>,
+    /// The same of L3.
+    #[serde(default, rename = "trabecular_hu_L3")]
+    pub trabecular_hu_l3: Option<f64>,
+    /// The same of L4.
+    #[serde(default, rename = "trabecular_hu_L4")]
+    pub trabecular_hu_l4: Option<f64>,
+    /// The same of L5.
+    #[serde(default, rename = "trabecular_hu_L5")]
+    pub trabecular_hu_l5: Option<f64>,
+    /// The true trabecular HU of the left femoral neck.
+    #[serde(default)]
+    pub trabecular_hu_femoral_neck_left: Option<f64>,
+    /// The true trabecular HU of the right femoral neck.
+    #[serde(default)]
+    pub trabecular_hu_femoral_neck_right: Option<f64>,
+    /// The scanner's calibration offset added to every tissue, HU.
+    #[serde(default)]
+    pub calibration_hu: Option<f64>,
+    /// The contrast phase (`unenhanced`, `portal_venous`, `arterial`).
+    #[serde(default)]
+    pub contrast_phase: Option<String>,
 }
 
 impl CohortRow {
+    /// The truth columns of a synthetic patient (what its CT was drawn with); the rest empty.
+    fn truth_of(p: &osteo_phantom::Patient) -> Self {
+        let t = osteo_phantom::Anatomy::draw(p, &PhantomSpec::default()).truth();
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        let hu = |i: usize| Some(round(t.trabecular_hu[i]));
+        Self {
+            patient_id: String::new(),
+            age: 0.0,
+            sex: String::new(),
+            height_cm: 0.0,
+            weight_kg: 0.0,
+            prior_fragility_fracture: None,
+            glucocorticoids: None,
+            smoker: None,
+            rheumatoid_arthritis: None,
+            t_score: 0.0,
+            grade: None,
+            study_dir: None,
+            trabecular_hu_t12: hu(0),
+            trabecular_hu_l1: hu(1),
+            trabecular_hu_l2: hu(2),
+            trabecular_hu_l3: hu(3),
+            trabecular_hu_l4: hu(4),
+            trabecular_hu_l5: hu(5),
+            trabecular_hu_femoral_neck_left: Some(round(t.femoral_neck_hu)),
+            trabecular_hu_femoral_neck_right: Some(round(t.femoral_neck_hu)),
+            calibration_hu: Some(round(t.calibration_hu)),
+            contrast_phase: Some(t.contrast_phase.name().to_string()),
+        }
+    }
+
+    /// The true trabecular HU of each level T12 … L5 (synthetic patients).
+    pub fn trabecular_truth(&self) -> [Option<f64>; 6] {
+        [
+            self.trabecular_hu_t12,
+            self.trabecular_hu_l1,
+            self.trabecular_hu_l2,
+            self.trabecular_hu_l3,
+            self.trabecular_hu_l4,
+            self.trabecular_hu_l5,
+        ]
+    }
+
     /// The row of a synthetic patient.
     pub fn of_patient(p: &osteo_phantom::Patient, study_dir: Option<String>) -> Self {
         let r = p.recorded_risk();
@@ -99,6 +172,7 @@ impl CohortRow {
             t_score: p.t_score,
             grade: Some(p.grade.name().to_string()),
             study_dir,
+            ..Self::truth_of(p)
         }
     }
 }

@@ -169,6 +169,10 @@ impl Grader {
                 reason: String::new(),
                 provenance,
                 decision: c.decision.as_ref().and_then(crate::report::decision_of),
+                vertebrae: c
+                    .attenuation
+                    .as_ref()
+                    .map(crate::report::Vertebrae::from_wire),
             },
             results,
             fhir: (!c.fhir_bundle.is_empty()).then_some(c.fhir_bundle),

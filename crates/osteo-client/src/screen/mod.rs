@@ -43,6 +43,8 @@ pub struct Row {
     pub provenance: Provenance,
     /// Referral and prediction set (classified studies, models with an operating point).
     pub decision: Option<osteo_core::Decision>,
+    /// The vertebral attenuation (classified studies whose vertebrae were measured).
+    pub vertebrae: Option<crate::report::Vertebrae>,
 }
 
 /// The provenance columns of a row.
@@ -79,7 +81,7 @@ impl Provenance {
 
 impl Row {
     /// The results CSV's columns.
-    pub const COLUMNS: [&'static str; 16] = [
+    pub const COLUMNS: [&'static str; 22] = [
         "study_uid",
         "status",
         "grade",
@@ -96,12 +98,18 @@ impl Row {
         "refer",
         "prediction_set",
         "indeterminate",
+        "trabecular_hu_T12",
+        "trabecular_hu_L1",
+        "trabecular_hu_L2",
+        "trabecular_hu_L3",
+        "trabecular_hu_L4",
+        "trabecular_hu_L5",
     ];
 
     /// How many of [`Row::COLUMNS`] results files of earlier versions have: before the
-    /// provenance columns, and before the decision columns. They are read, and rewritten with
-    /// the missing columns empty.
-    pub const EARLIER_COLUMNS: [usize; 2] = [7, 13];
+    /// provenance columns, before the decision columns, and before the attenuation columns.
+    /// They are read, and rewritten with the missing columns empty.
+    pub const EARLIER_COLUMNS: [usize; 3] = [7, 13, 16];
 
     /// A study that ended without a grade.
     pub fn ended(study_uid: &str, status: &'static str, reason: impl Into<String>) -> Row {
@@ -113,6 +121,7 @@ impl Row {
             reason: reason.into(),
             provenance: Provenance::default(),
             decision: None,
+            vertebrae: None,
         }
     }
 
@@ -126,7 +135,7 @@ impl Row {
         let d = |f: &dyn Fn(&osteo_core::Decision) -> String| {
             self.decision.as_ref().map(f).unwrap_or_default()
         };
-        vec![
+        let mut fields = vec![
             self.study_uid.clone(),
             self.status.to_string(),
             self.grade.clone(),
@@ -143,7 +152,16 @@ impl Row {
             d(&|d| d.refer.to_string()),
             d(&|d| d.prediction_set.joined()),
             d(&|d| d.indeterminate.to_string()),
-        ]
+        ];
+        // One column per level: calibrated HU to 0.1, empty where not measured.
+        fields.extend(["T12", "L1", "L2", "L3", "L4", "L5"].map(|level| {
+            self.vertebrae
+                .as_ref()
+                .and_then(|v| v.hu(level))
+                .map(|hu| format!("{hu:.1}"))
+                .unwrap_or_default()
+        }));
+        fields
     }
 }
 

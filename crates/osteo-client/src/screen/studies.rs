@@ -195,9 +195,12 @@ mod tests {
         assert_eq!(lines.next(), Some(Row::COLUMNS.join(",").as_str()));
         assert_eq!(
             lines.next(),
-            Some("1.2.3,classified,normal,0.9,0.05,0.05,,,,,,,,,,")
+            Some("1.2.3,classified,normal,0.9,0.05,0.05,,,,,,,,,,,,,,,,")
         );
-        assert_eq!(lines.next(), Some("1.2.4,error,,,,,server down,,,,,,,,,"));
+        assert_eq!(
+            lines.next(),
+            Some("1.2.4,error,,,,,server down,,,,,,,,,,,,,,,")
+        );
         upgrade(&path).expect("a current file is left alone");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
         std::fs::write(&path, "uid,grade\n").expect("write");
@@ -205,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn a_results_file_without_decision_columns_is_upgraded_keeping_its_provenance() {
+    fn a_results_file_without_decision_or_attenuation_columns_is_upgraded_keeping_its_provenance() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("results.csv");
         std::fs::write(
@@ -221,7 +224,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(
             text.lines().nth(1),
-            Some("1.2.3,classified,normal,0.9,0.05,0.05,,m,1,abc,ort,cpu,0.1.0,,,")
+            Some("1.2.3,classified,normal,0.9,0.05,0.05,,m,1,abc,ort,cpu,0.1.0,,,,,,,,,")
         );
     }
 }

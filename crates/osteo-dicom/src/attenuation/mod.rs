@@ -12,8 +12,8 @@
 //!    run of at least 15 mm whose core moves at least 8 mm posteriorly from its top to its
 //!    bottom (a vertebral body's does not); the bodies above it are L5, L4, … T12, counted
 //!    from it. Without a sacrum in the field of view, or past a run that is too short or too long
-//!    for one vertebral body, levels are counted on but marked uncertain. A body cut by the
-//!    field of view is marked partial.
+//!    for one vertebral body, levels are counted on but marked uncertain; a run longer than any
+//!    body (40 mm) is not measured. A body cut by the field of view is marked partial.
 //! 3. Each body's region of interest is its core, 2 mm in from the cortex, on every slice but
 //!    the run's first and last
 //!    (when it has four or more); its median HU is the measured attenuation.
@@ -445,9 +445,14 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
         };
         let cut = run.slices.first() == Some(&0) || run.slices.last() == Some(&(found.len() - 1));
         // A body cut by the field of view may be short; any other run of the wrong length
-        // makes this level and those above it uncertain.
-        if !cut && !(BODY_MM[0]..=BODY_MM[1]).contains(&length(run)) {
+        // makes this level and those above it uncertain, and a run longer than any body is no
+        // body to measure.
+        let len = length(run);
+        if (!cut && len < BODY_MM[0]) || len > BODY_MM[1] {
             uncertain = true;
+        }
+        if len > BODY_MM[1] {
+            continue;
         }
         let inner: &[usize] = if run.slices.len() >= 4 {
             &run.slices[1..run.slices.len() - 1]

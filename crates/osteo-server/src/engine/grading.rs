@@ -12,6 +12,7 @@ use crate::text::client_text;
 use crate::traffic::{Mirror, StickyKey};
 use osteo_core::Sample;
 use osteo_dicom::View;
+use osteo_dicom::attenuation::Attenuation;
 use osteo_proto::v1 as pb;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +21,8 @@ use std::time::Instant;
 struct Prepared {
     study: Option<Arc<Study>>,
     view: Option<Arc<View>>,
+    /// The vertebral attenuation (models that read CT, when measured).
+    attenuation: Option<Arc<Attenuation>>,
     input: Sample,
 }
 
@@ -184,8 +187,8 @@ impl Engine {
         let start = Instant::now();
         let m = &model.artifacts.manifest;
         let study = self.study_of(call, subject.study).await?;
-        let view = match m.view {
-            None => None,
+        let (view, attenuation) = match m.view {
+            None => (None, None),
             Some(spec) => {
                 let s = study.clone().ok_or_else(|| {
                     ServerError::FailedPrecondition(format!(
@@ -196,11 +199,18 @@ impl Engine {
                 })?;
                 // A view already built for this study is taken here; building one (the quality
                 // gate first, cached with the study) is blocking work for the ingest threads.
-                match s.cached_view(&spec) {
-                    Some(v) => Some(v),
-                    None => {
+                // So is the vertebral attenuation, once per study, after the gate passed.
+                match (s.cached_view(&spec), s.measured_attenuation()) {
+                    (Some(v), Some(a)) => (Some(v), a),
+                    _ => {
                         let pool = self.state.ingest_pool.clone();
-                        Some(blocking(move || pool.install(|| s.view(&spec))).await?)
+                        blocking(move || {
+                            pool.install(|| {
+                                let view = s.view(&spec)?;
+                                Ok::<_, ServerError>((Some(view), s.attenuation()))
+                            })
+                        })
+                        .await?
                     }
                 }
             }
@@ -243,7 +253,12 @@ impl Engine {
         if let Some(s) = &study {
             call.study(s);
         }
-        Ok(Prepared { study, input, view })
+        Ok(Prepared {
+            study,
+            input,
+            view,
+            attenuation,
+        })
     }
 
     /// Classify: the grade of a study and/or clinical variables on one model and backend, with
@@ -510,6 +525,7 @@ fn structured_report(
         &study.source,
         by,
         graded,
+        prepared.attenuation.as_deref(),
     )?)
 }
 
@@ -522,7 +538,14 @@ fn fhir_bundle(
 ) -> String {
     let by = producer(model, c);
     let source = prepared.study.as_deref().map(|s| &s.source);
-    String::from_utf8(osteo_pipeline::fhir::bundle_json(source, by, graded)).unwrap_or_default()
+    let attenuation = prepared.attenuation.as_deref();
+    String::from_utf8(osteo_pipeline::fhir::bundle_json(
+        source,
+        by,
+        graded,
+        attenuation,
+    ))
+    .unwrap_or_default()
 }
 
 /// The Classify answer of a graded input, and its grade.
@@ -543,6 +566,7 @@ fn classification(
         dicom_sr: Vec::new(),
         fhir_bundle: String::new(),
         decision: g.graded.decision.as_ref().map(convert::decision),
+        attenuation: prepared.attenuation.as_deref().map(convert::attenuation),
     };
     (response, g.graded)
 }
