@@ -49,6 +49,45 @@ pub struct Sample {
     pub grade: Grade,
     /// The model's view of the study (`None` when views were not requested or the row has no study).
     pub view: Option<Vec<f32>>,
+    /// Where its CT comes from.
+    pub study: Study,
+}
+
+/// Where a sample's CT comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Study {
+    /// A phantom of the synthetic cohort.
+    Phantom {
+        /// The cohort's seed.
+        seed: u64,
+        /// The patient's index.
+        index: u64,
+    },
+    /// A DICOM study directory.
+    Dir(PathBuf),
+    /// No study.
+    None,
+}
+
+impl Sample {
+    /// The sample's CT volume, generated or read again (None without a study).
+    pub fn volume(&self) -> Result<Option<osteo_dicom::Volume>, TrainError> {
+        match &self.study {
+            Study::Phantom { seed, index } => {
+                let p = TScoreModel::default().patient(*seed, *index);
+                Ok(Some(phantom_volume(&p, &PhantomSpec::default()).1))
+            }
+            Study::Dir(dir) => {
+                osteo_dicom::ingest(DicomSource::Path(dir.clone()), &IngestOptions::default())
+                    .map(|i| Some(i.volume))
+                    .map_err(|e| TrainError::Input {
+                        patient: self.patient_id.clone(),
+                        message: e.to_string(),
+                    })
+            }
+            Study::None => Ok(None),
+        }
+    }
 }
 
 /// One row of a cohort CSV (the format `osteo synth` writes and `osteo train` reads). Risk flags
@@ -225,6 +264,7 @@ fn synthetic(
                 t_score: p.t_score,
                 grade: p.grade,
                 view,
+                study: Study::Phantom { seed, index: i },
             })
         })
         .collect::<Vec<_>>()
@@ -314,12 +354,17 @@ fn csv_cohort(
                 }
                 (None, _) => None,
             };
+            let study = match row.study_dir.as_deref().filter(|d| !d.is_empty()) {
+                Some(dir) => Study::Dir(base.join(dir)),
+                None => Study::None,
+            };
             Ok(Sample {
                 patient_id: row.patient_id,
                 clinical,
                 t_score: row.t_score,
                 grade,
                 view,
+                study,
             })
         })
         .collect::<Vec<_>>()

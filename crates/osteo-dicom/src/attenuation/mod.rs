@@ -148,6 +148,10 @@ pub struct VertebraMeasurement {
     pub voxels: usize,
     /// Patient z (superior) of the body's centre, mm.
     pub z_mm: f64,
+    /// Patient z of its lowest and highest slice with a core, mm.
+    pub z_range_mm: [f64; 2],
+    /// Patient x (left) of its core's rightmost and leftmost pixel, mm.
+    pub x_range_mm: [f64; 2],
     /// Whether the level is uncertain (counted without a sacrum, or past an irregular run).
     pub level_uncertain: bool,
     /// Whether the field of view cuts the body.
@@ -473,12 +477,23 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
         let (Some(&first), Some(&last)) = (run.slices.first(), run.slices.last()) else {
             continue;
         };
+        // The core's left-right extent on its slices, in patient mm.
+        let columns = run
+            .slices
+            .iter()
+            .filter_map(|&i| core(i))
+            .flat_map(|c| c.pixels.iter().map(|p| p % cols));
+        let (lo, hi) = columns.fold((usize::MAX, 0), |(lo, hi), c| (lo.min(c), hi.max(c)));
+        let x_of = |c: usize| volume.patient_position(order[first].0 as f64, 0.0, c as f64)[0];
+        let (xa, xb) = (x_of(lo.min(hi)), x_of(hi));
         vertebrae.push(VertebraMeasurement {
             level,
             trabecular_hu: measured - offset,
             measured_hu: measured,
             voxels,
             z_mm: (order[first].1 + order[last].1) / 2.0,
+            z_range_mm: [order[last].1, order[first].1],
+            x_range_mm: [xa.min(xb), xa.max(xb)],
             level_uncertain: uncertain,
             partial: cut,
         });

@@ -6,6 +6,7 @@
 //! parent directory trained on the same cohort and seed share that split, so they are evaluated
 //! on the same patients and listed in the same table.
 
+mod anatomy;
 mod decision;
 
 use crate::cohort::{CohortSource, Sample, load};
@@ -291,6 +292,31 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         .decision
         .as_ref()
         .map(|spec| decision::figures(spec, &own_logits, &truth));
+    // The test patients' CT read again: attenuation, view geometry.
+    let has_studies = test
+        .iter()
+        .any(|&i| samples[i].study != crate::cohort::Study::None);
+    let measured = if has_studies {
+        anatomy::measure(&samples, &test, view.as_ref())?
+    } else {
+        Vec::new()
+    };
+    let (thresholds_md, thresholds_json) = if has_studies {
+        anatomy::thresholds(&measured, &truth)
+    } else {
+        (String::new(), Value::Null)
+    };
+    let (subgroups_md, subgroups_json) = if has_studies {
+        anatomy::subgroups(&m, &samples, &test, &measured, &probs, req.seed)
+    } else {
+        (String::new(), Value::Null)
+    };
+    let (regions_md, regions_json) = if has_studies && m.kind.uses_image() {
+        let inputs = crate::train::Inputs::new(&samples, &m.arch, m.view, m.tabular.as_ref())?;
+        anatomy::gradcam_regions(&mut backend, &m, &inputs, (&test, &probs), &measured)?
+    } else {
+        (String::new(), Value::Null)
+    };
     if let Some(d) = &decision {
         write_file("reliability.png", &d.png(&title("reliability (test)"))?)?;
     }
@@ -310,6 +336,9 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         "history": history,
         "best_epoch": best_epoch,
         "decision": decision.as_ref().map(decision::DecisionFigures::json),
+        "l1_thresholds": thresholds_json,
+        "subgroups": subgroups_json,
+        "gradcam_regions": regions_json,
     });
     let text = serde_json::to_string_pretty(&metrics)
         .map_err(|e| TrainError::Setup(format!("cannot serialise metrics: {e}")))?;
@@ -326,6 +355,12 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
     if let Some(d) = &decision {
         md.push('\n');
         md.push_str(&d.markdown());
+    }
+    for section in [&thresholds_md, &subgroups_md, &regions_md] {
+        if !section.is_empty() {
+            md.push('\n');
+            md.push_str(section);
+        }
     }
     write_file("report.md", md.as_bytes())?;
 
