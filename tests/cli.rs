@@ -320,6 +320,13 @@ fn train_then_evaluate_json_reports_the_documented_fields() {
         md.contains("## Acting on a grade") && md.contains("(refer) |"),
         "{md}"
     );
+    // The test patients' CT read again: the L1 thresholds and the subgroups.
+    assert!(md.contains("| L1 ≤ 110 HU | osteoporosis |"), "{md}");
+    assert!(md.contains("## Subgroups") && md.contains("| sex: F |"), "{md}");
+    assert!(
+        !md.contains("## Where the model looks"),
+        "a tabular model has no Grad-CAM"
+    );
     assert!(
         !model.join("report/gradcam.png").exists(),
         "a tabular model has no Grad-CAM"
