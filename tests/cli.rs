@@ -322,7 +322,10 @@ fn train_then_evaluate_json_reports_the_documented_fields() {
     );
     // The test patients' CT read again: the L1 thresholds and the subgroups.
     assert!(md.contains("| L1 ≤ 110 HU | osteoporosis |"), "{md}");
-    assert!(md.contains("## Subgroups") && md.contains("| sex: F |"), "{md}");
+    assert!(
+        md.contains("## Subgroups") && md.contains("| sex: F |"),
+        "{md}"
+    );
     assert!(
         !md.contains("## Where the model looks"),
         "a tabular model has no Grad-CAM"
@@ -644,7 +647,7 @@ fn predict_measures_the_vertebrae_within_5_hu_of_the_truth_synth_writes() {
         );
     }
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/osteo-fused-v2");
-    let mut errors = Vec::new();
+    let (mut errors, mut neck_errors) = (Vec::new(), Vec::new());
     for row in cohort.deserialize::<osteo_train::cohort::CohortRow>() {
         let row = row.expect("row");
         let study = dir
@@ -678,6 +681,18 @@ fn predict_measures_the_vertebrae_within_5_hu_of_the_truth_synth_writes() {
             let hu = m["trabecular_hu"].as_f64().expect("HU");
             errors.push((hu - truth.expect("truth")).abs());
         }
+        // Both femoral necks against the truth columns.
+        for (side, truth) in [
+            ("left", row.trabecular_hu_femoral_neck_left),
+            ("right", row.trabecular_hu_femoral_neck_right),
+        ] {
+            let neck = v["femoral_necks"]
+                .as_array()
+                .and_then(|n| n.iter().find(|n| n["side"] == side))
+                .unwrap_or_else(|| panic!("the {side} femoral neck: {v}"));
+            let hu = neck["trabecular_hu"].as_f64().expect("HU");
+            neck_errors.push((hu - truth.expect("truth")).abs());
+        }
         let offset = v["attenuation_calibration"]["offset_hu"]
             .as_f64()
             .expect("offset");
@@ -695,4 +710,15 @@ fn predict_measures_the_vertebrae_within_5_hu_of_the_truth_synth_writes() {
         errors.len()
     );
     assert!(median <= 5.0, "median absolute error {median:.2} HU");
+    neck_errors.sort_by(f64::total_cmp);
+    let neck = neck_errors[neck_errors.len() / 2];
+    eprintln!(
+        "{} femoral necks: median {neck:.2} HU, largest {:.2} HU",
+        neck_errors.len(),
+        neck_errors[neck_errors.len() - 1]
+    );
+    assert!(
+        neck <= 5.0,
+        "femoral neck median absolute error {neck:.2} HU"
+    );
 }

@@ -181,9 +181,15 @@ async fn a_calibrated_model_decides_on_every_front_door_and_in_its_results() {
     let levels: Vec<&str> = a.vertebrae.iter().map(|v| v.level.as_str()).collect();
     assert_eq!(levels, ["T12", "L1", "L2", "L3", "L4", "L5"]);
     assert!(a.sacrum_found && !a.contrast_phase.is_empty(), "{a:?}");
+    let sides: Vec<&str> = a.femoral_necks.iter().map(|n| n.side.as_str()).collect();
+    assert_eq!(sides, ["right", "left"], "{a:?}");
     assert_eq!(
         dump.matches("\"Attenuation Coefficient\")=").count(),
-        6,
+        8,
+        "{dump}"
+    );
+    assert!(
+        dump.contains("Right femoral neck trabecular attenuation"),
         "{dump}"
     );
     for (code, v) in [
@@ -215,7 +221,7 @@ async fn a_calibrated_model_decides_on_every_front_door_and_in_its_results() {
     assert_eq!(read[0]["prediction_set"], serde_json::json!([codes]));
     assert_eq!(read[0]["interpretation"], serde_json::json!([]));
     let vertebrae = read[0]["vertebrae"].as_array().expect("vertebrae");
-    assert_eq!(vertebrae.len(), 6);
+    assert_eq!(vertebrae.len(), 8, "six vertebrae and two femoral necks");
     for (o, v) in vertebrae.iter().zip(&a.vertebrae) {
         assert_eq!(o[1], format!("{} vertebra", v.level));
         assert!(
@@ -328,6 +334,7 @@ async fn a_calibrated_model_decides_on_every_front_door_and_in_its_results() {
     );
     assert_eq!(v["vertebrae"].as_array().map(Vec::len), Some(6), "{v}");
     assert_eq!(v["vertebrae"][1]["level"], "L1");
+    assert_eq!(v["femoral_necks"].as_array().map(Vec::len), Some(2), "{v}");
     server.stop().await.expect("stop");
 }
 

@@ -255,7 +255,9 @@ fn every_model_and_backend_writes_an_sr_that_passes_the_ihe_air_validator_and_re
         assert_eq!(v["report"], "MeasurementReport", "{v}");
         // One group for the grade, one per vertebral body measured (models that read CT).
         let vertebrae = result["vertebrae"].as_array().cloned().unwrap_or_default();
-        assert_eq!(v["groups"], 1 + vertebrae.len(), "{v}");
+        let necks = result["femoral_necks"].as_array().map_or(0, Vec::len);
+        assert_eq!(v["groups"], 1 + vertebrae.len() + necks, "{v}");
+        assert_eq!(necks, if model.contains("tabular") { 0 } else { 2 });
         assert_eq!(
             vertebrae.len(),
             if model.contains("tabular") { 0 } else { 6 }
@@ -330,13 +332,25 @@ fn assert_fhir(
     // The report, the grade and its three probabilities, one Observation per vertebral body
     // measured, the Device.
     let vertebrae = result["vertebrae"].as_array().cloned().unwrap_or_default();
+    let necks = result["femoral_necks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut resources = vec!["DiagnosticReport"; 1];
-    resources.extend(std::iter::repeat_n("Observation", 4 + vertebrae.len()));
+    resources.extend(std::iter::repeat_n(
+        "Observation",
+        4 + vertebrae.len() + necks.len(),
+    ));
     resources.push("Device");
     assert_eq!(v["resources"], serde_json::json!(resources), "{v}");
     let levels: Vec<String> = vertebrae
         .iter()
         .map(|m| format!("{} vertebra", m["level"].as_str().unwrap_or("")))
+        .chain(
+            necks
+                .iter()
+                .map(|_| osteo_dicom::sr::PROXIMAL_FEMUR.2.to_string()),
+        )
         .collect();
     let stated: Vec<&str> = v["vertebrae"]
         .as_array()

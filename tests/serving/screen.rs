@@ -41,7 +41,9 @@ fn results(path: &Path) -> BTreeMap<String, (String, String, String)> {
             "trabecular_hu_L2",
             "trabecular_hu_L3",
             "trabecular_hu_L4",
-            "trabecular_hu_L5"
+            "trabecular_hu_L5",
+            "trabecular_hu_femoral_neck_left",
+            "trabecular_hu_femoral_neck_right"
         ]
     );
     let mut rows = BTreeMap::new();
@@ -79,7 +81,7 @@ fn results(path: &Path) -> BTreeMap<String, (String, String, String)> {
                 "{r:?}"
             );
             // The vertebral attenuation of every lumbar level a phantom shows.
-            for level in 16..22 {
+            for level in 16..24 {
                 let hu: f64 = r[level].parse().unwrap_or_else(|_| panic!("{r:?}"));
                 assert!((-100.0..500.0).contains(&hu), "{r:?}");
             }

@@ -366,6 +366,11 @@ async fn every_documented_error_code_is_returned_with_an_actionable_message() {
     // (max_delay_ms below); a 200 ms deadline passes first, and the worker then skips the
     // abandoned request instead of computing it.
     let handle = upload(&mut client, &files, 1 << 20).await;
+    // The study's view and attenuation are computed once, before the deadline's request.
+    client
+        .classify(classify(by_handle(&handle), "", Some(clinical())))
+        .await
+        .expect("a first classification of the study");
     let mut request = tonic::Request::new(classify(by_handle(&handle), "", Some(clinical())));
     // The header alone: tonic's client-side timer would answer CANCELLED on its own.
     request

@@ -82,6 +82,15 @@ pub struct Vertebra {
     pub partial: bool,
 }
 
+/// One femoral neck as results state it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Neck {
+    /// `right` or `left`.
+    pub side: String,
+    /// Calibrated median trabecular HU.
+    pub trabecular_hu: f64,
+}
+
 /// The calibration of a study's attenuation as results state it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AttenuationCalibration {
@@ -99,6 +108,8 @@ pub struct AttenuationCalibration {
 pub struct Vertebrae {
     /// The bodies measured, superior first.
     pub vertebrae: Vec<Vertebra>,
+    /// The femoral necks measured.
+    pub femoral_necks: Vec<Neck>,
     /// Their calibration.
     pub attenuation_calibration: AttenuationCalibration,
 }
@@ -115,6 +126,14 @@ impl Vertebrae {
                     trabecular_hu: v.trabecular_hu,
                     level_uncertain: v.level_uncertain,
                     partial: v.partial,
+                })
+                .collect(),
+            femoral_necks: a
+                .femoral_necks
+                .iter()
+                .map(|n| Neck {
+                    side: n.side.name().to_string(),
+                    trabecular_hu: n.trabecular_hu,
                 })
                 .collect(),
             attenuation_calibration: AttenuationCalibration {
@@ -138,12 +157,28 @@ impl Vertebrae {
                     partial: v.partial,
                 })
                 .collect(),
+            femoral_necks: a
+                .femoral_necks
+                .iter()
+                .map(|n| Neck {
+                    side: n.side.clone(),
+                    trabecular_hu: n.trabecular_hu,
+                })
+                .collect(),
             attenuation_calibration: AttenuationCalibration {
                 offset_hu: a.calibration_offset_hu,
                 contrast_phase: a.contrast_phase.clone(),
                 sacrum_found: a.sacrum_found,
             },
         }
+    }
+
+    /// The calibrated HU of the femoral neck of `side`, if measured.
+    pub fn neck_hu(&self, side: &str) -> Option<f64> {
+        self.femoral_necks
+            .iter()
+            .find(|n| n.side == side)
+            .map(|n| n.trabecular_hu)
     }
 
     /// The calibrated HU of `level`, if measured.
@@ -181,11 +216,20 @@ pub fn vertebrae_line(a: &Vertebrae) -> String {
             )
         })
         .collect();
+    let necks: Vec<String> = a
+        .femoral_necks
+        .iter()
+        .map(|n| format!("{} femoral neck {:.0}", n.side, n.trabecular_hu))
+        .collect();
     format!(
         "  trabecular attenuation (HU; scanner offset {:+.0} HU removed; {}): {}",
         a.attenuation_calibration.offset_hu,
         a.attenuation_calibration.contrast_phase.replace('_', " "),
-        levels.join(", ")
+        levels
+            .into_iter()
+            .chain(necks)
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

@@ -16,7 +16,7 @@
 //! SCT 64859006 — and the private scheme `99OSTEO` (documented in docs/dicom.md) for the grade
 //! as a concept and the three probability measurements.
 
-use crate::attenuation::{Level, VertebraMeasurement};
+use crate::attenuation::{Level, NeckMeasurement, VertebraMeasurement};
 use crate::error::DicomError;
 use crate::source_study::SourceStudy;
 pub use crate::write::new_uid;
@@ -139,6 +139,24 @@ pub fn vertebra_tracking(v: &VertebraMeasurement) -> String {
     )
 }
 
+/// The finding site of a femoral neck measurement (its side in the tracking identifier).
+pub const PROXIMAL_FEMUR: Code = Code(
+    "310651003",
+    "SCT",
+    "Bone structure of proximal femur (body structure)",
+);
+
+/// The tracking identifier of a femoral neck's measurement group.
+pub fn neck_tracking(n: &NeckMeasurement) -> String {
+    format!(
+        "{} femoral neck trabecular attenuation (median HU, calibrated to subcutaneous fat)",
+        match n.side {
+            crate::attenuation::Side::Right => "Right",
+            crate::attenuation::Side::Left => "Left",
+        }
+    )
+}
+
 /// What the report states.
 #[derive(Debug, Clone)]
 pub struct Finding {
@@ -158,6 +176,8 @@ pub struct Finding {
     pub decision: Option<osteo_core::Decision>,
     /// The vertebral bodies' trabecular attenuation (studies where they were measured).
     pub vertebrae: Vec<VertebraMeasurement>,
+    /// The femoral necks' trabecular attenuation (studies where they were measured).
+    pub femoral_necks: Vec<NeckMeasurement>,
 }
 
 /// A code sequence item.
@@ -346,24 +366,36 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
         Some(Code("125007", DCM, "Measurement Group")),
         Value::Container(group),
     )];
-    // One group per vertebral body measured: its trabecular attenuation in HU at its level.
-    for v in &f.vertebrae {
+    // One group per vertebral body and femoral neck measured: its trabecular attenuation in HU
+    // at its site.
+    let sites = f
+        .vertebrae
+        .iter()
+        .map(|v| {
+            (
+                vertebra_tracking(v),
+                vertebra_code(v.level),
+                v.trabecular_hu,
+            )
+        })
+        .chain(
+            f.femoral_necks
+                .iter()
+                .map(|n| (neck_tracking(n), PROXIMAL_FEMUR, n.trabecular_hu)),
+        );
+    for (tracking, site, hu) in sites {
         let mut group = vec![
             item(
                 "HAS OBS CONTEXT",
                 Some(Code("112039", DCM, "Tracking Identifier")),
-                Value::Text(vertebra_tracking(v)),
+                Value::Text(tracking),
             ),
             item(
                 "HAS OBS CONTEXT",
                 Some(Code("112040", DCM, "Tracking Unique Identifier")),
                 Value::Uid(new_uid()),
             ),
-            item(
-                "HAS CONCEPT MOD",
-                Some(FINDING_SITE),
-                Value::Code(vertebra_code(v.level)),
-            ),
+            item("HAS CONCEPT MOD", Some(FINDING_SITE), Value::Code(site)),
         ];
         for (class, instance) in &source.instances {
             group.push(item(
@@ -375,7 +407,7 @@ fn content(source: &SourceStudy, f: &Finding, device_uid: &str) -> Vec<InMemDico
         group.push(item(
             "CONTAINS",
             Some(ATTENUATION_CONCEPT),
-            Value::Num(v.trabecular_hu, HU_UNIT),
+            Value::Num(hu, HU_UNIT),
         ));
         groups.push(item(
             "CONTAINS",

@@ -19,6 +19,7 @@ fn calibrated_vertebral_attenuation_matches_the_phantoms_truth() {
     let model = TScoreModel::default();
     let (mut errors, mut raw_errors, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
     let (mut complete, mut phases) = (0, 0);
+    let mut necks = Vec::new();
     for i in 0..PATIENTS {
         let p = model.patient(77, i);
         let (anatomy, volume) = phantom_volume(&p, &PhantomSpec::default());
@@ -32,6 +33,9 @@ fn calibrated_vertebral_attenuation_matches_the_phantoms_truth() {
         phases += usize::from(a.calibration.contrast_phase == truth.contrast_phase);
         let air = a.calibration.air_hu.expect("air");
         assert!((air + 1000.0).abs() < 5.0, "patient {i}: air {air}");
+        for n in &a.femoral_necks {
+            necks.push((n.trabecular_hu - truth.femoral_neck_hu).abs());
+        }
         let levels: Vec<Level> = a.vertebrae.iter().map(|v| v.level).collect();
         complete += usize::from(levels == Level::ALL);
         for v in &a.vertebrae {
@@ -61,6 +65,21 @@ fn calibrated_vertebral_attenuation_matches_the_phantoms_truth() {
         errors.len()
     );
     assert!(median <= 5.0, "median absolute error {median:.2} HU");
+    let neck_median = percentile(&mut necks.clone(), 0.5);
+    eprintln!(
+        "{} femoral necks: calibrated |error| median {neck_median:.2} HU, 95th percentile {:.2} HU",
+        necks.len(),
+        percentile(&mut necks.clone(), 0.95)
+    );
+    assert!(
+        necks.len() as f64 >= 0.9 * 2.0 * PATIENTS as f64,
+        "{} necks",
+        necks.len()
+    );
+    assert!(
+        neck_median <= 5.0,
+        "neck median absolute error {neck_median:.2} HU"
+    );
     assert!(
         complete as f64 >= 0.9 * PATIENTS as f64,
         "all six levels in only {complete} of {PATIENTS}"

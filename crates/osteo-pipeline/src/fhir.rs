@@ -188,21 +188,37 @@ pub fn bundle(
         });
         entries.push((urn(), observation(concept(code), ("valueQuantity", value))));
     }
-    for v in attenuation.map_or(&[][..], |a| &a.vertebrae[..]) {
+    let sites = attenuation.into_iter().flat_map(|a| {
+        a.vertebrae
+            .iter()
+            .map(|v| {
+                (
+                    sr::vertebra_tracking(v),
+                    sr::vertebra_code(v.level),
+                    v.trabecular_hu,
+                )
+            })
+            .chain(
+                a.femoral_necks
+                    .iter()
+                    .map(|n| (sr::neck_tracking(n), sr::PROXIMAL_FEMUR, n.trabecular_hu)),
+            )
+    });
+    for (tracking, site, hu) in sites {
         let mut o = observation(
             concept(sr::ATTENUATION_CONCEPT),
             (
                 "valueQuantity",
                 json!({
-                    "value": (v.trabecular_hu * 10.0).round() / 10.0,
+                    "value": (hu * 10.0).round() / 10.0,
                     "unit": "HU",
                     "system": "http://unitsofmeasure.org",
                     "code": sr::HU_UNIT.0,
                 }),
             ),
         );
-        o["bodySite"] = concept(sr::vertebra_code(v.level));
-        o["method"] = json!({"text": sr::vertebra_tracking(v)});
+        o["bodySite"] = concept(site);
+        o["method"] = json!({"text": tracking});
         entries.push((urn(), o));
     }
     let mut report = json!({

@@ -184,6 +184,9 @@ pub fn structured_report(
         series_number: SR_SERIES_NUMBER,
         decision: graded.decision,
         vertebrae: attenuation.map(|a| a.vertebrae.clone()).unwrap_or_default(),
+        femoral_necks: attenuation
+            .map(|a| a.femoral_necks.clone())
+            .unwrap_or_default(),
     };
     Ok(osteo_dicom::sr::structured_report(source, &finding)?)
 }

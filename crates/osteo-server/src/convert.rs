@@ -148,6 +148,14 @@ pub fn attenuation(a: &osteo_dicom::attenuation::Attenuation) -> pb::Attenuation
         calibration_offset_hu: a.calibration.offset_hu,
         contrast_phase: a.calibration.contrast_phase.name().to_string(),
         sacrum_found: a.sacrum_found,
+        femoral_necks: a
+            .femoral_necks
+            .iter()
+            .map(|n| pb::FemoralNeckAttenuation {
+                side: n.side.name().to_string(),
+                trabecular_hu: n.trabecular_hu,
+            })
+            .collect(),
     }
 }
 

@@ -81,7 +81,7 @@ impl Provenance {
 
 impl Row {
     /// The results CSV's columns.
-    pub const COLUMNS: [&'static str; 22] = [
+    pub const COLUMNS: [&'static str; 24] = [
         "study_uid",
         "status",
         "grade",
@@ -104,6 +104,8 @@ impl Row {
         "trabecular_hu_L3",
         "trabecular_hu_L4",
         "trabecular_hu_L5",
+        "trabecular_hu_femoral_neck_left",
+        "trabecular_hu_femoral_neck_right",
     ];
 
     /// How many of [`Row::COLUMNS`] results files of earlier versions have: before the
@@ -158,6 +160,13 @@ impl Row {
             self.vertebrae
                 .as_ref()
                 .and_then(|v| v.hu(level))
+                .map(|hu| format!("{hu:.1}"))
+                .unwrap_or_default()
+        }));
+        fields.extend(["left", "right"].map(|side| {
+            self.vertebrae
+                .as_ref()
+                .and_then(|v| v.neck_hu(side))
                 .map(|hu| format!("{hu:.1}"))
                 .unwrap_or_default()
         }));

@@ -195,11 +195,11 @@ mod tests {
         assert_eq!(lines.next(), Some(Row::COLUMNS.join(",").as_str()));
         assert_eq!(
             lines.next(),
-            Some("1.2.3,classified,normal,0.9,0.05,0.05,,,,,,,,,,,,,,,,")
+            Some("1.2.3,classified,normal,0.9,0.05,0.05,,,,,,,,,,,,,,,,,,")
         );
         assert_eq!(
             lines.next(),
-            Some("1.2.4,error,,,,,server down,,,,,,,,,,,,,,,")
+            Some("1.2.4,error,,,,,server down,,,,,,,,,,,,,,,,,")
         );
         upgrade(&path).expect("a current file is left alone");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
@@ -224,7 +224,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(
             text.lines().nth(1),
-            Some("1.2.3,classified,normal,0.9,0.05,0.05,,m,1,abc,ort,cpu,0.1.0,,,,,,,,,")
+            Some("1.2.3,classified,normal,0.9,0.05,0.05,,m,1,abc,ort,cpu,0.1.0,,,,,,,,,,,")
         );
     }
 }

@@ -121,29 +121,21 @@ fn window(
     test(n)
 }
 
-/// The largest region of non-bone pixels enclosed by bone (touching no edge of the search box)
-/// in the band around the body's centre behind its front quarter, with the size and position of a
-/// vertebral body's core.
-fn core(
+/// The regions of non-bone pixels enclosed by bone (touching no edge of the box `x0..=x1`,
+/// `y0..=y1`), with a core's area.
+pub(super) fn enclosed(
     hu: &[f32],
     cols: usize,
     spacing: Spacing,
-    (cx, front, back): (f64, usize, usize),
+    (x0, x1, y0, y1): (usize, usize, usize, usize),
     bone_hu: f32,
-) -> Option<Region> {
+) -> Vec<Region> {
     let [py, px] = spacing;
-    let half = (SPINE_HALF_WIDTH_MM / px).round() as usize;
-    let c = cx.round() as usize;
-    let (x0, x1) = (c.saturating_sub(half), (c + half).min(cols - 1));
-    // From a quarter of the body's depth: lordosis brings the upper lumbar bodies forward.
-    let (y0, y1) = (front + (back - front) / 4, back);
     if x1 <= x0 + 2 || y1 <= y0 + 2 {
-        return None;
+        return Vec::new();
     }
     let (w, h) = (x1 - x0 + 1, y1 - y0 + 1);
     let at = |i: usize| (y0 + i / w) * cols + x0 + i % w;
-    // Bone grown by one pixel: a cortical shell as thin as a pixel can miss pixel centres and
-    // leave gaps the core would leak through.
     // A bone pixel needs a bone neighbour (diagonals count: a thin shell steps diagonally);
     // noise alone rarely pairs.
     let raw: Vec<bool> = (0..w * h).map(|i| hu[at(i)] >= bone_hu).collect();
@@ -156,10 +148,6 @@ fn core(
         .map(|i| window(&bone, (w, h), (i, GROWTH, false), |n| n > 0))
         .collect();
     let labels = components(w, h, |i| !grown[i]);
-    let count = labels.iter().filter(|l| **l != u32::MAX).count();
-    if count == 0 {
-        return None;
-    }
     let n = labels
         .iter()
         .filter(|l| **l != u32::MAX)
@@ -193,10 +181,28 @@ fn core(
                 pixels: m.into_iter().map(at).collect(),
             }
         })
-        .filter(|r| {
-            (CORE_AREA_MM2[0]..=CORE_AREA_MM2[1]).contains(&r.area_mm2)
-                && ((r.centre.1 - cx) * px).abs() <= CORE_OFF_CENTRE_MM
-        })
+        .filter(|r| (CORE_AREA_MM2[0]..=CORE_AREA_MM2[1]).contains(&r.area_mm2))
+        .collect()
+}
+
+/// The largest region enclosed by bone in the band around the body's centre behind its front
+/// quarter whose centre lies near the midline: a vertebral body's core.
+fn core(
+    hu: &[f32],
+    cols: usize,
+    spacing: Spacing,
+    (cx, front, back): (f64, usize, usize),
+    bone_hu: f32,
+) -> Option<Region> {
+    let px = spacing[1];
+    let half = (SPINE_HALF_WIDTH_MM / px).round() as usize;
+    let c = cx.round() as usize;
+    let (x0, x1) = (c.saturating_sub(half), (c + half).min(cols - 1));
+    // From a quarter of the body's depth: lordosis brings the upper lumbar bodies forward.
+    let (y0, y1) = (front + (back - front) / 4, back);
+    enclosed(hu, cols, spacing, (x0, x1, y0, y1), bone_hu)
+        .into_iter()
+        .filter(|r| ((r.centre.1 - cx) * px).abs() <= CORE_OFF_CENTRE_MM)
         .max_by(|a, b| a.area_mm2.total_cmp(&b.area_mm2))
 }
 

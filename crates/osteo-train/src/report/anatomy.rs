@@ -1,6 +1,6 @@
 //! The report's sections that read the test patients' CT again: the published L1 attenuation
 //! thresholds as a comparator, the subgroups, and where Grad-CAM looks (its mass over the
-//! lumbar bodies the attenuation measurement found, and elsewhere).
+//! lumbar bodies and femoral necks the attenuation measurement found, and elsewhere).
 
 use crate::calibration::Screening;
 use crate::cohort::Sample;
@@ -252,27 +252,36 @@ pub fn subgroups(
     )
 }
 
-/// The share of a Grad-CAM map's mass over the lumbar bodies and elsewhere.
+/// The share of a Grad-CAM map's mass over the lumbar bodies, the femoral necks and elsewhere.
 #[derive(Debug, Clone, Copy, Default)]
 struct Shares {
     lumbar: f64,
+    femoral: f64,
     elsewhere: f64,
 }
 
-/// The view pixels over a patient's measured vertebral bodies (their z extent widened by 2 mm,
-/// their core's left-right extent by 6 mm, the shell and partial volume).
-fn lumbar_mask(a: &Attenuation, g: &ViewGeometry, (h, w): (usize, usize)) -> Vec<bool> {
-    let mut mask = vec![false; h * w];
+/// The view pixels over a patient's measured vertebral bodies and over its femoral necks (their
+/// z extent widened by 2 mm, their core's left-right extent by 6 mm: the shell and partial
+/// volume).
+fn masks(a: &Attenuation, g: &ViewGeometry, (h, w): (usize, usize)) -> (Vec<bool>, Vec<bool>) {
+    let inside = |z: f64, x: f64, zr: [f64; 2], xr: [f64; 2]| {
+        (zr[0] - 2.0..=zr[1] + 2.0).contains(&z) && (xr[0] - 6.0..=xr[1] + 6.0).contains(&x)
+    };
+    let (mut lumbar, mut femoral) = (vec![false; h * w], vec![false; h * w]);
     for r in 0..h {
         for c in 0..w {
             let [x, _, z] = g.patient_position(r as f64, c as f64);
-            mask[r * w + c] = a.vertebrae.iter().any(|v| {
-                (v.z_range_mm[0] - 2.0..=v.z_range_mm[1] + 2.0).contains(&z)
-                    && (v.x_range_mm[0] - 6.0..=v.x_range_mm[1] + 6.0).contains(&x)
-            });
+            lumbar[r * w + c] = a
+                .vertebrae
+                .iter()
+                .any(|v| inside(z, x, v.z_range_mm, v.x_range_mm));
+            femoral[r * w + c] = a
+                .femoral_necks
+                .iter()
+                .any(|n| inside(z, x, n.z_range_mm, n.x_range_mm));
         }
     }
-    mask
+    (lumbar, femoral)
 }
 
 /// Per predicted grade, the mean share of the Grad-CAM mass (of that grade) over the lumbar
@@ -288,7 +297,7 @@ pub fn gradcam_regions(
         return Ok((String::new(), Value::Null));
     };
     let mut sums = [(Shares::default(), 0usize); 3];
-    let mut lumbar_area = (0.0, 0usize);
+    let mut areas = (0.0, 0.0, 0usize);
     for (n, &i) in test.iter().enumerate().take(CAM_PATIENTS) {
         let (Some(a), Some(g), Some(grade)) = (
             measured[n].attenuation.as_ref(),
@@ -305,37 +314,45 @@ pub fn gradcam_regions(
             .map_err(|e| TrainError::Engine(format!("Grad-CAM: {e}")))?;
         let map = osteo_core::gradcam::assemble(&parts, spec.height, spec.width)
             .map_err(|e| TrainError::Engine(format!("Grad-CAM: {e}")))?;
-        let mask = lumbar_mask(a, g, (spec.height, spec.width));
+        let (lumbar_mask, femoral_mask) = masks(a, g, (spec.height, spec.width));
         let total: f64 = map.values.iter().map(|v| f64::from(v.max(0.0))).sum();
         if total <= 0.0 {
             continue;
         }
-        let lumbar: f64 = map
-            .values
-            .iter()
-            .zip(&mask)
-            .filter(|(_, m)| **m)
-            .map(|(v, _)| f64::from(v.max(0.0)))
-            .sum();
+        let over = |mask: &[bool]| -> f64 {
+            map.values
+                .iter()
+                .zip(mask)
+                .filter(|(_, m)| **m)
+                .map(|(v, _)| f64::from(v.max(0.0)))
+                .sum::<f64>()
+                / total
+        };
+        let (lumbar, femoral) = (over(&lumbar_mask), over(&femoral_mask));
         let s = &mut sums[grade.index()];
-        s.0.lumbar += lumbar / total;
-        s.0.elsewhere += 1.0 - lumbar / total;
+        s.0.lumbar += lumbar;
+        s.0.femoral += femoral;
+        s.0.elsewhere += 1.0 - lumbar - femoral;
         s.1 += 1;
-        lumbar_area.0 += mask.iter().filter(|m| **m).count() as f64 / mask.len() as f64;
-        lumbar_area.1 += 1;
+        let share = |m: &[bool]| m.iter().filter(|v| **v).count() as f64 / m.len() as f64;
+        areas.0 += share(&lumbar_mask);
+        areas.1 += share(&femoral_mask);
+        areas.2 += 1;
     }
-    let area = lumbar_area.0 / lumbar_area.1.max(1) as f64;
+    let k = areas.2.max(1) as f64;
+    let (area, femoral_area) = (areas.0 / k, areas.1 / k);
     let mut md = format!(
         "## Where the model looks\n\nShare of the Grad-CAM mass of the predicted grade over the \
-         lumbar vertebral bodies the attenuation measurement found (T12–L5, their extent in the \
-         view) and elsewhere, averaged per predicted grade over the first {} test patients. \
-         The lumbar bodies cover {:.1}% of the view, so a map that ignored anatomy would put \
-         about that share there. The femoral necks are not measured yet, so their share is not \
-         given; the paper's Grad-CAM pointed at the femoral neck (DXA grades by the lower of \
-         spine and hip).\n\n| predicted grade | patients | lumbar bodies | elsewhere |\n\
-         |---|---|---|---|\n",
+         lumbar vertebral bodies and the femoral necks the attenuation measurement found (their \
+         extent in the view) and elsewhere, averaged per predicted grade over the first {} test \
+         patients. The lumbar bodies cover {:.1}% of the view and the femoral necks {:.1}%, so a \
+         map that ignored anatomy would put about those shares there. The paper's Grad-CAM \
+         pointed at the femoral neck (DXA grades by the lower of spine and hip).\n\n\
+         | predicted grade | patients | lumbar bodies | femoral necks | elsewhere |\n\
+         |---|---|---|---|---|\n",
         CAM_PATIENTS.min(test.len()),
-        area * 100.0
+        area * 100.0,
+        femoral_area * 100.0
     );
     let mut rows = Vec::new();
     for g in Grade::ALL {
@@ -343,14 +360,22 @@ pub fn gradcam_regions(
         if k == 0 {
             continue;
         }
-        let (l, e) = (s.lumbar / k as f64, s.elsewhere / k as f64);
+        let n = k as f64;
+        let (l, f, e) = (s.lumbar / n, s.femoral / n, s.elsewhere / n);
         md.push_str(&format!(
-            "| {g} | {k} | {:.1}% | {:.1}% |\n",
+            "| {g} | {k} | {:.1}% | {:.1}% | {:.1}% |\n",
             l * 100.0,
+            f * 100.0,
             e * 100.0
         ));
-        rows.push(json!({"grade": g.name(), "patients": k, "lumbar": l, "elsewhere": e}));
+        rows.push(
+            json!({"grade": g.name(), "patients": k, "lumbar": l, "femoral_necks": f,
+            "elsewhere": e}),
+        );
     }
     md.push('\n');
-    Ok((md, json!({"lumbar_area_share": area, "by_grade": rows})))
+    Ok((
+        md,
+        json!({"lumbar_area_share": area, "femoral_area_share": femoral_area, "by_grade": rows}),
+    ))
 }
