@@ -256,6 +256,9 @@ fn slice_hu(plane: Plane<'_>) -> Vec<f32> {
     }
 }
 
+/// A slice's voxels with what it shows.
+type Found = (Vec<f32>, SliceFindings);
+
 /// One run of consecutive slices with a core (indices into the superior-first order).
 struct Run {
     slices: Vec<usize>,
@@ -346,7 +349,7 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
             }
         }
     }
-    let found: Vec<(Vec<f32>, SliceFindings)> = slices.into_iter().zip(found).collect();
+    let found: Vec<Found> = slices.into_iter().zip(found).collect();
 
     // Cores smaller than half the typical one are canals or noise.
     let mut areas: Vec<f32> = found
@@ -574,7 +577,7 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
 /// lies 5 to 30 mm lateral of the head's (the shaft lies further out); its median HU.
 fn femoral_necks(
     volume: &Volume,
-    (order, found): (&[(usize, f64)], &[(Vec<f32>, SliceFindings)]),
+    (order, found): (&[(usize, f64)], &[Found]),
     first: usize,
     (spacing, bone_hu): ([f64; 2], f32),
 ) -> Vec<NeckMeasurement> {
@@ -698,7 +701,7 @@ fn front_box(c: &Region, cols: usize, spacing: [f64; 2]) -> (usize, usize, usize
 /// pixels between `vessel_hu` and `bone_hu` with the highest median (at least 50 mm²), pooled
 /// over the slices; None when no slice has one.
 fn aorta(
-    found: &[(Vec<f32>, SliceFindings)],
+    found: &[Found],
     slices: &[usize],
     (_, cols): (usize, usize),
     spacing: [f64; 2],
@@ -741,7 +744,7 @@ fn aorta(
 
 /// The median HU of unenhanced blood and soft tissue (0 to 90 HU) in front of the upper bodies.
 fn blood(
-    found: &[(Vec<f32>, SliceFindings)],
+    found: &[Found],
     slices: &[usize],
     (_, cols): (usize, usize),
     spacing: [f64; 2],
