@@ -107,6 +107,23 @@ fn legend(c: &mut Canvas, right: i64, bottom: i64, entries: &[(String, Rgb)]) {
     }
 }
 
+/// A chart of the unit square (title, x label, y label) with its dashed diagonal.
+fn unit_square(labels: [&str; 3]) -> (Canvas, Axes) {
+    let mut c = Canvas::new(660, 620);
+    let axes = Axes {
+        left: 100.0,
+        top: 60.0,
+        width: 500.0,
+        height: 480.0,
+        x: (0.0, 1.0),
+        y: (0.0, 1.0),
+    };
+    let ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
+    axes.draw(&mut c, &ticks, &ticks, labels);
+    c.dashed(axes.at(0.0, 0.0), axes.at(1.0, 1.0), 6.0, GREY);
+    (c, axes)
+}
+
 /// One-vs-rest ROC curve of one grade.
 pub struct RocCurve {
     /// The grade.
@@ -119,23 +136,7 @@ pub struct RocCurve {
 
 /// ROC curves of the three grades in one chart.
 pub fn roc(title: &str, curves: &[RocCurve]) -> Result<Vec<u8>, TrainError> {
-    let mut c = Canvas::new(660, 620);
-    let axes = Axes {
-        left: 100.0,
-        top: 60.0,
-        width: 500.0,
-        height: 480.0,
-        x: (0.0, 1.0),
-        y: (0.0, 1.0),
-    };
-    let ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
-    axes.draw(
-        &mut c,
-        &ticks,
-        &ticks,
-        [title, "false positive rate", "true positive rate"],
-    );
-    c.dashed(axes.at(0.0, 0.0), axes.at(1.0, 1.0), 6.0, GREY);
+    let (mut c, axes) = unit_square([title, "false positive rate", "true positive rate"]);
     let mut entries = Vec::new();
     for curve in curves {
         let colour = GRADE_COLOURS[curve.grade.index()];
@@ -310,23 +311,7 @@ pub struct Reliability {
 /// A reliability diagram: accuracy against top-label confidence per bin, before (grey) and
 /// after (blue) calibration, with the diagonal of perfect calibration.
 pub fn reliability(title: &str, curves: &[Reliability]) -> Result<Vec<u8>, TrainError> {
-    let mut c = Canvas::new(660, 620);
-    let axes = Axes {
-        left: 100.0,
-        top: 60.0,
-        width: 500.0,
-        height: 480.0,
-        x: (0.0, 1.0),
-        y: (0.0, 1.0),
-    };
-    let ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
-    axes.draw(
-        &mut c,
-        &ticks,
-        &ticks,
-        [title, "confidence of the predicted grade", "accuracy"],
-    );
-    c.dashed(axes.at(0.0, 0.0), axes.at(1.0, 1.0), 6.0, GREY);
+    let (mut c, axes) = unit_square([title, "confidence of the predicted grade", "accuracy"]);
     let colours = [GREY, GRADE_COLOURS[0]];
     let mut entries = Vec::new();
     for (curve, colour) in curves.iter().zip(colours.iter().cycle()) {
