@@ -25,13 +25,15 @@
 //!
 //! The calibrated attenuation is the measured one minus the offset.
 
+mod femur;
 mod slice;
+mod vessels;
 
 use crate::error::DicomError;
 use crate::volume::{Hu, Plane, Volume};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use slice::{CORE_AREA_MM2, Region, SliceFindings, components, enclosed, eroded, findings};
+use slice::{CORE_AREA_MM2, Region, SliceFindings, eroded, findings};
 use std::fmt;
 
 /// Fractions of the spine region's 98th percentile (the cortical level) tried as the bone
@@ -462,7 +464,7 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
         .flat_map(|r| r.slices.iter().copied())
         .collect();
     let soft = fat_offset.unwrap_or(0.0) + 45.0;
-    let aorta_raw = aorta(
+    let aorta_raw = vessels::aorta(
         &found,
         &upper,
         (rows, cols),
@@ -473,7 +475,7 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
     let phase = ContrastPhase::of_aorta(aorta_raw.map(|a| a - fat_offset.unwrap_or(0.0)));
     let offset = match (fat_offset, phase) {
         (Some(f), ContrastPhase::Unenhanced) => {
-            let blood = blood(&found, &upper, (rows, cols), spacing);
+            let blood = vessels::blood(&found, &upper, (rows, cols), spacing);
             blood.map_or(f, |b| (f + (b - BLOOD_REFERENCE_HU)) / 2.0)
         }
         (Some(f), _) => f,
@@ -548,7 +550,7 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
         None => above.last().and_then(|r| r.slices.last().copied()),
     };
     let femoral_necks = match below {
-        Some(last) => femoral_necks(volume, (&order, &found), last + 1, (spacing, bone_hu))
+        Some(last) => femur::femoral_necks(volume, (&order, &found), last + 1, (spacing, bone_hu))
             .into_iter()
             .map(|mut n| {
                 n.trabecular_hu = n.measured_hu - offset;
@@ -571,97 +573,6 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
     })
 }
 
-/// The femoral necks on the slices from `first` down (superior-first indices): per side, the
-/// femoral head is the slice whose largest enclosed region lateral of the pelvis's centre is
-/// largest; the neck is the enclosed region on the slices down to 25 mm below it whose centre
-/// lies 5 to 30 mm lateral of the head's (the shaft lies further out); its median HU.
-fn femoral_necks(
-    volume: &Volume,
-    (order, found): (&[(usize, f64)], &[Found]),
-    first: usize,
-    (spacing, bone_hu): ([f64; 2], f32),
-) -> Vec<NeckMeasurement> {
-    let cols = volume.dims[2];
-    let px = spacing[1];
-    let x_mm = |k: usize, col: f64| volume.patient_position(order[k].0 as f64, 0.0, col)[0];
-    let mut out = Vec::new();
-    for side in [Side::Right, Side::Left] {
-        // Regions per slice in the lateral box of this side (patient left is +x).
-        let regions: Vec<(usize, Vec<Region>)> = (first..found.len())
-            .filter_map(|k| {
-                let (hu, f) = &found[k];
-                let (cx, front, back) = f.body?;
-                let dir = if (x_mm(k, cx + 1.0) - x_mm(k, cx)) > 0.0 {
-                    1.0
-                } else {
-                    -1.0
-                };
-                let sign = match side {
-                    Side::Left => dir,
-                    Side::Right => -dir,
-                };
-                let a = (cx + sign * 40.0 / px).clamp(0.0, (cols - 1) as f64) as usize;
-                let b = (cx + sign * 170.0 / px).clamp(0.0, (cols - 1) as f64) as usize;
-                let y0 = front + (back - front) / 4;
-                let r = enclosed(hu, cols, spacing, (a.min(b), a.max(b), y0, back), bone_hu);
-                (!r.is_empty()).then_some((k, r))
-            })
-            .collect();
-        let largest = |r: &[Region]| r.iter().map(|g| g.area_mm2).fold(0.0, f64::max);
-        let Some((head_k, head)) = regions
-            .iter()
-            .max_by(|a, b| largest(&a.1).total_cmp(&largest(&b.1)))
-        else {
-            continue;
-        };
-        let Some(head) = head.iter().max_by(|a, b| a.area_mm2.total_cmp(&b.area_mm2)) else {
-            continue;
-        };
-        let head_x = x_mm(*head_k, head.centre.1);
-        let outward = match side {
-            Side::Left => 1.0,
-            Side::Right => -1.0,
-        };
-        let (mut values, mut zs, mut xs) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, rs) in regions.iter().filter(|(k, _)| k > head_k) {
-            if order[*head_k].1 - order[*k].1 > 25.0 {
-                break;
-            }
-            for r in rs {
-                let lateral = outward * (x_mm(*k, r.centre.1) - head_x);
-                if (5.0..=30.0).contains(&lateral) {
-                    let hu = &found[*k].0;
-                    values.extend(r.pixels.iter().map(|&p| hu[p]));
-                    zs.push(order[*k].1);
-                    xs.extend(r.pixels.iter().map(|&p| x_mm(*k, (p % cols) as f64)));
-                }
-            }
-        }
-        let voxels = values.len();
-        if voxels < 10 {
-            continue;
-        }
-        let Some(measured) = median(&mut values) else {
-            continue;
-        };
-        let range = |v: &[f64]| {
-            [
-                v.iter().copied().fold(f64::INFINITY, f64::min),
-                v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            ]
-        };
-        out.push(NeckMeasurement {
-            side,
-            trabecular_hu: measured,
-            measured_hu: measured,
-            voxels,
-            z_range_mm: range(&zs),
-            x_range_mm: range(&xs),
-        });
-    }
-    out
-}
-
 /// Whether bone lies on at least 6 of 8 rays from `core`'s centre within 35 mm: a vertebral
 /// shell around it.
 fn shell_around(hu: &[f32], cols: usize, core: &Region, spacing: [f64; 2], bone_hu: f32) -> bool {
@@ -682,85 +593,4 @@ fn shell_around(hu: &[f32], cols: usize, core: &Region, spacing: [f64; 2], bone_
         })
         .count();
     hits >= 6
-}
-
-/// The box in front of a slice's vertebral core: rows 3 to 45 mm anterior of its front, columns
-/// within 40 mm of its centre.
-fn front_box(c: &Region, cols: usize, spacing: [f64; 2]) -> (usize, usize, usize, usize) {
-    let front = c.pixels.iter().map(|p| p / cols).min().unwrap_or(0);
-    let (y0, y1) = (
-        front.saturating_sub((45.0 / spacing[0]).round() as usize),
-        front.saturating_sub((3.0 / spacing[0]).round() as usize),
-    );
-    let half = (40.0 / spacing[1]).round() as usize;
-    let cx = c.centre.1.round() as usize;
-    (y0, y1, cx.saturating_sub(half), (cx + half).min(cols - 1))
-}
-
-/// The median HU of the aortic lumen: in front of the upper bodies, the connected region of
-/// pixels between `vessel_hu` and `bone_hu` with the highest median (at least 50 mm²), pooled
-/// over the slices; None when no slice has one.
-fn aorta(
-    found: &[Found],
-    slices: &[usize],
-    (_, cols): (usize, usize),
-    spacing: [f64; 2],
-    vessel_hu: f64,
-    bone_hu: f32,
-) -> Option<f64> {
-    let mut lumen = Vec::new();
-    for &i in slices {
-        let (hu, f) = &found[i];
-        let Some(c) = &f.core else { continue };
-        let (y0, y1, x0, x1) = front_box(c, cols, spacing);
-        if y1 <= y0 || x1 <= x0 {
-            continue;
-        }
-        let w = x1 - x0 + 1;
-        let at = |j: usize| (y0 + j / w) * cols + x0 + j % w;
-        let bright = |j: usize| {
-            let v = hu[at(j)];
-            f64::from(v) >= vessel_hu && v < bone_hu
-        };
-        let labels = components(w, y1 - y0 + 1, bright);
-        let mut groups: std::collections::BTreeMap<u32, Vec<f32>> = Default::default();
-        for (j, &l) in labels.iter().enumerate() {
-            if l != u32::MAX {
-                groups.entry(l).or_default().push(hu[at(j)]);
-            }
-        }
-        let min_px = (50.0 / (spacing[0] * spacing[1])).ceil() as usize;
-        let best = groups
-            .into_values()
-            .filter(|g| g.len() >= min_px)
-            .map(|mut g| (median(&mut g).unwrap_or(0.0), g))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        if let Some((_, g)) = best {
-            lumen.extend(g);
-        }
-    }
-    median(&mut lumen)
-}
-
-/// The median HU of unenhanced blood and soft tissue (0 to 90 HU) in front of the upper bodies.
-fn blood(
-    found: &[Found],
-    slices: &[usize],
-    (_, cols): (usize, usize),
-    spacing: [f64; 2],
-) -> Option<f64> {
-    let mut values = Vec::new();
-    for &i in slices {
-        let (hu, f) = &found[i];
-        let Some(c) = &f.core else { continue };
-        let (y0, y1, x0, x1) = front_box(c, cols, spacing);
-        for y in y0..y1 {
-            values.extend(
-                hu[y * cols + x0..=y * cols + x1]
-                    .iter()
-                    .filter(|v| (0.0..=90.0).contains(*v)),
-            );
-        }
-    }
-    median(&mut values)
 }
