@@ -2,7 +2,7 @@
 //! below and lateral of the femoral head.
 
 use super::slice::{Region, enclosed};
-use super::{Found, NeckMeasurement, Side, median};
+use super::{Found, HuOf, NeckMeasurement, Side, median};
 use crate::volume::Volume;
 
 /// The femoral necks on the slices from `first` down (superior-first indices): per side, the
@@ -11,7 +11,7 @@ use crate::volume::Volume;
 /// lies 5 to 30 mm lateral of the head's (the shaft lies further out); its median HU.
 pub(super) fn femoral_necks(
     volume: &Volume,
-    (order, found): (&[(usize, f64)], &[Found]),
+    (order, found, hu_of): (&[(usize, f64)], &[Found], HuOf<'_>),
     first: usize,
     (spacing, bone_hu): ([f64; 2], f32),
 ) -> Vec<NeckMeasurement> {
@@ -23,7 +23,7 @@ pub(super) fn femoral_necks(
         // Regions per slice in the lateral box of this side (patient left is +x).
         let regions: Vec<(usize, Vec<Region>)> = (first..found.len())
             .filter_map(|k| {
-                let (hu, f) = &found[k];
+                let f = &found[k];
                 let (cx, front, back) = f.body?;
                 let dir = if (x_mm(k, cx + 1.0) - x_mm(k, cx)) > 0.0 {
                     1.0
@@ -37,7 +37,13 @@ pub(super) fn femoral_necks(
                 let a = (cx + sign * 40.0 / px).clamp(0.0, (cols - 1) as f64) as usize;
                 let b = (cx + sign * 170.0 / px).clamp(0.0, (cols - 1) as f64) as usize;
                 let y0 = front + (back - front) / 4;
-                let r = enclosed(hu, cols, spacing, (a.min(b), a.max(b), y0, back), bone_hu);
+                let r = enclosed(
+                    &hu_of(k),
+                    cols,
+                    spacing,
+                    (a.min(b), a.max(b), y0, back),
+                    bone_hu,
+                );
                 (!r.is_empty()).then_some((k, r))
             })
             .collect();
@@ -64,7 +70,7 @@ pub(super) fn femoral_necks(
             for r in rs {
                 let lateral = outward * (x_mm(*k, r.centre.1) - head_x);
                 if (5.0..=30.0).contains(&lateral) {
-                    let hu = &found[*k].0;
+                    let hu = hu_of(*k);
                     values.extend(r.pixels.iter().map(|&p| hu[p]));
                     zs.push(order[*k].1);
                     xs.extend(r.pixels.iter().map(|&p| x_mm(*k, (p % cols) as f64)));

@@ -258,8 +258,11 @@ fn slice_hu(plane: Plane<'_>) -> Vec<f32> {
     }
 }
 
-/// A slice's voxels with what it shows.
-type Found = (Vec<f32>, SliceFindings);
+/// What a slice shows.
+type Found = SliceFindings;
+
+/// A slice's HU by its superior-first index.
+type HuOf<'a> = &'a (dyn Fn(usize) -> Vec<f32> + Sync);
 
 /// One run of consecutive slices with a core (indices into the superior-first order).
 struct Run {
@@ -309,14 +312,13 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
     let at = (spine.len() * 98 / 100).min(spine.len() - 1);
     let (_, p98, _) = spine.select_nth_unstable_by(at, f32::total_cmp);
     let p98 = *p98;
-    let slices: Vec<Vec<f32>> = order
-        .par_iter()
-        .map(|&(k, _)| slice_hu(volume.plane(k)))
-        .collect();
+    // A slice's HU are read again where needed, never the whole volume at once: the study's
+    // memory is accounted as stored, and this adds only a slice per thread.
+    let hu_of = |i: usize| slice_hu(volume.plane(order[i].0));
     let at_threshold = |bone_hu: f32| -> Vec<SliceFindings> {
-        slices
-            .par_iter()
-            .map(|hu| findings(hu, (rows, cols), spacing, bone_hu))
+        (0..order.len())
+            .into_par_iter()
+            .map(|i| findings(&hu_of(i), (rows, cols), spacing, bone_hu))
             .collect()
     };
     // The threshold between trabecular and cortical bone differs by patient: the fraction of
@@ -332,12 +334,13 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
     // Then thresholds just above the trabecular level those cores show (its median plus 3 to 6
     // standard deviations of the image noise, measured in subcutaneous fat): the one, of all
     // tried, that encloses a core on the most slices.
-    let mut trabecular: Vec<f32> = found
-        .iter()
-        .zip(&slices)
-        .filter_map(|(f, hu)| f.core.as_ref().map(|c| c.pixels.iter().map(|&p| hu[p])))
-        .flatten()
-        .collect();
+    let mut trabecular: Vec<f32> = Vec::new();
+    for (i, f) in found.iter().enumerate() {
+        if let Some(c) = &f.core {
+            let hu = hu_of(i);
+            trabecular.extend(c.pixels.iter().map(|&p| hu[p]));
+        }
+    }
     let mut fat: Vec<f32> = found.iter().flat_map(|f| f.fat.iter().copied()).collect();
     let noise = noise_sd(&mut fat).unwrap_or(20.0);
     let count = |f: &[SliceFindings]| f.iter().filter(|f| f.core.is_some()).count();
@@ -351,17 +354,16 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
             }
         }
     }
-    let found: Vec<Found> = slices.into_iter().zip(found).collect();
 
     // Cores smaller than half the typical one are canals or noise.
     let mut areas: Vec<f32> = found
         .iter()
-        .filter_map(|(_, f)| f.core.as_ref().map(|c| c.area_mm2 as f32))
+        .filter_map(|f| f.core.as_ref().map(|c| c.area_mm2 as f32))
         .collect();
     let typical = median(&mut areas).unwrap_or(CORE_AREA_MM2[0]);
     let mut cores: Vec<Option<Region>> = found
         .iter()
-        .map(|(_, f)| f.core.clone().filter(|c| c.area_mm2 >= 0.5 * typical))
+        .map(|f| f.core.clone().filter(|c| c.area_mm2 >= 0.5 * typical))
         .collect();
     // A slice whose shell has a gap the closing missed keeps the core of the slice above when
     // its shell is still there (bone on most rays from the core's centre) and that core's
@@ -373,9 +375,9 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
         let Some(prev) = cores[i - 1].clone() else {
             continue;
         };
-        let hu = &found[i].0;
+        let hu = hu_of(i);
         let bony = prev.pixels.iter().filter(|&&p| hu[p] >= bone_hu).count();
-        if bony * 5 < prev.pixels.len() && shell_around(hu, cols, &prev, spacing, bone_hu) {
+        if bony * 5 < prev.pixels.len() && shell_around(&hu, cols, &prev, spacing, bone_hu) {
             cores[i] = Some(prev);
         }
     }
@@ -446,14 +448,8 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
     }
 
     // The references.
-    let mut air: Vec<f32> = found
-        .iter()
-        .flat_map(|(_, f)| f.air.iter().copied())
-        .collect();
-    let mut fat: Vec<f32> = found
-        .iter()
-        .flat_map(|(_, f)| f.fat.iter().copied())
-        .collect();
+    let mut air: Vec<f32> = found.iter().flat_map(|f| f.air.iter().copied()).collect();
+    let mut fat: Vec<f32> = found.iter().flat_map(|f| f.fat.iter().copied()).collect();
     let (air_hu, fat_hu) = (median(&mut air), median(&mut fat));
     let fat_offset = fat_hu.map(|f| f - FAT_REFERENCE_HU);
     // The aorta in front of the upper bodies (the four above the lowest two lumbar ones).
@@ -465,7 +461,7 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
         .collect();
     let soft = fat_offset.unwrap_or(0.0) + 45.0;
     let aorta_raw = vessels::aorta(
-        &found,
+        (&found, &hu_of),
         &upper,
         (rows, cols),
         spacing,
@@ -475,7 +471,7 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
     let phase = ContrastPhase::of_aorta(aorta_raw.map(|a| a - fat_offset.unwrap_or(0.0)));
     let offset = match (fat_offset, phase) {
         (Some(f), ContrastPhase::Unenhanced) => {
-            let blood = vessels::blood(&found, &upper, (rows, cols), spacing);
+            let blood = vessels::blood((&found, &hu_of), &upper, (rows, cols), spacing);
             blood.map_or(f, |b| (f + (b - BLOOD_REFERENCE_HU)) / 2.0)
         }
         (Some(f), _) => f,
@@ -511,7 +507,7 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
         let mut values = Vec::new();
         for &i in inner {
             if let Some(c) = core(i) {
-                let hu = &found[i].0;
+                let hu = hu_of(i);
                 values.extend(eroded(&c.pixels, cols, margin).iter().map(|&p| hu[p]));
             }
         }
@@ -550,13 +546,18 @@ pub fn measure(volume: &Volume) -> Result<Attenuation, DicomError> {
         None => above.last().and_then(|r| r.slices.last().copied()),
     };
     let femoral_necks = match below {
-        Some(last) => femur::femoral_necks(volume, (&order, &found), last + 1, (spacing, bone_hu))
-            .into_iter()
-            .map(|mut n| {
-                n.trabecular_hu = n.measured_hu - offset;
-                n
-            })
-            .collect(),
+        Some(last) => femur::femoral_necks(
+            volume,
+            (&order, &found, &hu_of),
+            last + 1,
+            (spacing, bone_hu),
+        )
+        .into_iter()
+        .map(|mut n| {
+            n.trabecular_hu = n.measured_hu - offset;
+            n
+        })
+        .collect(),
         None => Vec::new(),
     };
     Ok(Attenuation {

@@ -8,6 +8,8 @@ const BODY_HU: f32 = -500.0;
 pub(super) const AIR_HU: [f32; 2] = [-1100.0, -900.0];
 /// Subcutaneous fat, HU.
 pub(super) const FAT_HU: [f32; 2] = [-190.0, -30.0];
+/// Rows per slice sampled for the air and fat references (at most).
+const REFERENCE_ROWS: usize = 64;
 /// Depth under the skin searched for subcutaneous fat, mm.
 const FAT_DEPTH_MM: f64 = 25.0;
 /// Half width of the band around the body's centre searched for the spine, mm.
@@ -255,7 +257,9 @@ pub(super) fn findings(
     let [_, px] = spacing;
     let depth = (FAT_DEPTH_MM / px).round() as usize;
     let (mut air, mut fat) = (Vec::new(), Vec::new());
-    for row in hu.chunks_exact(cols) {
+    // At most REFERENCE_ROWS rows: the references need thousands of samples, not every pixel.
+    let stride = (rows / REFERENCE_ROWS).max(1);
+    for row in hu.chunks_exact(cols).step_by(stride) {
         let first = row.iter().position(|v| *v > BODY_HU);
         let last = row.iter().rposition(|v| *v > BODY_HU);
         let (Some(first), Some(last)) = (first, last) else {

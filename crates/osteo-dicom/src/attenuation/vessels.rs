@@ -2,7 +2,7 @@
 //! (a calibration reference).
 
 use super::slice::{Region, components};
-use super::{Found, median};
+use super::{Found, HuOf, median};
 
 /// The box in front of a slice's vertebral core: rows 3 to 45 mm anterior of its front, columns
 /// within 40 mm of its centre.
@@ -21,7 +21,7 @@ fn front_box(c: &Region, cols: usize, spacing: [f64; 2]) -> (usize, usize, usize
 /// pixels between `vessel_hu` and `bone_hu` with the highest median (at least 50 mm²), pooled
 /// over the slices; None when no slice has one.
 pub(super) fn aorta(
-    found: &[Found],
+    (found, hu_of): (&[Found], HuOf<'_>),
     slices: &[usize],
     (_, cols): (usize, usize),
     spacing: [f64; 2],
@@ -30,8 +30,9 @@ pub(super) fn aorta(
 ) -> Option<f64> {
     let mut lumen = Vec::new();
     for &i in slices {
-        let (hu, f) = &found[i];
+        let f = &found[i];
         let Some(c) = &f.core else { continue };
+        let hu = &hu_of(i);
         let (y0, y1, x0, x1) = front_box(c, cols, spacing);
         if y1 <= y0 || x1 <= x0 {
             continue;
@@ -64,15 +65,16 @@ pub(super) fn aorta(
 
 /// The median HU of unenhanced blood and soft tissue (0 to 90 HU) in front of the upper bodies.
 pub(super) fn blood(
-    found: &[Found],
+    (found, hu_of): (&[Found], HuOf<'_>),
     slices: &[usize],
     (_, cols): (usize, usize),
     spacing: [f64; 2],
 ) -> Option<f64> {
     let mut values = Vec::new();
     for &i in slices {
-        let (hu, f) = &found[i];
+        let f = &found[i];
         let Some(c) = &f.core else { continue };
+        let hu = &hu_of(i);
         let (y0, y1, x0, x1) = front_box(c, cols, spacing);
         for y in y0..y1 {
             values.extend(
