@@ -29,6 +29,10 @@ def main():
                               evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
     scu = AE(ae_title="PYNETDICOM")
+    # A node starved of CPU (the suite runs the abuse tests beside this one on two cores) may
+    # answer a C-STORE after pynetdicom's default 30 s: wait as long as the node's own timeout.
+    for ae in (scp, scu):
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
     scu.add_requested_context(Verification)
     files = [dcmread(os.path.join(study_dir, n)) for n in sorted(os.listdir(study_dir))]
     for ds in files[:1]:

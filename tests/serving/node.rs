@@ -131,8 +131,8 @@ fn settings(dir: &Path, send_to: Option<u16>, idle_s: u64) -> NodeSettings {
             max_associations: 8,
             max_pdu: 64 << 10,
             // Peers starved of CPU while the abuse test runs beside them may pause between
-            // PDUs for seconds; pynetdicom's own DIMSE timeout is 30 s.
-            read_timeout: Duration::from_secs(30),
+            // PDUs for seconds; tests/python/dimse_peer.py waits 120 s for an answer too.
+            read_timeout: Duration::from_secs(120),
             max_instance_bytes: 64 << 20,
             tls: None,
         },
