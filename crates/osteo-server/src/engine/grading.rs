@@ -1,7 +1,7 @@
 //! Grading a study: the referenced or inline study resolved, the model's input prepared, the
 //! grade on one backend, the explanation, the comparison of backends, and the DICOM results.
 
-use super::{Call, Engine};
+use super::{Call, Engine, results};
 use crate::convert;
 use crate::error::ServerError;
 use crate::models::ServedModel;
@@ -27,6 +27,14 @@ struct Prepared {
 }
 
 impl Prepared {
+    /// The study and its attenuation, for the results written from them.
+    fn sources(&self) -> results::Sources<'_> {
+        results::Sources {
+            study: self.study.as_deref(),
+            attenuation: self.attenuation.as_deref(),
+        }
+    }
+
     /// The study handle ("" without a study).
     fn handle(&self) -> String {
         self.study
@@ -300,10 +308,12 @@ impl Engine {
         let (mut response, graded) = classification(model, &prepared, g, start);
         call.graded(graded.grade);
         if req.dicom_outputs {
-            response.dicom_sr = structured_report(model, &prepared, &response, &graded)?;
+            response.dicom_sr =
+                results::structured_report(model, prepared.sources(), &response, &graded)?;
         }
         if req.fhir_outputs {
-            response.fhir_bundle = fhir_bundle(model, &prepared, &response, &graded);
+            response.fhir_bundle =
+                results::fhir_bundle(model, prepared.sources(), &response, &graded);
         }
         self.mirror(call, &served, &prepared, &logits, ms);
         Ok(response)
@@ -379,17 +389,18 @@ impl Engine {
             }
         };
         if req.fhir_outputs {
-            classification.fhir_bundle = fhir_bundle(model, &prepared, &classification, &graded);
+            classification.fhir_bundle =
+                results::fhir_bundle(model, prepared.sources(), &classification, &graded);
         }
         let mut dicom_secondary_capture = Vec::new();
         if req.dicom_outputs {
             classification.dicom_sr =
-                structured_report(model, &prepared, &classification, &graded)?;
+                results::structured_report(model, prepared.sources(), &classification, &graded)?;
             // The overlay as a Secondary Capture, when there is one (models that read CT).
             if let (Some(view), Some(map)) = (prepared.view.as_ref(), gradcam.as_ref()) {
-                let by = producer(model, &classification);
+                let by = results::producer(model, &classification);
                 dicom_secondary_capture = osteo_pipeline::secondary_capture(
-                    &results_study(&prepared)?.source,
+                    &results::results_study(prepared.study.as_deref())?.source,
                     by,
                     view,
                     &map.values,
@@ -486,66 +497,6 @@ impl Engine {
             grades_agree,
         })
     }
-}
-
-/// The study a request with `dicom_outputs` writes its results into.
-fn results_study(prepared: &Prepared) -> Result<&Study, ServerError> {
-    prepared.study.as_deref().ok_or_else(|| {
-        ServerError::FailedPrecondition(
-            "dicom_outputs writes the result into the graded study: set study to a handle from \
-             UploadStudy or to inline DICOM files"
-                .into(),
-        )
-    })
-}
-
-/// What produced classification `c`: `model` on the backend and device that answered.
-fn producer<'a>(
-    model: &'a ServedModel,
-    c: &'a pb::ClassifyResponse,
-) -> osteo_pipeline::Producer<'a> {
-    let backend = c.backend.as_ref();
-    osteo_pipeline::Producer {
-        manifest: &model.artifacts.manifest,
-        backend: backend.map_or("", |b| b.name.as_str()),
-        device: backend.map_or("", |b| b.device.as_str()),
-    }
-}
-
-/// The Comprehensive SR of classification `c` (`graded`) of the prepared study by `model`.
-fn structured_report(
-    model: &ServedModel,
-    prepared: &Prepared,
-    c: &pb::ClassifyResponse,
-    graded: &osteo_pipeline::Graded,
-) -> Result<Vec<u8>, ServerError> {
-    let study = results_study(prepared)?;
-    let by = producer(model, c);
-    Ok(osteo_pipeline::structured_report(
-        &study.source,
-        by,
-        graded,
-        prepared.attenuation.as_deref(),
-    )?)
-}
-
-/// The FHIR Bundle of classification `c` (`graded`) by `model`, of the prepared study if any.
-fn fhir_bundle(
-    model: &ServedModel,
-    prepared: &Prepared,
-    c: &pb::ClassifyResponse,
-    graded: &osteo_pipeline::Graded,
-) -> String {
-    let by = producer(model, c);
-    let source = prepared.study.as_deref().map(|s| &s.source);
-    let attenuation = prepared.attenuation.as_deref();
-    String::from_utf8(osteo_pipeline::fhir::bundle_json(
-        source,
-        by,
-        graded,
-        attenuation,
-    ))
-    .unwrap_or_default()
 }
 
 /// The Classify answer of a graded input, and its grade.

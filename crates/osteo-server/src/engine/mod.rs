@@ -12,6 +12,7 @@ mod grade_study;
 mod grading;
 pub mod oip;
 pub mod repository;
+mod results;
 mod rpc;
 mod shadow_report;
 mod studies;
