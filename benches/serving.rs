@@ -67,7 +67,7 @@ fn benches(c: &mut Criterion) {
         .tabular
         .as_ref()
         .expect("tabular")
-        .encode(&clinical)
+        .encode(&clinical, &osteo_core::features::Measured::NONE)
         .expect("encode");
     let one = Sample {
         image: Some(view.data.clone()),

@@ -8,6 +8,7 @@
 use osteo_backend_candle::CandleBackend;
 use osteo_backend_ort::OrtBackend;
 use osteo_core::backend::softmax;
+use osteo_core::features::Measured;
 use osteo_core::{
     Backend, Batch, ClinicalInput, ClinicalVariables, Device, Grade, LoadBackend, ModelArtifacts,
     RiskFlags, Sample, Sex, ViewSpec,
@@ -99,7 +100,7 @@ fn batch(artifacts: &ModelArtifacts, cases: &[&Case]) -> Batch {
             tabular: m
                 .tabular
                 .as_ref()
-                .map(|spec| spec.encode(&c.clinical).expect("encode")),
+                .map(|spec| spec.encode(&c.clinical, &Measured::NONE).expect("encode")),
         })
         .collect();
     Batch::stack(&m.arch, &samples).expect("batch")

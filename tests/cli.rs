@@ -515,7 +515,7 @@ fn predict_grades_a_study_and_writes_the_grad_cam_overlay() {
     let model = dir.path().join("tiny-fused");
     osteo_train::artifact::write_model(
         &trained,
-        "tiny-fused",
+        ("tiny-fused", "1"),
         Default::default(),
         Default::default(),
         &model,

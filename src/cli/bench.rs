@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 use clap::Args;
 use osteo_core::{Batch, Device, ModelArtifacts, Sample};
-use osteo_train::cohort::{CohortSource, load};
+use osteo_train::cohort::{CohortSource, load_for};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -74,12 +74,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let artifacts = ModelArtifacts::open(&args.model)
         .with_context(|| format!("cannot open model directory {}", args.model.display()))?;
     let m = &artifacts.manifest;
-    let sample = load(
+    let sample = load_for(
         &CohortSource::Synthetic {
             patients: 1,
             seed: 7,
         },
-        m.view.as_ref(),
+        m,
         None,
     )?
     .remove(0);
@@ -88,7 +88,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         tabular: m
             .tabular
             .as_ref()
-            .map(|spec| spec.encode(&sample.clinical))
+            .map(|spec| anyhow::Ok(spec.encode(&sample.clinical, &sample.measured_for(spec)?)?))
             .transpose()?,
     };
     let batch = |n: usize| -> anyhow::Result<Batch> { Ok(Batch::stack(&m.arch, &vec![&one; n])?) };

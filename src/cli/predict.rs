@@ -84,13 +84,13 @@ pub fn local_input(
         )?),
         _ => None,
     };
-    let sample = osteo_pipeline::input(m, view.as_ref(), Some(&clinical))?;
-    let batch = Batch::stack(&m.arch, &[sample])?;
     // As the server does: the vertebrae of a study the gate passed.
     let attenuation = match (&view, &ingested) {
         (Some(_), Some(i)) => osteo_pipeline::attenuation(&i.volume),
         _ => None,
     };
+    let sample = osteo_pipeline::input(m, view.as_ref(), Some(&clinical), attenuation.as_ref())?;
+    let batch = Batch::stack(&m.arch, &[sample])?;
     Ok(LocalInput {
         view,
         batch,

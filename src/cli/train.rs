@@ -7,7 +7,7 @@ use osteo_core::ReferOn;
 use osteo_core::manifest::Provenance;
 use osteo_core::{Device, Grade, LoadBackend, ModelArtifacts, ModelKind, ViewSpec};
 use osteo_train::calibration::{DecisionConfig, calibrate_model};
-use osteo_train::cohort::{CohortSource, load};
+use osteo_train::cohort::{self, CohortSource, load};
 use osteo_train::evaluate;
 use osteo_train::inference::probabilities;
 use osteo_train::report::{self, ReportRequest};
@@ -149,6 +149,13 @@ pub struct TrainArgs {
     /// clinical branch and the fusion head are trained (two-stage fusion).
     #[arg(long, value_name = "MODEL_DIR")]
     image_from: Option<PathBuf>,
+    /// Fused models: also read the trabecular attenuation measured on each CT (mean of L1-L4
+    /// and of the femoral necks, calibrated per study), as clinical-branch features.
+    #[arg(long)]
+    with_attenuation: bool,
+    /// Version of the model in the manifest.
+    #[arg(long, value_name = "V", default_value = "1")]
+    model_version: String,
     #[command(flatten)]
     decision: DecisionArgs,
 }
@@ -222,19 +229,27 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let source = args.cohort.source(args.seed);
     let view = ViewSpec::default();
     eprintln!("train: loading cohort and building views");
-    let samples = load(
+    if args.image_from.is_some() && kind != ModelKind::Fused {
+        anyhow::bail!("--image-from applies to --kind fused only");
+    }
+    if args.with_attenuation && kind != ModelKind::Fused {
+        anyhow::bail!("--with-attenuation applies to --kind fused only");
+    }
+    let mut samples = load(
         &source,
         kind.uses_image().then_some(&view),
         Some(&args.cache),
     )?;
-    if args.image_from.is_some() && kind != ModelKind::Fused {
-        anyhow::bail!("--image-from applies to --kind fused only");
+    if args.with_attenuation {
+        eprintln!("train: measuring the vertebral and femoral-neck attenuation");
+        cohort::measure(&mut samples, Some(&args.cache))?;
     }
     let decision = args.decision.config();
     decision.validate()?;
     let config = TrainConfig {
         epochs: args.epochs,
         image_from: args.image_from.clone(),
+        measured: args.with_attenuation,
         ..TrainConfig::new(kind, args.seed)
     };
     let start = std::time::Instant::now();
@@ -266,8 +281,13 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("osteo-{kind}"))
     });
     let command = provenance.command.clone();
-    let manifest =
-        osteo_train::artifact::write_model(&trained, &name, provenance, metrics, &args.out)?;
+    let manifest = osteo_train::artifact::write_model(
+        &trained,
+        (&name, &args.model_version),
+        provenance,
+        metrics,
+        &args.out,
+    )?;
     let mut artifacts = ModelArtifacts {
         dir: args.out.clone(),
         manifest,
@@ -375,7 +395,7 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     };
     let cohort = args.cohort.source(args.seed);
     eprintln!("calibrate: loading cohort and building views");
-    let samples = load(&cohort, m.view.as_ref(), Some(&args.cache))?;
+    let samples = osteo_train::cohort::load_for(&cohort, m, Some(&args.cache))?;
     let grades: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
     let split_config = TrainConfig::new(m.kind, args.seed);
     let validation = osteo_train::split::stratified(
@@ -430,7 +450,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let m = &artifacts.manifest;
     let mut backend = CandleBackend::load(&artifacts, Device::Cpu)?;
     let source = args.cohort.source(args.seed);
-    let samples = load(&source, m.view.as_ref(), Some(&args.cache))?;
+    let samples = cohort::load_for(&source, m, Some(&args.cache))?;
     let all: Vec<usize> = (0..samples.len()).collect();
     let probs = probabilities(&mut backend, m, &samples, &all)?;
     let truth: Vec<Grade> = samples.iter().map(|s| s.grade).collect();

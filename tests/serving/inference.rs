@@ -52,7 +52,8 @@ fn rows(name: &str, n: usize) -> Vec<Sample> {
                 let mut c = clinical();
                 c.age_years = 55.0 + (r % 8) as f64 * 7.0;
                 let v = osteo_server::convert::clinical(&c).expect("valid");
-                spec.encode(&v).expect("encode")
+                spec.encode(&v, &osteo_core::features::Measured::NONE)
+                    .expect("encode")
             }),
         })
         .collect()

@@ -62,6 +62,13 @@ pub struct ModelManifest {
 }
 
 impl ModelManifest {
+    /// Whether the model reads features measured on its CT study (the attenuation).
+    pub fn reads_measured(&self) -> bool {
+        self.tabular
+            .as_ref()
+            .is_some_and(TabularSpec::reads_measured)
+    }
+
     /// Whether the model was trained on synthetic data (its results must say so).
     pub fn trained_on_synthetic(&self) -> bool {
         self.provenance
@@ -129,6 +136,12 @@ impl ModelManifest {
                         t.in_features,
                         spec.features.len()
                     )));
+                }
+                if spec.reads_measured() && self.view.is_none() {
+                    return Err(bad(
+                        "features measured on the CT study need a model that reads CT (a view)"
+                            .into(),
+                    ));
                 }
             }
             (None, None) => {}

@@ -9,11 +9,12 @@
 
 pub mod fhir;
 
+use osteo_core::features::Measured;
 use osteo_core::{
     ClinicalVariables, CoreError, Decision, DecisionSpec, Explanation, GradCamMap, Grade,
     ModelManifest, Sample,
 };
-use osteo_dicom::attenuation::Attenuation;
+use osteo_dicom::attenuation::{Attenuation, Level};
 use osteo_dicom::{Assessment, DicomError, SourceStudy, View, ViewSpec, Volume};
 
 /// SeriesNumber of the SR series OsteoServe adds to a study.
@@ -64,11 +65,14 @@ pub fn gated_view(
 }
 
 /// The model input of one study: the view's channels (models that read CT) and the encoded
-/// clinical variables (models that read them).
+/// clinical variables (models that read them), with what was measured on the study
+/// (`attenuation`, from [`attenuation`]; None when nothing could be measured) for models that
+/// read measured features.
 pub fn input(
     manifest: &ModelManifest,
     view: Option<&View>,
     clinical: Option<&ClinicalVariables>,
+    attenuation: Option<&Attenuation>,
 ) -> Result<Sample, PipelineError> {
     let image = match manifest.view {
         None => None,
@@ -86,10 +90,33 @@ pub fn input(
             let c = clinical.ok_or_else(|| PipelineError::NoClinical {
                 model: manifest.name.clone(),
             })?;
-            Some(spec.encode(c)?)
+            Some(spec.encode(c, &measured(attenuation))?)
         }
     };
     Ok(Sample { image, tabular })
+}
+
+/// The measured features of a study's attenuation: the mean calibrated trabecular HU of the
+/// lumbar bodies L1-L4 measured whole (a body the field of view cuts is left out) and of the
+/// femoral necks measured.
+pub fn measured(attenuation: Option<&Attenuation>) -> Measured {
+    let Some(a) = attenuation else {
+        return Measured::NONE;
+    };
+    let mean = |values: Vec<f64>| {
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    let lumbar = a
+        .vertebrae
+        .iter()
+        .filter(|v| (Level::L1..=Level::L4).contains(&v.level) && !v.partial)
+        .map(|v| v.trabecular_hu)
+        .collect();
+    let necks = a.femoral_necks.iter().map(|n| n.trabecular_hu).collect();
+    Measured {
+        lumbar_hu: mean(lumbar),
+        femoral_neck_hu: mean(necks),
+    }
 }
 
 /// A grade, its class probabilities and, for a model that carries a `[decision]` section, what
@@ -159,7 +186,8 @@ impl Producer<'_> {
 }
 
 /// The trabecular attenuation of the study's vertebral bodies, calibrated per study; None when
-/// no vertebral body could be measured (the grade does not depend on it).
+/// no vertebral body could be measured (only models that read measured features grade with
+/// it, see [`measured`]).
 pub fn attenuation(volume: &Volume) -> Option<Attenuation> {
     osteo_dicom::attenuation::measure(volume)
         .ok()

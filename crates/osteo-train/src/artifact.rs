@@ -11,7 +11,7 @@ use std::path::Path;
 /// Writes the model directory (manifest, weights, ONNX export) and returns its manifest.
 pub fn write_model(
     trained: &Trained,
-    name: &str,
+    (name, version): (&str, &str),
     provenance: Provenance,
     metrics: BTreeMap<String, f64>,
     dir: &Path,
@@ -23,7 +23,7 @@ pub fn write_model(
     std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
     let manifest = ModelManifest {
         name: name.to_string(),
-        version: "1".into(),
+        version: version.to_string(),
         kind: trained.arch.kind,
         classes: Grade::ALL.iter().map(|g| g.name().to_string()).collect(),
         arch: trained.arch.clone(),

@@ -3,7 +3,11 @@
 //! on disk by the content of the study plus the view specification.
 
 use crate::error::TrainError;
-use osteo_core::{ClinicalInput, ClinicalVariables, Grade, RiskFlags, Sex, TScore, ViewSpec};
+use osteo_core::features::Measured;
+use osteo_core::{
+    ClinicalInput, ClinicalVariables, Grade, ModelManifest, RiskFlags, Sex, TScore, TabularSpec,
+    ViewSpec,
+};
 use osteo_dicom::{DicomSource, IngestOptions, View, coronal_slab};
 use osteo_phantom::{PhantomSpec, TScoreModel, phantom_volume};
 use rayon::prelude::*;
@@ -51,6 +55,8 @@ pub struct Sample {
     pub view: Option<Vec<f32>>,
     /// Where its CT comes from.
     pub study: Study,
+    /// What was measured on its CT (`None` until [`measure`] ran on the cohort).
+    pub measured: Option<Measured>,
 }
 
 /// Where a sample's CT comes from.
@@ -88,6 +94,84 @@ impl Sample {
             Study::None => Ok(None),
         }
     }
+
+    /// What the model input needs of the measurement: `Measured::NONE` for a specification
+    /// that reads no measured feature, an error when it does and the cohort was not measured.
+    pub fn measured_for(&self, spec: &TabularSpec) -> Result<Measured, TrainError> {
+        match (spec.reads_measured(), self.measured) {
+            (false, _) => Ok(Measured::NONE),
+            (true, Some(m)) => Ok(m),
+            (true, None) => Err(TrainError::Input {
+                patient: self.patient_id.clone(),
+                message: "the model reads the CT's measured attenuation and the cohort was \
+                          loaded without measuring it"
+                    .into(),
+            }),
+        }
+    }
+}
+
+/// The cache key of a synthetic study: its generator inputs, not its bytes.
+fn phantom_key(seed: u64, index: u64) -> Vec<u8> {
+    format!("synthetic/v1/{seed}/{index}/{:?}", PhantomSpec::default()).into_bytes()
+}
+
+/// Version of the measurement in the cache key: bump it when `osteo_dicom::attenuation`
+/// changes what it measures.
+const MEASUREMENT_VERSION: &str = "attenuation/1";
+
+/// Measures every sample's CT (the features of [`Measured`]; a sample without a study measures
+/// nothing), cached on disk next to the views by the study's content.
+pub fn measure(samples: &mut [Sample], cache: Option<&Path>) -> Result<(), TrainError> {
+    samples.par_iter_mut().try_for_each(|s| {
+        let key = match &s.study {
+            Study::Phantom { seed, index } => Some(phantom_key(*seed, *index)),
+            Study::Dir(dir) => Some(study_digest(dir)?),
+            Study::None => None,
+        };
+        let path = cache.zip(key).map(|(dir, key)| {
+            let mut h = blake3::Hasher::new();
+            h.update(&key);
+            h.update(MEASUREMENT_VERSION.as_bytes());
+            dir.join(format!("{}.measured.json", h.finalize().to_hex()))
+        });
+        if let Some(m) = path
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Measured>(&b).ok())
+        {
+            s.measured = Some(m);
+            return Ok(());
+        }
+        let m = match s.volume()? {
+            Some(volume) => osteo_pipeline::measured(osteo_pipeline::attenuation(&volume).as_ref()),
+            None => Measured::NONE,
+        };
+        if let Some(p) = &path {
+            let bytes = serde_json::to_vec(&m).map_err(|e| TrainError::Io {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?;
+            write_atomically(p, &bytes)?;
+        }
+        s.measured = Some(m);
+        Ok(())
+    })
+}
+
+/// Writes `bytes` to `p` (creating its folder) through a temporary file and a rename, so a
+/// concurrent reader never sees a partial file.
+fn write_atomically(p: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let io = |e: std::io::Error| TrainError::Io {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    };
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, p).map_err(io)
 }
 
 /// One row of a cohort CSV (the format `osteo synth` writes and `osteo train` reads). Risk flags
@@ -228,6 +312,20 @@ pub fn load(
     }
 }
 
+/// The cohort as `manifest`'s model reads it: its view, and the attenuation measured when the
+/// model reads it.
+pub fn load_for(
+    source: &CohortSource,
+    manifest: &ModelManifest,
+    cache: Option<&Path>,
+) -> Result<Vec<Sample>, TrainError> {
+    let mut samples = load(source, manifest.view.as_ref(), cache)?;
+    if manifest.reads_measured() {
+        measure(&mut samples, cache)?;
+    }
+    Ok(samples)
+}
+
 fn synthetic(
     n: usize,
     seed: u64,
@@ -249,14 +347,10 @@ fn synthetic(
             })?;
             let view = match view {
                 None => None,
-                Some(spec) => {
-                    // Synthetic studies are identified by generator inputs, not bytes.
-                    let key = format!("synthetic/v1/{seed}/{i}/{phantom:?}");
-                    Some(cached(cache, key.as_bytes(), spec, &p.id, || {
-                        let (_, volume) = phantom_volume(&p, &phantom);
-                        coronal_slab(&volume, spec)
-                    })?)
-                }
+                Some(spec) => Some(cached(cache, &phantom_key(seed, i), spec, &p.id, || {
+                    let (_, volume) = phantom_volume(&p, &phantom);
+                    coronal_slab(&volume, spec)
+                })?),
             };
             Ok(Sample {
                 patient_id: p.id.clone(),
@@ -265,6 +359,7 @@ fn synthetic(
                 grade: p.grade,
                 view,
                 study: Study::Phantom { seed, index: i },
+                measured: None,
             })
         })
         .collect::<Vec<_>>()
@@ -365,6 +460,7 @@ fn csv_cohort(
                 grade,
                 view,
                 study,
+                measured: None,
             })
         })
         .collect::<Vec<_>>()
@@ -425,18 +521,8 @@ fn cached(
         source,
     })?;
     if let Some(p) = &path {
-        let io = |e: std::io::Error| TrainError::Io {
-            path: p.display().to_string(),
-            message: e.to_string(),
-        };
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
         let bytes: Vec<u8> = view.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        // Write then rename, so a concurrent reader never sees a partial file.
-        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, p).map_err(io)?;
+        write_atomically(p, &bytes)?;
     }
     Ok(view.data)
 }

@@ -70,7 +70,7 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = osteo_train::artifact::write_model(
         &trained,
-        "tiny-fused",
+        ("tiny-fused", "1"),
         provenance_for(3),
         Default::default(),
         dir.path(),
@@ -94,7 +94,7 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
     for (t, name) in [(&trained, "tiny-fused"), (&tabular, "tiny-tabular")] {
         osteo_train::artifact::write_model(
             t,
-            name,
+            (name, "1"),
             provenance_for(3),
             Default::default(),
             &models.path().join(name),
@@ -170,7 +170,10 @@ fn tiny_fused_training_run_writes_a_model_the_backend_serves() {
         let s = &samples[i];
         let sample = osteo_core::Sample {
             image: s.view.clone(),
-            tabular: Some(spec.encode(&s.clinical).expect("encode")),
+            tabular: Some(
+                spec.encode(&s.clinical, &osteo_core::features::Measured::NONE)
+                    .expect("encode"),
+            ),
         };
         let batch = Batch::stack(&artifacts.manifest.arch, &[sample]).expect("batch");
         let logits = backend.predict(&batch).expect("predict");
@@ -200,7 +203,7 @@ fn two_stage_fusion_keeps_the_image_models_cnn_frozen() {
     let image_dir = dir.path().join("tiny-image");
     osteo_train::artifact::write_model(
         &image,
-        "tiny-image",
+        ("tiny-image", "1"),
         provenance_for(3),
         Default::default(),
         &image_dir,

@@ -249,13 +249,18 @@ impl Engine {
                 Some(c)
             }
         };
-        let input =
-            osteo_pipeline::input(m, view.as_deref(), clinical.as_ref()).map_err(|e| match e {
-                osteo_pipeline::PipelineError::Core(e) => {
-                    ServerError::InvalidArgument(format!("clinical variables: {e}"))
-                }
-                e => e.into(),
-            })?;
+        let input = osteo_pipeline::input(
+            m,
+            view.as_deref(),
+            clinical.as_ref(),
+            attenuation.as_deref(),
+        )
+        .map_err(|e| match e {
+            osteo_pipeline::PipelineError::Core(e) => {
+                ServerError::InvalidArgument(format!("clinical variables: {e}"))
+            }
+            e => e.into(),
+        })?;
         metrics::histogram!("osteo_preprocess_seconds", "model" => m.name.clone())
             .record(start.elapsed().as_secs_f64());
         if let Some(s) = &study {

@@ -180,7 +180,10 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         .into_iter()
         .filter(|a| a.manifest.view.is_none() || a.manifest.view == view)
         .collect();
-    let samples = load(req.source, view.as_ref(), req.cache)?;
+    let mut samples = load(req.source, view.as_ref(), req.cache)?;
+    if m.reads_measured() || others.iter().any(|a| a.manifest.reads_measured()) {
+        crate::cohort::measure(&mut samples, req.cache)?;
+    }
     let grades: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
     let config = TrainConfig::new(m.kind, req.seed);
     let test = stratified(

@@ -33,10 +33,12 @@ impl<'a> Inputs<'a> {
                 let rows = samples
                     .iter()
                     .map(|s| {
-                        spec.encode(&s.clinical).map_err(|e| TrainError::Input {
-                            patient: s.patient_id.clone(),
-                            message: e.to_string(),
-                        })
+                        let measured = s.measured_for(spec)?;
+                        spec.encode(&s.clinical, &measured)
+                            .map_err(|e| TrainError::Input {
+                                patient: s.patient_id.clone(),
+                                message: e.to_string(),
+                            })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 Some((spec.features.len(), rows))

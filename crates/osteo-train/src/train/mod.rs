@@ -19,7 +19,7 @@ use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use osteo_backend_candle::Network;
 use osteo_core::arch::{Head, ImageBranch, TabularBranch};
-use osteo_core::features::FEATURE_NAMES;
+use osteo_core::features::{FEATURE_NAMES, MEASURED_FEATURES, Measured, raw_value};
 use osteo_core::{ArchSpec, Grade, ModelKind, TabularSpec, ViewSpec};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -59,6 +59,11 @@ pub struct TrainConfig {
     /// stays frozen: only the clinical branch and the fusion head are trained, on the CNN's
     /// pooled features computed once (two-stage fusion).
     pub image_from: Option<std::path::PathBuf>,
+    /// Tabular and fused models also read the attenuation measured on the CT (the features of
+    /// [`osteo_core::features::MEASURED_FEATURES`]); the samples must have been measured
+    /// ([`crate::cohort::measure`]).
+    #[serde(default)]
+    pub measured: bool,
 }
 
 impl TrainConfig {
@@ -82,6 +87,7 @@ impl TrainConfig {
             image_channels: vec![16, 32, 64, 64],
             progress: true,
             image_from: None,
+            measured: false,
         }
     }
 }
@@ -125,8 +131,23 @@ fn candle_err(e: candle_core::Error) -> TrainError {
     TrainError::Engine(e.to_string())
 }
 
-/// The architecture trained for a kind.
-pub fn architecture(kind: ModelKind, view: &ViewSpec, channels: &[usize]) -> ArchSpec {
+/// The features a tabular branch reads: the clinical ones, then the measured ones when asked.
+pub fn feature_names(measured: bool) -> Vec<&'static str> {
+    let measured_names = MEASURED_FEATURES.iter().filter(|_| measured);
+    FEATURE_NAMES
+        .iter()
+        .chain(measured_names)
+        .map(|f| f.0)
+        .collect()
+}
+
+/// The architecture trained for a kind, its tabular branch reading `features` inputs.
+pub fn architecture(
+    kind: ModelKind,
+    view: &ViewSpec,
+    channels: &[usize],
+    features: usize,
+) -> ArchSpec {
     ArchSpec {
         kind,
         image: kind.uses_image().then(|| ImageBranch {
@@ -137,7 +158,7 @@ pub fn architecture(kind: ModelKind, view: &ViewSpec, channels: &[usize]) -> Arc
             batch_norm_eps: 1e-5,
         }),
         tabular: kind.uses_tabular().then(|| TabularBranch {
-            in_features: FEATURE_NAMES.len(),
+            in_features: features,
             hidden: vec![32, 16],
         }),
         head: Head {
@@ -147,26 +168,33 @@ pub fn architecture(kind: ModelKind, view: &ViewSpec, channels: &[usize]) -> Arc
     }
 }
 
-/// Feature means and standard deviations over the training patients.
-fn tabular_spec(samples: &[Sample], train: &[usize]) -> Result<TabularSpec, TrainError> {
-    let raw: Vec<Vec<f64>> = train
+/// Feature means and standard deviations over the training patients (a measured value over
+/// the patients where it was measured).
+fn tabular_spec(
+    samples: &[Sample],
+    train: &[usize],
+    names: &[&str],
+) -> Result<TabularSpec, TrainError> {
+    let stats = names
         .iter()
-        .map(|&i| {
-            FEATURE_NAMES
+        .map(|name| {
+            let values: Vec<f64> = train
                 .iter()
-                .map(|f| osteo_core::features::raw_value(f.0, &samples[i].clinical).unwrap_or(0.0))
-                .collect()
-        })
-        .collect();
-    let n = raw.len().max(1) as f64;
-    let stats: Vec<(f64, f64)> = (0..FEATURE_NAMES.len())
-        .map(|k| {
-            let mean = raw.iter().map(|r| r[k]).sum::<f64>() / n;
-            let var = raw.iter().map(|r| (r[k] - mean).powi(2)).sum::<f64>() / n;
+                .map(|&i| {
+                    let s = &samples[i];
+                    let m = s.measured.unwrap_or(Measured::NONE);
+                    // A value not measured comes back as NaN, and is left out.
+                    raw_value(name, &s.clinical, &m, f64::NAN).unwrap_or(f64::NAN)
+                })
+                .filter(|v| v.is_finite())
+                .collect();
+            let n = values.len().max(1) as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
             (mean, var.sqrt())
         })
-        .collect();
-    TabularSpec::with_stats(&stats)
+        .collect::<Vec<_>>();
+    TabularSpec::with_features(names, &stats)
         .map_err(|e| TrainError::Setup(format!("tabular statistics: {e}")))
 }
 
@@ -213,9 +241,17 @@ pub fn train(
             samples.len()
         )));
     }
-    let arch = architecture(config.kind, view, &config.image_channels);
+    if config.measured && !(config.kind.uses_tabular() && config.kind.uses_image()) {
+        return Err(TrainError::Setup(
+            "the measured attenuation is read by fused models only (it comes from the CT and \
+             enters through the clinical branch)"
+                .into(),
+        ));
+    }
+    let names = feature_names(config.measured);
+    let arch = architecture(config.kind, view, &config.image_channels, names.len());
     let tabular = if config.kind.uses_tabular() {
-        Some(tabular_spec(samples, &split.train)?)
+        Some(tabular_spec(samples, &split.train, &names)?)
     } else {
         None
     };
