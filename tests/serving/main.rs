@@ -14,6 +14,7 @@ mod docs;
 mod grade_study;
 mod hardening;
 mod inference;
+mod measured;
 mod node;
 mod node_abuse;
 mod quality_gate;

@@ -334,4 +334,23 @@ mod tests {
         assert!(m.validate().is_err());
         assert!(ModelManifest::from_toml("name = 3").is_err());
     }
+
+    #[test]
+    fn measured_features_need_a_model_that_reads_ct() {
+        let names = ["age_years", crate::features::LUMBAR_HU];
+        let spec = TabularSpec::with_features(&names, &[(0.0, 1.0); 2]).expect("spec");
+        let mut m = manifest();
+        m.tabular = Some(spec);
+        if let Some(t) = m.arch.tabular.as_mut() {
+            t.in_features = 2;
+        }
+        m.validate().expect("a fused model reads them");
+        assert!(m.reads_measured());
+        m.kind = ModelKind::Tabular;
+        m.arch.kind = ModelKind::Tabular;
+        m.arch.image = None;
+        m.view = None;
+        let e = m.validate().expect_err("no CT").to_string();
+        assert!(e.contains("reads CT"), "{e}");
+    }
 }

@@ -188,6 +188,29 @@ pub struct Intervals {
     pub balanced_accuracy: Interval,
 }
 
+/// The difference in macro AUC of two models' probabilities on the same patients (`a` minus
+/// `b`) with its paired 95% bootstrap interval: each resample draws the same patients for both,
+/// so what the patients have in common cancels.
+pub fn paired_auc_difference(
+    a: &[[f64; K]],
+    b: &[[f64; K]],
+    truth: &[Grade],
+    resamples: usize,
+    seed: u64,
+) -> (f64, Interval) {
+    let n = a.len().min(b.len()).min(truth.len());
+    let point = evaluate(&a[..n], &truth[..n]).auc_macro - evaluate(&b[..n], &truth[..n]).auc_macro;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut diffs = Vec::with_capacity(resamples.max(1));
+    for _ in 0..resamples.max(1) {
+        let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..n.max(1))).collect();
+        let pick = |p: &[[f64; K]]| idx.iter().map(|&i| p[i]).collect::<Vec<_>>();
+        let t: Vec<Grade> = idx.iter().map(|&i| truth[i]).collect();
+        diffs.push(evaluate(&pick(a), &t).auc_macro - evaluate(&pick(b), &t).auc_macro);
+    }
+    (point, percentile_interval(diffs))
+}
+
 fn percentile_interval(mut v: Vec<f64>) -> Interval {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
@@ -324,5 +347,35 @@ mod tests {
         assert!(i1.auc_macro.low <= e1.auc_macro && e1.auc_macro <= i1.auc_macro.high);
         assert!(i2.auc_macro.high - i2.auc_macro.low < i1.auc_macro.high - i1.auc_macro.low);
         assert_eq!(bootstrap(&p1, &t1, 300, 1), i1, "seeded");
+    }
+
+    #[test]
+    fn paired_difference_separates_a_better_model_and_cancels_an_equal_one() {
+        let truth: Vec<Grade> = (0..90).map(|i| Grade::ALL[i % 3]).collect();
+        let sure = |g: &Grade| {
+            let mut p = [0.1; 3];
+            p[g.index()] = 0.8;
+            p
+        };
+        let perfect: Vec<[f64; 3]> = truth.iter().map(sure).collect();
+        // Right on two patients in three, a confident wrong grade on the third.
+        let worse: Vec<[f64; 3]> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                if i % 3 == 0 {
+                    sure(&Grade::ALL[(g.index() + 1) % 3])
+                } else {
+                    sure(g)
+                }
+            })
+            .collect();
+        let (d, ci) = paired_auc_difference(&perfect, &worse, &truth, 200, 3);
+        assert!(
+            d > 0.1 && ci.low > 0.0 && ci.low <= d && d <= ci.high,
+            "{d} {ci:?}"
+        );
+        let (d, ci) = paired_auc_difference(&worse, &worse, &truth, 200, 3);
+        assert_eq!((d, ci.low, ci.high), (0.0, 0.0, 0.0));
     }
 }

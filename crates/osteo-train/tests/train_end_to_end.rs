@@ -252,3 +252,157 @@ fn two_stage_fusion_keeps_the_image_models_cnn_frozen() {
     let err = other.err().expect("mismatched CNN").to_string();
     assert!(err.contains("--image-from"), "{err}");
 }
+
+#[test]
+fn a_fused_model_reads_the_attenuation_as_serving_measures_it() {
+    let (view, mut samples) = tiny_cohort();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        image_channels: vec![4, 8],
+        progress: false,
+        measured: true,
+        ..TrainConfig::new(ModelKind::Fused, 3)
+    };
+    let err = train(&samples, &view, &config)
+        .err()
+        .expect("a cohort that was not measured is refused")
+        .to_string();
+    assert!(err.contains("without measuring"), "{err}");
+    let tabular_only = TrainConfig {
+        kind: ModelKind::Tabular,
+        ..config.clone()
+    };
+    let err = train(&samples, &view, &tabular_only)
+        .err()
+        .expect("tabular");
+    assert!(err.to_string().contains("fused models only"), "{err}");
+
+    // Measured once, then read back from the cache.
+    let cache = tempfile::tempdir().expect("cache");
+    osteo_train::cohort::measure(&mut samples, Some(cache.path())).expect("measures");
+    let first: Vec<_> = samples.iter().map(|s| s.measured).collect();
+    assert!(
+        first
+            .iter()
+            .all(|m| m.is_some_and(|m| m.lumbar_hu.is_some() && m.femoral_neck_hu.is_some())),
+        "every phantom shows L1-L4 and the femoral necks"
+    );
+    let cached = std::fs::read_dir(cache.path())
+        .expect("cache dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".measured.json"))
+        .count();
+    assert_eq!(cached, samples.len());
+    for s in &mut samples {
+        s.measured = None;
+    }
+    osteo_train::cohort::measure(&mut samples, Some(cache.path())).expect("from the cache");
+    assert_eq!(
+        samples.iter().map(|s| s.measured).collect::<Vec<_>>(),
+        first
+    );
+
+    let trained = train(&samples, &view, &config).expect("trains on the measurement");
+    let spec = trained.tabular.as_ref().expect("tabular spec");
+    let names: Vec<&str> = spec.features.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        &names[13..],
+        [
+            "lumbar_trabecular_hu",
+            "lumbar_trabecular_hu_missing",
+            "femoral_neck_trabecular_hu",
+            "femoral_neck_trabecular_hu_missing"
+        ]
+    );
+    let lumbar = &spec.features[13];
+    assert!(
+        (50.0..250.0).contains(&lumbar.mean) && lumbar.std > 5.0,
+        "normalised over the measured patients: {lumbar:?}"
+    );
+    // Training batches withhold the measurement from some patients; evaluation never does.
+    let inputs = Inputs::new(&samples, &trained.arch, Some(view), Some(spec)).expect("inputs");
+    let all: Vec<usize> = (0..samples.len()).collect();
+    // Every training patient was measured, so the neck indicator encodes as 0, and 1 withheld.
+    let necks_missing = |b: &Batch| {
+        let t = b.tabular.as_ref().expect("tabular");
+        (0..samples.len())
+            .filter(|r| t.data()[r * 17 + 16] > 0.5)
+            .count()
+    };
+    let plain = inputs.batch(&all, None).expect("batch");
+    assert_eq!(necks_missing(&plain), 0, "every neck measured");
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    let augmented = inputs.batch(&all, Some(&mut rng)).expect("batch");
+    let withheld = necks_missing(&augmented);
+    assert!(
+        (5..=40).contains(&withheld),
+        "about a third of 60 patients lose their necks: {withheld}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model_dir = dir.path().join("tiny-measured");
+    let manifest = osteo_train::artifact::write_model(
+        &trained,
+        ("tiny-measured", "3"),
+        provenance_for(3),
+        Default::default(),
+        &model_dir,
+    )
+    .expect("write");
+    assert!(manifest.reads_measured());
+    assert_eq!(manifest.version, "3");
+    assert_eq!(
+        manifest.arch.tabular.as_ref().map(|t| t.in_features),
+        Some(17)
+    );
+
+    // Serving measures the patient's DICOM study as training measured its volume.
+    let s = &samples[trained.split.test[0]];
+    let osteo_train::cohort::Study::Phantom { seed, index } = s.study else {
+        panic!("a synthetic patient");
+    };
+    let patient = osteo_phantom::TScoreModel::default().patient(seed, index);
+    let (_, volume) =
+        osteo_phantom::phantom_volume(&patient, &osteo_phantom::PhantomSpec::default());
+    let study = dir.path().join("study");
+    osteo_phantom::write_series(
+        &volume,
+        &osteo_phantom::SeriesIdentity::for_patient(&patient),
+        &study,
+    )
+    .expect("DICOM series");
+    let ingested = osteo_dicom::ingest(
+        osteo_dicom::DicomSource::Path(study),
+        &osteo_dicom::IngestOptions::default(),
+    )
+    .expect("ingest");
+    let served_view = osteo_dicom::coronal_slab(&ingested.volume, &view).expect("view");
+    let attenuation = osteo_pipeline::attenuation(&ingested.volume);
+    let served = osteo_pipeline::input(
+        &manifest,
+        Some(&served_view),
+        Some(&s.clinical),
+        attenuation.as_ref(),
+    )
+    .expect("input")
+    .tabular
+    .expect("tabular");
+    let measured = s.measured.expect("measured");
+    let trained_row = spec.encode(&s.clinical, &measured).expect("encode");
+    assert_eq!(served[..13], trained_row[..13], "clinical features");
+    for k in 13..17 {
+        assert!(
+            (served[k] - trained_row[k]).abs() < 0.1,
+            "feature {}: served {} trained {}",
+            names[k],
+            served[k],
+            trained_row[k]
+        );
+    }
+    // Without a measurement the features say so instead of failing the request.
+    let unmeasured = osteo_pipeline::input(&manifest, Some(&served_view), Some(&s.clinical), None)
+        .expect("input")
+        .tabular
+        .expect("tabular");
+    assert_eq!(unmeasured[13..], [0.0, 1.0, 0.0, 1.0]);
+}

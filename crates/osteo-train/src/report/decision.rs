@@ -102,7 +102,7 @@ impl DecisionFigures {
     }
 
     /// The rule `refer` follows.
-    fn referral(&self) -> Option<&Rule> {
+    pub(super) fn referral(&self) -> Option<&Rule> {
         self.rules.iter().find(|r| r.refers)
     }
 

@@ -8,6 +8,7 @@
 
 mod anatomy;
 mod decision;
+mod paired;
 
 use crate::cohort::{CohortSource, Sample, load};
 use crate::error::TrainError;
@@ -49,6 +50,8 @@ pub struct ModelResult {
     pub name: String,
     /// Model kind.
     pub kind: ModelKind,
+    /// What it reads, in words.
+    pub information: String,
     /// Test metrics.
     pub eval: Evaluation,
     /// Their 95% bootstrap intervals.
@@ -65,7 +68,17 @@ fn model_err(dir: &Path, e: impl std::fmt::Display) -> TrainError {
     }
 }
 
-/// What a model reads, in words.
+/// What a model reads, in words, with the measured attenuation where it reads it.
+fn reads(m: &osteo_core::ModelManifest) -> String {
+    let base = information(m.kind);
+    if m.reads_measured() {
+        format!("{base} + measured attenuation")
+    } else {
+        base.to_string()
+    }
+}
+
+/// What a kind of model reads, in words.
 fn information(kind: ModelKind) -> &'static str {
     match kind {
         ModelKind::Image => "CT",
@@ -133,6 +146,7 @@ fn result_of(
     let probs = served_probabilities(m, &logits)?;
     let result = ModelResult {
         name: m.name.clone(),
+        information: reads(m),
         kind: m.kind,
         eval: evaluate(&probs, truth),
         ci: bootstrap(&probs, truth, RESAMPLES, seed),
@@ -221,16 +235,69 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         logits: own_logits,
         mut backend,
     } = result_of(&artifacts, &samples, split, &oracles, req.seed)?;
-    let mut results = vec![own];
+    let mut compared = Vec::new();
     for other in &others {
         match result_of(other, &samples, split, &oracles, req.seed) {
-            Ok(e) => results.push(e.result),
+            Ok(e) => compared.push((other, e)),
             Err(e) => eprintln!(
                 "report: skipping sibling model {}: {e}",
                 other.dir.display()
             ),
         }
     }
+    // A model that reads the measured attenuation, once more with it withheld from every test
+    // patient: what it answers for a study the measurement cannot read.
+    let withheld = if m.reads_measured() {
+        let saved: Vec<_> = test.iter().map(|&i| samples[i].measured).collect();
+        for &i in &test {
+            samples[i].measured = Some(osteo_core::features::Measured::NONE);
+        }
+        let e = result_of(&artifacts, &samples, split, &oracles, req.seed);
+        for (&i, measured) in test.iter().zip(saved) {
+            samples[i].measured = measured;
+        }
+        Some(e?)
+    } else {
+        None
+    };
+    let (paired_md, paired_json) = {
+        let others: Vec<paired::Compared<'_>> = compared
+            .iter()
+            .map(|(a, e)| paired::Compared {
+                manifest: &a.manifest,
+                variant: None,
+                probs: &e.probs,
+                logits: &e.logits,
+                eval: &e.result.eval,
+                ci: &e.result.ci,
+            })
+            .chain(withheld.iter().map(|e| paired::Compared {
+                manifest: &m,
+                variant: Some("measurement withheld"),
+                probs: &e.probs,
+                logits: &e.logits,
+                eval: &e.result.eval,
+                ci: &e.result.ci,
+            }))
+            .collect();
+        let own_compared = paired::Compared {
+            manifest: &m,
+            variant: None,
+            probs: &probs,
+            logits: &own_logits,
+            eval: &own.eval,
+            ci: &own.ci,
+        };
+        paired::section(
+            &own_compared,
+            &others,
+            own.oracle.as_ref(),
+            &truth,
+            req.seed,
+        )
+    };
+    let mut results = vec![own];
+    results.extend(compared.into_iter().map(|(_, e)| e.result));
 
     let report = dir.join(REPORT_DIR);
     let io = |p: &Path| {
@@ -342,6 +409,7 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         "l1_thresholds": thresholds_json,
         "subgroups": subgroups_json,
         "gradcam_regions": regions_json,
+        "compared_on_the_same_patients": paired_json,
     });
     let text = serde_json::to_string_pretty(&metrics)
         .map_err(|e| TrainError::Setup(format!("cannot serialise metrics: {e}")))?;
@@ -359,7 +427,7 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         md.push('\n');
         md.push_str(&d.markdown());
     }
-    for section in [&thresholds_md, &subgroups_md, &regions_md] {
+    for section in [&paired_md, &thresholds_md, &subgroups_md, &regions_md] {
         if !section.is_empty() {
             md.push('\n');
             md.push_str(section);
@@ -495,7 +563,7 @@ fn markdown(
         };
         md.push_str(&format!(
             "| {name} | {} | {:.3} ({:.3}–{:.3}) | {:.3} ({:.3}–{:.3}) | {:.3} |\n",
-            information(r.kind),
+            r.information,
             r.eval.auc_macro,
             r.ci.auc_macro.low,
             r.ci.auc_macro.high,

@@ -5,9 +5,16 @@ use super::candle_err;
 use crate::cohort::Sample;
 use crate::error::TrainError;
 use candle_core::{Device, Tensor};
+use osteo_core::features::Measured;
 use osteo_core::{ArchSpec, Batch, TabularSpec, ViewSpec};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+
+/// Share of training batches' patients whose femoral necks are withheld from a model that reads
+/// the measured attenuation (abdominal CT often ends above the hips).
+const WITHHOLD_NECKS: f64 = 0.25;
+/// Share whose whole measurement is withheld (no vertebra measured).
+const WITHHOLD_ALL: f64 = 0.10;
 
 /// The model inputs of a cohort: views as stored, clinical features encoded once.
 pub struct Inputs<'a> {
@@ -16,6 +23,11 @@ pub struct Inputs<'a> {
     view: Option<ViewSpec>,
     /// Encoded features per sample (tabular and fused models).
     encoded: Option<(usize, Vec<Vec<f32>>)>,
+    /// For a model that reads the measured attenuation, each sample's features encoded with the
+    /// femoral necks withheld and with the whole measurement withheld: training batches use
+    /// them for some patients, so the model learns to grade a study the measurement could not
+    /// read.
+    withheld: Option<Vec<[Vec<f32>; 2]>>,
 }
 
 impl<'a> Inputs<'a> {
@@ -28,6 +40,28 @@ impl<'a> Inputs<'a> {
         view: Option<ViewSpec>,
         tabular: Option<&TabularSpec>,
     ) -> Result<Self, TrainError> {
+        let withheld = match tabular.filter(|t| t.reads_measured()) {
+            Some(spec) => Some(
+                samples
+                    .iter()
+                    .map(|s| {
+                        let m = s.measured_for(spec)?;
+                        let no_necks = Measured {
+                            femoral_neck_hu: None,
+                            ..m
+                        };
+                        let encode = |m: &Measured| {
+                            spec.encode(&s.clinical, m).map_err(|e| TrainError::Input {
+                                patient: s.patient_id.clone(),
+                                message: e.to_string(),
+                            })
+                        };
+                        Ok([encode(&no_necks)?, encode(&Measured::NONE)?])
+                    })
+                    .collect::<Result<Vec<_>, TrainError>>()?,
+            ),
+            None => None,
+        };
         let encoded = match tabular {
             Some(spec) => {
                 let rows = samples
@@ -50,11 +84,24 @@ impl<'a> Inputs<'a> {
             arch: arch.clone(),
             view,
             encoded,
+            withheld,
         })
     }
 
-    /// The batch of samples `idx`, augmented when `rng` is given.
+    /// The batch of samples `idx`, augmented when `rng` is given (shifted and scaled views, and
+    /// for a model that reads it, the measured attenuation withheld from some patients).
     pub fn batch(&self, idx: &[usize], rng: Option<&mut ChaCha8Rng>) -> Result<Batch, TrainError> {
+        self.batch_augmented(idx, rng, true)
+    }
+
+    /// [`Inputs::batch`], with the views augmented only when `images` is set (a frozen CNN's
+    /// features are computed once, unaugmented).
+    pub fn batch_augmented(
+        &self,
+        idx: &[usize],
+        rng: Option<&mut ChaCha8Rng>,
+        images: bool,
+    ) -> Result<Batch, TrainError> {
         let mut rng = rng;
         let mut samples = Vec::with_capacity(idx.len());
         for &i in idx {
@@ -65,16 +112,31 @@ impl<'a> Inputs<'a> {
                         patient: s.patient_id.clone(),
                         message: "the sample has no view".into(),
                     })?;
-                    Some(match rng.as_deref_mut() {
+                    Some(match rng.as_deref_mut().filter(|_| images) {
                         Some(r) => augment(view, v.height, v.width, r),
                         None => view.clone(),
                     })
                 }
                 None => None,
             };
+            let withheld = match (&self.withheld, rng.as_deref_mut()) {
+                (Some(rows), Some(r)) => {
+                    let u: f64 = r.random();
+                    if u < WITHHOLD_ALL {
+                        Some(&rows[i][1])
+                    } else if u < WITHHOLD_ALL + WITHHOLD_NECKS {
+                        Some(&rows[i][0])
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
             samples.push(osteo_core::Sample {
                 image,
-                tabular: self.encoded.as_ref().map(|(_, rows)| rows[i].clone()),
+                tabular: withheld
+                    .or_else(|| self.encoded.as_ref().map(|(_, rows)| &rows[i]))
+                    .cloned(),
             });
         }
         Batch::stack(&self.arch, &samples).map_err(|e| TrainError::Engine(e.to_string()))

@@ -331,7 +331,9 @@ pub fn train(
             opt.set_learning_rate(lr);
             let logits = match &pooled {
                 Some(features) => {
-                    let (_, tab) = to_candle(&inputs.batch(chunk, None)?)?;
+                    // Only the clinical branch's inputs are augmented (measurement withheld).
+                    let (_, tab) =
+                        to_candle(&inputs.batch_augmented(chunk, Some(&mut rng), false)?)?;
                     let k = features[0].len();
                     let data: Vec<f32> = chunk
                         .iter()

@@ -36,11 +36,20 @@ pub(crate) fn input_encodings(model: &ServedModel) -> Vec<(&'static str, serde_j
                 })
             })
             .collect();
+        let mut encoding = "element i = (raw_i - mean_i) / std_i of feature i below, raw_i within \
+                            [min_i, max_i]"
+            .to_string();
+        if t.reads_measured() {
+            encoding.push_str(
+                "; lumbar_trabecular_hu and femoral_neck_trabecular_hu are measured on the CT \
+                 (mean calibrated trabecular HU of L1-L4 and of the femoral necks): a site not \
+                 measured is sent as 0 with its _missing feature 1",
+            );
+        }
         out.push((
             osteo_core::names::TABULAR,
             serde_json::json!({
-                "encoding": "element i = (raw_i - mean_i) / std_i of feature i below, raw_i \
-                             within [min_i, max_i]",
+                "encoding": encoding,
                 "features": features,
             }),
         ));
