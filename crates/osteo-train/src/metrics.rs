@@ -188,27 +188,53 @@ pub struct Intervals {
     pub balanced_accuracy: Interval,
 }
 
-/// The difference in macro AUC of two models' probabilities on the same patients (`a` minus
-/// `b`) with its paired 95% bootstrap interval: each resample draws the same patients for both,
-/// so what the patients have in common cancels.
-pub fn paired_auc_difference(
+/// Two models' differences on the same patients (`a` minus `b`), each with its paired 95%
+/// bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairedDifference {
+    /// Difference in macro AUC.
+    pub auc_macro: f64,
+    /// Its interval.
+    pub auc_macro_ci95: Interval,
+    /// Difference in accuracy.
+    pub accuracy: f64,
+    /// Its interval.
+    pub accuracy_ci95: Interval,
+}
+
+/// The differences in macro AUC and accuracy of two models' probabilities on the same patients
+/// (`a` minus `b`) with paired 95% bootstrap intervals: each resample draws the same patients
+/// for both, so what the patients have in common cancels.
+pub fn paired_difference(
     a: &[[f64; K]],
     b: &[[f64; K]],
     truth: &[Grade],
     resamples: usize,
     seed: u64,
-) -> (f64, Interval) {
+) -> PairedDifference {
     let n = a.len().min(b.len()).min(truth.len());
-    let point = evaluate(&a[..n], &truth[..n]).auc_macro - evaluate(&b[..n], &truth[..n]).auc_macro;
+    let diff =
+        |ea: Evaluation, eb: Evaluation| (ea.auc_macro - eb.auc_macro, ea.accuracy - eb.accuracy);
+    let point = diff(
+        evaluate(&a[..n], &truth[..n]),
+        evaluate(&b[..n], &truth[..n]),
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut diffs = Vec::with_capacity(resamples.max(1));
+    let (mut auc, mut acc) = (Vec::new(), Vec::new());
     for _ in 0..resamples.max(1) {
         let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..n.max(1))).collect();
         let pick = |p: &[[f64; K]]| idx.iter().map(|&i| p[i]).collect::<Vec<_>>();
         let t: Vec<Grade> = idx.iter().map(|&i| truth[i]).collect();
-        diffs.push(evaluate(&pick(a), &t).auc_macro - evaluate(&pick(b), &t).auc_macro);
+        let (d_auc, d_acc) = diff(evaluate(&pick(a), &t), evaluate(&pick(b), &t));
+        auc.push(d_auc);
+        acc.push(d_acc);
     }
-    (point, percentile_interval(diffs))
+    PairedDifference {
+        auc_macro: point.0,
+        auc_macro_ci95: percentile_interval(auc),
+        accuracy: point.1,
+        accuracy_ci95: percentile_interval(acc),
+    }
 }
 
 fn percentile_interval(mut v: Vec<f64>) -> Interval {

@@ -3,7 +3,7 @@
 //! the reported model, and how much of the gap to the Bayes oracle the reported model closes.
 
 use super::{RESAMPLES, decision, reads};
-use crate::metrics::{Evaluation, Intervals, paired_auc_difference};
+use crate::metrics::{Evaluation, Intervals, paired_difference};
 use osteo_core::{Grade, ModelManifest};
 use serde_json::{Value, json};
 
@@ -23,6 +23,11 @@ pub struct Compared<'a> {
     pub ci: &'a Intervals,
 }
 
+/// A difference and its interval, signed.
+fn signed(d: f64, ci: crate::metrics::Interval) -> String {
+    format!("{d:+.3} ({:+.3} to {:+.3})", ci.low, ci.high)
+}
+
 /// The comparison section (markdown, JSON) of `own` against `others` on the same patients;
 /// `oracle` is the Bayes oracle with `own`'s information set (synthetic cohorts).
 pub fn section(
@@ -39,12 +44,13 @@ pub fn section(
     let mut md = format!(
         "### Against the other models on the same test patients\n\n\
          The {} test patients of the same split, every model served as it is (calibrated where \
-         it carries a `[decision]`). Δ is this model's macro AUC minus the other's, with a paired \
+         it carries a `[decision]`). Δ is this model's figure minus the other's, with a paired \
          bootstrap 95% interval ({RESAMPLES} resamples drawing the same patients for both); an \
-         interval above 0 says this model ranks the grades better on these patients.\n\n\
+         interval above 0 says this model does better on these patients.\n\n\
          | model | reads | macro AUC (95% CI) | osteopenia AUC (95% CI) | accuracy | refer \
-         sensitivity | refer specificity | Δ macro AUC (paired 95% CI) |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         sensitivity | refer specificity | Δ macro AUC (paired 95% CI) | Δ accuracy (paired 95% \
+         CI) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         truth.len()
     );
     let mut rows = Vec::new();
@@ -59,11 +65,10 @@ pub fn section(
                 format!("{:.3} ({:.3}–{:.3})", r.value, r.low, r.high)
             })
         };
-        let diff =
-            (k > 0).then(|| paired_auc_difference(own.probs, c.probs, truth, RESAMPLES, seed));
+        let diff = (k > 0).then(|| paired_difference(own.probs, c.probs, truth, RESAMPLES, seed));
         let auc_osteopenia = c.eval.auc[osteopenia];
         md.push_str(&format!(
-            "| {} (v{}){} | {} | {:.3} ({:.3}–{:.3}) | {} | {:.3} | {} | {} | {} |\n",
+            "| {} (v{}){} | {} | {:.3} ({:.3}–{:.3}) | {} | {:.3} | {} | {} | {} | {} |\n",
             m.name,
             m.version,
             match (k, c.variant) {
@@ -82,10 +87,8 @@ pub fn section(
             c.eval.accuracy,
             rate(referral.as_ref().map(|f| &f.sensitivity)),
             rate(referral.as_ref().map(|f| &f.specificity)),
-            diff.as_ref().map_or("—".to_string(), |(d, i)| format!(
-                "{d:+.3} ({:+.3} to {:+.3})",
-                i.low, i.high
-            )),
+            diff.map_or("—".to_string(), |d| signed(d.auc_macro, d.auc_macro_ci95)),
+            diff.map_or("—".to_string(), |d| signed(d.accuracy, d.accuracy_ci95)),
         ));
         rows.push(json!({
             "model": m.name,
@@ -100,7 +103,7 @@ pub fn section(
             "accuracy": c.eval.accuracy,
             "refer_sensitivity": referral.as_ref().map(|f| json!(f.sensitivity)),
             "refer_specificity": referral.as_ref().map(|f| json!(f.specificity)),
-            "auc_macro_difference": diff.as_ref().map(|(d, i)| json!({"value": d, "ci95": i})),
+            "difference": diff,
         }));
     }
     let mut gaps = Vec::new();
