@@ -26,6 +26,8 @@ struct Case {
     label: String,
     view: Vec<f32>,
     clinical: ClinicalVariables,
+    /// The attenuation measured on its CT (for models that read it).
+    measured: Measured,
 }
 
 fn root() -> PathBuf {
@@ -35,7 +37,7 @@ fn root() -> PathBuf {
 /// Phantom patients of an unseen seed plus every real CT test file that yields a view.
 fn cases() -> Vec<Case> {
     let spec = ViewSpec::default();
-    let phantom = load(
+    let mut phantom = load(
         &CohortSource::Synthetic {
             patients: 12,
             seed: 4242,
@@ -44,12 +46,14 @@ fn cases() -> Vec<Case> {
         None,
     )
     .expect("phantom cohort");
+    osteo_train::cohort::measure(&mut phantom, None).expect("measured");
     let mut cases: Vec<Case> = phantom
         .into_iter()
         .map(|s| Case {
             label: format!("phantom {}", s.patient_id),
             view: s.view.expect("phantom view"),
             clinical: s.clinical,
+            measured: s.measured.expect("measured"),
         })
         .collect();
     let clinical = ClinicalVariables::validate(ClinicalInput {
@@ -83,6 +87,9 @@ fn cases() -> Vec<Case> {
             label: format!("real CT {rel}"),
             view: view.data,
             clinical,
+            measured: osteo_pipeline::measured(
+                osteo_pipeline::attenuation(&ingested.volume).as_ref(),
+            ),
         });
         real += 1;
     }
@@ -100,7 +107,7 @@ fn batch(artifacts: &ModelArtifacts, cases: &[&Case]) -> Batch {
             tabular: m
                 .tabular
                 .as_ref()
-                .map(|spec| spec.encode(&c.clinical, &Measured::NONE).expect("encode")),
+                .map(|spec| spec.encode(&c.clinical, &c.measured).expect("encode")),
         })
         .collect();
     Batch::stack(&m.arch, &samples).expect("batch")
@@ -265,7 +272,12 @@ fn check_model(name: &str, cases: &[Case]) {
 #[test]
 fn backends_agree_on_the_shipped_models() {
     let cases = cases();
-    for name in ["osteo-tabular-v1", "osteo-image-v1", "osteo-fused-v1"] {
+    for name in [
+        "osteo-tabular-v1",
+        "osteo-image-v1",
+        "osteo-fused-v1",
+        "osteo-fused-v3",
+    ] {
         check_model(name, &cases);
     }
 }
@@ -323,8 +335,10 @@ fn check_decisions(name: &str, cases: &[Case]) {
 }
 
 #[test]
-fn backends_decide_alike_on_the_calibrated_model() {
-    check_decisions("osteo-fused-v2", &cases());
+fn backends_decide_alike_on_the_calibrated_models() {
+    let cases = cases();
+    check_decisions("osteo-fused-v2", &cases);
+    check_decisions("osteo-fused-v3", &cases);
 }
 
 #[test]
@@ -334,6 +348,7 @@ fn every_shipped_onnx_file_is_in_sync_with_its_weights() {
         "osteo-image-v1",
         "osteo-fused-v1",
         "osteo-fused-v2",
+        "osteo-fused-v3",
     ] {
         let artifacts =
             ModelArtifacts::open(&root().join("models").join(name)).expect("shipped model");
@@ -346,7 +361,12 @@ fn the_onnx_checker_accepts_the_exports() {
     // The official onnx package's full check (schema, types and shape inference).
     let python = root().join(".cache/venv/bin/python");
     assert!(python.is_file(), "run scripts/setup.sh first");
-    for name in ["osteo-tabular-v1", "osteo-image-v1", "osteo-fused-v1"] {
+    for name in [
+        "osteo-tabular-v1",
+        "osteo-image-v1",
+        "osteo-fused-v1",
+        "osteo-fused-v3",
+    ] {
         let file = root().join("models").join(name).join("model.onnx");
         let out = std::process::Command::new(&python)
             .args([

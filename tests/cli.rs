@@ -722,3 +722,56 @@ fn predict_measures_the_vertebrae_within_5_hu_of_the_truth_synth_writes() {
         "femoral neck median absolute error {neck:.2} HU"
     );
 }
+
+#[test]
+fn evaluate_against_another_version_gives_paired_differences_on_the_measured_patients() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let cache = tempfile::tempdir().expect("cache");
+    let evaluate = |model: &str, against: &str| {
+        let out = osteo(&[
+            "evaluate",
+            "--model",
+            s(&models.join(model)),
+            "--against",
+            s(&models.join(against)),
+            "--synthetic",
+            "40",
+            "--seed",
+            "515",
+            "--json",
+            "--cache",
+            s(cache.path()),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    // The model that reads the attenuation: the cohort is measured (and cached) for it.
+    let v = evaluate("osteo-fused-v3", "osteo-fused-v2");
+    assert_eq!(v["against"]["model"], "osteo-fused-v2");
+    let d = &v["against"]["difference"];
+    let own = v["auc_macro"].as_f64().expect("auc");
+    let theirs = v["against"]["test"]["auc_macro"]
+        .as_f64()
+        .expect("their auc");
+    let diff = d["auc_macro"].as_f64().expect("difference");
+    assert!((diff - (own - theirs)).abs() < 1e-9, "{v}");
+    let (low, high) = (
+        d["auc_macro_ci95"]["low"].as_f64().expect("low"),
+        d["auc_macro_ci95"]["high"].as_f64().expect("high"),
+    );
+    assert!(low <= diff && diff <= high, "{d}");
+    let measured = std::fs::read_dir(cache.path())
+        .expect("cache")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".measured.json"))
+        .count();
+    assert_eq!(measured, 40, "every patient's measurement cached");
+    // A model against itself differs by nothing.
+    let same = evaluate("osteo-fused-v3", "osteo-fused-v3");
+    assert_eq!(same["against"]["difference"]["auc_macro"], 0.0);
+    assert_eq!(same["against"]["difference"]["accuracy"], 0.0);
+}

@@ -177,7 +177,14 @@ pub struct EvaluateArgs {
     /// Cache directory for computed views.
     #[arg(long, default_value = ".cache/views")]
     cache: PathBuf,
+    /// Another model directory reading the same view: also print the paired bootstrap
+    /// difference of macro AUC and accuracy (this model minus that one) on the same patients.
+    #[arg(long, value_name = "DIR")]
+    against: Option<PathBuf>,
 }
+
+/// Bootstrap resamples of `osteo evaluate --against`.
+const PAIRED_RESAMPLES: usize = 1000;
 
 fn commit() -> String {
     std::process::Command::new("git")
@@ -449,12 +456,52 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let artifacts = ModelArtifacts::open(&args.model)?;
     let m = &artifacts.manifest;
     let mut backend = CandleBackend::load(&artifacts, Device::Cpu)?;
+    let against = args
+        .against
+        .as_deref()
+        .map(ModelArtifacts::open)
+        .transpose()?;
+    if let Some(other) = &against
+        && other.manifest.view.is_some()
+        && m.view.is_some()
+        && other.manifest.view != m.view
+    {
+        anyhow::bail!(
+            "--against {} reads another view than {}: they cannot be evaluated on the same \
+             loaded patients",
+            other.manifest.name,
+            m.name
+        );
+    }
     let source = args.cohort.source(args.seed);
-    let samples = cohort::load_for(&source, m, Some(&args.cache))?;
+    let view = m.view.or(against.as_ref().and_then(|a| a.manifest.view));
+    let mut samples = load(&source, view.as_ref(), Some(&args.cache))?;
+    if m.reads_measured()
+        || against
+            .as_ref()
+            .is_some_and(|a| a.manifest.reads_measured())
+    {
+        cohort::measure(&mut samples, Some(&args.cache))?;
+    }
     let all: Vec<usize> = (0..samples.len()).collect();
     let probs = probabilities(&mut backend, m, &samples, &all)?;
     let truth: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
     let eval = evaluate(&probs, &truth);
+    let paired = match &against {
+        Some(other) => {
+            let mut b = CandleBackend::load(other, Device::Cpu)?;
+            let theirs = probabilities(&mut b, &other.manifest, &samples, &all)?;
+            let d = osteo_train::metrics::paired_difference(
+                &probs,
+                &theirs,
+                &truth,
+                PAIRED_RESAMPLES,
+                args.seed,
+            );
+            Some((other.manifest.name.clone(), evaluate(&theirs, &truth), d))
+        }
+        None => None,
+    };
     let oracle = match source {
         CohortSource::Synthetic { seed, patients } => {
             let all: Vec<usize> = (0..patients).collect();
@@ -478,6 +525,12 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
                     |o| json!({"auc_macro": o.auc_macro, "accuracy": o.accuracy}),
                 ),
             );
+            if let Some((name, e, d)) = &paired {
+                obj.insert(
+                    "against".into(),
+                    json!({"model": name, "test": e.headline(), "difference": d}),
+                );
+            }
         }
         println!("{}", serde_json::to_string(&v)?);
     } else {
@@ -490,6 +543,21 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             println!(
                 "Bayes oracle on the same patients: macro AUC {:.3}, accuracy {:.3}",
                 o.auc_macro, o.accuracy
+            );
+        }
+        if let Some((name, e, d)) = &paired {
+            println!(
+                "{name} on the same patients: macro AUC {:.3}, accuracy {:.3}; difference \
+                 (paired 95% bootstrap interval): macro AUC {:+.3} ({:+.3} to {:+.3}), \
+                 accuracy {:+.3} ({:+.3} to {:+.3})",
+                e.auc_macro,
+                e.accuracy,
+                d.auc_macro,
+                d.auc_macro_ci95.low,
+                d.auc_macro_ci95.high,
+                d.accuracy,
+                d.accuracy_ci95.low,
+                d.accuracy_ci95.high
             );
         }
     }

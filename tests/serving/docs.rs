@@ -71,6 +71,7 @@ async fn every_sh_test_example_in_the_docs_runs_as_printed() {
     let server = Server::start_with(
         "[server]\ndefault_model = \"osteo-fused-v2\"\n",
         &[
+            ("osteo-fused-v3", both),
             ("osteo-fused-v2", both),
             ("osteo-fused-v1", both),
             ("osteo-image-v1", both),

@@ -396,12 +396,21 @@ mod tests {
                 }
             })
             .collect();
-        let (d, ci) = paired_auc_difference(&perfect, &worse, &truth, 200, 3);
+        let d = paired_difference(&perfect, &worse, &truth, 200, 3);
+        let (auc, ci) = (d.auc_macro, d.auc_macro_ci95);
         assert!(
-            d > 0.1 && ci.low > 0.0 && ci.low <= d && d <= ci.high,
-            "{d} {ci:?}"
+            auc > 0.1 && ci.low > 0.0 && ci.low <= auc && auc <= ci.high,
+            "{d:?}"
         );
-        let (d, ci) = paired_auc_difference(&worse, &worse, &truth, 200, 3);
-        assert_eq!((d, ci.low, ci.high), (0.0, 0.0, 0.0));
+        assert!(
+            (d.accuracy - 1.0 / 3.0).abs() < 1e-9 && d.accuracy_ci95.low > 0.0,
+            "{d:?}"
+        );
+        let d = paired_difference(&worse, &worse, &truth, 200, 3);
+        let ci = d.auc_macro_ci95;
+        assert_eq!(
+            (d.auc_macro, ci.low, ci.high, d.accuracy),
+            (0.0, 0.0, 0.0, 0.0)
+        );
     }
 }

@@ -454,6 +454,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             repository: RepositorySettings::default(),
             models: vec![
+                model("osteo-fused-v3"),
                 model("osteo-fused-v2"),
                 model("osteo-fused-v1"),
                 model("osteo-image-v1"),
@@ -534,7 +535,7 @@ mod tests {
     fn defaults_are_valid_and_serve_the_shipped_models() {
         let s = load_from(None, &[], env(&[])).expect("defaults");
         assert_eq!(s.server.default_model, "osteo-fused-v2");
-        assert_eq!(s.models.len(), 4);
+        assert_eq!(s.models.len(), 5);
     }
 
     #[test]

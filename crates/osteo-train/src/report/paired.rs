@@ -58,7 +58,7 @@ pub fn section(
         let m = c.manifest;
         let referral = m.decision.as_ref().and_then(|spec| {
             let f = decision::figures(spec, c.logits, truth);
-            f.referral().map(|r| r.figures.clone())
+            f.referral().map(|r| r.figures)
         });
         let rate = |r: Option<&crate::calibration::Rate>| {
             r.map_or("—".to_string(), |r| {
