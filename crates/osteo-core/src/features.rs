@@ -242,20 +242,25 @@ mod tests {
     use super::*;
     use crate::clinical::{ClinicalInput, RiskFlags};
 
-    #[test]
-    fn encodes_with_missing_indicators_and_normalisation() {
-        let c = ClinicalVariables::validate(ClinicalInput {
+    /// A 70-year-old woman, 160 cm and 64 kg (BMI 25), with these risk flags.
+    fn woman(risk: RiskFlags) -> ClinicalVariables {
+        ClinicalVariables::validate(ClinicalInput {
             age_years: 70.0,
             sex: Sex::Female,
             height_cm: 160.0,
             weight_kg: 64.0,
             bmi: None,
-            risk: RiskFlags {
-                smoker: Some(true),
-                ..Default::default()
-            },
+            risk,
         })
-        .expect("valid");
+        .expect("valid")
+    }
+
+    #[test]
+    fn encodes_with_missing_indicators_and_normalisation() {
+        let c = woman(RiskFlags {
+            smoker: Some(true),
+            ..Default::default()
+        });
         let mut stats = vec![(0.0, 1.0); FEATURE_NAMES.len()];
         stats[0] = (65.0, 10.0);
         let spec = TabularSpec::with_stats(&stats).expect("spec");
@@ -292,15 +297,7 @@ mod tests {
 
     #[test]
     fn measured_features_encode_with_missing_indicators() {
-        let c = ClinicalVariables::validate(ClinicalInput {
-            age_years: 70.0,
-            sex: Sex::Female,
-            height_cm: 160.0,
-            weight_kg: 64.0,
-            bmi: None,
-            risk: RiskFlags::default(),
-        })
-        .expect("valid");
+        let c = woman(RiskFlags::default());
         let names = ["age_years", LUMBAR_HU, "lumbar_trabecular_hu_missing"];
         let spec = TabularSpec::with_features(&names, &[(0.0, 1.0), (120.0, 40.0), (0.0, 1.0)])
             .expect("spec");
