@@ -67,6 +67,12 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// Whether the process has exited (for instance because another process held its port and
+    /// answered the readiness check in its place).
+    pub(crate) fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The process's folder.
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
