@@ -7,6 +7,7 @@
 //! on the same patients and listed in the same table.
 
 mod anatomy;
+mod cam;
 mod decision;
 mod paired;
 
@@ -14,12 +15,12 @@ use crate::cohort::{CohortSource, Sample, load};
 use crate::error::TrainError;
 use crate::inference::{logits, served_probabilities};
 use crate::metrics::{Evaluation, Intervals, bootstrap, evaluate, roc_curve};
-use crate::plot::charts::{self, CamTile, RocCurve};
+use crate::plot::charts::{self, RocCurve};
 use crate::split::stratified;
 use crate::train::{Epoch, TrainConfig};
 use osteo_backend_candle::CandleBackend;
 use osteo_core::manifest::MANIFEST_FILE;
-use osteo_core::{Backend, Batch, Device, Grade, LoadBackend, ModelArtifacts, ModelKind, ViewSpec};
+use osteo_core::{Device, Grade, LoadBackend, ModelArtifacts, ModelKind, ViewSpec};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -348,7 +349,7 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
     }
     let gradcam = match view {
         Some(v) if m.kind.uses_image() => {
-            let tiles = cam_tiles(&mut backend, &m, &samples, &test, &probs, &v)?;
+            let tiles = cam::cam_tiles(&mut backend, &m, &samples, &test, &probs, &v)?;
             write_file(
                 "gradcam.png",
                 &charts::gradcam(&title("Grad-CAM of the predicted grade"), &tiles)?,
@@ -465,65 +466,6 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
     let path = dir.join(MANIFEST_FILE);
     std::fs::write(&path, toml).map_err(io(&path))?;
     Ok(results)
-}
-
-/// Grad-CAM overlays: for each grade the test patient most confidently and correctly graded,
-/// then the most confident mistake.
-fn cam_tiles(
-    backend: &mut CandleBackend,
-    m: &osteo_core::ModelManifest,
-    samples: &[Sample],
-    test: &[usize],
-    probs: &[[f64; 3]],
-    view: &ViewSpec,
-) -> Result<Vec<CamTile>, TrainError> {
-    let predicted = |n: usize| Grade::most_probable(&probs[n]);
-    let best = |keep: &dyn Fn(usize) -> bool| {
-        (0..test.len()).filter(|&n| keep(n)).max_by(|&a, &b| {
-            let conf = |n: usize| predicted(n).map_or(f64::NEG_INFINITY, |g| probs[n][g.index()]);
-            conf(a).total_cmp(&conf(b))
-        })
-    };
-    let mut chosen: Vec<usize> = Grade::ALL
-        .iter()
-        .filter_map(|&g| best(&|n| samples[test[n]].grade == g && predicted(n) == Some(g)))
-        .collect();
-    chosen.extend(best(&|n| {
-        predicted(n).is_some_and(|p| p != samples[test[n]].grade)
-    }));
-    let inputs = crate::train::Inputs::new(samples, &m.arch, m.view, m.tabular.as_ref())?;
-    let (h, w) = (view.height, view.width);
-    let mut tiles = Vec::new();
-    for n in chosen {
-        let sample = &samples[test[n]];
-        let batch: Batch = inputs.batch(&[test[n]], None)?;
-        let Some(grade) = predicted(n) else {
-            continue;
-        };
-        let parts = backend
-            .explain(&batch)
-            .map_err(|e| TrainError::Engine(format!("Grad-CAM: {e}")))?
-            .parts(grade)
-            .map_err(|e| TrainError::Engine(format!("Grad-CAM: {e}")))?;
-        let map = osteo_core::gradcam::assemble(&parts, h, w)
-            .map_err(|e| TrainError::Engine(format!("Grad-CAM: {e}")))?;
-        let data = sample.view.as_ref().ok_or_else(|| TrainError::Input {
-            patient: sample.patient_id.clone(),
-            message: "the sample has no view".into(),
-        })?;
-        let rgb =
-            osteo_dicom::render::overlay_rgb(&data[h * w..2 * h * w], &map.values, w, CAM_SCALE)
-                .map_err(|e| TrainError::Engine(format!("Grad-CAM overlay: {e}")))?;
-        tiles.push(CamTile {
-            rgb,
-            size: w * CAM_SCALE,
-            caption: [
-                format!("true: {}", sample.grade.name()),
-                format!("pred: {} {:.2}", grade.name(), probs[n][grade.index()]),
-            ],
-        });
-    }
-    Ok(tiles)
 }
 
 /// `report.md`: the paper-style table, per-class figures and the plots.
