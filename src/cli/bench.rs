@@ -79,7 +79,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             patients: 1,
             seed: 7,
         },
-        m,
+        &[m],
         None,
     )?
     .remove(0);

@@ -402,7 +402,7 @@ pub fn run_calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     };
     let cohort = args.cohort.source(args.seed);
     eprintln!("calibrate: loading cohort and building views");
-    let samples = osteo_train::cohort::load_for(&cohort, m, Some(&args.cache))?;
+    let samples = osteo_train::cohort::load_for(&cohort, &[m], Some(&args.cache))?;
     let grades: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
     let split_config = TrainConfig::new(m.kind, args.seed);
     let validation = osteo_train::split::stratified(
@@ -474,15 +474,10 @@ pub fn run_evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         );
     }
     let source = args.cohort.source(args.seed);
-    let view = m.view.or(against.as_ref().and_then(|a| a.manifest.view));
-    let mut samples = load(&source, view.as_ref(), Some(&args.cache))?;
-    if m.reads_measured()
-        || against
-            .as_ref()
-            .is_some_and(|a| a.manifest.reads_measured())
-    {
-        cohort::measure(&mut samples, Some(&args.cache))?;
-    }
+    let models: Vec<&osteo_core::ModelManifest> = std::iter::once(m)
+        .chain(against.as_ref().map(|a| &a.manifest))
+        .collect();
+    let samples = cohort::load_for(&source, &models, Some(&args.cache))?;
     let all: Vec<usize> = (0..samples.len()).collect();
     let probs = probabilities(&mut backend, m, &samples, &all)?;
     let truth: Vec<Grade> = samples.iter().map(|s| s.grade).collect();

@@ -312,15 +312,17 @@ pub fn load(
     }
 }
 
-/// The cohort as `manifest`'s model reads it: its view, and the attenuation measured when the
-/// model reads it.
+/// The cohort as `models` read it, evaluated on the same loaded patients: the first view any of
+/// them reads (the caller keeps models of other views out), and the attenuation measured when
+/// any of them reads it.
 pub fn load_for(
     source: &CohortSource,
-    manifest: &ModelManifest,
+    models: &[&ModelManifest],
     cache: Option<&Path>,
 ) -> Result<Vec<Sample>, TrainError> {
-    let mut samples = load(source, manifest.view.as_ref(), cache)?;
-    if manifest.reads_measured() {
+    let view = models.iter().find_map(|m| m.view);
+    let mut samples = load(source, view.as_ref(), cache)?;
+    if models.iter().any(|m| m.reads_measured()) {
         measure(&mut samples, cache)?;
     }
     Ok(samples)

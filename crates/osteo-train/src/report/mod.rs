@@ -11,7 +11,7 @@ mod cam;
 mod decision;
 mod paired;
 
-use crate::cohort::{CohortSource, Sample, load};
+use crate::cohort::{CohortSource, Sample, load_for};
 use crate::error::TrainError;
 use crate::inference::{logits, served_probabilities};
 use crate::metrics::{Evaluation, Intervals, bootstrap, evaluate, roc_curve};
@@ -195,10 +195,10 @@ pub fn write(req: ReportRequest<'_>) -> Result<Vec<ModelResult>, TrainError> {
         .into_iter()
         .filter(|a| a.manifest.view.is_none() || a.manifest.view == view)
         .collect();
-    let mut samples = load(req.source, view.as_ref(), req.cache)?;
-    if m.reads_measured() || others.iter().any(|a| a.manifest.reads_measured()) {
-        crate::cohort::measure(&mut samples, req.cache)?;
-    }
+    let models: Vec<&osteo_core::ModelManifest> = std::iter::once(&m)
+        .chain(others.iter().map(|a| &a.manifest))
+        .collect();
+    let mut samples = load_for(req.source, &models, req.cache)?;
     let grades: Vec<Grade> = samples.iter().map(|s| s.grade).collect();
     let config = TrainConfig::new(m.kind, req.seed);
     let test = stratified(
